@@ -1,0 +1,68 @@
+// Shared by the command files: one place that maps errors to one stderr line
+// and an exit status, and prints JSON results.
+import { InvalidArgumentError } from "commander";
+import { TbError } from "../core/errors.ts";
+
+export interface GlobalOpts {
+  json?: boolean;
+  quiet?: boolean;
+}
+
+function flushStdout(): Promise<void> {
+  return new Promise((resolve) => {
+    if (process.stdout.writableLength === 0) return resolve();
+    process.stdout.write("", () => resolve());
+  });
+}
+
+export async function exit(code: number): Promise<never> {
+  await flushStdout();
+  process.exit(code);
+}
+
+export function printJson(value: unknown): void {
+  process.stdout.write(JSON.stringify(value, null, 2) + "\n");
+}
+
+/** Runs a command body; any error becomes one line on stderr and its exit status. */
+export function action<A extends unknown[]>(body: (...args: A) => Promise<number | void>): (...args: A) => Promise<void> {
+  return async (...args: A) => {
+    const cmd = args[args.length - 1] as { optsWithGlobals?: () => GlobalOpts } | undefined;
+    const json = cmd?.optsWithGlobals?.().json === true;
+    let code = 0;
+    try {
+      code = (await body(...args)) ?? 0;
+    } catch (e) {
+      const err = e instanceof TbError ? e : new TbError("INTERNAL", e instanceof Error ? (e.stack ?? e.message) : String(e), "please report this bug");
+      process.stderr.write(`tbbackup: ${err.oneLine()}\n`);
+      if (json) printJson({ ok: false, error: { code: err.code, message: err.message, hint: err.hint, exit: err.exitCode } });
+      code = err.exitCode;
+    }
+    await exit(code);
+  };
+}
+
+export function intOption(min: number, max: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`must be a whole number from ${min} to ${max}`);
+    return n;
+  };
+}
+
+export function sizeOption(v: string): number {
+  const m = /^(\d+)([KMG]i?B?)?$/i.exec(v);
+  if (!m) throw new InvalidArgumentError("must be a size like 1M or 4194304");
+  const mult = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[(m[2] ?? "").charAt(0).toUpperCase()] ?? 1;
+  return Number(m[1]) * mult;
+}
+
+/** Installs SIGINT/SIGTERM handlers that end the process with a clear line. */
+export function onInterrupt(what: string): void {
+  for (const sig of ["SIGINT", "SIGTERM"] as const) {
+    process.once(sig, () => {
+      process.stderr.write(`\ntbbackup: interrupted (${sig}); ${what}\n`);
+      void exit(sig === "SIGINT" ? 130 : 143);
+    });
+  }
+}

@@ -1,0 +1,41 @@
+// tbbackup list --out DIR | --stream SPEC: the backups a store holds.
+import type { Command } from "commander";
+import { listBackups, type BackupEntry } from "../core/catalogue.ts";
+import { listRemote } from "../core/remote.ts";
+import { TbError } from "../core/errors.ts";
+import { transportFor } from "../transport/index.ts";
+import { makeReporter } from "../ui/progress.ts";
+import { bytes } from "../ui/format.ts";
+import { action, intOption, printJson, type GlobalOpts } from "./common.ts";
+import * as fs from "node:fs";
+
+export function formatTable(rows: Omit<BackupEntry, "path">[]): string {
+  if (rows.length === 0) return "no backups\n";
+  const head = ["ID", "KIND", "STATUS", "SIZE", "STORED", "RATIO", "DATE", "LABEL"];
+  const body = rows.map((r) => [r.id, r.kind, r.status, bytes(r.size), bytes(r.storedBytes), r.ratio ? `${r.ratio.toFixed(2)}x` : "-", r.date.replace(/\.\d+Z$/, "Z"), r.label ?? ""]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
+  return [head, ...body].map((cols) => cols.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()).join("\n") + "\n";
+}
+
+export function register(program: Command): void {
+  program
+    .command("list")
+    .description("list backups in a local store (--out) or on a receiver (--stream)")
+    .option("--out <dir>", "a local store directory")
+    .option("--stream <spec>", "ask the receiver at the other end of this stream")
+    .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
+    .option("--json", "print JSON")
+    .action(
+      action(async (o: { out?: string; stream?: string; wait: number } & GlobalOpts) => {
+        let rows: Omit<BackupEntry, "path">[];
+        if (o.out) {
+          if (!fs.existsSync(o.out)) throw new TbError("NOT_FOUND", `${o.out} does not exist`, "give the directory passed to 'tbbackup receive --out'");
+          rows = listBackups(o.out);
+        } else if (o.stream) {
+          rows = await listRemote(transportFor(o.stream, false), o.wait * 1000, makeReporter({ quiet: true }));
+        } else throw new TbError("USAGE", "list needs --out DIR or --stream SPEC", "e.g. tbbackup list --out /srv/backups");
+        if (o.json) printJson(rows);
+        else process.stdout.write(formatTable(rows));
+      }),
+    );
+}

@@ -1,0 +1,44 @@
+// tbbackup receive --out DIR: store pushed backups; serve list/restore with --allow-restore.
+import type { Command } from "commander";
+import { serve, type SessionResult } from "../core/receive.ts";
+import { transportFor } from "../transport/index.ts";
+import { makeReporter } from "../ui/progress.ts";
+import { TbError } from "../core/errors.ts";
+import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
+import { resolveStream } from "./stream.ts";
+
+export function register(program: Command): void {
+  program
+    .command("receive")
+    .description("receive backups and store them under DIR (runs until stopped)")
+    .requiredOption("--out <dir>", "where backups are stored")
+    .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:[HOST:]PORT (loopback unless HOST) or -")
+    .option("--once", "exit after one session (exit status = that session's)")
+    .option("--allow-restore", "also serve list and restore requests")
+    .option("--idle <seconds>", "abandon a session silent for this long", intOption(5, 86400), 300)
+    .option("--json", "print one JSON object per session on stdout")
+    .action(
+      action(async (o: { out: string; stream?: string; once?: boolean; allowRestore?: boolean; idle: number } & GlobalOpts) => {
+        if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
+        const reporter = makeReporter();
+        onInterrupt("receiver stopped; a session in progress is kept as .partial");
+        const spec = await resolveStream(o.stream, "receive");
+        const results = await serve({
+          out: o.out,
+          transport: transportFor(spec, true),
+          once: o.once === true,
+          allowRestore: o.allowRestore === true,
+          idleMs: o.idle * 1000,
+          reporter,
+          onSession: (r: SessionResult) => {
+            if (o.json) printJson(r);
+          },
+        });
+        reporter.stop();
+        const last = results[results.length - 1];
+        if (o.once && last && !last.ok) {
+          throw new TbError((last.error?.code as TbError["code"]) ?? "INTERNAL", `session failed: ${last.error?.message ?? "unknown"}`, "");
+        }
+      }),
+    );
+}

@@ -1,0 +1,78 @@
+// The catalogue: what backups a store directory holds.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { PARTIAL_SUFFIX, IMAGE_FILE, FILES_FILE } from "../store/layout.ts";
+import { readManifest, type Manifest } from "../store/manifest.ts";
+
+export interface BackupEntry {
+  id: string;
+  host: string;
+  disk: string;
+  kind: "image" | "files";
+  status: "complete" | "partial" | "failed" | "unreadable";
+  size: number;
+  storedBytes: number;
+  ratio: number | null;
+  date: string;
+  label: string | null;
+  sha256: string | null;
+  path: string;
+  machineId: string | null;
+  productUuid: string | null;
+  diskSerial: string | null;
+  diskWwn: string | null;
+  diskPath: string | null;
+}
+
+function dirs(p: string): string[] {
+  try {
+    return fs.readdirSync(p, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name).sort();
+  } catch {
+    return [];
+  }
+}
+
+export function entryFor(dir: string, id: string): BackupEntry {
+  const [host = "", disk = ""] = id.split("/");
+  let m: Manifest | null = null;
+  try {
+    m = readManifest(dir);
+  } catch {}
+  const partial = dir.endsWith(PARTIAL_SUFFIX);
+  const dataFile = m ? path.join(dir, m.data) : path.join(dir, IMAGE_FILE);
+  let status: BackupEntry["status"] = !m ? "unreadable" : partial ? "partial" : m.status;
+  if (status === "complete" && !fs.existsSync(dataFile)) status = "unreadable";
+  return {
+    id,
+    host,
+    disk,
+    kind: m?.kind ?? (fs.existsSync(path.join(dir, FILES_FILE)) ? "files" : "image"),
+    status,
+    size: m?.size ?? 0,
+    storedBytes: m?.storedBytes ?? 0,
+    ratio: m && m.storedBytes > 0 ? m.size / m.storedBytes : null,
+    date: m?.timings.started ?? "",
+    label: m?.label ?? null,
+    sha256: m?.sha256 ?? null,
+    path: dir,
+    machineId: m?.host.machineId ?? null,
+    productUuid: m?.host.productUuid ?? null,
+    diskSerial: m?.disk.serial ?? null,
+    diskWwn: m?.disk.wwn ?? null,
+    diskPath: m?.disk.path ?? null,
+  };
+}
+
+/** Every backup under root, oldest first within each host/disk. */
+export function listBackups(root: string): BackupEntry[] {
+  const out: BackupEntry[] = [];
+  for (const host of dirs(root)) {
+    if (host.startsWith(".")) continue;
+    for (const disk of dirs(path.join(root, host))) {
+      for (const b of dirs(path.join(root, host, disk))) {
+        out.push(entryFor(path.join(root, host, disk, b), `${host}/${disk}/${b}`));
+      }
+    }
+  }
+  return out;
+}

@@ -1,0 +1,111 @@
+// A framed, checksummed message channel over a Conn: the I/O half of the
+// protocol. Reads continuously (a read is always pending), decodes frames,
+// and hands them out one at a time with deadlines.
+import { FrameDecoder, encodeFrame, type Frame } from "../protocol/frame.ts";
+import { encodeJson, typeName } from "../protocol/messages.ts";
+import type { Conn } from "../transport/index.ts";
+import { TbError } from "./errors.ts";
+
+const MAX_QUEUED_FRAMES = 64;
+
+export class Channel {
+  private frames: Frame[] = [];
+  private failure: TbError | null = null;
+  private ended = false;
+  private wake: (() => void) | null = null;
+  private wakePump: (() => void) | null = null;
+  readonly decoder = new FrameDecoder();
+  garbageBytes = 0;
+  corruptFrames = 0;
+
+  constructor(readonly conn: Conn) {
+    void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    try {
+      for (;;) {
+        while (this.frames.length >= MAX_QUEUED_FRAMES) await new Promise<void>((r) => (this.wakePump = r));
+        const data = await this.conn.read();
+        if (data === null) break;
+        for (const ev of this.decoder.push(data)) {
+          if (ev.kind === "frame") this.frames.push(ev.frame);
+          else if (ev.kind === "garbage") this.garbageBytes += ev.bytes;
+          else {
+            this.corruptFrames++;
+            this.failure ??= new TbError(
+              "CORRUPT",
+              `a corrupt ${typeName(ev.type)} frame arrived from ${this.conn.description} (checksum mismatch)`,
+              "the data was damaged in transit; check the cable and run the command again",
+            );
+          }
+        }
+        this.notify();
+      }
+    } catch (e) {
+      this.failure ??= e instanceof TbError ? e : new TbError("CLOSED", String(e), "run the command again");
+    }
+    this.ended = true;
+    this.notify();
+  }
+
+  private notify(): void {
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  /**
+   * The next frame. Throws CORRUPT after a damaged frame, CLOSED at end of
+   * stream, TIMEOUT when nothing arrives within `timeoutMs`.
+   */
+  async recv(timeoutMs: number, waitingFor = "the peer"): Promise<Frame> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const f = this.frames.shift();
+      if (f) {
+        const p = this.wakePump;
+        this.wakePump = null;
+        p?.();
+        return f;
+      }
+      if (this.failure) throw this.failure;
+      if (this.ended)
+        throw new TbError("CLOSED", `the other side closed the stream ${this.conn.description} while waiting for ${waitingFor}`, "the transfer is incomplete; check the other side's message and run again");
+      const left = deadline - Date.now();
+      if (left <= 0) throw new TbError("TIMEOUT", `no answer from ${waitingFor} on ${this.conn.description} within ${Math.round(timeoutMs / 1000)} s`, "check that tbbackup runs on the other side and the cable is plugged in");
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+    }
+  }
+
+  /** True when a frame is ready without waiting. */
+  get hasFrame(): boolean {
+    return this.frames.length > 0;
+  }
+
+  get isEnded(): boolean {
+    return this.ended && this.frames.length === 0;
+  }
+
+  send(type: number, payload: Uint8Array): Promise<void> {
+    return this.conn.write(encodeFrame(type, payload));
+  }
+
+  sendJson(type: number, value: unknown): Promise<void> {
+    return this.send(type, encodeJson(value));
+  }
+
+  sendFrame(frame: Uint8Array): Promise<void> {
+    return this.conn.write(frame);
+  }
+
+  close(): Promise<void> {
+    return this.conn.close();
+  }
+}

@@ -1,0 +1,75 @@
+// Messages between the main thread and chunk-worker.ts, and a pool of workers.
+// Each worker answers its jobs in the order it got them, so a caller that keeps
+// its own FIFO of promises gets results in chunk order.
+
+export type WorkerRequest =
+  | { op: "level"; level: number }
+  | { op: "compress"; index: number; offset: number; rawLength: number; raw: ArrayBuffer }
+  | {
+      op: "check";
+      index: number;
+      rawLength: number;
+      checksum: bigint;
+      buf: ArrayBuffer;
+      at: number;
+      length: number;
+      hash: boolean;
+      wantRaw: boolean;
+    }
+  | { op: "zero"; index: number; rawLength: number }
+  | { op: "digest" };
+
+export type WorkerReply =
+  | { op: "compressed"; index: number; frame: ArrayBuffer; raw: ArrayBuffer; compressedSize: number }
+  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer }
+  | { op: "zeroed"; index: number }
+  | { op: "digest"; sha256: string }
+  | { op: "failed"; error: string };
+
+// In a compiled binary the worker is an extra entrypoint, addressed by its path
+// relative to the entrypoints' common root (src/); from source, relative to this file.
+const WORKER_SPEC = import.meta.url.includes("/$bunfs/")
+  ? "./core/chunk-worker.ts"
+  : new URL("./chunk-worker.ts", import.meta.url).href;
+
+export class WorkerPool {
+  private workers: Worker[] = [];
+  private pending: ((r: WorkerReply) => void)[][] = [];
+  private rr = 0;
+
+  constructor(size: number) {
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(WORKER_SPEC);
+      const q: ((r: WorkerReply) => void)[] = [];
+      w.onmessage = (ev: MessageEvent<WorkerReply>) => q.shift()?.(ev.data);
+      w.onerror = (ev) => {
+        const error = `chunk worker failed: ${(ev as ErrorEvent).message}`;
+        for (const r of q.splice(0)) r({ op: "failed", error });
+      };
+      this.workers.push(w);
+      this.pending.push(q);
+    }
+  }
+
+  get size(): number {
+    return this.workers.length;
+  }
+
+  /** Sends a job that has no reply to every worker. */
+  broadcast(req: WorkerRequest): void {
+    for (const w of this.workers) w.postMessage(req);
+  }
+
+  /** Runs a job on worker `pin`, or on the next worker in turn. */
+  run(req: WorkerRequest, transfer: ArrayBuffer[] = [], pin?: number): Promise<WorkerReply> {
+    const i = pin ?? this.rr++ % this.workers.length;
+    return new Promise<WorkerReply>((resolve) => {
+      this.pending[i]!.push(resolve);
+      this.workers[i]!.postMessage(req, transfer);
+    });
+  }
+
+  terminate(): void {
+    for (const w of this.workers) w.terminate();
+  }
+}

@@ -1,0 +1,83 @@
+// Worker thread: the CPU-heavy per-chunk work, off the main thread so both
+// cores stay busy. Compress (sender): raw chunk -> complete DATA wire frame.
+// Check (receiver, restore, verify): zstd frame -> raw, verify its checksum,
+// feed the whole-image SHA-256 in order.
+import { zstd } from "../util/zstd.ts";
+import { HEADER_SIZE, TRAILER_SIZE, writeHeader, sealFrame } from "../protocol/frame.ts";
+import { CHUNK_HEADER_SIZE, MsgType, writeChunkHeader } from "../protocol/messages.ts";
+import type { WorkerReply, WorkerRequest } from "./chunk-jobs.ts";
+
+declare const self: Worker;
+
+const cctx = new zstd.CCtx();
+const dctx = new zstd.DCtx();
+let sha = new Bun.CryptoHasher("sha256");
+let zeros = new Uint8Array(0);
+
+function setLevel(level: number): void {
+  cctx.reset(zstd.ResetDirective.sessionAndParameters);
+  cctx.setParameter(zstd.CParameter.compressionLevel, level);
+  cctx.setParameter(zstd.CParameter.checksumFlag, 1);
+  cctx.setParameter(zstd.CParameter.contentSizeFlag, 1);
+}
+setLevel(1);
+
+function reply(msg: WorkerReply, transfer: ArrayBuffer[] = []): void {
+  self.postMessage(msg, transfer);
+}
+
+self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
+  const m = ev.data;
+  switch (m.op) {
+    case "level":
+      setLevel(m.level);
+      return;
+    case "compress": {
+      const raw = new Uint8Array(m.raw, 0, m.rawLength);
+      const checksum = Bun.hash.xxHash3(raw);
+      const start = HEADER_SIZE + CHUNK_HEADER_SIZE;
+      const out = new Uint8Array(start + zstd.compressBound(m.rawLength) + TRAILER_SIZE);
+      const n = cctx.compress2(out.subarray(start, out.length - TRAILER_SIZE), raw);
+      const payloadLength = CHUNK_HEADER_SIZE + n;
+      writeHeader(out, 0, MsgType.DATA, payloadLength);
+      writeChunkHeader(out, HEADER_SIZE, { index: m.index, rawLength: m.rawLength, offset: m.offset, checksum });
+      sealFrame(out, payloadLength);
+      const frame = out.buffer.slice(0, HEADER_SIZE + payloadLength + TRAILER_SIZE) as ArrayBuffer;
+      reply({ op: "compressed", index: m.index, frame, raw: m.raw, compressedSize: n }, [frame, m.raw]);
+      return;
+    }
+    case "check": {
+      const z = new Uint8Array(m.buf, m.at, m.length);
+      let raw: Uint8Array;
+      try {
+        raw = new Uint8Array(m.rawLength);
+        const n = dctx.decompress(raw, z);
+        if (n !== m.rawLength) throw new Error(`decompressed to ${n} bytes, expected ${m.rawLength}`);
+      } catch (e) {
+        reply({ op: "checked", index: m.index, ok: false, error: `cannot decompress: ${(e as Error).message}` });
+        return;
+      }
+      const sum = Bun.hash.xxHash3(raw);
+      if (m.checksum >= 0n && sum !== m.checksum) {
+        reply({ op: "checked", index: m.index, ok: false, error: "raw data checksum mismatch" });
+        return;
+      }
+      if (m.hash) sha.update(raw);
+      const rawBuf = m.wantRaw ? (raw.buffer as ArrayBuffer) : undefined;
+      reply({ op: "checked", index: m.index, ok: true, raw: rawBuf }, rawBuf ? [rawBuf] : []);
+      return;
+    }
+    case "zero": {
+      if (zeros.length < m.rawLength) zeros = new Uint8Array(m.rawLength);
+      sha.update(zeros.subarray(0, m.rawLength));
+      reply({ op: "zeroed", index: m.index });
+      return;
+    }
+    case "digest": {
+      const hex = sha.digest("hex");
+      sha = new Bun.CryptoHasher("sha256");
+      reply({ op: "digest", sha256: hex });
+      return;
+    }
+  }
+};

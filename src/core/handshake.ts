@@ -1,0 +1,81 @@
+// HELLO exchange: the starting side repeats HELLO until the receiver answers
+// (a device can drop what was written before the peer opened it), under a deadline.
+import { randomUUID } from "node:crypto";
+import { MsgType, PROTOCOL_NAME, PROTOCOL_VERSION, decodeJson, type ErrorMsg, type Hello, type HelloAck } from "../protocol/messages.ts";
+import { Channel } from "./channel.ts";
+import { TbError, type ErrorCode, ErrorCodes } from "./errors.ts";
+import { TOOL, CAPABILITIES } from "./version.ts";
+import { hostIdentity } from "./identity.ts";
+import type { Reporter } from "./report.ts";
+
+const RESEND_MS = 1000;
+
+export function newHello(role: Hello["role"], extra: Partial<Hello> = {}): Hello {
+  return {
+    protocol: PROTOCOL_NAME,
+    proto: PROTOCOL_VERSION,
+    tool: TOOL,
+    role,
+    session: randomUUID(),
+    host: hostIdentity(),
+    caps: CAPABILITIES,
+    ...extra,
+  };
+}
+
+/** Checks that a HELLO or HELLO_ACK speaks our protocol and version. */
+export function checkPeer(msg: { protocol?: unknown; proto?: unknown; tool?: unknown } | null): TbError | null {
+  if (!msg || msg.protocol !== PROTOCOL_NAME)
+    return new TbError("PROTOCOL", "the peer does not speak the tbbackup protocol", "run tbbackup on both machines");
+  if (msg.proto !== PROTOCOL_VERSION)
+    return new TbError("PROTOCOL", `the peer speaks tbbackup protocol ${String(msg.proto)} (${String(msg.tool)}), this side speaks ${PROTOCOL_VERSION}`, "install the same tbbackup version on both machines");
+  return null;
+}
+
+/** Turns a peer's ERROR message into a TbError on this side. */
+export function peerError(payload: Uint8Array): TbError {
+  const e = decodeJson<ErrorMsg>(payload);
+  const code = e && typeof e.code === "string" && e.code in ErrorCodes ? (e.code as ErrorCode) : "PEER";
+  const message = e && typeof e.message === "string" ? e.message : "unreadable error";
+  return new TbError(code, `the other side reports: ${message}`, "");
+}
+
+export async function handshake(ch: Channel, hello: Hello, waitMs: number, reporter: Reporter): Promise<HelloAck> {
+  const deadline = Date.now() + waitMs;
+  let announced = false;
+  for (;;) {
+    await ch.sendJson(MsgType.HELLO, hello);
+    const resendAt = Date.now() + RESEND_MS;
+    for (;;) {
+      const left = Math.min(resendAt, deadline) - Date.now();
+      let f;
+      try {
+        if (left <= 0) throw new TbError("TIMEOUT", "", "");
+        f = await ch.recv(left, "the receiver's answer");
+      } catch (e) {
+        if (!(e instanceof TbError) || e.code !== "TIMEOUT") throw e;
+        if (Date.now() < deadline) {
+          if (!announced) reporter.info(`waiting for the receiver on ${ch.conn.description}...`);
+          announced = true;
+          break; // resend HELLO
+        }
+        if (ch.garbageBytes > 0)
+          throw new TbError("PROTOCOL", `got ${ch.garbageBytes} bytes from ${ch.conn.description} that are not tbbackup frames`, "the other side speaks another protocol: run 'tbbackup receive' there");
+        throw new TbError("TIMEOUT", `no answer from a receiver on ${ch.conn.description} within ${Math.round(waitMs / 1000)} s`, "start 'tbbackup receive' on the other machine, check the cable, or raise --wait");
+      }
+      if (f.type === MsgType.HELLO_ACK) {
+        const ack = decodeJson<HelloAck>(f.payload);
+        const bad = checkPeer(ack);
+        if (bad) throw bad;
+        if (ack!.session !== hello.session) continue; // an answer to an earlier session
+        return ack!;
+      }
+      if (f.type === MsgType.ERROR) {
+        const e = decodeJson<ErrorMsg>(f.payload);
+        if (e?.session && e.session !== hello.session) continue;
+        throw peerError(f.payload);
+      }
+      // anything else is left over from an earlier session: ignore it
+    }
+  }
+}

@@ -1,0 +1,169 @@
+// push: read a disk or image in chunks, hash it, compress it on worker threads,
+// and stream it to a receiver; done only when the receiver says it is durable
+// and its SHA-256 matches ours.
+import { availableParallelism } from "node:os";
+import { MsgType, decodeJson, encodeZero, type Done, type End, type Progress } from "../protocol/messages.ts";
+import { encodeFrame } from "../protocol/frame.ts";
+import type { Transport } from "../transport/index.ts";
+import { Channel } from "./channel.ts";
+import { WorkerPool } from "./chunk-jobs.ts";
+import { TbError } from "./errors.ts";
+import { handshake, newHello, peerError } from "./handshake.ts";
+import type { Reporter } from "./report.ts";
+import { openSource, readFully } from "./source.ts";
+import { zeroChecksum } from "./zero.ts";
+
+export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
+export const MAX_CHUNK_SIZE = 4 * 1024 * 1024;
+
+export interface PushOptions {
+  source: string;
+  transport: Transport;
+  label: string | null;
+  level: number;
+  chunkSize: number;
+  waitMs: number;
+  /** how long the receiver may stay silent before we give up */
+  idleMs: number;
+  reporter: Reporter;
+}
+
+export interface PushResult {
+  id: string;
+  path: string;
+  source: string;
+  bytes: number;
+  storedBytes: number;
+  sha256: string;
+  chunks: number;
+  zeroChunks: number;
+  seconds: number;
+}
+
+export async function push(opts: PushOptions): Promise<PushResult> {
+  const started = Date.now();
+  const src = openSource(opts.source);
+  const conn = await opts.transport.connect().catch((e) => {
+    src.close();
+    throw e;
+  });
+  const ch = new Channel(conn);
+  const pool = new WorkerPool(Math.max(1, Math.min(availableParallelism(), 4)));
+  try {
+    pool.broadcast({ op: "level", level: opts.level });
+    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: "image" });
+    opts.reporter.info(`connecting to the receiver on ${conn.description}`);
+    const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
+    opts.reporter.info(`receiver ${ack.host.hostname} (${ack.tool}) will store ${ack.id ?? "the backup"}`);
+
+    // Everything the receiver says from here on: progress, an error, or the final DONE.
+    let done: Done | null = null;
+    let peerFailure: TbError | null = null;
+    let durable: Progress = { chunks: 0, bytes: 0 };
+    let finishedSending = false;
+    let resolveDone!: () => void;
+    const doneSignal = new Promise<void>((r) => (resolveDone = r));
+    const listener = (async () => {
+      for (;;) {
+        let f;
+        try {
+          f = await ch.recv(finishedSending ? opts.idleMs : 24 * 3600_000, "the receiver");
+        } catch (e) {
+          peerFailure ??= e instanceof TbError ? e : new TbError("CLOSED", String(e), "run again");
+          break;
+        }
+        if (f.type === MsgType.PROGRESS) durable = decodeJson<Progress>(f.payload) ?? durable;
+        else if (f.type === MsgType.DONE) {
+          done = decodeJson<Done>(f.payload);
+          break;
+        } else if (f.type === MsgType.ERROR) {
+          peerFailure = peerError(f.payload);
+          break;
+        }
+      }
+      resolveDone();
+    })();
+
+    const sha = new Bun.CryptoHasher("sha256");
+    const chunks = Math.ceil(src.size / opts.chunkSize);
+    const queue: Promise<Uint8Array>[] = [];
+    const maxInFlight = pool.size * 3;
+    const spare: ArrayBuffer[] = [];
+    const zeroBuf = new Uint8Array(opts.chunkSize);
+    let zeroChunks = 0;
+    let sentBytes = 0;
+    let stored = 0;
+    let rawSent = 0;
+
+    const sendHead = async () => {
+      const frame = await queue.shift()!;
+      if (peerFailure) throw peerFailure;
+      await ch.sendFrame(frame);
+      sentBytes += frame.length;
+    };
+
+    for (let i = 0; i < chunks; i++) {
+      if (peerFailure) throw peerFailure;
+      const offset = i * opts.chunkSize;
+      const rawLength = Math.min(opts.chunkSize, src.size - offset);
+      const raw = new Uint8Array(spare.pop() ?? new ArrayBuffer(opts.chunkSize), 0, rawLength);
+      readFully(src.fd, raw, offset, opts.source);
+      sha.update(raw);
+      if (Buffer.from(raw.buffer, 0, rawLength).equals(zeroBuf.subarray(0, rawLength))) {
+        zeroChunks++;
+        spare.push(raw.buffer as ArrayBuffer);
+        queue.push(Promise.resolve(encodeFrame(MsgType.ZERO, encodeZero({ index: i, rawLength, offset, checksum: zeroChecksum(rawLength) }))));
+      } else {
+        queue.push(
+          pool.run({ op: "compress", index: i, offset, rawLength, raw: raw.buffer as ArrayBuffer }, [raw.buffer as ArrayBuffer]).then((r) => {
+            if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
+            if (r.op !== "compressed") throw new TbError("INTERNAL", `unexpected worker reply ${r.op}`, "report this bug");
+            spare.push(r.raw);
+            stored += r.compressedSize;
+            return new Uint8Array(r.frame);
+          }),
+        );
+      }
+      rawSent += rawLength;
+      while (queue.length >= maxInFlight) await sendHead();
+      if ((i & 15) === 0) opts.reporter.progress({ phase: "push", bytes: rawSent, total: src.size, stored });
+    }
+    while (queue.length > 0) await sendHead();
+    const end: End = { chunks, bytes: src.size, sha256: sha.digest("hex") };
+    await ch.sendJson(MsgType.END, end);
+    finishedSending = true;
+    opts.reporter.progress({ phase: "push", bytes: rawSent, total: src.size, stored });
+    opts.reporter.info("all data sent; waiting for the receiver to confirm it is stored");
+    await doneSignal;
+    await listener;
+    if (peerFailure) throw peerFailure;
+    const d = done as Done | null;
+    if (!d) throw new TbError("CLOSED", "the receiver never confirmed the backup", "the backup is incomplete; run the command again");
+    if (d.sha256 !== end.sha256)
+      throw new TbError("CORRUPT", `the receiver stored SHA-256 ${d.sha256}, but the source has ${end.sha256}`, "the backup is incomplete; check the cable and run again");
+    void durable;
+    void sentBytes;
+    return {
+      id: d.id,
+      path: d.path,
+      source: opts.source,
+      bytes: src.size,
+      storedBytes: d.storedBytes,
+      sha256: end.sha256,
+      chunks,
+      zeroChunks,
+      seconds: (Date.now() - started) / 1000,
+    };
+  } catch (e) {
+    if (!(e instanceof TbError && (e.code === "CLOSED" || e.code === "PEER" || e.code === "NO_SPACE"))) {
+      const msg = e instanceof TbError ? e.message : String(e);
+      const code = e instanceof TbError ? e.code : "INTERNAL";
+      await Promise.race([ch.sendJson(MsgType.ERROR, { code, message: `sender stopped: ${msg}` }).catch(() => {}), Bun.sleep(500)]);
+    }
+    throw e;
+  } finally {
+    pool.terminate();
+    src.close();
+    await ch.close();
+  }
+}

@@ -1,0 +1,324 @@
+// receive: the keeper of backups. Accepts sessions on a listener and stores
+// each pushed image as DIR/<host>/<disk>/<timestamp>; every chunk is
+// decompressed and checked against the sender's checksum and the whole-image
+// SHA-256 before the sender is told the backup is done.
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, typeName, type End, type Hello, type HelloAck } from "../protocol/messages.ts";
+import type { Frame } from "../protocol/frame.ts";
+import type { Listener, Transport } from "../transport/index.ts";
+import { IMAGE_FILE, createBackupDir, fsyncDir, PARTIAL_SUFFIX } from "../store/layout.ts";
+import { ImageWriter } from "../store/image-writer.ts";
+import { writeManifest, type Manifest } from "../store/manifest.ts";
+import { frameHasChecksum } from "../store/seekable.ts";
+import { Channel } from "./channel.ts";
+import { WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
+import { TbError, errnoText, isErrno } from "./errors.ts";
+import { checkPeer } from "./handshake.ts";
+import { hostIdentity } from "./identity.ts";
+import type { Reporter } from "./report.ts";
+import { CAPABILITIES, PROTOCOL_VERSION, TOOL, TOOL_VERSION } from "./version.ts";
+import { zeroChecksum, zeroFrame } from "./zero.ts";
+import { MAX_CHUNK_SIZE } from "./push.ts";
+import { serveRequest, type ServeOptions } from "./serve-restore.ts";
+
+export interface ReceiveOptions {
+  out: string;
+  transport: Transport;
+  once: boolean;
+  allowRestore: boolean;
+  /** how long a session may stay silent before it is abandoned */
+  idleMs: number;
+  reporter: Reporter;
+  /** called after each session (for --json and logs) */
+  onSession?: (r: SessionResult) => void;
+  /** set to stop the server between sessions */
+  signal?: AbortSignal;
+}
+
+export interface SessionResult {
+  ok: boolean;
+  role: Hello["role"];
+  id?: string;
+  path?: string;
+  host?: string;
+  bytes?: number;
+  storedBytes?: number;
+  sha256?: string;
+  seconds?: number;
+  error?: { code: string; message: string };
+}
+
+const PROGRESS_EVERY_CHUNKS = 256;
+const MAX_CHECKS_IN_FLIGHT = 16;
+
+/** Checks DIR is a writable directory (creating it if needed) before serving anyone. */
+export function prepareStore(out: string): void {
+  try {
+    fs.mkdirSync(out, { recursive: true });
+    const probe = path.join(out, `.tbbackup-probe-${process.pid}`);
+    fs.writeFileSync(probe, "");
+    fs.rmSync(probe);
+  } catch (e) {
+    throw new TbError("DEST", `cannot write to ${out}: ${errnoText(e)}`, "choose a writable directory for --out (and check free space and permissions)");
+  }
+}
+
+export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
+  prepareStore(opts.out);
+  const listener = await opts.transport.listen();
+  const results: SessionResult[] = [];
+  const stop = () => void listener.close();
+  opts.signal?.addEventListener("abort", stop);
+  try {
+    opts.reporter.info(`receiving on ${listener.description}, storing under ${path.resolve(opts.out)}`);
+    while (!opts.signal?.aborted) {
+      const conn = await listener.accept();
+      if (!conn) break;
+      const ch = new Channel(conn);
+      try {
+        await serveConnection(ch, opts, listener, (r) => {
+          results.push(r);
+          opts.onSession?.(r);
+        });
+      } finally {
+        await ch.close();
+      }
+      if (opts.once && results.length > 0) break;
+    }
+  } finally {
+    opts.signal?.removeEventListener("abort", stop);
+    await listener.close();
+  }
+  return results;
+}
+
+/** Serves sessions on one connection until it ends (a device carries many in turn). */
+async function serveConnection(ch: Channel, opts: ReceiveOptions, _l: Listener, done: (r: SessionResult) => void): Promise<void> {
+  let carried: Frame | null = null;
+  while (!opts.signal?.aborted) {
+    let f: Frame;
+    if (carried) {
+      f = carried;
+      carried = null;
+    } else {
+      try {
+        f = await ch.recv(ch.conn.lossy ? 24 * 3600_000 : opts.idleMs, "a HELLO");
+      } catch (e) {
+        if (e instanceof TbError && e.code === "CORRUPT" && ch.conn.lossy) continue;
+        return;
+      }
+    }
+    if (f.type !== MsgType.HELLO) continue; // left over from an earlier session
+    const hello = decodeJson<Hello>(f.payload);
+    const bad = checkPeer(hello);
+    if (bad) {
+      await ch.sendJson(MsgType.ERROR, { session: hello?.session, code: "PROTOCOL", message: `receiver ${TOOL} speaks protocol ${PROTOCOL_VERSION}: ${bad.message}` }).catch(() => {});
+      done({ ok: false, role: "push", error: { code: bad.code, message: bad.message } });
+      if (opts.once) return;
+      continue;
+    }
+    const h = hello!;
+    if (h.role === "push") {
+      const r = await receiveImage(ch, h, opts);
+      carried = r.carried;
+      done(r.result);
+    } else {
+      const r = await serveRequest(ch, h, opts as ServeOptions);
+      carried = r.carried;
+      done(r.result);
+    }
+    if (opts.once) return;
+    if (!ch.conn.lossy && ch.isEnded) return;
+  }
+}
+
+function ackFor(hello: Hello, id?: string): HelloAck {
+  return { protocol: "tbbackup", proto: PROTOCOL_VERSION, tool: TOOL, session: hello.session, host: hostIdentity(), caps: CAPABILITIES, id };
+}
+
+interface PendingCheck {
+  index: number;
+  p: Promise<WorkerReply>;
+  reply: WorkerReply | null;
+}
+
+async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Promise<{ result: SessionResult; carried: Frame | null }> {
+  const started = new Date();
+  const disk = hello.disk;
+  const chunkSize = hello.chunkSize ?? 0;
+  const fail = async (code: TbError["code"], message: string) => {
+    await ch.sendJson(MsgType.ERROR, { session: hello.session, code, message }).catch(() => {});
+    opts.reporter.info(`session from ${hello.host?.hostname ?? "?"} refused: ${message}`);
+    return { result: { ok: false, role: "push" as const, host: hello.host?.hostname, error: { code, message } }, carried: null };
+  };
+  if (!disk || typeof disk.size !== "number" || disk.size < 0 || !Number.isSafeInteger(disk.size))
+    return fail("PROTOCOL", "HELLO without a valid disk size");
+  if (!Number.isInteger(chunkSize) || chunkSize < 4096 || chunkSize > MAX_CHUNK_SIZE || chunkSize % 4096 !== 0)
+    return fail("PROTOCOL", `chunk size ${chunkSize} is not supported`);
+
+  let created: { id: string; dir: string };
+  try {
+    created = createBackupDir(opts.out, hello.host?.hostname ?? "unknown", disk.name ?? "disk", started);
+  } catch (e) {
+    const nospace = isErrno(e, "ENOSPC");
+    return fail(nospace ? "NO_SPACE" : "DEST", `receiver cannot create a backup directory under ${opts.out}: ${errnoText(e)}`);
+  }
+  const finalDir = created.dir.slice(0, -PARTIAL_SUFFIX.length);
+  const manifest: Manifest = {
+    format: 1,
+    id: created.id,
+    kind: "image",
+    status: "partial",
+    label: typeof hello.label === "string" ? hello.label : null,
+    host: hello.host,
+    disk,
+    tool: { name: "tbbackup", version: String(hello.tool ?? "").replace(/^tbbackup\//, ""), protocol: hello.proto },
+    receiver: { hostname: os.hostname(), tool: TOOL },
+    session: hello.session,
+    chunkSize,
+    compression: { algorithm: "zstd", level: hello.level ?? 1, format: "zstd-seekable" },
+    chunks: { count: 0, zero: 0, checksum: "xxh3-64", file: "chunks.txt" },
+    size: disk.size,
+    storedBytes: 0,
+    sha256: null,
+    data: IMAGE_FILE,
+    timings: { started: started.toISOString(), finished: null, seconds: null },
+  };
+  let writer: ImageWriter;
+  try {
+    writeManifest(created.dir, manifest);
+    writer = new ImageWriter(created.dir, IMAGE_FILE);
+  } catch (e) {
+    return fail(isErrno(e, "ENOSPC") ? "NO_SPACE" : "DEST", `receiver cannot write under ${opts.out}: ${errnoText(e)}`);
+  }
+
+  const pool = new WorkerPool(1);
+  const expectedChunks = Math.ceil(disk.size / chunkSize);
+  const checks: PendingCheck[] = [];
+  let next = 0;
+  let zero = 0;
+  let carried: Frame | null = null;
+  let lastProgress = 0;
+  opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}`);
+  await ch.sendJson(MsgType.HELLO_ACK, ackFor(hello, created.id));
+
+  const settle = async (c: PendingCheck) => {
+    const r = c.reply ?? (await c.p);
+    if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
+    if (r.op === "checked" && !r.ok)
+      throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.index * chunkSize}) failed its check: ${r.error}`, "the data was damaged in transit; check the cable and push again");
+  };
+  const track = (index: number, p: Promise<WorkerReply>) => {
+    const c: PendingCheck = { index, p, reply: null };
+    p.then((r) => (c.reply = r));
+    checks.push(c);
+  };
+  const drainSettled = async (limit: number) => {
+    while (checks.length > 0 && (checks.length > limit || checks[0]!.reply)) await settle(checks.shift()!);
+  };
+  const writeChunk = (frame: Uint8Array, rawLength: number, offset: number, checksum: bigint) => {
+    try {
+      writer.append(frame, rawLength, offset, checksum);
+    } catch (e) {
+      if (isErrno(e, "ENOSPC", "EDQUOT")) throw new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
+      throw new TbError("DEST", `the receiver cannot write ${writer.tmpPath}: ${errnoText(e)}`, "check the receiver's disk");
+    }
+  };
+
+  try {
+    for (;;) {
+      const f = await ch.recv(opts.idleMs, "the sender");
+      if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
+        const h = readChunkHeader(f.payload);
+        if (!h) throw new TbError("PROTOCOL", "a chunk record is too short", "use the same tbbackup version on both sides");
+        const offset = h.index * chunkSize;
+        const rawLength = Math.min(chunkSize, disk.size - offset);
+        if (h.index !== next || h.offset !== offset || h.rawLength !== rawLength || h.index >= expectedChunks)
+          throw new TbError("PROTOCOL", `chunk ${h.index} at offset ${h.offset} arrived out of order (expected chunk ${next})`, "data was lost on the way; check the cable and push again");
+        if (f.type === MsgType.ZERO) {
+          if (f.payload.length !== CHUNK_HEADER_SIZE || h.checksum !== zeroChecksum(rawLength))
+            throw new TbError("CORRUPT", `zero record for chunk ${h.index} is malformed`, "check the cable and push again");
+          writeChunk(zeroFrame(rawLength), rawLength, offset, h.checksum);
+          track(h.index, pool.run({ op: "zero", index: h.index, rawLength }, [], 0));
+          zero++;
+        } else {
+          const z = f.payload.subarray(CHUNK_HEADER_SIZE);
+          if (!frameHasChecksum(z)) throw new TbError("PROTOCOL", `chunk ${h.index} is not a zstd frame with a content checksum`, "use the same tbbackup version on both sides");
+          writeChunk(z, rawLength, offset, h.checksum);
+          const buf = f.payload.buffer as ArrayBuffer;
+          track(h.index, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: f.payload.byteOffset + CHUNK_HEADER_SIZE, length: z.length, hash: true, wantRaw: false }, [buf], 0));
+        }
+        next++;
+        await drainSettled(MAX_CHECKS_IN_FLIGHT);
+        if (next - lastProgress >= PROGRESS_EVERY_CHUNKS) {
+          await drainSettled(0);
+          writer.sync();
+          lastProgress = next;
+          await ch.sendJson(MsgType.PROGRESS, { chunks: next, bytes: Math.min(disk.size, next * chunkSize) });
+        }
+        if ((next & 15) === 0) opts.reporter.progress({ phase: "receive", bytes: writer.rawBytes, total: disk.size, stored: writer.bytesWritten });
+      } else if (f.type === MsgType.END) {
+        const end = decodeJson<End>(f.payload);
+        if (!end || end.chunks !== expectedChunks || end.bytes !== disk.size || next !== expectedChunks)
+          throw new TbError("CLOSED", `the sender ended after ${next} of ${expectedChunks} chunks`, "the backup is incomplete; push again");
+        await drainSettled(0);
+        const digest = await pool.run({ op: "digest" }, [], 0);
+        const sha256 = digest.op === "digest" ? digest.sha256 : "";
+        if (sha256 !== end.sha256)
+          throw new TbError("CORRUPT", `whole-image SHA-256 mismatch: received data hashes to ${sha256}, the sender read ${end.sha256}`, "the backup is incomplete; check the cable and push again");
+        let storedBytes: number;
+        try {
+          storedBytes = writer.finish();
+        } catch (e) {
+          if (isErrno(e, "ENOSPC", "EDQUOT")) throw new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
+          throw e;
+        }
+        const finished = new Date();
+        Object.assign(manifest, {
+          status: "complete",
+          chunks: { ...manifest.chunks, count: expectedChunks, zero },
+          storedBytes,
+          sha256,
+          timings: { started: started.toISOString(), finished: finished.toISOString(), seconds: (finished.getTime() - started.getTime()) / 1000 },
+        });
+        writeManifest(created.dir, manifest);
+        fs.renameSync(created.dir, finalDir);
+        fsyncDir(path.dirname(finalDir));
+        await ch.sendJson(MsgType.DONE, { id: created.id, path: finalDir, sha256, bytes: disk.size, storedBytes });
+        opts.reporter.info(`stored ${created.id}: ${disk.size} bytes as ${storedBytes} (sha256 ${sha256})`);
+        return {
+          result: { ok: true, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, bytes: disk.size, storedBytes, sha256, seconds: manifest.timings.seconds! },
+          carried: null,
+        };
+      } else if (f.type === MsgType.ERROR) {
+        const e = decodeJson<{ code?: string; message?: string }>(f.payload);
+        throw new TbError("PEER", `the sender stopped: ${e?.message ?? "unknown reason"}`, "");
+      } else if (f.type === MsgType.HELLO) {
+        const again = decodeJson<Hello>(f.payload);
+        if (again?.session === hello.session) {
+          await ch.sendJson(MsgType.HELLO_ACK, ackFor(hello, created.id));
+          continue;
+        }
+        carried = f;
+        throw new TbError("CLOSED", "the sender started a new session before finishing this one", "");
+      } else {
+        throw new TbError("PROTOCOL", `unexpected ${typeName(f.type)} message during a push`, "use the same tbbackup version on both sides");
+      }
+    }
+  } catch (e) {
+    const err = e instanceof TbError ? e : new TbError("INTERNAL", String(e), "report this bug");
+    writer.abort();
+    Object.assign(manifest, { status: "partial", reason: err.message, chunks: { ...manifest.chunks, count: next, zero }, storedBytes: writer.bytesWritten });
+    try {
+      writeManifest(created.dir, manifest);
+    } catch {}
+    if (err.code !== "CLOSED" && err.code !== "PEER" && err.code !== "TIMEOUT")
+      await ch.sendJson(MsgType.ERROR, { session: hello.session, code: err.code, message: `receiver: ${err.message}` }).catch(() => {});
+    opts.reporter.info(`session ${hello.session.slice(0, 8)} failed, kept as ${created.id}${PARTIAL_SUFFIX}: ${err.oneLine()}`);
+    return { result: { ok: false, role: "push", id: created.id + PARTIAL_SUFFIX, path: created.dir, host: hello.host?.hostname, error: { code: err.code, message: err.message } }, carried };
+  } finally {
+    pool.terminate();
+  }
+}

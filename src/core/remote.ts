@@ -1,0 +1,29 @@
+// Requests to a receiver other than push: list (and restore, see restore.ts).
+import { MsgType, decodeJson } from "../protocol/messages.ts";
+import type { Transport } from "../transport/index.ts";
+import type { BackupEntry } from "./catalogue.ts";
+import { Channel } from "./channel.ts";
+import { TbError } from "./errors.ts";
+import { handshake, newHello, peerError } from "./handshake.ts";
+import type { Reporter } from "./report.ts";
+
+export async function listRemote(transport: Transport, waitMs: number, reporter: Reporter): Promise<Omit<BackupEntry, "path">[]> {
+  const ch = new Channel(await transport.connect());
+  try {
+    const hello = newHello("list");
+    await handshake(ch, hello, waitMs, reporter);
+    for (;;) {
+      const f = await ch.recv(waitMs, "the receiver's list");
+      if (f.type === MsgType.ERROR) throw peerError(f.payload);
+      if (f.type !== MsgType.LIST_RESULT) continue;
+      const r = decodeJson<{ session: string; backups: Omit<BackupEntry, "path">[] }>(f.payload);
+      if (!r || r.session !== hello.session || !Array.isArray(r.backups)) continue;
+      return r.backups;
+    }
+  } catch (e) {
+    if (e instanceof TbError && e.code === "REFUSED") throw new TbError("REFUSED", e.message.replace(/^the other side reports: /, "the receiver refused: "), "");
+    throw e;
+  } finally {
+    await ch.close();
+  }
+}

@@ -1,0 +1,54 @@
+// Opening what push reads: a block device or a regular file (an image).
+import * as fs from "node:fs";
+import { TbError, errnoText, isErrno } from "./errors.ts";
+import { blockDeviceSize, diskIdentity } from "./identity.ts";
+import type { DiskIdentity } from "../protocol/messages.ts";
+
+export interface Source {
+  fd: number;
+  size: number;
+  disk: DiskIdentity;
+  close(): void;
+}
+
+export function openSource(path: string): Source {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, "r");
+  } catch (e) {
+    if (isErrno(e, "ENOENT")) throw new TbError("SOURCE", `source ${path} does not exist`, "check the device or file name (lsblk lists disks)");
+    if (isErrno(e, "EACCES", "EPERM")) throw new TbError("SOURCE", `cannot read ${path}: permission denied`, "run tbbackup as root");
+    throw new TbError("SOURCE", `cannot open ${path}: ${errnoText(e)}`, "check the device or file");
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    let size: number;
+    if (st.isFile()) size = st.size;
+    else if (st.isBlockDevice()) {
+      const s = blockDeviceSize(path);
+      if (s === null) throw new TbError("SOURCE", `cannot tell the size of ${path}`, "check that /sys is mounted");
+      size = s;
+    } else throw new TbError("SOURCE", `${path} is not a block device or a regular file`, "give a disk (e.g. /dev/nvme0n1) or an image file");
+    const head = new Uint8Array(Math.min(8192, size));
+    if (head.length > 0) readFully(fd, head, 0, path);
+    return { fd, size, disk: diskIdentity(path, size, head, st.isBlockDevice()), close: () => fs.closeSync(fd) };
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+}
+
+/** Reads exactly buf.length bytes at `position`, or throws SOURCE. */
+export function readFully(fd: number, buf: Uint8Array, position: number, path: string): void {
+  let off = 0;
+  while (off < buf.length) {
+    let n: number;
+    try {
+      n = fs.readSync(fd, buf, off, buf.length - off, position + off);
+    } catch (e) {
+      throw new TbError("SOURCE", `read error on ${path} at byte ${position + off}: ${errnoText(e)}`, "the disk may be failing; try a file-level backup (push --files) of what can still be read");
+    }
+    if (n === 0) throw new TbError("SOURCE", `${path} ended at byte ${position + off}, before its size`, "the source shrank while being read; run again");
+    off += n;
+  }
+}

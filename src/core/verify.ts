@@ -1,0 +1,105 @@
+// verify: re-reads a stored backup, checks every chunk (zstd frame checksum and
+// our xxh3 of the raw data) and the whole-image SHA-256, writing nothing.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { ChunkList, ImageReader } from "../store/image-reader.ts";
+import { CHUNKS_FILE, IMAGE_FILE, MANIFEST_FILE } from "../store/layout.ts";
+import { readManifest, type Manifest } from "../store/manifest.ts";
+import { WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
+import { TbError } from "./errors.ts";
+import type { Reporter } from "./report.ts";
+
+export interface VerifyResult {
+  path: string;
+  id: string | null;
+  ok: true;
+  chunks: number;
+  bytes: number;
+  sha256: string;
+  seconds: number;
+}
+
+/** Finds the backup directory and image for a path that names either. */
+export function locateBackup(p: string): { dir: string; image: string; manifest: Manifest | null } {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(p);
+  } catch {
+    throw new TbError("NOT_FOUND", `${p} does not exist`, "give a backup directory (tbbackup list shows them) or its image.zst");
+  }
+  const dir = st.isDirectory() ? p : path.dirname(p);
+  let manifest: Manifest | null = null;
+  if (fs.existsSync(path.join(dir, MANIFEST_FILE))) {
+    try {
+      manifest = readManifest(dir);
+    } catch (e) {
+      throw new TbError("VERIFY", `${path.join(dir, MANIFEST_FILE)} is unreadable: ${(e as Error).message}`, "the backup's manifest is damaged");
+    }
+  }
+  const image = st.isDirectory() ? path.join(dir, manifest?.data ?? IMAGE_FILE) : p;
+  if (!fs.existsSync(image)) {
+    const partial = manifest?.status === "partial" || dir.endsWith(".partial");
+    throw new TbError(partial ? "VERIFY" : "NOT_FOUND", partial ? `${dir} is an incomplete backup (${manifest?.reason ?? "interrupted"})` : `no ${IMAGE_FILE} in ${dir}`, partial ? "push again to make a complete backup" : "give a backup directory made by tbbackup receive");
+  }
+  return { dir, image, manifest };
+}
+
+export async function verify(p: string, reporter: Reporter): Promise<VerifyResult> {
+  const started = Date.now();
+  const { dir, image, manifest } = locateBackup(p);
+  let reader: ImageReader;
+  try {
+    reader = ImageReader.open(image);
+  } catch (e) {
+    throw new TbError("VERIFY", `${image} is damaged: ${(e as Error).message}`, "this backup cannot be trusted; make a new one");
+  }
+  const listPath = path.join(dir, manifest?.chunks.file ?? CHUNKS_FILE);
+  const list = manifest && fs.existsSync(listPath) ? new ChunkList(listPath) : null;
+  const pool = new WorkerPool(1);
+  const bad = (i: number, why: string) =>
+    new TbError("VERIFY", `chunk ${i} (raw offset ${offsetOf(reader, i)}) is bad: ${why}`, "this backup cannot be trusted; make a new one");
+  try {
+    if (manifest && manifest.status !== "complete") throw new TbError("VERIFY", `${dir} is marked ${manifest.status}`, "push again to make a complete backup");
+    if (manifest && manifest.chunks.count !== reader.entries.length)
+      throw new TbError("VERIFY", `the manifest lists ${manifest.chunks.count} chunks but the image has ${reader.entries.length}`, "this backup cannot be trusted; make a new one");
+    if (manifest && manifest.size !== reader.rawSize)
+      throw new TbError("VERIFY", `the manifest says ${manifest.size} bytes but the image holds ${reader.rawSize}`, "this backup cannot be trusted; make a new one");
+    const inflight: { i: number; p: Promise<WorkerReply> }[] = [];
+    const settle = async () => {
+      const { i, p: pr } = inflight.shift()!;
+      const r = await pr;
+      if (r.op === "checked" && !r.ok) throw bad(i, r.error ?? "check failed");
+      if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
+    };
+    let bytes = 0;
+    for (let i = 0; i < reader.entries.length; i++) {
+      const e = reader.entries[i]!;
+      const c = list?.next() ?? null;
+      if (list && (!c || c.index !== i || c.length !== e.rawSize)) throw bad(i, "the chunk list does not match the image");
+      const frame = reader.readFrame(i);
+      inflight.push({
+        i,
+        p: pool.run({ op: "check", index: i, rawLength: e.rawSize, checksum: c?.checksum ?? -1n, buf: frame.buffer as ArrayBuffer, at: 0, length: frame.length, hash: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0),
+      });
+      bytes += e.rawSize;
+      if (inflight.length > 8) await settle();
+      if ((i & 31) === 0) reporter.progress({ phase: "verify", bytes, total: reader.rawSize });
+    }
+    while (inflight.length) await settle();
+    const d = await pool.run({ op: "digest" }, [], 0);
+    const sha256 = d.op === "digest" ? d.sha256 : "";
+    if (manifest?.sha256 && manifest.sha256 !== sha256)
+      throw new TbError("VERIFY", `whole-image SHA-256 is ${sha256}, the manifest says ${manifest.sha256}`, "this backup cannot be trusted; make a new one");
+    return { path: dir, id: manifest?.id ?? null, ok: true, chunks: reader.entries.length, bytes, sha256, seconds: (Date.now() - started) / 1000 };
+  } finally {
+    pool.terminate();
+    reader.close();
+    list?.close();
+  }
+}
+
+function offsetOf(r: ImageReader, i: number): number {
+  let o = 0;
+  for (let k = 0; k < i; k++) o += r.entries[k]!.rawSize;
+  return o;
+}

@@ -1,0 +1,9 @@
+// Tool identity, shared by the CLI and the protocol.
+import pkg from "../../package.json" with { type: "json" };
+import { PROTOCOL_VERSION } from "../protocol/messages.ts";
+
+export const TOOL_NAME = "tbbackup";
+export const TOOL_VERSION: string = pkg.version;
+export const TOOL = `${TOOL_NAME}/${TOOL_VERSION}`;
+export { PROTOCOL_VERSION };
+export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack"];

@@ -1,0 +1,29 @@
+// All-zero chunks: their checksum, and the zstd frame the store writes for them.
+import { zstd } from "../util/zstd.ts";
+
+const checksums = new Map<number, bigint>();
+const frames = new Map<number, Uint8Array>();
+
+export function zeroChecksum(rawLength: number): bigint {
+  let c = checksums.get(rawLength);
+  if (c === undefined) {
+    c = Bun.hash.xxHash3(new Uint8Array(rawLength));
+    checksums.set(rawLength, c);
+  }
+  return c;
+}
+
+/** A zstd frame (content size and checksum set) that decompresses to rawLength zeros. */
+export function zeroFrame(rawLength: number): Uint8Array {
+  let f = frames.get(rawLength);
+  if (!f) {
+    const cctx = new zstd.CCtx();
+    cctx.setParameter(zstd.CParameter.compressionLevel, 1);
+    cctx.setParameter(zstd.CParameter.checksumFlag, 1);
+    cctx.setParameter(zstd.CParameter.contentSizeFlag, 1);
+    const out = new Uint8Array(zstd.compressBound(rawLength));
+    f = out.slice(0, cctx.compress2(out, new Uint8Array(rawLength)));
+    frames.set(rawLength, f);
+  }
+  return f;
+}

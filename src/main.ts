@@ -1,0 +1,35 @@
+#!/usr/bin/env bun
+// tbbackup: the command line. Each command lives in its own file under src/cli.
+import { Command, CommanderError } from "commander";
+import { register as registerPush } from "./cli/push.ts";
+import { register as registerReceive } from "./cli/receive.ts";
+import { register as registerList } from "./cli/list.ts";
+import { register as registerVerify } from "./cli/verify.ts";
+import { PROTOCOL_VERSION, TOOL_VERSION } from "./core/version.ts";
+
+const program = new Command()
+  .name("tbbackup")
+  .description("image a disk over a USB4/Thunderbolt cable (or any stream), store it verified, restore it")
+  .showHelpAfterError("(run 'tbbackup --help' for usage)")
+  .exitOverride();
+
+program
+  .command("version")
+  .description("print tool and protocol versions")
+  .option("--json", "print JSON")
+  .action((o: { json?: boolean }) => {
+    if (o.json) process.stdout.write(JSON.stringify({ tool: "tbbackup", version: TOOL_VERSION, protocol: PROTOCOL_VERSION }) + "\n");
+    else process.stdout.write(`tbbackup ${TOOL_VERSION} (protocol ${PROTOCOL_VERSION})\n`);
+  });
+registerPush(program);
+registerReceive(program);
+registerList(program);
+registerVerify(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (e) {
+  if (e instanceof CommanderError) {
+    process.exitCode = e.exitCode === 0 ? 0 : 2;
+  } else throw e;
+}

@@ -1,0 +1,103 @@
+// Reads a stored image.zst: its seek table, and its frames one at a time.
+import * as fs from "node:fs";
+import { FOOTER_SIZE, parseFooter, parseSeekTable, type SeekEntry } from "./seekable.ts";
+
+export class ImageReader {
+  readonly entries: SeekEntry[];
+  readonly offsets: number[];
+  readonly rawSize: number;
+  readonly fileSize: number;
+
+  private constructor(
+    readonly path: string,
+    private fd: number,
+    entries: SeekEntry[],
+    fileSize: number,
+  ) {
+    this.entries = entries;
+    this.fileSize = fileSize;
+    this.offsets = [];
+    let at = 0;
+    let raw = 0;
+    for (const e of entries) {
+      this.offsets.push(at);
+      at += e.compressedSize;
+      raw += e.rawSize;
+    }
+    this.rawSize = raw;
+  }
+
+  /** Opens an image and checks that its frames and seek table account for every byte. */
+  static open(path: string): ImageReader {
+    const fd = fs.openSync(path, "r");
+    try {
+      const size = fs.fstatSync(fd).size;
+      if (size < FOOTER_SIZE + 8) throw new Error(`${path} is too small to be a seekable image`);
+      const footer = new Uint8Array(FOOTER_SIZE);
+      fs.readSync(fd, footer, 0, FOOTER_SIZE, size - FOOTER_SIZE);
+      const { tableSize } = parseFooter(footer);
+      if (tableSize > size) throw new Error(`${path}: seek table larger than the file`);
+      const table = new Uint8Array(tableSize);
+      fs.readSync(fd, table, 0, tableSize, size - tableSize);
+      const entries = parseSeekTable(table);
+      const framesBytes = entries.reduce((a, e) => a + e.compressedSize, 0);
+      if (framesBytes + tableSize !== size)
+        throw new Error(`${path}: the seek table accounts for ${framesBytes + tableSize} bytes but the file has ${size}`);
+      return new ImageReader(path, fd, entries, size);
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  /** The compressed bytes of frame i, in a fresh buffer. */
+  readFrame(i: number): Uint8Array {
+    const e = this.entries[i]!;
+    const buf = new Uint8Array(e.compressedSize);
+    let off = 0;
+    while (off < buf.length) {
+      const n = fs.readSync(this.fd, buf, off, buf.length - off, this.offsets[i]! + off);
+      if (n === 0) throw new Error(`${this.path} ended inside frame ${i}`);
+      off += n;
+    }
+    return buf;
+  }
+
+  close(): void {
+    if (this.fd >= 0) fs.closeSync(this.fd);
+    this.fd = -1;
+  }
+}
+
+/** Streams the per-chunk checksums file (index offset length xxh3hex per line). */
+export class ChunkList {
+  private fd: number;
+  private buf = "";
+  private eof = false;
+  private block = Buffer.alloc(1 << 20);
+
+  constructor(path: string) {
+    this.fd = fs.openSync(path, "r");
+  }
+
+  next(): { index: number; offset: number; length: number; checksum: bigint } | null {
+    for (;;) {
+      const nl = this.buf.indexOf("\n");
+      if (nl >= 0) {
+        const line = this.buf.slice(0, nl);
+        this.buf = this.buf.slice(nl + 1);
+        const m = /^(\d+) (\d+) (\d+) ([0-9a-f]{16})$/.exec(line);
+        if (!m) throw new Error(`malformed line in chunk list: ${line.slice(0, 60)}`);
+        return { index: Number(m[1]), offset: Number(m[2]), length: Number(m[3]), checksum: BigInt("0x" + m[4]) };
+      }
+      if (this.eof) return null;
+      const n = fs.readSync(this.fd, this.block, 0, this.block.length, null);
+      if (n === 0) this.eof = true;
+      else this.buf += this.block.toString("latin1", 0, n);
+    }
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
+  }
+}

@@ -1,0 +1,80 @@
+// Where backups live: DIR/<host>/<disk>/<UTC timestamp>[.partial]. Names that
+// come from a peer are sanitised so nothing is ever written outside DIR.
+import * as path from "node:path";
+import * as fs from "node:fs";
+
+export const PARTIAL_SUFFIX = ".partial";
+export const IMAGE_FILE = "image.zst";
+export const FILES_FILE = "files.tar.zst";
+export const MANIFEST_FILE = "manifest.json";
+export const CHUNKS_FILE = "chunks.txt";
+
+/** A safe single path component: [A-Za-z0-9._-], no leading dot, 1..64 chars. */
+export function sanitizeName(raw: string, fallback = "unknown"): string {
+  let s = raw.normalize("NFKC").replace(/[^A-Za-z0-9._-]+/g, "_");
+  s = s.replace(/^[._]+/, "").replace(/_+$/, "").slice(0, 64);
+  return s || fallback;
+}
+
+export function timestampName(d: Date): string {
+  return d.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z");
+}
+
+/** Joins under root and refuses anything that would leave it. */
+export function within(root: string, ...parts: string[]): string {
+  const base = path.resolve(root);
+  const p = path.resolve(base, ...parts);
+  if (p !== base && !p.startsWith(base + path.sep)) throw new Error(`path ${p} leaves ${base}`);
+  return p;
+}
+
+/** Creates a fresh partial directory for a new backup and returns its id and path. */
+export function createBackupDir(root: string, host: string, disk: string, when: Date): { id: string; dir: string } {
+  const h = sanitizeName(host);
+  const d = sanitizeName(disk);
+  const parent = within(root, h, d);
+  fs.mkdirSync(parent, { recursive: true });
+  const ts = timestampName(when);
+  for (let n = 0; n < 1000; n++) {
+    const name = n === 0 ? ts : `${ts}-${n}`;
+    const final = within(parent, name);
+    const partial = final + PARTIAL_SUFFIX;
+    if (fs.existsSync(final)) continue;
+    try {
+      fs.mkdirSync(partial);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "EEXIST") continue;
+      throw e;
+    }
+    return { id: `${h}/${d}/${name}`, dir: partial };
+  }
+  throw new Error(`too many backups named ${ts} under ${parent}`);
+}
+
+/**
+ * Resolves a backup ID (host/disk/timestamp) strictly inside root: no "..",
+ * no absolute paths, no symlinks that lead out.
+ */
+export function resolveBackupId(root: string, id: string): string | null {
+  const parts = id.split("/");
+  if (parts.length !== 3 || parts.some((p) => !p || p === "." || p === ".." || sanitizeName(p, "") !== p)) return null;
+  const p = within(root, ...parts);
+  let real: string;
+  try {
+    real = fs.realpathSync(p);
+  } catch {
+    return null;
+  }
+  const realRoot = fs.realpathSync(root);
+  if (!real.startsWith(realRoot + path.sep)) return null;
+  return real;
+}
+
+export function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, "r");
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -1,0 +1,100 @@
+// Adapts a node Readable/Writable pair (sockets, stdio) to Conn.
+import type { Readable, Writable } from "node:stream";
+import { TbError, errnoText } from "../core/errors.ts";
+import type { Conn } from "./types.ts";
+
+export function streamConn(
+  input: Readable,
+  output: Writable,
+  description: string,
+  lossy: boolean,
+  destroy: () => void,
+): Conn {
+  const chunks: Uint8Array[] = [];
+  let ended = false;
+  let failure: Error | null = null;
+  let wake: (() => void) | null = null;
+  let closed = false;
+  const notify = () => {
+    const w = wake;
+    wake = null;
+    w?.();
+  };
+  input.on("data", (c: Buffer) => {
+    chunks.push(c);
+    if (chunks.length > 64) input.pause();
+    notify();
+  });
+  input.on("end", () => {
+    ended = true;
+    notify();
+  });
+  input.on("close", () => {
+    ended = true;
+    notify();
+  });
+  const onError = (e: Error) => {
+    failure ??= e;
+    notify();
+  };
+  input.on("error", onError);
+  if ((output as unknown) !== input) output.on("error", onError);
+
+  const cut = (e: Error) =>
+    new TbError("CLOSED", `the stream ${description} was cut (${errnoText(e)})`, "the backup is incomplete; check the connection and run the command again");
+
+  return {
+    description,
+    lossy,
+    async read() {
+      for (;;) {
+        const c = chunks.shift();
+        if (c) {
+          if (chunks.length < 16 && input.isPaused()) input.resume();
+          return c;
+        }
+        if (failure) throw cut(failure);
+        if (ended || closed) return null;
+        await new Promise<void>((r) => (wake = r));
+      }
+    },
+    async write(data) {
+      if (failure) throw cut(failure);
+      if (closed || output.destroyed || output.writableEnded) throw new TbError("CLOSED", `the stream ${description} is closed`, "the backup is incomplete; run the command again");
+      if (!output.write(data)) {
+        await new Promise<void>((resolve, reject) => {
+          const done = () => {
+            output.off("drain", done);
+            output.off("close", closed_);
+            output.off("error", err);
+            resolve();
+          };
+          const closed_ = () => {
+            output.off("drain", done);
+            output.off("error", err);
+            reject(new TbError("CLOSED", `the other side closed ${description}`, "the backup is incomplete; check the other side's message and run again"));
+          };
+          const err = (e: Error) => {
+            output.off("drain", done);
+            output.off("close", closed_);
+            reject(cut(e));
+          };
+          output.once("drain", done);
+          output.once("close", closed_);
+          output.once("error", err);
+        });
+      }
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      notify();
+      await new Promise<void>((r) => {
+        if (output.writableEnded || output.destroyed) return r();
+        output.end(() => r());
+        setTimeout(r, 2000).unref?.();
+      });
+      destroy();
+    },
+  };
+}

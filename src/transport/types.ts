@@ -1,0 +1,28 @@
+// The one transport interface. A Conn is a reliable-or-not byte pipe in both
+// directions; framing, checksums and retries live above it (src/protocol, src/core).
+
+export interface Conn {
+  /** Next bytes from the peer, or null at end of stream. Throws TbError("CLOSED") when cut. */
+  read(): Promise<Uint8Array | null>;
+  /** Writes all of `data` (waits on backpressure). */
+  write(data: Uint8Array): Promise<void>;
+  /** Closes this side; idempotent. */
+  close(): Promise<void>;
+  readonly description: string;
+  /** True for transports that can lose bytes written before the peer opened (devices). */
+  readonly lossy: boolean;
+}
+
+export interface Listener {
+  /** The next session's connection, or null when no more will come. */
+  accept(): Promise<Conn | null>;
+  close(): Promise<void>;
+  readonly description: string;
+}
+
+export interface Transport {
+  /** For the sides that start a session (push, list, restore). */
+  connect(): Promise<Conn>;
+  /** For receive. */
+  listen(): Promise<Listener>;
+}

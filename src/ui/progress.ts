@@ -1,0 +1,66 @@
+// Progress on stderr: an ora spinner on a TTY, plain periodic lines otherwise
+// (serial console, journald, CI). NO_COLOR is honoured.
+import ora, { type Ora } from "ora";
+import type { ProgressInfo, Reporter } from "../core/report.ts";
+import { bytes, duration, rate, ratio } from "./format.ts";
+
+const PLAIN_EVERY_MS = 5000;
+
+export function progressLine(p: ProgressInfo, elapsedS: number): string {
+  const parts = [p.phase, p.total > 0 ? `${bytes(p.bytes)} / ${bytes(p.total)} ${Math.floor((100 * p.bytes) / p.total)}%` : bytes(p.bytes)];
+  if (p.files !== undefined) parts.push(`${p.files} files`);
+  if (elapsedS > 0.2) {
+    const r = p.bytes / elapsedS;
+    parts.push(rate(r));
+    if (p.total > 0 && r > 0) parts.push(`ETA ${duration((p.total - p.bytes) / r)}`);
+  }
+  if (p.stored !== undefined && p.stored > 0) parts.push(`ratio ${ratio(p.bytes, p.stored)}`);
+  return parts.join("  ");
+}
+
+export function makeReporter(opts: { quiet?: boolean } = {}): Reporter {
+  const started = Date.now();
+  const elapsed = () => (Date.now() - started) / 1000;
+  const tty = process.stderr.isTTY === true && process.env.TERM !== "dumb";
+  if (opts.quiet) return { progress() {}, info() {}, stop() {} };
+  if (tty) {
+    let spinner: Ora | null = null;
+    return {
+      progress(p) {
+        const text = progressLine(p, elapsed());
+        if (!spinner) spinner = ora({ text, stream: process.stderr, color: process.env.NO_COLOR ? false : "cyan" } as never).start();
+        else spinner.text = text;
+      },
+      info(message) {
+        if (spinner) {
+          spinner.clear();
+          process.stderr.write(message + "\n");
+          spinner.render();
+        } else process.stderr.write(message + "\n");
+      },
+      stop() {
+        spinner?.stop();
+        spinner = null;
+      },
+    };
+  }
+  let last = 0;
+  let lastInfo: ProgressInfo | null = null;
+  return {
+    progress(p) {
+      lastInfo = p;
+      const now = Date.now();
+      if (now - last >= PLAIN_EVERY_MS) {
+        last = now;
+        process.stderr.write(progressLine(p, elapsed()) + "\n");
+      }
+    },
+    info(message) {
+      process.stderr.write(message + "\n");
+    },
+    stop() {
+      if (lastInfo && last !== 0) process.stderr.write(progressLine(lastInfo, elapsed()) + "\n");
+      lastInfo = null;
+    },
+  };
+}
