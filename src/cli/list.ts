@@ -8,6 +8,7 @@ import { makeReporter } from "../ui/progress.ts";
 import { bytes } from "../ui/format.ts";
 import { action, intOption, printJson, type GlobalOpts } from "./common.ts";
 import * as fs from "node:fs";
+import { resolveStream } from "./stream.ts";
 
 export function formatTable(rows: Omit<BackupEntry, "path">[]): string {
   if (rows.length === 0) return "no backups\n";
@@ -31,9 +32,14 @@ export function register(program: Command): void {
         if (o.out) {
           if (!fs.existsSync(o.out)) throw new TbError("NOT_FOUND", `${o.out} does not exist`, "give the directory passed to 'tbbackup receive --out'");
           rows = listBackups(o.out);
-        } else if (o.stream) {
-          rows = await listRemote(transportFor(o.stream, false), o.wait * 1000, makeReporter({ quiet: true }));
-        } else throw new TbError("USAGE", "list needs --out DIR or --stream SPEC", "e.g. tbbackup list --out /srv/backups");
+        } else {
+          const stream = await resolveStream(o.stream, "list", { wait: o.wait });
+          try {
+            rows = await listRemote(transportFor(stream.spec, false), o.wait * 1000, makeReporter({ quiet: true }));
+          } finally {
+            await stream.cleanup();
+          }
+        }
         if (o.json) printJson(rows);
         else process.stdout.write(formatTable(rows));
       }),

@@ -25,10 +25,10 @@ export function register(program: Command): void {
           throw new TbError("USAGE", `--chunk-size ${o.chunkSize} is not allowed`, "use a multiple of 4K from 4K to 4M");
         const reporter = makeReporter();
         onInterrupt("the backup is incomplete; run push again");
-        const spec = await resolveStream(o.stream, "push");
+        const stream = await resolveStream(o.stream, "push", { wait: o.wait });
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
         try {
-          const r = await push({ source, transport: transportFor(spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: 300_000, reporter });
+          const r = await push({ source, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: 300_000, reporter });
           reporter.stop();
           if (o.json) printJson({ ok: true, ...r });
           else process.stderr.write(`backup complete: ${r.id} (${bytes(r.bytes)} stored as ${bytes(r.storedBytes)}, ratio ${ratio(r.bytes, r.storedBytes)}, ${r.seconds.toFixed(1)} s)\nsha256 ${r.sha256}\n`);
@@ -36,6 +36,8 @@ export function register(program: Command): void {
           reporter.stop();
           if (e instanceof TbError && !/incomplete/.test(e.hint)) throw new TbError(e.code, `${e.message}`, `the backup is incomplete${e.hint ? "; " + e.hint : ""}`);
           throw e;
+        } finally {
+          await stream.cleanup();
         }
       }),
     );

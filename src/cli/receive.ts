@@ -22,10 +22,10 @@ export function register(program: Command): void {
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
         const reporter = makeReporter();
         onInterrupt("receiver stopped; a session in progress is kept as .partial");
-        const spec = await resolveStream(o.stream, "receive");
+        const stream = await resolveStream(o.stream, "receive");
         const results = await serve({
           out: o.out,
-          transport: transportFor(spec, true),
+          transport: transportFor(stream.spec, true),
           once: o.once === true,
           allowRestore: o.allowRestore === true,
           idleMs: o.idle * 1000,
@@ -33,7 +33,7 @@ export function register(program: Command): void {
           onSession: (r: SessionResult) => {
             if (o.json) printJson(r);
           },
-        });
+        }).finally(() => stream.cleanup());
         reporter.stop();
         const last = results[results.length - 1];
         if (o.once && last && !last.ok) {
