@@ -2,7 +2,7 @@
 // O_RDWR with blocking reads and writes through the fs thread pool. A read is
 // always pending, so the peer's CLOSE (EOF) or an unplug (ENXIO) is seen even
 // while we only write (DESIGN §2: only a reader notices the peer leaving).
-import * as fsp from "node:fs/promises";
+import * as fs from "node:fs";
 import { TbError, errnoText, isErrno } from "../core/errors.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 
@@ -10,9 +10,9 @@ const READ_SIZE = 256 * 1024;
 const MAX_QUEUED = 32;
 
 export async function openDevice(path: string): Promise<Conn> {
-  let fh: fsp.FileHandle;
+  let fd: number;
   try {
-    fh = await fsp.open(path, "r+");
+    fd = await new Promise<number>((resolve, reject) => fs.open(path, "r+", (e, n) => (e ? reject(e) : resolve(n))));
   } catch (e) {
     if (isErrno(e, "ENOENT")) throw new TbError("STREAM_SETUP", `${path} does not exist`, "check the device path (tbbackup streams lists them)");
     if (isErrno(e, "EINVAL")) throw new TbError("STREAM_SETUP", `${path}: stream not configured (EINVAL at open)`, "set the stream's HopIDs, or run without --stream to let tbbackup configure it");
@@ -20,7 +20,7 @@ export async function openDevice(path: string): Promise<Conn> {
     if (isErrno(e, "EACCES", "EPERM")) throw new TbError("STREAM_SETUP", `${path}: permission denied`, "run tbbackup as root");
     throw new TbError("STREAM_SETUP", `cannot open ${path}: ${errnoText(e)}`, "check the device path");
   }
-  return deviceConn(fh, path);
+  return deviceConn(fd, path);
 }
 
 function gone(path: string, e: unknown): TbError {
@@ -29,7 +29,14 @@ function gone(path: string, e: unknown): TbError {
   return new TbError("CLOSED", `${path}: ${errnoText(e)}`, "the transfer is incomplete; run the command again");
 }
 
-function deviceConn(fh: fsp.FileHandle, path: string): Conn {
+// Raw fds, not FileHandle: FileHandle.close() waits for pending operations,
+// and a read is always pending here.
+const readAsync = (fd: number, buf: Uint8Array) =>
+  new Promise<number>((resolve, reject) => fs.read(fd, buf, 0, buf.length, null, (e, n) => (e ? reject(e) : resolve(n))));
+const writeAsync = (fd: number, buf: Uint8Array, off: number) =>
+  new Promise<number>((resolve, reject) => fs.write(fd, buf, off, buf.length - off, null, (e, n) => (e ? reject(e) : resolve(n))));
+
+function deviceConn(fd: number, path: string): Conn {
   const queue: Uint8Array[] = [];
   let eof = false;
   let failure: TbError | null = null;
@@ -51,7 +58,7 @@ function deviceConn(fh: fsp.FileHandle, path: string): Conn {
       const buf = new Uint8Array(READ_SIZE);
       let n: number;
       try {
-        ({ bytesRead: n } = await fh.read(buf, 0, READ_SIZE, null));
+        n = await readAsync(fd, buf);
       } catch (e) {
         if (!closed) failure = gone(path, e);
         break;
@@ -88,8 +95,7 @@ function deviceConn(fh: fsp.FileHandle, path: string): Conn {
       let off = 0;
       while (off < data.length) {
         try {
-          const { bytesWritten } = await fh.write(data, off, data.length - off, null);
-          off += bytesWritten;
+          off += await writeAsync(fd, data, off);
         } catch (e) {
           if (isErrno(e, "EAGAIN")) {
             await Bun.sleep(1);
@@ -105,7 +111,7 @@ function deviceConn(fh: fsp.FileHandle, path: string): Conn {
       wake();
       const p = wakePump as (() => void) | null;
       p?.();
-      await fh.close().catch(() => {});
+      fs.close(fd, () => {});
     },
   };
 }
