@@ -43,7 +43,7 @@ export interface PushResult {
 export async function push(opts: PushOptions): Promise<PushResult> {
   const started = Date.now();
   const src = openSource(opts.source);
-  const conn = await opts.transport.connect().catch((e) => {
+  const conn = await opts.transport.connect(opts.waitMs).catch((e) => {
     src.close();
     throw e;
   });

@@ -8,7 +8,7 @@ import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
 
 export async function listRemote(transport: Transport, waitMs: number, reporter: Reporter): Promise<Omit<BackupEntry, "path">[]> {
-  const ch = new Channel(await transport.connect());
+  const ch = new Channel(await transport.connect(waitMs));
   try {
     const hello = newHello("list");
     await handshake(ch, hello, waitMs, reporter);

@@ -25,7 +25,8 @@ export function transportFor(spec: string, listening: boolean): Transport {
   }
   if (spec.startsWith("tcp:")) {
     const rest = spec.slice(4);
-    const m = /^(?:\[([^\]]+)\]|([^:]*)):?(\d+)$/.exec(rest);
+    // tcp:PORT, tcp::PORT, tcp:HOST:PORT, tcp:[v6]:PORT
+    const m = /^(?:(?:\[([^\]]+)\]|([^:\[\]]*)):)?(\d+)$/.exec(rest);
     if (!m) throw usage(spec);
     const port = Number(m[3]);
     if (port < 1 || port > 65535) throw usage(spec);

@@ -14,18 +14,32 @@ export function describe(a: NetAddress): string {
 export class NetTransport implements Transport {
   constructor(readonly address: NetAddress) {}
 
-  async connect(): Promise<Conn> {
+  async connect(waitMs = 0): Promise<Conn> {
     const desc = describe(this.address);
-    const sock = await new Promise<net.Socket>((resolve, reject) => {
-      const opts = this.address.kind === "unix" ? { path: this.address.path } : { host: this.address.host, port: this.address.port };
-      const s = net.connect(opts as net.NetConnectOpts);
-      s.once("connect", () => resolve(s));
-      s.once("error", (e) => reject(e));
-    }).catch((e: unknown) => {
-      const hint = `start 'tbbackup receive --stream ${desc}' on the other side first, then retry`;
-      if (isErrno(e, "ENOENT", "ECONNREFUSED")) throw new TbError("CLOSED", `nobody is listening on ${desc}`, hint);
-      throw new TbError("CLOSED", `cannot connect to ${desc}: ${errnoText(e)}`, hint);
-    });
+    const deadline = Date.now() + waitMs;
+    const attempt = () =>
+      new Promise<net.Socket>((resolve, reject) => {
+        const opts = this.address.kind === "unix" ? { path: this.address.path } : { host: this.address.host, port: this.address.port };
+        const s = net.connect(opts as net.NetConnectOpts);
+        s.once("connect", () => resolve(s));
+        s.once("error", (e) => reject(e));
+      });
+    let sock: net.Socket;
+    for (;;) {
+      try {
+        sock = await attempt();
+        break;
+      } catch (e) {
+        // Nobody listening yet: the receiver may still be starting. Wait, like a cable.
+        if (isErrno(e, "ENOENT", "ECONNREFUSED") && Date.now() < deadline) {
+          await Bun.sleep(250);
+          continue;
+        }
+        const hint = `start 'tbbackup receive --stream ${desc}' on the other side first, then retry`;
+        if (isErrno(e, "ENOENT", "ECONNREFUSED")) throw new TbError("CLOSED", `nobody is listening on ${desc}`, hint);
+        throw new TbError("CLOSED", `cannot connect to ${desc}: ${errnoText(e)}`, hint);
+      }
+    }
     sock.setNoDelay?.(true);
     return streamConn(sock, sock, desc, false, () => sock.destroy());
   }

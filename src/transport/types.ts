@@ -21,8 +21,11 @@ export interface Listener {
 }
 
 export interface Transport {
-  /** For the sides that start a session (push, list, restore). */
-  connect(): Promise<Conn>;
+  /**
+   * For the sides that start a session (push, list, restore). Socket
+   * transports keep trying for up to waitMs while nobody listens yet.
+   */
+  connect(waitMs?: number): Promise<Conn>;
   /** For receive. */
   listen(): Promise<Listener>;
 }

@@ -44,7 +44,8 @@ export function makeReporter(opts: { quiet?: boolean } = {}): Reporter {
       },
     };
   }
-  let last = 0;
+  let last = started;
+  let printed = false;
   let lastInfo: ProgressInfo | null = null;
   return {
     progress(p) {
@@ -52,6 +53,7 @@ export function makeReporter(opts: { quiet?: boolean } = {}): Reporter {
       const now = Date.now();
       if (now - last >= PLAIN_EVERY_MS) {
         last = now;
+        printed = true;
         process.stderr.write(progressLine(p, elapsed()) + "\n");
       }
     },
@@ -59,7 +61,7 @@ export function makeReporter(opts: { quiet?: boolean } = {}): Reporter {
       process.stderr.write(message + "\n");
     },
     stop() {
-      if (lastInfo && last !== 0) process.stderr.write(progressLine(lastInfo, elapsed()) + "\n");
+      if (lastInfo && printed) process.stderr.write(progressLine(lastInfo, elapsed()) + "\n");
       lastInfo = null;
     },
   };

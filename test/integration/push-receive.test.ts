@@ -1,0 +1,154 @@
+// push -> receive with the compiled binary, over every transport, on a real
+// ext4 image; then the stored image is checked with plain zstd and verify.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { BIN, cleanup, finish, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
+
+let dir: string;
+let img: string;
+let imgSha: string;
+
+beforeAll(() => {
+  dir = tempDir();
+  img = makeExt4Image(dir, 24);
+  imgSha = sha256File(img);
+});
+afterAll(() => cleanup(dir));
+
+interface Case {
+  name: string;
+  /** returns [receiver spec, pusher spec, teardown] */
+  setup(d: string): Promise<[string, string, () => void]>;
+}
+
+const cases: Case[] = [
+  { name: "unix", setup: async (d) => [`unix:${d}/s.sock`, `unix:${d}/s.sock`, () => {}] },
+  {
+    name: "tcp",
+    setup: async () => {
+      const port = 20000 + Math.floor(Math.random() * 20000);
+      return [`tcp:${port}`, `tcp:127.0.0.1:${port}`, () => {}];
+    },
+  },
+  {
+    name: "device (pty pair via socat)",
+    setup: async (d) => {
+      const socat = Bun.spawn(["socat", "-d", `pty,raw,echo=0,link=${d}/A`, `pty,raw,echo=0,link=${d}/B`], { stderr: "ignore" });
+      await waitFor(() => fs.existsSync(`${d}/A`) && fs.existsSync(`${d}/B`), "socat ptys");
+      return [`${d}/A`, `${d}/B`, () => socat.kill()];
+    },
+  },
+];
+
+function checkStored(out: string, label: string): string {
+  const backups = fs.readdirSync(out, { recursive: true }).map(String).filter((p) => p.endsWith("image.zst"));
+  expect(backups.length).toBe(1);
+  const image = path.join(out, backups[0]!);
+  expect(zstdSha(image)).toBe(imgSha);
+  const manifest = JSON.parse(fs.readFileSync(path.join(path.dirname(image), "manifest.json"), "utf8"));
+  expect(manifest.status).toBe("complete");
+  expect(manifest.sha256).toBe(imgSha);
+  expect(manifest.label).toBe(label);
+  expect(manifest.disk.size).toBe(fs.statSync(img).size);
+  expect(manifest.disk.partitionTable).toBeNull();
+  return path.dirname(image);
+}
+
+describe("push -> receive over each transport", () => {
+  for (const c of cases) {
+    test(c.name, async () => {
+      const d = tempDir();
+      const out = path.join(d, "store");
+      const [rspec, pspec, teardown] = await c.setup(d);
+      try {
+        const recv = start(["receive", "--out", out, "--stream", rspec, "--once", "--json"]);
+        if (rspec.startsWith("unix:")) await waitFor(() => fs.existsSync(rspec.slice(5)), "receiver socket");
+        else await Bun.sleep(300);
+        const p = await run(["push", img, "--stream", pspec, "--name", `via-${c.name}`, "--json"]);
+        const r = await finish(recv);
+        expect(p.code).toBe(0);
+        expect(r.code).toBe(0);
+        const pj = JSON.parse(p.stdout);
+        expect(pj.ok).toBe(true);
+        expect(pj.sha256).toBe(imgSha);
+        expect(JSON.parse(r.stdout).ok).toBe(true);
+        const bdir = checkStored(out, `via-${c.name}`);
+        const v = await run(["verify", bdir]);
+        expect(v.code).toBe(0);
+        expect(v.stdout).toContain(imgSha);
+      } finally {
+        teardown();
+        cleanup(d);
+      }
+    });
+  }
+
+  test("stdio (-) through socat EXEC", async () => {
+    const d = tempDir();
+    const out = path.join(d, "store");
+    try {
+      const r = Bun.spawnSync(["socat", `EXEC:${BIN} receive --out ${out} --stream - --once`, `EXEC:${BIN} push ${img} --stream - --name via-stdio`], { stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
+      expect(r.exitCode).toBe(0);
+      expect(r.stderr.toString()).toContain("backup complete");
+      checkStored(out, "via-stdio");
+    } finally {
+      cleanup(d);
+    }
+  });
+});
+
+describe("store, list and verify", () => {
+  let out: string;
+  let bdir: string;
+  beforeAll(async () => {
+    out = path.join(dir, "store-lv");
+    const sock = path.join(dir, "lv.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    expect((await run(["push", img, "--stream", `unix:${sock}`])).code).toBe(0);
+    expect((await finish(recv)).code).toBe(0);
+    bdir = checkStored(out, null as unknown as string);
+  });
+
+  test("list shows the backup as complete with size and ratio, in text and JSON", async () => {
+    const j = await run(["list", "--out", out, "--json"]);
+    expect(j.code).toBe(0);
+    const rows = JSON.parse(j.stdout);
+    expect(rows.length).toBe(1);
+    expect(rows[0].status).toBe("complete");
+    expect(rows[0].size).toBe(fs.statSync(img).size);
+    expect(rows[0].ratio).toBeGreaterThan(1);
+    expect(rows[0].id).toBe(path.relative(out, bdir));
+    const t = await run(["list", "--out", out]);
+    expect(t.stdout).toContain(rows[0].id);
+    expect(t.stdout).toContain("complete");
+  });
+
+  test("verify names the first bad chunk after a flipped byte, and zstd agrees it is damaged", async () => {
+    const copy = path.join(dir, "damaged");
+    sh(`cp -r ${bdir} ${copy}`);
+    const image = path.join(copy, "image.zst");
+    const fd = fs.openSync(image, "r+");
+    // Flip a byte inside the first frame's compressed data (after its header).
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, 40);
+    b[0]! ^= 0xff;
+    fs.writeSync(fd, b, 0, 1, 40);
+    fs.closeSync(fd);
+    const v = await run(["verify", copy]);
+    expect(v.code).toBe(10);
+    expect(v.stderr).toMatch(/chunk 0 \(raw offset 0\) is bad/);
+    expect(v.stderr.trim().split("\n").length).toBe(1);
+  });
+
+  test("verify refuses a truncated image", async () => {
+    const copy = path.join(dir, "truncated");
+    sh(`cp -r ${bdir} ${copy}`);
+    const image = path.join(copy, "image.zst");
+    fs.truncateSync(image, fs.statSync(image).size - 100);
+    const v = await run(["verify", copy]);
+    expect(v.code).toBe(10);
+    expect(v.stderr).toMatch(/damaged/);
+  });
+});
