@@ -107,6 +107,22 @@ export class Channel {
     return this.conn.write(frame);
   }
 
+  /**
+   * Reads and discards until the peer closes or `ms` pass, so a peer still
+   * writing is not reset before it has read our last message (an ERROR).
+   */
+  async drain(ms: number): Promise<void> {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      try {
+        await this.recv(end - Date.now(), "the peer to hang up");
+      } catch {
+        if (this.ended) return;
+        if (Date.now() >= end) return;
+      }
+    }
+  }
+
   close(): Promise<void> {
     return this.conn.close();
   }

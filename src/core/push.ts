@@ -49,6 +49,12 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   });
   const ch = new Channel(conn);
   const pool = new WorkerPool(Math.max(1, Math.min(availableParallelism(), 4)));
+  let done: Done | null = null;
+  let peerFailure: TbError | null = null;
+  let durable: Progress = { chunks: 0, bytes: 0 };
+  let finishedSending = false;
+  let resolveDone!: () => void;
+  const doneSignal = new Promise<void>((r) => (resolveDone = r));
   try {
     pool.broadcast({ op: "level", level: opts.level });
     const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: "image" });
@@ -57,12 +63,6 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     opts.reporter.info(`receiver ${ack.host.hostname} (${ack.tool}) will store ${ack.id ?? "the backup"}`);
 
     // Everything the receiver says from here on: progress, an error, or the final DONE.
-    let done: Done | null = null;
-    let peerFailure: TbError | null = null;
-    let durable: Progress = { chunks: 0, bytes: 0 };
-    let finishedSending = false;
-    let resolveDone!: () => void;
-    const doneSignal = new Promise<void>((r) => (resolveDone = r));
     const listener = (async () => {
       for (;;) {
         let f;
@@ -155,6 +155,10 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       seconds: (Date.now() - started) / 1000,
     };
   } catch (e) {
+    // A write that failed because the receiver hung up usually means it said
+    // why first (disk full, corrupt data): give its message a moment to arrive.
+    if (e instanceof TbError && e.code === "CLOSED" && !peerFailure) await Promise.race([doneSignal, Bun.sleep(2000)]);
+    if (peerFailure && (peerFailure as TbError).code !== "CLOSED" && peerFailure !== e) throw peerFailure;
     if (!(e instanceof TbError && (e.code === "CLOSED" || e.code === "PEER" || e.code === "NO_SPACE"))) {
       const msg = e instanceof TbError ? e.message : String(e);
       const code = e instanceof TbError ? e.code : "INTERNAL";

@@ -314,8 +314,10 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
     try {
       writeManifest(created.dir, manifest);
     } catch {}
-    if (err.code !== "CLOSED" && err.code !== "PEER" && err.code !== "TIMEOUT")
+    if (err.code !== "CLOSED" && err.code !== "PEER" && err.code !== "TIMEOUT") {
       await ch.sendJson(MsgType.ERROR, { session: hello.session, code: err.code, message: `receiver: ${err.message}` }).catch(() => {});
+      if (!ch.conn.lossy) await ch.drain(3000);
+    }
     opts.reporter.info(`session ${hello.session.slice(0, 8)} failed, kept as ${created.id}${PARTIAL_SUFFIX}: ${err.oneLine()}`);
     return { result: { ok: false, role: "push", id: created.id + PARTIAL_SUFFIX, path: created.dir, host: hello.host?.hostname, error: { code: err.code, message: err.message } }, carried };
   } finally {

@@ -69,7 +69,6 @@ export class FrameDecoder {
   private state: State = State.Seek;
   private type = 0;
   private length = 0;
-  private skipped = 0;
   private payload: Uint8Array | null = null;
   private filled = 0;
 
@@ -124,7 +123,7 @@ export class FrameDecoder {
     // Keep a possible partial header; everything before it is garbage.
     const keepFrom = Math.max(0, b.length - (HEADER_SIZE - 1));
     const firstCandidate = this.firstMagicCandidate(b, keepFrom);
-    this.flushSkipped(events, firstCandidate, false);
+    this.flushSkipped(events, firstCandidate);
     this.buf = b.slice(firstCandidate);
     return false;
   }
@@ -143,12 +142,8 @@ export class FrameDecoder {
     return b.length;
   }
 
-  private flushSkipped(events: DecodeEvent[], n: number, final = true): void {
-    this.skipped += n;
-    if (final && this.skipped > 0) {
-      events.push({ kind: "garbage", bytes: this.skipped });
-      this.skipped = 0;
-    }
+  private flushSkipped(events: DecodeEvent[], n: number): void {
+    if (n > 0) events.push({ kind: "garbage", bytes: n });
   }
 
   private fillPayload(input: Uint8Array, events: DecodeEvent[]): Uint8Array {
@@ -169,7 +164,6 @@ export class FrameDecoder {
         // or flipped. Report it, then rescan the payload itself for the next
         // header, so a frame that began inside a short payload is not lost.
         events.push({ kind: "corrupt", type: this.type, length: this.length });
-        this.skipped = 0;
         const rest = input.subarray(take);
         return concat(payload, rest);
       }

@@ -2,25 +2,106 @@
 // O_RDWR with blocking reads and writes through the fs thread pool. A read is
 // always pending, so the peer's CLOSE (EOF) or an unplug (ENXIO) is seen even
 // while we only write (DESIGN §2: only a reader notices the peer leaving).
+// The device is not exclusive (a second opener shares the rings and steals
+// frames), so we refuse one another process holds open and take an flock.
 import * as fs from "node:fs";
 import { TbError, errnoText, isErrno } from "../core/errors.ts";
+import { describeHolders, holdersOf } from "../util/holders.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 
 const READ_SIZE = 256 * 1024;
 const MAX_QUEUED = 32;
+/** How long a connecting side waits for open() (it blocks until the peer is attached). */
+export const CONNECT_OPEN_TIMEOUT_MS = 60_000;
 
-export async function openDevice(path: string): Promise<Conn> {
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const LOCK_UN = 8;
+type FlockFn = (fd: number, op: number) => number;
+let flockFn: FlockFn | null | undefined;
+
+/** libc flock() through bun:ffi; null where it cannot be loaded (the /proc scan still guards). */
+async function loadFlock(): Promise<FlockFn | null> {
+  if (flockFn !== undefined) return flockFn;
+  flockFn = null;
+  try {
+    const { dlopen, FFIType } = await import("bun:ffi");
+    for (const name of ["libc.so.6", "libc.so", "libc.musl-x86_64.so.1"]) {
+      try {
+        const lib = dlopen(name, { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
+        flockFn = (fd, op) => lib.symbols.flock(fd, op) as number;
+        break;
+      } catch {}
+    }
+  } catch {}
+  return flockFn;
+}
+
+function busy(path: string, who: string): TbError {
+  return new TbError(
+    "BUSY",
+    `${path} is already open by process ${who}; a second process on one stream would steal its data`,
+    "stop that process (or wait for it to finish) and run the command again",
+  );
+}
+
+function openError(path: string, e: unknown): TbError {
+  if (isErrno(e, "ENOENT")) return new TbError("STREAM_SETUP", `${path} does not exist`, "check the device path (tbbackup streams lists them)");
+  if (isErrno(e, "EINVAL")) return new TbError("STREAM_SETUP", `${path}: stream not configured (EINVAL at open: its HopIDs are not set)`, "set the stream's HopIDs, or run without --stream to let tbbackup configure it");
+  if (isErrno(e, "ENXIO")) return new TbError("CLOSED", `${path}: no peer attached (ENXIO): cable unplugged or the stream was removed`, "plug the cable and start tbbackup on the other machine");
+  if (isErrno(e, "EACCES", "EPERM")) return new TbError("STREAM_SETUP", `${path}: permission denied`, "run tbbackup as root");
+  if (isErrno(e, "ENOMEM")) return new TbError("STREAM_SETUP", `${path}: the driver could not allocate its rings (ENOMEM)`, "use a smaller --ring-size or close other streams");
+  return new TbError("STREAM_SETUP", `cannot open ${path}: ${errnoText(e)}`, "check the device path");
+}
+
+/**
+ * Opens `path` once (never close-and-reopen to retry: DESIGN §2). With
+ * `timeoutMs`, an open that blocks longer (no peer attached) gives TIMEOUT.
+ */
+export async function openDevice(path: string, timeoutMs: number | null = null): Promise<Conn> {
+  const others = holdersOf(path);
+  if (others.length) throw busy(path, describeHolders(others));
   let fd: number;
   try {
-    fd = await new Promise<number>((resolve, reject) => fs.open(path, "r+", (e, n) => (e ? reject(e) : resolve(n))));
+    fd = await new Promise<number>((resolve, reject) => {
+      let timer: ReturnType<typeof setTimeout> | null = null;
+      let late = false;
+      if (timeoutMs !== null)
+        timer = setTimeout(() => {
+          late = true;
+          reject(new TbError("TIMEOUT", `${path} did not open within ${Math.round(timeoutMs / 1000)} s: the peer is not attached`, "check the cable and that tbbackup runs on the other machine"));
+        }, timeoutMs);
+      fs.open(path, "r+", (e, n) => {
+        if (timer) clearTimeout(timer);
+        if (late) {
+          if (!e) fs.close(n, () => {});
+          return;
+        }
+        if (e) reject(e);
+        else resolve(n);
+      });
+    });
   } catch (e) {
-    if (isErrno(e, "ENOENT")) throw new TbError("STREAM_SETUP", `${path} does not exist`, "check the device path (tbbackup streams lists them)");
-    if (isErrno(e, "EINVAL")) throw new TbError("STREAM_SETUP", `${path}: stream not configured (EINVAL at open)`, "set the stream's HopIDs, or run without --stream to let tbbackup configure it");
-    if (isErrno(e, "ENXIO")) throw new TbError("CLOSED", `${path}: no peer attached (ENXIO)`, "plug the cable and start tbbackup on the other machine");
-    if (isErrno(e, "EACCES", "EPERM")) throw new TbError("STREAM_SETUP", `${path}: permission denied`, "run tbbackup as root");
-    throw new TbError("STREAM_SETUP", `cannot open ${path}: ${errnoText(e)}`, "check the device path");
+    throw e instanceof TbError ? e : openError(path, e);
   }
-  return deviceConn(fd, path);
+  const flock = await loadFlock();
+  if (flock && flock(fd, LOCK_EX | LOCK_NB) !== 0) {
+    fs.closeSync(fd);
+    const hs = holdersOf(path);
+    throw busy(path, hs.length ? describeHolders(hs) : "another process (it holds the lock)");
+  }
+  // Someone that does not lock (cat, dd) may have opened it meanwhile; a
+  // tbbackup that lost the lock race closes within moments, so look twice.
+  for (let i = 0; i < 2; i++) {
+    const hs = holdersOf(path);
+    if (!hs.length) break;
+    if (i === 1) {
+      fs.closeSync(fd);
+      throw busy(path, describeHolders(hs));
+    }
+    await Bun.sleep(200);
+  }
+  return deviceConn(fd, path, flock);
 }
 
 function gone(path: string, e: unknown): TbError {
@@ -36,7 +117,7 @@ const readAsync = (fd: number, buf: Uint8Array) =>
 const writeAsync = (fd: number, buf: Uint8Array, off: number) =>
   new Promise<number>((resolve, reject) => fs.write(fd, buf, off, buf.length - off, null, (e, n) => (e ? reject(e) : resolve(n))));
 
-function deviceConn(fd: number, path: string): Conn {
+function deviceConn(fd: number, path: string, flock: FlockFn | null): Conn {
   const queue: Uint8Array[] = [];
   let eof = false;
   let failure: TbError | null = null;
@@ -111,6 +192,9 @@ function deviceConn(fd: number, path: string): Conn {
       wake();
       const p = wakePump as (() => void) | null;
       p?.();
+      // The pending read keeps the file open until it returns; drop the lock
+      // now so this process can open the device again for the next session.
+      flock?.(fd, LOCK_UN);
       fs.close(fd, () => {});
     },
   };
@@ -119,7 +203,7 @@ function deviceConn(fd: number, path: string): Conn {
 export class DeviceTransport implements Transport {
   constructor(readonly path: string) {}
   connect(): Promise<Conn> {
-    return openDevice(this.path);
+    return openDevice(this.path, CONNECT_OPEN_TIMEOUT_MS);
   }
   async listen(): Promise<Listener> {
     let stopped = false;

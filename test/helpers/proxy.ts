@@ -15,8 +15,8 @@ export function startProxy(listenPath: string, targetPath: string, plan: ProxyPl
   const server = net.createServer((client) => {
     const upstream = net.connect(targetPath);
     upstream.on("data", (d) => client.write(d));
-    upstream.on("error", () => client.destroy());
-    upstream.on("close", () => client.destroy());
+    upstream.on("error", () => client.end());
+    upstream.on("end", () => client.end()); // pass on what the receiver said last
     client.on("error", () => upstream.destroy());
     client.on("close", () => upstream.destroy());
     let buf = Buffer.alloc(0);

@@ -1,0 +1,164 @@
+// Each failure a user can meet ends in one clear stderr line, a distinct exit
+// status, and nothing that looks like a complete backup.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import { cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor } from "../helpers/cli.ts";
+import { startProxy } from "../helpers/proxy.ts";
+import { encodeFrame } from "../../src/protocol/frame.ts";
+import { MsgType } from "../../src/protocol/messages.ts";
+
+let dir: string;
+let img: string;
+beforeAll(() => {
+  dir = tempDir();
+  img = makeExt4Image(dir, 24);
+});
+afterAll(() => cleanup(dir));
+
+function oneLine(stderr: string): string {
+  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("tbbackup: "));
+  expect(lines.length).toBe(1);
+  return lines[0]!;
+}
+
+async function listStatuses(out: string): Promise<string[]> {
+  const l = await run(["list", "--out", out, "--json"]);
+  expect(l.code).toBe(0);
+  return JSON.parse(l.stdout).map((r: { status: string }) => r.status);
+}
+
+describe("errors", () => {
+  test("source missing: exit 3", async () => {
+    const r = await run(["push", path.join(dir, "nope.img"), "--stream", `unix:${dir}/none.sock`]);
+    expect(r.code).toBe(3);
+    expect(oneLine(r.stderr)).toMatch(/does not exist.*incomplete/);
+  });
+
+  test("source is a directory: exit 3", async () => {
+    const r = await run(["push", dir, "--stream", `unix:${dir}/none.sock`]);
+    expect(r.code).toBe(3);
+    expect(oneLine(r.stderr)).toMatch(/not a block device or a regular file/);
+  });
+
+  test("out not writable: exit 4", async () => {
+    const r = await run(["receive", "--out", "/dev/null/store", "--stream", `unix:${dir}/x.sock`, "--once"]);
+    expect(r.code).toBe(4);
+    expect(oneLine(r.stderr)).toMatch(/cannot write to \/dev\/null\/store.*writable directory/);
+  });
+
+  test("bad --stream: usage exit 2", async () => {
+    const r = await run(["push", img, "--stream", "carrier-pigeon"]);
+    expect(r.code).toBe(2);
+    expect(oneLine(r.stderr)).toMatch(/unknown --stream/);
+  });
+
+  test("nobody listening: exit 7 after --wait", async () => {
+    const r = await run(["push", img, "--stream", `unix:${dir}/nobody.sock`, "--wait", "1"]);
+    expect(r.code).toBe(7);
+    expect(oneLine(r.stderr)).toMatch(/nobody is listening.*receive/);
+  });
+
+  test("peer speaks another protocol (garbage): exit 6", async () => {
+    const sock = path.join(dir, "garbage.sock");
+    const server = net.createServer((c) => {
+      c.on("data", () => c.write("SSH-2.0-OpenSSH_9.2\r\n"));
+      c.on("error", () => {});
+    });
+    await new Promise<void>((r) => server.listen(sock, () => r()));
+    try {
+      const r = await run(["push", img, "--stream", `unix:${sock}`, "--wait", "2"]);
+      expect(r.code).toBe(6);
+      expect(oneLine(r.stderr)).toMatch(/not tbbackup frames/);
+    } finally {
+      server.close();
+    }
+  });
+
+  test("peer speaks another protocol version: exit 6, both sides say so", async () => {
+    const sock = path.join(dir, "v99.sock");
+    const server = net.createServer((c) => {
+      c.once("data", () => {
+        const ack = { protocol: "tbbackup", proto: 99, tool: "tbbackup/9.9.9", session: "x", host: {}, caps: [] };
+        c.write(encodeFrame(MsgType.HELLO_ACK, new TextEncoder().encode(JSON.stringify(ack))));
+      });
+      c.on("error", () => {});
+    });
+    await new Promise<void>((r) => server.listen(sock, () => r()));
+    try {
+      const r = await run(["push", img, "--stream", `unix:${sock}`, "--wait", "3"]);
+      expect(r.code).toBe(6);
+      expect(oneLine(r.stderr)).toMatch(/protocol 99.*same tbbackup version/);
+    } finally {
+      server.close();
+    }
+  });
+
+  test("receiver's disk full: both sides exit 5, nothing listed as complete", async () => {
+    const mnt = path.join(dir, "small");
+    fs.mkdirSync(mnt);
+    sh(`mount -t tmpfs -o size=1m tmpfs ${mnt}`);
+    try {
+      // random data does not compress: 24 MiB of image cannot fit in 1 MiB
+      const rnd = path.join(dir, "random.img");
+      sh(`head -c 8M /dev/urandom > ${rnd}`);
+      const sock = path.join(dir, "full.sock");
+      const recv = start(["receive", "--out", path.join(mnt, "store"), "--stream", `unix:${sock}`, "--once"]);
+      await waitFor(() => fs.existsSync(sock), "socket");
+      const p = await run(["push", rnd, "--stream", `unix:${sock}`]);
+      const r = await finish(recv);
+      expect(p.code).toBe(5);
+      expect(oneLine(p.stderr)).toMatch(/disk is full.*incomplete/);
+      expect(r.code).toBe(5);
+      expect(r.stderr).toMatch(/disk is full/);
+      expect(await listStatuses(path.join(mnt, "store"))).toEqual(["partial"]);
+    } finally {
+      sh(`umount ${mnt}`);
+    }
+  });
+
+  test("stream cut in the middle: push exit 7, receiver keeps a partial", async () => {
+    const out = path.join(dir, "cut-store");
+    const sock = path.join(dir, "cut.sock");
+    const front = path.join(dir, "cut-front.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    const proxy = await startProxy(front, sock, { cutAfterBytes: 2_500_000 });
+    try {
+      const p = await run(["push", img, "--stream", `unix:${front}`]);
+      const r = await finish(recv);
+      expect(p.code).toBe(7);
+      expect(oneLine(p.stderr)).toMatch(/incomplete/);
+      expect(r.code).toBe(7);
+      expect(await listStatuses(out)).toEqual(["partial"]);
+      const partial = fs.readdirSync(out, { recursive: true }).map(String).find((p) => p.endsWith(".partial"));
+      expect(partial).toBeDefined();
+      expect(fs.existsSync(path.join(out, partial!, "image.zst"))).toBe(false);
+    } finally {
+      proxy.close();
+    }
+  });
+
+  for (const fixCrc of [false, true]) {
+    test(`a corrupt chunk in transit (${fixCrc ? "frame CRC recomputed: caught by the end-to-end checksum" : "caught by the frame CRC"}): exit 8`, async () => {
+      const out = path.join(dir, `corrupt-${fixCrc}`);
+      const sock = path.join(dir, `c${fixCrc}.sock`);
+      const front = path.join(dir, `c${fixCrc}-front.sock`);
+      const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+      await waitFor(() => fs.existsSync(sock), "socket");
+      const proxy = await startProxy(front, sock, { damage: { type: MsgType.DATA, nth: 1, at: 5000, fixCrc } });
+      try {
+        const p = await run(["push", img, "--stream", `unix:${front}`]);
+        const r = await finish(recv);
+        if (p.code !== 8) console.log("PUSH", p.stderr, "RECV", r.stderr);
+        expect(p.code).toBe(8);
+        expect(oneLine(p.stderr)).toMatch(fixCrc ? /chunk \d+ .*failed its check/ : /corrupt DATA frame/);
+        expect(r.code).toBe(8);
+        expect(await listStatuses(out)).toEqual(["partial"]);
+      } finally {
+        proxy.close();
+      }
+    });
+  }
+});
