@@ -5,6 +5,7 @@ import { register as registerPush } from "./cli/push.ts";
 import { register as registerReceive } from "./cli/receive.ts";
 import { register as registerList } from "./cli/list.ts";
 import { register as registerVerify } from "./cli/verify.ts";
+import { register as registerStreams } from "./cli/streams.ts";
 import { PROTOCOL_VERSION, TOOL_VERSION } from "./core/version.ts";
 
 const program = new Command()
@@ -25,6 +26,7 @@ registerPush(program);
 registerReceive(program);
 registerList(program);
 registerVerify(program);
+registerStreams(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -25,15 +25,18 @@ export function register(program: Command): void {
     .option("--out <dir>", "a local store directory")
     .option("--stream <spec>", "ask the receiver at the other end of this stream")
     .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
+    .option("--peer <id>", "without --stream: the Thunderbolt peer to use (unique_id or device name)")
+    .option("--ring-size <n>", "without --stream: driver ring size (32..4096)", intOption(32, 4096))
+    .option("--throttling <ns>", "without --stream: interrupt throttling in ns (0..16776960)", intOption(0, 16776960))
     .option("--json", "print JSON")
     .action(
-      action(async (o: { out?: string; stream?: string; wait: number } & GlobalOpts) => {
+      action(async (o: { out?: string; stream?: string; wait: number; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         let rows: Omit<BackupEntry, "path">[];
         if (o.out) {
           if (!fs.existsSync(o.out)) throw new TbError("NOT_FOUND", `${o.out} does not exist`, "give the directory passed to 'tbbackup receive --out'");
           rows = listBackups(o.out);
         } else {
-          const stream = await resolveStream(o.stream, "list", { wait: o.wait });
+          const stream = await resolveStream(o.stream, "list", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
           try {
             rows = await listRemote(transportFor(stream.spec, false), o.wait * 1000, makeReporter({ quiet: true }));
           } finally {

@@ -18,14 +18,17 @@ export function register(program: Command): void {
     .option("--level <n>", "zstd level (1 fastest .. 19)", intOption(1, 19), 1)
     .option("--chunk-size <size>", "chunk size (4K..4M, a multiple of 4K)", sizeOption, DEFAULT_CHUNK_SIZE)
     .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
+    .option("--peer <id>", "without --stream: the Thunderbolt peer to use (unique_id or device name)")
+    .option("--ring-size <n>", "without --stream: driver ring size (32..4096)", intOption(32, 4096))
+    .option("--throttling <ns>", "without --stream: interrupt throttling in ns (0..16776960)", intOption(0, 16776960))
     .option("--json", "print one JSON result on stdout")
     .action(
-      action(async (source: string, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number } & GlobalOpts) => {
+      action(async (source: string, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         if (o.chunkSize < 4096 || o.chunkSize > MAX_CHUNK_SIZE || o.chunkSize % 4096 !== 0)
           throw new TbError("USAGE", `--chunk-size ${o.chunkSize} is not allowed`, "use a multiple of 4K from 4K to 4M");
         const reporter = makeReporter();
         onInterrupt("the backup is incomplete; run push again");
-        const stream = await resolveStream(o.stream, "push", { wait: o.wait });
+        const stream = await resolveStream(o.stream, "push", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
         try {
           const r = await push({ source, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: 300_000, reporter });

@@ -16,13 +16,17 @@ export function register(program: Command): void {
     .option("--once", "exit after one session (exit status = that session's)")
     .option("--allow-restore", "also serve list and restore requests")
     .option("--idle <seconds>", "abandon a session silent for this long", intOption(5, 86400), 300)
+    .option("--peer <id>", "without --stream: the Thunderbolt peer to use (unique_id or device name)")
+    .option("--ring-size <n>", "without --stream: driver ring size (32..4096)", intOption(32, 4096))
+    .option("--throttling <ns>", "without --stream: interrupt throttling in ns (0..16776960)", intOption(0, 16776960))
+    .option("--hopids <in:out>", "without --stream: use these HopIDs instead of the first free pair from 10")
     .option("--json", "print one JSON object per session on stdout")
     .action(
-      action(async (o: { out: string; stream?: string; once?: boolean; allowRestore?: boolean; idle: number } & GlobalOpts) => {
+      action(async (o: { out: string; stream?: string; once?: boolean; allowRestore?: boolean; idle: number; peer?: string; hopids?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
         const reporter = makeReporter();
         onInterrupt("receiver stopped; a session in progress is kept as .partial");
-        const stream = await resolveStream(o.stream, "receive");
+        const stream = await resolveStream(o.stream, "receive", { peer: o.peer, hopids: o.hopids, ringSize: o.ringSize, throttling: o.throttling });
         const results = await serve({
           out: o.out,
           transport: transportFor(stream.spec, true),

@@ -1,6 +1,7 @@
 // Which transport a command uses: --stream SPEC as given, or (no --stream) the
 // Thunderbolt stream set up automatically (src/thunderbolt), torn down by cleanup().
 import { TbError } from "../core/errors.ts";
+import { AutoStream, parseHopIds } from "../thunderbolt/setup.ts";
 
 export type StreamRole = "push" | "receive" | "list" | "restore";
 
@@ -19,7 +20,36 @@ export interface ResolvedStream {
   cleanup: () => Promise<void>;
 }
 
-export async function resolveStream(spec: string | undefined, _role: StreamRole, _opts: AutoStreamOptions = {}): Promise<ResolvedStream> {
-  if (spec) return { spec, cleanup: async () => {} };
-  throw new TbError("USAGE", "no --stream given and automatic Thunderbolt setup is not available in this build", "pass --stream /dev/tbstreamX, unix:PATH, tcp:HOST:PORT or -");
+export async function resolveStream(spec: string | undefined, role: StreamRole, opts: AutoStreamOptions = {}): Promise<ResolvedStream> {
+  if (spec) {
+    if (opts.peer || opts.hopids || opts.ringSize !== undefined || opts.throttling !== undefined)
+      throw new TbError("USAGE", "--peer, --hopids, --ring-size and --throttling apply only without --stream", "drop them, or drop --stream to let tbbackup set the Thunderbolt stream up");
+    return { spec, cleanup: async () => {} };
+  }
+  if (opts.hopids && role !== "receive")
+    throw new TbError("USAGE", "--hopids is for receive, the side that allocates", "run push, list and restore without --hopids: they adopt the receiver's HopIDs");
+  const auto = new AutoStream({
+    mode: role === "receive" ? "allocate" : "adopt",
+    waitMs: role === "receive" ? null : (opts.wait ?? 60) * 1000,
+    peer: opts.peer,
+    hopids: opts.hopids ? parseHopIds(opts.hopids) : undefined,
+    ringSize: opts.ringSize,
+    throttling: opts.throttling,
+    onWait: (m) => process.stderr.write(`tbbackup: ${m}\n`),
+  });
+  // Ctrl-C, SIGTERM and errors end in process.exit: tear down there too.
+  const onExit = () => auto.teardown();
+  process.on("exit", onExit);
+  const cleanup = async () => {
+    auto.teardown();
+    process.off("exit", onExit);
+  };
+  try {
+    const device = await auto.setup();
+    process.stderr.write(`tbbackup: stream ready: ${device} with ${auto.peer?.deviceName ?? auto.peer?.id}\n`);
+    return { spec: device, cleanup };
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
 }

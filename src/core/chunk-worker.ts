@@ -13,6 +13,9 @@ const cctx = new zstd.CCtx();
 const dctx = new zstd.DCtx();
 let sha = new Bun.CryptoHasher("sha256");
 let zeros = new Uint8Array(0);
+// Scratch buffers reused across chunks: compress output, decompress output.
+let scratchOut = new Uint8Array(0);
+let scratchRaw = new Uint8Array(0);
 
 function setLevel(level: number): void {
   cctx.reset(zstd.ResetDirective.sessionAndParameters);
@@ -36,8 +39,10 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
       const raw = new Uint8Array(m.raw, 0, m.rawLength);
       const checksum = Bun.hash.xxHash3(raw);
       const start = HEADER_SIZE + CHUNK_HEADER_SIZE;
-      const out = new Uint8Array(start + zstd.compressBound(m.rawLength) + TRAILER_SIZE);
-      const n = cctx.compress2(out.subarray(start, out.length - TRAILER_SIZE), raw);
+      const need = start + zstd.compressBound(m.rawLength) + TRAILER_SIZE;
+      if (scratchOut.length < need) scratchOut = new Uint8Array(need);
+      const out = scratchOut;
+      const n = cctx.compress2(out.subarray(start, need - TRAILER_SIZE), raw);
       const payloadLength = CHUNK_HEADER_SIZE + n;
       writeHeader(out, 0, MsgType.DATA, payloadLength);
       writeChunkHeader(out, HEADER_SIZE, { index: m.index, rawLength: m.rawLength, offset: m.offset, checksum });
@@ -50,7 +55,11 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
       const z = new Uint8Array(m.buf, m.at, m.length);
       let raw: Uint8Array;
       try {
-        raw = new Uint8Array(m.rawLength);
+        if (m.wantRaw) raw = new Uint8Array(m.rawLength);
+        else {
+          if (scratchRaw.length < m.rawLength) scratchRaw = new Uint8Array(m.rawLength);
+          raw = scratchRaw.subarray(0, m.rawLength);
+        }
         const n = dctx.decompress(raw, z);
         if (n !== m.rawLength) throw new Error(`decompressed to ${n} bytes, expected ${m.rawLength}`);
       } catch (e) {

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Benchmark: prints figures, asserts nothing. Builds a realistic 1 GiB ext4
+# image (~400 MB of real files from /usr: data, metadata, zeros, free space)
+# and times, in the same run on the same machine:
+#   zstd -1 -T0 -c img > out.zst   and   sha256sum img        (the yardsticks)
+#   tbbackup push -> receive over unix: (both processes, all checksums)
+#   tbbackup restore from a stored image, and over unix: from a receiver
+# plus each process's peak RSS, the same on a 4 GiB image, and start-up time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for pair in mkfs.ext4:e2fsprogs zstd:zstd /usr/bin/time:time; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pair##*:}" >/dev/null; }
+done
+[ -x dist/tbbackup ] || npm run -s build
+BIN="$PWD/dist/tbbackup"
+W="${BENCH_DIR:-/tmp/tbbackup-bench}"
+mkdir -p "$W"
+export NO_COLOR=1
+
+if [ ! -f "$W/img1g" ]; then
+  echo "bench: building a 1 GiB ext4 image with ~400 MB of files from /usr ..."
+  rm -rf "$W/tree" && mkdir -p "$W/tree"
+  # real files, stopping at ~400 MB
+  find /usr/lib /usr/share -type f -size -20M 2>/dev/null | head -200000 | while read -r f; do
+    echo "$f"
+  done | awk -v limit=$((400*1024*1024)) '{ cmd="stat -c %s \"" $0 "\""; cmd | getline s; close(cmd); total+=s; if (total>limit) exit; print }' > "$W/files.txt" || true
+  tar -cf - -T "$W/files.txt" 2>/dev/null | tar -xf - -C "$W/tree"
+  truncate -s 1G "$W/img1g"
+  mkfs.ext4 -q -F -d "$W/tree" "$W/img1g"
+  rm -rf "$W/tree"
+fi
+cat "$W/img1g" > /dev/null # warm the page cache, as for every line below
+
+t() { /usr/bin/time -f "%e %M" -o "$W/time.$1" "${@:2}"; }
+wall() { awk '{print $1}' "$W/time.$1"; }
+rss() { awk '{printf "%.0f", $2/1024}' "$W/time.$1"; }
+
+t zstd bash -c "zstd -1 -T0 -q -c '$W/img1g' > '$W/ref.zst'"
+t sha bash -c "sha256sum '$W/img1g' > /dev/null"
+t zstdd bash -c "zstd -dcq '$W/ref.zst' > '$W/ref.out'"
+rm -f "$W/ref.out"
+
+push_receive() { # $1 = image, $2 = tag
+  rm -rf "$W/store-$2" "$W/b.sock"
+  t "recv-$2" "$BIN" receive --out "$W/store-$2" --stream "unix:$W/b.sock" --once 2>/dev/null &
+  local r=$!
+  while [ ! -S "$W/b.sock" ]; do sleep 0.02; done
+  local s e
+  s=$(date +%s.%N)
+  t "push-$2" "$BIN" push "$1" --stream "unix:$W/b.sock" 2>/dev/null
+  wait "$r"
+  e=$(date +%s.%N)
+  echo "$e - $s" | bc
+}
+PR=$(push_receive "$W/img1g" 1g)
+STORED=$(find "$W/store-1g" -name image.zst)
+BYTES=$(stat -c %s "$STORED")
+ZBYTES=$(stat -c %s "$W/ref.zst")
+ZW=$(wall zstd)
+
+echo
+echo "== 1 GiB ext4 image ($(du -m --apparent-size "$W/img1g" | cut -f1) MiB, $(du -m "$W/img1g" | cut -f1) MiB allocated)"
+printf '%-44s %8s s\n' "zstd -1 -T0 -c img > out.zst" "$ZW"
+printf '%-44s %8s s\n' "sha256sum img" "$(wall sha)"
+printf '%-44s %8s s\n' "zstd -dc out.zst > out" "$(wall zstdd)"
+printf '%-44s %8.2f s   ratio to zstd line: %.2fx (budget 1.5x, target 1.0x)\n' "tbbackup push -> receive (unix:)" "$PR" "$(echo "$PR / $ZW" | bc -l)"
+printf '%-44s %8s MiB push, %s MiB receive (budget 256)\n' "peak RSS" "$(rss push-1g)" "$(rss recv-1g)"
+printf '%-44s %8s bytes stored (zstd CLI: %s)\n' "stored image.zst" "$BYTES" "$ZBYTES"
+
+if "$BIN" restore --help 2>/dev/null | grep -q -- --from; then
+  B=$(dirname "$STORED")
+  rm -f "$W/restored.img"
+  t rfile "$BIN" restore "$W/restored.img" --from "$B" --yes --no-verify 2>/dev/null
+  RF=$(wall rfile)
+  printf '%-44s %8s s   ratio to zstd -dc: %.2fx (budget 1.0x)   RSS %s MiB\n' "restore --from stored image into a new file" "$RF" "$(echo "$RF / $(wall zstdd)" | bc -l)" "$(rss rfile)"
+  rm -f "$W/restored.img" "$W/r.sock"
+  t "rrecv" "$BIN" receive --out "$W/store-1g" --stream "unix:$W/r.sock" --once --allow-restore 2>/dev/null &
+  r=$!
+  while [ ! -S "$W/r.sock" ]; do sleep 0.02; done
+  ID=$("$BIN" list --out "$W/store-1g" --json | sed -n 's/.*"id": "\(.*\)".*/\1/p' | head -1)
+  t rnet "$BIN" restore "$W/restored.img" --stream "unix:$W/r.sock" --backup "$ID" --yes --no-verify 2>/dev/null
+  wait "$r" || true
+  RN=$(wall rnet)
+  printf '%-44s %8s s   ratio to zstd -dc: %.2fx (budget 1.5x)   RSS %s MiB restore, %s MiB receiver\n' "restore over unix: from a receiver" "$RN" "$(echo "$RN / $(wall zstdd)" | bc -l)" "$(rss rnet)" "$(rss rrecv)"
+  cmp -s "$W/img1g" "$W/restored.img" && echo "restored image identical: yes" || echo "restored image identical: NO"
+  rm -f "$W/restored.img"
+fi
+
+echo
+echo "== 4 GiB image (the 1 GiB image followed by 3 GiB of zeros): memory must not grow"
+cp --sparse=always "$W/img1g" "$W/img4g" && truncate -s 4G "$W/img4g"
+PR4=$(push_receive "$W/img4g" 4g)
+printf '%-44s %8.2f s   peak RSS %s MiB push, %s MiB receive\n' "tbbackup push -> receive (unix:)" "$PR4" "$(rss push-4g)" "$(rss recv-4g)"
+rm -rf "$W/img4g" "$W/store-4g"
+
+echo
+S=$(date +%s%N); for _ in $(seq 20); do "$BIN" version >/dev/null; done; E=$(date +%s%N)
+printf '%-44s %8.1f ms (mean of 20)\n' "tbbackup version start-up" "$(echo "($E - $S) / 20000000" | bc -l)"
+rm -rf "$W/store-1g" "$W/ref.zst"
