@@ -276,7 +276,9 @@ fi
 
 # restore: onto a blank disk, with the default (stripped) image
 T_RESTORE_VM=
-if ! "$TB" restore --help > /dev/null 2>&1; then
+# (commander answers `tbbackup restore --help` with the main help when there is
+# no such command, so look at what it says)
+if ! "$TB" restore --help 2>&1 | grep -q 'Usage: tbbackup restore'; then
     fail "restore: boot with rd.tbbackup=restore:/dev/vda" "this tbbackup build has no 'restore' command yet"
 elif [ -z "$BACKUP_ID" ] || [ ! -f "$WORK/initrd-strip.img" ]; then
     fail "restore: boot with rd.tbbackup=restore:/dev/vda" "no backup id or no image"

@@ -240,8 +240,8 @@ tbb_run() {
             set -- "$@" --yes
             ;;
     esac
-    tbb_say "running: $bin $*"
     _tbb_t0=$(tbb_uptime)
+    tbb_say "running (uptime ${_tbb_t0} s): $bin $*"
     "$bin" "$@"
     _tbb_rc=$?
     sync
