@@ -5,6 +5,7 @@ import { register as registerPush } from "./cli/push.ts";
 import { register as registerReceive } from "./cli/receive.ts";
 import { register as registerList } from "./cli/list.ts";
 import { register as registerVerify } from "./cli/verify.ts";
+import { register as registerRestore } from "./cli/restore.ts";
 import { register as registerStreams } from "./cli/streams.ts";
 import { PROTOCOL_VERSION, TOOL_VERSION } from "./core/version.ts";
 
@@ -26,6 +27,7 @@ registerPush(program);
 registerReceive(program);
 registerList(program);
 registerVerify(program);
+registerRestore(program);
 registerStreams(program);
 
 try {

@@ -34,8 +34,9 @@ export function action<A extends unknown[]>(body: (...args: A) => Promise<number
       code = (await body(...args)) ?? 0;
     } catch (e) {
       const err = e instanceof TbError ? e : new TbError("INTERNAL", e instanceof Error ? (e.stack ?? e.message) : String(e), "please report this bug");
+      for (const d of err.details) process.stderr.write(`  ${d}\n`);
       process.stderr.write(`tbbackup: ${err.oneLine()}\n`);
-      if (json) printJson({ ok: false, error: { code: err.code, message: err.message, hint: err.hint, exit: err.exitCode } });
+      if (json) printJson({ ok: false, error: { code: err.code, message: err.message, hint: err.hint, exit: err.exitCode, ...(err.details.length ? { details: err.details } : {}) } });
       code = err.exitCode;
     }
     await exit(code);

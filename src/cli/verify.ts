@@ -4,21 +4,47 @@ import { verify } from "../core/verify.ts";
 import { makeReporter } from "../ui/progress.ts";
 import { bytes } from "../ui/format.ts";
 import { action, printJson, type GlobalOpts } from "./common.ts";
+import { TbError } from "../core/errors.ts";
+import { listBackups } from "../core/catalogue.ts";
+import * as fs from "node:fs";
 
 export function register(program: Command): void {
   program
     .command("verify")
     .description("check a stored backup: every chunk and the whole-image SHA-256")
-    .argument("<path>", "a backup directory or its image.zst")
+    .argument("[path]", "a backup directory or its image.zst")
+    .option("--out <dir>", "check every complete backup in this store instead")
     .option("--json", "print JSON")
     .action(
-      action(async (p: string, o: GlobalOpts) => {
+      action(async (p: string | undefined, o: { out?: string } & GlobalOpts) => {
+        if (!p === !o.out) throw new TbError("USAGE", "verify needs a PATH or --out DIR", "e.g. tbbackup verify /srv/backups/host/disk/20260101T000000Z");
         const reporter = makeReporter();
         try {
-          const r = await verify(p, reporter);
-          reporter.stop();
-          if (o.json) printJson(r);
-          else process.stdout.write(`ok: ${r.path}: ${r.chunks} chunks, ${bytes(r.bytes)}, sha256 ${r.sha256}\n`);
+          if (p) {
+            const r = await verify(p, reporter);
+            reporter.stop();
+            if (o.json) printJson(r);
+            else process.stdout.write(`ok: ${r.path}: ${r.chunks} chunks, ${bytes(r.bytes)}, sha256 ${r.sha256}\n`);
+            return 0;
+          }
+          if (!fs.existsSync(o.out!)) throw new TbError("NOT_FOUND", `${o.out} does not exist`, "give the directory passed to 'tbbackup receive --out'");
+          const results: { id: string; ok: boolean; error?: string }[] = [];
+          for (const b of listBackups(o.out!).filter((b) => b.status === "complete")) {
+            try {
+              await verify(b.path, reporter);
+              results.push({ id: b.id, ok: true });
+            } catch (e) {
+              results.push({ id: b.id, ok: false, error: e instanceof TbError ? e.oneLine() : String(e) });
+            }
+            reporter.stop();
+            if (!o.json) {
+              const last = results[results.length - 1]!;
+              process.stdout.write(last.ok ? `ok: ${last.id}\n` : `BAD: ${last.id}: ${last.error}\n`);
+            }
+          }
+          const bad = results.filter((r) => !r.ok).length;
+          if (o.json) printJson({ ok: bad === 0, checked: results.length, bad, results });
+          if (bad > 0) throw new TbError("VERIFY", `${bad} of ${results.length} backups in ${o.out} failed verification`, "make new backups of those disks");
         } finally {
           reporter.stop();
         }

@@ -29,6 +29,8 @@ export class TbError extends Error {
     readonly code: ErrorCode,
     message: string,
     readonly hint: string = "",
+    /** lines worth showing before the error line (e.g. candidates to choose from) */
+    readonly details: string[] = [],
   ) {
     super(message);
     this.name = "TbError";

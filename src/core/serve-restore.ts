@@ -1,12 +1,20 @@
 // The receiver's answers to list and restore requests (only with --allow-restore).
-import { MsgType, type Hello, type HelloAck } from "../protocol/messages.ts";
-import type { Frame } from "../protocol/frame.ts";
+// A restore sends the stored compressed chunks as they are; the restoring side
+// checks each one. Backup IDs are resolved strictly inside DIR.
+import * as path from "node:path";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, encodeZero, writeChunkHeader, type DiskIdentity, type Hello, type HelloAck, type HostIdentity, type RestoreInfo } from "../protocol/messages.ts";
+import { HEADER_SIZE, TRAILER_SIZE, sealFrame, writeHeader, type Frame } from "../protocol/frame.ts";
+import { ChunkList, ImageReader } from "../store/image-reader.ts";
+import { resolveBackupId } from "../store/layout.ts";
+import { readManifest } from "../store/manifest.ts";
 import { Channel } from "./channel.ts";
+import { TbError } from "./errors.ts";
 import { hostIdentity } from "./identity.ts";
 import type { Reporter } from "./report.ts";
 import { CAPABILITIES, PROTOCOL_VERSION, TOOL } from "./version.ts";
-import { listBackups } from "./catalogue.ts";
+import { listBackups, type BackupEntry } from "./catalogue.ts";
 import type { SessionResult } from "./receive.ts";
+import { zeroChecksum, zeroFrame } from "./zero.ts";
 
 export interface ServeOptions {
   out: string;
@@ -15,20 +23,162 @@ export interface ServeOptions {
   reporter: Reporter;
 }
 
-export async function serveRequest(ch: Channel, hello: Hello, opts: ServeOptions): Promise<{ result: SessionResult; carried: Frame | null }> {
-  if (!opts.allowRestore) {
-    const message = `this receiver does not serve ${hello.role} requests`;
-    await ch.sendJson(MsgType.ERROR, { session: hello.session, code: "REFUSED", message: `${message}; restart it with --allow-restore` });
-    opts.reporter.info(`refused a ${hello.role} request from ${hello.host?.hostname}: started without --allow-restore`);
-    return { result: { ok: false, role: hello.role, host: hello.host?.hostname, error: { code: "REFUSED", message } }, carried: null };
-  }
+type Served = { result: SessionResult; carried: Frame | null };
+
+export async function serveRequest(ch: Channel, hello: Hello, opts: ServeOptions): Promise<Served> {
+  const refuse = async (code: TbError["code"], message: string, candidates?: string[]): Promise<Served> => {
+    await ch.sendJson(MsgType.ERROR, { session: hello.session, code, message, candidates }).catch(() => {});
+    opts.reporter.info(`refused a ${hello.role} request from ${hello.host?.hostname}: ${message}`);
+    return { result: { ok: false, role: hello.role, host: hello.host?.hostname, error: { code, message } }, carried: null };
+  };
+  if (!opts.allowRestore) return refuse("REFUSED", `this receiver does not serve ${hello.role} requests; restart it with --allow-restore`);
   const ack: HelloAck = { protocol: "tbbackup", proto: PROTOCOL_VERSION, tool: TOOL, session: hello.session, host: hostIdentity(), caps: CAPABILITIES };
   await ch.sendJson(MsgType.HELLO_ACK, ack);
   if (hello.role === "list") {
     await ch.sendJson(MsgType.LIST_RESULT, { session: hello.session, backups: listBackups(opts.out).map(({ path: _p, ...rest }) => rest) });
     return { result: { ok: true, role: "list", host: hello.host?.hostname }, carried: null };
   }
-  const message = `${hello.role} requests are not supported by this receiver`;
-  await ch.sendJson(MsgType.ERROR, { session: hello.session, code: "REFUSED", message });
-  return { result: { ok: false, role: hello.role, error: { code: "REFUSED", message } }, carried: null };
+  if (hello.role !== "restore") return refuse("PROTOCOL", `unknown request ${String(hello.role)}`);
+
+  let dir: string;
+  if (hello.backup) {
+    const d = typeof hello.backup === "string" ? resolveBackupId(opts.out, hello.backup) : null;
+    if (!d) return refuse("NOT_FOUND", `no backup ${JSON.stringify(hello.backup)} in this store (IDs look like host/disk/timestamp)`, candidatesFor(opts.out, hello.host));
+    dir = d;
+  } else {
+    const choice = chooseBackup(listBackups(opts.out), hello.host, hello.target);
+    if ("error" in choice) return refuse("NOT_FOUND", choice.error, choice.candidates);
+    dir = choice.entry.path;
+  }
+  return sendBackup(ch, hello, dir, opts, refuse);
+}
+
+function candidatesFor(out: string, host: HostIdentity | undefined): string[] {
+  const all = listBackups(out).filter((b) => b.status === "complete" && b.kind === "image");
+  const mine = all.filter((b) => sameHost(b, host));
+  return (mine.length ? mine : all).map(describe);
+}
+
+function describe(b: BackupEntry): string {
+  return `${b.id}  ${b.size} bytes  ${b.date}${b.label ? `  ${b.label}` : ""}  disk ${b.diskSerial ?? b.diskWwn ?? b.diskPath ?? "?"}`;
+}
+
+function sameHost(b: BackupEntry, h: HostIdentity | undefined): boolean {
+  if (!h) return false;
+  return (!!b.machineId && b.machineId === h.machineId) || (!!b.productUuid && b.productUuid === h.productUuid);
+}
+
+function diskKey(b: BackupEntry): string {
+  return b.diskWwn ?? b.diskSerial ?? `${b.diskPath}:${b.size}`;
+}
+
+function sameDisk(b: BackupEntry, t: DiskIdentity | undefined): boolean {
+  if (!t) return false;
+  if (t.wwn && b.diskWwn) return t.wwn === b.diskWwn;
+  if (t.serial && b.diskSerial) return t.serial === b.diskSerial;
+  return b.diskPath === t.path && (t.kind === "file" || b.size <= t.size);
+}
+
+/**
+ * The newest complete image backup of this host's matching disk. No match, or
+ * matches of more than one disk: an error with the candidates to choose from.
+ */
+export function chooseBackup(all: BackupEntry[], host: HostIdentity | undefined, target: DiskIdentity | undefined): { entry: BackupEntry } | { error: string; candidates: string[] } {
+  const complete = all.filter((b) => b.status === "complete" && b.kind === "image");
+  const mine = complete.filter((b) => sameHost(b, host));
+  const matches = mine.filter((b) => sameDisk(b, target));
+  const disks = new Set(matches.map(diskKey));
+  if (matches.length === 0) {
+    const listed = (mine.length ? mine : complete).map(describe);
+    return { error: `no complete backup of this host's disk ${target?.path ?? "?"} (matched by machine-id/product UUID and WWN/serial, else path and size)`, candidates: listed };
+  }
+  if (disks.size > 1) return { error: `backups of ${disks.size} different disks match ${target?.path ?? "?"}`, candidates: matches.map(describe) };
+  matches.sort((a, b) => a.date.localeCompare(b.date));
+  return { entry: matches[matches.length - 1]! };
+}
+
+async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOptions, refuse: (c: TbError["code"], m: string) => Promise<Served>): Promise<Served> {
+  let manifest;
+  try {
+    manifest = readManifest(dir);
+  } catch (e) {
+    return refuse("NOT_FOUND", `the backup at ${path.relative(opts.out, dir)} has no readable manifest: ${(e as Error).message}`);
+  }
+  if (manifest.status !== "complete" || !manifest.sha256) return refuse("NOT_FOUND", `backup ${manifest.id} is ${manifest.status}, not complete`);
+  if (manifest.kind !== "image") return refuse("USAGE", `backup ${manifest.id} is a file-level backup; use restore --files`);
+  let reader: ImageReader;
+  let list: ChunkList;
+  try {
+    reader = ImageReader.open(path.join(dir, manifest.data));
+    list = new ChunkList(path.join(dir, manifest.chunks.file));
+  } catch (e) {
+    return refuse("VERIFY", `backup ${manifest.id} is damaged: ${(e as Error).message}`);
+  }
+  const started = Date.now();
+  try {
+    const info: RestoreInfo = {
+      session: hello.session,
+      id: manifest.id,
+      kind: manifest.kind,
+      host: manifest.host,
+      disk: manifest.disk,
+      label: manifest.label,
+      date: manifest.timings.started,
+      size: manifest.size,
+      chunkSize: manifest.chunkSize,
+      chunks: reader.entries.length,
+      sha256: manifest.sha256,
+    };
+    await ch.sendJson(MsgType.RESTORE_INFO, info);
+    // The other side confirms (a person may be reading a prompt) or gives up.
+    for (;;) {
+      const f = await ch.recv(opts.idleMs, "the restoring side's go-ahead");
+      if (f.type === MsgType.RESTORE && decodeJson<{ session: string }>(f.payload)?.session === hello.session) break;
+      if (f.type === MsgType.ERROR) {
+        const m = decodeJson<{ message?: string }>(f.payload)?.message ?? "cancelled";
+        opts.reporter.info(`restore of ${manifest.id} to ${hello.host?.hostname} not started: ${m}`);
+        return { result: { ok: false, role: "restore", id: manifest.id, host: hello.host?.hostname, error: { code: "REFUSED", message: m } }, carried: null };
+      }
+    }
+    opts.reporter.info(`restoring ${manifest.id} to ${hello.host?.hostname} (${manifest.size} bytes)`);
+    let offset = 0;
+    for (let i = 0; i < reader.entries.length; i++) {
+      const e = reader.entries[i]!;
+      const line = list.next();
+      if (!line || line.index !== i || line.length !== e.rawSize) throw new TbError("VERIFY", `backup ${manifest.id}: chunk list does not match the image at chunk ${i}`, "the stored backup is damaged");
+      const z = reader.readFrame(i);
+      const header = { index: i, rawLength: e.rawSize, offset, checksum: line.checksum };
+      const zero = line.checksum === zeroChecksum(e.rawSize) && Buffer.from(z).equals(zeroFrame(e.rawSize));
+      if (zero) await ch.send(MsgType.ZERO, encodeZero(header));
+      else {
+        const payloadLength = CHUNK_HEADER_SIZE + z.length;
+        const frame = new Uint8Array(HEADER_SIZE + payloadLength + TRAILER_SIZE);
+        writeHeader(frame, 0, MsgType.DATA, payloadLength);
+        writeChunkHeader(frame, HEADER_SIZE, header);
+        frame.set(z, HEADER_SIZE + CHUNK_HEADER_SIZE);
+        sealFrame(frame, payloadLength);
+        await ch.sendFrame(frame);
+      }
+      offset += e.rawSize;
+      if ((i & 15) === 0) opts.reporter.progress({ phase: "serve restore", bytes: offset, total: manifest.size });
+    }
+    await ch.sendJson(MsgType.RESTORE_END, { chunks: reader.entries.length, bytes: manifest.size, sha256: manifest.sha256 });
+    // Wait for the other side's word: written, synced and read back (or why not).
+    const f = await ch.recv(opts.idleMs, "the restoring side's result").catch((e: TbError) => ({ type: -1, payload: new TextEncoder().encode(JSON.stringify({ message: e.message })) }));
+    const ok = f.type === MsgType.RESTORE_DONE;
+    const message = ok ? "" : (decodeJson<{ message?: string }>(f.payload)?.message ?? "no confirmation");
+    opts.reporter.info(ok ? `restore of ${manifest.id} to ${hello.host?.hostname} done` : `restore of ${manifest.id} to ${hello.host?.hostname} failed: ${message}`);
+    return {
+      result: { ok, role: "restore", id: manifest.id, host: hello.host?.hostname, bytes: manifest.size, sha256: manifest.sha256, seconds: (Date.now() - started) / 1000, error: ok ? undefined : { code: "PEER", message } },
+      carried: null,
+    };
+  } catch (e) {
+    const err = e instanceof TbError ? e : new TbError("INTERNAL", String(e), "report this bug");
+    if (err.code !== "CLOSED") await ch.sendJson(MsgType.ERROR, { session: hello.session, code: err.code, message: `receiver: ${err.message}` }).catch(() => {});
+    opts.reporter.info(`restore of ${manifest.id} failed: ${err.message}`);
+    return { result: { ok: false, role: "restore", id: manifest.id, error: { code: err.code, message: err.message } }, carried: null };
+  } finally {
+    reader.close();
+    list.close();
+  }
 }

@@ -62,6 +62,9 @@ export interface Hello {
   chunkSize?: number;
   level?: number;
   content?: "image" | "files";
+  /** restore only: the backup asked for (an ID), and the disk it will be written to */
+  backup?: string;
+  target?: DiskIdentity;
 }
 
 export interface HelloAck {
@@ -98,6 +101,33 @@ export interface Done {
   sha256: string;
   bytes: number;
   storedBytes: number;
+}
+
+/** Sent by the receiver before a restore's data: what will be written. */
+export interface RestoreInfo {
+  session: string;
+  id: string;
+  kind: "image" | "files";
+  host: HostIdentity;
+  disk: DiskIdentity;
+  label: string | null;
+  date: string;
+  size: number;
+  chunkSize: number;
+  chunks: number;
+  sha256: string;
+}
+
+/** The restoring side's go-ahead (after confirmation and size checks). */
+export interface RestoreGo {
+  session: string;
+  go: true;
+}
+
+export interface RestoreEnd {
+  chunks: number;
+  bytes: number;
+  sha256: string;
 }
 
 export function encodeJson(value: unknown): Uint8Array {

@@ -1,0 +1,79 @@
+// tbbackup restore TARGET: write a backup back onto a disk or into an image file.
+import type { Command } from "commander";
+import * as readline from "node:readline/promises";
+import { restore } from "../core/restore.ts";
+import { TbError } from "../core/errors.ts";
+import type { RestoreInfo } from "../protocol/messages.ts";
+import type { TargetInfo } from "../core/target.ts";
+import { transportFor } from "../transport/index.ts";
+import { makeReporter } from "../ui/progress.ts";
+import { bytes } from "../ui/format.ts";
+import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
+import { resolveStream } from "./stream.ts";
+
+function describeTarget(t: TargetInfo): string {
+  const id = [t.identity.model, t.identity.serial && `serial ${t.identity.serial}`, t.identity.wwn && `wwn ${t.identity.wwn}`].filter(Boolean).join(", ");
+  if (t.kind === "block") return `${t.path} (disk, ${bytes(t.size)}${id ? ", " + id : ""}${t.identity.partitionTable ? ", " + t.identity.partitionTable + " partition table" : ""})`;
+  return t.exists ? `${t.path} (existing file of ${bytes(t.size)}, will be replaced)` : `${t.path} (new file)`;
+}
+
+/** Shows what will be overwritten; asks on a TTY, otherwise requires --yes. */
+function confirmer(yes: boolean) {
+  return async (t: TargetInfo, b: RestoreInfo): Promise<boolean> => {
+    if (yes) return true;
+    if (!process.stdin.isTTY || !process.stderr.isTTY)
+      throw new TbError("REFUSED", `refusing to overwrite ${t.path} without confirmation`, "run on a terminal to confirm, or pass --yes; the target was not changed");
+    process.stderr.write(
+      `\nThis will OVERWRITE ${describeTarget(t)}\nwith backup ${b.id}\n  from host ${b.host.hostname}, disk ${b.disk.path} (${b.disk.model ?? b.disk.name}), taken ${b.date}\n  ${bytes(b.size)}, sha256 ${b.sha256}\n\n`,
+    );
+    const rl = readline.createInterface({ input: process.stdin, output: process.stderr });
+    try {
+      const answer = await rl.question(`Type "yes" to overwrite ${t.path}: `);
+      return answer.trim() === "yes";
+    } finally {
+      rl.close();
+    }
+  };
+}
+
+export function register(program: Command): void {
+  program
+    .command("restore")
+    .description("write a backup onto TARGET (a block device or an image file)")
+    .argument("<target>", "disk (e.g. /dev/nvme0n1) or image file to write")
+    .option("--stream <spec>", "restore from the receiver at the other end of this stream")
+    .option("--from <path>", "restore from a stored backup directory (or its image.zst) on this machine")
+    .option("--backup <id>", "which backup (host/disk/timestamp, see tbbackup list); default: the newest of this disk")
+    .option("--yes", "do not ask before overwriting TARGET")
+    .option("--no-verify", "skip reading the target back after writing")
+    .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
+    .option("--json", "print one JSON result on stdout")
+    .action(
+      action(async (target: string, o: { stream?: string; from?: string; backup?: string; yes?: boolean; verify: boolean; wait: number } & GlobalOpts) => {
+        if (o.from && o.stream) throw new TbError("USAGE", "use either --from or --stream, not both", "--from reads a local backup, --stream asks a receiver");
+        if (o.from && o.backup) throw new TbError("USAGE", "--backup goes with --stream", "with --from, give the backup's directory itself");
+        const reporter = makeReporter();
+        onInterrupt(`the target ${target} is now incomplete; run restore again`);
+        const stream = o.from ? null : await resolveStream(o.stream, "restore", { wait: o.wait });
+        try {
+          const r = await restore({
+            target,
+            from: o.from,
+            transport: stream ? transportFor(stream.spec, false) : undefined,
+            backup: o.backup,
+            verify: o.verify,
+            waitMs: o.wait * 1000,
+            idleMs: 300_000,
+            reporter,
+            confirm: confirmer(o.yes === true),
+          });
+          reporter.stop();
+          if (o.json) printJson({ ok: true, ...r });
+          else process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${bytes(r.bytes)}, ${r.seconds.toFixed(1)} s, ${r.verified ? "read back and verified" : "NOT read back (--no-verify)"})\nsha256 ${r.sha256}\n`);
+        } finally {
+          reporter.stop();
+          await stream?.cleanup();
+        }
+      }),
+    );
+}

@@ -1,0 +1,280 @@
+// restore: write a backup back onto a disk or into a file, from a stored
+// image (--from) or from a receiver (--stream). Every chunk is checked before
+// it is written; the target is fsynced and read back against the SHA-256.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, type RestoreEnd, type RestoreInfo, type ErrorMsg } from "../protocol/messages.ts";
+import type { Transport } from "../transport/index.ts";
+import { ChunkList, ImageReader } from "../store/image-reader.ts";
+import { CHUNKS_FILE } from "../store/layout.ts";
+import { Channel } from "./channel.ts";
+import { WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
+import { TbError } from "./errors.ts";
+import { handshake, newHello, peerError } from "./handshake.ts";
+import type { Reporter } from "./report.ts";
+import { inspectTarget, openTarget, writeAt, type TargetInfo } from "./target.ts";
+import { locateBackup } from "./verify.ts";
+import { zeroChecksum, zeroFrame } from "./zero.ts";
+
+export interface RestoreOptions {
+  target: string;
+  /** a backup directory or image.zst (no peer) */
+  from?: string;
+  transport?: Transport;
+  backup?: string;
+  verify: boolean;
+  waitMs: number;
+  idleMs: number;
+  reporter: Reporter;
+  /** asked before anything is written; false cancels */
+  confirm: (target: TargetInfo, backup: RestoreInfo) => Promise<boolean>;
+}
+
+export interface RestoreResult {
+  target: string;
+  id: string;
+  bytes: number;
+  sha256: string;
+  verified: boolean;
+  seconds: number;
+}
+
+/** One chunk on its way to the target. `frame` is a zstd frame; zero chunks have none. */
+interface ChunkIn {
+  index: number;
+  offset: number;
+  rawLength: number;
+  /** XXH3-64 of the raw data, or -1n when the backup has no chunk list */
+  checksum: bigint;
+  zero: boolean;
+  buf?: ArrayBuffer;
+  at?: number;
+  length?: number;
+}
+
+interface Source {
+  info: RestoreInfo;
+  chunks: AsyncGenerator<ChunkIn>;
+  /** called once every chunk is written (stream: tell the receiver) */
+  finish(ok: boolean, message?: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+const notIncomplete = "the target was not changed";
+
+export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
+  const started = Date.now();
+  const target = inspectTarget(opts.target);
+  const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target);
+  let fd = -1;
+  const pool = new WorkerPool(2);
+  try {
+    const info = src.info;
+    if (info.kind !== "image") throw new TbError("USAGE", `backup ${info.id} is a file-level backup`, "restore it with 'tbbackup restore --files DEST'");
+    if (target.kind === "block" && target.size < info.size)
+      throw new TbError("TARGET", `${target.path} holds ${target.size} bytes but backup ${info.id} needs ${info.size}`, `restore onto a disk at least as large; ${notIncomplete}`);
+    if (!(await opts.confirm(target, info))) throw new TbError("REFUSED", "restore cancelled", notIncomplete);
+    fd = openTarget(target, info.size);
+    opts.reporter.info(`restoring ${info.id} (${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}...) onto ${target.path}`);
+    const hashInPass = !opts.verify;
+    const zeroBuf = target.kind === "block" ? new Uint8Array(info.chunkSize) : null;
+    const pending: { c: ChunkIn; p: Promise<WorkerReply> | null }[] = [];
+    let written = 0;
+    let count = 0;
+    const settle = async () => {
+      const { c, p } = pending.shift()!;
+      if (p) {
+        const r = await p;
+        if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
+        if (r.op === "checked") {
+          if (!r.ok) throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.offset}) of backup ${info.id} is bad: ${r.error}`, "the target is now incomplete; run 'tbbackup verify' on the backup, or restore another one");
+          writeAt(fd, new Uint8Array(r.raw!), c.offset, target.path);
+        }
+      } else if (zeroBuf) writeAt(fd, zeroBuf.subarray(0, c.rawLength), c.offset, target.path);
+      written += c.rawLength;
+    };
+    let expected = 0;
+    for await (const c of src.chunks) {
+      if (c.index !== expected || c.offset !== expected * info.chunkSize || c.offset + c.rawLength > info.size)
+        throw new TbError("CORRUPT", `chunk ${c.index} at offset ${c.offset} does not fit the backup's layout`, "the target is now incomplete; restore again");
+      expected++;
+      let p: Promise<WorkerReply> | null = null;
+      if (c.zero) {
+        if (hashInPass) p = pool.run({ op: "zero", index: c.index, rawLength: c.rawLength }, [], 0);
+      } else {
+        p = pool.run(
+          { op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: hashInPass, wantRaw: true },
+          [c.buf!],
+          hashInPass ? 0 : undefined,
+        );
+      }
+      pending.push({ c, p });
+      count++;
+      while (pending.length > 8) await settle();
+      if ((count & 15) === 0) opts.reporter.progress({ phase: "restore", bytes: written, total: info.size });
+    }
+    while (pending.length) await settle();
+    if (expected !== info.chunks || written !== info.size)
+      throw new TbError("CLOSED", `only ${written} of ${info.size} bytes arrived`, "the target is now incomplete; restore again");
+    if (hashInPass) {
+      const d = await pool.run({ op: "digest" }, [], 0);
+      if (d.op !== "digest" || d.sha256 !== info.sha256)
+        throw new TbError("CORRUPT", `the restored data hashes to ${d.op === "digest" ? d.sha256 : "?"}, the backup says ${info.sha256}`, "the target is now incomplete; restore again");
+    }
+    opts.reporter.info("all data written; syncing the target");
+    try {
+      fs.fsyncSync(fd);
+    } catch (e) {
+      throw new TbError("TARGET", `syncing ${target.path} failed: ${(e as Error).message}`, "the target is now incomplete; check the disk and restore again");
+    }
+    if (opts.verify) {
+      opts.reporter.info("reading the target back to verify it");
+      const sha = readBackSha(fd, info.size, opts.reporter);
+      if (sha !== info.sha256)
+        throw new TbError("VERIFY", `read-back of ${target.path} hashes to ${sha}, the backup says ${info.sha256}`, "the target does not hold the backup; check the disk and restore again");
+    }
+    await src.finish(true);
+    return { target: target.path, id: info.id, bytes: info.size, sha256: info.sha256, verified: opts.verify, seconds: (Date.now() - started) / 1000 };
+  } catch (e) {
+    await src.finish(false, e instanceof Error ? e.message : String(e)).catch(() => {});
+    // Once writing began, every failure must say the target is now incomplete.
+    if (fd >= 0 && e instanceof TbError && !/target/.test(e.hint)) throw new TbError(e.code, e.message, `the target ${target.path} is now incomplete${e.hint ? "; " + e.hint : ""}`, e.details);
+    if (fd >= 0 && !(e instanceof TbError)) throw new TbError("INTERNAL", String(e), `the target ${target.path} is now incomplete; report this bug`);
+    throw e;
+  } finally {
+    pool.terminate();
+    if (fd >= 0) fs.closeSync(fd);
+    await src.close();
+  }
+}
+
+function readBackSha(fd: number, size: number, reporter: Reporter): string {
+  const sha = new Bun.CryptoHasher("sha256");
+  const buf = new Uint8Array(4 * 1024 * 1024);
+  for (let off = 0; off < size; ) {
+    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, size - off), off);
+    if (n === 0) break;
+    sha.update(buf.subarray(0, n));
+    off += n;
+    reporter.progress({ phase: "read-back", bytes: off, total: size });
+  }
+  return sha.digest("hex");
+}
+
+function isZeroFrame(frame: Uint8Array, rawLength: number, checksum: bigint): boolean {
+  if (checksum >= 0n && checksum !== zeroChecksum(rawLength)) return false;
+  const z = zeroFrame(rawLength);
+  return frame.length === z.length && Buffer.from(frame.buffer, frame.byteOffset, frame.length).equals(z);
+}
+
+/** Chunks from a stored backup on this machine. */
+function fileSource(from: string): Source {
+  const { dir, image, manifest } = locateBackup(from);
+  if (manifest && manifest.status !== "complete") throw new TbError("NOT_FOUND", `${dir} is not a complete backup (${manifest.status})`, "choose a complete backup (tbbackup list)");
+  let reader: ImageReader;
+  try {
+    reader = ImageReader.open(image);
+  } catch (e) {
+    throw new TbError("VERIFY", `${image} is damaged: ${(e as Error).message}`, "choose another backup; nothing was written");
+  }
+  const listPath = path.join(dir, manifest?.chunks.file ?? CHUNKS_FILE);
+  const list = manifest && fs.existsSync(listPath) ? new ChunkList(listPath) : null;
+  const chunkSize = manifest?.chunkSize ?? reader.entries[0]?.rawSize ?? 0;
+  const info: RestoreInfo = {
+    session: "",
+    id: manifest?.id ?? path.basename(dir),
+    kind: manifest?.kind ?? "image",
+    host: manifest?.host ?? { hostname: "?", machineId: null, productUuid: null },
+    disk: manifest?.disk ?? { path: image, kind: "file", name: path.basename(image), size: reader.rawSize, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null },
+    label: manifest?.label ?? null,
+    date: manifest?.timings.started ?? "",
+    size: reader.rawSize,
+    chunkSize,
+    chunks: reader.entries.length,
+    sha256: manifest?.sha256 ?? "",
+  };
+  if (!info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with a SHA-256`, "restore from a backup directory made by tbbackup receive");
+  async function* chunks(): AsyncGenerator<ChunkIn> {
+    let offset = 0;
+    for (let i = 0; i < reader.entries.length; i++) {
+      const e = reader.entries[i]!;
+      const line = list?.next() ?? null;
+      if (list && (!line || line.index !== i || line.length !== e.rawSize)) throw new TbError("VERIFY", `chunk list of ${dir} does not match its image at chunk ${i}`, "the backup is damaged; restore another one");
+      const checksum = line?.checksum ?? -1n;
+      const frame = reader.readFrame(i);
+      const zero = isZeroFrame(frame, e.rawSize, checksum);
+      yield { index: i, offset, rawLength: e.rawSize, checksum, zero, buf: frame.buffer as ArrayBuffer, at: 0, length: frame.length };
+      offset += e.rawSize;
+    }
+  }
+  return {
+    info,
+    chunks: chunks(),
+    finish: async () => {},
+    close: async () => {
+      reader.close();
+      list?.close();
+    },
+  };
+}
+
+/** Chunks from a receiver started with --allow-restore. */
+async function streamSource(opts: RestoreOptions, target: TargetInfo): Promise<Source> {
+  const ch = new Channel(await opts.transport!.connect(opts.waitMs));
+  try {
+    const hello = newHello("restore", { backup: opts.backup, target: target.identity });
+    await handshake(ch, hello, opts.waitMs, opts.reporter);
+    let info: RestoreInfo | null = null;
+    while (!info) {
+      const f = await ch.recv(opts.waitMs, "the receiver's restore offer");
+      if (f.type === MsgType.ERROR) throw restoreError(f.payload);
+      if (f.type === MsgType.RESTORE_INFO) {
+        const i = decodeJson<RestoreInfo>(f.payload);
+        if (i?.session === hello.session) info = i;
+      }
+    }
+    const offer = info;
+    let began = false;
+    async function* chunks(): AsyncGenerator<ChunkIn> {
+      await ch.sendJson(MsgType.RESTORE, { session: hello.session, go: true });
+      began = true;
+      for (;;) {
+        const f = await ch.recv(opts.idleMs, "backup data from the receiver");
+        if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
+          const h = readChunkHeader(f.payload);
+          if (!h) throw new TbError("PROTOCOL", "a chunk record is too short", "use the same tbbackup version on both sides");
+          if (f.type === MsgType.ZERO) {
+            if (h.checksum !== zeroChecksum(h.rawLength)) throw new TbError("CORRUPT", `zero record for chunk ${h.index} is malformed`, "the target is now incomplete; restore again");
+            yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: true };
+          } else {
+            yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: false, buf: f.payload.buffer as ArrayBuffer, at: f.payload.byteOffset + CHUNK_HEADER_SIZE, length: f.payload.length - CHUNK_HEADER_SIZE };
+          }
+        } else if (f.type === MsgType.RESTORE_END) {
+          const end = decodeJson<RestoreEnd>(f.payload);
+          if (!end || end.sha256 !== offer.sha256 || end.bytes !== offer.size) throw new TbError("PROTOCOL", "the receiver ended the restore with different totals than it offered", "restore again");
+          return;
+        } else if (f.type === MsgType.ERROR) throw peerError(f.payload);
+      }
+    }
+    return {
+      info: offer,
+      chunks: chunks(),
+      finish: async (ok, message) => {
+        if (ok) await ch.sendJson(MsgType.RESTORE_DONE, { session: hello.session, ok: true });
+        else await ch.sendJson(MsgType.ERROR, { session: hello.session, code: "CLOSED", message: `restore stopped: ${message ?? ""}${began ? "" : " (nothing written)"}` });
+      },
+      close: () => ch.close(),
+    };
+  } catch (e) {
+    await ch.close();
+    throw e;
+  }
+}
+
+/** A receiver's refusal; a choice it could not make comes with candidates to list. */
+function restoreError(payload: Uint8Array): TbError {
+  const e = decodeJson<ErrorMsg & { candidates?: string[] }>(payload);
+  const err = peerError(payload);
+  if (e?.candidates?.length) return new TbError(err.code, err.message, "pass --backup ID with one of the IDs above", e.candidates);
+  return err;
+}

@@ -1,0 +1,81 @@
+// The restore target: a block device (opened O_EXCL, so a mounted or in-use
+// disk is refused) or a regular file (created sparse).
+import * as fs from "node:fs";
+import { TbError, errnoText, isErrno } from "./errors.ts";
+import { blockDeviceSize, diskIdentity } from "./identity.ts";
+import type { DiskIdentity } from "../protocol/messages.ts";
+
+export interface TargetInfo {
+  path: string;
+  kind: "block" | "file";
+  exists: boolean;
+  /** current size (a new file: 0) */
+  size: number;
+  identity: DiskIdentity;
+}
+
+/** Looks at the target without changing it. */
+export function inspectTarget(path: string): TargetInfo {
+  let st: fs.Stats | null = null;
+  try {
+    st = fs.statSync(path);
+  } catch (e) {
+    if (!isErrno(e, "ENOENT")) throw new TbError("TARGET", `cannot look at ${path}: ${errnoText(e)}`, "check the target path");
+  }
+  if (!st) return { path, kind: "file", exists: false, size: 0, identity: diskIdentity(path, 0, new Uint8Array(0), false) };
+  if (st.isBlockDevice()) {
+    const size = blockDeviceSize(path);
+    if (size === null) throw new TbError("TARGET", `cannot tell the size of ${path}`, "check that /sys is mounted");
+    const head = new Uint8Array(Math.min(8192, size));
+    try {
+      const fd = fs.openSync(path, "r");
+      fs.readSync(fd, head, 0, head.length, 0);
+      fs.closeSync(fd);
+    } catch {}
+    return { path, kind: "block", exists: true, size, identity: diskIdentity(path, size, head, true) };
+  }
+  if (st.isFile()) return { path, kind: "file", exists: true, size: st.size, identity: diskIdentity(path, st.size, new Uint8Array(0), false) };
+  throw new TbError("TARGET", `${path} is not a block device or a regular file`, "restore onto a disk (e.g. /dev/nvme0n1) or an image file");
+}
+
+/**
+ * Opens the target for writing `size` bytes. A block device must be at least
+ * that large and is opened exclusively; a file is (re)created sparse.
+ */
+export function openTarget(t: TargetInfo, size: number): number {
+  if (t.kind === "block") {
+    if (t.size < size)
+      throw new TbError("TARGET", `${t.path} holds ${t.size} bytes but the backup needs ${size}`, "restore onto a disk at least as large as the original");
+    try {
+      return fs.openSync(t.path, fs.constants.O_RDWR | fs.constants.O_EXCL);
+    } catch (e) {
+      if (isErrno(e, "EBUSY"))
+        throw new TbError("TARGET", `${t.path} is in use (mounted, or held by another program)`, "unmount it (and its partitions) and stop what uses it, then run restore again");
+      throw new TbError("TARGET", `cannot open ${t.path} for writing: ${errnoText(e)}`, "run restore as root on an unmounted disk");
+    }
+  }
+  try {
+    const fd = fs.openSync(t.path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
+    // Start from nothing so that skipped zero chunks read back as zeros (holes).
+    fs.ftruncateSync(fd, 0);
+    fs.ftruncateSync(fd, size);
+    return fd;
+  } catch (e) {
+    if (isErrno(e, "ENOSPC", "EFBIG")) throw new TbError("TARGET", `no room for ${size} bytes at ${t.path}: ${errnoText(e)}`, "free space or choose another target");
+    throw new TbError("TARGET", `cannot create ${t.path}: ${errnoText(e)}`, "check the directory and permissions");
+  }
+}
+
+/** pwrite all of buf at position, mapping failures to one clear error. */
+export function writeAt(fd: number, buf: Uint8Array, position: number, path: string): void {
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += fs.writeSync(fd, buf, off, buf.length - off, position + off);
+    } catch (e) {
+      if (isErrno(e, "ENOSPC", "EDQUOT", "EFBIG"))
+        throw new TbError("TARGET", `${path} is full at byte ${position + off}`, "the target is now incomplete; free space or use a larger target, then restore again");
+      throw new TbError("TARGET", `write error on ${path} at byte ${position + off}: ${errnoText(e)}`, "the target is now incomplete; check the disk and restore again");
+    }
+  }
+}
