@@ -7,11 +7,12 @@
 #
 #   dracut --add tbbackup -f /boot/initramfs-recovery.img
 #
-# The program is looked for in $TBBACKUP_BIN, /usr/local/bin, /usr/bin.
+# The program is looked for in $TBBACKUP_BIN, /usr/local/bin, /usr/bin, PATH.
 
 tbbackup_bin() {
     local b
-    for b in "${TBBACKUP_BIN:-}" "$dracutsysrootdir/usr/local/bin/tbbackup" "$dracutsysrootdir/usr/bin/tbbackup"; do
+    for b in "${TBBACKUP_BIN:-}" "$dracutsysrootdir/usr/local/bin/tbbackup" "$dracutsysrootdir/usr/bin/tbbackup" \
+        "$(command -v tbbackup 2> /dev/null)"; do
         if [[ -n $b && -f $b ]]; then
             echo "$b"
             return 0
