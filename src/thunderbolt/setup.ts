@@ -45,7 +45,7 @@ interface Found {
 }
 
 function run(cmd: string, args: string[]): { found: boolean; ok: boolean; message: string } {
-  const exe = Bun.which(cmd, { PATH: `${process.env.PATH ?? ""}:/sbin:/usr/sbin:/bin:/usr/bin` });
+  const exe = Bun.which(cmd, { PATH: process.env.PATH || "/usr/sbin:/usr/bin:/sbin:/bin" });
   if (!exe) return { found: false, ok: false, message: `${cmd} not found` };
   try {
     const r = Bun.spawnSync([exe, ...args], { stdout: "pipe", stderr: "pipe", timeout: 30_000 });

@@ -1,0 +1,245 @@
+// Pins each driver semantic the emulator claims (DESIGN §2, the v7.2
+// stream.c), so it cannot drift into a driver that forgives what the real one
+// does not. Runs only where FUSE works (root, /dev/fuse); skipped otherwise.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { cfgDir, fuseAvailable, startEmu, type Emu } from "./harness.ts";
+
+const skip = !fuseAvailable();
+let emu: Emu;
+
+const openAsync = (p: string, flags: number | string = "r+") =>
+  new Promise<number>((res, rej) => fs.open(p, flags, (e, fd) => (e ? rej(e) : res(fd))));
+const readAsync = (fd: number, n: number) =>
+  new Promise<Buffer>((res, rej) => {
+    const b = Buffer.alloc(n);
+    fs.read(fd, b, 0, n, null, (e, got) => (e ? rej(e) : res(b.subarray(0, got))));
+  });
+const code = (f: () => unknown): string | null => {
+  try {
+    f();
+    return null;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code ?? String(e);
+  }
+};
+async function codeAsync(p: Promise<unknown>): Promise<string | null> {
+  try {
+    await p;
+    return null;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code ?? String(e);
+  }
+}
+const attr = (dir: string, name: string) => fs.readFileSync(path.join(dir, name), "utf8").trim();
+const put = (dir: string, name: string, v: string | number) => fs.writeFileSync(path.join(dir, name), `${v}\n`);
+
+/** Makes <service>/<name> on host h (service dir first) and returns its path. */
+function group(h: "A" | "B", name: string): string {
+  const svc = emu.state().hosts[h].stream_service!;
+  const s = path.join(cfgDir(emu, h), svc);
+  if (!fs.existsSync(s)) fs.mkdirSync(s);
+  fs.mkdirSync(path.join(s, name));
+  return path.join(s, name);
+}
+function rmGroup(dir: string) {
+  fs.rmdirSync(dir);
+  try {
+    fs.rmdirSync(path.dirname(dir));
+  } catch {}
+}
+const dev = (h: "A" | "B", g: string) => path.join(emu.host(h), "dev", `tbstream${attr(g, "index")}`);
+
+/** A receiving group on A with HopIDs 10/11 and B adopting it. */
+function pair(name: string): [string, string] {
+  const a = group("A", name);
+  put(a, "in_hopid", 10);
+  put(a, "out_hopid", 11);
+  const b = group("B", name);
+  return [a, b];
+}
+
+describe.skipIf(skip)("tbemu: the thunderbolt_stream boundary", () => {
+  beforeAll(async () => {
+    emu = await startEmu(["--seed", "1"]);
+  });
+  afterAll(async () => {
+    await emu?.stop();
+  });
+
+  test("sysfs: peer XDomain with attributes and services; the stream service is named per host", () => {
+    const a = path.join(emu.host("A"), "sys/bus/thunderbolt/devices");
+    expect(fs.readdirSync(a).sort()).toEqual(["0-0", "0-1", "0-1.0", "domain0"]);
+    expect(attr(path.join(a, "0-1"), "uevent")).toBe("DEVTYPE=thunderbolt_xdomain");
+    expect(attr(path.join(a, "0-1"), "maxhopid")).toBe("19");
+    expect(attr(path.join(a, "0-1.0"), "key")).toBe("stream");
+    const b = path.join(emu.host("B"), "sys/bus/thunderbolt/devices");
+    // A runs thunderbolt_net too, so B sees A's network service first: stream is .1
+    expect(attr(path.join(b, "0-503.0"), "key")).toBe("network");
+    expect(attr(path.join(b, "0-503.1"), "key")).toBe("stream");
+    expect(code(() => fs.writeFileSync(path.join(a, "0-1/maxhopid"), "3"))).toBe("EACCES");
+  });
+
+  test("configfs: mkdir makes the attributes with the driver's defaults; rmdir removes the group and its device", () => {
+    const g = group("A", "t1");
+    expect(fs.readdirSync(g).sort()).toEqual(["in_hopid", "index", "out_hopid", "ring_size", "throttling"]);
+    expect([attr(g, "in_hopid"), attr(g, "out_hopid"), attr(g, "ring_size"), attr(g, "throttling")]).toEqual(["0", "0", "256", "8192"]);
+    const d = dev("A", g);
+    expect(fs.existsSync(d)).toBe(true);
+    rmGroup(g);
+    expect(fs.existsSync(g)).toBe(false);
+    expect(fs.existsSync(d)).toBe(false);
+  });
+
+  test("configfs: validated writes (ENAMETOOLONG, EINVAL, EACCES on index, bad service name)", () => {
+    const svc = path.join(cfgDir(emu, "A"), emu.state().hosts.A.stream_service!);
+    fs.mkdirSync(svc, { recursive: true });
+    expect(code(() => fs.mkdirSync(path.join(svc, "ninechars")))).toBe("ENAMETOOLONG");
+    expect(code(() => fs.mkdirSync(path.join(cfgDir(emu, "A"), "not-a-service")))).toBe("EINVAL");
+    const g = group("A", "t2");
+    expect(code(() => put(g, "ring_size", 31))).toBe("EINVAL");
+    expect(code(() => put(g, "ring_size", 4097))).toBe("EINVAL");
+    expect(code(() => put(g, "throttling", 16776961))).toBe("EINVAL");
+    expect(code(() => put(g, "in_hopid", "ten"))).toBe("EINVAL");
+    expect(code(() => put(g, "index", 3))).toBe("EACCES");
+    put(g, "ring_size", 4096);
+    expect(attr(g, "ring_size")).toBe("4096");
+    // HopIDs: 8 is held by thunderbolt_net on A; above the maximum is EINVAL; writing the value it already has is EBUSY
+    expect(code(() => put(g, "in_hopid", 8))).toBe("EBUSY");
+    expect(code(() => put(g, "in_hopid", 16))).toBe("EINVAL"); // A's own maximum is 15
+    expect(code(() => put(g, "out_hopid", 20))).toBe("EINVAL"); // the peer's maxhopid is 19
+    put(g, "in_hopid", 12);
+    expect(code(() => put(g, "in_hopid", 12))).toBe("EBUSY");
+    put(g, "in_hopid", -1);
+    expect(attr(g, "in_hopid")).toBe("9"); // automatic: the first free one from 8
+    rmGroup(g);
+  });
+
+  test("pairing is asymmetric: the adopter takes the announced HopIDs swapped, only at mkdir", () => {
+    const late = group("B", "t3"); // made before the announcement: stays 0
+    const [a, b] = pair("t4");
+    expect([attr(b, "in_hopid"), attr(b, "out_hopid")]).toEqual(["11", "10"]);
+    expect(emu.state().hosts.A.announced.t4).toEqual([10, 11]);
+    const a3 = group("A", "t3");
+    put(a3, "in_hopid", 12);
+    put(a3, "out_hopid", 12);
+    expect(attr(late, "in_hopid")).toBe("0"); // a later announcement is never re-read
+    fs.rmdirSync(late);
+    fs.mkdirSync(late); // rmdir + mkdir adopts again
+    expect(attr(late, "in_hopid")).toBe("12");
+    for (const g of [late, a3, a, b]) fs.rmdirSync(g);
+  });
+
+  test("open: EINVAL without HopIDs when the peer is attached; blocks without a peer (O_NONBLOCK: ENXIO)", async () => {
+    const g = group("A", "t5");
+    expect(await codeAsync(openAsync(dev("A", g)))).toBe("EINVAL");
+    emu.ctl("unplug");
+    put(g, "in_hopid", 10); // no stream attached: stored as given
+    put(g, "out_hopid", 10);
+    expect(await codeAsync(openAsync(dev("A", g), fs.constants.O_RDWR | fs.constants.O_NONBLOCK))).toBe("ENXIO");
+    let opened = false;
+    const p = openAsync(dev("A", g)).then((fd) => ((opened = true), fd));
+    await Bun.sleep(300);
+    expect(opened).toBe(false);
+    emu.ctl("plug");
+    const fd = await p;
+    expect(opened).toBe(true);
+    fs.closeSync(fd);
+    fs.rmdirSync(g);
+  });
+
+  test("bytes written before the peer opened are lost; then a byte stream in <= 4 KiB frames, short reads lose nothing", async () => {
+    const [a, b] = pair("t6");
+    const fa = await openAsync(dev("A", a));
+    fs.writeSync(fa, Buffer.from("lost"));
+    const fb = await openAsync(dev("B", b));
+    const data = Buffer.alloc(10000, 7);
+    data.write("head");
+    expect(fs.writeSync(fa, data)).toBe(10000);
+    const first = await readAsync(fb, 100000);
+    expect(first.length).toBeLessThanOrEqual(10000);
+    expect(first.subarray(0, 4).toString()).toBe("head"); // "lost" never arrived
+    let got = first;
+    while (got.length < 10000) got = Buffer.concat([got, await readAsync(fb, 3)]);
+    expect(got.equals(data)).toBe(true);
+    // EOF after the peer's CLOSE; the writer never learns (writes still succeed)
+    fs.closeSync(fa);
+    expect((await readAsync(fb, 100)).length).toBe(0);
+    expect(fs.writeSync(fb, Buffer.from("into the void"))).toBe(13);
+    fs.closeSync(fb);
+    fs.rmdirSync(a);
+    fs.rmdirSync(b);
+  });
+
+  test("attributes are EBUSY while the device is open", async () => {
+    const [a, b] = pair("t7");
+    const fa = await openAsync(dev("A", a));
+    expect(code(() => put(a, "ring_size", 64))).toBe("EBUSY");
+    expect(code(() => put(a, "in_hopid", 13))).toBe("EBUSY");
+    fs.closeSync(fa);
+    put(a, "ring_size", 64);
+    fs.rmdirSync(a);
+    fs.rmdirSync(b);
+  });
+
+  test("a second opener shares the rings and steals frames", async () => {
+    const [a, b] = pair("t8");
+    const fb1 = await openAsync(dev("B", b));
+    const fb2 = await openAsync(dev("B", b));
+    expect(emu.state().hosts.B.devs[attr(b, "index")]!.users).toBe(2);
+    const fa = await openAsync(dev("A", a));
+    const r2 = readAsync(fb2, 100000);
+    fs.writeSync(fa, Buffer.from("for the first reader"));
+    expect((await r2).toString()).toBe("for the first reader");
+    for (const fd of [fa, fb1, fb2]) fs.closeSync(fd);
+    fs.rmdirSync(a);
+    fs.rmdirSync(b);
+  });
+
+  test("unplug: a pending read fails with ENXIO; the announcement is gone", async () => {
+    const [a, b] = pair("t9");
+    const fa = await openAsync(dev("A", a));
+    const fb = await openAsync(dev("B", b));
+    const r = codeAsync(readAsync(fb, 100));
+    await Bun.sleep(100);
+    emu.ctl("unplug");
+    expect(await r).toBe("ENXIO");
+    expect(emu.state().hosts.A.announced.t9).toBeUndefined();
+    fs.closeSync(fa);
+    fs.closeSync(fb);
+    emu.ctl("plug");
+    fs.rmdirSync(a);
+    fs.rmdirSync(b);
+  });
+
+  test("flip: one bit of one data frame changes in transit", async () => {
+    const [a, b] = pair("t10");
+    const fa = await openAsync(dev("A", a));
+    const fb = await openAsync(dev("B", b));
+    emu.ctl("flip 1 from A");
+    const data = Buffer.alloc(4096, 0);
+    fs.writeSync(fa, data);
+    const got = await readAsync(fb, 8192);
+    let bits = 0;
+    for (const byte of got) bits += byte.toString(2).split("1").length - 1;
+    expect(got.length).toBe(4096);
+    expect(bits).toBe(1);
+    expect(emu.state().flips_done).toBe(1);
+    fs.closeSync(fa);
+    fs.closeSync(fb);
+    fs.rmdirSync(a);
+    fs.rmdirSync(b);
+  });
+
+  test("rmdir leaves the announcement (the driver frees HopIDs, not the property directory)", () => {
+    const a = group("A", "t11");
+    put(a, "in_hopid", 13);
+    put(a, "out_hopid", 13);
+    fs.rmdirSync(a);
+    expect(emu.state().hosts.A.announced.t11).toEqual([13, 13]);
+    const b = group("B", "t11"); // a stale announcement is adopted all the same
+    expect(attr(b, "in_hopid")).toBe("13");
+    fs.rmdirSync(b);
+  });
+});
