@@ -1,0 +1,269 @@
+// restore with the compiled binary: from a stored image and from a receiver
+// over each transport, into a sparse file and onto a loop device; refusals
+// and corruption. The restored ext4 image must pass e2fsck -fn.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { BIN, cleanup, finish, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor } from "../helpers/cli.ts";
+
+let dir: string;
+let img: string;
+let imgSha: string;
+let store: string;
+let backupDir: string;
+let backupId: string;
+
+beforeAll(async () => {
+  dir = tempDir();
+  img = makeExt4Image(dir, 24);
+  imgSha = sha256File(img);
+  store = path.join(dir, "store");
+  const sock = path.join(dir, "p.sock");
+  const recv = start(["receive", "--out", store, "--stream", `unix:${sock}`, "--once"]);
+  await waitFor(() => fs.existsSync(sock), "socket");
+  expect((await run(["push", img, "--stream", `unix:${sock}`])).code).toBe(0);
+  expect((await finish(recv)).code).toBe(0);
+  const rows = JSON.parse((await run(["list", "--out", store, "--json"])).stdout);
+  backupId = rows[0].id;
+  backupDir = path.join(store, backupId);
+});
+afterAll(() => cleanup(dir));
+
+function fsckClean(file: string): void {
+  sh(`e2fsck -fn ${JSON.stringify(file)}`); // throws unless exit 0
+}
+
+function oneLine(stderr: string): string {
+  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("tbbackup: "));
+  expect(lines.length).toBe(1);
+  return lines[0]!;
+}
+
+describe("restore from a stored image (--from)", () => {
+  test("into a new sparse file: byte-exact, sparse, fsck clean", async () => {
+    const out = path.join(dir, "from-file.img");
+    const r = await run(["restore", out, "--from", backupDir, "--yes", "--json"]);
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.verified).toBe(true);
+    expect(sha256File(out)).toBe(imgSha);
+    // zero chunks were skipped: far fewer blocks allocated than the apparent size
+    expect(fs.statSync(out).blocks * 512).toBeLessThan(fs.statSync(out).size / 2);
+    fsckClean(out);
+  });
+
+  test("from the image.zst path, over an existing file (replaced), --no-verify says so", async () => {
+    const out = path.join(dir, "existing.img");
+    fs.writeFileSync(out, Buffer.alloc(50 * 1024 * 1024, 0xaa)); // larger and non-zero: must not leak through
+    const r = await run(["restore", out, "--from", path.join(backupDir, "image.zst"), "--yes", "--no-verify"]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain("NOT read back");
+    expect(sha256File(out)).toBe(imgSha);
+  });
+
+  test("onto a loop device: byte-exact, fsck clean", async () => {
+    const backing = path.join(dir, "loop-backing.img");
+    sh(`truncate -s 32M ${backing}`);
+    sh(`head -c 32M /dev/urandom > ${backing}`); // old content that zero chunks must overwrite
+    const loop = sh(`losetup -f --show ${backing}`).trim();
+    try {
+      const r = await run(["restore", loop, "--from", backupDir, "--yes"]);
+      expect(r.code).toBe(0);
+      const size = fs.statSync(img).size;
+      expect(sh(`head -c ${size} ${loop} | sha256sum`).split(" ")[0]).toBe(imgSha);
+      sh(`head -c ${size} ${loop} > ${dir}/loop-copy.img`);
+      fsckClean(`${dir}/loop-copy.img`);
+    } finally {
+      sh(`losetup -d ${loop}`);
+    }
+  });
+});
+
+describe("restore from a receiver (--stream)", () => {
+  const transports: { name: string; setup: (d: string) => Promise<[string, string, () => void]> }[] = [
+    { name: "unix", setup: async (d) => [`unix:${d}/r.sock`, `unix:${d}/r.sock`, () => {}] },
+    { name: "tcp", setup: async () => { const p = 20000 + Math.floor(Math.random() * 20000); return [`tcp:${p}`, `tcp:127.0.0.1:${p}`, () => {}]; } },
+    {
+      name: "device (pty pair)",
+      setup: async (d) => {
+        const socat = Bun.spawn(["socat", "-d", `pty,raw,echo=0,link=${d}/A`, `pty,raw,echo=0,link=${d}/B`], { stderr: "ignore" });
+        await waitFor(() => fs.existsSync(`${d}/A`) && fs.existsSync(`${d}/B`), "ptys");
+        return [`${d}/A`, `${d}/B`, () => socat.kill()];
+      },
+    },
+  ];
+  for (const t of transports) {
+    test(`${t.name}: list, then restore --backup ID byte-exact`, async () => {
+      const d = tempDir();
+      const [rs, cs, teardown] = await t.setup(d);
+      try {
+        const recv = start(["receive", "--out", store, "--stream", rs, "--allow-restore"]);
+        try {
+          const l = await run(["list", "--stream", cs, "--json"]);
+          expect(l.code).toBe(0);
+          expect(JSON.parse(l.stdout).map((b: { id: string }) => b.id)).toContain(backupId);
+          const out = path.join(d, "restored.img");
+          const r = await run(["restore", out, "--stream", cs, "--backup", backupId, "--yes"]);
+          expect(r.code).toBe(0);
+          expect(sha256File(out)).toBe(imgSha);
+          fsckClean(out);
+        } finally {
+          recv.kill();
+          await recv.exited;
+        }
+      } finally {
+        teardown();
+        cleanup(d);
+      }
+    });
+  }
+
+  test("stdio (-): restore through socat EXEC", async () => {
+    const out = path.join(dir, "stdio.img");
+    const r = Bun.spawnSync(["socat", `EXEC:${BIN} receive --out ${store} --stream - --once --allow-restore`, `EXEC:${BIN} restore ${out} --stream - --backup ${backupId} --yes`], { stderr: "pipe" });
+    expect(r.exitCode).toBe(0);
+    expect(sha256File(out)).toBe(imgSha);
+  });
+
+  test("without --backup: the newest backup of the matching disk is chosen (same path, this host)", async () => {
+    // The backup was made from `img`; restoring onto that same path matches by host + path + size.
+    const copy = path.join(dir, "match", path.basename(img));
+    fs.mkdirSync(path.dirname(copy));
+    const sock = path.join(dir, "m.sock");
+    const recv = start(["receive", "--out", store, "--stream", `unix:${sock}`, "--allow-restore", "--once"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    // target path must equal the original's path for a file: restore onto img itself after moving it aside
+    fs.renameSync(img, copy);
+    try {
+      const r = await run(["restore", img, "--stream", `unix:${sock}`, "--yes", "--json"]);
+      expect(r.code).toBe(0);
+      expect(JSON.parse(r.stdout).id).toBe(backupId);
+      expect(sha256File(img)).toBe(imgSha);
+    } finally {
+      fs.rmSync(img, { force: true });
+      fs.renameSync(copy, img);
+      await finish(recv);
+    }
+  });
+});
+
+describe("refusals", () => {
+  test("no matching backup: candidates listed, exit 11, nothing created", async () => {
+    const sock = path.join(dir, "nm.sock");
+    const recv = start(["receive", "--out", store, "--stream", `unix:${sock}`, "--allow-restore", "--once"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    const out = path.join(dir, "nomatch.img");
+    const r = await run(["restore", out, "--stream", `unix:${sock}`, "--yes"]);
+    await finish(recv);
+    expect(r.code).toBe(11);
+    expect(r.stderr).toContain(`  ${backupId}`);
+    expect(oneLine(r.stderr)).toMatch(/--backup ID/);
+    expect(fs.existsSync(out)).toBe(false);
+  });
+
+  test("receiver without --allow-restore refuses list and restore: exit 12", async () => {
+    const sock = path.join(dir, "na.sock");
+    const recv = start(["receive", "--out", store, "--stream", `unix:${sock}`]);
+    try {
+      await waitFor(() => fs.existsSync(sock), "socket");
+      const l = await run(["list", "--stream", `unix:${sock}`]);
+      expect(l.code).toBe(12);
+      expect(oneLine(l.stderr)).toMatch(/--allow-restore/);
+      const r = await run(["restore", path.join(dir, "na.img"), "--stream", `unix:${sock}`, "--backup", backupId, "--yes"]);
+      expect(r.code).toBe(12);
+      expect(fs.existsSync(path.join(dir, "na.img"))).toBe(false);
+    } finally {
+      recv.kill();
+      await recv.exited;
+    }
+  });
+
+  test("a backup ID that tries to leave DIR is refused: exit 11", async () => {
+    const sock = path.join(dir, "esc.sock");
+    const recv = start(["receive", "--out", store, "--stream", `unix:${sock}`, "--allow-restore"]);
+    try {
+      await waitFor(() => fs.existsSync(sock), "socket");
+      fs.symlinkSync("/etc", path.join(store, backupId.split("/")[0]!, "etc-link"));
+      for (const id of ["../../../etc", "/etc/passwd/x", `${backupId}/../../..`, `${backupId.split("/")[0]}/etc-link/x`]) {
+        const r = await run(["restore", path.join(dir, "esc.img"), "--stream", `unix:${sock}`, "--backup", id, "--yes"]);
+        expect(r.code).toBe(11);
+        expect(oneLine(r.stderr)).toMatch(/no backup/);
+      }
+    } finally {
+      recv.kill();
+      await recv.exited;
+    }
+  });
+
+  test("no --yes without a TTY: exit 12, target untouched", async () => {
+    const out = path.join(dir, "keep.img");
+    fs.writeFileSync(out, "precious");
+    const r = await run(["restore", out, "--from", backupDir]);
+    expect(r.code).toBe(12);
+    expect(oneLine(r.stderr)).toMatch(/--yes.*not changed/);
+    expect(fs.readFileSync(out, "utf8")).toBe("precious");
+  });
+
+  test("target too small (loop device): exit 13 before anything is written", async () => {
+    const backing = path.join(dir, "small-backing.img");
+    sh(`head -c 8M /dev/urandom > ${backing}`);
+    const before = sha256File(backing);
+    const loop = sh(`losetup -f --show ${backing}`).trim();
+    try {
+      const r = await run(["restore", loop, "--from", backupDir, "--yes"]);
+      expect(r.code).toBe(13);
+      expect(oneLine(r.stderr)).toMatch(/needs \d+.*at least as large/);
+    } finally {
+      sh(`losetup -d ${loop}`);
+    }
+    expect(sha256File(backing)).toBe(before);
+  });
+
+  test("mounted loop device is refused (O_EXCL): exit 13", async () => {
+    const backing = path.join(dir, "mounted-backing.img");
+    sh(`cp ${img} ${backing} && truncate -s 32M ${backing}`);
+    const loop = sh(`losetup -f --show ${backing}`).trim();
+    const mnt = path.join(dir, "mnt");
+    fs.mkdirSync(mnt, { recursive: true });
+    sh(`mount -o ro ${loop} ${mnt}`);
+    try {
+      const r = await run(["restore", loop, "--from", backupDir, "--yes"]);
+      expect(r.code).toBe(13);
+      expect(oneLine(r.stderr)).toMatch(/in use.*unmount/);
+    } finally {
+      sh(`umount ${mnt}`);
+      sh(`losetup -d ${loop}`);
+    }
+  });
+});
+
+describe("corruption", () => {
+  test("a flipped byte in a stored image: verify and restore fail and name the chunk", async () => {
+    const bad = path.join(dir, "bad-backup");
+    sh(`cp -r ${backupDir} ${bad}`);
+    // damage the middle of the 4th frame (raw offset 3 MiB), found through the seek table
+    const frames = sh(`zstd -lv ${bad}/image.zst 2>/dev/null | grep -c . || true`);
+    void frames;
+    const rows = fs.readFileSync(path.join(bad, "chunks.txt"), "utf8").trim().split("\n");
+    expect(rows.length).toBeGreaterThan(4);
+    const { ImageReader } = await import("../../src/store/image-reader.ts");
+    const reader = ImageReader.open(path.join(bad, "image.zst"));
+    const victim = reader.entries.findIndex((e, i) => i > 0 && e.compressedSize > 1000);
+    const at = reader.offsets[victim]! + Math.floor(reader.entries[victim]!.compressedSize / 2);
+    reader.close();
+    const fd = fs.openSync(path.join(bad, "image.zst"), "r+");
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, at);
+    b[0]! ^= 0x10;
+    fs.writeSync(fd, b, 0, 1, at);
+    fs.closeSync(fd);
+
+    const v = await run(["verify", bad]);
+    expect(v.code).toBe(10);
+    expect(oneLine(v.stderr)).toContain(`chunk ${victim} `);
+    const out = path.join(dir, "from-bad.img");
+    const r = await run(["restore", out, "--from", bad, "--yes"]);
+    expect(r.code).toBe(8);
+    expect(oneLine(r.stderr)).toMatch(new RegExp(`chunk ${victim} .*is bad.*target is now incomplete`));
+  });
+});
