@@ -19,7 +19,7 @@ head -c 4M /dev/urandom > "$DEMO/tree/random.bin"
 truncate -s 64M "$DEMO/disk.img"
 mkfs.ext4 -q -F -d "$DEMO/tree" "$DEMO/disk.img"
 SOCK="$DEMO/tb.sock"
-echo "== receiver: tbbackup receive --out $DEMO/backups --stream unix:$SOCK --once --allow-restore"
+echo "== receiver: tbbackup receive --out $DEMO/backups --stream unix:$SOCK --once"
 "$BIN" receive --out "$DEMO/backups" --stream "unix:$SOCK" --once 2> "$DEMO/receive.log" &
 RECV=$!
 echo "== push: tbbackup push $DEMO/disk.img --stream unix:$SOCK --name demo"
@@ -33,10 +33,8 @@ echo "== verify $BACKUP"
 echo "== plain zstd -dc | sha256sum (no tbbackup needed) vs the disk"
 zstd -dcq "$BACKUP/image.zst" | sha256sum
 sha256sum "$DEMO/disk.img"
-if "$BIN" restore --help >/dev/null 2>&1; then
-  echo "== restore into a new file: tbbackup restore $DEMO/restored.img --from $BACKUP --yes"
-  "$BIN" restore "$DEMO/restored.img" --from "$BACKUP" --yes
-  cmp "$DEMO/disk.img" "$DEMO/restored.img" && echo "restored image is identical to the original"
-fi
+echo "== restore into a new file: tbbackup restore $DEMO/restored.img --from $BACKUP --yes"
+"$BIN" restore "$DEMO/restored.img" --from "$BACKUP" --yes
+cmp "$DEMO/disk.img" "$DEMO/restored.img" && echo "restored image is identical to the original"
 echo
 echo "demo done: the backup is in $BACKUP (receiver log: $DEMO/receive.log)"
