@@ -2,7 +2,7 @@
 // and stream it to a receiver; done only when the receiver says it is durable
 // and its SHA-256 matches ours.
 import { availableParallelism } from "node:os";
-import { MsgType, decodeJson, encodeZero, type Done, type End, type Progress } from "../protocol/messages.ts";
+import { MsgType, decodeJson, encodeZero, type DiskIdentity, type Done, type End, type Progress } from "../protocol/messages.ts";
 import { encodeFrame } from "../protocol/frame.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
@@ -16,8 +16,38 @@ import { zeroChecksum } from "./zero.ts";
 export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
 export const MAX_CHUNK_SIZE = 4 * 1024 * 1024;
 
+/** What push reads: a disk/image at offsets, or a stream of unknown length (a tar of files). */
+export interface PushSource {
+  /** raw size when known in advance; null for a stream */
+  size: number | null;
+  disk: DiskIdentity;
+  content: "image" | "files";
+  /** fills buf with the bytes at `offset`; fewer than buf.length only at the end */
+  read(buf: Uint8Array, offset: number): Promise<number>;
+  /** extra END fields (file counts) once everything was read */
+  summary?(): Record<string, unknown>;
+  close(): void;
+}
+
+export function imageSource(path: string): PushSource {
+  const src = openSource(path);
+  return {
+    size: src.size,
+    disk: src.disk,
+    content: "image",
+    read: async (buf, offset) => {
+      const n = Math.min(buf.length, src.size - offset);
+      readFully(src.fd, buf.subarray(0, n), offset, path);
+      return n;
+    },
+    close: () => src.close(),
+  };
+}
+
 export interface PushOptions {
   source: string;
+  /** defaults to imageSource(source) */
+  input?: PushSource;
   transport: Transport;
   label: string | null;
   level: number;
@@ -26,6 +56,11 @@ export interface PushOptions {
   /** how long the receiver may stay silent before we give up */
   idleMs: number;
   reporter: Reporter;
+}
+
+function progressExtra(src: PushSource): { files?: number } {
+  const s = src.summary?.() as { files?: { count?: number } } | undefined;
+  return s?.files?.count !== undefined ? { files: s.files.count } : {};
 }
 
 export interface PushResult {
@@ -38,11 +73,12 @@ export interface PushResult {
   chunks: number;
   zeroChunks: number;
   seconds: number;
+  files?: unknown;
 }
 
 export async function push(opts: PushOptions): Promise<PushResult> {
   const started = Date.now();
-  const src = openSource(opts.source);
+  const src = opts.input ?? imageSource(opts.source);
   const conn = await opts.transport.connect(opts.waitMs).catch((e) => {
     src.close();
     throw e;
@@ -57,7 +93,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   const doneSignal = new Promise<void>((r) => (resolveDone = r));
   try {
     pool.broadcast({ op: "level", level: opts.level });
-    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: "image" });
+    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content });
     opts.reporter.info(`connecting to the receiver on ${conn.description}`);
     const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
     opts.reporter.info(`receiver ${ack.host.hostname} (${ack.tool}) will store ${ack.id ?? "the backup"}`);
@@ -85,30 +121,33 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     })();
 
     const sha = new Bun.CryptoHasher("sha256");
-    const chunks = Math.ceil(src.size / opts.chunkSize);
+    const total = src.size ?? 0;
     const queue: Promise<Uint8Array>[] = [];
     const maxInFlight = pool.size * 3;
     const spare: ArrayBuffer[] = [];
     const zeroBuf = new Uint8Array(opts.chunkSize);
     let zeroChunks = 0;
-    let sentBytes = 0;
     let stored = 0;
-    let rawSent = 0;
+    let offset = 0;
+    let chunks = 0;
 
     const sendHead = async () => {
       const frame = await queue.shift()!;
       if (peerFailure) throw peerFailure;
       await ch.sendFrame(frame);
-      sentBytes += frame.length;
     };
 
-    for (let i = 0; i < chunks; i++) {
+    for (let i = 0; src.size === null || offset < src.size; i++) {
       if (peerFailure) throw peerFailure;
-      const offset = i * opts.chunkSize;
-      const rawLength = Math.min(opts.chunkSize, src.size - offset);
-      const raw = new Uint8Array(spare.pop() ?? new ArrayBuffer(opts.chunkSize), 0, rawLength);
-      readFully(src.fd, raw, offset, opts.source);
-      sha.update(raw);
+      const raw = new Uint8Array(spare.pop() ?? new ArrayBuffer(opts.chunkSize), 0, opts.chunkSize);
+      const rawLength = await src.read(raw, offset);
+      if (rawLength === 0) {
+        spare.push(raw.buffer as ArrayBuffer);
+        break;
+      }
+      const data = raw.subarray(0, rawLength);
+      sha.update(data);
+      chunks++;
       if (Buffer.from(raw.buffer, 0, rawLength).equals(zeroBuf.subarray(0, rawLength))) {
         zeroChunks++;
         spare.push(raw.buffer as ArrayBuffer);
@@ -124,15 +163,16 @@ export async function push(opts: PushOptions): Promise<PushResult> {
           }),
         );
       }
-      rawSent += rawLength;
+      offset += rawLength;
       while (queue.length >= maxInFlight) await sendHead();
-      if ((i & 15) === 0) opts.reporter.progress({ phase: "push", bytes: rawSent, total: src.size, stored });
+      if ((i & 15) === 0) opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });
+      if (rawLength < opts.chunkSize) break;
     }
     while (queue.length > 0) await sendHead();
-    const end: End = { chunks, bytes: src.size, sha256: sha.digest("hex") };
+    const end: End = { chunks, bytes: offset, sha256: sha.digest("hex"), ...(src.summary?.() ?? {}) };
     await ch.sendJson(MsgType.END, end);
     finishedSending = true;
-    opts.reporter.progress({ phase: "push", bytes: rawSent, total: src.size, stored });
+    opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });
     opts.reporter.info("all data sent; waiting for the receiver to confirm it is stored");
     await doneSignal;
     await listener;
@@ -142,17 +182,17 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     if (d.sha256 !== end.sha256)
       throw new TbError("CORRUPT", `the receiver stored SHA-256 ${d.sha256}, but the source has ${end.sha256}`, "the backup is incomplete; check the cable and run again");
     void durable;
-    void sentBytes;
     return {
       id: d.id,
       path: d.path,
       source: opts.source,
-      bytes: src.size,
+      bytes: offset,
       storedBytes: d.storedBytes,
       sha256: end.sha256,
       chunks,
       zeroChunks,
       seconds: (Date.now() - started) / 1000,
+      ...(src.summary?.() ?? {}),
     };
   } catch (e) {
     // A write that failed because the receiver hung up usually means it said

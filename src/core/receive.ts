@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, typeName, type End, type Hello, type HelloAck } from "../protocol/messages.ts";
 import type { Frame } from "../protocol/frame.ts";
 import type { Listener, Transport } from "../transport/index.ts";
-import { IMAGE_FILE, createBackupDir, fsyncDir, PARTIAL_SUFFIX } from "../store/layout.ts";
+import { FILES_FILE, IMAGE_FILE, createBackupDir, fsyncDir, PARTIAL_SUFFIX } from "../store/layout.ts";
 import { ImageWriter } from "../store/image-writer.ts";
 import { writeManifest, type Manifest } from "../store/manifest.ts";
 import { frameHasChecksum } from "../store/seekable.ts";
@@ -148,12 +148,14 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   const started = new Date();
   const disk = hello.disk;
   const chunkSize = hello.chunkSize ?? 0;
+  // A file-level backup is a tar stream whose length is known only at END.
+  const files = hello.content === "files";
   const fail = async (code: TbError["code"], message: string) => {
     await ch.sendJson(MsgType.ERROR, { session: hello.session, code, message }).catch(() => {});
     opts.reporter.info(`session from ${hello.host?.hostname ?? "?"} refused: ${message}`);
     return { result: { ok: false, role: "push" as const, host: hello.host?.hostname, error: { code, message } }, carried: null };
   };
-  if (!disk || typeof disk.size !== "number" || disk.size < 0 || !Number.isSafeInteger(disk.size))
+  if (!disk || typeof disk.size !== "number" || disk.size < 0 || !Number.isSafeInteger(disk.size) || (hello.content !== undefined && hello.content !== "image" && !files))
     return fail("PROTOCOL", "HELLO without a valid disk size");
   if (!Number.isInteger(chunkSize) || chunkSize < 4096 || chunkSize > MAX_CHUNK_SIZE || chunkSize % 4096 !== 0)
     return fail("PROTOCOL", `chunk size ${chunkSize} is not supported`);
@@ -169,7 +171,7 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   const manifest: Manifest = {
     format: 1,
     id: created.id,
-    kind: "image",
+    kind: files ? "files" : "image",
     status: "partial",
     label: typeof hello.label === "string" ? hello.label : null,
     host: hello.host,
@@ -183,19 +185,20 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
     size: disk.size,
     storedBytes: 0,
     sha256: null,
-    data: IMAGE_FILE,
+    data: files ? FILES_FILE : IMAGE_FILE,
     timings: { started: started.toISOString(), finished: null, seconds: null },
   };
   let writer: ImageWriter;
   try {
     writeManifest(created.dir, manifest);
-    writer = new ImageWriter(created.dir, IMAGE_FILE);
+    writer = new ImageWriter(created.dir, manifest.data);
   } catch (e) {
     return fail(isErrno(e, "ENOSPC") ? "NO_SPACE" : "DEST", `receiver cannot write under ${opts.out}: ${errnoText(e)}`);
   }
 
   const pool = new WorkerPool(1);
-  const expectedChunks = Math.ceil(disk.size / chunkSize);
+  const expectedChunks = files ? Number.MAX_SAFE_INTEGER : Math.ceil(disk.size / chunkSize);
+  let sawShort = false;
   const checks: PendingCheck[] = [];
   let next = 0;
   let zero = 0;
@@ -234,7 +237,10 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
         const h = readChunkHeader(f.payload);
         if (!h) throw new TbError("PROTOCOL", "a chunk record is too short", "use the same tbbackup version on both sides");
         const offset = h.index * chunkSize;
-        const rawLength = Math.min(chunkSize, disk.size - offset);
+        const rawLength = files ? h.rawLength : Math.min(chunkSize, disk.size - offset);
+        if (files && (sawShort || rawLength === 0 || rawLength > chunkSize))
+          throw new TbError("PROTOCOL", `chunk ${h.index} of the file stream has a bad length ${rawLength}`, "use the same tbbackup version on both sides");
+        sawShort = rawLength < chunkSize;
         if (h.index !== next || h.offset !== offset || h.rawLength !== rawLength || h.index >= expectedChunks)
           throw new TbError("PROTOCOL", `chunk ${h.index} at offset ${h.offset} arrived out of order (expected chunk ${next})`, "data was lost on the way; check the cable and push again");
         if (f.type === MsgType.ZERO) {
@@ -256,13 +262,15 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
           await drainSettled(0);
           writer.sync();
           lastProgress = next;
-          await ch.sendJson(MsgType.PROGRESS, { chunks: next, bytes: Math.min(disk.size, next * chunkSize) });
+          await ch.sendJson(MsgType.PROGRESS, { chunks: next, bytes: writer.rawBytes });
         }
-        if ((next & 15) === 0) opts.reporter.progress({ phase: "receive", bytes: writer.rawBytes, total: disk.size, stored: writer.bytesWritten });
+        if ((next & 15) === 0) opts.reporter.progress({ phase: "receive", bytes: writer.rawBytes, total: files ? 0 : disk.size, stored: writer.bytesWritten });
       } else if (f.type === MsgType.END) {
         const end = decodeJson<End>(f.payload);
-        if (!end || end.chunks !== expectedChunks || end.bytes !== disk.size || next !== expectedChunks)
-          throw new TbError("CLOSED", `the sender ended after ${next} of ${expectedChunks} chunks`, "the backup is incomplete; push again");
+        const want = files ? next : expectedChunks;
+        if (!end || end.chunks !== want || next !== want || end.bytes !== (files ? writer.rawBytes : disk.size))
+          throw new TbError("CLOSED", `the sender ended after ${next} of ${end?.chunks ?? "?"} chunks`, "the backup is incomplete; push again");
+        const size = end.bytes;
         await drainSettled(0);
         const digest = await pool.run({ op: "digest" }, [], 0);
         const sha256 = digest.op === "digest" ? digest.sha256 : "";
@@ -278,7 +286,9 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
         const finished = new Date();
         Object.assign(manifest, {
           status: "complete",
-          chunks: { ...manifest.chunks, count: expectedChunks, zero },
+          size,
+          ...(files && end.files ? { files: end.files } : {}),
+          chunks: { ...manifest.chunks, count: want, zero },
           storedBytes,
           sha256,
           timings: { started: started.toISOString(), finished: finished.toISOString(), seconds: (finished.getTime() - started.getTime()) / 1000 },
@@ -286,10 +296,10 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
         writeManifest(created.dir, manifest);
         fs.renameSync(created.dir, finalDir);
         fsyncDir(path.dirname(finalDir));
-        await ch.sendJson(MsgType.DONE, { id: created.id, path: finalDir, sha256, bytes: disk.size, storedBytes });
-        opts.reporter.info(`stored ${created.id}: ${disk.size} bytes as ${storedBytes} (sha256 ${sha256})`);
+        await ch.sendJson(MsgType.DONE, { id: created.id, path: finalDir, sha256, bytes: size, storedBytes });
+        opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes} (sha256 ${sha256})`);
         return {
-          result: { ok: true, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, bytes: disk.size, storedBytes, sha256, seconds: manifest.timings.seconds! },
+          result: { ok: true, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, bytes: size, storedBytes, sha256, seconds: manifest.timings.seconds! },
           carried: null,
         };
       } else if (f.type === MsgType.ERROR) {

@@ -84,10 +84,22 @@ export interface ErrorMsg {
   message: string;
 }
 
+export interface FilesSummary {
+  roots: string[];
+  /** entries archived (files, directories, links, special files) */
+  count: number;
+  /** bytes of regular file content */
+  bytes: number;
+  unreadable: string[];
+  changed: string[];
+}
+
 export interface End {
   chunks: number;
   bytes: number;
   sha256: string;
+  /** file-level backups only */
+  files?: FilesSummary;
 }
 
 export interface Progress {

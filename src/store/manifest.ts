@@ -1,7 +1,7 @@
 // manifest.json: what a stored backup is, where it came from, and how to check it.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { DiskIdentity, HostIdentity } from "../protocol/messages.ts";
+import type { DiskIdentity, FilesSummary, HostIdentity } from "../protocol/messages.ts";
 import { MANIFEST_FILE, fsyncDir } from "./layout.ts";
 
 export const MANIFEST_FORMAT = 1;
@@ -30,7 +30,7 @@ export interface Manifest {
   sha256: string | null;
   data: string;
   timings: { started: string; finished: string | null; seconds: number | null };
-  files?: { roots: string[]; count: number; bytes: number; unreadable: string[] };
+  files?: FilesSummary;
 }
 
 export function writeManifest(dir: string, m: Manifest): void {
