@@ -6,7 +6,7 @@
 # shellcheck source=/dev/null
 type getarg > /dev/null 2>&1 || . /lib/dracut-lib.sh
 
-if /sbin/tbbackup-boot has-job; then
+if tbbackup-boot has-job; then
     # A recovery boot usually has no root=; without systemd, dracut's init
     # would stop right after this hook ("No or empty root= argument").
     if [ -z "$root" ] && [ -z "$DRACUT_SYSTEMD" ]; then
@@ -17,5 +17,5 @@ if /sbin/tbbackup-boot has-job; then
     mkdir -p /run/tbbackup
     : > /lib/dracut/need-initqueue
     /sbin/initqueue --settled --onetime --unique --name tbbackup /sbin/tbbackup-job
-    /sbin/initqueue --finished --unique --name tbbackup /sbin/tbbackup-boot finished
+    /sbin/initqueue --finished --unique --name tbbackup tbbackup-boot finished
 fi

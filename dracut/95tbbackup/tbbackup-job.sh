@@ -11,12 +11,14 @@ if [ -n "$DRACUT_SYSTEMD" ] && [ -w /dev/console ]; then
     exec < /dev/console > /dev/console 2>&1
 fi
 
-/sbin/tbbackup-boot run
+tbbackup-boot run
 rc=$?
-if [ "$rc" -eq 0 ] && /sbin/tbbackup-boot wants-poweroff; then
-    /sbin/tbbackup-boot poweroff
+if [ "$rc" -eq 0 ] && tbbackup-boot wants-poweroff; then
+    tbbackup-boot poweroff
 fi
 msg="the job did not report a result"
-[ -r /run/tbbackup/message ] && read -r msg < /run/tbbackup/message
-: > /run/tbbackup/done
+run=${TBBACKUP_RUN_DIR:-/run/tbbackup}
+[ -r "$run/message" ] && read -r msg < "$run/message"
+mkdir -p "$run"
+: > "$run/done"
 emergency_shell -n tbbackup "tbbackup: $msg. Type 'exit' to go on booting."
