@@ -111,7 +111,7 @@ fi
 echo "e2e: kernel $KVER, accel $ACCEL"
 
 # --- 2. shell quality ---------------------------------------------------------
-shell_files=(dracut/95tbbackup/*.sh mkinitcpio/install/* mkinitcpio/hooks/* mkinitcpio/*.sh scripts/*.sh test/shell/*.sh)
+shell_files=(dracut/95tbbackup/*.sh mkinitcpio/install/* mkinitcpio/hooks/* mkinitcpio/*.sh scripts/install.sh scripts/e2e-vm.sh test/shell/*.sh)
 existing=()
 for f in "${shell_files[@]}"; do [ -f "$f" ] && existing+=("$f"); done
 if out=$(shellcheck -x "${existing[@]}" 2>&1); then

@@ -230,9 +230,9 @@ tbb_run() {
 
     set -- "$TBB_MODE" "$TBB_DEV"
     [ -n "$TBB_STREAM" ] && set -- "$@" --stream "$TBB_STREAM"
+    set -- "$@" --wait "$TBB_TIMEOUT"
     case $TBB_MODE in
         push)
-            set -- "$@" --wait "$TBB_TIMEOUT"
             [ -n "$TBB_NAME" ] && set -- "$@" --name "$TBB_NAME"
             ;;
         restore)

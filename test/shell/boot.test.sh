@@ -95,7 +95,7 @@ error=" "$out"
 
     rm -f "$TMP/fake.log"
     boot "rd.tbbackup=restore:$DISK rd.tbbackup.stream=unix:/x rd.tbbackup.backup=a/b/c" run > "$TMP/out" 2>&1
-    assert_contains "$name: run restore command" "$(cat "$TMP/fake.log")" "argv: [restore] [$DISK] [--stream] [unix:/x] [--backup] [a/b/c] [--yes]"
+    assert_contains "$name: run restore command" "$(cat "$TMP/fake.log")" "argv: [restore] [$DISK] [--stream] [unix:/x] [--wait] [120] [--backup] [a/b/c] [--yes]"
 
     mkdir -p "$TMP/sys/class/tty/console"
     echo "tty0 ttyS0" > "$TMP/sys/class/tty/console/active"
