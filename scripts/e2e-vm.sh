@@ -136,10 +136,11 @@ for f in /usr/lib/dracut/*; do [ "${f##*/}" = modules.d ] || ln -s "$f" "$DBASE/
 for m in /usr/lib/dracut/modules.d/*; do ln -s "$m" "$DBASE/modules.d/"; done
 ln -s "$REPO/dracut/95tbbackup" "$DBASE/modules.d/95tbbackup"
 
-build_image() { # OUT [dracut options...]
-    local out=$1
+build_image() { # OUT [dracut options...]; MODULES="..." (default "base tbbackup"; "" = dracut's default set + tbbackup)
+    local out=$1 mods=(-m "${MODULES-base tbbackup}")
     shift
-    dracutbasedir=$DBASE TBBACKUP_BIN=$TB dracut -q --no-hostonly --no-hostonly-cmdline -m "base tbbackup" \
+    [ -z "${MODULES-base tbbackup}" ] && mods=(--add tbbackup)
+    dracutbasedir=$DBASE TBBACKUP_BIN=$TB dracut -q --no-hostonly --no-hostonly-cmdline "${mods[@]}" \
         --add-drivers "virtio_pci virtio_blk virtio_console" --compress "zstd -1 -T0" \
         --kver "$KVER" "$@" -f "$out" > "$out.log" 2>&1
 }
@@ -192,7 +193,7 @@ start_receiver() { # NAME [receive options...]
     local name=$1
     shift
     rm -f "$WORK/rx.sock"
-    "$TB" receive --out "$WORK/store" --stream "unix:$WORK/rx.sock" --once "$@" > "$WORK/$name-rx.out" 2> "$WORK/$name-rx.log" &
+    "$TB" receive --out "${RX_OUT:-$WORK/store}" --stream "unix:$WORK/rx.sock" --once "$@" > "$WORK/$name-rx.out" 2> "$WORK/$name-rx.log" &
     RX_PID=$!
     for _ in $(seq 1 100); do
         [ -S "$WORK/rx.sock" ] && return 0
@@ -302,6 +303,37 @@ else
     fail "restore: start the receiver" "no socket"
 fi
 
+# dracut's default module set (systemd, udev, ...), as distributions build it:
+# the job runs from dracut-initqueue.service and powers off through systemctl
+if [ "${E2E_SYSTEMD:-1}" != 0 ]; then
+    t=$(now)
+    if MODULES='' build_image "$WORK/initrd-systemd.img"; then
+        T_BUILD_SD=$(since "$t")
+        pass "dracut image with the default modules (systemd) ($T_BUILD_SD s, $(($(stat -c %s "$WORK/initrd-systemd.img") / 1048576)) MiB)"
+        mkdir -p "$WORK/store-systemd"
+        if RX_OUT=$WORK/store-systemd start_receiver systemd; then
+            run_vm systemd "$WORK/initrd-systemd.img" "$WORK/disk.raw" \
+                "rd.tbbackup=push:/dev/vda rd.tbbackup.stream=/dev/vport0p1 rd.tbbackup.poweroff"
+            T_SD_VM=$VM_SECONDS T_SD_BOOT=$VM_START T_SD_JOB=$VM_JOB
+            stop_receiver
+            if [[ $VM_RESULT == *result=ok* ]] && [ "$VM_RC" -eq 0 ] && [ "$RX_RC" -eq 0 ]; then
+                pass "systemd image: push from dracut-initqueue, then power off"
+            else
+                show_console systemd
+                fail "systemd image: push from dracut-initqueue, then power off" "${VM_RESULT:-no result line}, qemu $VM_RC, receiver $RX_RC"
+            fi
+            image=$(find "$WORK/store-systemd" -name image.zst | head -1)
+            # shellcheck disable=SC2016 # the inner shell expands them
+            check "systemd image: the stored image equals the original disk" bash -c '[ -n "$1" ] && zstd -dc "$1" | cmp - "$2"' _ "$image" "$WORK/disk.raw"
+        else
+            fail "systemd image: start the receiver"
+        fi
+    else
+        cat "$WORK/initrd-systemd.img.log"
+        fail "dracut image with the default modules (systemd)"
+    fi
+fi
+
 # a failure never hangs the boot: a disk that does not exist, a short timeout
 if [ -f "$WORK/initrd-strip.img" ]; then
     truncate -s 8M "$WORK/small.raw"
@@ -322,5 +354,6 @@ fi
 echo "e2e: timings (TCG=$([ "$ACCEL" = tcg ] && echo yes || echo no)): initramfs build ${T_BUILD_NOSTRIP:-?} s (--nostrip), ${T_BUILD_STRIP:-?} s (stripped);" \
     "push VM ${T_PUSH_VM:-?} s (boot to job ${T_PUSH_BOOT:-?} s, push ${T_PUSH_JOB:-?} s);" \
     "restore VM ${T_RESTORE_VM:-?} s (boot to job ${T_RESTORE_BOOT:-?} s, restore ${T_RESTORE_JOB:-?} s);" \
+    "systemd image build ${T_BUILD_SD:-?} s, VM ${T_SD_VM:-?} s (boot to job ${T_SD_BOOT:-?} s, push ${T_SD_JOB:-?} s);" \
     "failure VM ${T_FAIL_VM:-?} s; total $(since "$T_ALL") s"
 finish
