@@ -123,6 +123,15 @@ assert_contains "sd-tbbackup: the unit" "$added" "add_file $TBBACKUP_LIBDIR/tbba
 assert_contains "sd-tbbackup: the unit's script" "$added" "add_file $TBBACKUP_LIBDIR/tbbackup-systemd.sh /usr/lib/tbbackup/tbbackup-systemd 0755"
 assert_contains "sd-tbbackup: enabled in initrd.target" "$added" "add_symlink /usr/lib/systemd/system/initrd.target.wants/tbbackup.service ../tbbackup.service"
 assert_not_contains "sd-tbbackup: no busybox run hook" "$added" "add_runscript"
+assert_contains "sd-tbbackup: systemctl (power off, emergency target)" "$added" "add_binary systemctl"
+assert_match "sd-tbbackup: warns when no 'base' hook put a /bin/sh in" "$added" "^warning sd-tbbackup: no /bin/sh in the image"
+rm -rf "$LOG" "$BUILDROOT"
+mkdir -p "$BUILDROOT/usr/bin" && : > "$BUILDROOT/usr/bin/sh"
+( # shellcheck source=/dev/null
+    . "$DEST/usr/lib/initcpio/install/sd-tbbackup"
+    build
+)
+assert_not_contains "sd-tbbackup: no warning after 'base'" "$(cat "$LOG")" "warning"
 unit=$(cat "$DEST/usr/lib/tbbackup/tbbackup.service")
 assert_contains "the unit runs only with rd.tbbackup" "$unit" "ConditionKernelCommandLine=rd.tbbackup"
 assert_contains "the unit runs the installed script" "$unit" "ExecStart=/usr/lib/tbbackup/tbbackup-systemd"
