@@ -325,6 +325,17 @@ if [ "${E2E_SYSTEMD:-1}" != 0 ]; then
             image=$(find "$WORK/store-systemd" -name image.zst | head -1)
             # shellcheck disable=SC2016 # the inner shell expands them
             check "systemd image: the stored image equals the original disk" bash -c '[ -n "$1" ] && zstd -dc "$1" | cmp - "$2"' _ "$image" "$WORK/disk.raw"
+            # a failure under systemd: the emergency path must end the boot too
+            truncate -s 8M "$WORK/small.raw"
+            run_vm systemd-failure "$WORK/initrd-systemd.img" "$WORK/small.raw" \
+                "rd.tbbackup=restore:/dev/vdz rd.tbbackup.stream=/dev/vport0p1 rd.tbbackup.timeout=5 rd.emergency=poweroff" no
+            T_SD_FAIL_VM=$VM_SECONDS
+            if [[ $VM_RESULT == *result=failed* ]] && [ "$VM_RC" -ne 124 ] && [ "$VM_RC" -ne 137 ]; then
+                pass "systemd image: a failed job reports and ends the boot (rd.emergency=poweroff)"
+            else
+                show_console systemd-failure
+                fail "systemd image: a failed job reports and ends the boot" "${VM_RESULT:-no result line}, qemu $VM_RC"
+            fi
         else
             fail "systemd image: start the receiver"
         fi
@@ -355,5 +366,5 @@ echo "e2e: timings (TCG=$([ "$ACCEL" = tcg ] && echo yes || echo no)): initramfs
     "push VM ${T_PUSH_VM:-?} s (boot to job ${T_PUSH_BOOT:-?} s, push ${T_PUSH_JOB:-?} s);" \
     "restore VM ${T_RESTORE_VM:-?} s (boot to job ${T_RESTORE_BOOT:-?} s, restore ${T_RESTORE_JOB:-?} s);" \
     "systemd image build ${T_BUILD_SD:-?} s, VM ${T_SD_VM:-?} s (boot to job ${T_SD_BOOT:-?} s, push ${T_SD_JOB:-?} s);" \
-    "failure VM ${T_FAIL_VM:-?} s; total $(since "$T_ALL") s"
+    "systemd failure VM ${T_SD_FAIL_VM:-?} s; failure VM ${T_FAIL_VM:-?} s; total $(since "$T_ALL") s"
 finish
