@@ -20,6 +20,12 @@ export async function exit(code: number): Promise<never> {
   process.exit(code);
 }
 
+/** Reports an outcome that is not a failure of the command itself (e.g. some files unreadable): one line, its exit code. */
+export function exitWith(err: TbError): number {
+  process.stderr.write(`tbbackup: ${err.oneLine()}\n`);
+  return err.exitCode;
+}
+
 export function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + "\n");
 }

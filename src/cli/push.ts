@@ -5,14 +5,18 @@ import { TbError } from "../core/errors.ts";
 import { transportFor } from "../transport/index.ts";
 import { makeReporter } from "../ui/progress.ts";
 import { bytes, ratio } from "../ui/format.ts";
-import { action, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
+import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
+import { tarSource } from "../core/files/tar-source.ts";
+import type { FilesSummary } from "../protocol/messages.ts";
 import { resolveStream } from "./stream.ts";
 
 export function register(program: Command): void {
   program
     .command("push")
-    .description("send a full image of SOURCE (a block device or an image file) to a receiver")
-    .argument("<source>", "block device (e.g. /dev/nvme0n1) or regular file")
+    .description("send a full image of SOURCE (a block device or an image file), or directory trees (--files), to a receiver")
+    .argument("[source]", "block device (e.g. /dev/nvme0n1) or regular file")
+    .option("--files <dir...>", "send these directory trees as a file-level backup (tar) instead of an image")
+    .option("--strict", "with --files: stop at the first unreadable file instead of skipping it")
     .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:HOST:PORT or -")
     .option("--name <label>", "a label stored with the backup")
     .option("--level <n>", "zstd level (1 fastest .. 19)", intOption(1, 19), 1)
@@ -23,18 +27,30 @@ export function register(program: Command): void {
     .option("--throttling <ns>", "without --stream: interrupt throttling in ns (0..16776960)", intOption(0, 16776960))
     .option("--json", "print one JSON result on stdout")
     .action(
-      action(async (source: string, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean } & GlobalOpts) => {
+        if (!source === !o.files) throw new TbError("USAGE", o.files ? "give either SOURCE or --files, not both" : "push needs a SOURCE (disk or image) or --files DIR...", "e.g. tbbackup push /dev/nvme0n1, or tbbackup push --files /mnt/home");
         if (o.chunkSize < 4096 || o.chunkSize > MAX_CHUNK_SIZE || o.chunkSize % 4096 !== 0)
           throw new TbError("USAGE", `--chunk-size ${o.chunkSize} is not allowed`, "use a multiple of 4K from 4K to 4M");
         const reporter = makeReporter();
         onInterrupt("the backup is incomplete; run push again");
+        const input = o.files ? tarSource({ roots: o.files, strict: o.strict === true, label: o.name ?? null }) : undefined;
         const stream = await resolveStream(o.stream, "push", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
         try {
-          const r = await push({ source, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: 300_000, reporter });
+          const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: 300_000, reporter });
           reporter.stop();
-          if (o.json) printJson({ ok: true, ...r });
-          else process.stderr.write(`backup complete: ${r.id} (${bytes(r.bytes)} stored as ${bytes(r.storedBytes)}, ratio ${ratio(r.bytes, r.storedBytes)}, ${r.seconds.toFixed(1)} s)\nsha256 ${r.sha256}\n`);
+          const files = r.files as FilesSummary | undefined;
+          const unreadable = files?.unreadable.length ?? 0;
+          if (o.json) printJson({ ok: unreadable === 0, ...r });
+          else {
+            if (files) {
+              for (const c of files.changed) process.stderr.write(`changed while being read: ${c}\n`);
+              for (const u of files.unreadable) process.stderr.write(`unreadable, skipped: ${u}\n`);
+            }
+            process.stderr.write(`backup complete: ${r.id} (${files ? `${files.count} entries, ` : ""}${bytes(r.bytes)} stored as ${bytes(r.storedBytes)}, ratio ${ratio(r.bytes, r.storedBytes)}, ${r.seconds.toFixed(1)} s)\nsha256 ${r.sha256}\n`);
+          }
+          if (unreadable > 0)
+            return exitWith(new TbError("PARTIAL_FILES", `completed with ${unreadable} unreadable file${unreadable === 1 ? "" : "s"} (listed above)`, "the rest is stored; copy those files another way or use --strict to stop at the first one"));
         } catch (e) {
           reporter.stop();
           if (e instanceof TbError && !/incomplete/.test(e.hint)) throw new TbError(e.code, `${e.message}`, `the backup is incomplete${e.hint ? "; " + e.hint : ""}`);

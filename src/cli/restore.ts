@@ -40,7 +40,9 @@ export function register(program: Command): void {
   program
     .command("restore")
     .description("write a backup onto TARGET (a block device or an image file)")
-    .argument("<target>", "disk (e.g. /dev/nvme0n1) or image file to write")
+    .argument("[target]", "disk (e.g. /dev/nvme0n1) or image file to write")
+    .option("--files <dest>", "extract a file-level backup under this directory instead")
+    .option("--overwrite", "with --files: replace files that already exist under DEST")
     .option("--stream <spec>", "restore from the receiver at the other end of this stream")
     .option("--from <path>", "restore from a stored backup directory (or its image.zst) on this machine")
     .option("--backup <id>", "which backup (host/disk/timestamp, see tbbackup list); default: the newest of this disk")
@@ -49,7 +51,10 @@ export function register(program: Command): void {
     .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
     .option("--json", "print one JSON result on stdout")
     .action(
-      action(async (target: string, o: { stream?: string; from?: string; backup?: string; yes?: boolean; verify: boolean; wait: number } & GlobalOpts) => {
+      action(async (targetArg: string | undefined, o: { stream?: string; from?: string; backup?: string; yes?: boolean; verify: boolean; wait: number; files?: string; overwrite?: boolean } & GlobalOpts) => {
+        if (!targetArg === !o.files) throw new TbError("USAGE", o.files ? "give either TARGET or --files DEST, not both" : "restore needs a TARGET (disk or image file) or --files DEST", "e.g. tbbackup restore /dev/nvme0n1 --stream SPEC");
+        if (o.files && !o.backup && !o.from) throw new TbError("USAGE", "restore --files needs --backup ID (or --from DIR)", "tbbackup list --stream SPEC shows the IDs");
+        const target = targetArg ?? o.files!;
         if (o.from && o.stream) throw new TbError("USAGE", "use either --from or --stream, not both", "--from reads a local backup, --stream asks a receiver");
         if (o.from && o.backup) throw new TbError("USAGE", "--backup goes with --stream", "with --from, give the backup's directory itself");
         const reporter = makeReporter();
@@ -58,6 +63,8 @@ export function register(program: Command): void {
         try {
           const r = await restore({
             target,
+            filesDest: o.files,
+            overwrite: o.overwrite === true,
             from: o.from,
             transport: stream ? transportFor(stream.spec, false) : undefined,
             backup: o.backup,
@@ -69,7 +76,10 @@ export function register(program: Command): void {
           });
           reporter.stop();
           if (o.json) printJson({ ok: true, ...r });
-          else process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${bytes(r.bytes)}, ${r.seconds.toFixed(1)} s, ${r.verified ? "read back and verified" : "NOT read back (--no-verify)"})\nsha256 ${r.sha256}\n`);
+          else if (r.extracted) {
+            for (const sk of r.extracted.skipped) process.stderr.write(`not created: ${sk}\n`);
+            process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${r.extracted.entries} entries, ${r.extracted.files} files, ${bytes(r.extracted.bytes)}; archive sha256 checked)\n`);
+          } else process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${bytes(r.bytes)}, ${r.seconds.toFixed(1)} s, ${r.verified ? "read back and verified" : "NOT read back (--no-verify)"})\nsha256 ${r.sha256}\n`);
         } finally {
           reporter.stop();
           await stream?.cleanup();

@@ -15,9 +15,13 @@ import type { Reporter } from "./report.ts";
 import { inspectTarget, openTarget, writeAt, type TargetInfo } from "./target.ts";
 import { locateBackup } from "./verify.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
+import { Extractor, type ExtractStats } from "./files/extract.ts";
 
 export interface RestoreOptions {
   target: string;
+  /** a file-level backup is extracted under this directory instead */
+  filesDest?: string;
+  overwrite?: boolean;
   /** a backup directory or image.zst (no peer) */
   from?: string;
   transport?: Transport;
@@ -37,6 +41,7 @@ export interface RestoreResult {
   sha256: string;
   verified: boolean;
   seconds: number;
+  extracted?: ExtractStats;
 }
 
 /** One chunk on its way to the target. `frame` is a zstd frame; zero chunks have none. */
@@ -62,22 +67,87 @@ interface Source {
 
 const notIncomplete = "the target was not changed";
 
+/** Where checked chunks go: a disk or image file, or an extractor for file-level backups. */
+interface Sink {
+  readonly path: string;
+  /** also compute the SHA-256 in the same pass (no read-back will be done) */
+  readonly hashInPass: boolean;
+  data(raw: Uint8Array, c: ChunkIn): Promise<void>;
+  zero(c: ChunkIn): Promise<void>;
+  /** everything written: make it durable and check it; true when read back */
+  finish(info: RestoreInfo): Promise<boolean>;
+  close(): void;
+}
+
+function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, reporter: Reporter): Sink {
+  const fd = openTarget(target, info.size);
+  const zeroBuf = target.kind === "block" ? new Uint8Array(info.chunkSize) : null;
+  return {
+    path: target.path,
+    hashInPass: !verify,
+    data: async (raw, c) => writeAt(fd, raw, c.offset, target.path),
+    // A file target was created sparse: its holes are already zeros.
+    zero: async (c) => {
+      if (zeroBuf) writeAt(fd, zeroBuf.subarray(0, c.rawLength), c.offset, target.path);
+    },
+    finish: async () => {
+      reporter.info("all data written; syncing the target");
+      try {
+        fs.fsyncSync(fd);
+      } catch (e) {
+        throw new TbError("TARGET", `syncing ${target.path} failed: ${(e as Error).message}`, "the target is now incomplete; check the disk and restore again");
+      }
+      if (!verify) return false;
+      reporter.info("reading the target back to verify it");
+      const sha = readBackSha(fd, info.size, reporter);
+      if (sha !== info.sha256)
+        throw new TbError("VERIFY", `read-back of ${target.path} hashes to ${sha}, the backup says ${info.sha256}`, "the target does not hold the backup; check the disk and restore again");
+      return true;
+    },
+    close: () => fs.closeSync(fd),
+  };
+}
+
+function filesSink(dest: string, overwrite: boolean, reporter: Reporter): Sink & { stats: () => ExtractStats } {
+  const ex = new Extractor(dest, overwrite);
+  const zeros = new Uint8Array(4 * 1024 * 1024);
+  let stats: ExtractStats | null = null;
+  return {
+    path: dest,
+    hashInPass: true,
+    data: (raw) => ex.write(raw),
+    zero: (c) => ex.write(zeros.subarray(0, c.rawLength)),
+    finish: async () => {
+      stats = await ex.end();
+      reporter.info(`extracted ${stats.entries} entries (${stats.files} files, ${stats.bytes} bytes) into ${dest}`);
+      return false;
+    },
+    close: () => ex.abort(),
+    stats: () => stats ?? ex.stats,
+  };
+}
+
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const started = Date.now();
-  const target = inspectTarget(opts.target);
+  const target = opts.filesDest ? null : inspectTarget(opts.target);
   const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target);
-  let fd = -1;
+  let sink: (Sink & { stats?: () => ExtractStats }) | null = null;
   const pool = new WorkerPool(2);
   try {
     const info = src.info;
-    if (info.kind !== "image") throw new TbError("USAGE", `backup ${info.id} is a file-level backup`, "restore it with 'tbbackup restore --files DEST'");
-    if (target.kind === "block" && target.size < info.size)
-      throw new TbError("TARGET", `${target.path} holds ${target.size} bytes but backup ${info.id} needs ${info.size}`, `restore onto a disk at least as large; ${notIncomplete}`);
-    if (!(await opts.confirm(target, info))) throw new TbError("REFUSED", "restore cancelled", notIncomplete);
-    fd = openTarget(target, info.size);
-    opts.reporter.info(`restoring ${info.id} (${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}...) onto ${target.path}`);
-    const hashInPass = !opts.verify;
-    const zeroBuf = target.kind === "block" ? new Uint8Array(info.chunkSize) : null;
+    if (target) {
+      if (info.kind !== "image") throw new TbError("USAGE", `backup ${info.id} is a file-level backup`, "restore it with 'tbbackup restore --files DEST'");
+      if (target.kind === "block" && target.size < info.size)
+        throw new TbError("TARGET", `${target.path} holds ${target.size} bytes but backup ${info.id} needs ${info.size}`, `restore onto a disk at least as large; ${notIncomplete}`);
+      if (!(await opts.confirm(target, info))) throw new TbError("REFUSED", "restore cancelled", notIncomplete);
+      sink = imageSink(target, info, opts.verify, opts.reporter);
+    } else {
+      if (info.kind !== "files") throw new TbError("USAGE", `backup ${info.id} is a disk image`, "restore it onto a disk or image file: tbbackup restore TARGET");
+      sink = filesSink(opts.filesDest!, opts.overwrite === true, opts.reporter);
+    }
+    const out = sink;
+    opts.reporter.info(`restoring ${info.id} (${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}...) to ${out.path}`);
+    const hashInPass = out.hashInPass;
     const pending: { c: ChunkIn; p: Promise<WorkerReply> | null }[] = [];
     let written = 0;
     let count = 0;
@@ -88,9 +158,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
         if (r.op === "checked") {
           if (!r.ok) throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.offset}) of backup ${info.id} is bad: ${r.error}`, "the target is now incomplete; run 'tbbackup verify' on the backup, or restore another one");
-          writeAt(fd, new Uint8Array(r.raw!), c.offset, target.path);
-        }
-      } else if (zeroBuf) writeAt(fd, zeroBuf.subarray(0, c.rawLength), c.offset, target.path);
+          await out.data(new Uint8Array(r.raw!), c);
+        } else if (c.zero) await out.zero(c);
+      } else await out.zero(c);
       written += c.rawLength;
     };
     let expected = 0;
@@ -121,29 +191,27 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       if (d.op !== "digest" || d.sha256 !== info.sha256)
         throw new TbError("CORRUPT", `the restored data hashes to ${d.op === "digest" ? d.sha256 : "?"}, the backup says ${info.sha256}`, "the target is now incomplete; restore again");
     }
-    opts.reporter.info("all data written; syncing the target");
-    try {
-      fs.fsyncSync(fd);
-    } catch (e) {
-      throw new TbError("TARGET", `syncing ${target.path} failed: ${(e as Error).message}`, "the target is now incomplete; check the disk and restore again");
-    }
-    if (opts.verify) {
-      opts.reporter.info("reading the target back to verify it");
-      const sha = readBackSha(fd, info.size, opts.reporter);
-      if (sha !== info.sha256)
-        throw new TbError("VERIFY", `read-back of ${target.path} hashes to ${sha}, the backup says ${info.sha256}`, "the target does not hold the backup; check the disk and restore again");
-    }
+    const verified = await out.finish(info);
     await src.finish(true);
-    return { target: target.path, id: info.id, bytes: info.size, sha256: info.sha256, verified: opts.verify, seconds: (Date.now() - started) / 1000 };
+    return {
+      target: out.path,
+      id: info.id,
+      bytes: info.size,
+      sha256: info.sha256,
+      verified,
+      seconds: (Date.now() - started) / 1000,
+      ...(out.stats ? { extracted: out.stats() } : {}),
+    };
   } catch (e) {
     await src.finish(false, e instanceof Error ? e.message : String(e)).catch(() => {});
     // Once writing began, every failure must say the target is now incomplete.
-    if (fd >= 0 && e instanceof TbError && !/target/.test(e.hint)) throw new TbError(e.code, e.message, `the target ${target.path} is now incomplete${e.hint ? "; " + e.hint : ""}`, e.details);
-    if (fd >= 0 && !(e instanceof TbError)) throw new TbError("INTERNAL", String(e), `the target ${target.path} is now incomplete; report this bug`);
+    const where = sink?.path ?? opts.target;
+    if (sink && e instanceof TbError && !/target|extraction/.test(e.hint)) throw new TbError(e.code, e.message, `the target ${where} is now incomplete${e.hint ? "; " + e.hint : ""}`, e.details);
+    if (sink && !(e instanceof TbError)) throw new TbError("INTERNAL", String(e), `the target ${where} is now incomplete; report this bug`);
     throw e;
   } finally {
     pool.terminate();
-    if (fd >= 0) fs.closeSync(fd);
+    sink?.close();
     await src.close();
   }
 }
@@ -219,10 +287,10 @@ function fileSource(from: string): Source {
 }
 
 /** Chunks from a receiver started with --allow-restore. */
-async function streamSource(opts: RestoreOptions, target: TargetInfo): Promise<Source> {
+async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Promise<Source> {
   const ch = new Channel(await opts.transport!.connect(opts.waitMs));
   try {
-    const hello = newHello("restore", { backup: opts.backup, target: target.identity });
+    const hello = newHello("restore", { backup: opts.backup, target: target?.identity, content: target ? "image" : "files" });
     await handshake(ch, hello, opts.waitMs, opts.reporter);
     let info: RestoreInfo | null = null;
     while (!info) {

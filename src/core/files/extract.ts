@@ -1,0 +1,262 @@
+// restore --files: extract a file-level backup's tar stream under DEST.
+// Entries never land outside DEST: absolute names, ".." components, and any
+// path that goes through a symlink are refused; existing files are kept
+// unless --overwrite. Regular files are written sparse (zero blocks skipped).
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { extract as tarExtract, type Header } from "tar-stream";
+import { TbError, errnoText, isErrno } from "../errors.ts";
+
+const ZERO_BLOCK = new Uint8Array(64 * 1024);
+
+export interface ExtractStats {
+  entries: number;
+  files: number;
+  bytes: number;
+  /** entries that could not be created (e.g. device nodes without permission) */
+  skipped: string[];
+}
+
+type Posix = { mknod(p: Uint8Array, mode: number, dev: bigint): number; mkfifo(p: Uint8Array, mode: number): number };
+let posix: Posix | null | undefined;
+async function loadPosix(): Promise<Posix | null> {
+  if (posix !== undefined) return posix;
+  posix = null;
+  try {
+    const { dlopen, FFIType } = await import("bun:ffi");
+    const lib = dlopen("libc.so.6", {
+      mknod: { args: [FFIType.ptr, FFIType.u32, FFIType.u64], returns: FFIType.i32 },
+      mkfifo: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+    });
+    posix = {
+      mknod: (p, mode, dev) => lib.symbols.mknod(p, mode, dev) as number,
+      mkfifo: (p, mode) => lib.symbols.mkfifo(p, mode) as number,
+    };
+  } catch {}
+  return posix;
+}
+
+const cstr = (s: string) => new TextEncoder().encode(s + "\0");
+
+/** The archive name as a safe relative path, or an error saying why not. */
+export function safeName(name: string): string | Error {
+  const n = name.replace(/\/+$/, "");
+  if (!n || n === ".") return new Error("empty name");
+  if (n.startsWith("/")) return new Error("absolute name");
+  const parts = n.split("/").filter((p) => p !== "" && p !== ".");
+  if (parts.some((p) => p === "..")) return new Error("name with '..'");
+  if (n.includes("\0")) return new Error("name with a NUL byte");
+  return parts.join("/");
+}
+
+export class Extractor {
+  readonly stats: ExtractStats = { entries: 0, files: 0, bytes: 0, skipped: [] };
+  private readonly root: string;
+  private readonly ex = tarExtract();
+  private failure: Error | null = null;
+  private finished: Promise<void>;
+  private dirTimes: { p: string; atime: number; mtime: number }[] = [];
+  private readonly isRoot = process.getuid?.() === 0;
+
+  constructor(
+    dest: string,
+    private readonly overwrite: boolean,
+  ) {
+    try {
+      fs.mkdirSync(dest, { recursive: true });
+      this.root = fs.realpathSync(dest);
+    } catch (e) {
+      throw new TbError("TARGET", `cannot use ${dest} as the destination: ${errnoText(e)}`, "choose a writable directory");
+    }
+    this.ex.on("entry", (header: Header, stream: AsyncIterable<unknown>, next: (e?: Error) => void) => {
+      this.entry(header, stream as AsyncIterable<Buffer>).then(
+        () => next(),
+        (e: Error) => {
+          this.failure ??= e;
+          next(e);
+        },
+      );
+    });
+    this.finished = new Promise<void>((resolve, reject) => {
+      this.ex.on("finish", () => resolve());
+      this.ex.on("close", () => resolve());
+      this.ex.on("error", (e: Error) => {
+        this.failure ??= e;
+        reject(this.failure);
+      });
+    });
+    this.finished.catch(() => {});
+  }
+
+  /** Feeds the next bytes of the tar stream (waits while the extractor is busy). */
+  async write(data: Uint8Array): Promise<void> {
+    if (this.failure) throw this.failure;
+    if (!this.ex.write(Buffer.from(data))) {
+      // wait for room, or for the extraction to fail (then no drain will come)
+      await Promise.race([new Promise<void>((r) => this.ex.once("drain", () => r())), this.finished.catch(() => {})]);
+    }
+    if (this.failure) throw this.failure;
+  }
+
+  async end(): Promise<ExtractStats> {
+    (this.ex as unknown as { end(): void }).end();
+    await this.finished;
+    if (this.failure) throw this.failure;
+    for (const d of this.dirTimes.reverse()) {
+      try {
+        fs.utimesSync(d.p, d.atime, d.mtime);
+      } catch {}
+    }
+    return this.stats;
+  }
+
+  abort(): void {
+    this.ex.destroy(new Error("restore stopped"));
+  }
+
+  private refuse(name: string, why: string): TbError {
+    return new TbError("REFUSED", `refused archive entry ${JSON.stringify(name)}: ${why}`, "the archive tries to write outside the destination; nothing was written outside it, and extraction stopped");
+  }
+
+  /** Resolves an archive name under root, checking that no existing component is a symlink. */
+  private place(name: string): string {
+    const rel = safeName(name);
+    if (rel instanceof Error) throw this.refuse(name, rel.message);
+    const parts = rel.split("/");
+    let cur = this.root;
+    for (let i = 0; i < parts.length - 1; i++) {
+      cur = path.join(cur, parts[i]!);
+      let st: fs.Stats | null = null;
+      try {
+        st = fs.lstatSync(cur);
+      } catch {}
+      if (!st) fs.mkdirSync(cur);
+      else if (st.isSymbolicLink()) throw this.refuse(name, `it goes through the symlink ${path.relative(this.root, cur)}`);
+      else if (!st.isDirectory()) throw this.refuse(name, `${path.relative(this.root, cur)} is not a directory`);
+    }
+    return path.join(cur, parts[parts.length - 1]!);
+  }
+
+  /** Makes room for a new entry at p, or refuses to replace what is there. */
+  private clear(p: string, name: string, isDir: boolean): boolean {
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(p);
+    } catch {
+      return true;
+    }
+    if (isDir && st.isDirectory()) return false; // merge into an existing directory
+    if (!this.overwrite)
+      throw new TbError("TARGET", `${path.join(this.root, safeName(name) as string)} already exists`, "restore into an empty directory, or pass --overwrite to replace existing files");
+    fs.rmSync(p, { recursive: st.isDirectory(), force: true });
+    return true;
+  }
+
+  private async entry(h: Header, stream: AsyncIterable<Buffer>): Promise<void> {
+    this.stats.entries++;
+    const p = this.place(h.name);
+    const pax = (h as Header & { pax?: Record<string, string> }).pax ?? {};
+    // seconds, with the sub-second part from the pax header when present
+    const mtime: number = pax.mtime ? Number(pax.mtime) : (h.mtime ?? new Date()).getTime() / 1000;
+    const type = h.type ?? "file";
+    if (type !== "file" && type !== "contiguous-file") {
+      // drain whatever data the entry has (normally none)
+      for await (const _ of stream) void _;
+    }
+    switch (type) {
+      case "directory":
+        this.clear(p, h.name, true);
+        fs.mkdirSync(p, { recursive: true });
+        this.dirTimes.push({ p, atime: mtime, mtime });
+        break;
+      case "file":
+      case "contiguous-file":
+        this.clear(p, h.name, false);
+        await this.writeFile(p, stream);
+        this.stats.files++;
+        break;
+      case "symlink":
+        this.clear(p, h.name, false);
+        fs.symlinkSync(h.linkname ?? "", p);
+        break;
+      case "link": {
+        const target = this.place(h.linkname ?? "");
+        this.clear(p, h.name, false);
+        try {
+          fs.linkSync(target, p);
+        } catch (e) {
+          throw new TbError("TARGET", `cannot hard-link ${h.name} to ${h.linkname}: ${errnoText(e)}`, "the extraction is incomplete");
+        }
+        break;
+      }
+      case "fifo":
+      case "character-device":
+      case "block-device": {
+        this.clear(p, h.name, false);
+        const px = await loadPosix();
+        const mode = (h.mode ?? 0o644) & 0o7777;
+        const dev = (BigInt(h.devmajor ?? 0) << 8n) | BigInt(h.devminor ?? 0);
+        const kind = type === "fifo" ? 0o010000 : type === "character-device" ? 0o020000 : 0o060000;
+        const rc = !px ? -1 : type === "fifo" ? px.mkfifo(cstr(p), mode) : px.mknod(cstr(p), kind | mode, dev);
+        if (rc !== 0) {
+          this.stats.skipped.push(`${h.name} (${type})`);
+          return;
+        }
+        break;
+      }
+      default:
+        this.stats.skipped.push(`${h.name} (${type})`);
+        return;
+    }
+    this.setAttrs(p, h, mtime, type);
+  }
+
+  private setAttrs(p: string, h: Header, mtime: number, type: string): void {
+    const link = type === "symlink";
+    if (this.isRoot && h.uid !== undefined && h.gid !== undefined) {
+      try {
+        fs.lchownSync(p, h.uid, h.gid);
+      } catch {}
+    }
+    if (!link) {
+      try {
+        fs.chmodSync(p, (h.mode ?? 0o644) & 0o7777);
+      } catch {}
+    }
+    try {
+      if (link) fs.lutimesSync(p, mtime, mtime);
+      else if (type !== "directory") fs.utimesSync(p, mtime, mtime);
+    } catch {}
+  }
+
+  private async writeFile(p: string, stream: AsyncIterable<Buffer>): Promise<void> {
+    let fd: number;
+    try {
+      fd = fs.openSync(p, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    } catch (e) {
+      throw new TbError("TARGET", `cannot create ${p}: ${errnoText(e)}`, "the extraction is incomplete; check the destination");
+    }
+    let off = 0;
+    try {
+      for await (const chunk of stream) {
+        // Skip all-zero blocks so sparse files stay sparse; ftruncate fixes the length.
+        for (let at = 0; at < chunk.length; at += ZERO_BLOCK.length) {
+          const piece = chunk.subarray(at, Math.min(chunk.length, at + ZERO_BLOCK.length));
+          if (!(piece.length === ZERO_BLOCK.length && piece.equals(ZERO_BLOCK))) {
+            let done = 0;
+            while (done < piece.length) done += fs.writeSync(fd, piece, done, piece.length - done, off + done);
+          }
+          off += piece.length;
+        }
+      }
+      fs.ftruncateSync(fd, off);
+      this.stats.bytes += off;
+    } catch (e) {
+      if (e instanceof TbError) throw e;
+      if (isErrno(e, "ENOSPC", "EDQUOT")) throw new TbError("TARGET", `the destination is full while writing ${p}`, "the extraction is incomplete; free space and restore again");
+      throw new TbError("TARGET", `writing ${p} failed: ${errnoText(e)}`, "the extraction is incomplete");
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+}

@@ -1,0 +1,264 @@
+// push --files: a directory tree as a tar stream (tar-stream, pax headers),
+// read chunk by chunk like an image. Unreadable files are skipped and listed;
+// files that change while being read are reported.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { pack as tarPack, type Header } from "tar-stream";
+import type { FilesSummary } from "../../protocol/messages.ts";
+import type { PushSource } from "../push.ts";
+import { TbError, errnoText } from "../errors.ts";
+
+const FILE_READ = 1024 * 1024;
+
+type Hdr = Partial<Header> & { name: string; pax?: Record<string, string> };
+type EntryStream = { write(b: Uint8Array): boolean; end(): void; destroy(e?: Error): void; once(ev: "drain", f: () => void): void };
+
+export interface TarSourceOptions {
+  roots: string[];
+  strict: boolean;
+  label: string | null;
+}
+
+/** How an absolute root appears in the archive: its base name ("/" contributes its children). */
+export function archiveRoots(roots: string[]): { root: string; name: string }[] {
+  const out: { root: string; name: string }[] = [];
+  const seen = new Set<string>();
+  for (const r of roots) {
+    const abs = path.resolve(r);
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(abs);
+    } catch (e) {
+      throw new TbError("SOURCE", `cannot read ${r}: ${errnoText(e)}`, "check the path (is the file system mounted?)");
+    }
+    if (!st.isDirectory()) throw new TbError("SOURCE", `${r} is not a directory`, "give directories to push --files");
+    const name = abs === "/" ? "" : path.basename(abs);
+    if (seen.has(name)) throw new TbError("USAGE", `two roots are both named '${name || "/"}' in the archive`, "push them separately or from their common parent");
+    seen.add(name);
+    out.push({ root: abs, name });
+  }
+  return out;
+}
+
+function paxTime(t: Date, ns: bigint | undefined): string {
+  if (ns !== undefined) {
+    const s = ns / 1_000_000_000n;
+    const frac = (ns % 1_000_000_000n).toString().padStart(9, "0").replace(/0+$/, "");
+    return frac ? `${s}.${frac}` : `${s}`;
+  }
+  return String(t.getTime() / 1000);
+}
+
+export function tarSource(opts: TarSourceOptions): PushSource {
+  const roots = archiveRoots(opts.roots);
+  const summary: FilesSummary = { roots: roots.map((r) => r.root), count: 0, bytes: 0, unreadable: [], changed: [] };
+  const pack = tarPack();
+  const links = new Map<string, string>();
+  const names = new Map<number, string>();
+  const groups = new Map<number, string>();
+  let failure: Error | null = null;
+
+  const userName = (uid: number) => lookup(names, uid, "/etc/passwd");
+  const groupName = (gid: number) => lookup(groups, gid, "/etc/group");
+
+  async function writeEntry(header: Hdr, body?: (w: EntryStream) => Promise<void>): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      const entry = pack.entry(header as Header, (err?: Error | null) => (err ? reject(err) : resolve())) as unknown as EntryStream;
+      if (!body) return;
+      body(entry).then(
+        () => entry.end(),
+        (e) => {
+          entry.destroy(e);
+          reject(e);
+        },
+      );
+    });
+  }
+
+  function unreadable(p: string, e: unknown): void {
+    const what = `${p}: ${errnoText(e)}`;
+    if (opts.strict) throw new TbError("SOURCE", `cannot read ${what}`, "without --strict, unreadable files are skipped and listed at the end");
+    summary.unreadable.push(what);
+  }
+
+  async function addFile(abs: string, name: string, st: fs.BigIntStats, header: Hdr): Promise<void> {
+    let fd: number;
+    try {
+      fd = fs.openSync(abs, "r");
+    } catch (e) {
+      unreadable(abs, e);
+      return;
+    }
+    try {
+      const size = Number(st.size);
+      header.size = size;
+      let readError: unknown = null;
+      await writeEntry(header, async (w) => {
+        const buf = new Uint8Array(FILE_READ);
+        let off = 0;
+        while (off < size) {
+          const want = Math.min(buf.length, size - off);
+          let n = 0;
+          if (!readError) {
+            try {
+              n = fs.readSync(fd, buf, 0, want, off);
+            } catch (e) {
+              readError = e;
+            }
+          }
+          if (readError || n === 0) {
+            // The header promised `size` bytes: pad with zeros so the archive stays whole.
+            buf.fill(0, 0, want);
+            n = want;
+          }
+          off += n;
+          if (!w.write(buf.slice(0, n))) await new Promise<void>((r) => w.once("drain", r));
+        }
+      });
+      if (readError) unreadable(abs, readError);
+      const after = fs.fstatSync(fd, { bigint: true });
+      if (after.size !== st.size || after.mtimeNs !== st.mtimeNs) summary.changed.push(name);
+      summary.bytes += size;
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  async function walk(abs: string, name: string): Promise<void> {
+    if (failure) return;
+    let st: fs.BigIntStats;
+    try {
+      st = fs.lstatSync(abs, { bigint: true });
+    } catch (e) {
+      unreadable(abs, e);
+      return;
+    }
+    const uid = Number(st.uid);
+    const gid = Number(st.gid);
+    const header: Hdr = {
+      name,
+      mode: Number(st.mode) & 0o7777,
+      uid,
+      gid,
+      uname: userName(uid),
+      gname: groupName(gid),
+      mtime: new Date(Number(st.mtimeMs)),
+      pax: { mtime: paxTime(new Date(Number(st.mtimeMs)), st.mtimeNs) },
+    };
+    const key = `${st.dev}:${st.ino}`;
+    if (!st.isDirectory() && st.nlink > 1n) {
+      const first = links.get(key);
+      if (first) {
+        summary.count++;
+        await writeEntry({ ...header, type: "link", linkname: first, size: 0 });
+        return;
+      }
+      links.set(key, name);
+    }
+    if (st.isDirectory()) {
+      let children: string[];
+      try {
+        children = fs.readdirSync(abs).sort();
+      } catch (e) {
+        unreadable(abs, e);
+        return;
+      }
+      if (name) {
+        summary.count++;
+        await writeEntry({ ...header, type: "directory" });
+      }
+      for (const c of children) await walk(path.join(abs, c), name ? `${name}/${c}` : c);
+      return;
+    }
+    summary.count++;
+    if (st.isFile()) return addFile(abs, name, st, { ...header, type: "file" });
+    if (st.isSymbolicLink()) {
+      let target: string;
+      try {
+        target = fs.readlinkSync(abs);
+      } catch (e) {
+        summary.count--;
+        unreadable(abs, e);
+        return;
+      }
+      return writeEntry({ ...header, type: "symlink", linkname: target });
+    }
+    if (st.isFIFO()) return writeEntry({ ...header, type: "fifo" });
+    if (st.isCharacterDevice() || st.isBlockDevice()) {
+      const rdev = Number(st.rdev);
+      return writeEntry({
+        ...header,
+        type: st.isCharacterDevice() ? "character-device" : "block-device",
+        devmajor: (rdev >> 8) & 0xfff,
+        devminor: (rdev & 0xff) | ((rdev >> 12) & 0xfff00),
+      });
+    }
+    summary.count--; // sockets are not archived
+  }
+
+  const producer = (async () => {
+    try {
+      for (const r of roots) await walk(r.root, r.name);
+      pack.finalize();
+    } catch (e) {
+      failure = e as Error;
+      pack.destroy(e as Error);
+    }
+  })();
+  void producer;
+
+  // Consumer side: fill chunk buffers from the pack stream.
+  const iterator = (pack as unknown as AsyncIterable<Uint8Array>)[Symbol.asyncIterator]();
+  let pending: Uint8Array | null = null;
+  let ended = false;
+
+  const label = opts.label ?? `files-${roots.map((r) => r.name || "root").join("+")}`;
+  return {
+    size: null,
+    content: "files",
+    disk: { path: roots.map((r) => r.root).join(" "), kind: "files", name: label, size: 0, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null },
+    async read(buf) {
+      let filled = 0;
+      while (filled < buf.length) {
+        if (!pending || pending.length === 0) {
+          if (ended) break;
+          let r: IteratorResult<Uint8Array>;
+          try {
+            r = await iterator.next();
+          } catch (e) {
+            throw failure instanceof TbError ? failure : new TbError("SOURCE", `reading the file tree failed: ${(failure ?? (e as Error)).message}`, "check the source file system");
+          }
+          if (r.done) {
+            ended = true;
+            if (failure) throw failure;
+            break;
+          }
+          pending = r.value;
+        }
+        const take = Math.min(pending.length, buf.length - filled);
+        buf.set(pending.subarray(0, take), filled);
+        pending = pending.subarray(take);
+        filled += take;
+      }
+      return filled;
+    },
+    summary: () => ({ files: summary }),
+    close: () => {
+      pack.destroy(new Error("closed"));
+    },
+  };
+}
+
+/** uid/gid -> name from the source system's passwd/group files (no NSS in an initramfs). */
+function lookup(cache: Map<number, string>, id: number, file: string): string {
+  if (cache.size === 0) {
+    try {
+      for (const line of fs.readFileSync(file, "utf8").split("\n")) {
+        const [name, , num] = line.split(":");
+        if (name && num !== undefined && !cache.has(Number(num))) cache.set(Number(num), name);
+      }
+    } catch {}
+    if (cache.size === 0) cache.set(-1, "");
+  }
+  return cache.get(id) ?? "";
+}
