@@ -9,7 +9,8 @@ import { TbError } from "./errors.ts";
 const MAX_QUEUED_FRAMES = 64;
 
 export class Channel {
-  private frames: Frame[] = [];
+  /** frames in arrival order; a damaged frame is queued as its error, reported once */
+  private frames: (Frame | TbError)[] = [];
   private failure: TbError | null = null;
   private ended = false;
   private wake: (() => void) | null = null;
@@ -35,11 +36,11 @@ export class Channel {
           else if (ev.kind === "garbage") this.garbageBytes += ev.bytes;
           else {
             this.corruptFrames++;
-            this.failure ??= new TbError(
+            this.frames.push(new TbError(
               "CORRUPT",
               `a corrupt ${typeName(ev.type)} frame arrived from ${this.conn.description} (checksum mismatch)`,
               "the data was damaged in transit; check the cable and run the command again",
-            );
+            ));
           }
         }
         this.notify();
@@ -69,6 +70,7 @@ export class Channel {
         const p = this.wakePump;
         this.wakePump = null;
         p?.();
+        if (f instanceof TbError) throw f;
         return f;
       }
       if (this.failure) throw this.failure;

@@ -55,6 +55,9 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
       const z = new Uint8Array(m.buf, m.at, m.length);
       let raw: Uint8Array;
       try {
+        // exactly one zstd frame that declares the chunk's raw length (DESIGN §4)
+        if (zstd.findFrameCompressedSize(z) !== z.length) throw new Error("not exactly one zstd frame");
+        if (zstd.getFrameContentSize(z) !== m.rawLength) throw new Error("frame does not declare the chunk's raw length");
         if (m.wantRaw) raw = new Uint8Array(m.rawLength);
         else {
           if (scratchRaw.length < m.rawLength) scratchRaw = new Uint8Array(m.rawLength);

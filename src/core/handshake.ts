@@ -23,12 +23,15 @@ export function newHello(role: Hello["role"], extra: Partial<Hello> = {}): Hello
   };
 }
 
-/** Checks that a HELLO or HELLO_ACK speaks our protocol and version. */
-export function checkPeer(msg: { protocol?: unknown; proto?: unknown; tool?: unknown } | null): TbError | null {
+/** Checks that a HELLO or HELLO_ACK speaks our protocol and version, with the fields every side relies on. */
+export function checkPeer(msg: { protocol?: unknown; proto?: unknown; tool?: unknown; session?: unknown; host?: unknown } | null): TbError | null {
   if (!msg || msg.protocol !== PROTOCOL_NAME)
     return new TbError("PROTOCOL", "the peer does not speak the tbbackup protocol", "run tbbackup on both machines");
   if (msg.proto !== PROTOCOL_VERSION)
     return new TbError("PROTOCOL", `the peer speaks tbbackup protocol ${String(msg.proto)} (${String(msg.tool)}), this side speaks ${PROTOCOL_VERSION}`, "install the same tbbackup version on both machines");
+  const host = msg.host as { hostname?: unknown } | undefined;
+  if (typeof msg.session !== "string" || msg.session.length === 0 || msg.session.length > 64 || typeof host !== "object" || host === null || typeof host.hostname !== "string")
+    return new TbError("PROTOCOL", "the peer's HELLO lacks a session id or host identity", "install the same tbbackup version on both machines");
   return null;
 }
 
@@ -72,7 +75,8 @@ export async function handshake(ch: Channel, hello: Hello, waitMs: number, repor
       }
       if (f.type === MsgType.ERROR) {
         const e = decodeJson<ErrorMsg>(f.payload);
-        if (e?.session && e.session !== hello.session) continue;
+        // on a shared device, an ERROR meant for an earlier session may still be in flight
+        if (e?.session !== hello.session) continue;
         throw peerError(f.payload);
       }
       // anything else is left over from an earlier session: ignore it

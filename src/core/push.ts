@@ -99,15 +99,24 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     opts.reporter.info(`receiver ${ack.host.hostname} (${ack.tool}) will store ${ack.id ?? "the backup"}`);
 
     // Everything the receiver says from here on: progress, an error, or the final DONE.
+    // While sending, the receiver may be silent for long (it pushes back through
+    // the transport); once everything is sent, it must answer within idleMs.
+    let heard = Date.now();
     const listener = (async () => {
       for (;;) {
         let f;
         try {
-          f = await ch.recv(finishedSending ? opts.idleMs : 24 * 3600_000, "the receiver");
+          f = await ch.recv(1000, "the receiver");
         } catch (e) {
+          if (e instanceof TbError && e.code === "TIMEOUT") {
+            if (!finishedSending || Date.now() - heard < opts.idleMs) continue;
+            peerFailure ??= new TbError("TIMEOUT", `the receiver did not confirm the backup within ${Math.round(opts.idleMs / 1000)} s of the end`, "the backup is incomplete; check the receiver's disk and messages, then push again");
+            break;
+          }
           peerFailure ??= e instanceof TbError ? e : new TbError("CLOSED", String(e), "run again");
           break;
         }
+        heard = Date.now();
         if (f.type === MsgType.PROGRESS) durable = decodeJson<Progress>(f.payload) ?? durable;
         else if (f.type === MsgType.DONE) {
           done = decodeJson<Done>(f.payload);
@@ -172,6 +181,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     const end: End = { chunks, bytes: offset, sha256: sha.digest("hex"), ...(src.summary?.() ?? {}) };
     await ch.sendJson(MsgType.END, end);
     finishedSending = true;
+    heard = Date.now();
     opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });
     opts.reporter.info("all data sent; waiting for the receiver to confirm it is stored");
     await doneSignal;

@@ -115,6 +115,7 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, _l: Listener, 
     const bad = checkPeer(hello);
     if (bad) {
       await ch.sendJson(MsgType.ERROR, { session: hello?.session, code: "PROTOCOL", message: `receiver ${TOOL} speaks protocol ${PROTOCOL_VERSION}: ${bad.message}` }).catch(() => {});
+      opts.reporter.info(`refused a session: ${bad.message}`);
       done({ ok: false, role: "push", error: { code: bad.code, message: bad.message } });
       if (opts.once) return;
       continue;
@@ -268,8 +269,8 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
       } else if (f.type === MsgType.END) {
         const end = decodeJson<End>(f.payload);
         const want = files ? next : expectedChunks;
-        if (!end || end.chunks !== want || next !== want || end.bytes !== (files ? writer.rawBytes : disk.size))
-          throw new TbError("CLOSED", `the sender ended after ${next} of ${end?.chunks ?? "?"} chunks`, "the backup is incomplete; push again");
+        if (!end || end.chunks !== want || next !== want || end.bytes !== (files ? writer.rawBytes : disk.size) || typeof end.sha256 !== "string")
+          throw new TbError("PROTOCOL", `the sender ended after ${next} of ${end?.chunks ?? "?"} chunks`, "the backup is incomplete; push again");
         const size = end.bytes;
         await drainSettled(0);
         const digest = await pool.run({ op: "digest" }, [], 0);

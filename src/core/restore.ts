@@ -311,6 +311,8 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
         if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
           const h = readChunkHeader(f.payload);
           if (!h) throw new TbError("PROTOCOL", "a chunk record is too short", "use the same tbbackup version on both sides");
+          if (h.rawLength === 0 || h.rawLength > offer.chunkSize || (f.type === MsgType.ZERO && f.payload.length !== CHUNK_HEADER_SIZE))
+            throw new TbError("PROTOCOL", `chunk ${h.index} record is malformed`, "use the same tbbackup version on both sides");
           if (f.type === MsgType.ZERO) {
             if (h.checksum !== zeroChecksum(h.rawLength)) throw new TbError("CORRUPT", `zero record for chunk ${h.index} is malformed`, "the target is now incomplete; restore again");
             yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: true };

@@ -161,4 +161,34 @@ describe("errors", () => {
       }
     });
   }
+
+  test("a receiver on a device survives a corrupt frame and a malformed HELLO, and serves the next push", async () => {
+    const d = tempDir();
+    const socat = Bun.spawn(["socat", "-d", `pty,raw,echo=0,link=${d}/A`, `pty,raw,echo=0,link=${d}/B`], { stderr: "ignore" });
+    try {
+      await waitFor(() => fs.existsSync(`${d}/A`) && fs.existsSync(`${d}/B`), "ptys");
+      const out = path.join(d, "store");
+      const recv = start(["receive", "--out", out, "--stream", `${d}/A`]);
+      await Bun.sleep(300);
+      // a frame whose payload CRC is wrong, then a HELLO with no session id
+      const bad = encodeFrame(MsgType.HELLO, new TextEncoder().encode('{"protocol":"tbbackup"}'));
+      bad[bad.length - 1]! ^= 0xff;
+      const noSession = encodeFrame(MsgType.HELLO, new TextEncoder().encode(JSON.stringify({ protocol: "tbbackup", proto: 1, role: "push", host: { hostname: "x" } })));
+      const fd = fs.openSync(`${d}/B`, "r+");
+      fs.writeSync(fd, bad);
+      fs.writeSync(fd, noSession);
+      await Bun.sleep(300);
+      // drain the receiver's ERROR answer so it does not confuse the next session
+      fs.closeSync(fd);
+      const p = await run(["push", img, "--stream", `${d}/B`, "--wait", "20"]);
+      recv.kill();
+      const r = await finish(recv);
+      expect(p.code).toBe(0);
+      expect(r.stderr).toMatch(/lacks a session id/);
+      expect(await listStatuses(out)).toEqual(["complete"]);
+    } finally {
+      socat.kill();
+      cleanup(d);
+    }
+  });
 });
