@@ -2,12 +2,14 @@
 // cores stay busy. Compress (sender): raw chunk -> complete DATA wire frame.
 // Check (receiver, restore, verify): zstd frame -> raw, verify its checksum,
 // feed the whole-image SHA-256 in order.
-import { zstd } from "../util/zstd.ts";
+import { zstd as loadZstd } from "../util/zstd.ts";
 import { HEADER_SIZE, TRAILER_SIZE, writeHeader, sealFrame } from "../protocol/frame.ts";
 import { CHUNK_HEADER_SIZE, MsgType, writeChunkHeader } from "../protocol/messages.ts";
 import type { WorkerReply, WorkerRequest } from "./chunk-jobs.ts";
 
 declare const self: Worker;
+
+const zstd = loadZstd();
 
 const cctx = new zstd.CCtx();
 const dctx = new zstd.DCtx();

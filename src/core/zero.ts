@@ -17,11 +17,12 @@ export function zeroChecksum(rawLength: number): bigint {
 export function zeroFrame(rawLength: number): Uint8Array {
   let f = frames.get(rawLength);
   if (!f) {
-    const cctx = new zstd.CCtx();
-    cctx.setParameter(zstd.CParameter.compressionLevel, 1);
-    cctx.setParameter(zstd.CParameter.checksumFlag, 1);
-    cctx.setParameter(zstd.CParameter.contentSizeFlag, 1);
-    const out = new Uint8Array(zstd.compressBound(rawLength));
+    const z = zstd();
+    const cctx = new z.CCtx();
+    cctx.setParameter(z.CParameter.compressionLevel, 1);
+    cctx.setParameter(z.CParameter.checksumFlag, 1);
+    cctx.setParameter(z.CParameter.contentSizeFlag, 1);
+    const out = new Uint8Array(z.compressBound(rawLength));
     f = out.slice(0, cctx.compress2(out, new Uint8Array(rawLength)));
     frames.set(rawLength, f);
   }
