@@ -49,9 +49,12 @@ export function register(program: Command): void {
     .option("--yes", "do not ask before overwriting TARGET")
     .option("--no-verify", "skip reading the target back after writing")
     .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
+    .option("--peer <id>", "without --stream: the Thunderbolt peer to use (unique_id or device name)")
+    .option("--ring-size <n>", "without --stream: driver ring size (32..4096)", intOption(32, 4096))
+    .option("--throttling <ns>", "without --stream: interrupt throttling in ns (0..16776960)", intOption(0, 16776960))
     .option("--json", "print one JSON result on stdout")
     .action(
-      action(async (targetArg: string | undefined, o: { stream?: string; from?: string; backup?: string; yes?: boolean; verify: boolean; wait: number; files?: string; overwrite?: boolean } & GlobalOpts) => {
+      action(async (targetArg: string | undefined, o: { stream?: string; from?: string; backup?: string; yes?: boolean; verify: boolean; wait: number; files?: string; overwrite?: boolean; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         if (!targetArg === !o.files) throw new TbError("USAGE", o.files ? "give either TARGET or --files DEST, not both" : "restore needs a TARGET (disk or image file) or --files DEST", "e.g. tbbackup restore /dev/nvme0n1 --stream SPEC");
         if (o.files && !o.backup && !o.from) throw new TbError("USAGE", "restore --files needs --backup ID (or --from DIR)", "tbbackup list --stream SPEC shows the IDs");
         const target = targetArg ?? o.files!;
@@ -59,7 +62,7 @@ export function register(program: Command): void {
         if (o.from && o.backup) throw new TbError("USAGE", "--backup goes with --stream", "with --from, give the backup's directory itself");
         const reporter = makeReporter();
         onInterrupt(`the target ${target} is now incomplete; run restore again`);
-        const stream = o.from ? null : await resolveStream(o.stream, "restore", { wait: o.wait });
+        const stream = o.from ? null : await resolveStream(o.stream, "restore", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         try {
           const r = await restore({
             target,
