@@ -8,7 +8,7 @@ import { makeReporter } from "../ui/progress.ts";
 import { bytes } from "../ui/format.ts";
 import { action, intOption, printJson, type GlobalOpts } from "./common.ts";
 import * as fs from "node:fs";
-import { resolveStream } from "./stream.ts";
+import { resolveStream, withThunderboltOptions } from "./stream.ts";
 
 export function formatTable(rows: Omit<BackupEntry, "path">[]): string {
   if (rows.length === 0) return "no backups\n";
@@ -19,15 +19,11 @@ export function formatTable(rows: Omit<BackupEntry, "path">[]): string {
 }
 
 export function register(program: Command): void {
-  program
-    .command("list")
+  withThunderboltOptions(program.command("list"))
     .description("list backups in a local store (--out) or on a receiver (--stream)")
     .option("--out <dir>", "a local store directory")
     .option("--stream <spec>", "ask the receiver at the other end of this stream")
     .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
-    .option("--peer <id>", "without --stream: the Thunderbolt peer to use (unique_id or device name)")
-    .option("--ring-size <n>", "without --stream: driver ring size (32..4096)", intOption(32, 4096))
-    .option("--throttling <ns>", "without --stream: interrupt throttling in ns (0..16776960)", intOption(0, 16776960))
     .option("--json", "print JSON")
     .action(
       action(async (o: { out?: string; stream?: string; wait: number; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {

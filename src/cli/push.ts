@@ -8,11 +8,10 @@ import { bytes, ratio } from "../ui/format.ts";
 import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
 import { tarSource } from "../core/files/tar-source.ts";
 import type { FilesSummary } from "../protocol/messages.ts";
-import { resolveStream } from "./stream.ts";
+import { resolveStream, withThunderboltOptions } from "./stream.ts";
 
 export function register(program: Command): void {
-  program
-    .command("push")
+  withThunderboltOptions(program.command("push"))
     .description("send a full image of SOURCE (a block device or an image file), or directory trees (--files), to a receiver")
     .argument("[source]", "block device (e.g. /dev/nvme0n1) or regular file")
     .option("--files <dir...>", "send these directory trees as a file-level backup (tar) instead of an image")
@@ -22,9 +21,6 @@ export function register(program: Command): void {
     .option("--level <n>", "zstd level (1 fastest .. 19)", intOption(1, 19), 1)
     .option("--chunk-size <size>", "chunk size (4K..4M, a multiple of 4K)", sizeOption, DEFAULT_CHUNK_SIZE)
     .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
-    .option("--peer <id>", "without --stream: the Thunderbolt peer to use (unique_id or device name)")
-    .option("--ring-size <n>", "without --stream: driver ring size (32..4096)", intOption(32, 4096))
-    .option("--throttling <ns>", "without --stream: interrupt throttling in ns (0..16776960)", intOption(0, 16776960))
     .option("--json", "print one JSON result on stdout")
     .action(
       action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean } & GlobalOpts) => {

@@ -5,20 +5,16 @@ import { transportFor } from "../transport/index.ts";
 import { makeReporter } from "../ui/progress.ts";
 import { TbError } from "../core/errors.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
-import { resolveStream } from "./stream.ts";
+import { resolveStream, withThunderboltOptions } from "./stream.ts";
 
 export function register(program: Command): void {
-  program
-    .command("receive")
+  withThunderboltOptions(program.command("receive"))
     .description("receive backups and store them under DIR (runs until stopped)")
     .requiredOption("--out <dir>", "where backups are stored")
     .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:[HOST:]PORT (loopback unless HOST) or -")
     .option("--once", "exit after one session (exit status = that session's)")
     .option("--allow-restore", "also serve list and restore requests")
     .option("--idle <seconds>", "abandon a session silent for this long", intOption(5, 86400), 300)
-    .option("--peer <id>", "without --stream: the Thunderbolt peer to use (unique_id or device name)")
-    .option("--ring-size <n>", "without --stream: driver ring size (32..4096)", intOption(32, 4096))
-    .option("--throttling <ns>", "without --stream: interrupt throttling in ns (0..16776960)", intOption(0, 16776960))
     .option("--hopids <in:out>", "without --stream: use these HopIDs instead of the first free pair from 10")
     .option("--json", "print one JSON object per session on stdout")
     .action(

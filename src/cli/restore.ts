@@ -9,7 +9,7 @@ import { transportFor } from "../transport/index.ts";
 import { makeReporter } from "../ui/progress.ts";
 import { bytes } from "../ui/format.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
-import { resolveStream } from "./stream.ts";
+import { resolveStream, withThunderboltOptions } from "./stream.ts";
 
 function describeTarget(t: TargetInfo): string {
   const id = [t.identity.model, t.identity.serial && `serial ${t.identity.serial}`, t.identity.wwn && `wwn ${t.identity.wwn}`].filter(Boolean).join(", ");
@@ -37,8 +37,7 @@ function confirmer(yes: boolean) {
 }
 
 export function register(program: Command): void {
-  program
-    .command("restore")
+  withThunderboltOptions(program.command("restore"))
     .description("write a backup onto TARGET (a block device or an image file)")
     .argument("[target]", "disk (e.g. /dev/nvme0n1) or image file to write")
     .option("--files <dest>", "extract a file-level backup under this directory instead")
@@ -49,9 +48,6 @@ export function register(program: Command): void {
     .option("--yes", "do not ask before overwriting TARGET")
     .option("--no-verify", "skip reading the target back after writing")
     .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
-    .option("--peer <id>", "without --stream: the Thunderbolt peer to use (unique_id or device name)")
-    .option("--ring-size <n>", "without --stream: driver ring size (32..4096)", intOption(32, 4096))
-    .option("--throttling <ns>", "without --stream: interrupt throttling in ns (0..16776960)", intOption(0, 16776960))
     .option("--json", "print one JSON result on stdout")
     .action(
       action(async (targetArg: string | undefined, o: { stream?: string; from?: string; backup?: string; yes?: boolean; verify: boolean; wait: number; files?: string; overwrite?: boolean; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {

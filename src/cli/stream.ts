@@ -1,6 +1,8 @@
 // Which transport a command uses: --stream SPEC as given, or (no --stream) the
 // Thunderbolt stream set up automatically (src/thunderbolt), torn down by cleanup().
+import type { Command } from "commander";
 import { TbError } from "../core/errors.ts";
+import { intOption } from "./common.ts";
 import { AutoStream, parseHopIds } from "../thunderbolt/setup.ts";
 
 export type StreamRole = "push" | "receive" | "list" | "restore";
@@ -52,4 +54,12 @@ export async function resolveStream(spec: string | undefined, role: StreamRole, 
     await cleanup();
     throw e;
   }
+}
+
+/** The expert options of the automatic Thunderbolt setup, shared by every command that opens a stream. */
+export function withThunderboltOptions(cmd: Command): Command {
+  return cmd
+    .option("--peer <id>", "without --stream: the Thunderbolt peer to use (unique_id or device name)")
+    .option("--ring-size <n>", "without --stream: driver ring size (32..4096)", intOption(32, 4096))
+    .option("--throttling <ns>", "without --stream: interrupt throttling in ns (0..16776960)", intOption(0, 16776960));
 }
