@@ -38,6 +38,27 @@ async function loadPosix(): Promise<Posix | null> {
 
 const cstr = (s: string) => new TextEncoder().encode(s + "\0");
 
+/** Linux's dev_t from major and minor (glibc gnu_dev_makedev). */
+export function makeDev(major: number, minor: number): bigint {
+  const ma = BigInt(major);
+  const mi = BigInt(minor);
+  return ((ma & 0xfffn) << 8n) | ((ma & ~0xfffn) << 32n) | (mi & 0xffn) | ((mi & ~0xffn) << 12n);
+}
+
+/**
+ * Seconds as utimes wants them: a number keeps sub-microsecond precision, but
+ * node:fs reads a negative number as "now", so times before 1970 go as a Date (ms).
+ */
+function fsTime(secs: number): number | Date {
+  return secs >= 0 ? secs : new Date(secs * 1000);
+}
+
+/** A numeric pax record (uid, gid) when present and sane, else the ustar value. */
+function paxId(pax: Record<string, string>, key: string, fallback: number | undefined): number | undefined {
+  const v = pax[key];
+  return v !== undefined && /^\d{1,10}$/.test(v) && Number(v) <= 0xfffffffe ? Number(v) : fallback;
+}
+
 /** The archive name as a safe relative path, or an error saying why not. */
 export function safeName(name: string): string | Error {
   const n = name.replace(/\/+$/, "");
@@ -55,7 +76,8 @@ export class Extractor {
   private readonly ex = tarExtract();
   private failure: Error | null = null;
   private finished: Promise<void>;
-  private dirTimes: { p: string; atime: number; mtime: number }[] = [];
+  /** directories' modes and times, set once everything inside them is written */
+  private dirTimes: { p: string; mode: number; mtime: number }[] = [];
   private readonly isRoot = process.getuid?.() === 0;
 
   constructor(
@@ -104,7 +126,10 @@ export class Extractor {
     if (this.failure) throw this.failure;
     for (const d of this.dirTimes.reverse()) {
       try {
-        fs.utimesSync(d.p, d.atime, d.mtime);
+        fs.chmodSync(d.p, d.mode);
+      } catch {}
+      try {
+        fs.utimesSync(d.p, fsTime(d.mtime), fsTime(d.mtime));
       } catch {}
     }
     return this.stats;
@@ -167,7 +192,7 @@ export class Extractor {
       case "directory":
         this.clear(p, h.name, true);
         fs.mkdirSync(p, { recursive: true });
-        this.dirTimes.push({ p, atime: mtime, mtime });
+        this.dirTimes.push({ p, mode: (h.mode ?? 0o755) & 0o7777, mtime });
         break;
       case "file":
       case "contiguous-file":
@@ -195,7 +220,7 @@ export class Extractor {
         this.clear(p, h.name, false);
         const px = await loadPosix();
         const mode = (h.mode ?? 0o644) & 0o7777;
-        const dev = (BigInt(h.devmajor ?? 0) << 8n) | BigInt(h.devminor ?? 0);
+        const dev = makeDev(h.devmajor ?? 0, h.devminor ?? 0);
         const kind = type === "fifo" ? 0o010000 : type === "character-device" ? 0o020000 : 0o060000;
         const rc = !px ? -1 : type === "fifo" ? px.mkfifo(cstr(p), mode) : px.mknod(cstr(p), kind | mode, dev);
         if (rc !== 0) {
@@ -208,24 +233,27 @@ export class Extractor {
         this.stats.skipped.push(`${h.name} (${type})`);
         return;
     }
-    this.setAttrs(p, h, mtime, type);
+    this.setAttrs(p, h, pax, mtime, type);
   }
 
-  private setAttrs(p: string, h: Header, mtime: number, type: string): void {
+  private setAttrs(p: string, h: Header, pax: Record<string, string>, mtime: number, type: string): void {
     const link = type === "symlink";
-    if (this.isRoot && h.uid !== undefined && h.gid !== undefined) {
+    const uid = paxId(pax, "uid", h.uid);
+    const gid = paxId(pax, "gid", h.gid);
+    if (this.isRoot && uid !== undefined && gid !== undefined) {
       try {
-        fs.lchownSync(p, h.uid, h.gid);
+        fs.lchownSync(p, uid, gid);
       } catch {}
     }
-    if (!link) {
+    // A directory keeps a writable mode until its entries are in (see end()).
+    if (!link && type !== "directory") {
       try {
         fs.chmodSync(p, (h.mode ?? 0o644) & 0o7777);
       } catch {}
     }
     try {
-      if (link) fs.lutimesSync(p, mtime, mtime);
-      else if (type !== "directory") fs.utimesSync(p, mtime, mtime);
+      if (link) fs.lutimesSync(p, fsTime(mtime), fsTime(mtime));
+      else if (type !== "directory") fs.utimesSync(p, fsTime(mtime), fsTime(mtime));
     } catch {}
   }
 

@@ -40,13 +40,24 @@ export function archiveRoots(roots: string[]): { root: string; name: string }[] 
   return out;
 }
 
-function paxTime(t: Date, ns: bigint | undefined): string {
-  if (ns !== undefined) {
-    const s = ns / 1_000_000_000n;
-    const frac = (ns % 1_000_000_000n).toString().padStart(9, "0").replace(/0+$/, "");
-    return frac ? `${s}.${frac}` : `${s}`;
-  }
-  return String(t.getTime() / 1000);
+/** A pax time: seconds with up to nine decimals ("-1.25" is 1.25 s before the epoch). */
+export function paxTime(ns: bigint): string {
+  const neg = ns < 0n;
+  const a = neg ? -ns : ns;
+  const frac = (a % 1_000_000_000n).toString().padStart(9, "0").replace(/0+$/, "");
+  return `${neg ? "-" : ""}${a / 1_000_000_000n}${frac ? "." + frac : ""}`;
+}
+
+/** The ustar fields hold what tar-stream can encode; pax records carry the exact values. */
+const USTAR_ID_MAX = 0o777777; // tar-stream writes 6 octal digits and clamps larger ids
+const USTAR_TIME_MAX = 2 ** 31 - 1; // tar-stream truncates the ustar mtime to 32 bits
+
+/** Linux's dev_t split (glibc gnu_dev_major/gnu_dev_minor). */
+export function splitDev(rdev: bigint): { major: number; minor: number } {
+  return {
+    major: Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & 0xfffff000n)),
+    minor: Number((rdev & 0xffn) | ((rdev >> 12n) & 0xffffff00n)),
+  };
 }
 
 export function tarSource(opts: TarSourceOptions): PushSource {
@@ -81,13 +92,14 @@ export function tarSource(opts: TarSourceOptions): PushSource {
     summary.unreadable.push(what);
   }
 
-  async function addFile(abs: string, name: string, st: fs.BigIntStats, header: Hdr): Promise<void> {
+  /** False when the file could not be opened (nothing was archived for it). */
+  async function addFile(abs: string, name: string, st: fs.BigIntStats, header: Hdr): Promise<boolean> {
     let fd: number;
     try {
       fd = fs.openSync(abs, "r");
     } catch (e) {
       unreadable(abs, e);
-      return;
+      return false;
     }
     try {
       const size = Number(st.size);
@@ -119,6 +131,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
       const after = fs.fstatSync(fd, { bigint: true });
       if (after.size !== st.size || after.mtimeNs !== st.mtimeNs) summary.changed.push(name);
       summary.bytes += size;
+      return true;
     } finally {
       fs.closeSync(fd);
     }
@@ -135,26 +148,40 @@ export function tarSource(opts: TarSourceOptions): PushSource {
     }
     const uid = Number(st.uid);
     const gid = Number(st.gid);
+    const uname = userName(uid);
+    const gname = groupName(gid);
+    const pax: Record<string, string> = { mtime: paxTime(st.mtimeNs) };
+    // Values the ustar fields cannot hold go into pax records (GNU tar and the extractor read them).
+    if (uid > USTAR_ID_MAX) pax.uid = String(uid);
+    if (gid > USTAR_ID_MAX) pax.gid = String(gid);
+    if (Buffer.byteLength(uname) > 31) pax.uname = uname;
+    if (Buffer.byteLength(gname) > 31) pax.gname = gname;
+    const secs = Number(st.mtimeNs / 1_000_000_000n);
     const header: Hdr = {
       name,
-      mode: Number(st.mode) & 0o7777,
-      uid,
-      gid,
-      uname: userName(uid),
-      gname: groupName(gid),
-      mtime: new Date(Number(st.mtimeMs)),
-      pax: { mtime: paxTime(new Date(Number(st.mtimeMs)), st.mtimeNs) },
+      // with the file-type bits: tar-stream masks them off, but would turn a plain 0 (chmod 000) into 0644
+      mode: Number(st.mode),
+      uid: Math.min(uid, USTAR_ID_MAX),
+      gid: Math.min(gid, USTAR_ID_MAX),
+      uname: pax.uname ? "" : uname,
+      gname: pax.gname ? "" : gname,
+      mtime: new Date(Math.min(Math.max(secs, 0), USTAR_TIME_MAX) * 1000),
+      pax,
     };
     const key = `${st.dev}:${st.ino}`;
-    if (!st.isDirectory() && st.nlink > 1n) {
+    const linked = !st.isDirectory() && st.nlink > 1n;
+    if (linked) {
       const first = links.get(key);
       if (first) {
         summary.count++;
         await writeEntry({ ...header, type: "link", linkname: first, size: 0 });
         return;
       }
-      links.set(key, name);
     }
+    // Later names of this inode become links to this one, once it is in the archive.
+    const archived = () => {
+      if (linked) links.set(key, name);
+    };
     if (st.isDirectory()) {
       let children: string[];
       try {
@@ -171,7 +198,11 @@ export function tarSource(opts: TarSourceOptions): PushSource {
       return;
     }
     summary.count++;
-    if (st.isFile()) return addFile(abs, name, st, { ...header, type: "file" });
+    if (st.isFile()) {
+      if (await addFile(abs, name, st, { ...header, type: "file" })) archived();
+      else summary.count--;
+      return;
+    }
     if (st.isSymbolicLink()) {
       let target: string;
       try {
@@ -181,17 +212,17 @@ export function tarSource(opts: TarSourceOptions): PushSource {
         unreadable(abs, e);
         return;
       }
-      return writeEntry({ ...header, type: "symlink", linkname: target });
+      await writeEntry({ ...header, type: "symlink", linkname: target });
+      return archived();
     }
-    if (st.isFIFO()) return writeEntry({ ...header, type: "fifo" });
+    if (st.isFIFO()) {
+      await writeEntry({ ...header, type: "fifo" });
+      return archived();
+    }
     if (st.isCharacterDevice() || st.isBlockDevice()) {
-      const rdev = Number(st.rdev);
-      return writeEntry({
-        ...header,
-        type: st.isCharacterDevice() ? "character-device" : "block-device",
-        devmajor: (rdev >> 8) & 0xfff,
-        devminor: (rdev & 0xff) | ((rdev >> 12) & 0xfff00),
-      });
+      const { major, minor } = splitDev(st.rdev);
+      await writeEntry({ ...header, type: st.isCharacterDevice() ? "character-device" : "block-device", devmajor: major, devminor: minor });
+      return archived();
     }
     summary.count--; // sockets are not archived
   }
