@@ -1,0 +1,481 @@
+// File-level backups with the compiled binary: push --files -> receive over a
+// unix socket, restore --files from the stored backup and from a receiver, a
+// plain `zstd -dc | tar -x` of files.tar.zst, unreadable files (push as an
+// unprivileged user), --strict, --overwrite, and hostile archives that try to
+// write outside DEST.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { BIN, cleanup, finish, run, sh, start, tempDir, waitFor } from "../helpers/cli.ts";
+import { ImageWriter } from "../../src/store/image-writer.ts";
+import { writeManifest, type Manifest } from "../../src/store/manifest.ts";
+import { FILES_FILE } from "../../src/store/layout.ts";
+import { zstd } from "../../src/util/zstd.ts";
+
+const q = JSON.stringify;
+const NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+const LONG = "long-" + "x".repeat(140); // > 100 bytes: needs a pax path
+const UTF8 = "héllo wörld ✓ 日本.txt";
+const RANDOM_SIZE = 6 * 1024 * 1024;
+
+let dir: string;
+let src: string; // the tree: src/tree
+let store: string;
+let backupDir: string;
+let backupId: string;
+let pushOut: { code: number; stderr: string };
+
+/** Every kind of entry the issue lists, with odd modes, owners and times. */
+function makeTree(root: string): void {
+  const t = (p: string) => q(path.join(root, p));
+  fs.mkdirSync(path.join(root, "sub/deeper/empty"), { recursive: true });
+  fs.mkdirSync(path.join(root, "ro-dir"));
+  fs.mkdirSync(path.join(root, "sticky"));
+  fs.writeFileSync(path.join(root, "plain.txt"), "plain text\n".repeat(1000));
+  fs.writeFileSync(path.join(root, LONG), "long name\n");
+  fs.writeFileSync(path.join(root, "sub", UTF8), "utf-8 name\n");
+  const rnd = new Uint8Array(RANDOM_SIZE);
+  for (let i = 0; i < rnd.length; i += 65536) crypto.getRandomValues(rnd.subarray(i, i + 65536));
+  fs.writeFileSync(path.join(root, "random.bin"), rnd);
+  fs.writeFileSync(path.join(root, "empty-file"), "");
+  fs.writeFileSync(path.join(root, "ro-dir/inside"), "in a read-only directory\n");
+  sh(`truncate -s 200M ${t("sparse.img")} && printf middle | dd of=${t("sparse.img")} bs=1 seek=100000000 conv=notrunc status=none`);
+  sh(`ln -s random.bin ${t("link-rel")} && ln -s /nonexistent/absolute/target ${t("link-dangling")}`);
+  sh(`ln -s ${"../".repeat(3) + "t".repeat(120)} ${t("link-long")}`);
+  fs.writeFileSync(path.join(root, "hard-a"), "hard linked\n");
+  sh(`ln ${t("hard-a")} ${t("sub/hard-b")} && ln ${t("hard-a")} ${t("sub/deeper/hard-c")}`);
+  sh(`mkfifo ${t("fifo")} && mknod ${t("null-like")} c 1 3 && mknod ${t("nvme-like")} b 259 300`);
+  fs.writeFileSync(path.join(root, "setuid"), "#!/bin/sh\n");
+  fs.writeFileSync(path.join(root, "odd-mode"), "odd\n");
+  fs.writeFileSync(path.join(root, "no-perms"), "root reads this anyway\n");
+  fs.writeFileSync(path.join(root, "owned"), "owned by 1234:5678\n");
+  fs.writeFileSync(path.join(root, "big-ids"), "owned by ids that do not fit ustar\n");
+  fs.writeFileSync(path.join(root, "old"), "before 1970\n");
+  sh(
+    [
+      `chmod 4755 ${t("setuid")}`,
+      `chmod 0531 ${t("odd-mode")}`,
+      `chmod 000 ${t("no-perms")}`,
+      `chmod 2750 ${t("sub/deeper")}`,
+      `chmod 1777 ${t("sticky")}`,
+      `chown 1234:5678 ${t("owned")} ${t("sub")}`,
+      `chown -h 1234:5678 ${t("link-rel")}`,
+      `chown 3000000000:300000 ${t("big-ids")}`,
+      `touch -d '2020-01-02 03:04:05.123456789' ${t("random.bin")}`,
+      `touch -d '2021-06-07 08:09:10.000000001' ${t(LONG)}`,
+      `touch -d '2001-02-03 04:05:06.5' ${t("sub/" + UTF8)}`,
+      `touch -d '1960-06-01 12:00:00.25' ${t("old")}`,
+      `touch -h -d '2018-01-01 00:00:00.75' ${t("link-rel")}`,
+      `touch -d '2019-05-05 01:01:01.987654321' ${t("sub/deeper/empty")} ${t("sub/deeper")} ${t("sub")}`,
+      `chmod 555 ${t("ro-dir")}`,
+    ].join(" && "),
+  );
+}
+
+interface Node {
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  mtimeNs: bigint;
+  rdev: number;
+  ino: bigint;
+  content: string | null; // sha256 of a regular file
+  target: string | null; // symlink target
+}
+
+/** Every entry under root (root itself as "."), by relative path. */
+function snapshot(root: string): Map<string, Node> {
+  const out = new Map<string, Node>();
+  const visit = (rel: string) => {
+    const abs = path.join(root, rel);
+    const st = fs.lstatSync(abs, { bigint: true });
+    const type = st.isFile() ? "file" : st.isDirectory() ? "dir" : st.isSymbolicLink() ? "symlink" : st.isFIFO() ? "fifo" : st.isCharacterDevice() ? "chr" : st.isBlockDevice() ? "blk" : "other";
+    out.set(rel, {
+      type,
+      mode: Number(st.mode),
+      uid: Number(st.uid),
+      gid: Number(st.gid),
+      size: type === "file" || type === "symlink" ? Number(st.size) : 0,
+      mtimeNs: st.mtimeNs,
+      rdev: Number(st.rdev),
+      ino: st.ino,
+      content: type === "file" ? new Bun.CryptoHasher("sha256").update(fs.readFileSync(abs)).digest("hex") : null,
+      target: type === "symlink" ? fs.readlinkSync(abs) : null,
+    });
+    if (type === "dir") for (const c of fs.readdirSync(abs).sort()) visit(rel === "." ? c : `${rel}/${c}`);
+  };
+  visit(".");
+  return out;
+}
+
+/** Groups of paths that share an inode (hard links), as sorted lists. */
+function linkGroups(s: Map<string, Node>): string[][] {
+  const by = new Map<bigint, string[]>();
+  for (const [p, n] of s) if (n.type !== "dir") by.set(n.ino, [...(by.get(n.ino) ?? []), p]);
+  return [...by.values()].filter((g) => g.length > 1).map((g) => g.sort()).sort();
+}
+
+/** Compares a restored tree with the source; mtimes must agree within toleranceNs. */
+function expectSameTree(source: string, restored: string, toleranceNs: bigint): void {
+  const a = snapshot(source);
+  const b = snapshot(restored);
+  expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
+  for (const [p, n] of a) {
+    const m = b.get(p)!;
+    const { ino: _a, mtimeNs: ta, ...want } = n;
+    const { ino: _b, mtimeNs: tb, ...got } = m;
+    expect({ p, ...got }).toEqual({ p, ...want });
+    const d = ta > tb ? ta - tb : tb - ta;
+    if (d > toleranceNs) throw new Error(`${p}: mtime ${tb} differs from the source's ${ta} by ${d} ns (allowed ${toleranceNs})`);
+  }
+  expect(linkGroups(b)).toEqual(linkGroups(a));
+  expect(linkGroups(a)).toEqual([["hard-a", "sub/deeper/hard-c", "sub/hard-b"]]);
+}
+
+function oneLine(stderr: string): string {
+  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("tbbackup: "));
+  expect(lines.length).toBe(1);
+  return lines[0]!;
+}
+
+/** Starts a receiver on a fresh unix socket that anyone may connect to. */
+async function receiver(name: string, out: string, extra: string[] = ["--once"]) {
+  const sock = path.join(dir, `${name}.sock`);
+  const p = start(["receive", "--out", out, "--stream", `unix:${sock}`, ...extra]);
+  await waitFor(() => fs.existsSync(sock), "socket");
+  fs.chmodSync(sock, 0o777);
+  return { sock: `unix:${sock}`, p };
+}
+
+async function listJson(out: string): Promise<{ id: string; kind: string; status: string; path: string }[]> {
+  const l = await run(["list", "--out", out, "--json"]);
+  expect(l.code).toBe(0);
+  return JSON.parse(l.stdout);
+}
+
+beforeAll(async () => {
+  dir = tempDir("tbb-files-");
+  fs.chmodSync(dir, 0o755); // the unprivileged pusher must reach its tree and the sockets
+  src = path.join(dir, "src");
+  fs.mkdirSync(path.join(src, "tree"), { recursive: true });
+  makeTree(path.join(src, "tree"));
+  store = path.join(dir, "store");
+  const r = await receiver("main", store);
+  pushOut = await run(["push", "--files", path.join(src, "tree"), "--name", "tree", "--stream", r.sock]);
+  expect((await finish(r.p)).code).toBe(0);
+  const rows = await listJson(store);
+  expect(rows.length).toBe(1);
+  backupId = rows[0]!.id;
+  backupDir = path.join(store, backupId);
+});
+afterAll(() => {
+  if (dir) {
+    sh(`chmod -R u+rwx ${q(dir)} 2>/dev/null || true`);
+    cleanup(dir);
+  }
+});
+
+describe("push --files -> receive, restore --files", () => {
+  test("push succeeds, list shows kind files, manifest lists roots, count and bytes", async () => {
+    expect(pushOut.code).toBe(0);
+    expect(pushOut.stderr).toMatch(/backup complete: .* \(\d+ entries, /);
+    const rows = await listJson(store);
+    expect(rows[0]!.kind).toBe("files");
+    expect(rows[0]!.status).toBe("complete");
+    const text = await run(["list", "--out", store]);
+    expect(text.stdout).toMatch(new RegExp(`${backupId}\\s+files\\s+complete`));
+    const m = JSON.parse(fs.readFileSync(path.join(backupDir, "manifest.json"), "utf8")) as Manifest;
+    expect(m.kind).toBe("files");
+    expect(m.data).toBe(FILES_FILE);
+    expect(fs.existsSync(path.join(backupDir, FILES_FILE))).toBe(true);
+    expect(m.files!.roots).toEqual([path.join(src, "tree")]);
+    // every entry, the root directory "tree" included
+    expect(m.files!.count).toBe(snapshot(path.join(src, "tree")).size);
+    expect(m.files!.unreadable).toEqual([]);
+    expect(m.files!.changed).toEqual([]);
+    const fileBytes = [...snapshot(path.join(src, "tree")).values()].filter((n) => n.type === "file").reduce((s, n) => s + n.size, 0);
+    // hard links are counted once
+    expect(m.files!.bytes).toBe(fileBytes - 2 * "hard linked\n".length);
+    expect(m.sha256).toBe(sh(`zstd -dcq ${q(path.join(backupDir, FILES_FILE))} | sha256sum`).split(" ")[0]!);
+  });
+
+  test("the sparse file did not balloon in files.tar.zst", () => {
+    const stored = fs.statSync(path.join(backupDir, FILES_FILE)).size;
+    // 200 MiB of mostly holes plus 6 MiB of random data: the store holds little more than the random data
+    expect(stored).toBeLessThan(RANDOM_SIZE + 1024 * 1024);
+  });
+
+  test("restore --files --from: same tree (contents, modes, owners, mtimes, links, specials), sparse stays sparse", async () => {
+    const dest = path.join(dir, "restored");
+    const r = await run(["restore", "--files", dest, "--from", backupDir]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).not.toContain("not created");
+    // times go through a double: sub-microsecond precision survives
+    expectSameTree(path.join(src, "tree"), path.join(dest, "tree"), 1000n);
+    const sparse = fs.statSync(path.join(dest, "tree/sparse.img"));
+    expect(sparse.size).toBe(200 * 1024 * 1024);
+    expect(sparse.blocks * 512).toBeLessThan(1024 * 1024);
+  });
+
+  test("plain `zstd -dc files.tar.zst | tar -x` gives the same tree, mtimes to the nanosecond", () => {
+    const x = path.join(dir, "tar-x");
+    fs.mkdirSync(x);
+    const r = Bun.spawnSync(["bash", "-c", `zstd -dcq ${q(path.join(backupDir, FILES_FILE))} | tar -x --numeric-owner -C ${q(x)}`], { stderr: "pipe" });
+    expect(r.exitCode).toBe(0);
+    // GNU tar's only remarks may be about the deliberately odd time stamps
+    const remarks = r.stderr.toString().trim().split("\n").filter((l) => l && !/implausibly old time stamp/.test(l));
+    expect(remarks).toEqual([]);
+    expectSameTree(path.join(src, "tree"), path.join(x, "tree"), 0n);
+  });
+
+  test("restore --files over a stream (receive --allow-restore, --backup ID)", async () => {
+    const r = await receiver("restore", store, ["--once", "--allow-restore"]);
+    const dest = path.join(dir, "over-stream");
+    const res = await run(["restore", "--files", dest, "--stream", r.sock, "--backup", backupId, "--json"]);
+    const served = await finish(r.p);
+    expect({ code: res.code, stderr: res.stderr }).toEqual({ code: 0, stderr: expect.any(String) });
+    expect(served.code).toBe(0);
+    const j = JSON.parse(res.stdout);
+    expect(j.id).toBe(backupId);
+    expect(j.extracted.entries).toBe(snapshot(path.join(src, "tree")).size);
+    expectSameTree(path.join(src, "tree"), path.join(dest, "tree"), 1000n);
+  });
+
+  test("restoring a files backup as an image is refused: exit 2, no target created", async () => {
+    const img = path.join(dir, "not-an-image.img");
+    const r = await run(["restore", img, "--from", backupDir, "--yes"]);
+    expect(r.code).toBe(2);
+    expect(oneLine(r.stderr)).toMatch(/file-level backup.*restore --files/);
+    expect(fs.existsSync(img)).toBe(false);
+  });
+});
+
+describe("existing files under DEST", () => {
+  test("without --overwrite: exit 13 and the file is kept; with --overwrite: replaced", async () => {
+    const dest = path.join(dir, "existing");
+    fs.mkdirSync(path.join(dest, "tree"), { recursive: true });
+    fs.writeFileSync(path.join(dest, "tree/plain.txt"), "precious\n");
+    const r = await run(["restore", "--files", dest, "--from", backupDir]);
+    expect(r.code).toBe(13);
+    expect(oneLine(r.stderr)).toMatch(/plain\.txt already exists.*--overwrite/);
+    expect(fs.readFileSync(path.join(dest, "tree/plain.txt"), "utf8")).toBe("precious\n");
+
+    const o = await run(["restore", "--files", dest, "--from", backupDir, "--overwrite"]);
+    expect(o.code).toBe(0);
+    expectSameTree(path.join(src, "tree"), path.join(dest, "tree"), 1000n);
+  });
+
+  test("--overwrite replaces a symlink in the way instead of writing through it", async () => {
+    const dest = path.join(dir, "symlink-in-way");
+    const victim = path.join(dir, "victim.txt");
+    fs.writeFileSync(victim, "must stay\n");
+    fs.mkdirSync(path.join(dest, "tree"), { recursive: true });
+    fs.symlinkSync(victim, path.join(dest, "tree/plain.txt"));
+    const o = await run(["restore", "--files", dest, "--from", backupDir, "--overwrite"]);
+    expect(o.code).toBe(0);
+    expect(fs.readFileSync(victim, "utf8")).toBe("must stay\n");
+    expect(fs.lstatSync(path.join(dest, "tree/plain.txt")).isFile()).toBe(true);
+    expect(fs.readFileSync(path.join(dest, "tree/plain.txt"), "utf8")).toBe("plain text\n".repeat(1000));
+  });
+});
+
+describe("unreadable files (push as an unprivileged user)", () => {
+  let tree: string;
+  beforeAll(() => {
+    tree = path.join(dir, "partly");
+    fs.mkdirSync(path.join(tree, "d"), { recursive: true });
+    fs.writeFileSync(path.join(tree, "a.txt"), "readable a\n");
+    fs.writeFileSync(path.join(tree, "d/z.txt"), "readable z\n");
+    fs.writeFileSync(path.join(tree, "secret"), "nobody may read this\n");
+    // a hard-linked file that cannot be read: its first name is skipped, so the
+    // second must not become a link to a name that is not in the archive
+    fs.writeFileSync(path.join(tree, "locked"), "locked, two names\n");
+    fs.linkSync(path.join(tree, "locked"), path.join(tree, "d/locked-too"));
+    // a readable hard-linked pair stays a pair
+    fs.writeFileSync(path.join(tree, "pair-1"), "pair\n");
+    fs.linkSync(path.join(tree, "pair-1"), path.join(tree, "d/pair-2"));
+    fs.chmodSync(path.join(tree, "secret"), 0o000);
+    fs.chmodSync(path.join(tree, "locked"), 0o000);
+  });
+
+  test("skipped and listed, exit 17, the rest arrives and restores", async () => {
+    const out = path.join(dir, "store-partly");
+    fs.mkdirSync(out);
+    const r = await receiver("partly", out);
+    const p = Bun.spawnSync([...NOBODY, BIN, "push", "--files", tree, "--stream", r.sock], { stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
+    expect((await finish(r.p)).code).toBe(0);
+    const stderr = p.stderr.toString();
+    expect(p.exitCode).toBe(17);
+    expect(oneLine(stderr)).toMatch(/completed with 3 unreadable files/);
+    for (const f of ["secret", "locked", "d/locked-too"]) expect(stderr).toContain(`unreadable, skipped: ${path.join(tree, f)}: EACCES`);
+    expect(stderr).not.toContain("a.txt: ");
+
+    const rows = await listJson(out);
+    expect(rows.map((x) => [x.kind, x.status])).toEqual([["files", "complete"]]);
+    const m = JSON.parse(fs.readFileSync(path.join(rows[0]!.path, "manifest.json"), "utf8")) as Manifest;
+    expect(m.files!.unreadable.sort()).toEqual(["d/locked-too", "locked", "secret"].map((f) => `${path.join(tree, f)}: EACCES`).sort());
+    const names = sh(`zstd -dcq ${q(path.join(rows[0]!.path, FILES_FILE))} | tar -t`).trim().split("\n").map((n) => n.replace(/\/$/, "")).sort();
+    expect(names).toEqual(["partly", "partly/a.txt", "partly/d", "partly/d/pair-2", "partly/d/z.txt", "partly/pair-1"]);
+
+    const dest = path.join(dir, "partly-restored");
+    const res = await run(["restore", "--files", dest, "--from", rows[0]!.path]);
+    expect(res.code).toBe(0);
+    expect(fs.readFileSync(path.join(dest, "partly/a.txt"), "utf8")).toBe("readable a\n");
+    expect(fs.readFileSync(path.join(dest, "partly/d/z.txt"), "utf8")).toBe("readable z\n");
+    expect(fs.statSync(path.join(dest, "partly/d/pair-2")).ino).toBe(fs.statSync(path.join(dest, "partly/pair-1")).ino);
+    for (const f of ["secret", "locked", "d/locked-too"]) expect(fs.existsSync(path.join(dest, "partly", f))).toBe(false);
+  });
+
+  test("--strict: exit 3 at the first one, nothing complete is stored", async () => {
+    const out = path.join(dir, "store-strict");
+    fs.mkdirSync(out);
+    const r = await receiver("strict", out);
+    const p = Bun.spawnSync([...NOBODY, BIN, "push", "--strict", "--files", tree, "--stream", r.sock], { stdout: "pipe", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
+    await finish(r.p);
+    expect(p.exitCode).toBe(3);
+    // walk order is sorted: d/locked-too comes first
+    expect(oneLine(p.stderr.toString())).toMatch(new RegExp(`cannot read ${path.join(tree, "d/locked-too")}: EACCES`));
+    const rows = await listJson(out);
+    expect(rows.filter((x) => x.status === "complete")).toEqual([]);
+    expect(sh(`find ${q(out)} -name ${FILES_FILE}`).trim()).toBe("");
+  });
+});
+
+describe("a file that changes while being read", () => {
+  test("is reported on stderr and in the manifest; the push still completes", async () => {
+    const tree = path.join(dir, "busy");
+    fs.mkdirSync(tree);
+    fs.writeFileSync(path.join(tree, "calm.txt"), "calm\n");
+    const growing = path.join(tree, "growing.log");
+    sh(`truncate -s 64M ${q(growing)}`); // big enough that reading it takes a while
+    const writer = Bun.spawn(["bash", "-c", `while :; do echo more >> ${q(growing)}; sleep 0.002; done`]);
+    try {
+      const out = path.join(dir, "store-busy");
+      const r = await receiver("busy", out);
+      const p = await run(["push", "--files", tree, "--stream", r.sock]);
+      expect((await finish(r.p)).code).toBe(0);
+      expect(p.code).toBe(0);
+      expect(p.stderr).toContain("changed while being read: busy/growing.log");
+      expect(p.stderr).not.toContain("calm.txt");
+      const rows = await listJson(out);
+      const m = JSON.parse(fs.readFileSync(path.join(rows[0]!.path, "manifest.json"), "utf8")) as Manifest;
+      expect(m.files!.changed).toEqual(["busy/growing.log"]);
+    } finally {
+      writer.kill();
+      await writer.exited;
+    }
+  });
+});
+
+/** A stored backup directory (as receive writes it) holding an arbitrary tar stream. */
+function storeTar(name: string, tar: Uint8Array): string {
+  const chunkSize = 1024 * 1024;
+  const d = path.join(dir, "hostile-store", name);
+  fs.mkdirSync(d, { recursive: true });
+  const w = new ImageWriter(d, FILES_FILE);
+  const z = zstd();
+  const cctx = new z.CCtx();
+  cctx.setParameter(z.CParameter.compressionLevel, 1);
+  cctx.setParameter(z.CParameter.checksumFlag, 1);
+  cctx.setParameter(z.CParameter.contentSizeFlag, 1);
+  for (let off = 0; off < tar.length; off += chunkSize) {
+    const raw = tar.subarray(off, Math.min(tar.length, off + chunkSize));
+    const out = new Uint8Array(z.compressBound(raw.length));
+    const frame = out.slice(0, cctx.compress2(out, raw));
+    w.append(frame, raw.length, off, Bun.hash.xxHash3(raw));
+  }
+  const storedBytes = w.finish();
+  const now = new Date().toISOString();
+  const m: Manifest = {
+    format: 1,
+    id: `test/${name}/20250101T000000Z`,
+    kind: "files",
+    status: "complete",
+    label: name,
+    host: { hostname: "test", machineId: null, productUuid: null },
+    disk: { path: "/hostile", kind: "files", name, size: 0, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null },
+    tool: { name: "tbbackup", version: "0.1.0", protocol: 1 },
+    receiver: { hostname: "test", tool: "tbbackup/0.1.0" },
+    session: "00000000-0000-0000-0000-000000000000",
+    chunkSize,
+    compression: { algorithm: "zstd", level: 1, format: "zstd-seekable" },
+    chunks: { count: w.chunks, zero: 0, checksum: "xxh3-64", file: "chunks.txt" },
+    size: tar.length,
+    storedBytes,
+    sha256: new Bun.CryptoHasher("sha256").update(tar).digest("hex"),
+    data: FILES_FILE,
+    timings: { started: now, finished: now, seconds: 0 },
+    files: { roots: ["/hostile"], count: 0, bytes: 0, unreadable: [], changed: [] },
+  };
+  writeManifest(d, m);
+  return d;
+}
+
+/** A tar stream built by python3's tarfile: entries are [name, type, linkname?]. */
+function craftTar(entries: [string, "file" | "dir" | "symlink" | "hardlink", string?][]): Uint8Array {
+  const script = `
+import io, sys, tarfile, json
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+    for name, kind, link in json.loads(sys.argv[1]):
+        i = tarfile.TarInfo(name)
+        i.mtime = 1700000000
+        if kind == "file":
+            data = b"written by a hostile archive\\n"
+            i.size = len(data)
+            t.addfile(i, io.BytesIO(data))
+        else:
+            i.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE}[kind]
+            i.linkname = link or ""
+            i.mode = 0o755
+            t.addfile(i)
+sys.stdout.buffer.write(buf.getvalue())
+`;
+  const r = Bun.spawnSync(["python3", "-c", script, JSON.stringify(entries.map(([n, k, l]) => [n, k, l ?? null]))], { stdout: "pipe", stderr: "pipe" });
+  if (r.exitCode !== 0) throw new Error(`python3 tarfile failed: ${r.stderr.toString()}`);
+  return new Uint8Array(r.stdout);
+}
+
+describe("hostile archives are refused without writing outside DEST", () => {
+  // Each archive starts with a harmless entry, so extraction has begun when the bad one comes.
+  const cases: { name: string; entries: (outside: string) => [string, "file" | "dir" | "symlink" | "hardlink", string?][]; escaped: (outside: string, dest: string) => string[] }[] = [
+    { name: "dotdot", entries: () => [["ok.txt", "file"], ["../evil", "file"]], escaped: (_o, dest) => [path.join(dest, "../evil")] },
+    { name: "dotdot-deep", entries: () => [["ok.txt", "file"], ["a/b/../../../evil2", "file"]], escaped: (_o, dest) => [path.join(dest, "../evil2")] },
+    { name: "absolute", entries: (o) => [["ok.txt", "file"], [`${o}/abs-evil`, "file"]], escaped: (o) => [`${o}/abs-evil`] },
+    { name: "symlink-then-file", entries: (o) => [["ok.txt", "file"], ["link", "symlink", o], ["link/evil", "file"]], escaped: (o) => [`${o}/evil`] },
+    { name: "relative-symlink-then-dir", entries: () => [["ok.txt", "file"], ["up", "symlink", ".."], ["up/escaped-dir", "dir"], ["up/escaped-dir/f", "file"]], escaped: (_o, dest) => [path.join(dest, "../escaped-dir")] },
+    { name: "hardlink-out", entries: (o) => [["ok.txt", "file"], ["hl", "hardlink", `${o}/target`], ["hl2", "hardlink", "../outside/target"]], escaped: () => [] },
+  ];
+  for (const c of cases) {
+    test(`${c.name}: exit 12, REFUSED, nothing outside DEST`, async () => {
+      const base = path.join(dir, "hostile", c.name);
+      const outside = path.join(base, "outside");
+      const dest = path.join(base, "dest");
+      fs.mkdirSync(outside, { recursive: true });
+      fs.writeFileSync(path.join(outside, "target"), "outside file\n");
+      const b = storeTar(c.name, craftTar(c.entries(outside)));
+      const before = sh(`find ${q(base)} -path ${q(dest)} -prune -o -print | sort`);
+      const r = await run(["restore", "--files", dest, "--from", b, "--overwrite"]);
+      expect(r.code).toBe(12);
+      expect(oneLine(r.stderr)).toMatch(/refused archive entry .*nothing was written outside/);
+      for (const p of c.escaped(outside, dest)) expect(fs.existsSync(p)).toBe(false);
+      // nothing appeared or changed next to DEST either
+      expect(sh(`find ${q(base)} -path ${q(dest)} -prune -o -print | sort`)).toBe(before);
+      expect(fs.readFileSync(path.join(outside, "target"), "utf8")).toBe("outside file\n");
+      expect(fs.statSync(path.join(outside, "target")).nlink).toBe(1);
+      // the harmless first entry shows extraction really ran
+      expect(fs.readFileSync(path.join(dest, "ok.txt"), "utf8")).toBe("written by a hostile archive\n");
+    });
+  }
+
+  test("the same crafted archive's harmless form restores (the helper makes valid backups)", async () => {
+    const b = storeTar("benign", craftTar([["ok.txt", "file"], ["d", "dir"], ["d/link", "symlink", "/etc/passwd"], ["d/f", "file"], ["d/hl", "hardlink", "d/f"]]));
+    const dest = path.join(dir, "benign");
+    const r = await run(["restore", "--files", dest, "--from", b]);
+    expect(r.code).toBe(0);
+    expect(fs.readlinkSync(path.join(dest, "d/link"))).toBe("/etc/passwd");
+    expect(fs.statSync(path.join(dest, "d/hl")).ino).toBe(fs.statSync(path.join(dest, "d/f")).ino);
+  });
+});
