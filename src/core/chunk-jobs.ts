@@ -15,14 +15,16 @@ export type WorkerRequest =
       length: number;
       hash: boolean;
       wantRaw: boolean;
+      /** after a good check, pwrite the zstd frame to this file at this position */
+      write?: { fd: number; position: number };
     }
-  | { op: "zero"; index: number; rawLength: number }
+  | { op: "zero"; index: number; rawLength: number; write?: { fd: number; position: number; frame: ArrayBuffer } }
   | { op: "digest" };
 
 export type WorkerReply =
   | { op: "compressed"; index: number; frame: ArrayBuffer; raw: ArrayBuffer; compressedSize: number }
-  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer }
-  | { op: "zeroed"; index: number }
+  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string }
+  | { op: "zeroed"; index: number; writeError?: string }
   | { op: "digest"; sha256: string }
   | { op: "failed"; error: string };
 

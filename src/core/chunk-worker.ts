@@ -2,6 +2,7 @@
 // cores stay busy. Compress (sender): raw chunk -> complete DATA wire frame.
 // Check (receiver, restore, verify): zstd frame -> raw, verify its checksum,
 // feed the whole-image SHA-256 in order.
+import * as fs from "node:fs";
 import { zstd as loadZstd } from "../util/zstd.ts";
 import { HEADER_SIZE, TRAILER_SIZE, writeHeader, sealFrame } from "../protocol/frame.ts";
 import { CHUNK_HEADER_SIZE, MsgType, writeChunkHeader } from "../protocol/messages.ts";
@@ -26,6 +27,17 @@ function setLevel(level: number): void {
   cctx.setParameter(zstd.CParameter.contentSizeFlag, 1);
 }
 setLevel(1);
+
+/** Writes all of data at position; returns the errno code on failure. */
+function pwriteAll(fd: number, data: Uint8Array, position: number): string | undefined {
+  try {
+    let off = 0;
+    while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off, position + off);
+    return undefined;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code ?? String(e);
+  }
+}
 
 function reply(msg: WorkerReply, transfer: ArrayBuffer[] = []): void {
   self.postMessage(msg, transfer);
@@ -77,6 +89,13 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
         return;
       }
       if (m.hash) sha.update(raw);
+      if (m.write) {
+        const writeError = pwriteAll(m.write.fd, z, m.write.position);
+        if (writeError) {
+          reply({ op: "checked", index: m.index, ok: true, writeError });
+          return;
+        }
+      }
       const rawBuf = m.wantRaw ? (raw.buffer as ArrayBuffer) : undefined;
       reply({ op: "checked", index: m.index, ok: true, raw: rawBuf }, rawBuf ? [rawBuf] : []);
       return;
@@ -84,7 +103,8 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
     case "zero": {
       if (zeros.length < m.rawLength) zeros = new Uint8Array(m.rawLength);
       sha.update(zeros.subarray(0, m.rawLength));
-      reply({ op: "zeroed", index: m.index });
+      const writeError = m.write ? pwriteAll(m.write.fd, new Uint8Array(m.write.frame), m.write.position) : undefined;
+      reply({ op: "zeroed", index: m.index, writeError });
       return;
     }
     case "digest": {

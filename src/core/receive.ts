@@ -213,6 +213,7 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
     if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
     if (r.op === "checked" && !r.ok)
       throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.index * chunkSize}) failed its check: ${r.error}`, "the data was damaged in transit; check the cable and push again");
+    if ((r.op === "checked" || r.op === "zeroed") && r.writeError) throw writeFailed(r.writeError);
   };
   const track = (index: number, p: Promise<WorkerReply>) => {
     const c: PendingCheck = { index, p, reply: null };
@@ -222,14 +223,12 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   const drainSettled = async (limit: number) => {
     while (checks.length > 0 && (checks.length > limit || checks[0]!.reply)) await settle(checks.shift()!);
   };
-  const writeChunk = (frame: Uint8Array, rawLength: number, offset: number, checksum: bigint) => {
-    try {
-      writer.append(frame, rawLength, offset, checksum);
-    } catch (e) {
-      if (isErrno(e, "ENOSPC", "EDQUOT")) throw new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
-      throw new TbError("DEST", `the receiver cannot write ${writer.tmpPath}: ${errnoText(e)}`, "check the receiver's disk");
-    }
-  };
+  const diskFull = () => new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
+  const writeFailed = (code: string) =>
+    code === "ENOSPC" || code === "EDQUOT" ? diskFull() : new TbError("DEST", `the receiver cannot write ${writer.tmpPath}: ${code}`, "check the receiver's disk");
+  // Durable-progress syncs run in the thread pool while data keeps arriving.
+  let syncing: Promise<void> | null = null;
+  let syncFailure: unknown = null;
 
   try {
     for (;;) {
@@ -247,23 +246,32 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
         if (f.type === MsgType.ZERO) {
           if (f.payload.length !== CHUNK_HEADER_SIZE || h.checksum !== zeroChecksum(rawLength))
             throw new TbError("CORRUPT", `zero record for chunk ${h.index} is malformed`, "check the cable and push again");
-          writeChunk(zeroFrame(rawLength), rawLength, offset, h.checksum);
-          track(h.index, pool.run({ op: "zero", index: h.index, rawLength }, [], 0));
+          const zf = zeroFrame(rawLength);
+          const position = writer.record(zf, rawLength, offset, h.checksum);
+          track(h.index, pool.run({ op: "zero", index: h.index, rawLength, write: { fd: writer.imageFd, position, frame: zf.slice().buffer as ArrayBuffer } }, [], 0));
           zero++;
         } else {
           const z = f.payload.subarray(CHUNK_HEADER_SIZE);
           if (!frameHasChecksum(z)) throw new TbError("PROTOCOL", `chunk ${h.index} is not a zstd frame with a content checksum`, "use the same tbbackup version on both sides");
-          writeChunk(z, rawLength, offset, h.checksum);
+          const position = writer.record(z, rawLength, offset, h.checksum);
           const buf = f.payload.buffer as ArrayBuffer;
-          track(h.index, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: f.payload.byteOffset + CHUNK_HEADER_SIZE, length: z.length, hash: true, wantRaw: false }, [buf], 0));
+          // the worker checks the chunk, then writes it at its position
+          track(h.index, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: f.payload.byteOffset + CHUNK_HEADER_SIZE, length: z.length, hash: true, wantRaw: false, write: { fd: writer.imageFd, position } }, [buf], 0));
         }
         next++;
         await drainSettled(MAX_CHECKS_IN_FLIGHT);
-        if (next - lastProgress >= PROGRESS_EVERY_CHUNKS) {
+        if (syncFailure) throw syncFailure;
+        if (next - lastProgress >= PROGRESS_EVERY_CHUNKS && !syncing) {
           await drainSettled(0);
-          writer.sync();
           lastProgress = next;
-          await ch.sendJson(MsgType.PROGRESS, { chunks: next, bytes: writer.rawBytes });
+          const progress = { chunks: next, bytes: writer.rawBytes };
+          syncing = writer
+            .sync()
+            .then(() => ch.sendJson(MsgType.PROGRESS, progress))
+            .catch((e: unknown) => {
+              syncFailure ??= isErrno(e, "ENOSPC", "EDQUOT") ? diskFull() : e instanceof TbError ? e : new TbError("DEST", `the receiver cannot sync ${writer.tmpPath}: ${errnoText(e)}`, "check the receiver's disk");
+            })
+            .finally(() => (syncing = null));
         }
         if ((next & 15) === 0) opts.reporter.progress({ phase: "receive", bytes: writer.rawBytes, total: files ? 0 : disk.size, stored: writer.bytesWritten });
       } else if (f.type === MsgType.END) {
@@ -273,6 +281,8 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
           throw new TbError("PROTOCOL", `the sender ended after ${next} of ${end?.chunks ?? "?"} chunks`, "the backup is incomplete; push again");
         const size = end.bytes;
         await drainSettled(0);
+        await syncing;
+        if (syncFailure) throw syncFailure;
         const digest = await pool.run({ op: "digest" }, [], 0);
         const sha256 = digest.op === "digest" ? digest.sha256 : "";
         if (sha256 !== end.sha256)

@@ -27,15 +27,32 @@ export class ImageWriter {
     return this.entries.length;
   }
 
-  /** Appends one chunk's zstd frame (it must carry a content checksum). */
-  append(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): void {
-    let off = 0;
-    while (off < frame.length) off += fs.writeSync(this.fd, frame, off, frame.length - off);
+  /**
+   * Records one chunk's zstd frame (it must carry a content checksum) and
+   * returns the file position it goes to. The bytes themselves are written by
+   * whoever checks the chunk (a worker thread: pwrite at that position), so the
+   * main thread never blocks on the disk.
+   */
+  record(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): number {
+    const position = this.bytesWritten;
     this.entries.push({ compressedSize: frame.length, rawSize, checksum: frameChecksum(frame) });
     this.lines.push(`${this.entries.length - 1} ${offset} ${rawSize} ${checksum.toString(16).padStart(16, "0")}\n`);
     if (this.lines.length >= 1024) this.flushLines();
     this.bytesWritten += frame.length;
     this.rawBytes += rawSize;
+    return position;
+  }
+
+  /** Records and writes a frame here, synchronously (for tools and tests). */
+  append(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): void {
+    const position = this.record(frame, rawSize, offset, checksum);
+    let off = 0;
+    while (off < frame.length) off += fs.writeSync(this.fd, frame, off, frame.length - off, position + off);
+  }
+
+  /** The image file's descriptor, for the workers that write recorded frames. */
+  get imageFd(): number {
+    return this.fd;
   }
 
   private flushLines(): void {
@@ -44,17 +61,18 @@ export class ImageWriter {
     this.lines = [];
   }
 
-  /** Makes everything appended so far durable. */
-  sync(): void {
+  /** Makes everything written so far durable, off the main thread. */
+  async sync(): Promise<void> {
     this.flushLines();
-    fs.fdatasyncSync(this.fd);
-    fs.fdatasyncSync(this.chunksFd);
+    const datasync = (fd: number) => new Promise<void>((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+    await Promise.all([datasync(this.fd), datasync(this.chunksFd)]);
   }
 
   /** Writes the seek table, fsyncs and renames to the final name. Returns the stored size. */
   finish(): number {
     const table = encodeSeekTable(this.entries);
-    fs.writeSync(this.fd, table);
+    let off = 0;
+    while (off < table.length) off += fs.writeSync(this.fd, table, off, table.length - off, this.bytesWritten + off);
     this.bytesWritten += table.length;
     this.flushLines();
     fs.fsyncSync(this.fd);
