@@ -5,6 +5,7 @@
 #   zstd -1 -T0 -c img > out.zst   and   sha256sum img        (the yardsticks)
 #   tbbackup push -> receive over unix: (both processes, all checksums)
 #   tbbackup restore from a stored image, and over unix: from a receiver
+#   tbbackup push --files of the image's tree vs tar -cf - DIR | zstd -1 -T0
 # plus each process's peak RSS, the same on a 4 GiB image, and start-up time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,7 @@ W="${BENCH_DIR:-/tmp/tbbackup-bench}"
 mkdir -p "$W"
 export NO_COLOR=1
 
-if [ ! -f "$W/img1g" ]; then
+if [ ! -f "$W/img1g" ] || [ ! -d "$W/tree" ]; then
   echo "bench: building a 1 GiB ext4 image with ~400 MB of files from /usr ..."
   rm -rf "$W/tree" && mkdir -p "$W/tree"
   # real files, stopping at ~400 MB
@@ -26,8 +27,7 @@ if [ ! -f "$W/img1g" ]; then
   done | awk -v limit=$((400*1024*1024)) '{ cmd="stat -c %s \"" $0 "\""; cmd | getline s; close(cmd); total+=s; if (total>limit) exit; print }' > "$W/files.txt" || true
   tar -cf - -T "$W/files.txt" 2>/dev/null | tar -xf - -C "$W/tree"
   truncate -s 1G "$W/img1g"
-  mkfs.ext4 -q -F -d "$W/tree" "$W/img1g"
-  rm -rf "$W/tree"
+  mkfs.ext4 -q -F -d "$W/tree" "$W/img1g" # the tree is kept for the files-mode lines
 fi
 cat "$W/img1g" > /dev/null # warm the page cache, as for every line below
 
@@ -40,14 +40,15 @@ t sha bash -c "sha256sum '$W/img1g' > /dev/null"
 t zstdd bash -c "zstd -dcq '$W/ref.zst' > '$W/ref.out'"
 rm -f "$W/ref.out"
 
-push_receive() { # $1 = image, $2 = tag
+push_receive() { # $1 = image (or --files DIR), $2 = tag
   rm -rf "$W/store-$2" "$W/b.sock"
   t "recv-$2" "$BIN" receive --out "$W/store-$2" --stream "unix:$W/b.sock" --once 2>/dev/null &
   local r=$!
   while [ ! -S "$W/b.sock" ]; do sleep 0.02; done
   local s e
   s=$(date +%s.%N)
-  t "push-$2" "$BIN" push "$1" --stream "unix:$W/b.sock" 2>/dev/null
+  # shellcheck disable=SC2086 # "--files DIR" splits into two words
+  t "push-$2" "$BIN" push $1 --stream "unix:$W/b.sock" 2>/dev/null
   wait "$r"
   e=$(date +%s.%N)
   echo "$e - $s" | bc
@@ -92,6 +93,17 @@ cp --sparse=always "$W/img1g" "$W/img4g" && truncate -s 4G "$W/img4g"
 PR4=$(push_receive "$W/img4g" 4g)
 printf '%-44s %8.2f s   peak RSS %s MiB push, %s MiB receive\n' "tbbackup push -> receive (unix:)" "$PR4" "$(rss push-4g)" "$(rss recv-4g)"
 rm -rf "$W/img4g" "$W/store-4g"
+
+echo
+echo "== files mode: the image's tree ($(du -sm --apparent-size "$W/tree" | cut -f1) MiB in $(find "$W/tree" | wc -l) entries)"
+tar -cf - -C "$W" tree > /dev/null # warm the page cache for both lines
+t tarzstd bash -c "tar -cf - -C '$W' tree | zstd -1 -T0 -q > '$W/ref-tree.tar.zst'"
+TZ=$(wall tarzstd)
+PRF=$(push_receive "--files $W/tree" files)
+printf '%-44s %8s s\n' "tar -cf - DIR | zstd -1 -T0 > out" "$TZ"
+printf '%-44s %8.2f s   ratio to tar | zstd: %.2fx   peak RSS %s MiB push, %s MiB receive\n' "tbbackup push --files -> receive (unix:)" "$PRF" "$(echo "$PRF / $TZ" | bc -l)" "$(rss push-files)" "$(rss recv-files)"
+printf '%-44s %8s bytes stored (tar | zstd: %s)\n' "stored files.tar.zst" "$(stat -c %s "$(find "$W/store-files" -name files.tar.zst)")" "$(stat -c %s "$W/ref-tree.tar.zst")"
+rm -rf "$W/store-files" "$W/ref-tree.tar.zst"
 
 echo
 S=$(date +%s%N); for _ in $(seq 20); do "$BIN" version >/dev/null; done; E=$(date +%s%N)
