@@ -105,7 +105,9 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     return refuse("NOT_FOUND", `the backup at ${path.relative(opts.out, dir)} has no readable manifest: ${(e as Error).message}`);
   }
   if (manifest.status !== "complete" || !manifest.sha256) return refuse("NOT_FOUND", `backup ${manifest.id} is ${manifest.status}, not complete`);
-  if (manifest.kind !== "image") return refuse("USAGE", `backup ${manifest.id} is a file-level backup; use restore --files`);
+  const wanted = hello.content === "files" ? "files" : "image";
+  if (manifest.kind !== wanted)
+    return refuse("USAGE", manifest.kind === "files" ? `backup ${manifest.id} is a file-level backup; use restore --files DEST` : `backup ${manifest.id} is a disk image; restore it onto a disk or image file`);
   let reader: ImageReader;
   let list: ChunkList;
   try {
