@@ -15,6 +15,8 @@ export type WorkerRequest =
       length: number;
       hash: boolean;
       wantRaw: boolean;
+      /** with wantRaw: a buffer to decompress into (handed back as raw), to avoid fresh allocations */
+      out?: ArrayBuffer;
       /** after a good check, pwrite the zstd frame to this file at this position */
       write?: { fd: number; position: number };
     }

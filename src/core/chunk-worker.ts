@@ -72,7 +72,7 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
         // exactly one zstd frame that declares the chunk's raw length (DESIGN §4)
         if (zstd.findFrameCompressedSize(z) !== z.length) throw new Error("not exactly one zstd frame");
         if (zstd.getFrameContentSize(z) !== m.rawLength) throw new Error("frame does not declare the chunk's raw length");
-        if (m.wantRaw) raw = new Uint8Array(m.rawLength);
+        if (m.wantRaw) raw = m.out && m.out.byteLength >= m.rawLength ? new Uint8Array(m.out, 0, m.rawLength) : new Uint8Array(m.rawLength);
         else {
           if (scratchRaw.length < m.rawLength) scratchRaw = new Uint8Array(m.rawLength);
           raw = scratchRaw.subarray(0, m.rawLength);

@@ -147,7 +147,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     const out = sink;
     opts.reporter.info(`restoring ${info.id} (${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}...) to ${out.path}`);
-    const hashInPass = out.hashInPass;
+    // The SHA-256 runs here, in chunk order, while the workers decompress in parallel.
+    const sha = out.hashInPass ? new Bun.CryptoHasher("sha256") : null;
+    let zeroBuf = new Uint8Array(0);
+    // decompression buffers go back and forth between here and the workers
+    const spare: ArrayBuffer[] = [];
+    const zeroes = (n: number) => (zeroBuf.length >= n ? zeroBuf : (zeroBuf = new Uint8Array(n))).subarray(0, n);
     const pending: { c: ChunkIn; p: Promise<WorkerReply> | null }[] = [];
     let written = 0;
     let count = 0;
@@ -158,9 +163,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
         if (r.op === "checked") {
           if (!r.ok) throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.offset}) of backup ${info.id} is bad: ${r.error}`, "the target is now incomplete; run 'tbbackup verify' on the backup, or restore another one");
-          await out.data(new Uint8Array(r.raw!), c);
-        } else if (c.zero) await out.zero(c);
-      } else await out.zero(c);
+          const raw = new Uint8Array(r.raw!, 0, c.rawLength);
+          sha?.update(raw);
+          await out.data(raw, c);
+          spare.push(r.raw!);
+        }
+      } else {
+        sha?.update(zeroes(c.rawLength));
+        await out.zero(c);
+      }
       written += c.rawLength;
     };
     let expected = 0;
@@ -168,16 +179,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       if (c.index !== expected || c.offset !== expected * info.chunkSize || c.offset + c.rawLength > info.size)
         throw new TbError("CORRUPT", `chunk ${c.index} at offset ${c.offset} does not fit the backup's layout`, "the target is now incomplete; restore again");
       expected++;
-      let p: Promise<WorkerReply> | null = null;
-      if (c.zero) {
-        if (hashInPass) p = pool.run({ op: "zero", index: c.index, rawLength: c.rawLength }, [], 0);
-      } else {
-        p = pool.run(
-          { op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: hashInPass, wantRaw: true },
-          [c.buf!],
-          hashInPass ? 0 : undefined,
-        );
-      }
+      const p = c.zero
+        ? null
+        : (() => {
+            const outBuf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
+            return pool.run({ op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: false, wantRaw: true, out: outBuf }, [c.buf!, outBuf]);
+          })();
       pending.push({ c, p });
       count++;
       while (pending.length > 8) await settle();
@@ -186,10 +193,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     while (pending.length) await settle();
     if (expected !== info.chunks || written !== info.size)
       throw new TbError("CLOSED", `only ${written} of ${info.size} bytes arrived`, "the target is now incomplete; restore again");
-    if (hashInPass) {
-      const d = await pool.run({ op: "digest" }, [], 0);
-      if (d.op !== "digest" || d.sha256 !== info.sha256)
-        throw new TbError("CORRUPT", `the restored data hashes to ${d.op === "digest" ? d.sha256 : "?"}, the backup says ${info.sha256}`, "the target is now incomplete; restore again");
+    if (sha) {
+      const digest = sha.digest("hex");
+      if (digest !== info.sha256)
+        throw new TbError("CORRUPT", `the restored data hashes to ${digest}, the backup says ${info.sha256}`, "the target is now incomplete; restore again");
     }
     const verified = await out.finish(info);
     await src.finish(true);
