@@ -1,10 +1,7 @@
 // tbbackup list --out DIR | --stream SPEC: the backups a store holds.
 import type { Command } from "commander";
-import { listBackups, type BackupEntry } from "../core/catalogue.ts";
-import { listRemote } from "../core/remote.ts";
+import type { BackupEntry } from "../core/catalogue.ts";
 import { TbError } from "../core/errors.ts";
-import { transportFor } from "../transport/index.ts";
-import { makeReporter } from "../ui/progress.ts";
 import { bytes } from "../ui/format.ts";
 import { action, intOption, printJson, type GlobalOpts } from "./common.ts";
 import * as fs from "node:fs";
@@ -27,6 +24,10 @@ export function register(program: Command): void {
     .option("--json", "print JSON")
     .action(
       action(async (o: { out?: string; stream?: string; wait: number; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+        const { listBackups } = await import("../core/catalogue.ts");
+        const { listRemote } = await import("../core/remote.ts");
+        const { transportFor } = await import("../transport/index.ts");
+        const { makeReporter } = await import("../ui/progress.ts");
         let rows: Omit<BackupEntry, "path">[];
         if (o.out) {
           if (!fs.existsSync(o.out)) throw new TbError("NOT_FOUND", `${o.out} does not exist`, "give the directory passed to 'tbbackup receive --out'");

@@ -1,12 +1,9 @@
 // tbbackup push SOURCE: send a full image of a disk or image file to a receiver.
 import type { Command } from "commander";
-import { push, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from "../core/push.ts";
+import { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from "../core/limits.ts";
 import { TbError } from "../core/errors.ts";
-import { transportFor } from "../transport/index.ts";
-import { makeReporter } from "../ui/progress.ts";
 import { bytes, ratio } from "../ui/format.ts";
 import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
-import { tarSource } from "../core/files/tar-source.ts";
 import type { FilesSummary } from "../protocol/messages.ts";
 import { resolveStream, withThunderboltOptions } from "./stream.ts";
 
@@ -24,6 +21,10 @@ export function register(program: Command): void {
     .option("--json", "print one JSON result on stdout")
     .action(
       action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean } & GlobalOpts) => {
+        const { push } = await import("../core/push.ts");
+        const { transportFor } = await import("../transport/index.ts");
+        const { makeReporter } = await import("../ui/progress.ts");
+        const { tarSource } = await import("../core/files/tar-source.ts");
         if (!source === !o.files) throw new TbError("USAGE", o.files ? "give either SOURCE or --files, not both" : "push needs a SOURCE (disk or image) or --files DIR...", "e.g. tbbackup push /dev/nvme0n1, or tbbackup push --files /mnt/home");
         if (o.chunkSize < 4096 || o.chunkSize > MAX_CHUNK_SIZE || o.chunkSize % 4096 !== 0)
           throw new TbError("USAGE", `--chunk-size ${o.chunkSize} is not allowed`, "use a multiple of 4K from 4K to 4M");

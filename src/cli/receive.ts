@@ -1,8 +1,6 @@
 // tbbackup receive --out DIR: store pushed backups; serve list/restore with --allow-restore.
 import type { Command } from "commander";
-import { serve, type SessionResult } from "../core/receive.ts";
-import { transportFor } from "../transport/index.ts";
-import { makeReporter } from "../ui/progress.ts";
+import type { SessionResult } from "../core/receive.ts";
 import { TbError } from "../core/errors.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
 import { resolveStream, withThunderboltOptions } from "./stream.ts";
@@ -19,6 +17,9 @@ export function register(program: Command): void {
     .option("--json", "print one JSON object per session on stdout")
     .action(
       action(async (o: { out: string; stream?: string; once?: boolean; allowRestore?: boolean; idle: number; peer?: string; hopids?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+        const { serve } = await import("../core/receive.ts");
+        const { transportFor } = await import("../transport/index.ts");
+        const { makeReporter } = await import("../ui/progress.ts");
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
         const reporter = makeReporter();
         onInterrupt("receiver stopped; a session in progress is kept as .partial");

@@ -1,12 +1,9 @@
 // tbbackup restore TARGET: write a backup back onto a disk or into an image file.
 import type { Command } from "commander";
 import * as readline from "node:readline/promises";
-import { restore } from "../core/restore.ts";
 import { TbError } from "../core/errors.ts";
 import type { RestoreInfo } from "../protocol/messages.ts";
 import type { TargetInfo } from "../core/target.ts";
-import { transportFor } from "../transport/index.ts";
-import { makeReporter } from "../ui/progress.ts";
 import { bytes } from "../ui/format.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
 import { resolveStream, withThunderboltOptions } from "./stream.ts";
@@ -51,6 +48,9 @@ export function register(program: Command): void {
     .option("--json", "print one JSON result on stdout")
     .action(
       action(async (targetArg: string | undefined, o: { stream?: string; from?: string; backup?: string; yes?: boolean; verify: boolean; wait: number; files?: string; overwrite?: boolean; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+        const { restore } = await import("../core/restore.ts");
+        const { transportFor } = await import("../transport/index.ts");
+        const { makeReporter } = await import("../ui/progress.ts");
         if (!targetArg === !o.files) throw new TbError("USAGE", o.files ? "give either TARGET or --files DEST, not both" : "restore needs a TARGET (disk or image file) or --files DEST", "e.g. tbbackup restore /dev/nvme0n1 --stream SPEC");
         if (o.files && !o.backup && !o.from) throw new TbError("USAGE", "restore --files needs --backup ID (or --from DIR)", "tbbackup list --stream SPEC shows the IDs");
         const target = targetArg ?? o.files!;

@@ -3,7 +3,6 @@
 import type { Command } from "commander";
 import { TbError } from "../core/errors.ts";
 import { intOption } from "./common.ts";
-import { AutoStream, parseHopIds } from "../thunderbolt/setup.ts";
 
 export type StreamRole = "push" | "receive" | "list" | "restore";
 
@@ -30,6 +29,7 @@ export async function resolveStream(spec: string | undefined, role: StreamRole, 
   }
   if (opts.hopids && role !== "receive")
     throw new TbError("USAGE", "--hopids is for receive, the side that allocates", "run push, list and restore without --hopids: they adopt the receiver's HopIDs");
+  const { AutoStream, parseHopIds } = await import("../thunderbolt/setup.ts");
   const auto = new AutoStream({
     mode: role === "receive" ? "allocate" : "adopt",
     waitMs: role === "receive" ? null : (opts.wait ?? 60) * 1000,

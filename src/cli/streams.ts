@@ -3,7 +3,6 @@
 // device and who has it open. Read-only: loads no module, mounts nothing.
 import type { Command } from "commander";
 import { sysPath } from "../util/sysroot.ts";
-import { BUS_DIR, CONFIGFS_DIR, STREAM_CFG_DIR, exists, readGroups, readTopology } from "../thunderbolt/sysfs.ts";
 import { action, printJson, type GlobalOpts } from "./common.ts";
 import * as fs from "node:fs";
 
@@ -14,6 +13,7 @@ export function register(program: Command): void {
     .option("--json", "print JSON (shape in the README, 'tbbackup streams JSON')")
     .action(
       action(async (o: GlobalOpts) => {
+        const { BUS_DIR, CONFIGFS_DIR, STREAM_CFG_DIR, exists, readGroups, readTopology } = await import("../thunderbolt/sysfs.ts");
         const configfs = exists(sysPath(CONFIGFS_DIR)) && fs.readdirSync(sysPath(CONFIGFS_DIR)).length > 0;
         const platform = { thunderbolt: exists(sysPath(BUS_DIR)), configfs, streamModule: exists(sysPath(STREAM_CFG_DIR)) };
         const { domains, peers } = readTopology();

@@ -1,11 +1,8 @@
 // tbbackup verify PATH: re-read a stored backup and check everything.
 import type { Command } from "commander";
-import { verify } from "../core/verify.ts";
-import { makeReporter } from "../ui/progress.ts";
 import { bytes } from "../ui/format.ts";
 import { action, printJson, type GlobalOpts } from "./common.ts";
 import { TbError } from "../core/errors.ts";
-import { listBackups } from "../core/catalogue.ts";
 import * as fs from "node:fs";
 
 export function register(program: Command): void {
@@ -17,6 +14,9 @@ export function register(program: Command): void {
     .option("--json", "print JSON")
     .action(
       action(async (p: string | undefined, o: { out?: string } & GlobalOpts) => {
+        const { verify } = await import("../core/verify.ts");
+        const { makeReporter } = await import("../ui/progress.ts");
+        const { listBackups } = await import("../core/catalogue.ts");
         if (!p === !o.out) throw new TbError("USAGE", "verify needs a PATH or --out DIR", "e.g. tbbackup verify /srv/backups/host/disk/20260101T000000Z");
         const reporter = makeReporter();
         try {

@@ -13,8 +13,7 @@ import type { Reporter } from "./report.ts";
 import { openSource, readFully } from "./source.ts";
 import { zeroChecksum } from "./zero.ts";
 
-export const DEFAULT_CHUNK_SIZE = 1024 * 1024;
-export const MAX_CHUNK_SIZE = 4 * 1024 * 1024;
+export { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from "./limits.ts";
 
 /** What push reads: a disk/image at offsets, or a stream of unknown length (a tar of files). */
 export interface PushSource {

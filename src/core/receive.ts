@@ -20,7 +20,7 @@ import { hostIdentity } from "./identity.ts";
 import type { Reporter } from "./report.ts";
 import { CAPABILITIES, PROTOCOL_VERSION, TOOL, TOOL_VERSION } from "./version.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
-import { MAX_CHUNK_SIZE } from "./push.ts";
+import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { serveRequest, type ServeOptions } from "./serve-restore.ts";
 
 export interface ReceiveOptions {
