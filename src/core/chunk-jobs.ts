@@ -19,6 +19,8 @@ export type WorkerRequest =
       out?: ArrayBuffer;
       /** after a good check, pwrite the zstd frame to this file at this position */
       write?: { fd: number; position: number };
+      /** after a good check, pwrite the raw data to this file at this position (restore) */
+      writeRaw?: { fd: number; position: number };
     }
   | { op: "zero"; index: number; rawLength: number; write?: { fd: number; position: number; frame: ArrayBuffer } }
   | { op: "digest" };

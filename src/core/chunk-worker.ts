@@ -89,10 +89,11 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
         return;
       }
       if (m.hash) sha.update(raw);
-      if (m.write) {
-        const writeError = pwriteAll(m.write.fd, z, m.write.position);
+      if (m.write || m.writeRaw) {
+        const writeError = m.write ? pwriteAll(m.write.fd, z, m.write.position) : pwriteAll(m.writeRaw!.fd, raw, m.writeRaw!.position);
         if (writeError) {
-          reply({ op: "checked", index: m.index, ok: true, writeError });
+          const rawBuf = m.wantRaw ? (raw.buffer as ArrayBuffer) : undefined;
+          reply({ op: "checked", index: m.index, ok: true, writeError, raw: rawBuf }, rawBuf ? [rawBuf] : []);
           return;
         }
       }

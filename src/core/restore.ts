@@ -72,6 +72,8 @@ interface Sink {
   readonly path: string;
   /** also compute the SHA-256 in the same pass (no read-back will be done) */
   readonly hashInPass: boolean;
+  /** when set, the decompressing workers write raw chunks to this descriptor themselves */
+  readonly fd?: number;
   data(raw: Uint8Array, c: ChunkIn): Promise<void>;
   zero(c: ChunkIn): Promise<void>;
   /** everything written: make it durable and check it; true when read back */
@@ -85,6 +87,7 @@ function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, repor
   return {
     path: target.path,
     hashInPass: !verify,
+    fd,
     data: async (raw, c) => writeAt(fd, raw, c.offset, target.path),
     // A file target was created sparse: its holes are already zeros.
     zero: async (c) => {
@@ -163,9 +166,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
         if (r.op === "checked") {
           if (!r.ok) throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.offset}) of backup ${info.id} is bad: ${r.error}`, "the target is now incomplete; run 'tbbackup verify' on the backup, or restore another one");
+          if (r.writeError)
+            throw new TbError("TARGET", `writing ${out.path} at byte ${c.offset} failed: ${r.writeError}`, r.writeError === "ENOSPC" ? "the target is now incomplete; free space or use a larger target, then restore again" : "the target is now incomplete; check the disk and restore again");
           const raw = new Uint8Array(r.raw!, 0, c.rawLength);
           sha?.update(raw);
-          await out.data(raw, c);
+          if (out.fd === undefined) await out.data(raw, c);
           spare.push(r.raw!);
         }
       } else {
@@ -183,7 +188,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         ? null
         : (() => {
             const outBuf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
-            return pool.run({ op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: false, wantRaw: true, out: outBuf }, [c.buf!, outBuf]);
+            const writeRaw = out.fd !== undefined ? { fd: out.fd, position: c.offset } : undefined;
+            return pool.run({ op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: false, wantRaw: true, out: outBuf, writeRaw }, [c.buf!, outBuf]);
           })();
       pending.push({ c, p });
       count++;
