@@ -237,6 +237,22 @@ describe("refusals", () => {
   });
 });
 
+describe("a full target", () => {
+  test("restore into a file system that fills up: exit 13, the line says the target is incomplete", async () => {
+    const mnt = path.join(dir, "tiny");
+    fs.mkdirSync(mnt);
+    sh(`mount -t tmpfs -o size=2m tmpfs ${mnt}`);
+    try {
+      const r = await run(["restore", path.join(mnt, "out.img"), "--from", backupDir, "--yes"]);
+      expect(r.code).toBe(13);
+      expect(oneLine(r.stderr)).toMatch(/target .*is now incomplete/);
+      expect(r.stderr).not.toContain("restore complete");
+    } finally {
+      sh(`umount ${mnt}`);
+    }
+  });
+});
+
 describe("corruption", () => {
   test("a flipped byte in a stored image: verify and restore fail and name the chunk", async () => {
     const bad = path.join(dir, "bad-backup");
