@@ -29,9 +29,7 @@ export class Channel {
         while (this.frames.length >= MAX_QUEUED_FRAMES) await new Promise<void>((r) => (this.wakePump = r));
         const data = await this.conn.read();
         if (data === null) break;
-        if (process.env.TBBACKUP_DEBUG) process.stderr.write(`[channel] ${data.length} bytes\n`);
         for (const ev of this.decoder.push(data)) {
-          if (process.env.TBBACKUP_DEBUG) process.stderr.write(`[channel] ${ev.kind} ${ev.kind === "frame" ? ev.frame.type : ""}\n`);
           if (ev.kind === "frame") this.frames.push(ev.frame);
           else if (ev.kind === "garbage") this.garbageBytes += ev.bytes;
           else {

@@ -2,7 +2,7 @@
 // and stream it to a receiver; done only when the receiver says it is durable
 // and its SHA-256 matches ours.
 import { availableParallelism } from "node:os";
-import { MsgType, decodeJson, encodeZero, type DiskIdentity, type Done, type End, type Progress } from "../protocol/messages.ts";
+import { MsgType, decodeJson, encodeZero, type DiskIdentity, type Done, type End } from "../protocol/messages.ts";
 import { encodeFrame } from "../protocol/frame.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
@@ -86,7 +86,6 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   const pool = new WorkerPool(Math.max(1, Math.min(availableParallelism(), 4)));
   let done: Done | null = null;
   let peerFailure: TbError | null = null;
-  let durable: Progress = { chunks: 0, bytes: 0 };
   let finishedSending = false;
   let resolveDone!: () => void;
   const doneSignal = new Promise<void>((r) => (resolveDone = r));
@@ -116,8 +115,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
           break;
         }
         heard = Date.now();
-        if (f.type === MsgType.PROGRESS) durable = decodeJson<Progress>(f.payload) ?? durable;
-        else if (f.type === MsgType.DONE) {
+        // PROGRESS (durable so far) only keeps the silence timer fresh; nothing resumes from it yet
+        if (f.type === MsgType.DONE) {
           done = decodeJson<Done>(f.payload);
           break;
         } else if (f.type === MsgType.ERROR) {
@@ -190,7 +189,6 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     if (!d) throw new TbError("CLOSED", "the receiver never confirmed the backup", "the backup is incomplete; run the command again");
     if (d.sha256 !== end.sha256)
       throw new TbError("CORRUPT", `the receiver stored SHA-256 ${d.sha256}, but the source has ${end.sha256}`, "the backup is incomplete; check the cable and run again");
-    void durable;
     return {
       id: d.id,
       path: d.path,
