@@ -479,3 +479,34 @@ describe("hostile archives are refused without writing outside DEST", () => {
     expect(fs.statSync(path.join(dest, "d/hl")).ino).toBe(fs.statSync(path.join(dest, "d/f")).ino);
   });
 });
+
+describe("links that point outside DEST are never followed when setting attributes", () => {
+  test("a hard link to a symlink: the symlink's target outside DEST keeps its mode and mtime", async () => {
+    const d = tempDir();
+    try {
+      const outside = path.join(d, "outside.txt");
+      fs.writeFileSync(outside, "secret\n");
+      fs.chmodSync(outside, 0o600);
+      sh(`touch -d 2001-01-01 ${q(outside)}`);
+      const before = fs.statSync(outside);
+      const tree = path.join(d, "tree");
+      fs.mkdirSync(tree);
+      fs.symlinkSync(outside, path.join(tree, "a"));
+      fs.linkSync(path.join(tree, "a"), path.join(tree, "b")); // link() does not follow: a second name for the symlink
+      const out = path.join(d, "store");
+      const recv = await receiver("hl", out);
+      expect((await run(["push", "--files", tree, "--stream", recv.sock])).code).toBe(0);
+      await finish(recv.p);
+      const rows = await listJson(out);
+      expect(rows.length).toBe(1);
+      const r = await run(["restore", "--files", path.join(d, "dest"), "--from", path.join(out, rows[0]!.id)]);
+      expect(r.code).toBe(0);
+      const after = fs.statSync(outside);
+      expect(after.mode & 0o7777).toBe(before.mode & 0o7777);
+      expect(after.mtimeMs).toBe(before.mtimeMs);
+      expect(fs.readlinkSync(path.join(d, "dest/tree/b"))).toBe(outside);
+    } finally {
+      cleanup(d);
+    }
+  });
+});

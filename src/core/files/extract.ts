@@ -36,6 +36,14 @@ async function loadPosix(): Promise<Posix | null> {
   return posix;
 }
 
+function isRealDir(p: string): boolean {
+  try {
+    return fs.lstatSync(p).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
 const cstr = (s: string) => new TextEncoder().encode(s + "\0");
 
 /** Linux's dev_t from major and minor (glibc gnu_dev_makedev). */
@@ -125,6 +133,9 @@ export class Extractor {
     await this.finished;
     if (this.failure) throw this.failure;
     for (const d of this.dirTimes.reverse()) {
+      // A later entry may have replaced the directory with a symlink (--overwrite):
+      // chmod and utimes follow symlinks, so touch only what is still a directory.
+      if (!isRealDir(d.p)) continue;
       try {
         fs.chmodSync(d.p, d.mode);
       } catch {}
@@ -237,7 +248,15 @@ export class Extractor {
   }
 
   private setAttrs(p: string, h: Header, pax: Record<string, string>, mtime: number, type: string): void {
-    const link = type === "symlink";
+    // A hard link shares its inode with the first name, whose attributes are set
+    // already; and it may be a hard link to a symlink, which chmod/utimes would follow.
+    if (type === "link") return;
+    let link = type === "symlink";
+    try {
+      link ||= fs.lstatSync(p).isSymbolicLink();
+    } catch {
+      return;
+    }
     const uid = paxId(pax, "uid", h.uid);
     const gid = paxId(pax, "gid", h.gid);
     if (this.isRoot && uid !== undefined && gid !== undefined) {
