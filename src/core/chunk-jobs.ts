@@ -42,6 +42,7 @@ export class WorkerPool {
   private workers: Worker[] = [];
   private pending: ((r: WorkerReply) => void)[][] = [];
   private rr = 0;
+  private outstanding = new Set<Promise<WorkerReply>>();
 
   constructor(size: number) {
     for (let i = 0; i < size; i++) {
@@ -69,10 +70,21 @@ export class WorkerPool {
   /** Runs a job on worker `pin`, or on the next worker in turn. */
   run(req: WorkerRequest, transfer: ArrayBuffer[] = [], pin?: number): Promise<WorkerReply> {
     const i = pin ?? this.rr++ % this.workers.length;
-    return new Promise<WorkerReply>((resolve) => {
+    const p = new Promise<WorkerReply>((resolve) => {
       this.pending[i]!.push(resolve);
       this.workers[i]!.postMessage(req, transfer);
     });
+    this.outstanding.add(p);
+    void p.then(() => this.outstanding.delete(p));
+    return p;
+  }
+
+  /**
+   * Waits (at most `ms`) until every job sent has answered. Jobs write to
+   * files; call this before closing a descriptor they may still be writing to.
+   */
+  async idle(ms = 10_000): Promise<void> {
+    await Promise.race([Promise.allSettled([...this.outstanding]), Bun.sleep(ms)]);
   }
 
   terminate(): void {

@@ -138,10 +138,16 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     let offset = 0;
     let chunks = 0;
 
+    const receiverFailed = doneSignal.then(() => {
+      if (peerFailure) throw peerFailure;
+    });
+    receiverFailed.catch(() => {}); // observed through the races below
     const sendHead = async () => {
       const frame = await queue.shift()!;
       if (peerFailure) throw peerFailure;
-      await ch.sendFrame(frame);
+      // A receiver that failed may stop reading without closing: do not stay
+      // blocked in the write once it has said why.
+      await Promise.race([ch.sendFrame(frame), receiverFailed]);
     };
 
     for (let i = 0; src.size === null || offset < src.size; i++) {

@@ -330,6 +330,10 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
     }
   } catch (e) {
     const err = e instanceof TbError ? e : new TbError("INTERNAL", String(e), "report this bug");
+    // Let the worker finish the writes it was given and the sync end before the
+    // files are closed: a late write to a reused descriptor would land elsewhere.
+    await pool.idle();
+    await syncing;
     writer.abort();
     Object.assign(manifest, { status: "partial", reason: err.message, chunks: { ...manifest.chunks, count: next, zero }, storedBytes: writer.bytesWritten });
     try {

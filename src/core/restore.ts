@@ -223,6 +223,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (sink && !(e instanceof TbError)) throw new TbError("INTERNAL", String(e), `the target ${where} is now incomplete; report this bug`);
     throw e;
   } finally {
+    await pool.idle(); // workers may still be writing to the target: wait before closing it
     pool.terminate();
     sink?.close();
     await src.close();
