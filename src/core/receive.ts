@@ -228,6 +228,9 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
     code === "ENOSPC" || code === "EDQUOT" ? diskFull() : new TbError("DEST", `the receiver cannot write ${writer.tmpPath}: ${code}`, "check the receiver's disk");
   // Durable-progress syncs run in the thread pool while data keeps arriving.
   let syncing: Promise<void> | null = null;
+  // once the complete backup has its final name, a later failure (the DONE not
+  // getting through) must not be reported as a partial
+  let renamed = false;
   let syncFailure: unknown = null;
 
   try {
@@ -306,6 +309,7 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
         });
         writeManifest(created.dir, manifest);
         fs.renameSync(created.dir, finalDir);
+        renamed = true;
         fsyncDir(path.dirname(finalDir));
         await ch.sendJson(MsgType.DONE, { id: created.id, path: finalDir, sha256, bytes: size, storedBytes });
         opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes} (sha256 ${sha256})`);
@@ -335,6 +339,11 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
     await pool.idle();
     await syncing;
     writer.abort();
+    if (renamed) {
+      const message = `stored complete as ${created.id}, but the sender may not have received the confirmation: ${err.message}`;
+      opts.reporter.info(message);
+      return { result: { ok: false, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, error: { code: err.code, message } }, carried };
+    }
     Object.assign(manifest, { status: "partial", reason: err.message, chunks: { ...manifest.chunks, count: next, zero }, storedBytes: writer.bytesWritten });
     try {
       writeManifest(created.dir, manifest);
