@@ -16,6 +16,7 @@ import { inspectTarget, openTarget, writeAt, type TargetInfo } from "./target.ts
 import { locateBackup } from "./verify.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { Extractor, type ExtractStats } from "./files/extract.ts";
+import { POSIX_FADV_DONTNEED, loadLibc } from "../util/libc.ts";
 
 export interface RestoreOptions {
   target: string;
@@ -102,6 +103,8 @@ function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, repor
       }
       if (!verify) return false;
       reporter.info("reading the target back to verify it");
+      // Drop the cached pages first, so the read-back comes from the disk itself.
+      (await loadLibc())?.fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
       const sha = readBackSha(fd, info.size, reporter);
       if (sha !== info.sha256)
         throw new TbError("VERIFY", `read-back of ${target.path} hashes to ${sha}, the backup says ${info.sha256}`, "the target does not hold the backup; check the disk and restore again");

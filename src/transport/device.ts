@@ -5,6 +5,7 @@
 // The device is not exclusive (a second opener shares the rings and steals
 // frames), so we refuse one another process holds open and take an flock.
 import * as fs from "node:fs";
+import { LOCK_EX, LOCK_NB, LOCK_UN, loadLibc } from "../util/libc.ts";
 import { TbError, errnoText, isErrno } from "../core/errors.ts";
 import { describeHolders, holdersOf } from "../util/holders.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
@@ -14,27 +15,12 @@ const MAX_QUEUED = 32;
 /** How long a connecting side waits for open() (it blocks until the peer is attached). */
 export const CONNECT_OPEN_TIMEOUT_MS = 60_000;
 
-const LOCK_EX = 2;
-const LOCK_NB = 4;
-const LOCK_UN = 8;
 type FlockFn = (fd: number, op: number) => number;
-let flockFn: FlockFn | null | undefined;
 
-/** libc flock() through bun:ffi; null where it cannot be loaded (the /proc scan still guards). */
+/** libc flock(); null where it cannot be loaded (the /proc scan still guards). */
 async function loadFlock(): Promise<FlockFn | null> {
-  if (flockFn !== undefined) return flockFn;
-  flockFn = null;
-  try {
-    const { dlopen, FFIType } = await import("bun:ffi");
-    for (const name of ["libc.so.6", "libc.so", "libc.musl-x86_64.so.1"]) {
-      try {
-        const lib = dlopen(name, { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
-        flockFn = (fd, op) => lib.symbols.flock(fd, op) as number;
-        break;
-      } catch {}
-    }
-  } catch {}
-  return flockFn;
+  const libc = await loadLibc();
+  return libc ? (fd, op) => libc.flock(fd, op) : null;
 }
 
 function isPty(path: string): boolean {

@@ -6,6 +6,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { extract as tarExtract, type Header } from "tar-stream";
 import { TbError, errnoText, isErrno } from "../errors.ts";
+import { loadLibc } from "../../util/libc.ts";
 
 const ZERO_BLOCK = new Uint8Array(64 * 1024);
 
@@ -17,25 +18,6 @@ export interface ExtractStats {
   skipped: string[];
 }
 
-type Posix = { mknod(p: Uint8Array, mode: number, dev: bigint): number; mkfifo(p: Uint8Array, mode: number): number };
-let posix: Posix | null | undefined;
-async function loadPosix(): Promise<Posix | null> {
-  if (posix !== undefined) return posix;
-  posix = null;
-  try {
-    const { dlopen, FFIType } = await import("bun:ffi");
-    const lib = dlopen("libc.so.6", {
-      mknod: { args: [FFIType.ptr, FFIType.u32, FFIType.u64], returns: FFIType.i32 },
-      mkfifo: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
-    });
-    posix = {
-      mknod: (p, mode, dev) => lib.symbols.mknod(p, mode, dev) as number,
-      mkfifo: (p, mode) => lib.symbols.mkfifo(p, mode) as number,
-    };
-  } catch {}
-  return posix;
-}
-
 function isRealDir(p: string): boolean {
   try {
     return fs.lstatSync(p).isDirectory();
@@ -44,7 +26,6 @@ function isRealDir(p: string): boolean {
   }
 }
 
-const cstr = (s: string) => new TextEncoder().encode(s + "\0");
 
 /** Linux's dev_t from major and minor (glibc gnu_dev_makedev). */
 export function makeDev(major: number, minor: number): bigint {
@@ -229,11 +210,11 @@ export class Extractor {
       case "character-device":
       case "block-device": {
         this.clear(p, h.name, false);
-        const px = await loadPosix();
+        const px = await loadLibc();
         const mode = (h.mode ?? 0o644) & 0o7777;
         const dev = makeDev(h.devmajor ?? 0, h.devminor ?? 0);
         const kind = type === "fifo" ? 0o010000 : type === "character-device" ? 0o020000 : 0o060000;
-        const rc = !px ? -1 : type === "fifo" ? px.mkfifo(cstr(p), mode) : px.mknod(cstr(p), kind | mode, dev);
+        const rc = !px ? -1 : type === "fifo" ? px.mkfifo(p, mode) : px.mknod(p, kind | mode, dev);
         if (rc !== 0) {
           this.stats.skipped.push(`${h.name} (${type})`);
           return;

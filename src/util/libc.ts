@@ -1,0 +1,44 @@
+// The few libc calls Node's fs lacks (flock, mknod, mkfifo, posix_fadvise),
+// through bun:ffi, loaded once on first use. null where libc cannot be loaded:
+// callers fall back or report what they could not do.
+export interface Libc {
+  flock(fd: number, op: number): number;
+  mknod(path: string, mode: number, dev: bigint): number;
+  mkfifo(path: string, mode: number): number;
+  /** advice on a byte range; POSIX_FADV_DONTNEED drops clean cached pages */
+  fadvise(fd: number, offset: number, length: number, advice: number): number;
+}
+
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+export const POSIX_FADV_DONTNEED = 4;
+
+let libc: Libc | null | undefined;
+
+export async function loadLibc(): Promise<Libc | null> {
+  if (libc !== undefined) return libc;
+  libc = null;
+  try {
+    const { dlopen, FFIType } = await import("bun:ffi");
+    for (const name of ["libc.so.6", "libc.so", "libc.musl-x86_64.so.1"]) {
+      try {
+        const lib = dlopen(name, {
+          flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+          mknod: { args: [FFIType.ptr, FFIType.u32, FFIType.u64], returns: FFIType.i32 },
+          mkfifo: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+          posix_fadvise: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.i32], returns: FFIType.i32 },
+        });
+        const cstr = (s: string) => new TextEncoder().encode(s + "\0");
+        libc = {
+          flock: (fd, op) => lib.symbols.flock(fd, op) as number,
+          mknod: (p, mode, dev) => lib.symbols.mknod(cstr(p), mode, dev) as number,
+          mkfifo: (p, mode) => lib.symbols.mkfifo(cstr(p), mode) as number,
+          fadvise: (fd, off, len, adv) => lib.symbols.posix_fadvise(fd, BigInt(off), BigInt(len), adv) as number,
+        };
+        break;
+      } catch {}
+    }
+  } catch {}
+  return libc;
+}
