@@ -5,15 +5,13 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, type RestoreEnd, type RestoreInfo, type ErrorMsg } from "../protocol/messages.ts";
 import type { Transport } from "../transport/index.ts";
-import { ChunkList, ImageReader } from "../store/image-reader.ts";
-import { CHUNKS_FILE } from "../store/layout.ts";
 import { Channel } from "./channel.ts";
 import { WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
 import { TbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
 import { inspectTarget, openTarget, writeAt, type TargetInfo } from "./target.ts";
-import { locateBackup } from "./verify.ts";
+import { locateBackup, openBackup } from "./verify.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { Extractor, type ExtractStats } from "./files/extract.ts";
 import { POSIX_FADV_DONTNEED, loadLibc } from "../util/libc.ts";
@@ -254,16 +252,9 @@ function isZeroFrame(frame: Uint8Array, rawLength: number, checksum: bigint): bo
 
 /** Chunks from a stored backup on this machine. */
 function fileSource(from: string): Source {
-  const { dir, image, manifest } = locateBackup(from);
-  if (manifest && manifest.status !== "complete") throw new TbError("NOT_FOUND", `${dir} is not a complete backup (${manifest.status})`, "choose a complete backup (tbbackup list)");
-  let reader: ImageReader;
-  try {
-    reader = ImageReader.open(image);
-  } catch (e) {
-    throw new TbError("VERIFY", `${image} is damaged: ${(e as Error).message}`, "choose another backup; nothing was written");
-  }
-  const listPath = path.join(dir, manifest?.chunks.file ?? CHUNKS_FILE);
-  const list = manifest && fs.existsSync(listPath) ? new ChunkList(listPath) : null;
+  const { manifest: m } = locateBackup(from);
+  if (m && m.status !== "complete") throw new TbError("NOT_FOUND", `${from} is not a complete backup (${m.status})`, "choose a complete backup (tbbackup list)");
+  const { dir, image, manifest, reader, list } = openBackup(from, "choose another backup; nothing was written");
   const chunkSize = manifest?.chunkSize ?? reader.entries[0]?.rawSize ?? 0;
   const info: RestoreInfo = {
     session: "",

@@ -44,17 +44,23 @@ export function locateBackup(p: string): { dir: string; image: string; manifest:
   return { dir, image, manifest };
 }
 
-export async function verify(p: string, reporter: Reporter): Promise<VerifyResult> {
-  const started = Date.now();
+/** Opens a stored backup's image and chunk list for reading; `hint` says what to do if the image is damaged. */
+export function openBackup(p: string, hint: string): { dir: string; image: string; manifest: Manifest | null; reader: ImageReader; list: ChunkList | null } {
   const { dir, image, manifest } = locateBackup(p);
   let reader: ImageReader;
   try {
     reader = ImageReader.open(image);
   } catch (e) {
-    throw new TbError("VERIFY", `${image} is damaged: ${(e as Error).message}`, "this backup cannot be trusted; make a new one");
+    throw new TbError("VERIFY", `${image} is damaged: ${(e as Error).message}`, hint);
   }
   const listPath = path.join(dir, manifest?.chunks.file ?? CHUNKS_FILE);
   const list = manifest && fs.existsSync(listPath) ? new ChunkList(listPath) : null;
+  return { dir, image, manifest, reader, list };
+}
+
+export async function verify(p: string, reporter: Reporter): Promise<VerifyResult> {
+  const started = Date.now();
+  const { dir, manifest, reader, list } = openBackup(p, "this backup cannot be trusted; make a new one");
   const pool = new WorkerPool(1);
   const bad = (i: number, why: string) =>
     new TbError("VERIFY", `chunk ${i} (raw offset ${offsetOf(reader, i)}) is bad: ${why}`, "this backup cannot be trusted; make a new one");
