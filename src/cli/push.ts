@@ -13,6 +13,7 @@ export function register(program: Command): void {
     .argument("[source]", "block device (e.g. /dev/nvme0n1) or regular file")
     .option("--files <dir...>", "send these directory trees as a file-level backup (tar) instead of an image")
     .option("--strict", "with --files: stop at the first unreadable file instead of skipping it")
+    .option("--no-resume", "start a new backup even when the receiver holds an interrupted one of this disk")
     .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:HOST:PORT or -")
     .option("--name <label>", "a label stored with the backup")
     .option("--level <n>", "zstd level (1 fastest .. 19)", intOption(1, 19), 1)
@@ -20,7 +21,7 @@ export function register(program: Command): void {
     .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
     .option("--json", "print one JSON result on stdout")
     .action(
-      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean } & GlobalOpts) => {
+      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; resume: boolean } & GlobalOpts) => {
         const { push } = await import("../core/push.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -34,7 +35,7 @@ export function register(program: Command): void {
         const stream = await resolveStream(o.stream, "push", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
         try {
-          const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: 300_000, reporter });
+          const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: 300_000, reporter, resume: o.resume });
           reporter.stop();
           const files = r.files as FilesSummary | undefined;
           const unreadable = files?.unreadable.length ?? 0;

@@ -12,6 +12,7 @@ import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
 import { openSource, readFully } from "./source.ts";
 import { zeroChecksum } from "./zero.ts";
+import { chunkLine } from "../store/image-writer.ts";
 
 export { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from "./limits.ts";
 
@@ -52,9 +53,26 @@ export interface PushOptions {
   level: number;
   chunkSize: number;
   waitMs: number;
+  /** continue an interrupted push of the same disk when the receiver offers it (default true) */
+  resume?: boolean;
   /** how long the receiver may stay silent before we give up */
   idleMs: number;
   reporter: Reporter;
+}
+
+/** Re-reads the first `chunks` chunks, hashing them into `sha`, and compares their chunk-list lines with the receiver's digest. */
+async function prefixMatches(src: PushSource, chunks: number, digest: string, chunkSize: number, sha: Bun.CryptoHasher): Promise<boolean> {
+  if (!Number.isSafeInteger(chunks) || chunks <= 0 || (src.size !== null && chunks * chunkSize > src.size)) return false;
+  const lines = new Bun.CryptoHasher("sha256");
+  const buf = new Uint8Array(chunkSize);
+  for (let i = 0; i < chunks; i++) {
+    const n = await src.read(buf, i * chunkSize);
+    if (n === 0) return false;
+    const data = buf.subarray(0, n);
+    sha.update(data);
+    lines.update(chunkLine(i, i * chunkSize, n, Bun.hash.xxHash3(data)));
+  }
+  return lines.digest("hex") === digest;
 }
 
 function progressExtra(src: PushSource): { files?: number } {
@@ -72,6 +90,8 @@ export interface PushResult {
   chunks: number;
   zeroChunks: number;
   seconds: number;
+  /** chunks already held by the receiver from an interrupted push (0: a full push) */
+  resumedFrom: number;
   files?: unknown;
 }
 
@@ -127,7 +147,17 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       resolveDone();
     })();
 
-    const sha = new Bun.CryptoHasher("sha256");
+    let sha = new Bun.CryptoHasher("sha256");
+    // An interrupted push of this disk left a durable prefix: continue after it
+    // if our own chunks there hash to the same chunk list.
+    let start = 0;
+    if (ack.resume) {
+      const offer = ack.resume;
+      if (opts.resume !== false && (await prefixMatches(src, offer.chunks, offer.digest, opts.chunkSize, sha))) start = offer.chunks;
+      else sha = new Bun.CryptoHasher("sha256");
+      await ch.sendJson(MsgType.RESUME, { session: hello.session, from: start });
+      opts.reporter.info(start ? `resuming the interrupted backup ${offer.id} at chunk ${start}` : `not resuming ${offer.id} (${opts.resume === false ? "--no-resume" : "this disk no longer matches it"}): starting a new backup`);
+    }
     const total = src.size ?? 0;
     const queue: Promise<Uint8Array>[] = [];
     const maxInFlight = pool.size * 3;
@@ -135,8 +165,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     const zeroBuf = new Uint8Array(opts.chunkSize);
     let zeroChunks = 0;
     let stored = 0;
-    let offset = 0;
-    let chunks = 0;
+    let offset = start * opts.chunkSize;
+    let chunks = start;
 
     const receiverFailed = doneSignal.then(() => {
       if (peerFailure) throw peerFailure;
@@ -150,7 +180,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       await Promise.race([ch.sendFrame(frame), receiverFailed]);
     };
 
-    for (let i = 0; src.size === null || offset < src.size; i++) {
+    for (let i = start; src.size === null || offset < src.size; i++) {
       if (peerFailure) throw peerFailure;
       const raw = new Uint8Array(spare.pop() ?? new ArrayBuffer(opts.chunkSize), 0, opts.chunkSize);
       const rawLength = await src.read(raw, offset);
@@ -204,6 +234,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       sha256: end.sha256,
       chunks,
       zeroChunks,
+      resumedFrom: start,
       seconds: (Date.now() - started) / 1000,
       ...(src.summary?.() ?? {}),
     };

@@ -9,7 +9,8 @@ import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, typeName, type
 import type { Frame } from "../protocol/frame.ts";
 import type { Listener, Transport } from "../transport/index.ts";
 import { FILES_FILE, IMAGE_FILE, createBackupDir, fsyncDir, PARTIAL_SUFFIX } from "../store/layout.ts";
-import { ImageWriter } from "../store/image-writer.ts";
+import { ImageWriter, prefixDigest } from "../store/image-writer.ts";
+import { awaitResume, checkPrefix, findResumable, markNotResumable, readPrefix } from "./resume.ts";
 import { writeManifest, type Manifest } from "../store/manifest.ts";
 import { frameHasChecksum } from "../store/seekable.ts";
 import { Channel } from "./channel.ts";
@@ -161,52 +162,99 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   if (!Number.isInteger(chunkSize) || chunkSize < 4096 || chunkSize > MAX_CHUNK_SIZE || chunkSize % 4096 !== 0)
     return fail("PROTOCOL", `chunk size ${chunkSize} is not supported`);
 
-  let created: { id: string; dir: string };
-  try {
-    created = createBackupDir(opts.out, hello.host?.hostname ?? "unknown", disk.name ?? "disk", started);
-  } catch (e) {
-    const nospace = isErrno(e, "ENOSPC");
-    return fail(nospace ? "NO_SPACE" : "DEST", `receiver cannot create a backup directory under ${opts.out}: ${errnoText(e)}`);
-  }
-  const finalDir = created.dir.slice(0, -PARTIAL_SUFFIX.length);
-  const manifest: Manifest = {
-    format: 1,
-    id: created.id,
-    kind: files ? "files" : "image",
-    status: "partial",
-    label: typeof hello.label === "string" ? hello.label : null,
-    host: hello.host,
-    disk,
-    tool: { name: "tbbackup", version: String(hello.tool ?? "").replace(/^tbbackup\//, ""), protocol: hello.proto },
-    receiver: { hostname: os.hostname(), tool: TOOL },
-    session: hello.session,
-    chunkSize,
-    compression: { algorithm: "zstd", level: hello.level ?? 1, format: "zstd-seekable" },
-    chunks: { count: 0, zero: 0, checksum: "xxh3-64", file: "chunks.txt" },
-    size: disk.size,
-    storedBytes: 0,
-    sha256: null,
-    data: files ? FILES_FILE : IMAGE_FILE,
-    timings: { started: started.toISOString(), finished: null, seconds: null },
-  };
-  let writer: ImageWriter;
-  try {
-    writeManifest(created.dir, manifest);
-    writer = new ImageWriter(created.dir, manifest.data);
-  } catch (e) {
-    return fail(isErrno(e, "ENOSPC") ? "NO_SPACE" : "DEST", `receiver cannot write under ${opts.out}: ${errnoText(e)}`);
-  }
-
   const pool = new WorkerPool(1);
+  let created0: { id: string; dir: string } | null = null;
+  let manifest0: Manifest | null = null;
+  let writer0: ImageWriter | null = null;
+  let resumedFrom = 0;
+  let prefixZero = 0;
+
+  // An interrupted push of this same disk can continue where it became durable.
+  const candidate = files ? null : findResumable(opts.out, hello);
+  if (candidate) {
+    const d = candidate.manifest.durable!;
+    const lines = readPrefix(path.join(candidate.dir, candidate.manifest.chunks.file), d.chunkListBytes);
+    const offer = { ...ackFor(hello, candidate.id), resume: { id: candidate.id, chunks: d.chunks, digest: prefixDigest(lines) } };
+    await ch.sendJson(MsgType.HELLO_ACK, offer);
+    const from = await awaitResume(ch, hello, opts.idleMs, () => ch.sendJson(MsgType.HELLO_ACK, offer));
+    if (from === null) {
+      pool.terminate();
+      return { result: { ok: false, role: "push", host: hello.host?.hostname, error: { code: "CLOSED", message: "the sender left before answering the resume offer" } }, carried: null };
+    }
+    if (from === d.chunks) {
+      try {
+        const prefix = await checkPrefix(candidate.dir, candidate.manifest, lines, pool);
+        writer0 = new ImageWriter(candidate.dir, candidate.manifest.data, { entries: prefix.entries, storedBytes: d.storedBytes, rawBytes: d.rawBytes, chunkListBytes: d.chunkListBytes });
+        prefixZero = prefix.zero;
+        created0 = { id: candidate.id, dir: candidate.dir };
+        const m = candidate.manifest;
+        m.session = hello.session;
+        m.resumed = [...(m.resumed ?? []), { at: started.toISOString(), fromChunk: from }];
+        delete m.reason;
+        manifest0 = m;
+        resumedFrom = from;
+        opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname}: resuming ${candidate.id} at chunk ${from} of ${Math.ceil(disk.size / chunkSize)}`);
+      } catch (e) {
+        markNotResumable(candidate, `its stored prefix failed a check: ${(e as Error).message}`);
+        pool.terminate();
+        return fail("VERIFY", `the interrupted backup ${candidate.id} cannot be continued (${(e as Error).message}); push again to start a new one`);
+      }
+    } else {
+      markNotResumable(candidate, "the sender's disk no longer matches it (a new backup was started)");
+    }
+  }
+  if (!created0) {
+    try {
+      created0 = createBackupDir(opts.out, hello.host?.hostname ?? "unknown", disk.name ?? "disk", started);
+    } catch (e) {
+      pool.terminate();
+      const nospace = isErrno(e, "ENOSPC");
+      return fail(nospace ? "NO_SPACE" : "DEST", `receiver cannot create a backup directory under ${opts.out}: ${errnoText(e)}`);
+    }
+    const m: Manifest = {
+      format: 1,
+      id: created0.id,
+      kind: files ? "files" : "image",
+      status: "partial",
+      label: typeof hello.label === "string" ? hello.label : null,
+      host: hello.host,
+      disk,
+      tool: { name: "tbbackup", version: String(hello.tool ?? "").replace(/^tbbackup\//, ""), protocol: hello.proto },
+      receiver: { hostname: os.hostname(), tool: TOOL },
+      session: hello.session,
+      chunkSize,
+      compression: { algorithm: "zstd", level: hello.level ?? 1, format: "zstd-seekable" },
+      chunks: { count: 0, zero: 0, checksum: "xxh3-64", file: "chunks.txt" },
+      size: disk.size,
+      storedBytes: 0,
+      sha256: null,
+      data: files ? FILES_FILE : IMAGE_FILE,
+      timings: { started: started.toISOString(), finished: null, seconds: null },
+    };
+    manifest0 = m;
+    try {
+      writeManifest(created0.dir, m);
+      writer0 = new ImageWriter(created0.dir, m.data);
+    } catch (e) {
+      pool.terminate();
+      return fail(isErrno(e, "ENOSPC") ? "NO_SPACE" : "DEST", `receiver cannot write under ${opts.out}: ${errnoText(e)}`);
+    }
+  }
+  const created = created0;
+  const manifest = manifest0!;
+  const writer = writer0!;
+  const finalDir = created.dir.slice(0, -PARTIAL_SUFFIX.length);
   const expectedChunks = files ? Number.MAX_SAFE_INTEGER : Math.ceil(disk.size / chunkSize);
   let sawShort = false;
   const checks: PendingCheck[] = [];
-  let next = 0;
-  let zero = 0;
+  let next = resumedFrom;
+  let zero = prefixZero;
   let carried: Frame | null = null;
-  let lastProgress = 0;
-  opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}`);
-  await ch.sendJson(MsgType.HELLO_ACK, ackFor(hello, created.id));
+  let lastProgress = resumedFrom;
+  if (!resumedFrom) {
+    opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}`);
+    if (!candidate) await ch.sendJson(MsgType.HELLO_ACK, ackFor(hello, created.id));
+  }
 
   const settle = async (c: PendingCheck) => {
     const r = c.reply ?? (await c.p);
@@ -268,9 +316,15 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
           await drainSettled(0);
           lastProgress = next;
           const progress = { chunks: next, bytes: writer.rawBytes };
+          const durable = { chunks: next, rawBytes: writer.rawBytes, storedBytes: writer.bytesWritten, chunkListBytes: writer.chunkListBytes };
           syncing = writer
             .sync()
-            .then(() => ch.sendJson(MsgType.PROGRESS, progress))
+            .then(() => {
+              // what a later push may continue from
+              manifest.durable = durable;
+              writeManifest(created.dir, manifest);
+              return ch.sendJson(MsgType.PROGRESS, progress);
+            })
             .catch((e: unknown) => {
               syncFailure ??= isErrno(e, "ENOSPC", "EDQUOT") ? diskFull() : e instanceof TbError ? e : new TbError("DEST", `the receiver cannot sync ${writer.tmpPath}: ${errnoText(e)}`, "check the receiver's disk");
             })

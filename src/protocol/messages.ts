@@ -20,6 +20,7 @@ export const MsgType = {
   RESTORE_INFO: 0x23,
   RESTORE_END: 0x24,
   RESTORE_DONE: 0x25,
+  RESUME: 0x15,
 } as const;
 export type MsgTypeName = keyof typeof MsgType;
 
@@ -76,6 +77,18 @@ export interface HelloAck {
   caps: string[];
   /** where the stored backup will be, relative to the receiver's DIR */
   id?: string;
+  /**
+   * An interrupted push of the same disk can continue: the receiver holds
+   * `chunks` durable chunks whose chunk-list lines hash to `digest`. The sender
+   * must answer with RESUME.
+   */
+  resume?: { id: string; chunks: number; digest: string };
+}
+
+/** The sender's answer to a resume offer: continue at chunk `from` (0: start afresh). */
+export interface Resume {
+  session: string;
+  from: number;
 }
 
 export interface ErrorMsg {

@@ -5,6 +5,16 @@ import * as path from "node:path";
 import { encodeSeekTable, frameChecksum, type SeekEntry } from "./seekable.ts";
 import { CHUNKS_FILE, fsyncDir } from "./layout.ts";
 
+/** One line of chunks.txt: "index offset length xxh3hex". Both ends build it (resume compares them). */
+export function chunkLine(index: number, offset: number, length: number, checksum: bigint): string {
+  return `${index} ${offset} ${length} ${checksum.toString(16).padStart(16, "0")}\n`;
+}
+
+/** SHA-256 (hex) of the first lines of a chunk list: what a resume must agree on. */
+export function prefixDigest(lines: string): string {
+  return new Bun.CryptoHasher("sha256").update(lines).digest("hex");
+}
+
 export class ImageWriter {
   private fd: number;
   private chunksFd: number;
@@ -12,15 +22,35 @@ export class ImageWriter {
   private lines: string[] = [];
   bytesWritten = 0;
   rawBytes = 0;
+  /** bytes of chunks.txt so far (flushed or not) */
+  chunkListBytes = 0;
   readonly tmpPath: string;
 
+  /**
+   * A new image under `dir`; or, with `resume`, the partial one already there,
+   * cut back to its first `resume.entries.length` chunks (a durable prefix
+   * whose frames the caller has checked) so that writing continues after them.
+   */
   constructor(
     readonly dir: string,
     readonly fileName: string,
+    resume?: { entries: SeekEntry[]; storedBytes: number; rawBytes: number; chunkListBytes: number },
   ) {
     this.tmpPath = path.join(dir, fileName + ".tmp");
-    this.fd = fs.openSync(this.tmpPath, "wx", 0o644);
-    this.chunksFd = fs.openSync(path.join(dir, CHUNKS_FILE), "wx", 0o644);
+    const chunksPath = path.join(dir, CHUNKS_FILE);
+    if (!resume) {
+      this.fd = fs.openSync(this.tmpPath, "wx", 0o644);
+      this.chunksFd = fs.openSync(chunksPath, "wx", 0o644);
+      return;
+    }
+    this.fd = fs.openSync(this.tmpPath, "r+");
+    fs.ftruncateSync(this.fd, resume.storedBytes);
+    fs.truncateSync(chunksPath, resume.chunkListBytes);
+    this.chunksFd = fs.openSync(chunksPath, "a");
+    this.entries = [...resume.entries];
+    this.chunkListBytes = resume.chunkListBytes;
+    this.bytesWritten = resume.storedBytes;
+    this.rawBytes = resume.rawBytes;
   }
 
   get chunks(): number {
@@ -36,7 +66,9 @@ export class ImageWriter {
   record(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): number {
     const position = this.bytesWritten;
     this.entries.push({ compressedSize: frame.length, rawSize, checksum: frameChecksum(frame) });
-    this.lines.push(`${this.entries.length - 1} ${offset} ${rawSize} ${checksum.toString(16).padStart(16, "0")}\n`);
+    const line = chunkLine(this.entries.length - 1, offset, rawSize, checksum);
+    this.lines.push(line);
+    this.chunkListBytes += line.length;
     if (this.lines.length >= 1024) this.flushLines();
     this.bytesWritten += frame.length;
     this.rawBytes += rawSize;

@@ -15,6 +15,10 @@ export interface Manifest {
   status: BackupStatus;
   /** why a partial or failed backup stopped */
   reason?: string;
+  /** partial only: what was durable when it stopped, for resuming */
+  durable?: { chunks: number; rawBytes: number; storedBytes: number; chunkListBytes: number };
+  /** when an interrupted push was continued */
+  resumed?: { at: string; fromChunk: number }[];
   label: string | null;
   host: HostIdentity;
   disk: DiskIdentity;

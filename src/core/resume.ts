@@ -1,0 +1,139 @@
+// Resuming an interrupted push (DESIGN §5). The receiver records in each
+// partial's manifest what was durable at the last PROGRESS; a later push of the
+// same disk is offered that prefix, and the sender re-reads its own prefix to
+// check that its chunk list hashes the same before continuing after it.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { MsgType, decodeJson, type Hello, type Resume } from "../protocol/messages.ts";
+import { PARTIAL_SUFFIX, sanitizeName, within } from "../store/layout.ts";
+import { readManifest, writeManifest, type Manifest } from "../store/manifest.ts";
+import { frameChecksum, type SeekEntry } from "../store/seekable.ts";
+import { zstd } from "../util/zstd.ts";
+import type { Channel } from "./channel.ts";
+import type { WorkerPool } from "./chunk-jobs.ts";
+import { zeroChecksum } from "./zero.ts";
+
+export interface Resumable {
+  id: string;
+  dir: string;
+  manifest: Manifest;
+}
+
+/** The newest partial backup of this sender's disk that can be continued, if any. */
+export function findResumable(out: string, hello: Hello): Resumable | null {
+  const disk = hello.disk;
+  if (!disk || disk.kind === "files") return null;
+  const host = sanitizeName(hello.host?.hostname ?? "unknown");
+  const diskName = sanitizeName(disk.name ?? "disk");
+  let parent: string;
+  try {
+    parent = within(out, host, diskName);
+  } catch {
+    return null;
+  }
+  let names: string[];
+  try {
+    names = fs.readdirSync(parent).filter((n) => n.endsWith(PARTIAL_SUFFIX)).sort().reverse();
+  } catch {
+    return null;
+  }
+  for (const name of names) {
+    const dir = path.join(parent, name);
+    let m: Manifest;
+    try {
+      m = readManifest(dir);
+    } catch {
+      continue;
+    }
+    const d = m.durable;
+    const same =
+      m.status === "partial" &&
+      m.kind === "image" &&
+      d !== undefined &&
+      d.chunks > 0 &&
+      m.chunkSize === hello.chunkSize &&
+      m.host?.hostname === hello.host?.hostname &&
+      m.host?.machineId === hello.host?.machineId &&
+      m.disk?.path === disk.path &&
+      m.disk?.size === disk.size &&
+      m.disk?.serial === disk.serial &&
+      m.disk?.wwn === disk.wwn &&
+      fs.existsSync(path.join(dir, m.data + ".tmp"));
+    if (same) return { id: `${host}/${diskName}/${name.slice(0, -PARTIAL_SUFFIX.length)}`, dir, manifest: m };
+  }
+  return null;
+}
+
+/** The first `bytes` of a chunk list, as text. */
+export function readPrefix(file: string, bytes: number): string {
+  const fd = fs.openSync(file, "r");
+  try {
+    const buf = Buffer.alloc(bytes);
+    const n = fs.readSync(fd, buf, 0, bytes, 0);
+    if (n !== bytes) throw new Error(`chunk list is shorter than its recorded durable part`);
+    return buf.toString("latin1");
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Waits for the sender's RESUME answer; null when the sender left. */
+export async function awaitResume(ch: Channel, hello: Hello, idleMs: number, resendOffer: () => Promise<void>): Promise<number | null> {
+  for (;;) {
+    let f;
+    try {
+      f = await ch.recv(idleMs, "the sender's answer to the resume offer");
+    } catch {
+      return null;
+    }
+    // a repeated HELLO: our offer was lost on the way (a device drops early bytes)
+    if (f.type === MsgType.HELLO && decodeJson<Hello>(f.payload)?.session === hello.session) await resendOffer();
+    if (f.type !== MsgType.RESUME) continue;
+    const r = decodeJson<Resume>(f.payload);
+    if (r?.session === hello.session && Number.isSafeInteger(r.from) && r.from >= 0) return r.from;
+  }
+}
+
+/**
+ * Re-checks the durable prefix of a partial image: every frame decompresses
+ * (on the pool's worker, feeding its SHA-256 in order) to the length and XXH3
+ * its chunk-list line gives. Returns the seek entries to continue with.
+ */
+export async function checkPrefix(dir: string, m: Manifest, lines: string, pool: WorkerPool): Promise<{ entries: SeekEntry[]; zero: number }> {
+  const d = m.durable!;
+  const rows = lines.split("\n").filter(Boolean);
+  if (rows.length !== d.chunks) throw new Error(`the chunk list has ${rows.length} durable lines, the manifest says ${d.chunks}`);
+  const fd = fs.openSync(path.join(dir, m.data + ".tmp"), "r");
+  const entries: SeekEntry[] = [];
+  let zero = 0;
+  try {
+    const z = zstd();
+    const window = new Uint8Array(z.compressBound(m.chunkSize) + 64);
+    let position = 0;
+    for (let i = 0; i < rows.length; i++) {
+      const [idx, , len, hex] = rows[i]!.split(" ");
+      const rawLength = Number(len);
+      const checksum = BigInt("0x" + hex);
+      if (Number(idx) !== i) throw new Error(`chunk list line ${i} is out of order`);
+      const n = fs.readSync(fd, window, 0, Math.min(window.length, d.storedBytes - position), position);
+      const size = z.findFrameCompressedSize(window.subarray(0, n));
+      const frame = window.slice(0, size);
+      const r = await pool.run({ op: "check", index: i, rawLength, checksum, buf: frame.buffer as ArrayBuffer, at: 0, length: size, hash: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0);
+      if (r.op !== "checked" || !r.ok) throw new Error(`chunk ${i}: ${r.op === "checked" ? r.error : "worker failed"}`);
+      entries.push({ compressedSize: size, rawSize: rawLength, checksum: frameChecksum(window.subarray(0, size)) });
+      if (checksum === zeroChecksum(rawLength)) zero++;
+      position += size;
+    }
+    if (position !== d.storedBytes) throw new Error(`the durable frames end at ${position}, the manifest says ${d.storedBytes}`);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return { entries, zero };
+}
+
+/** Marks a partial as one that will not be offered again (kept for inspection). */
+export function markNotResumable(r: Resumable, reason: string): void {
+  try {
+    writeManifest(r.dir, { ...r.manifest, status: "failed", reason: `not resumable: ${reason}` });
+  } catch {}
+}
