@@ -46,6 +46,7 @@ export function createBackupDir(root: string, host: string, disk: string, when: 
       if ((e as NodeJS.ErrnoException).code === "EEXIST") continue;
       throw e;
     }
+    fsyncDir(parent); // the new directory's entry must survive a crash: a resume looks for it
     return { id: `${h}/${d}/${name}`, dir: partial };
   }
   throw new Error(`too many backups named ${ts} under ${parent}`);
