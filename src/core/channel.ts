@@ -86,11 +86,6 @@ export class Channel {
     }
   }
 
-  /** True when a frame is ready without waiting. */
-  get hasFrame(): boolean {
-    return this.frames.length > 0;
-  }
-
   get isEnded(): boolean {
     return this.ended && this.frames.length === 0;
   }

@@ -7,7 +7,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, typeName, type End, type Hello, type HelloAck } from "../protocol/messages.ts";
 import type { Frame } from "../protocol/frame.ts";
-import type { Listener, Transport } from "../transport/index.ts";
+import type { Transport } from "../transport/index.ts";
 import { FILES_FILE, IMAGE_FILE, createBackupDir, fsyncDir, PARTIAL_SUFFIX } from "../store/layout.ts";
 import { ImageWriter, prefixDigest } from "../store/image-writer.ts";
 import { awaitResume, checkPrefix, findResumable, markNotResumable, readPrefix } from "./resume.ts";
@@ -79,7 +79,7 @@ export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
       if (!conn) break;
       const ch = new Channel(conn);
       try {
-        await serveConnection(ch, opts, listener, (r) => {
+        await serveConnection(ch, opts, (r) => {
           results.push(r);
           opts.onSession?.(r);
         });
@@ -96,7 +96,7 @@ export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
 }
 
 /** Serves sessions on one connection until it ends (a device carries many in turn). */
-async function serveConnection(ch: Channel, opts: ReceiveOptions, _l: Listener, done: (r: SessionResult) => void): Promise<void> {
+async function serveConnection(ch: Channel, opts: ReceiveOptions, done: (r: SessionResult) => void): Promise<void> {
   let carried: Frame | null = null;
   while (!opts.signal?.aborted) {
     let f: Frame;

@@ -71,9 +71,10 @@ interface Sink {
   readonly path: string;
   /** also compute the SHA-256 in the same pass (no read-back will be done) */
   readonly hashInPass: boolean;
-  /** when set, the decompressing workers write raw chunks to this descriptor themselves */
+  /** the target descriptor: the decompressing workers write raw chunks to it themselves */
   readonly fd?: number;
-  data(raw: Uint8Array, c: ChunkIn): Promise<void>;
+  /** without fd: takes each checked raw chunk, in order */
+  data?(raw: Uint8Array, c: ChunkIn): Promise<void>;
   zero(c: ChunkIn): Promise<void>;
   /** everything written: make it durable and check it; true when read back */
   finish(info: RestoreInfo): Promise<boolean>;
@@ -87,7 +88,6 @@ function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, repor
     path: target.path,
     hashInPass: !verify,
     fd,
-    data: async (raw, c) => writeAt(fd, raw, c.offset, target.path),
     // A file target was created sparse: its holes are already zeros.
     zero: async (c) => {
       if (zeroBuf) writeAt(fd, zeroBuf.subarray(0, c.rawLength), c.offset, target.path);
@@ -171,7 +171,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
             throw new TbError("TARGET", `writing ${out.path} at byte ${c.offset} failed: ${r.writeError}`, r.writeError === "ENOSPC" ? "the target is now incomplete; free space or use a larger target, then restore again" : "the target is now incomplete; check the disk and restore again");
           const raw = new Uint8Array(r.raw!, 0, c.rawLength);
           sha?.update(raw);
-          if (out.fd === undefined) await out.data(raw, c);
+          await out.data?.(raw, c);
           spare.push(r.raw!);
         }
       } else {

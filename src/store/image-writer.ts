@@ -53,6 +53,7 @@ export class ImageWriter {
     this.rawBytes = resume.rawBytes;
   }
 
+  /** chunks recorded so far */
   get chunks(): number {
     return this.entries.length;
   }
@@ -119,11 +120,13 @@ export class ImageWriter {
 
   /** Stops writing; what was written stays as the partial's temporary file. */
   abort(): void {
+    if (this.chunksFd >= 0) {
+      try {
+        this.flushLines(); // keep the lines of what was written, for inspection and resume
+      } catch {}
+    }
     for (const fd of [this.fd, this.chunksFd]) {
       if (fd < 0) continue;
-      try {
-        this.flushLines();
-      } catch {}
       try {
         fs.closeSync(fd);
       } catch {}
