@@ -246,6 +246,18 @@ load_vm() {
     # shellcheck source=/dev/null
     [ -f "$WORK/$1.vars" ] && . "$WORK/$1.vars"
 }
+check_vm_run() { # TAG JOB_CHECK POWEROFF_CHECK RECEIVER_CHECK: the three outcomes of one VM job
+    if [[ $VM_RESULT == *result=ok* ]]; then pass "$2"; else
+        show_console "$1"
+        fail "$2" "${VM_RESULT:-no result line on the console}"
+    fi
+    check "$3" test "$VM_RC" -eq 0
+    if [ "$RX_RC" -eq 0 ]; then pass "$4"; else
+        tail -5 "$WORK/$1-rx.log"
+        fail "$4" "exit $RX_RC"
+    fi
+}
+
 show_console() {
     echo "---- $1 console (tbbackup lines) ----"
     tr -d '\r' < "$WORK/$1-console.log" | grep -a -E 'tbbackup|receiver|backup|restore|error|FAIL|sha256' | tail -30
@@ -261,15 +273,9 @@ if [ -f "$WORK/initrd-nostrip.img" ] && start_receiver push; then
         "rd.tbbackup=push:/dev/vda rd.tbbackup.stream=/dev/vport0p1 rd.tbbackup.poweroff"
     T_PUSH_VM=$VM_SECONDS T_PUSH_BOOT=$VM_START T_PUSH_JOB=$VM_JOB
     stop_receiver
-    if [[ $VM_RESULT == *result=ok* ]]; then pass "push: the initramfs job reported success"; else
-        show_console push
-        fail "push: the initramfs job reported success" "${VM_RESULT:-no result line on the console}"
-    fi
-    check "push: the VM powered itself off (rd.tbbackup.poweroff)" test "$VM_RC" -eq 0
-    if [ "$RX_RC" -eq 0 ]; then pass "push: receiver stored the session and exited 0"; else
-        tail -5 "$WORK/push-rx.log"
-        fail "push: receiver stored the session and exited 0" "exit $RX_RC"
-    fi
+    check_vm_run push "push: the initramfs job reported success" \
+        "push: the VM powered itself off (rd.tbbackup.poweroff)" \
+        "push: receiver stored the session and exited 0"
 else
     fail "push: start the receiver and boot" "no image or no socket"
 fi
@@ -301,15 +307,9 @@ elif start_receiver restore --allow-restore; then
         "rd.tbbackup=restore:/dev/vda rd.tbbackup.stream=/dev/vport0p1 rd.tbbackup.backup=$BACKUP_ID rd.tbbackup.poweroff"
     T_RESTORE_VM=$VM_SECONDS T_RESTORE_BOOT=$VM_START T_RESTORE_JOB=$VM_JOB
     stop_receiver
-    if [[ $VM_RESULT == *result=ok* ]]; then pass "restore: the initramfs job (stripped image) reported success"; else
-        show_console restore
-        fail "restore: the initramfs job (stripped image) reported success" "${VM_RESULT:-no result line on the console}"
-    fi
-    check "restore: the VM powered itself off" test "$VM_RC" -eq 0
-    if [ "$RX_RC" -eq 0 ]; then pass "restore: receiver served the backup and exited 0"; else
-        tail -5 "$WORK/restore-rx.log"
-        fail "restore: receiver served the backup and exited 0" "exit $RX_RC"
-    fi
+    check_vm_run restore "restore: the initramfs job (stripped image) reported success" \
+        "restore: the VM powered itself off" \
+        "restore: receiver served the backup and exited 0"
     check "restore: the restored disk equals the original byte for byte" cmp "$WORK/blank.raw" "$WORK/disk.raw"
     check "restore: e2fsck -fn on the restored disk is clean" e2fsck -fn "$WORK/blank.raw"
 else
