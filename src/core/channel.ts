@@ -4,9 +4,10 @@
 import { FrameDecoder, encodeFrame, type Frame } from "../protocol/frame.ts";
 import { encodeJson, typeName } from "../protocol/messages.ts";
 import type { Conn } from "../transport/index.ts";
+import type { BufferPool } from "../util/buffer-pool.ts";
 import { TbError } from "./errors.ts";
 
-const MAX_QUEUED_FRAMES = 64;
+const MAX_QUEUED_FRAMES = 32;
 
 export class Channel {
   /** frames in arrival order; a damaged frame is queued as its error, reported once */
@@ -17,6 +18,7 @@ export class Channel {
   private wakePump: (() => void) | null = null;
   readonly decoder = new FrameDecoder();
   garbageBytes = 0;
+  private pool: BufferPool | null = null;
   corruptFrames = 0;
 
   constructor(readonly conn: Conn) {
@@ -84,6 +86,19 @@ export class Channel {
         };
       });
     }
+  }
+
+  /**
+   * Builds incoming payloads in `pool`'s buffers (null: fresh ones). Whoever
+   * is done with a frame's payload hands it back with release().
+   */
+  usePool(pool: BufferPool | null): void {
+    this.pool = pool;
+    this.decoder.alloc = pool ? (n) => pool.take(n) : (n) => new Uint8Array(n);
+  }
+
+  release(buf: ArrayBufferLike | undefined): void {
+    this.pool?.give(buf);
   }
 
   get isEnded(): boolean {

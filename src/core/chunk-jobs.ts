@@ -4,7 +4,8 @@
 
 export type WorkerRequest =
   | { op: "level"; level: number }
-  | { op: "compress"; index: number; offset: number; rawLength: number; raw: ArrayBuffer }
+  /** `out`: a buffer to build the DATA frame in (handed back as the reply's frame) */
+  | { op: "compress"; index: number; offset: number; rawLength: number; raw: ArrayBuffer; out: ArrayBuffer }
   | {
       op: "check";
       index: number;
@@ -26,8 +27,9 @@ export type WorkerRequest =
   | { op: "digest" };
 
 export type WorkerReply =
-  | { op: "compressed"; index: number; frame: ArrayBuffer; raw: ArrayBuffer; compressedSize: number }
-  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string }
+  | { op: "compressed"; index: number; frame: ArrayBuffer; frameLength: number; raw: ArrayBuffer; compressedSize: number }
+  /** `buf`: the request's input buffer, handed back */
+  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer }
   | { op: "zeroed"; index: number; writeError?: string }
   | { op: "digest"; sha256: string }
   | { op: "failed"; error: string };

@@ -16,8 +16,7 @@ const cctx = new zstd.CCtx();
 const dctx = new zstd.DCtx();
 let sha = new Bun.CryptoHasher("sha256");
 let zeros = new Uint8Array(0);
-// Scratch buffers reused across chunks: compress output, decompress output.
-let scratchOut = new Uint8Array(0);
+// Scratch buffer reused across chunks: decompress output.
 let scratchRaw = new Uint8Array(0);
 
 function setLevel(level: number): void {
@@ -43,6 +42,33 @@ function reply(msg: WorkerReply, transfer: ArrayBuffer[] = []): void {
   self.postMessage(msg, transfer);
 }
 
+type CheckReply = Extract<WorkerReply, { op: "checked" }>;
+
+/** Decompresses one chunk, verifies it, hashes and writes it as asked. */
+function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
+  const z = new Uint8Array(m.buf, m.at, m.length);
+  let raw: Uint8Array;
+  try {
+    // exactly one zstd frame that declares the chunk's raw length (DESIGN §4)
+    if (zstd.findFrameCompressedSize(z) !== z.length) throw new Error("not exactly one zstd frame");
+    if (zstd.getFrameContentSize(z) !== m.rawLength) throw new Error("frame does not declare the chunk's raw length");
+    if (m.wantRaw) raw = m.out && m.out.byteLength >= m.rawLength ? new Uint8Array(m.out, 0, m.rawLength) : new Uint8Array(m.rawLength);
+    else {
+      if (scratchRaw.length < m.rawLength) scratchRaw = new Uint8Array(m.rawLength);
+      raw = scratchRaw.subarray(0, m.rawLength);
+    }
+    const n = dctx.decompress(raw, z);
+    if (n !== m.rawLength) throw new Error(`decompressed to ${n} bytes, expected ${m.rawLength}`);
+  } catch (e) {
+    return { op: "checked", index: m.index, ok: false, error: `cannot decompress: ${(e as Error).message}` };
+  }
+  if (m.checksum >= 0n && Bun.hash.xxHash3(raw) !== m.checksum) return { op: "checked", index: m.index, ok: false, error: "raw data checksum mismatch" };
+  if (m.hash) sha.update(raw);
+  const writeError = m.write ? pwriteAll(m.write.fd, z, m.write.position) : m.writeRaw ? pwriteAll(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;
+  const rawBuf = m.wantRaw ? (raw.buffer as ArrayBuffer) : undefined;
+  return { op: "checked", index: m.index, ok: true, writeError, raw: rawBuf };
+}
+
 self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
   const m = ev.data;
   switch (m.op) {
@@ -54,51 +80,22 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
       const checksum = Bun.hash.xxHash3(raw);
       const start = HEADER_SIZE + CHUNK_HEADER_SIZE;
       const need = start + zstd.compressBound(m.rawLength) + TRAILER_SIZE;
-      if (scratchOut.length < need) scratchOut = new Uint8Array(need);
-      const out = scratchOut;
+      // the caller's buffer normally fits; if not, a fresh one (handed back instead)
+      const out = m.out.byteLength >= need ? new Uint8Array(m.out) : new Uint8Array(need);
       const n = cctx.compress2(out.subarray(start, need - TRAILER_SIZE), raw);
       const payloadLength = CHUNK_HEADER_SIZE + n;
       writeHeader(out, 0, MsgType.DATA, payloadLength);
       writeChunkHeader(out, HEADER_SIZE, { index: m.index, rawLength: m.rawLength, offset: m.offset, checksum });
       sealFrame(out, payloadLength);
-      const frame = out.buffer.slice(0, HEADER_SIZE + payloadLength + TRAILER_SIZE) as ArrayBuffer;
-      reply({ op: "compressed", index: m.index, frame, raw: m.raw, compressedSize: n }, [frame, m.raw]);
+      const frame = out.buffer as ArrayBuffer;
+      reply({ op: "compressed", index: m.index, frame, frameLength: HEADER_SIZE + payloadLength + TRAILER_SIZE, raw: m.raw, compressedSize: n }, [frame, m.raw]);
       return;
     }
     case "check": {
-      const z = new Uint8Array(m.buf, m.at, m.length);
-      let raw: Uint8Array;
-      try {
-        // exactly one zstd frame that declares the chunk's raw length (DESIGN §4)
-        if (zstd.findFrameCompressedSize(z) !== z.length) throw new Error("not exactly one zstd frame");
-        if (zstd.getFrameContentSize(z) !== m.rawLength) throw new Error("frame does not declare the chunk's raw length");
-        if (m.wantRaw) raw = m.out && m.out.byteLength >= m.rawLength ? new Uint8Array(m.out, 0, m.rawLength) : new Uint8Array(m.rawLength);
-        else {
-          if (scratchRaw.length < m.rawLength) scratchRaw = new Uint8Array(m.rawLength);
-          raw = scratchRaw.subarray(0, m.rawLength);
-        }
-        const n = dctx.decompress(raw, z);
-        if (n !== m.rawLength) throw new Error(`decompressed to ${n} bytes, expected ${m.rawLength}`);
-      } catch (e) {
-        reply({ op: "checked", index: m.index, ok: false, error: `cannot decompress: ${(e as Error).message}` });
-        return;
-      }
-      const sum = Bun.hash.xxHash3(raw);
-      if (m.checksum >= 0n && sum !== m.checksum) {
-        reply({ op: "checked", index: m.index, ok: false, error: "raw data checksum mismatch" });
-        return;
-      }
-      if (m.hash) sha.update(raw);
-      if (m.write || m.writeRaw) {
-        const writeError = m.write ? pwriteAll(m.write.fd, z, m.write.position) : pwriteAll(m.writeRaw!.fd, raw, m.writeRaw!.position);
-        if (writeError) {
-          const rawBuf = m.wantRaw ? (raw.buffer as ArrayBuffer) : undefined;
-          reply({ op: "checked", index: m.index, ok: true, writeError, raw: rawBuf }, rawBuf ? [rawBuf] : []);
-          return;
-        }
-      }
-      const rawBuf = m.wantRaw ? (raw.buffer as ArrayBuffer) : undefined;
-      reply({ op: "checked", index: m.index, ok: true, raw: rawBuf }, rawBuf ? [rawBuf] : []);
+      // the input buffer always goes back, for the caller to reuse
+      const r = check(m);
+      const rawBuf = r.raw;
+      reply({ ...r, buf: m.buf }, rawBuf ? [m.buf, rawBuf] : [m.buf]);
       return;
     }
     case "zero": {

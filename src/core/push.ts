@@ -2,8 +2,8 @@
 // and stream it to a receiver; done only when the receiver says it is durable
 // and its SHA-256 matches ours.
 import { availableParallelism } from "node:os";
-import { MsgType, decodeJson, encodeZero, type DiskIdentity, type Done, type End } from "../protocol/messages.ts";
-import { encodeFrame } from "../protocol/frame.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, encodeZero, type DiskIdentity, type Done, type End } from "../protocol/messages.ts";
+import { HEADER_SIZE, TRAILER_SIZE, encodeFrame } from "../protocol/frame.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
 import { WorkerPool } from "./chunk-jobs.ts";
@@ -13,6 +13,7 @@ import type { Reporter } from "./report.ts";
 import { openSource, readFully } from "./source.ts";
 import { zeroChecksum } from "./zero.ts";
 import { chunkLine } from "../store/image-writer.ts";
+import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 
 export { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from "./limits.ts";
 
@@ -162,6 +163,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     const queue: Promise<Uint8Array>[] = [];
     const maxInFlight = pool.size * 3;
     const spare: ArrayBuffer[] = [];
+    // DATA frames are built by the workers in these and come back once written
+    const frames = new BufferPool(HEADER_SIZE + CHUNK_HEADER_SIZE + compressBound(opts.chunkSize) + TRAILER_SIZE, maxInFlight + 2);
     const zeroBuf = new Uint8Array(opts.chunkSize);
     let zeroChunks = 0;
     let stored = 0;
@@ -177,7 +180,9 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       if (peerFailure) throw peerFailure;
       // A receiver that failed may stop reading without closing: do not stay
       // blocked in the write once it has said why.
-      await Promise.race([ch.sendFrame(frame), receiverFailed]);
+      let written = false;
+      await Promise.race([ch.sendFrame(frame).then(() => (written = true)), receiverFailed]);
+      if (written) frames.give(frame.buffer);
     };
 
     for (let i = start; src.size === null || offset < src.size; i++) {
@@ -197,12 +202,15 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         queue.push(Promise.resolve(encodeFrame(MsgType.ZERO, encodeZero({ index: i, rawLength, offset, checksum: zeroChecksum(rawLength) }))));
       } else {
         queue.push(
-          pool.run({ op: "compress", index: i, offset, rawLength, raw: raw.buffer as ArrayBuffer }, [raw.buffer as ArrayBuffer]).then((r) => {
+          (() => {
+            const out = frames.takeBuffer();
+            return pool.run({ op: "compress", index: i, offset, rawLength, raw: raw.buffer as ArrayBuffer, out }, [raw.buffer as ArrayBuffer, out]);
+          })().then((r) => {
             if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
             if (r.op !== "compressed") throw new TbError("INTERNAL", `unexpected worker reply ${r.op}`, "report this bug");
             spare.push(r.raw);
             stored += r.compressedSize;
-            return new Uint8Array(r.frame);
+            return new Uint8Array(r.frame, 0, r.frameLength);
           }),
         );
       }

@@ -6,7 +6,8 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, typeName, type End, type Hello, type HelloAck } from "../protocol/messages.ts";
-import type { Frame } from "../protocol/frame.ts";
+import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
+import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import type { Transport } from "../transport/index.ts";
 import { FILES_FILE, IMAGE_FILE, createBackupDir, fsyncDir, PARTIAL_SUFFIX } from "../store/layout.ts";
 import { ImageWriter, prefixDigest } from "../store/image-writer.ts";
@@ -163,6 +164,8 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
     return fail("PROTOCOL", `chunk size ${chunkSize} is not supported`);
 
   const pool = new WorkerPool(1);
+  // chunk payloads arrive in these and come back from the worker once written
+  ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(chunkSize) + TRAILER_SIZE, 64));
   let created0: { id: string; dir: string } | null = null;
   let manifest0: Manifest | null = null;
   let writer0: ImageWriter | null = null;
@@ -259,6 +262,7 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   const settle = async (c: PendingCheck) => {
     const r = c.reply ?? (await c.p);
     if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
+    if (r.op === "checked") ch.release(r.buf);
     if (r.op === "checked" && !r.ok)
       throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.index * chunkSize}) failed its check: ${r.error}`, "the data was damaged in transit; check the cable and push again");
     if ((r.op === "checked" || r.op === "zeroed") && r.writeError) throw writeFailed(r.writeError);
@@ -299,6 +303,7 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
             throw new TbError("CORRUPT", `zero record for chunk ${h.index} is malformed`, "check the cable and push again");
           const zf = zeroFrame(rawLength);
           const position = writer.record(zf, rawLength, offset, h.checksum);
+          ch.release(f.payload.buffer);
           track(h.index, pool.run({ op: "zero", index: h.index, rawLength, write: { fd: writer.imageFd, position, frame: zf.slice().buffer as ArrayBuffer } }, [], 0));
           zero++;
         } else {
@@ -410,5 +415,6 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
     return { result: { ok: false, role: "push", id: created.id + PARTIAL_SUFFIX, path: created.dir, host: hello.host?.hostname, error: { code: err.code, message: err.message } }, carried };
   } finally {
     pool.terminate();
+    ch.usePool(null);
   }
 }

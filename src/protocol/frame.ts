@@ -72,6 +72,12 @@ export class FrameDecoder {
   private payload: Uint8Array | null = null;
   private filled = 0;
 
+  /**
+   * Where payloads are built (length + 4 bytes for the trailer). A caller that
+   * reuses buffers sets this and hands finished payloads' buffers back itself.
+   */
+  alloc: (n: number) => Uint8Array = (n) => new Uint8Array(n);
+
   constructor(private readonly maxPayload = MAX_PAYLOAD) {}
 
   push(data: Uint8Array): DecodeEvent[] {
@@ -111,7 +117,7 @@ export class FrameDecoder {
           this.flushSkipped(events, i);
           this.type = view.getUint8(4);
           this.length = length;
-          this.payload = new Uint8Array(length + TRAILER_SIZE);
+          this.payload = this.alloc(length + TRAILER_SIZE);
           this.filled = 0;
           this.state = State.Payload;
           this.buf = b.subarray(i + HEADER_SIZE);

@@ -58,32 +58,32 @@ export function streamConn(
         await new Promise<void>((r) => (wake = r));
       }
     },
+    // Resolves once the stream has taken all of `data` (its write callback):
+    // callers reuse the buffer afterwards.
     async write(data) {
       if (failure) throw cut(failure);
       if (closed || output.destroyed || output.writableEnded) throw new TbError("CLOSED", `the stream ${description} is closed`, "the backup is incomplete; run the command again");
-      if (!output.write(data)) {
-        await new Promise<void>((resolve, reject) => {
-          const done = () => {
-            output.off("drain", done);
-            output.off("close", closed_);
-            output.off("error", err);
-            resolve();
-          };
-          const closed_ = () => {
-            output.off("drain", done);
-            output.off("error", err);
-            reject(new TbError("CLOSED", `the other side closed ${description}`, "the backup is incomplete; check the other side's message and run again"));
-          };
-          const err = (e: Error) => {
-            output.off("drain", done);
-            output.off("close", closed_);
-            reject(cut(e));
-          };
-          output.once("drain", done);
-          output.once("close", closed_);
-          output.once("error", err);
+      await new Promise<void>((resolve, reject) => {
+        const off = () => {
+          output.off("close", closed_);
+          output.off("error", err);
+        };
+        const closed_ = () => {
+          off();
+          reject(new TbError("CLOSED", `the other side closed ${description}`, "the backup is incomplete; check the other side's message and run again"));
+        };
+        const err = (e: Error) => {
+          off();
+          reject(cut(e));
+        };
+        output.once("close", closed_);
+        output.once("error", err);
+        output.write(data, (e) => {
+          off();
+          if (e) reject(cut(e));
+          else resolve();
         });
-      }
+      });
     },
     async close() {
       if (closed) return;
