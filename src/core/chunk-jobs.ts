@@ -24,6 +24,8 @@ export type WorkerRequest =
       writeRaw?: { fd: number; position: number };
     }
   | { op: "zero"; index: number; rawLength: number; write?: { fd: number; position: number; frame: ArrayBuffer } }
+  /** feed `length` bytes of `buf` to the whole-image SHA-256 (handed back) */
+  | { op: "hash"; index: number; buf: ArrayBuffer; length: number }
   | { op: "digest" };
 
 export type WorkerReply =
@@ -31,6 +33,7 @@ export type WorkerReply =
   /** `buf`: the request's input buffer, handed back */
   | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer }
   | { op: "zeroed"; index: number; writeError?: string }
+  | { op: "hashed"; index: number; buf: ArrayBuffer }
   | { op: "digest"; sha256: string }
   | { op: "failed"; error: string };
 

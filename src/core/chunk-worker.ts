@@ -105,6 +105,11 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
       reply({ op: "zeroed", index: m.index, writeError });
       return;
     }
+    case "hash": {
+      sha.update(new Uint8Array(m.buf, 0, m.length));
+      reply({ op: "hashed", index: m.index, buf: m.buf }, [m.buf]);
+      return;
+    }
     case "digest": {
       const hex = sha.digest("hex");
       sha = new Bun.CryptoHasher("sha256");

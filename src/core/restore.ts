@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, type RestoreEnd, type RestoreInfo, type ErrorMsg } from "../protocol/messages.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
-import { WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
+import { WorkerPool, type WorkerReply, type WorkerRequest } from "./chunk-jobs.ts";
 import { TbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
@@ -15,6 +15,8 @@ import { locateBackup, openBackup } from "./verify.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { Extractor, type ExtractStats } from "./files/extract.ts";
 import { POSIX_FADV_DONTNEED, loadLibc } from "../util/libc.ts";
+import { BufferPool, compressBound } from "../util/buffer-pool.ts";
+import { TRAILER_SIZE } from "../protocol/frame.ts";
 
 export interface RestoreOptions {
   target: string;
@@ -59,6 +61,8 @@ interface ChunkIn {
 interface Source {
   info: RestoreInfo;
   chunks: AsyncGenerator<ChunkIn>;
+  /** takes back a chunk's buffer once the workers are done with it */
+  release(buf: ArrayBuffer | undefined): void;
   /** called once every chunk is written (stream: tell the receiver) */
   finish(ok: boolean, message?: string): Promise<void>;
   close(): Promise<void>;
@@ -97,7 +101,7 @@ function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, repor
       try {
         fs.fsyncSync(fd);
       } catch (e) {
-        throw new TbError("TARGET", `syncing ${target.path} failed: ${(e as Error).message}`, "the target is now incomplete; check the disk and restore again");
+        throw syncFailed(target.path, e);
       }
       if (!verify) return false;
       reporter.info("reading the target back to verify it");
@@ -137,6 +141,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target);
   let sink: (Sink & { stats?: () => ExtractStats }) | null = null;
   const pool = new WorkerPool(2);
+  let hashers: WorkerPool | null = null;
   try {
     const info = src.info;
     if (target) {
@@ -151,13 +156,28 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     const out = sink;
     opts.reporter.info(`restoring ${info.id} (${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}...) to ${out.path}`);
-    // The SHA-256 runs here, in chunk order, while the workers decompress in parallel.
-    const sha = out.hashInPass ? new Bun.CryptoHasher("sha256") : null;
+    // The SHA-256 runs in chunk order while the workers decompress in parallel:
+    // on a thread of its own when the workers write the target themselves, else here.
+    const hasher = out.hashInPass && out.fd !== undefined ? new WorkerPool(1) : null;
+    hashers = hasher;
+    const sha = out.hashInPass && !hasher ? new Bun.CryptoHasher("sha256") : null;
+    const hashing: Promise<void>[] = [];
+    const hash = (req: WorkerRequest, transfer: ArrayBuffer[] = []) => {
+      const p = hasher!.run(req, transfer).then((r) => {
+        if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
+        if (r.op === "hashed") spare.push(r.buf);
+      });
+      p.catch(() => {}); // observed when awaited below
+      hashing.push(p);
+    };
     let zeroBuf = new Uint8Array(0);
     // decompression buffers go back and forth between here and the workers
     const spare: ArrayBuffer[] = [];
     const zeroes = (n: number) => (zeroBuf.length >= n ? zeroBuf : (zeroBuf = new Uint8Array(n))).subarray(0, n);
     const pending: { c: ChunkIn; p: Promise<WorkerReply> | null }[] = [];
+    // Written data is synced as we go, so the final fsync has little left to wait for.
+    let syncing: Promise<void> | null = null;
+    let syncError: unknown = null;
     let written = 0;
     let count = 0;
     const settle = async () => {
@@ -166,18 +186,22 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         const r = await p;
         if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
         if (r.op === "checked") {
+          src.release(r.buf);
           if (!r.ok) throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.offset}) of backup ${info.id} is bad: ${r.error}`, "the target is now incomplete; run 'tbbackup verify' on the backup, or restore another one");
           if (r.writeError)
             throw new TbError("TARGET", `writing ${out.path} at byte ${c.offset} failed: ${r.writeError}`, r.writeError === "ENOSPC" ? "the target is now incomplete; free space or use a larger target, then restore again" : "the target is now incomplete; check the disk and restore again");
           const raw = new Uint8Array(r.raw!, 0, c.rawLength);
           sha?.update(raw);
           await out.data?.(raw, c);
-          spare.push(r.raw!);
+          if (hasher) hash({ op: "hash", index: c.index, buf: r.raw!, length: c.rawLength }, [r.raw!]);
+          else spare.push(r.raw!);
         }
       } else {
         sha?.update(zeroes(c.rawLength));
+        if (hasher) hash({ op: "zero", index: c.index, rawLength: c.rawLength });
         await out.zero(c);
       }
+      while (hashing.length > 8) await hashing.shift();
       written += c.rawLength;
     };
     let expected = 0;
@@ -195,16 +219,22 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       pending.push({ c, p });
       count++;
       while (pending.length > 8) await settle();
+      if (syncError) throw syncError;
+      if (out.fd !== undefined && (count & 63) === 0 && !syncing) {
+        const fd = out.fd;
+        syncing = new Promise<void>((resolve) => fs.fdatasync(fd, (e) => ((syncError ??= e ? syncFailed(out.path, e) : null), resolve()))).finally(() => (syncing = null));
+      }
       if ((count & 15) === 0) opts.reporter.progress({ phase: "restore", bytes: written, total: info.size });
     }
     while (pending.length) await settle();
+    await Promise.all(hashing);
+    await syncing;
+    if (syncError) throw syncError;
     if (expected !== info.chunks || written !== info.size)
       throw new TbError("CLOSED", `only ${written} of ${info.size} bytes arrived`, "the target is now incomplete; restore again");
-    if (sha) {
-      const digest = sha.digest("hex");
-      if (digest !== info.sha256)
-        throw new TbError("CORRUPT", `the restored data hashes to ${digest}, the backup says ${info.sha256}`, "the target is now incomplete; restore again");
-    }
+    const digest = hasher ? await hasher.run({ op: "digest" }).then((d) => (d.op === "digest" ? d.sha256 : "")) : sha?.digest("hex");
+    if (digest !== undefined && digest !== info.sha256)
+      throw new TbError("CORRUPT", `the restored data hashes to ${digest}, the backup says ${info.sha256}`, "the target is now incomplete; restore again");
     const verified = await out.finish(info);
     await src.finish(true);
     return {
@@ -226,9 +256,14 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   } finally {
     await pool.idle(); // workers may still be writing to the target: wait before closing it
     pool.terminate();
+    hashers?.terminate();
     sink?.close();
     await src.close();
   }
+}
+
+function syncFailed(path: string, e: unknown): TbError {
+  return new TbError("TARGET", `syncing ${path} failed: ${(e as Error).message}`, "the target is now incomplete; check the disk and restore again");
 }
 
 function readBackSha(fd: number, size: number, reporter: Reporter): string {
@@ -270,6 +305,7 @@ function fileSource(from: string): Source {
     sha256: manifest?.sha256 ?? "",
   };
   if (!info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with a SHA-256`, "restore from a backup directory made by tbbackup receive");
+  const frames = new BufferPool(compressBound(chunkSize), 16);
   async function* chunks(): AsyncGenerator<ChunkIn> {
     let offset = 0;
     for (let i = 0; i < reader.entries.length; i++) {
@@ -277,15 +313,17 @@ function fileSource(from: string): Source {
       const line = list?.next() ?? null;
       if (list && (!line || line.index !== i || line.length !== e.rawSize)) throw new TbError("VERIFY", `chunk list of ${dir} does not match its image at chunk ${i}`, "the backup is damaged; restore another one");
       const checksum = line?.checksum ?? -1n;
-      const frame = reader.readFrame(i);
+      const frame = reader.readFrame(i, new Uint8Array(frames.takeBuffer()));
       const zero = isZeroFrame(frame, e.rawSize, checksum);
-      yield { index: i, offset, rawLength: e.rawSize, checksum, zero, buf: frame.buffer as ArrayBuffer, at: 0, length: frame.length };
+      if (zero) frames.give(frame.buffer as ArrayBuffer);
+      yield { index: i, offset, rawLength: e.rawSize, checksum, zero, buf: zero ? undefined : (frame.buffer as ArrayBuffer), at: 0, length: frame.length };
       offset += e.rawSize;
     }
   }
   return {
     info,
     chunks: chunks(),
+    release: (buf) => frames.give(buf),
     finish: async () => {},
     close: async () => {
       reader.close();
@@ -310,6 +348,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
       }
     }
     const offer = info;
+    ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(offer.chunkSize) + TRAILER_SIZE, 64));
     let began = false;
     async function* chunks(): AsyncGenerator<ChunkIn> {
       await ch.sendJson(MsgType.RESTORE, { session: hello.session, go: true });
@@ -323,6 +362,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
             throw new TbError("PROTOCOL", `chunk ${h.index} record is malformed`, "use the same tbbackup version on both sides");
           if (f.type === MsgType.ZERO) {
             if (h.checksum !== zeroChecksum(h.rawLength)) throw new TbError("CORRUPT", `zero record for chunk ${h.index} is malformed`, "the target is now incomplete; restore again");
+            ch.release(f.payload.buffer);
             yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: true };
           } else {
             yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: false, buf: f.payload.buffer as ArrayBuffer, at: f.payload.byteOffset + CHUNK_HEADER_SIZE, length: f.payload.length - CHUNK_HEADER_SIZE };
@@ -337,6 +377,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
     return {
       info: offer,
       chunks: chunks(),
+      release: (buf) => ch.release(buf),
       finish: async (ok, message) => {
         if (ok) await ch.sendJson(MsgType.RESTORE_DONE, { session: hello.session, ok: true });
         else await ch.sendJson(MsgType.ERROR, { session: hello.session, code: "CLOSED", message: `restore stopped: ${message ?? ""}${began ? "" : " (nothing written)"}` });

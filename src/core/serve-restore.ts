@@ -15,6 +15,7 @@ import { CAPABILITIES, PROTOCOL_VERSION, TOOL } from "./version.ts";
 import { listBackups, type BackupEntry } from "./catalogue.ts";
 import type { SessionResult } from "./receive.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
+import { compressBound } from "../util/buffer-pool.ts";
 
 export interface ServeOptions {
   out: string;
@@ -144,22 +145,24 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     }
     opts.reporter.info(`restoring ${manifest.id} to ${hello.host?.hostname} (${manifest.size} bytes)`);
     let offset = 0;
+    // one frame buffer, refilled for every chunk: the stored frame is read straight into its payload
+    const start = HEADER_SIZE + CHUNK_HEADER_SIZE;
+    let frame = new Uint8Array(start + compressBound(manifest.chunkSize) + TRAILER_SIZE);
     for (let i = 0; i < reader.entries.length; i++) {
       const e = reader.entries[i]!;
       const line = list.next();
       if (!line || line.index !== i || line.length !== e.rawSize) throw new TbError("VERIFY", `backup ${manifest.id}: chunk list does not match the image at chunk ${i}`, "the stored backup is damaged");
-      const z = reader.readFrame(i);
+      if (frame.length < start + e.compressedSize + TRAILER_SIZE) frame = new Uint8Array(start + e.compressedSize + TRAILER_SIZE);
+      const z = reader.readFrame(i, frame.subarray(start));
       const header = { index: i, rawLength: e.rawSize, offset, checksum: line.checksum };
-      const zero = line.checksum === zeroChecksum(e.rawSize) && Buffer.from(z).equals(zeroFrame(e.rawSize));
+      const zero = line.checksum === zeroChecksum(e.rawSize) && Buffer.from(z.buffer, z.byteOffset, z.length).equals(zeroFrame(e.rawSize));
       if (zero) await ch.send(MsgType.ZERO, encodeZero(header));
       else {
         const payloadLength = CHUNK_HEADER_SIZE + z.length;
-        const frame = new Uint8Array(HEADER_SIZE + payloadLength + TRAILER_SIZE);
         writeHeader(frame, 0, MsgType.DATA, payloadLength);
         writeChunkHeader(frame, HEADER_SIZE, header);
-        frame.set(z, HEADER_SIZE + CHUNK_HEADER_SIZE);
         sealFrame(frame, payloadLength);
-        await ch.sendFrame(frame);
+        await ch.sendFrame(frame.subarray(0, HEADER_SIZE + payloadLength + TRAILER_SIZE));
       }
       offset += e.rawSize;
       if ((i & 15) === 0) opts.reporter.progress({ phase: "serve restore", bytes: offset, total: manifest.size });

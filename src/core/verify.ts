@@ -5,6 +5,7 @@ import * as path from "node:path";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { CHUNKS_FILE, IMAGE_FILE, MANIFEST_FILE } from "../store/layout.ts";
 import { readManifest, type Manifest } from "../store/manifest.ts";
+import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import { WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
 import { TbError } from "./errors.ts";
 import type { Reporter } from "./report.ts";
@@ -71,9 +72,11 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
     if (manifest && manifest.size !== reader.rawSize)
       throw new TbError("VERIFY", `the manifest says ${manifest.size} bytes but the image holds ${reader.rawSize}`, "this backup cannot be trusted; make a new one");
     const inflight: { i: number; p: Promise<WorkerReply> }[] = [];
+    const frames = new BufferPool(compressBound(reader.entries[0]?.rawSize ?? 0), 12);
     const settle = async () => {
       const { i, p: pr } = inflight.shift()!;
       const r = await pr;
+      if (r.op === "checked") frames.give(r.buf);
       if (r.op === "checked" && !r.ok) throw bad(i, r.error ?? "check failed");
       if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
     };
@@ -82,7 +85,7 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
       const e = reader.entries[i]!;
       const c = list?.next() ?? null;
       if (list && (!c || c.index !== i || c.length !== e.rawSize)) throw bad(i, "the chunk list does not match the image");
-      const frame = reader.readFrame(i);
+      const frame = reader.readFrame(i, new Uint8Array(frames.takeBuffer()));
       inflight.push({
         i,
         p: pool.run({ op: "check", index: i, rawLength: e.rawSize, checksum: c?.checksum ?? -1n, buf: frame.buffer as ArrayBuffer, at: 0, length: frame.length, hash: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0),

@@ -50,10 +50,10 @@ export class ImageReader {
     }
   }
 
-  /** The compressed bytes of frame i, in a fresh buffer. */
-  readFrame(i: number): Uint8Array {
+  /** The compressed bytes of frame i, read into the start of `into` when it is large enough, else into a fresh buffer. */
+  readFrame(i: number, into?: Uint8Array): Uint8Array {
     const e = this.entries[i]!;
-    const buf = new Uint8Array(e.compressedSize);
+    const buf = into && into.length >= e.compressedSize ? into.subarray(0, e.compressedSize) : new Uint8Array(e.compressedSize);
     let off = 0;
     while (off < buf.length) {
       const n = fs.readSync(this.fd, buf, off, buf.length - off, this.offsets[i]! + off);
