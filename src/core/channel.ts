@@ -31,7 +31,9 @@ export class Channel {
         while (this.frames.length >= MAX_QUEUED_FRAMES) await new Promise<void>((r) => (this.wakePump = r));
         const data = await this.conn.read();
         if (data === null) break;
-        for (const ev of this.decoder.push(data)) {
+        const events = this.decoder.push(data);
+        this.conn.release?.(data); // the decoder copies what it keeps
+        for (const ev of events) {
           if (ev.kind === "frame") this.frames.push(ev.frame);
           else if (ev.kind === "garbage") this.garbageBytes += ev.bytes;
           else {

@@ -116,6 +116,8 @@ const writeAsync = (fd: number, buf: Uint8Array, off: number) =>
 
 function deviceConn(fd: number, path: string, flock: FlockFn | null): Conn {
   const queue: Uint8Array[] = [];
+  // read buffers come back through release() (fresh memory is costly: src/util/buffer-pool.ts)
+  const spare: ArrayBuffer[] = [];
   let eof = false;
   let failure: TbError | null = null;
   let closed = false;
@@ -133,7 +135,7 @@ function deviceConn(fd: number, path: string, flock: FlockFn | null): Conn {
         await new Promise<void>((r) => (wakePump = r));
         continue;
       }
-      const buf = new Uint8Array(READ_SIZE);
+      const buf = new Uint8Array(spare.pop() ?? new ArrayBuffer(READ_SIZE));
       let n: number;
       try {
         n = await readAsync(fd, buf);
@@ -167,6 +169,9 @@ function deviceConn(fd: number, path: string, flock: FlockFn | null): Conn {
         if (eof || closed) return null;
         await new Promise<void>((r) => (wakeReader = r));
       }
+    },
+    release(chunk) {
+      if (chunk.buffer instanceof ArrayBuffer && chunk.buffer.byteLength === READ_SIZE && spare.length < MAX_QUEUED) spare.push(chunk.buffer);
     },
     async write(data) {
       if (failure) throw failure;

@@ -4,6 +4,8 @@
 export interface Conn {
   /** Next bytes from the peer, or null at end of stream. Throws TbError("CLOSED") when cut. */
   read(): Promise<Uint8Array | null>;
+  /** Optional: the bytes read() gave are no longer needed (their buffer may be reused). */
+  release?(chunk: Uint8Array): void;
   /** Writes all of `data` (waits on backpressure). */
   write(data: Uint8Array): Promise<void>;
   /** Closes this side; idempotent. */
