@@ -10,7 +10,7 @@ import { WorkerPool } from "./chunk-jobs.ts";
 import { TbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
-import { openSource, readFully } from "./source.ts";
+import { holeTest, openSource, readFully } from "./source.ts";
 import { zeroChecksum } from "./zero.ts";
 import { chunkLine } from "../store/image-writer.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
@@ -25,6 +25,8 @@ export interface PushSource {
   content: "image" | "files";
   /** fills buf with the bytes at `offset`; fewer than buf.length only at the end */
   read(buf: Uint8Array, offset: number): Promise<number>;
+  /** for a regular file: a test for chunks that lie in a hole (zeros that need no reading) */
+  holes?(): Promise<((offset: number, length: number) => boolean) | null>;
   /** extra END fields (file counts) once everything was read */
   summary?(): Record<string, unknown>;
   close(): void;
@@ -41,6 +43,7 @@ export function imageSource(path: string): PushSource {
       readFully(src.fd, buf.subarray(0, n), offset, path);
       return n;
     },
+    holes: async () => (src.regularFile ? holeTest(src.fd, src.size) : null),
     close: () => src.close(),
   };
 }
@@ -160,6 +163,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       opts.reporter.info(start ? `resuming the interrupted backup ${offer.id} at chunk ${start}` : `not resuming ${offer.id} (${opts.resume === false ? "--no-resume" : "this disk no longer matches it"}): starting a new backup`);
     }
     const total = src.size ?? 0;
+    const isHole = (await src.holes?.()) ?? null;
     const queue: Promise<Uint8Array>[] = [];
     const maxInFlight = pool.size * 3;
     const spare: ArrayBuffer[] = [];
@@ -187,24 +191,36 @@ export async function push(opts: PushOptions): Promise<PushResult> {
 
     for (let i = start; src.size === null || offset < src.size; i++) {
       if (peerFailure) throw peerFailure;
-      const raw = new Uint8Array(spare.pop() ?? new ArrayBuffer(opts.chunkSize), 0, opts.chunkSize);
-      const rawLength = await src.read(raw, offset);
-      if (rawLength === 0) {
-        spare.push(raw.buffer as ArrayBuffer);
-        break;
+      // A hole of a sparse image is zeros: no need to read it.
+      const holeLength = isHole && src.size !== null ? Math.min(opts.chunkSize, src.size - offset) : 0;
+      let raw: Uint8Array | null = null;
+      let rawLength: number;
+      if (holeLength > 0 && isHole!(offset, holeLength)) {
+        rawLength = holeLength;
+        sha.update(zeroBuf.subarray(0, rawLength));
+      } else {
+        raw = new Uint8Array(spare.pop() ?? new ArrayBuffer(opts.chunkSize), 0, opts.chunkSize);
+        rawLength = await src.read(raw, offset);
+        if (rawLength === 0) {
+          spare.push(raw.buffer as ArrayBuffer);
+          break;
+        }
+        sha.update(raw.subarray(0, rawLength));
+        if (Buffer.from(raw.buffer, 0, rawLength).equals(zeroBuf.subarray(0, rawLength))) {
+          spare.push(raw.buffer as ArrayBuffer);
+          raw = null;
+        }
       }
-      const data = raw.subarray(0, rawLength);
-      sha.update(data);
       chunks++;
-      if (Buffer.from(raw.buffer, 0, rawLength).equals(zeroBuf.subarray(0, rawLength))) {
+      if (!raw) {
         zeroChunks++;
-        spare.push(raw.buffer as ArrayBuffer);
         queue.push(Promise.resolve(encodeFrame(MsgType.ZERO, encodeZero({ index: i, rawLength, offset, checksum: zeroChecksum(rawLength) }))));
       } else {
+        const buf = raw.buffer as ArrayBuffer;
         queue.push(
           (() => {
             const out = frames.takeBuffer();
-            return pool.run({ op: "compress", index: i, offset, rawLength, raw: raw.buffer as ArrayBuffer, out }, [raw.buffer as ArrayBuffer, out]);
+            return pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out }, [buf, out]);
           })().then((r) => {
             if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
             if (r.op !== "compressed") throw new TbError("INTERNAL", `unexpected worker reply ${r.op}`, "report this bug");

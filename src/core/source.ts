@@ -3,10 +3,13 @@ import * as fs from "node:fs";
 import { TbError, errnoText, isErrno } from "./errors.ts";
 import { blockDeviceSize, diskIdentity } from "./identity.ts";
 import type { DiskIdentity } from "../protocol/messages.ts";
+import { SEEK_DATA, SEEK_HOLE, loadLibc } from "../util/libc.ts";
 
 export interface Source {
   fd: number;
   size: number;
+  /** a regular file (which may have holes), not a block device */
+  regularFile: boolean;
   disk: DiskIdentity;
   close(): void;
 }
@@ -31,7 +34,7 @@ export function openSource(path: string): Source {
     } else throw new TbError("SOURCE", `${path} is not a block device or a regular file`, "give a disk (e.g. /dev/nvme0n1) or an image file");
     const head = new Uint8Array(Math.min(8192, size));
     if (head.length > 0) readFully(fd, head, 0, path);
-    return { fd, size, disk: diskIdentity(path, size, head, st.isBlockDevice()), close: () => fs.closeSync(fd) };
+    return { fd, size, regularFile: st.isFile(), disk: diskIdentity(path, size, head, st.isBlockDevice()), close: () => fs.closeSync(fd) };
   } catch (e) {
     fs.closeSync(fd);
     throw e;
@@ -51,4 +54,38 @@ export function readFully(fd: number, buf: Uint8Array, position: number, path: s
     if (n === 0) throw new TbError("SOURCE", `${path} ended at byte ${position + off}, before its size`, "the source shrank while being read; run again");
     off += n;
   }
+}
+
+/**
+ * For a sparse image file: a test that tells whether [offset, offset+length)
+ * lies wholly in a hole, from SEEK_DATA/SEEK_HOLE (about two calls per extent).
+ * Reading a hole costs as much as reading data (the kernel zero-fills fresh
+ * page-cache pages), and an image is often mostly holes. null when the calls
+ * are unavailable; any answer that does not add up counts as data, so a doubt
+ * costs a read, never a lost byte.
+ */
+export async function holeTest(fd: number, size: number): Promise<((offset: number, length: number) => boolean) | null> {
+  const libc = await loadLibc();
+  if (!libc || libc.lseek(fd, 0, SEEK_HOLE) < 0) return null;
+  let holeFrom = 0;
+  let holeUntil = 0; // [holeFrom, holeUntil) is known to be a hole
+  let dataFrom = 0;
+  let dataUntil = 0; // [dataFrom, dataUntil) is known to hold data
+  return (offset, length) => {
+    const end = offset + length;
+    if (offset >= holeFrom && end <= holeUntil) return true;
+    if (offset < dataUntil && end > dataFrom) return false;
+    const d = libc.lseek(fd, offset, SEEK_DATA);
+    if (d < 0) {
+      // ENXIO: no data from offset to the end, which SEEK_HOLE confirms by answering offset itself
+      if (libc.lseek(fd, offset, SEEK_HOLE) !== offset) return false;
+      [holeFrom, holeUntil] = [offset, size];
+      return end <= size;
+    }
+    if (d < offset) return false;
+    if (d > offset) [holeFrom, holeUntil] = [offset, d];
+    const h = libc.lseek(fd, d, SEEK_HOLE);
+    [dataFrom, dataUntil] = [d, h > d ? h : size];
+    return end <= d;
+  };
 }

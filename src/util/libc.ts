@@ -1,4 +1,4 @@
-// The few libc calls Node's fs lacks (flock, mknod, mkfifo, posix_fadvise),
+// The few libc calls Node's fs lacks (flock, mknod, mkfifo, posix_fadvise, lseek),
 // through bun:ffi, loaded once on first use. null where libc cannot be loaded:
 // callers fall back or report what they could not do.
 export interface Libc {
@@ -7,12 +7,16 @@ export interface Libc {
   mkfifo(path: string, mode: number): number;
   /** advice on a byte range; POSIX_FADV_DONTNEED drops clean cached pages */
   fadvise(fd: number, offset: number, length: number, advice: number): number;
+  /** the new offset, or -1 (SEEK_DATA past the last data: ENXIO) */
+  lseek(fd: number, offset: number, whence: number): number;
 }
 
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
 export const LOCK_UN = 8;
 export const POSIX_FADV_DONTNEED = 4;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
 
 let libc: Libc | null | undefined;
 
@@ -28,6 +32,7 @@ export async function loadLibc(): Promise<Libc | null> {
           mknod: { args: [FFIType.ptr, FFIType.u32, FFIType.u64], returns: FFIType.i32 },
           mkfifo: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
           posix_fadvise: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.i32], returns: FFIType.i32 },
+          lseek: { args: [FFIType.i32, FFIType.i64, FFIType.i32], returns: FFIType.i64 },
         });
         const cstr = (s: string) => new TextEncoder().encode(s + "\0");
         libc = {
@@ -35,6 +40,7 @@ export async function loadLibc(): Promise<Libc | null> {
           mknod: (p, mode, dev) => lib.symbols.mknod(cstr(p), mode, dev) as number,
           mkfifo: (p, mode) => lib.symbols.mkfifo(cstr(p), mode) as number,
           fadvise: (fd, off, len, adv) => lib.symbols.posix_fadvise(fd, BigInt(off), BigInt(len), adv) as number,
+          lseek: (fd, off, whence) => Number(lib.symbols.lseek(fd, BigInt(off), whence)),
         };
         break;
       } catch {}

@@ -152,3 +152,41 @@ describe("store, list and verify", () => {
     expect(v.stderr).toMatch(/damaged/);
   });
 });
+
+describe("a sparse image file", () => {
+  test("holes are skipped without reading, and every byte around them arrives", async () => {
+    const d = tempDir();
+    const out = path.join(d, "store");
+    const sock = path.join(d, "s.sock");
+    const MiB = 1024 * 1024;
+    const file = path.join(d, "sparse.img");
+    try {
+      // 10 chunks of 1 MiB (the last one 100 bytes): data in chunk 0, across
+      // the chunk 2/3 boundary and at the very end; chunk 5 is written zeros
+      // (allocated, not a hole); the rest are holes.
+      fs.writeFileSync(file, "");
+      fs.truncateSync(file, 9 * MiB + 100);
+      const fd = fs.openSync(file, "r+");
+      const put = (at: number, n: number) => fs.writeSync(fd, crypto.getRandomValues(new Uint8Array(n)), 0, n, at);
+      put(MiB / 2, 10);
+      put(3 * MiB - 5, 10);
+      put(9 * MiB + 90, 10);
+      fs.writeSync(fd, new Uint8Array(MiB), 0, MiB, 5 * MiB);
+      fs.closeSync(fd);
+      const want = sha256File(file);
+      const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+      await waitFor(() => fs.existsSync(sock), "receiver socket");
+      const p = await run(["push", file, "--stream", `unix:${sock}`, "--json"]);
+      expect((await finish(recv)).code).toBe(0);
+      expect(p.code).toBe(0);
+      expect(JSON.parse(p.stdout).sha256).toBe(want);
+      const image = fs.readdirSync(out, { recursive: true }).map(String).find((f) => f.endsWith("image.zst"))!;
+      expect(zstdSha(path.join(out, image))).toBe(want);
+      const manifest = JSON.parse(fs.readFileSync(path.join(out, path.dirname(image), "manifest.json"), "utf8"));
+      expect(manifest.chunks.count).toBe(10);
+      expect(manifest.chunks.zero).toBe(6); // 1, 4, 5, 6, 7, 8
+    } finally {
+      cleanup(d);
+    }
+  });
+});
