@@ -1,7 +1,7 @@
 // A device path (/dev/tbstreamX, a pty, a virtio-serial port, a FIFO) opened
-// O_RDWR with blocking reads and writes through the fs thread pool. A read is
-// always pending, so the peer's CLOSE (EOF) or an unplug (ENXIO) is seen even
-// while we only write (DESIGN §2: only a reader notices the peer leaving).
+// O_RDWR with blocking reads and writes (fd-conn.ts). A read is always
+// pending, so the peer's CLOSE (EOF) or an unplug (ENXIO) is seen even while
+// we only write (DESIGN §2: only a reader notices the peer leaving).
 // The device is not exclusive (a second opener shares the rings and steals
 // frames), so we refuse one another process holds open and take an flock.
 import * as fs from "node:fs";
@@ -9,9 +9,8 @@ import { LOCK_EX, LOCK_NB, LOCK_UN, loadLibc } from "../util/libc.ts";
 import { TbError, errnoText, isErrno } from "../core/errors.ts";
 import { describeHolders, holdersOf } from "../util/holders.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
+import { fdConn } from "./fd-conn.ts";
 
-const READ_SIZE = 256 * 1024;
-const MAX_QUEUED = 32;
 /** How long a connecting side waits for open() (it blocks until the peer is attached). */
 export const CONNECT_OPEN_TIMEOUT_MS = 60_000;
 
@@ -107,99 +106,15 @@ function gone(path: string, e: unknown): TbError {
   return new TbError("CLOSED", `${path}: ${errnoText(e)}`, "the transfer is incomplete; run the command again");
 }
 
-// Raw fds, not FileHandle: FileHandle.close() waits for pending operations,
-// and a read is always pending here.
-const readAsync = (fd: number, buf: Uint8Array) =>
-  new Promise<number>((resolve, reject) => fs.read(fd, buf, 0, buf.length, null, (e, n) => (e ? reject(e) : resolve(n))));
-const writeAsync = (fd: number, buf: Uint8Array, off: number) =>
-  new Promise<number>((resolve, reject) => fs.write(fd, buf, off, buf.length - off, null, (e, n) => (e ? reject(e) : resolve(n))));
-
 function deviceConn(fd: number, path: string, flock: FlockFn | null): Conn {
-  const queue: Uint8Array[] = [];
-  // read buffers come back through release() (fresh memory is costly: src/util/buffer-pool.ts)
-  const spare: ArrayBuffer[] = [];
-  let eof = false;
-  let failure: TbError | null = null;
-  let closed = false;
-  let wakeReader: (() => void) | null = null;
-  let wakePump: (() => void) | null = null;
-  const wake = () => {
-    const w = wakeReader;
-    wakeReader = null;
-    w?.();
-  };
-
-  (async () => {
-    while (!closed) {
-      if (queue.length >= MAX_QUEUED) {
-        await new Promise<void>((r) => (wakePump = r));
-        continue;
-      }
-      const buf = new Uint8Array(spare.pop() ?? new ArrayBuffer(READ_SIZE));
-      let n: number;
-      try {
-        n = await readAsync(fd, buf);
-      } catch (e) {
-        if (!closed) failure = gone(path, e);
-        break;
-      }
-      if (n === 0) {
-        eof = true;
-        break;
-      }
-      queue.push(buf.subarray(0, n));
-      wake();
-    }
-    wake();
-  })();
-
-  return {
+  return fdConn(fd, {
     description: path,
     lossy: true,
-    async read() {
-      for (;;) {
-        const c = queue.shift();
-        if (c) {
-          const p = wakePump as (() => void) | null;
-          wakePump = null;
-          p?.();
-          return c;
-        }
-        if (failure) throw failure;
-        if (eof || closed) return null;
-        await new Promise<void>((r) => (wakeReader = r));
-      }
-    },
-    release(chunk) {
-      if (chunk.buffer instanceof ArrayBuffer && chunk.buffer.byteLength === READ_SIZE && spare.length < MAX_QUEUED) spare.push(chunk.buffer);
-    },
-    async write(data) {
-      if (failure) throw failure;
-      let off = 0;
-      while (off < data.length) {
-        try {
-          off += await writeAsync(fd, data, off);
-        } catch (e) {
-          if (isErrno(e, "EAGAIN")) {
-            await Bun.sleep(1);
-            continue;
-          }
-          throw failure ?? gone(path, e);
-        }
-      }
-    },
-    async close() {
-      if (closed) return;
-      closed = true;
-      wake();
-      const p = wakePump as (() => void) | null;
-      p?.();
-      // The pending read keeps the file open until it returns; drop the lock
-      // now so this process can open the device again for the next session.
-      flock?.(fd, LOCK_UN);
-      fs.close(fd, () => {});
-    },
-  };
+    gone: (e) => gone(path, e),
+    // The pending read keeps the file open until it returns; drop the lock
+    // now so this process can open the device again for the next session.
+    beforeClose: () => flock?.(fd, LOCK_UN),
+  });
 }
 
 export class DeviceTransport implements Transport {

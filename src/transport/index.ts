@@ -3,6 +3,7 @@ import { TbError } from "../core/errors.ts";
 import { DeviceTransport } from "./device.ts";
 import { NetTransport } from "./net.ts";
 import { StdioTransport } from "./stdio.ts";
+import { UnixTransport } from "./unix.ts";
 import type { Transport } from "./types.ts";
 
 export type { Conn, Listener, Transport } from "./types.ts";
@@ -21,7 +22,7 @@ export function transportFor(spec: string, listening: boolean): Transport {
   if (spec.startsWith("unix:")) {
     const path = spec.slice(5);
     if (!path) throw usage(spec);
-    return new NetTransport({ kind: "unix", path });
+    return new UnixTransport(path);
   }
   if (spec.startsWith("tcp:")) {
     const rest = spec.slice(4);

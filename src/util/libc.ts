@@ -1,4 +1,5 @@
-// The few libc calls Node's fs lacks (flock, mknod, mkfifo, posix_fadvise, lseek),
+// The few libc calls Node's fs lacks (flock, mknod, mkfifo, posix_fadvise,
+// lseek, and unix sockets as plain descriptors),
 // through bun:ffi, loaded once on first use. null where libc cannot be loaded:
 // callers fall back or report what they could not do.
 export interface Libc {
@@ -9,6 +10,15 @@ export interface Libc {
   fadvise(fd: number, offset: number, length: number, advice: number): number;
   /** the new offset, or -1 (SEEK_DATA past the last data: ENXIO) */
   lseek(fd: number, offset: number, whence: number): number;
+  socket(domain: number, type: number, protocol: number): number;
+  connect(fd: number, addr: Uint8Array): number;
+  bind(fd: number, addr: Uint8Array): number;
+  listen(fd: number, backlog: number): number;
+  /** a connection from the queue (blocking descriptor), or -1 */
+  accept(fd: number): number;
+  shutdown(fd: number, how: number): number;
+  /** errno of the last failed call on this thread */
+  errno(): number;
 }
 
 export const LOCK_EX = 2;
@@ -16,6 +26,11 @@ export const LOCK_NB = 4;
 export const LOCK_UN = 8;
 export const POSIX_FADV_DONTNEED = 4;
 export const SEEK_DATA = 3;
+export const AF_UNIX = 1;
+export const SOCK_STREAM = 1;
+export const SOCK_NONBLOCK = 0o4000;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SHUT_RDWR = 2;
 export const SEEK_HOLE = 4;
 
 let libc: Libc | null | undefined;
@@ -33,7 +48,15 @@ export async function loadLibc(): Promise<Libc | null> {
           mkfifo: { args: [FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
           posix_fadvise: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.i32], returns: FFIType.i32 },
           lseek: { args: [FFIType.i32, FFIType.i64, FFIType.i32], returns: FFIType.i64 },
+          socket: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+          connect: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+          bind: { args: [FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+          listen: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+          accept4: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
+          shutdown: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+          __errno_location: { args: [], returns: FFIType.ptr },
         });
+        const { read } = await import("bun:ffi");
         const cstr = (s: string) => new TextEncoder().encode(s + "\0");
         libc = {
           flock: (fd, op) => lib.symbols.flock(fd, op) as number,
@@ -41,6 +64,13 @@ export async function loadLibc(): Promise<Libc | null> {
           mkfifo: (p, mode) => lib.symbols.mkfifo(cstr(p), mode) as number,
           fadvise: (fd, off, len, adv) => lib.symbols.posix_fadvise(fd, BigInt(off), BigInt(len), adv) as number,
           lseek: (fd, off, whence) => Number(lib.symbols.lseek(fd, BigInt(off), whence)),
+          socket: (d, t, p) => lib.symbols.socket(d, t, p) as number,
+          connect: (fd, addr) => lib.symbols.connect(fd, addr, addr.length) as number,
+          bind: (fd, addr) => lib.symbols.bind(fd, addr, addr.length) as number,
+          listen: (fd, backlog) => lib.symbols.listen(fd, backlog) as number,
+          accept: (fd) => lib.symbols.accept4(fd, null, null, SOCK_CLOEXEC) as number,
+          shutdown: (fd, how) => lib.symbols.shutdown(fd, how) as number,
+          errno: () => read.i32(lib.symbols.__errno_location()!, 0),
         };
         break;
       } catch {}

@@ -191,4 +191,32 @@ describe("errors", () => {
       cleanup(d);
     }
   });
+
+  test("a unix socket a live receiver listens on is refused (exit 16), a dead one's is taken over", async () => {
+    const d = tempDir();
+    const sock = path.join(d, "s.sock");
+    try {
+      const first = start(["receive", "--out", path.join(d, "a"), "--stream", `unix:${sock}`, "--once"]);
+      await waitFor(() => fs.existsSync(sock), "first receiver");
+      const second = await run(["receive", "--out", path.join(d, "b"), "--stream", `unix:${sock}`, "--once"]);
+      expect(second.code).toBe(16);
+      expect(oneLine(second.stderr)).toMatch(/already in use/);
+      // the first receiver was not disturbed: it still takes the push
+      expect((await run(["push", img, "--stream", `unix:${sock}`])).code).toBe(0);
+      expect((await finish(first)).code).toBe(0);
+      expect(await listStatuses(path.join(d, "a"))).toEqual(["complete"]);
+      // a receiver killed outright leaves its socket file behind; the next one starts anyway
+      const killed = start(["receive", "--out", path.join(d, "a"), "--stream", `unix:${sock}`]);
+      await waitFor(() => fs.existsSync(sock), "receiver to kill");
+      killed.kill("SIGKILL");
+      await killed.exited;
+      expect(fs.existsSync(sock)).toBe(true);
+      const next = start(["receive", "--out", path.join(d, "a"), "--stream", `unix:${sock}`, "--once"]);
+      await Bun.sleep(300);
+      expect((await run(["push", img, "--stream", `unix:${sock}`, "--wait", "5"])).code).toBe(0);
+      expect((await finish(next)).code).toBe(0);
+    } finally {
+      cleanup(d);
+    }
+  });
 });

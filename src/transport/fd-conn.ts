@@ -1,0 +1,113 @@
+// A Conn over a raw blocking descriptor (a device, a unix socket), read and
+// written through the fs thread pool. A read is always pending, so the peer's
+// EOF (a device's CLOSE, an unplug, a socket's hang-up) is seen even while we
+// only write. Read buffers are reused: the channel hands each one back once
+// decoded (fresh memory is costly: src/util/buffer-pool.ts).
+import * as fs from "node:fs";
+import { isErrno } from "../core/errors.ts";
+import type { TbError } from "../core/errors.ts";
+import type { Conn } from "./types.ts";
+
+const READ_SIZE = 256 * 1024;
+const MAX_QUEUED = 32;
+
+// Raw fds, not FileHandle: FileHandle.close() waits for pending operations,
+// and a read is always pending here.
+const readAsync = (fd: number, buf: Uint8Array) =>
+  new Promise<number>((resolve, reject) => fs.read(fd, buf, 0, buf.length, null, (e, n) => (e ? reject(e) : resolve(n))));
+const writeAsync = (fd: number, buf: Uint8Array, off: number) =>
+  new Promise<number>((resolve, reject) => fs.write(fd, buf, off, buf.length - off, null, (e, n) => (e ? reject(e) : resolve(n))));
+
+export interface FdConnOptions {
+  description: string;
+  lossy: boolean;
+  /** the error for a failed read or write */
+  gone(e: unknown): TbError;
+  /** runs on close() before the descriptor is closed (unlock, shutdown) */
+  beforeClose?(): void;
+}
+
+export function fdConn(fd: number, o: FdConnOptions): Conn {
+  const queue: Uint8Array[] = [];
+  const spare: ArrayBuffer[] = [];
+  let eof = false;
+  let failure: TbError | null = null;
+  let closed = false;
+  let wakeReader: (() => void) | null = null;
+  let wakePump: (() => void) | null = null;
+  const wake = () => {
+    const w = wakeReader;
+    wakeReader = null;
+    w?.();
+  };
+
+  (async () => {
+    while (!closed) {
+      if (queue.length >= MAX_QUEUED) {
+        await new Promise<void>((r) => (wakePump = r));
+        continue;
+      }
+      const buf = new Uint8Array(spare.pop() ?? new ArrayBuffer(READ_SIZE));
+      let n: number;
+      try {
+        n = await readAsync(fd, buf);
+      } catch (e) {
+        if (!closed) failure = o.gone(e);
+        break;
+      }
+      if (n === 0) {
+        eof = true;
+        break;
+      }
+      queue.push(buf.subarray(0, n));
+      wake();
+    }
+    wake();
+  })();
+
+  return {
+    description: o.description,
+    lossy: o.lossy,
+    async read() {
+      for (;;) {
+        const c = queue.shift();
+        if (c) {
+          const p = wakePump as (() => void) | null;
+          wakePump = null;
+          p?.();
+          return c;
+        }
+        if (failure) throw failure;
+        if (eof || closed) return null;
+        await new Promise<void>((r) => (wakeReader = r));
+      }
+    },
+    release(chunk) {
+      if (chunk.buffer instanceof ArrayBuffer && chunk.buffer.byteLength === READ_SIZE && spare.length < MAX_QUEUED) spare.push(chunk.buffer);
+    },
+    async write(data) {
+      if (failure) throw failure;
+      let off = 0;
+      while (off < data.length) {
+        try {
+          off += await writeAsync(fd, data, off);
+        } catch (e) {
+          if (isErrno(e, "EAGAIN")) {
+            await Bun.sleep(1);
+            continue;
+          }
+          throw failure ?? o.gone(e);
+        }
+      }
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      wake();
+      const p = wakePump as (() => void) | null;
+      p?.();
+      o.beforeClose?.();
+      fs.close(fd, () => {});
+    },
+  };
+}
