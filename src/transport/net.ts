@@ -1,6 +1,7 @@
 // unix:PATH and tcp:HOST:PORT transports over node:net.
 import * as net from "node:net";
 import * as fs from "node:fs";
+import * as path from "node:path";
 import { TbError, errnoText, isErrno } from "../core/errors.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 import { streamConn } from "./stream-conn.ts";
@@ -58,13 +59,13 @@ export class NetTransport implements Transport {
     });
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      if (this.address.kind === "unix") server.listen(this.address.path, () => resolve());
+      if (this.address.kind === "unix") server.listen(path.resolve(this.address.path), () => resolve());
       else server.listen(this.address.port, this.address.host, () => resolve());
     }).catch((e: unknown) => {
       if (isErrno(e, "EADDRINUSE")) throw new TbError("BUSY", `${desc} is already in use`, "another receiver may be running; stop it or pick another address");
       throw new TbError("DEST", `cannot listen on ${desc}: ${errnoText(e)}`, "check the path or port and permissions");
     });
-    const path = this.address.kind === "unix" ? this.address.path : null;
+    const sockPath = this.address.kind === "unix" ? this.address.path : null;
     return {
       description: desc,
       accept: () => {
@@ -80,20 +81,38 @@ export class NetTransport implements Transport {
         closed = true;
         for (const w of waiters.splice(0)) w(null);
         await new Promise<void>((r) => server.close(() => r()));
-        if (path) fs.rmSync(path, { force: true });
+        if (sockPath) fs.rmSync(sockPath, { force: true });
       },
     };
   }
 }
 
 /** A socket file left by a receiver that died is removed; a live one is not touched. */
-function removeStaleSocket(path: string): void {
+function removeStaleSocket(file: string): void {
   let st: fs.Stats;
   try {
-    st = fs.statSync(path);
+    st = fs.statSync(file);
   } catch {
     return;
   }
-  if (!st.isSocket()) throw new TbError("DEST", `${path} exists and is not a socket`, "choose another path for the unix socket");
-  fs.rmSync(path, { force: true });
+  if (!st.isSocket()) throw new TbError("DEST", `${file} exists and is not a socket`, "choose another path for the unix socket");
+  if (listeningSockets().has(path.resolve(file))) throw new TbError("BUSY", `unix:${file} is already in use`, "another receiver may be running; stop it or pick another address");
+  fs.rmSync(file, { force: true });
+}
+
+/** Absolute paths of the unix sockets that something listens on. */
+export function listeningSockets(): Set<string> {
+  const out = new Set<string>();
+  let text = "";
+  try {
+    text = fs.readFileSync("/proc/net/unix", "utf8");
+  } catch {
+    return out;
+  }
+  // Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is "accepting connections"
+  for (const line of text.split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length >= 8 && (parseInt(f[3]!, 16) & 0x10000) !== 0 && f[7]!.startsWith("/")) out.add(f[7]!);
+  }
+  return out;
 }

@@ -9,7 +9,7 @@ import { constants } from "node:os";
 import { TbError, errnoText, isErrno } from "../core/errors.ts";
 import { AF_UNIX, SHUT_RDWR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, loadLibc, type Libc } from "../util/libc.ts";
 import { fdConn } from "./fd-conn.ts";
-import { NetTransport } from "./net.ts";
+import { NetTransport, listeningSockets } from "./net.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 
 const ACCEPT_POLL_MS = 20;
@@ -132,25 +132,8 @@ export class UnixTransport implements Transport {
       return;
     }
     if (!st.isSocket()) throw new TbError("DEST", `${this.path} exists and is not a socket`, "choose another path for the unix socket");
-    if (listening().has(path.resolve(this.path)))
+    if (listeningSockets().has(path.resolve(this.path)))
       throw new TbError("BUSY", `${this.description} is already in use`, "another receiver may be running; stop it or pick another address");
     fs.rmSync(this.path, { force: true });
   }
-}
-
-/** Absolute paths of the unix sockets that something listens on. */
-function listening(): Set<string> {
-  const out = new Set<string>();
-  let text = "";
-  try {
-    text = fs.readFileSync("/proc/net/unix", "utf8");
-  } catch {
-    return out;
-  }
-  // Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is "accepting connections"
-  for (const line of text.split("\n").slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f.length >= 8 && (parseInt(f[3]!, 16) & 0x10000) !== 0 && f[7]!.startsWith("/")) out.add(f[7]!);
-  }
-  return out;
 }
