@@ -43,7 +43,7 @@ export function imageSource(path: string): PushSource {
       readFully(src.fd, buf.subarray(0, n), offset, path);
       return n;
     },
-    holes: async () => (src.regularFile ? holeTest(src.fd, src.size) : null),
+    holes: async () => (src.regularFile ? holeTest(src.fd, src.size, path) : null),
     close: () => src.close(),
   };
 }

@@ -56,6 +56,15 @@ export function readFully(fd: number, buf: Uint8Array, position: number, path: s
   }
 }
 
+/** File systems whose SEEK_DATA/SEEK_HOLE we trust (statfs magic numbers). */
+const EXACT_SEEK_DATA = new Set([
+  0xef53, // ext2/3/4
+  0x58465342, // xfs
+  0x9123683e, // btrfs
+  0x01021994, // tmpfs
+  0xf2f52010, // f2fs
+]);
+
 /**
  * For a sparse image file: a test that tells whether [offset, offset+length)
  * lies wholly in a hole, from SEEK_DATA/SEEK_HOLE (about two calls per extent).
@@ -64,7 +73,16 @@ export function readFully(fd: number, buf: Uint8Array, position: number, path: s
  * are unavailable; any answer that does not add up counts as data, so a doubt
  * costs a read, never a lost byte.
  */
-export async function holeTest(fd: number, size: number): Promise<((offset: number, length: number) => boolean) | null> {
+export async function holeTest(fd: number, size: number, path: string): Promise<((offset: number, length: number) => boolean) | null> {
+  // Only where SEEK_DATA is known to be exact: OpenZFS 2.1-2.2.1, for one,
+  // reported holes over freshly written data (openzfs#15526).
+  let fsType: number;
+  try {
+    fsType = fs.statfsSync(path).type;
+  } catch {
+    return null;
+  }
+  if (!EXACT_SEEK_DATA.has(fsType)) return null;
   const libc = await loadLibc();
   if (!libc || libc.lseek(fd, 0, SEEK_HOLE) < 0) return null;
   let holeFrom = 0;

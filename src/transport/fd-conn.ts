@@ -35,6 +35,22 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
   let closed = false;
   let wakeReader: (() => void) | null = null;
   let wakePump: (() => void) | null = null;
+  // The descriptor is closed only when no read or write is in flight: a
+  // thread-pool read that starts after a close would otherwise hit whatever
+  // reuses the number (the next session's socket or device).
+  let inFlight = 0;
+  let closeWhenIdle = false;
+  const io = async <T>(op: Promise<T>): Promise<T> => {
+    inFlight++;
+    try {
+      return await op;
+    } finally {
+      if (--inFlight === 0 && closeWhenIdle) {
+        closeWhenIdle = false;
+        fs.close(fd, () => {});
+      }
+    }
+  };
   const wake = () => {
     const w = wakeReader;
     wakeReader = null;
@@ -50,7 +66,7 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
       const buf = new Uint8Array(spare.pop() ?? new ArrayBuffer(READ_SIZE));
       let n: number;
       try {
-        n = await readAsync(fd, buf);
+        n = await io(readAsync(fd, buf));
       } catch (e) {
         if (!closed) failure = o.gone(e);
         break;
@@ -89,8 +105,9 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
       if (failure) throw failure;
       let off = 0;
       while (off < data.length) {
+        if (closed) throw o.gone(new Error("closed"));
         try {
-          off += await writeAsync(fd, data, off);
+          off += await io(writeAsync(fd, data, off));
         } catch (e) {
           if (isErrno(e, "EAGAIN")) {
             await Bun.sleep(1);
@@ -107,7 +124,8 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
       const p = wakePump as (() => void) | null;
       p?.();
       o.beforeClose?.();
-      fs.close(fd, () => {});
+      if (inFlight === 0) fs.close(fd, () => {});
+      else closeWhenIdle = true;
     },
   };
 }

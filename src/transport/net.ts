@@ -96,23 +96,33 @@ function removeStaleSocket(file: string): void {
     return;
   }
   if (!st.isSocket()) throw new TbError("DEST", `${file} exists and is not a socket`, "choose another path for the unix socket");
-  if (listeningSockets().has(path.resolve(file))) throw new TbError("BUSY", `unix:${file} is already in use`, "another receiver may be running; stop it or pick another address");
+  if (isListening(file)) throw new TbError("BUSY", `unix:${file} is already in use`, "another receiver may be running; stop it or pick another address");
   fs.rmSync(file, { force: true });
 }
 
-/** Absolute paths of the unix sockets that something listens on. */
-export function listeningSockets(): Set<string> {
-  const out = new Set<string>();
-  let text = "";
+/**
+ * Whether a live process listens on the unix socket file at `file`: the
+ * listening sockets of /proc/net/unix, compared with it as files (so that
+ * symlinks and relative names do not matter).
+ */
+export function isListening(file: string): boolean {
+  let me: fs.Stats;
+  let text: string;
   try {
+    me = fs.statSync(file);
     text = fs.readFileSync("/proc/net/unix", "utf8");
   } catch {
-    return out;
+    return false;
   }
-  // Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is "accepting connections"
+  // Num RefCount Protocol Flags Type St Inode Path (the path may hold spaces);
+  // flag 0x10000 is "accepting connections"
   for (const line of text.split("\n").slice(1)) {
-    const f = line.trim().split(/\s+/);
-    if (f.length >= 8 && (parseInt(f[3]!, 16) & 0x10000) !== 0 && f[7]!.startsWith("/")) out.add(f[7]!);
+    const m = /^\s*\S+\s+\S+\s+\S+\s+([0-9A-Fa-f]+)\s+\S+\s+\S+\s+\S+\s+(\/.*)$/.exec(line);
+    if (!m || (parseInt(m[1]!, 16) & 0x10000) === 0) continue;
+    try {
+      const st = fs.statSync(m[2]!);
+      if (st.dev === me.dev && st.ino === me.ino) return true;
+    } catch {}
   }
-  return out;
+  return false;
 }

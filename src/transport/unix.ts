@@ -9,7 +9,7 @@ import { constants } from "node:os";
 import { TbError, errnoText, isErrno } from "../core/errors.ts";
 import { AF_UNIX, SHUT_RDWR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, loadLibc, type Libc } from "../util/libc.ts";
 import { fdConn } from "./fd-conn.ts";
-import { NetTransport, listeningSockets } from "./net.ts";
+import { NetTransport, isListening } from "./net.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 
 const ACCEPT_POLL_MS = 20;
@@ -50,11 +50,15 @@ export class UnixTransport implements Transport {
     });
   }
 
-  /** One connection attempt: the descriptor, or the error. */
+  /**
+   * One connection attempt: the descriptor, or the error. The socket does not
+   * block while connecting (a receiver whose queue is full would otherwise
+   * freeze this thread, its timers and its signal handlers), then it does.
+   */
   private attempt(libc: Libc, addr: Uint8Array): number | NodeJS.ErrnoException {
-    const fd = libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const fd = libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return errnoError(libc.errno(), "socket");
-    if (libc.connect(fd, addr) === 0) return fd;
+    if (libc.connect(fd, addr) === 0 && libc.setNonBlocking(fd, false) === 0) return fd;
     const e = errnoError(libc.errno(), "connect");
     fs.closeSync(fd);
     return e;
@@ -68,13 +72,15 @@ export class UnixTransport implements Transport {
     for (;;) {
       const r = this.attempt(libc, addr);
       if (typeof r === "number") return this.conn(libc, r);
-      // Nobody listening yet: the receiver may still be starting. Wait, like a cable.
+      // Nobody listening yet: the receiver may still be starting (or its queue
+      // is full: EAGAIN). Wait, like a cable.
       const waiting = isErrno(r, "ENOENT", "ECONNREFUSED", "EAGAIN");
       if (waiting && Date.now() < deadline) {
         await Bun.sleep(250);
         continue;
       }
       const hint = `start 'tbbackup receive --stream ${this.description}' on the other side first, then retry`;
+      if (isErrno(r, "EAGAIN")) throw new TbError("CLOSED", `the receiver on ${this.description} takes no more connections (its queue is full)`, "the receiver may be stuck: restart it, then run the command again");
       if (waiting) throw new TbError("CLOSED", `nobody is listening on ${this.description}`, hint);
       throw new TbError("CLOSED", `cannot connect to ${this.description}: ${errnoText(r)}`, hint);
     }
@@ -89,7 +95,7 @@ export class UnixTransport implements Transport {
     this.removeStale();
     const fd = libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) throw new TbError("DEST", `cannot listen on ${desc}: ${errnoText(errnoError(libc.errno(), "socket"))}`, "check the path and permissions");
-    if (libc.bind(fd, addr) !== 0 || libc.listen(fd, 8) !== 0) {
+    if (libc.bind(fd, addr) !== 0 || libc.listen(fd, 64) !== 0) {
       const e = errnoError(libc.errno(), "bind");
       fs.closeSync(fd);
       if (isErrno(e, "EADDRINUSE")) throw new TbError("BUSY", `${desc} is already in use`, "another receiver may be running; stop it or pick another address");
@@ -132,7 +138,7 @@ export class UnixTransport implements Transport {
       return;
     }
     if (!st.isSocket()) throw new TbError("DEST", `${this.path} exists and is not a socket`, "choose another path for the unix socket");
-    if (listeningSockets().has(path.resolve(this.path)))
+    if (isListening(this.path))
       throw new TbError("BUSY", `${this.description} is already in use`, "another receiver may be running; stop it or pick another address");
     fs.rmSync(this.path, { force: true });
   }

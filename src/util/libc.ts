@@ -17,6 +17,8 @@ export interface Libc {
   /** a connection from the queue (blocking descriptor), or -1 */
   accept(fd: number): number;
   shutdown(fd: number, how: number): number;
+  /** makes a descriptor blocking (or not) */
+  setNonBlocking(fd: number, on: boolean): number;
   /** errno of the last failed call on this thread */
   errno(): number;
 }
@@ -31,6 +33,8 @@ export const SOCK_STREAM = 1;
 export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SHUT_RDWR = 2;
+const F_GETFL = 3;
+const F_SETFL = 4; // O_NONBLOCK has the value of SOCK_NONBLOCK
 export const SEEK_HOLE = 4;
 
 let libc: Libc | null | undefined;
@@ -54,6 +58,7 @@ export async function loadLibc(): Promise<Libc | null> {
           listen: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
           accept4: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
           shutdown: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+          fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
           __errno_location: { args: [], returns: FFIType.ptr },
         });
         const { read } = await import("bun:ffi");
@@ -70,6 +75,10 @@ export async function loadLibc(): Promise<Libc | null> {
           listen: (fd, backlog) => lib.symbols.listen(fd, backlog) as number,
           accept: (fd) => lib.symbols.accept4(fd, null, null, SOCK_CLOEXEC) as number,
           shutdown: (fd, how) => lib.symbols.shutdown(fd, how) as number,
+          setNonBlocking: (fd, on) => {
+            const flags = lib.symbols.fcntl(fd, F_GETFL, 0) as number;
+            return flags < 0 ? flags : (lib.symbols.fcntl(fd, F_SETFL, on ? flags | SOCK_NONBLOCK : flags & ~SOCK_NONBLOCK) as number);
+          },
           errno: () => read.i32(lib.symbols.__errno_location()!, 0),
         };
         break;

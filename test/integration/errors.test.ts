@@ -194,13 +194,18 @@ describe("errors", () => {
 
   test("a unix socket a live receiver listens on is refused (exit 16), a dead one's is taken over", async () => {
     const d = tempDir();
-    const sock = path.join(d, "s.sock");
+    fs.mkdirSync(path.join(d, "with space"));
+    fs.symlinkSync(path.join(d, "with space"), path.join(d, "link"));
+    const sock = path.join(d, "with space", "s.sock");
     try {
       const first = start(["receive", "--out", path.join(d, "a"), "--stream", `unix:${sock}`, "--once"]);
       await waitFor(() => fs.existsSync(sock), "first receiver");
       const second = await run(["receive", "--out", path.join(d, "b"), "--stream", `unix:${sock}`, "--once"]);
       expect(second.code).toBe(16);
       expect(oneLine(second.stderr)).toMatch(/already in use/);
+      // the same socket by another name (through a symlinked directory, relative)
+      const third = await run(["receive", "--out", path.join(d, "b"), "--stream", "unix:link/s.sock", "--once"], { cwd: d });
+      expect(third.code).toBe(16);
       // the first receiver was not disturbed: it still takes the push
       expect((await run(["push", img, "--stream", `unix:${sock}`])).code).toBe(0);
       expect((await finish(first)).code).toBe(0);
@@ -216,6 +221,27 @@ describe("errors", () => {
       expect((await run(["push", img, "--stream", `unix:${sock}`, "--wait", "5"])).code).toBe(0);
       expect((await finish(next)).code).toBe(0);
     } finally {
+      cleanup(d);
+    }
+  });
+
+  test("a unix listener whose queue is full: push gives up after --wait (exit 7), it does not hang", async () => {
+    const d = tempDir();
+    const sock = path.join(d, "full.sock");
+    // a listener that never accepts, its backlog filled by one connection
+    const py = Bun.spawn(["python3", "-c", `
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(0)
+c = socket.socket(socket.AF_UNIX); c.connect(sys.argv[1])
+print("ready", flush=True); time.sleep(60)`, sock], { stdout: "pipe" });
+    try {
+      const reader = py.stdout.getReader();
+      await reader.read(); // "ready"
+      const r = await run(["push", img, "--stream", `unix:${sock}`, "--wait", "2"]);
+      expect(r.code).toBe(7);
+      expect(oneLine(r.stderr)).toMatch(/takes no more connections|nobody is listening/);
+    } finally {
+      py.kill();
       cleanup(d);
     }
   });
