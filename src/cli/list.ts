@@ -16,12 +16,14 @@ export function formatTable(rows: Omit<BackupEntry, "path">[]): string {
 }
 
 export function register(program: Command): void {
-  withThunderboltOptions(program.command("list"))
-    .description("list backups in a local store (--out) or on a receiver (--stream)")
-    .option("--out <dir>", "a local store directory")
-    .option("--stream <spec>", "ask the receiver at the other end of this stream")
-    .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
-    .option("--json", "print JSON")
+  withThunderboltOptions(
+    program.command("list")
+      .description("list backups in a local store (--out) or on a receiver (--stream)")
+      .option("--out <dir>", "a local store directory")
+      .option("--stream <spec>", "ask the receiver at the other end of this stream")
+      .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
+      .option("--json", "print JSON"),
+  )
     .action(
       action(async (o: { out?: string; stream?: string; wait: number; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         const { listBackups } = await import("../core/catalogue.ts");

@@ -8,18 +8,20 @@ import type { FilesSummary } from "../protocol/messages.ts";
 import { resolveStream, withThunderboltOptions } from "./stream.ts";
 
 export function register(program: Command): void {
-  withThunderboltOptions(program.command("push"))
-    .description("send a full image of SOURCE (a block device or an image file), or directory trees (--files), to a receiver")
-    .argument("[source]", "block device (e.g. /dev/nvme0n1) or regular file")
-    .option("--files <dir...>", "send these directory trees as a file-level backup (tar) instead of an image")
-    .option("--strict", "with --files: stop at the first unreadable file instead of skipping it")
-    .option("--no-resume", "start a new backup even when the receiver holds an interrupted one of this disk")
-    .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:HOST:PORT or -")
-    .option("--name <label>", "a label stored with the backup")
-    .option("--level <n>", "zstd level (1 fastest .. 19)", intOption(1, 19), 1)
-    .option("--chunk-size <size>", "chunk size (4K..4M, a multiple of 4K)", sizeOption, DEFAULT_CHUNK_SIZE)
-    .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
-    .option("--json", "print one JSON result on stdout")
+  withThunderboltOptions(
+    program.command("push")
+      .description("send a full image of SOURCE (a block device or an image file), or directory trees (--files), to a receiver")
+      .argument("[source]", "block device (e.g. /dev/nvme0n1) or regular file")
+      .option("--files <dir...>", "send these directory trees as a file-level backup (tar) instead of an image")
+      .option("--strict", "with --files: stop at the first unreadable file instead of skipping it")
+      .option("--no-resume", "start a new backup even when the receiver holds an interrupted one of this disk")
+      .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:HOST:PORT or -")
+      .option("--name <label>", "a label stored with the backup")
+      .option("--level <n>", "zstd level (1 fastest .. 19)", intOption(1, 19), 1)
+      .option("--chunk-size <size>", "chunk size (4K..4M, a multiple of 4K)", sizeOption, DEFAULT_CHUNK_SIZE)
+      .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
+      .option("--json", "print one JSON result on stdout"),
+  )
     .action(
       action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; resume: boolean } & GlobalOpts) => {
         const { push } = await import("../core/push.ts");

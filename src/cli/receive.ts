@@ -1,20 +1,22 @@
 // tbbackup receive --out DIR: store pushed backups; serve list/restore with --allow-restore.
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import type { SessionResult } from "../core/receive.ts";
 import { TbError } from "../core/errors.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
-import { resolveStream, withThunderboltOptions } from "./stream.ts";
+import { THUNDERBOLT_GROUP, resolveStream, withThunderboltOptions } from "./stream.ts";
 
 export function register(program: Command): void {
-  withThunderboltOptions(program.command("receive"))
-    .description("receive backups and store them under DIR (runs until stopped)")
-    .requiredOption("--out <dir>", "where backups are stored")
-    .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:[HOST:]PORT (loopback unless HOST) or -")
-    .option("--once", "exit after one session (exit status = that session's)")
-    .option("--allow-restore", "also serve list and restore requests")
-    .option("--idle <seconds>", "abandon a session silent for this long", intOption(5, 86400), 300)
-    .option("--hopids <in:out>", "without --stream: use these HopIDs instead of the first free pair from 10")
-    .option("--json", "print one JSON object per session on stdout")
+  withThunderboltOptions(
+    program.command("receive")
+      .description("receive backups and store them under DIR (runs until stopped)")
+      .requiredOption("--out <dir>", "where backups are stored")
+      .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:[HOST:]PORT (loopback unless HOST) or -")
+      .option("--once", "exit after one session (exit status = that session's)")
+      .option("--allow-restore", "also serve list and restore requests")
+      .option("--idle <seconds>", "abandon a session silent for this long", intOption(5, 86400), 300)
+      .option("--json", "print one JSON object per session on stdout"),
+  )
+    .addOption(new Option("--hopids <in:out>", "use these HopIDs instead of the first free pair from 10").helpGroup(THUNDERBOLT_GROUP))
     .action(
       action(async (o: { out: string; stream?: string; once?: boolean; allowRestore?: boolean; idle: number; peer?: string; hopids?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         const { serve } = await import("../core/receive.ts");

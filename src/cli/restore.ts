@@ -34,18 +34,20 @@ function confirmer(yes: boolean) {
 }
 
 export function register(program: Command): void {
-  withThunderboltOptions(program.command("restore"))
-    .description("write a backup onto TARGET (a block device or an image file)")
-    .argument("[target]", "disk (e.g. /dev/nvme0n1) or image file to write")
-    .option("--files <dest>", "extract a file-level backup under this directory instead")
-    .option("--overwrite", "with --files: replace files that already exist under DEST")
-    .option("--stream <spec>", "restore from the receiver at the other end of this stream")
-    .option("--from <path>", "restore from a stored backup directory (or its image.zst) on this machine")
-    .option("--backup <id>", "which backup (host/disk/timestamp, see tbbackup list); default: the newest of this disk")
-    .option("--yes", "do not ask before overwriting TARGET")
-    .option("--no-verify", "skip reading the target back after writing")
-    .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
-    .option("--json", "print one JSON result on stdout")
+  withThunderboltOptions(
+    program.command("restore")
+      .description("write a backup onto TARGET (a block device or an image file)")
+      .argument("[target]", "disk (e.g. /dev/nvme0n1) or image file to write")
+      .option("--files <dest>", "extract a file-level backup under this directory instead")
+      .option("--overwrite", "with --files: replace files that already exist under DEST")
+      .option("--stream <spec>", "restore from the receiver at the other end of this stream")
+      .option("--from <path>", "restore from a stored backup directory (or its image.zst) on this machine")
+      .option("--backup <id>", "which backup (host/disk/timestamp, see tbbackup list); default: the newest of this disk")
+      .option("--yes", "do not ask before overwriting TARGET")
+      .option("--no-verify", "skip reading the target back after writing")
+      .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
+      .option("--json", "print one JSON result on stdout"),
+  )
     .action(
       action(async (targetArg: string | undefined, o: { stream?: string; from?: string; backup?: string; yes?: boolean; verify: boolean; wait: number; files?: string; overwrite?: boolean; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         const { restore } = await import("../core/restore.ts");

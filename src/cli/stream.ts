@@ -1,6 +1,6 @@
 // Which transport a command uses: --stream SPEC as given, or (no --stream) the
 // Thunderbolt stream set up automatically (src/thunderbolt), torn down by cleanup().
-import type { Command } from "commander";
+import { Option, type Command } from "commander";
 import { TbError } from "../core/errors.ts";
 import { intOption } from "./common.ts";
 
@@ -57,9 +57,13 @@ export async function resolveStream(spec: string | undefined, role: StreamRole, 
 }
 
 /** The expert options of the automatic Thunderbolt setup, shared by every command that opens a stream. */
+/** Adds the Thunderbolt setup options, listed last in --help under a heading of their own. */
+export const THUNDERBOLT_GROUP = "Thunderbolt setup (without --stream):";
+
 export function withThunderboltOptions(cmd: Command): Command {
+  const group = THUNDERBOLT_GROUP;
   return cmd
-    .option("--peer <id>", "without --stream: the Thunderbolt peer to use (unique_id or device name)")
-    .option("--ring-size <n>", "without --stream: driver ring size (32..4096)", intOption(32, 4096))
-    .option("--throttling <ns>", "without --stream: interrupt throttling in ns (0..16776960)", intOption(0, 16776960));
+    .addOption(new Option("--peer <id>", "the Thunderbolt peer to use (unique_id or device name)").helpGroup(group))
+    .addOption(new Option("--ring-size <n>", "driver ring size (32..4096)").argParser(intOption(32, 4096)).helpGroup(group))
+    .addOption(new Option("--throttling <ns>", "interrupt throttling in ns (0..16776960)").argParser(intOption(0, 16776960)).helpGroup(group));
 }

@@ -246,3 +246,18 @@ print("ready", flush=True); time.sleep(60)`, sock], { stdout: "pipe" });
     }
   });
 });
+
+describe("--help", () => {
+  test("each stream command lists its own options first, the Thunderbolt setup options after them under their own heading", async () => {
+    for (const cmd of ["push", "receive", "restore", "list"]) {
+      const h = await run([cmd, "--help"]);
+      expect(h.code).toBe(0);
+      const own = h.stdout.indexOf("--stream <spec>");
+      const group = h.stdout.indexOf("Thunderbolt setup (without --stream):");
+      expect(own).toBeGreaterThan(0);
+      expect(group).toBeGreaterThan(own);
+      expect(h.stdout.indexOf("--peer <id>")).toBeGreaterThan(group);
+      expect(h.stdout.indexOf("--ring-size <n>")).toBeGreaterThan(group);
+    }
+  });
+});
