@@ -12,7 +12,8 @@ import { PROTOCOL_VERSION, TOOL_VERSION } from "./core/version.ts";
 const program = new Command()
   .name("tbbackup")
   .description("image a disk over a USB4/Thunderbolt cable (or any stream), store it verified, restore it")
-  .showHelpAfterError("(run 'tbbackup --help' for usage)")
+  // commander's own usage errors, in our one-line form (exit 2)
+  .configureOutput({ outputError: (str, write) => write(`tbbackup: ${str.replace(/^error: /, "").trim()}; run 'tbbackup --help' for usage\n`) })
   .exitOverride();
 
 program

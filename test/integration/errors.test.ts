@@ -260,4 +260,13 @@ describe("--help", () => {
       expect(h.stdout.indexOf("--ring-size <n>")).toBeGreaterThan(group);
     }
   });
+
+  test("a usage mistake is one line that says what and points to --help (exit 2)", async () => {
+    for (const args of [["push", "--bogus"], ["receive"], ["bogus"], ["push", "x", "--level", "99"]]) {
+      const r = await run(args);
+      expect(r.code).toBe(2);
+      expect(r.stderr.trim().split("\n").length).toBe(1);
+      expect(oneLine(r.stderr)).toMatch(/run 'tbbackup --help' for usage$/);
+    }
+  });
 });
