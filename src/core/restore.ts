@@ -12,6 +12,7 @@ import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
 import { inspectTarget, openTarget, writeAt, type TargetInfo } from "./target.ts";
 import { locateBackup, openBackup } from "./verify.ts";
+import { holeTest } from "./source.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { Extractor, type ExtractStats } from "./files/extract.ts";
 import { POSIX_FADV_DONTNEED, loadLibc } from "../util/libc.ts";
@@ -107,7 +108,7 @@ function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, repor
       reporter.info("reading the target back to verify it");
       // Drop the cached pages first, so the read-back comes from the disk itself.
       (await loadLibc())?.fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-      const sha = readBackSha(fd, info.size, reporter);
+      const sha = await readBackSha(fd, info.size, reporter, target.kind === "file" ? await holeTest(fd, info.size, target.path) : null);
       if (sha !== info.sha256)
         throw new TbError("VERIFY", `read-back of ${target.path} hashes to ${sha}, the backup says ${info.sha256}`, "the target does not hold the backup; check the disk and restore again");
       return true;
@@ -266,15 +267,35 @@ function syncFailed(path: string, e: unknown): TbError {
   return new TbError("TARGET", `syncing ${path} failed: ${(e as Error).message}`, "the target is now incomplete; check the disk and restore again");
 }
 
-function readBackSha(fd: number, size: number, reporter: Reporter): string {
+/**
+ * SHA-256 of the target as it now reads back from the disk. The next MiB is
+ * read in the thread pool while the last one is hashed; the holes of a sparse
+ * file target are zeros by definition (nothing on the disk to read) and are
+ * hashed as such without reading them.
+ */
+async function readBackSha(fd: number, size: number, reporter: Reporter, isHole: ((offset: number, length: number) => boolean) | null): Promise<string> {
+  const STEP = 1024 * 1024;
   const sha = new Bun.CryptoHasher("sha256");
-  const buf = new Uint8Array(4 * 1024 * 1024);
-  for (let off = 0; off < size; ) {
-    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, size - off), off);
-    if (n === 0) break;
-    sha.update(buf.subarray(0, n));
-    off += n;
-    reporter.progress({ phase: "read-back", bytes: off, total: size });
+  const zeros = new Uint8Array(STEP);
+  const bufs = [new Uint8Array(STEP), new Uint8Array(STEP)];
+  const piece = async (offset: number, k: number): Promise<Uint8Array> => {
+    const n = Math.min(STEP, size - offset);
+    if (isHole?.(offset, n)) return zeros.subarray(0, n);
+    const buf = bufs[k % 2]!;
+    let got = 0;
+    while (got < n) {
+      const r = await new Promise<number>((resolve, reject) => fs.read(fd, buf, got, n - got, offset + got, (e, m) => (e ? reject(e) : resolve(m))));
+      if (r === 0) break; // a short target: the hash will not match
+      got += r;
+    }
+    return buf.subarray(0, got);
+  };
+  let next: Promise<Uint8Array> | null = size > 0 ? piece(0, 0) : null;
+  for (let offset = 0, k = 0; next; offset += STEP, k++) {
+    const cur = await next;
+    next = cur.length === STEP && offset + STEP < size ? piece(offset + STEP, k + 1) : null;
+    sha.update(cur);
+    reporter.progress({ phase: "read-back", bytes: offset + cur.length, total: size });
   }
   return sha.digest("hex");
 }
