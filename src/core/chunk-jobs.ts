@@ -96,3 +96,55 @@ export class WorkerPool {
     for (const w of this.workers) w.terminate();
   }
 }
+
+/**
+ * The whole-image SHA-256 on a worker of its own, fed in chunk order, so that
+ * hashing runs beside decompression instead of after it. Data buffers are
+ * transferred to it and come back through `recycle`.
+ */
+export class Hasher {
+  private readonly pool = new WorkerPool(1);
+  private pending: Promise<void>[] = [];
+
+  constructor(
+    private readonly recycle: (buf: ArrayBuffer) => void,
+    private readonly maxPending = 8,
+  ) {}
+
+  /** Hashes the first `length` bytes of `buf` (which is handed over). */
+  data(index: number, buf: ArrayBuffer, length: number): Promise<void> {
+    return this.add(this.pool.run({ op: "hash", index, buf, length }, [buf]));
+  }
+
+  /** Hashes `rawLength` zero bytes. */
+  zero(index: number, rawLength: number): Promise<void> {
+    return this.add(this.pool.run({ op: "zero", index, rawLength }));
+  }
+
+  async digest(): Promise<string> {
+    await Promise.all(this.pending);
+    this.pending = [];
+    const d = await this.pool.run({ op: "digest" });
+    if (d.op !== "digest") throw new Error(`hash worker failed: ${d.op === "failed" ? d.error : d.op}`);
+    return d.sha256;
+  }
+
+  idle(): Promise<void> {
+    return this.pool.idle();
+  }
+
+  terminate(): void {
+    this.pool.terminate();
+  }
+
+  /** Queues a job; waits only while too many are outstanding. */
+  private async add(job: Promise<WorkerReply>): Promise<void> {
+    const p = job.then((r) => {
+      if (r.op === "failed") throw new Error(`hash worker failed: ${r.error}`);
+      if (r.op === "hashed") this.recycle(r.buf);
+    });
+    p.catch(() => {}); // observed when awaited below or in digest()
+    this.pending.push(p);
+    while (this.pending.length > this.maxPending) await this.pending.shift();
+  }
+}

@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, type RestoreEnd, type RestoreInfo, type ErrorMsg } from "../protocol/messages.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
-import { WorkerPool, type WorkerReply, type WorkerRequest } from "./chunk-jobs.ts";
+import { Hasher, WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
 import { TbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
@@ -142,7 +142,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target);
   let sink: (Sink & { stats?: () => ExtractStats }) | null = null;
   const pool = new WorkerPool(2);
-  let hashers: WorkerPool | null = null;
+  let hashers: Hasher | null = null;
   try {
     const info = src.info;
     if (target) {
@@ -159,18 +159,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     opts.reporter.info(`restoring ${info.id} (${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}...) to ${out.path}`);
     // The SHA-256 runs in chunk order while the workers decompress in parallel:
     // on a thread of its own when the workers write the target themselves, else here.
-    const hasher = out.hashInPass && out.fd !== undefined ? new WorkerPool(1) : null;
+    const hasher = out.hashInPass && out.fd !== undefined ? new Hasher((buf) => spare.push(buf)) : null;
     hashers = hasher;
     const sha = out.hashInPass && !hasher ? new Bun.CryptoHasher("sha256") : null;
-    const hashing: Promise<void>[] = [];
-    const hash = (req: WorkerRequest, transfer: ArrayBuffer[] = []) => {
-      const p = hasher!.run(req, transfer).then((r) => {
-        if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
-        if (r.op === "hashed") spare.push(r.buf);
-      });
-      p.catch(() => {}); // observed when awaited below
-      hashing.push(p);
-    };
     let zeroBuf = new Uint8Array(0);
     // decompression buffers go back and forth between here and the workers
     const spare: ArrayBuffer[] = [];
@@ -194,15 +185,14 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
           const raw = new Uint8Array(r.raw!, 0, c.rawLength);
           sha?.update(raw);
           await out.data?.(raw, c);
-          if (hasher) hash({ op: "hash", index: c.index, buf: r.raw!, length: c.rawLength }, [r.raw!]);
+          if (hasher) await hasher.data(c.index, r.raw!, c.rawLength);
           else spare.push(r.raw!);
         }
       } else {
         sha?.update(zeroes(c.rawLength));
-        if (hasher) hash({ op: "zero", index: c.index, rawLength: c.rawLength });
+        if (hasher) await hasher.zero(c.index, c.rawLength);
         await out.zero(c);
       }
-      while (hashing.length > 8) await hashing.shift();
       written += c.rawLength;
     };
     let expected = 0;
@@ -228,12 +218,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       if ((count & 15) === 0) opts.reporter.progress({ phase: "restore", bytes: written, total: info.size });
     }
     while (pending.length) await settle();
-    await Promise.all(hashing);
     await syncing;
     if (syncError) throw syncError;
     if (expected !== info.chunks || written !== info.size)
       throw new TbError("CLOSED", `only ${written} of ${info.size} bytes arrived`, "the target is now incomplete; restore again");
-    const digest = hasher ? await hasher.run({ op: "digest" }).then((d) => (d.op === "digest" ? d.sha256 : "")) : sha?.digest("hex");
+    const digest = hasher ? await hasher.digest() : sha?.digest("hex");
     if (digest !== undefined && digest !== info.sha256)
       throw new TbError("CORRUPT", `the restored data hashes to ${digest}, the backup says ${info.sha256}`, "the target is now incomplete; restore again");
     const verified = await out.finish(info);
