@@ -103,6 +103,9 @@ printf '%-44s %8s s   ratio to zstd -dc: %.2fx (budget 1.0x)   RSS %s MiB, %s CP
 printf '%-44s %8s s   ratio to zstd -dc: %.2fx (budget 1.5x)   RSS %s MiB restore, %s MiB receiver   (runs: %s)\n' "restore over unix: from a receiver" "$RN" "$(echo "$RN / $ZD" | bc -l)" "$(rss rnet)" "$(rss rrecv)" "$(all rnet)"
 cmp -s "$W/img1g" "$W/restored.img" && echo "restored image identical: yes" || echo "restored image identical: NO"
 rm -f "$W/restored.img"
+t rverify "$BIN" restore "$W/restored.img" --from "$B" --yes 2>/dev/null
+printf '%-44s %8s s   (as users run it: the target is synced, dropped from the cache and read back)\n' "restore --from, with its read-back check" "$(wall rverify)"
+rm -f "$W/restored.img"
 
 echo
 "$PWD/node_modules/.bin/bun" scripts/bench-floor.ts "$W/img1g" "$ZW" "$ZD"
