@@ -12,7 +12,8 @@ import { fdConn } from "./fd-conn.ts";
 import { NetTransport, isListening } from "./net.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 
-const ACCEPT_POLL_MS = 20;
+/** How often an idle listener looks for a connection: soon after one, then every 100 ms. */
+const ACCEPT_POLL_MS = [10, 20, 50, 100];
 
 /** An errno from libc as the Error node's fs would throw. */
 function errnoError(n: number, call: string): NodeJS.ErrnoException {
@@ -107,12 +108,12 @@ export class UnixTransport implements Transport {
       description: desc,
       // The listening socket does not block: poll it, so the event loop stays free.
       accept: async () => {
-        while (!closed) {
+        for (let tries = 0; !closed; tries++) {
           const c = libc.accept(fd);
           if (c >= 0) return this.conn(libc, c);
           const e = errnoError(libc.errno(), "accept");
           if (!isErrno(e, "EAGAIN", "EWOULDBLOCK", "EINTR", "ECONNABORTED")) throw new TbError("DEST", `cannot accept on ${desc}: ${errnoText(e)}`, "restart the receiver");
-          await Bun.sleep(ACCEPT_POLL_MS);
+          await Bun.sleep(ACCEPT_POLL_MS[Math.min(tries, ACCEPT_POLL_MS.length - 1)]!);
         }
         return null;
       },
