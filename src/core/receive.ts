@@ -20,7 +20,7 @@ import { TbError, errnoText, isErrno } from "./errors.ts";
 import { checkPeer } from "./handshake.ts";
 import { hostIdentity } from "./identity.ts";
 import type { Reporter } from "./report.ts";
-import { CAPABILITIES, PROTOCOL_VERSION, TOOL, TOOL_VERSION } from "./version.ts";
+import { CAPABILITIES, PROTOCOL_VERSION, TOOL } from "./version.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { serveRequest, type ServeOptions } from "./serve-restore.ts";
