@@ -17,7 +17,6 @@ export class NetTransport implements Transport {
 
   async connect(waitMs = 0): Promise<Conn> {
     const desc = describe(this.address);
-    const deadline = Date.now() + waitMs;
     const attempt = () =>
       new Promise<net.Socket>((resolve, reject) => {
         const opts = this.address.kind === "unix" ? { path: this.address.path } : { host: this.address.host, port: this.address.port };
@@ -25,22 +24,7 @@ export class NetTransport implements Transport {
         s.once("connect", () => resolve(s));
         s.once("error", (e) => reject(e));
       });
-    let sock: net.Socket;
-    for (;;) {
-      try {
-        sock = await attempt();
-        break;
-      } catch (e) {
-        // Nobody listening yet: the receiver may still be starting. Wait, like a cable.
-        if (isErrno(e, "ENOENT", "ECONNREFUSED") && Date.now() < deadline) {
-          await Bun.sleep(250);
-          continue;
-        }
-        const hint = `start 'tbbackup receive --stream ${desc}' on the other side first, then retry`;
-        if (isErrno(e, "ENOENT", "ECONNREFUSED")) throw new TbError("CLOSED", `nobody is listening on ${desc}`, hint);
-        throw new TbError("CLOSED", `cannot connect to ${desc}: ${errnoText(e)}`, hint);
-      }
-    }
+    const sock = await connectRetrying(desc, waitMs, attempt);
     sock.setNoDelay?.(true);
     return streamConn(sock, sock, desc, false, () => sock.destroy());
   }
@@ -62,7 +46,7 @@ export class NetTransport implements Transport {
       if (this.address.kind === "unix") server.listen(path.resolve(this.address.path), () => resolve());
       else server.listen(this.address.port, this.address.host, () => resolve());
     }).catch((e: unknown) => {
-      if (isErrno(e, "EADDRINUSE")) throw new TbError("BUSY", `${desc} is already in use`, "another receiver may be running; stop it or pick another address");
+      if (isErrno(e, "EADDRINUSE")) throw inUse(desc);
       throw new TbError("DEST", `cannot listen on ${desc}: ${errnoText(e)}`, "check the path or port and permissions");
     });
     const sockPath = this.address.kind === "unix" ? this.address.path : null;
@@ -87,8 +71,40 @@ export class NetTransport implements Transport {
   }
 }
 
-/** A socket file left by a receiver that died is removed; a live one is not touched. */
-function removeStaleSocket(file: string): void {
+/**
+ * Connects with `attempt`, trying again for up to `waitMs` while nobody
+ * listens yet (the receiver may still be starting: wait, like a cable) or
+ * the listener's queue is full.
+ */
+export async function connectRetrying<T>(desc: string, waitMs: number, attempt: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      return await attempt();
+    } catch (e) {
+      const waiting = isErrno(e, "ENOENT", "ECONNREFUSED", "EAGAIN");
+      if (waiting && Date.now() < deadline) {
+        await Bun.sleep(250);
+        continue;
+      }
+      const hint = `start 'tbbackup receive --stream ${desc}' on the other side first, then retry`;
+      if (isErrno(e, "EAGAIN")) throw new TbError("CLOSED", `the receiver on ${desc} takes no more connections (its queue is full)`, "the receiver may be stuck: restart it, then run the command again");
+      if (waiting) throw new TbError("CLOSED", `nobody is listening on ${desc}`, hint);
+      throw new TbError("CLOSED", `cannot connect to ${desc}: ${errnoText(e)}`, hint);
+    }
+  }
+}
+
+export function inUse(desc: string): TbError {
+  return new TbError("BUSY", `${desc} is already in use`, "another receiver may be running; stop it or pick another address");
+}
+
+/**
+ * A socket file left by a receiver that died is removed; one a live process
+ * listens on is in use (read from /proc/net/unix, so that a probe does not
+ * count as a session on that receiver).
+ */
+export function removeStaleSocket(file: string): void {
   let st: fs.Stats;
   try {
     st = fs.statSync(file);
@@ -96,7 +112,7 @@ function removeStaleSocket(file: string): void {
     return;
   }
   if (!st.isSocket()) throw new TbError("DEST", `${file} exists and is not a socket`, "choose another path for the unix socket");
-  if (isListening(file)) throw new TbError("BUSY", `unix:${file} is already in use`, "another receiver may be running; stop it or pick another address");
+  if (isListening(file)) throw inUse(`unix:${file}`);
   fs.rmSync(file, { force: true });
 }
 
@@ -105,7 +121,7 @@ function removeStaleSocket(file: string): void {
  * listening sockets of /proc/net/unix, compared with it as files (so that
  * symlinks and relative names do not matter).
  */
-export function isListening(file: string): boolean {
+function isListening(file: string): boolean {
   let me: fs.Stats;
   let text: string;
   try {

@@ -9,7 +9,7 @@ import { constants } from "node:os";
 import { TbError, errnoText, isErrno } from "../core/errors.ts";
 import { AF_UNIX, SHUT_RDWR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, loadLibc, type Libc } from "../util/libc.ts";
 import { fdConn } from "./fd-conn.ts";
-import { NetTransport, isListening } from "./net.ts";
+import { NetTransport, connectRetrying, inUse, removeStaleSocket } from "./net.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 
 /** How often an idle listener looks for a connection: soon after one, then every 100 ms. */
@@ -52,39 +52,24 @@ export class UnixTransport implements Transport {
   }
 
   /**
-   * One connection attempt: the descriptor, or the error. The socket does not
-   * block while connecting (a receiver whose queue is full would otherwise
-   * freeze this thread, its timers and its signal handlers), then it does.
+   * One connection attempt. The socket does not block while connecting (a
+   * receiver whose queue is full would otherwise freeze this thread, its
+   * timers and its signal handlers), then it does.
    */
-  private attempt(libc: Libc, addr: Uint8Array): number | NodeJS.ErrnoException {
+  private async attempt(libc: Libc, addr: Uint8Array): Promise<number> {
     const fd = libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) return errnoError(libc.errno(), "socket");
-    if (libc.connect(fd, addr) === 0 && libc.setNonBlocking(fd, false) === 0) return fd;
+    if (fd < 0) throw errnoError(libc.errno(), "socket");
+    if (libc.connect(fd, addr) === 0 && libc.makeBlocking(fd) === 0) return fd;
     const e = errnoError(libc.errno(), "connect");
     fs.closeSync(fd);
-    return e;
+    throw e;
   }
 
   async connect(waitMs = 0): Promise<Conn> {
     const libc = await loadLibc();
     if (!libc) return new NetTransport({ kind: "unix", path: this.path }).connect(waitMs);
     const addr = sockaddr(path.resolve(this.path));
-    const deadline = Date.now() + waitMs;
-    for (;;) {
-      const r = this.attempt(libc, addr);
-      if (typeof r === "number") return this.conn(libc, r);
-      // Nobody listening yet: the receiver may still be starting (or its queue
-      // is full: EAGAIN). Wait, like a cable.
-      const waiting = isErrno(r, "ENOENT", "ECONNREFUSED", "EAGAIN");
-      if (waiting && Date.now() < deadline) {
-        await Bun.sleep(250);
-        continue;
-      }
-      const hint = `start 'tbbackup receive --stream ${this.description}' on the other side first, then retry`;
-      if (isErrno(r, "EAGAIN")) throw new TbError("CLOSED", `the receiver on ${this.description} takes no more connections (its queue is full)`, "the receiver may be stuck: restart it, then run the command again");
-      if (waiting) throw new TbError("CLOSED", `nobody is listening on ${this.description}`, hint);
-      throw new TbError("CLOSED", `cannot connect to ${this.description}: ${errnoText(r)}`, hint);
-    }
+    return this.conn(libc, await connectRetrying(this.description, waitMs, () => this.attempt(libc, addr)));
   }
 
   async listen(): Promise<Listener> {
@@ -93,13 +78,13 @@ export class UnixTransport implements Transport {
     const desc = this.description;
     // bound by its absolute name, which is how /proc/net/unix will show it
     const addr = sockaddr(path.resolve(this.path));
-    this.removeStale();
+    removeStaleSocket(this.path);
     const fd = libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) throw new TbError("DEST", `cannot listen on ${desc}: ${errnoText(errnoError(libc.errno(), "socket"))}`, "check the path and permissions");
     if (libc.bind(fd, addr) !== 0 || libc.listen(fd, 64) !== 0) {
       const e = errnoError(libc.errno(), "bind");
       fs.closeSync(fd);
-      if (isErrno(e, "EADDRINUSE")) throw new TbError("BUSY", `${desc} is already in use`, "another receiver may be running; stop it or pick another address");
+      if (isErrno(e, "EADDRINUSE")) throw inUse(desc);
       throw new TbError("DEST", `cannot listen on ${desc}: ${errnoText(e)}`, "check the path and permissions");
     }
     let closed = false;
@@ -124,23 +109,5 @@ export class UnixTransport implements Transport {
         fs.rmSync(file, { force: true });
       },
     };
-  }
-
-  /**
-   * A socket file left by a receiver that died is removed; one a live process
-   * listens on is in use (read from /proc/net/unix, so that a probe does not
-   * count as a session on that receiver).
-   */
-  private removeStale(): void {
-    let st: fs.Stats;
-    try {
-      st = fs.statSync(this.path);
-    } catch {
-      return;
-    }
-    if (!st.isSocket()) throw new TbError("DEST", `${this.path} exists and is not a socket`, "choose another path for the unix socket");
-    if (isListening(this.path))
-      throw new TbError("BUSY", `${this.description} is already in use`, "another receiver may be running; stop it or pick another address");
-    fs.rmSync(this.path, { force: true });
   }
 }
