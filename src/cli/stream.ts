@@ -56,10 +56,10 @@ export async function resolveStream(spec: string | undefined, role: StreamRole, 
   }
 }
 
-/** The expert options of the automatic Thunderbolt setup, shared by every command that opens a stream. */
-/** Adds the Thunderbolt setup options, listed last in --help under a heading of their own. */
+/** The --help heading of the automatic Thunderbolt setup's expert options. */
 export const THUNDERBOLT_GROUP = "Thunderbolt setup (without --stream):";
 
+/** Adds those options, shared by every command that opens a stream; --help lists them last, under their heading. */
 export function withThunderboltOptions(cmd: Command): Command {
   const group = THUNDERBOLT_GROUP;
   return cmd

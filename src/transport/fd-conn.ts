@@ -37,18 +37,15 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
   let wakePump: (() => void) | null = null;
   // The descriptor is closed only when no read or write is in flight: a
   // thread-pool read that starts after a close would otherwise hit whatever
-  // reuses the number (the next session's socket or device).
+  // reuses the number (the next session's socket or device). Once closed,
+  // no new read or write starts, so the last one to finish closes it.
   let inFlight = 0;
-  let closeWhenIdle = false;
   const io = async <T>(op: Promise<T>): Promise<T> => {
     inFlight++;
     try {
       return await op;
     } finally {
-      if (--inFlight === 0 && closeWhenIdle) {
-        closeWhenIdle = false;
-        fs.close(fd, () => {});
-      }
+      if (--inFlight === 0 && closed) fs.close(fd, () => {});
     }
   };
   const wake = () => {
@@ -125,7 +122,6 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
       p?.();
       o.beforeClose?.();
       if (inFlight === 0) fs.close(fd, () => {});
-      else closeWhenIdle = true;
     },
   };
 }

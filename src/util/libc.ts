@@ -17,8 +17,8 @@ export interface Libc {
   /** a connection from the queue (blocking descriptor), or -1 */
   accept(fd: number): number;
   shutdown(fd: number, how: number): number;
-  /** makes a descriptor blocking (or not) */
-  setNonBlocking(fd: number, on: boolean): number;
+  /** clears O_NONBLOCK on a descriptor */
+  makeBlocking(fd: number): number;
   /** errno of the last failed call on this thread */
   errno(): number;
 }
@@ -28,6 +28,7 @@ export const LOCK_NB = 4;
 export const LOCK_UN = 8;
 export const POSIX_FADV_DONTNEED = 4;
 export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
 export const AF_UNIX = 1;
 export const SOCK_STREAM = 1;
 export const SOCK_NONBLOCK = 0o4000;
@@ -35,7 +36,6 @@ export const SOCK_CLOEXEC = 0o2000000;
 export const SHUT_RDWR = 2;
 const F_GETFL = 3;
 const F_SETFL = 4; // O_NONBLOCK has the value of SOCK_NONBLOCK
-export const SEEK_HOLE = 4;
 
 let libc: Libc | null | undefined;
 
@@ -43,7 +43,7 @@ export async function loadLibc(): Promise<Libc | null> {
   if (libc !== undefined) return libc;
   libc = null;
   try {
-    const { dlopen, FFIType } = await import("bun:ffi");
+    const { dlopen, FFIType, read } = await import("bun:ffi");
     for (const name of ["libc.so.6", "libc.so", "libc.musl-x86_64.so.1"]) {
       try {
         const lib = dlopen(name, {
@@ -61,7 +61,6 @@ export async function loadLibc(): Promise<Libc | null> {
           fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
           __errno_location: { args: [], returns: FFIType.ptr },
         });
-        const { read } = await import("bun:ffi");
         const cstr = (s: string) => new TextEncoder().encode(s + "\0");
         libc = {
           flock: (fd, op) => lib.symbols.flock(fd, op) as number,
@@ -75,9 +74,9 @@ export async function loadLibc(): Promise<Libc | null> {
           listen: (fd, backlog) => lib.symbols.listen(fd, backlog) as number,
           accept: (fd) => lib.symbols.accept4(fd, null, null, SOCK_CLOEXEC) as number,
           shutdown: (fd, how) => lib.symbols.shutdown(fd, how) as number,
-          setNonBlocking: (fd, on) => {
+          makeBlocking: (fd) => {
             const flags = lib.symbols.fcntl(fd, F_GETFL, 0) as number;
-            return flags < 0 ? flags : (lib.symbols.fcntl(fd, F_SETFL, on ? flags | SOCK_NONBLOCK : flags & ~SOCK_NONBLOCK) as number);
+            return flags < 0 ? flags : (lib.symbols.fcntl(fd, F_SETFL, flags & ~SOCK_NONBLOCK) as number);
           },
           errno: () => read.i32(lib.symbols.__errno_location()!, 0),
         };
