@@ -123,15 +123,19 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, done: (r: Sess
       continue;
     }
     const h = hello!;
-    if (h.role === "push") {
-      const r = await receiveImage(ch, h, opts);
-      carried = r.carried;
-      done(r.result);
-    } else {
-      const r = await serveRequest(ch, h, opts as ServeOptions);
-      carried = r.carried;
-      done(r.result);
+    let r: { result: SessionResult; carried: Frame | null };
+    try {
+      r = h.role === "push" ? await receiveImage(ch, h, opts) : await serveRequest(ch, h, opts as ServeOptions);
+    } catch (e) {
+      // A session that broke outside its own error handling (the sender gone
+      // before our answer, a damaged partial) ends this connection, never the receiver.
+      const err = e instanceof TbError ? e : new TbError("INTERNAL", String(e), "report this bug");
+      opts.reporter.info(`session from ${h.host?.hostname ?? "?"} failed: ${err.oneLine()}`);
+      done({ ok: false, role: h.role, host: h.host?.hostname, error: { code: err.code, message: err.message } });
+      return;
     }
+    carried = r.carried;
+    done(r.result);
     if (opts.once) return;
     if (!ch.conn.lossy && ch.isEnded) return;
   }
@@ -166,6 +170,25 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   const pool = new WorkerPool(1);
   // chunk payloads arrive in these and come back from the worker once written
   ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(chunkSize) + TRAILER_SIZE, 64));
+  try {
+    return await receiveSession(ch, hello, opts, { pool, started, disk, chunkSize, files, fail });
+  } finally {
+    pool.terminate();
+    ch.usePool(null);
+  }
+}
+
+interface SessionSetup {
+  pool: WorkerPool;
+  started: Date;
+  disk: NonNullable<Hello["disk"]>;
+  chunkSize: number;
+  files: boolean;
+  fail: (code: TbError["code"], message: string) => Promise<{ result: SessionResult; carried: null }>;
+}
+
+/** One push session, after its HELLO checked out: new or resumed, until DONE or failure. */
+async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { pool, started, disk, chunkSize, files, fail }: SessionSetup): Promise<{ result: SessionResult; carried: Frame | null }> {
   let created0: { id: string; dir: string } | null = null;
   let manifest0: Manifest | null = null;
   let writer0: ImageWriter | null = null;
@@ -173,15 +196,22 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   let prefixZero = 0;
 
   // An interrupted push of this same disk can continue where it became durable.
-  const candidate = files ? null : findResumable(opts.out, hello);
+  let candidate = files ? null : findResumable(opts.out, hello);
+  let lines = "";
+  if (candidate) {
+    try {
+      lines = readPrefix(path.join(candidate.dir, candidate.manifest.chunks.file), candidate.manifest.durable!.chunkListBytes);
+    } catch (e) {
+      markNotResumable(candidate, `its chunk list cannot be read back: ${(e as Error).message}`);
+      candidate = null;
+    }
+  }
   if (candidate) {
     const d = candidate.manifest.durable!;
-    const lines = readPrefix(path.join(candidate.dir, candidate.manifest.chunks.file), d.chunkListBytes);
     const offer = { ...ackFor(hello, candidate.id), resume: { id: candidate.id, chunks: d.chunks, digest: prefixDigest(lines) } };
     await ch.sendJson(MsgType.HELLO_ACK, offer);
     const from = await awaitResume(ch, hello, opts.idleMs, () => ch.sendJson(MsgType.HELLO_ACK, offer));
     if (from === null) {
-      pool.terminate();
       return { result: { ok: false, role: "push", host: hello.host?.hostname, error: { code: "CLOSED", message: "the sender left before answering the resume offer" } }, carried: null };
     }
     if (from === d.chunks) {
@@ -199,7 +229,6 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
         opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname}: resuming ${candidate.id} at chunk ${from} of ${Math.ceil(disk.size / chunkSize)}`);
       } catch (e) {
         markNotResumable(candidate, `its stored prefix failed a check: ${(e as Error).message}`);
-        pool.terminate();
         return fail("VERIFY", `the interrupted backup ${candidate.id} cannot be continued (${(e as Error).message}); push again to start a new one`);
       }
     } else {
@@ -210,7 +239,6 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
     try {
       created0 = createBackupDir(opts.out, hello.host?.hostname ?? "unknown", disk.name ?? "disk", started);
     } catch (e) {
-      pool.terminate();
       const nospace = isErrno(e, "ENOSPC");
       return fail(nospace ? "NO_SPACE" : "DEST", `receiver cannot create a backup directory under ${opts.out}: ${errnoText(e)}`);
     }
@@ -239,7 +267,6 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
       writeManifest(created0.dir, m);
       writer0 = new ImageWriter(created0.dir, m.data);
     } catch (e) {
-      pool.terminate();
       return fail(isErrno(e, "ENOSPC") ? "NO_SPACE" : "DEST", `receiver cannot write under ${opts.out}: ${errnoText(e)}`);
     }
   }
@@ -413,8 +440,5 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
     }
     opts.reporter.info(`session ${hello.session.slice(0, 8)} failed, kept as ${created.id}${PARTIAL_SUFFIX}: ${err.oneLine()}`);
     return { result: { ok: false, role: "push", id: created.id + PARTIAL_SUFFIX, path: created.dir, host: hello.host?.hostname, error: { code: err.code, message: err.message } }, carried };
-  } finally {
-    pool.terminate();
-    ch.usePool(null);
   }
 }

@@ -8,6 +8,7 @@ import { cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor } from
 import { startProxy } from "../helpers/proxy.ts";
 import { encodeFrame } from "../../src/protocol/frame.ts";
 import { MsgType } from "../../src/protocol/messages.ts";
+import { newHello } from "../../src/core/handshake.ts";
 
 let dir: string;
 let img: string;
@@ -221,6 +222,32 @@ describe("errors", () => {
       expect((await run(["push", img, "--stream", `unix:${sock}`, "--wait", "5"])).code).toBe(0);
       expect((await finish(next)).code).toBe(0);
     } finally {
+      cleanup(d);
+    }
+  });
+
+  test("a sender that hangs up right after its HELLO does not stop the receiver", async () => {
+    const d = tempDir();
+    const sock = path.join(d, "s.sock");
+    const out = path.join(d, "store");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`]);
+    try {
+      await waitFor(() => fs.existsSync(sock), "receiver socket");
+      const hello = newHello("push", { disk: { path: "/dev/x", kind: "file", name: "x", size: 1 << 20, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null }, chunkSize: 1 << 20, level: 1 });
+      for (let i = 0; i < 3; i++) {
+        const c = net.connect(sock);
+        await new Promise<void>((r) => c.once("connect", () => r()));
+        c.end(encodeFrame(MsgType.HELLO, new TextEncoder().encode(JSON.stringify(hello))));
+        c.destroy();
+        await Bun.sleep(200);
+      }
+      expect(recv.exitCode).toBeNull(); // still serving
+      const p = await run(["push", img, "--stream", `unix:${sock}`]);
+      expect(p.code).toBe(0);
+      expect(await listStatuses(out)).toContain("complete");
+    } finally {
+      recv.kill();
+      await recv.exited;
       cleanup(d);
     }
   });
