@@ -217,11 +217,9 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         queue.push(Promise.resolve(encodeFrame(MsgType.ZERO, encodeZero({ index: i, rawLength, offset, checksum: zeroChecksum(rawLength) }))));
       } else {
         const buf = raw.buffer as ArrayBuffer;
+        const out = frames.takeBuffer();
         queue.push(
-          (() => {
-            const out = frames.takeBuffer();
-            return pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out }, [buf, out]);
-          })().then((r) => {
+          pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out }, [buf, out]).then((r) => {
             if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
             if (r.op !== "compressed") throw new TbError("INTERNAL", `unexpected worker reply ${r.op}`, "report this bug");
             spare.push(r.raw);
