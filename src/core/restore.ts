@@ -11,9 +11,9 @@ import { TbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
 import { inspectTarget, openTarget, writeAt, type TargetInfo } from "./target.ts";
-import { locateBackup, openBackup } from "./verify.ts";
+import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
-import { zeroChecksum, zeroFrame } from "./zero.ts";
+import { isZeroFrame, zeroChecksum } from "./zero.ts";
 import { Extractor, type ExtractStats } from "./files/extract.ts";
 import { POSIX_FADV_DONTNEED, loadLibc } from "../util/libc.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
@@ -289,12 +289,6 @@ async function readBackSha(fd: number, size: number, reporter: Reporter, isHole:
   return sha.digest("hex");
 }
 
-function isZeroFrame(frame: Uint8Array, rawLength: number, checksum: bigint): boolean {
-  if (checksum >= 0n && checksum !== zeroChecksum(rawLength)) return false;
-  const z = zeroFrame(rawLength);
-  return frame.length === z.length && Buffer.from(frame.buffer, frame.byteOffset, frame.length).equals(z);
-}
-
 /** Chunks from a stored backup on this machine. */
 function fileSource(from: string): Source {
   const { manifest: m } = locateBackup(from);
@@ -320,10 +314,8 @@ function fileSource(from: string): Source {
     let offset = 0;
     for (let i = 0; i < reader.entries.length; i++) {
       const e = reader.entries[i]!;
-      const line = list?.next() ?? null;
-      if (list && (!line || line.index !== i || line.length !== e.rawSize)) throw new TbError("VERIFY", `chunk list of ${dir} does not match its image at chunk ${i}`, "the backup is damaged; restore another one");
+      const { line, frame } = readStoredChunk(reader, list, i, new Uint8Array(frames.takeBuffer()), (why) => new TbError("VERIFY", `chunk ${i} of ${dir} is damaged: ${why}`, "restore another backup"));
       const checksum = line?.checksum ?? -1n;
-      const frame = reader.readFrame(i, new Uint8Array(frames.takeBuffer()));
       const zero = isZeroFrame(frame, e.rawSize, checksum);
       if (zero) frames.give(frame.buffer as ArrayBuffer);
       yield { index: i, offset, rawLength: e.rawSize, checksum, zero, buf: zero ? undefined : (frame.buffer as ArrayBuffer), at: 0, length: frame.length };

@@ -14,7 +14,8 @@ import type { Reporter } from "./report.ts";
 import { CAPABILITIES, PROTOCOL_VERSION, TOOL } from "./version.ts";
 import { listBackups, type BackupEntry } from "./catalogue.ts";
 import type { SessionResult } from "./receive.ts";
-import { zeroChecksum, zeroFrame } from "./zero.ts";
+import { isZeroFrame } from "./zero.ts";
+import { readStoredChunk } from "./verify.ts";
 import { compressBound } from "../util/buffer-pool.ts";
 
 export interface ServeOptions {
@@ -150,13 +151,10 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     let frame = new Uint8Array(start + compressBound(manifest.chunkSize) + TRAILER_SIZE);
     for (let i = 0; i < reader.entries.length; i++) {
       const e = reader.entries[i]!;
-      const line = list.next();
-      if (!line || line.index !== i || line.length !== e.rawSize) throw new TbError("VERIFY", `backup ${manifest.id}: chunk list does not match the image at chunk ${i}`, "the stored backup is damaged");
       if (frame.length < start + e.compressedSize + TRAILER_SIZE) frame = new Uint8Array(start + e.compressedSize + TRAILER_SIZE);
-      const z = reader.readFrame(i, frame.subarray(start));
-      const header = { index: i, rawLength: e.rawSize, offset, checksum: line.checksum };
-      const zero = line.checksum === zeroChecksum(e.rawSize) && Buffer.from(z.buffer, z.byteOffset, z.length).equals(zeroFrame(e.rawSize));
-      if (zero) await ch.send(MsgType.ZERO, encodeZero(header));
+      const { line, frame: z } = readStoredChunk(reader, list, i, frame.subarray(start), (why) => new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: ${why}`, "the stored backup is damaged"));
+      const header = { index: i, rawLength: e.rawSize, offset, checksum: line!.checksum };
+      if (isZeroFrame(z, e.rawSize, header.checksum)) await ch.send(MsgType.ZERO, encodeZero(header));
       else {
         const payloadLength = CHUNK_HEADER_SIZE + z.length;
         writeHeader(frame, 0, MsgType.DATA, payloadLength);

@@ -59,6 +59,28 @@ export function openBackup(p: string, hint: string): { dir: string; image: strin
   return { dir, image, manifest, reader, list };
 }
 
+/**
+ * Chunk i of a stored backup: its chunk-list line (checked against the seek
+ * table; null for a backup without a list) and its frame, read into `into`
+ * when it fits. A damaged backup (a line that does not match, a frame cut
+ * short, a malformed list) ends in the error `damaged` makes, never a raw one.
+ */
+export function readStoredChunk(reader: ImageReader, list: ChunkList | null, i: number, into: Uint8Array, damaged: (why: string) => TbError): { line: ReturnType<ChunkList["next"]>; frame: Uint8Array } {
+  const e = reader.entries[i]!;
+  let line: ReturnType<ChunkList["next"]> = null;
+  try {
+    line = list?.next() ?? null;
+  } catch (err) {
+    throw damaged((err as Error).message);
+  }
+  if (list && (!line || line.index !== i || line.length !== e.rawSize)) throw damaged("the chunk list does not match the image");
+  try {
+    return { line, frame: reader.readFrame(i, into) };
+  } catch (err) {
+    throw damaged((err as Error).message);
+  }
+}
+
 export async function verify(p: string, reporter: Reporter): Promise<VerifyResult> {
   const started = Date.now();
   const { dir, manifest, reader, list } = openBackup(p, "this backup cannot be trusted; make a new one");
@@ -83,9 +105,7 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
     let bytes = 0;
     for (let i = 0; i < reader.entries.length; i++) {
       const e = reader.entries[i]!;
-      const c = list?.next() ?? null;
-      if (list && (!c || c.index !== i || c.length !== e.rawSize)) throw bad(i, "the chunk list does not match the image");
-      const frame = reader.readFrame(i, new Uint8Array(frames.takeBuffer()));
+      const { line: c, frame } = readStoredChunk(reader, list, i, new Uint8Array(frames.takeBuffer()), (why) => bad(i, why));
       inflight.push({
         i,
         p: pool.run({ op: "check", index: i, rawLength: e.rawSize, checksum: c?.checksum ?? -1n, buf: frame.buffer as ArrayBuffer, at: 0, length: frame.length, hash: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0),

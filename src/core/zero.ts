@@ -28,3 +28,10 @@ export function zeroFrame(rawLength: number): Uint8Array {
   }
   return f;
 }
+
+/** Whether a stored frame is the zero frame (a checksum of -1n: the backup has no chunk list to ask first). */
+export function isZeroFrame(frame: Uint8Array, rawLength: number, checksum: bigint): boolean {
+  if (checksum >= 0n && checksum !== zeroChecksum(rawLength)) return false;
+  const z = zeroFrame(rawLength);
+  return frame.length === z.length && Buffer.from(frame.buffer, frame.byteOffset, frame.length).equals(z);
+}

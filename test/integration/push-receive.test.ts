@@ -151,6 +151,24 @@ describe("store, list and verify", () => {
     expect(v.code).toBe(10);
     expect(v.stderr).toMatch(/damaged/);
   });
+
+  test("a malformed chunk list: verify and restore name the chunk in one line (exit 10), no stack trace", async () => {
+    const copy = path.join(dir, "badlist");
+    sh(`cp -r ${bdir} ${copy}`);
+    const list = path.join(copy, "chunks.txt");
+    const lines = fs.readFileSync(list, "latin1").split("\n");
+    lines[1] = "this is not a chunk line";
+    fs.writeFileSync(list, lines.join("\n"));
+    const v = await run(["verify", copy]);
+    expect(v.code).toBe(10);
+    expect(v.stderr.trim().split("\n").length).toBe(1);
+    expect(v.stderr).toMatch(/^tbbackup: chunk 1 .*is bad: malformed line in chunk list/);
+    const r = await run(["restore", path.join(dir, "badlist.img"), "--from", copy, "--yes"]);
+    expect(r.code).toBe(10);
+    expect(r.stderr.trim().split("\n").filter((l) => l.startsWith("tbbackup: ")).length).toBe(1);
+    expect(r.stderr).toMatch(/tbbackup: chunk 1 of .* is damaged: malformed line in chunk list.*target .* is now incomplete/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
 });
 
 describe("a sparse image file", () => {
