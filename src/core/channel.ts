@@ -19,7 +19,6 @@ export class Channel {
   readonly decoder = new FrameDecoder();
   garbageBytes = 0;
   private pool: BufferPool | null = null;
-  corruptFrames = 0;
 
   constructor(readonly conn: Conn) {
     void this.pump();
@@ -37,7 +36,6 @@ export class Channel {
           if (ev.kind === "frame") this.frames.push(ev.frame);
           else if (ev.kind === "garbage") this.garbageBytes += ev.bytes;
           else {
-            this.corruptFrames++;
             this.frames.push(new TbError(
               "CORRUPT",
               `a corrupt ${typeName(ev.type)} frame arrived from ${this.conn.description} (checksum mismatch)`,

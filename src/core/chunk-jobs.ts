@@ -102,14 +102,13 @@ export class WorkerPool {
  * hashing runs beside decompression instead of after it. Data buffers are
  * transferred to it and come back through `recycle`.
  */
+const MAX_HASHES_PENDING = 8;
+
 export class Hasher {
   private readonly pool = new WorkerPool(1);
   private pending: Promise<void>[] = [];
 
-  constructor(
-    private readonly recycle: (buf: ArrayBuffer) => void,
-    private readonly maxPending = 8,
-  ) {}
+  constructor(private readonly recycle: (buf: ArrayBuffer) => void) {}
 
   /** Hashes the first `length` bytes of `buf` (which is handed over). */
   data(index: number, buf: ArrayBuffer, length: number): Promise<void> {
@@ -129,10 +128,6 @@ export class Hasher {
     return d.sha256;
   }
 
-  idle(): Promise<void> {
-    return this.pool.idle();
-  }
-
   terminate(): void {
     this.pool.terminate();
   }
@@ -145,6 +140,6 @@ export class Hasher {
     });
     p.catch(() => {}); // observed when awaited below or in digest()
     this.pending.push(p);
-    while (this.pending.length > this.maxPending) await this.pending.shift();
+    while (this.pending.length > MAX_HASHES_PENDING) await this.pending.shift();
   }
 }

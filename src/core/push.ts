@@ -15,7 +15,6 @@ import { zeroChecksum } from "./zero.ts";
 import { chunkLine } from "../store/image-writer.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 
-export { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from "./limits.ts";
 
 /** What push reads: a disk/image at offsets, or a stream of unknown length (a tar of files). */
 export interface PushSource {

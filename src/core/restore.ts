@@ -3,7 +3,7 @@
 // it is written; the target is fsynced and read back against the SHA-256.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, type RestoreEnd, type RestoreInfo, type ErrorMsg } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, type RestoreEnd, type RestoreGo, type RestoreInfo, type ErrorMsg } from "../protocol/messages.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
@@ -142,7 +142,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target);
   let sink: (Sink & { stats?: () => ExtractStats }) | null = null;
   const pool = new WorkerPool(2);
-  let hashers: Hasher | null = null;
+  // the SHA-256 worker, when restore uses one (created once the sink is known)
+  let hasher: Hasher | null = null;
   try {
     const info = src.info;
     if (target) {
@@ -159,8 +160,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     opts.reporter.info(`restoring ${info.id} (${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}...) to ${out.path}`);
     // The SHA-256 runs in chunk order while the workers decompress in parallel:
     // on a thread of its own when the workers write the target themselves, else here.
-    const hasher = out.hashInPass && out.fd !== undefined ? new Hasher((buf) => spare.push(buf)) : null;
-    hashers = hasher;
+    hasher = out.hashInPass && out.fd !== undefined ? new Hasher((buf) => spare.push(buf)) : null;
     const sha = out.hashInPass && !hasher ? new Bun.CryptoHasher("sha256") : null;
     let zeroBuf = new Uint8Array(0);
     // decompression buffers go back and forth between here and the workers
@@ -246,7 +246,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   } finally {
     await pool.idle(); // workers may still be writing to the target: wait before closing it
     pool.terminate();
-    hashers?.terminate();
+    hasher?.terminate();
     sink?.close();
     await src.close();
   }
@@ -353,7 +353,8 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
     ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(offer.chunkSize) + TRAILER_SIZE, 64));
     let began = false;
     async function* chunks(): AsyncGenerator<ChunkIn> {
-      await ch.sendJson(MsgType.RESTORE, { session: hello.session, go: true });
+      const go: RestoreGo = { session: hello.session, go: true };
+      await ch.sendJson(MsgType.RESTORE, go);
       began = true;
       for (;;) {
         const f = await ch.recv(opts.idleMs, "backup data from the receiver");

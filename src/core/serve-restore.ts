@@ -2,7 +2,7 @@
 // A restore sends the stored compressed chunks as they are; the restoring side
 // checks each one. Backup IDs are resolved strictly inside DIR.
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, encodeZero, writeChunkHeader, type DiskIdentity, type Hello, type HelloAck, type HostIdentity, type RestoreInfo } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, encodeZero, writeChunkHeader, type DiskIdentity, type Hello, type HelloAck, type HostIdentity, type RestoreGo, type RestoreInfo } from "../protocol/messages.ts";
 import { HEADER_SIZE, TRAILER_SIZE, sealFrame, writeHeader, type Frame } from "../protocol/frame.ts";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { resolveBackupId } from "../store/layout.ts";
@@ -137,7 +137,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     // The other side confirms (a person may be reading a prompt) or gives up.
     for (;;) {
       const f = await ch.recv(opts.idleMs, "the restoring side's go-ahead");
-      if (f.type === MsgType.RESTORE && decodeJson<{ session: string }>(f.payload)?.session === hello.session) break;
+      if (f.type === MsgType.RESTORE && decodeJson<RestoreGo>(f.payload)?.session === hello.session) break;
       if (f.type === MsgType.ERROR) {
         const m = decodeJson<{ message?: string }>(f.payload)?.message ?? "cancelled";
         opts.reporter.info(`restore of ${manifest.id} to ${hello.host?.hostname} not started: ${m}`);

@@ -6,16 +6,13 @@ export class ImageReader {
   readonly entries: SeekEntry[];
   readonly offsets: number[];
   readonly rawSize: number;
-  readonly fileSize: number;
 
   private constructor(
     readonly path: string,
     private fd: number,
     entries: SeekEntry[],
-    fileSize: number,
   ) {
     this.entries = entries;
-    this.fileSize = fileSize;
     this.offsets = [];
     let at = 0;
     let raw = 0;
@@ -43,7 +40,7 @@ export class ImageReader {
       const framesBytes = entries.reduce((a, e) => a + e.compressedSize, 0);
       if (framesBytes + tableSize !== size)
         throw new Error(`${path}: the seek table accounts for ${framesBytes + tableSize} bytes but the file has ${size}`);
-      return new ImageReader(path, fd, entries, size);
+      return new ImageReader(path, fd, entries);
     } catch (e) {
       fs.closeSync(fd);
       throw e;
