@@ -3,6 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { holeTest } from "../../src/core/source.ts";
 import { BIN, cleanup, finish, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
 
 let dir: string;
@@ -172,7 +173,7 @@ describe("store, list and verify", () => {
 });
 
 describe("a sparse image file", () => {
-  test("holes are skipped without reading, and every byte around them arrives", async () => {
+  test("its holes are told apart from data (push skips reading them), and every byte around them arrives", async () => {
     const d = tempDir();
     const out = path.join(d, "store");
     const sock = path.join(d, "s.sock");
@@ -192,6 +193,17 @@ describe("a sparse image file", () => {
       fs.writeSync(fd, new Uint8Array(MiB), 0, MiB, 5 * MiB);
       fs.closeSync(fd);
       const want = sha256File(file);
+      // the test push uses: holes are the chunks with no data at all (not the written zeros of chunk 5)
+      const rfd = fs.openSync(file, "r");
+      try {
+        const size = 9 * MiB + 100;
+        const isHole = await holeTest(rfd, size, file);
+        expect(isHole).not.toBeNull();
+        const map = Array.from({ length: 10 }, (_, c) => (isHole!(c * MiB, Math.min(MiB, size - c * MiB)) ? "H" : "d")).join("");
+        expect(map).toBe("dHddHdHHHd");
+      } finally {
+        fs.closeSync(rfd);
+      }
       const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
       await waitFor(() => fs.existsSync(sock), "receiver socket");
       const p = await run(["push", file, "--stream", `unix:${sock}`, "--json"]);

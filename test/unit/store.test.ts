@@ -29,7 +29,7 @@ describe("seek table", () => {
     const bad = t.slice();
     bad[bad.length - 1] ^= 0xff;
     expect(() => parseSeekTable(bad)).toThrow(/seek table/);
-    expect(() => parseSeekTable(t.subarray(1))).toThrow();
+    expect(() => parseSeekTable(t.subarray(1))).toThrow(/seek table size/);
   });
 
   test("a zstd CLI frame with --check exposes its checksum like the seek table wants", () => {
@@ -40,7 +40,8 @@ describe("seek table", () => {
       const z = new Uint8Array(fs.readFileSync(path.join(dir, "a.zst")));
       expect(frameHasChecksum(z)).toBe(true);
       // XXH64("hello hello hello\n") low 32 bits, as stored by zstd itself
-      expect(frameChecksum(z)).toBe(new DataView(z.buffer, z.length - 4).getUint32(0, true));
+      expect(frameChecksum(z)).toBe(0xce74aaa3);
+      expect(frameChecksum(z)).toBe(Number(Bun.hash.xxHash64("hello hello hello\n") & 0xffffffffn));
       sh(`zstd -q --no-check -f a -o b.zst`, dir);
       expect(frameHasChecksum(new Uint8Array(fs.readFileSync(path.join(dir, "b.zst"))))).toBe(false);
     } finally {
