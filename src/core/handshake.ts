@@ -10,6 +10,11 @@ import type { Reporter } from "./report.ts";
 
 const RESEND_MS = 1000;
 
+/** The receiver's answer to `hello` (with the id of the backup it will store, for a push). */
+export function newHelloAck(hello: Hello, id?: string): HelloAck {
+  return { protocol: PROTOCOL_NAME, proto: PROTOCOL_VERSION, tool: TOOL, session: hello.session, host: hostIdentity(), caps: CAPABILITIES, id };
+}
+
 export function newHello(role: Hello["role"], extra: Partial<Hello> = {}): Hello {
   return {
     protocol: PROTOCOL_NAME,

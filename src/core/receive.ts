@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, typeName, type End, type Hello, type HelloAck } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, typeName, type End, type Hello } from "../protocol/messages.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import type { Transport } from "../transport/index.ts";
@@ -17,10 +17,9 @@ import { frameHasChecksum } from "../store/seekable.ts";
 import { Channel } from "./channel.ts";
 import { WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
 import { TbError, errnoText, isErrno } from "./errors.ts";
-import { checkPeer } from "./handshake.ts";
-import { hostIdentity } from "./identity.ts";
+import { checkPeer, newHelloAck } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
-import { CAPABILITIES, PROTOCOL_VERSION, TOOL } from "./version.ts";
+import { PROTOCOL_VERSION, TOOL } from "./version.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { serveRequest, type ServeOptions } from "./serve-restore.ts";
@@ -141,9 +140,6 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, done: (r: Sess
   }
 }
 
-function ackFor(hello: Hello, id?: string): HelloAck {
-  return { protocol: "tbbackup", proto: PROTOCOL_VERSION, tool: TOOL, session: hello.session, host: hostIdentity(), caps: CAPABILITIES, id };
-}
 
 interface PendingCheck {
   index: number;
@@ -208,7 +204,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   }
   if (candidate) {
     const d = candidate.manifest.durable!;
-    const offer = { ...ackFor(hello, candidate.id), resume: { id: candidate.id, chunks: d.chunks, digest: prefixDigest(lines) } };
+    const offer = { ...newHelloAck(hello, candidate.id), resume: { id: candidate.id, chunks: d.chunks, digest: prefixDigest(lines) } };
     await ch.sendJson(MsgType.HELLO_ACK, offer);
     const from = await awaitResume(ch, hello, opts.idleMs, () => ch.sendJson(MsgType.HELLO_ACK, offer));
     if (from === null) {
@@ -283,7 +279,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   let lastProgress = resumedFrom;
   if (!resumedFrom) {
     opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}`);
-    if (!candidate) await ch.sendJson(MsgType.HELLO_ACK, ackFor(hello, created.id));
+    if (!candidate) await ch.sendJson(MsgType.HELLO_ACK, newHelloAck(hello, created.id));
   }
 
   const settle = async (c: PendingCheck) => {
@@ -409,7 +405,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       } else if (f.type === MsgType.HELLO) {
         const again = decodeJson<Hello>(f.payload);
         if (again?.session === hello.session) {
-          await ch.sendJson(MsgType.HELLO_ACK, ackFor(hello, created.id));
+          await ch.sendJson(MsgType.HELLO_ACK, newHelloAck(hello, created.id));
           continue;
         }
         carried = f;

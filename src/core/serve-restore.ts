@@ -2,16 +2,15 @@
 // A restore sends the stored compressed chunks as they are; the restoring side
 // checks each one. Backup IDs are resolved strictly inside DIR.
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, encodeZero, writeChunkHeader, type DiskIdentity, type Hello, type HelloAck, type HostIdentity, type RestoreGo, type RestoreInfo } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, encodeZero, writeChunkHeader, type DiskIdentity, type Hello, type HostIdentity, type RestoreGo, type RestoreInfo } from "../protocol/messages.ts";
 import { HEADER_SIZE, TRAILER_SIZE, sealFrame, writeHeader, type Frame } from "../protocol/frame.ts";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { resolveBackupId } from "../store/layout.ts";
 import { readManifest } from "../store/manifest.ts";
 import { Channel } from "./channel.ts";
 import { TbError } from "./errors.ts";
-import { hostIdentity } from "./identity.ts";
 import type { Reporter } from "./report.ts";
-import { CAPABILITIES, PROTOCOL_VERSION, TOOL } from "./version.ts";
+import { newHelloAck } from "./handshake.ts";
 import { listBackups, type BackupEntry } from "./catalogue.ts";
 import type { SessionResult } from "./receive.ts";
 import { isZeroFrame } from "./zero.ts";
@@ -34,8 +33,7 @@ export async function serveRequest(ch: Channel, hello: Hello, opts: ServeOptions
     return { result: { ok: false, role: hello.role, host: hello.host?.hostname, error: { code, message } }, carried: null };
   };
   if (!opts.allowRestore) return refuse("REFUSED", `this receiver does not serve ${hello.role} requests; restart it with --allow-restore`);
-  const ack: HelloAck = { protocol: "tbbackup", proto: PROTOCOL_VERSION, tool: TOOL, session: hello.session, host: hostIdentity(), caps: CAPABILITIES };
-  await ch.sendJson(MsgType.HELLO_ACK, ack);
+  await ch.sendJson(MsgType.HELLO_ACK, newHelloAck(hello));
   if (hello.role === "list") {
     await ch.sendJson(MsgType.LIST_RESULT, { session: hello.session, backups: listBackups(opts.out).map(({ path: _p, ...rest }) => rest) });
     return { result: { ok: true, role: "list", host: hello.host?.hostname }, carried: null };
