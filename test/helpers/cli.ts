@@ -51,6 +51,15 @@ export async function finish(p: Subprocess<"ignore", "pipe", "pipe">): Promise<R
   return { code, stdout, stderr };
 }
 
+/** Stores one push of `img` under `out` through a receiver on unix:`sock`; throws unless both sides exit 0. */
+export async function storeBackup(img: string, out: string, sock: string): Promise<void> {
+  const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+  await waitFor(() => existsSync(sock), "receiver socket");
+  const p = await run(["push", img, "--stream", `unix:${sock}`]);
+  const r = await finish(recv);
+  if (p.code !== 0 || r.code !== 0) throw new Error(`storing a backup failed: push exit ${p.code} (${p.stderr.trim()}), receive exit ${r.code} (${r.stderr.trim()})`);
+}
+
 export async function waitFor(cond: () => boolean, what: string, ms = 15000): Promise<void> {
   const end = Date.now() + ms;
   while (!cond()) {

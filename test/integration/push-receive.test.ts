@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { holeTest } from "../../src/core/source.ts";
-import { BIN, cleanup, finish, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
+import { BIN, cleanup, storeBackup, finish, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
 
 let dir: string;
 let img: string;
@@ -104,11 +104,7 @@ describe("store, list and verify", () => {
   let bdir: string;
   beforeAll(async () => {
     out = path.join(dir, "store-lv");
-    const sock = path.join(dir, "lv.sock");
-    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
-    await waitFor(() => fs.existsSync(sock), "socket");
-    expect((await run(["push", img, "--stream", `unix:${sock}`])).code).toBe(0);
-    expect((await finish(recv)).code).toBe(0);
+    await storeBackup(img, out, path.join(dir, "lv.sock"));
     bdir = checkStored(out, null as unknown as string);
   });
 

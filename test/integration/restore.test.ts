@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BIN, cleanup, finish, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor } from "../helpers/cli.ts";
+import { BIN, cleanup, finish, storeBackup, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor } from "../helpers/cli.ts";
 
 let dir: string;
 let img: string;
@@ -18,11 +18,7 @@ beforeAll(async () => {
   img = makeExt4Image(dir, 24);
   imgSha = sha256File(img);
   store = path.join(dir, "store");
-  const sock = path.join(dir, "p.sock");
-  const recv = start(["receive", "--out", store, "--stream", `unix:${sock}`, "--once"]);
-  await waitFor(() => fs.existsSync(sock), "socket");
-  expect((await run(["push", img, "--stream", `unix:${sock}`])).code).toBe(0);
-  expect((await finish(recv)).code).toBe(0);
+  await storeBackup(img, store, path.join(dir, "p.sock"));
   const rows = JSON.parse((await run(["list", "--out", store, "--json"])).stdout);
   backupId = rows[0].id;
   backupDir = path.join(store, backupId);
