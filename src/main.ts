@@ -31,10 +31,8 @@ registerVerify(program);
 registerRestore(program);
 registerStreams(program);
 
-try {
-  await program.parseAsync(process.argv);
-} catch (e) {
+program.parseAsync(process.argv).catch((e) => {
   if (e instanceof CommanderError) {
     process.exitCode = e.exitCode === 0 ? 0 : 2;
   } else throw e;
-}
+});
