@@ -53,6 +53,8 @@ export interface SessionResult {
 
 const PROGRESS_EVERY_CHUNKS = 256;
 const MAX_CHECKS_IN_FLIGHT = 16;
+/** errno codes that mean the receiver's disk is full: both sides then report NO_SPACE */
+const DISK_FULL = ["ENOSPC", "EDQUOT"] as const;
 
 /** Checks DIR is a writable directory (creating it if needed) before serving anyone. */
 export function prepareStore(out: string): void {
@@ -235,8 +237,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     try {
       created0 = createBackupDir(opts.out, hello.host?.hostname ?? "unknown", disk.name ?? "disk", started);
     } catch (e) {
-      const nospace = isErrno(e, "ENOSPC");
-      return fail(nospace ? "NO_SPACE" : "DEST", `receiver cannot create a backup directory under ${opts.out}: ${errnoText(e)}`);
+      return fail(isErrno(e, ...DISK_FULL) ? "NO_SPACE" : "DEST", `receiver cannot create a backup directory under ${opts.out}: ${errnoText(e)}`);
     }
     const m: Manifest = {
       format: 1,
@@ -263,7 +264,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       writeManifest(created0.dir, m);
       writer0 = new ImageWriter(created0.dir, m.data);
     } catch (e) {
-      return fail(isErrno(e, "ENOSPC") ? "NO_SPACE" : "DEST", `receiver cannot write under ${opts.out}: ${errnoText(e)}`);
+      return fail(isErrno(e, ...DISK_FULL) ? "NO_SPACE" : "DEST", `receiver cannot write under ${opts.out}: ${errnoText(e)}`);
     }
   }
   const created = created0;
@@ -298,9 +299,13 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   const drainSettled = async (limit: number) => {
     while (checks.length > 0 && (checks.length > limit || checks[0]!.reply)) await settle(checks.shift()!);
   };
-  const diskFull = () => new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
-  const writeFailed = (code: string) =>
-    code === "ENOSPC" || code === "EDQUOT" ? diskFull() : new TbError("DEST", `the receiver cannot write ${writer.tmpPath}: ${code}`, "check the receiver's disk");
+  // A write or sync of the backup failed (the workers report an errno code).
+  const storeFailed = (doing: string, e: unknown) => {
+    const code = typeof e === "string" ? e : isErrno(e) ? e.code! : "";
+    if ((DISK_FULL as readonly string[]).includes(code)) return new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
+    return e instanceof TbError ? e : new TbError("DEST", `the receiver cannot ${doing} ${writer.tmpPath}: ${typeof e === "string" ? e : errnoText(e)}`, "check the receiver's disk");
+  };
+  const writeFailed = (code: string) => storeFailed("write", code);
   // Durable-progress syncs run in the thread pool while data keeps arriving.
   let syncing: Promise<void> | null = null;
   // once the complete backup has its final name, a later failure (the DONE not
@@ -354,7 +359,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
               return ch.sendJson(MsgType.PROGRESS, progress);
             })
             .catch((e: unknown) => {
-              syncFailure ??= isErrno(e, "ENOSPC", "EDQUOT") ? diskFull() : e instanceof TbError ? e : new TbError("DEST", `the receiver cannot sync ${writer.tmpPath}: ${errnoText(e)}`, "check the receiver's disk");
+              syncFailure ??= storeFailed("sync", e);
             })
             .finally(() => (syncing = null));
         }
@@ -376,8 +381,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         try {
           storedBytes = writer.finish();
         } catch (e) {
-          if (isErrno(e, "ENOSPC", "EDQUOT")) throw new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
-          throw e;
+          throw storeFailed("finish", e);
         }
         const finished = new Date();
         Object.assign(manifest, {

@@ -10,7 +10,7 @@ import { Hasher, WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
 import { TbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
-import { inspectTarget, openTarget, writeAt, type TargetInfo } from "./target.ts";
+import { inspectTarget, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
 import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
 import { isZeroFrame, zeroChecksum } from "./zero.ts";
@@ -180,8 +180,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         if (r.op === "checked") {
           src.release(r.buf);
           if (!r.ok) throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.offset}) of backup ${info.id} is bad: ${r.error}`, "the target is now incomplete; run 'tbbackup verify' on the backup, or restore another one");
-          if (r.writeError)
-            throw new TbError("TARGET", `writing ${out.path} at byte ${c.offset} failed: ${r.writeError}`, r.writeError === "ENOSPC" ? "the target is now incomplete; free space or use a larger target, then restore again" : "the target is now incomplete; check the disk and restore again");
+          if (r.writeError) throw targetWriteError(out.path, c.offset, r.writeError);
           const raw = new Uint8Array(r.raw!, 0, c.rawLength);
           sha?.update(raw);
           await out.data?.(raw, c);
@@ -240,7 +239,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     await src.finish(false, e instanceof Error ? e.message : String(e)).catch(() => {});
     // Once writing began, every failure must say the target is now incomplete.
     const where = sink?.path ?? opts.target;
-    if (sink && e instanceof TbError && !/target|extraction/.test(e.hint)) throw new TbError(e.code, e.message, `the target ${where} is now incomplete${e.hint ? "; " + e.hint : ""}`, e.details);
+    if (sink && e instanceof TbError && !/incomplete/.test(e.hint)) throw new TbError(e.code, e.message, `the target ${where} is now incomplete${e.hint ? "; " + e.hint : ""}`, e.details);
     if (sink && !(e instanceof TbError)) throw new TbError("INTERNAL", String(e), `the target ${where} is now incomplete; report this bug`);
     throw e;
   } finally {

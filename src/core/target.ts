@@ -73,9 +73,15 @@ export function writeAt(fd: number, buf: Uint8Array, position: number, path: str
     try {
       off += fs.writeSync(fd, buf, off, buf.length - off, position + off);
     } catch (e) {
-      if (isErrno(e, "ENOSPC", "EDQUOT", "EFBIG"))
-        throw new TbError("TARGET", `${path} is full at byte ${position + off}`, "the target is now incomplete; free space or use a larger target, then restore again");
-      throw new TbError("TARGET", `write error on ${path} at byte ${position + off}: ${errnoText(e)}`, "the target is now incomplete; check the disk and restore again");
+      throw targetWriteError(path, position + off, e);
     }
   }
+}
+
+/** A write to the target failed (`e`: the error, or the errno code a worker reported). */
+export function targetWriteError(path: string, position: number, e: unknown): TbError {
+  const code = typeof e === "string" ? e : isErrno(e) ? e.code! : "";
+  if (["ENOSPC", "EDQUOT", "EFBIG"].includes(code))
+    return new TbError("TARGET", `${path} is full at byte ${position}`, "the target is now incomplete; free space or use a larger target, then restore again");
+  return new TbError("TARGET", `write error on ${path} at byte ${position}: ${typeof e === "string" ? e : errnoText(e)}`, "the target is now incomplete; check the disk and restore again");
 }

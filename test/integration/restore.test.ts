@@ -241,7 +241,7 @@ describe("a full target", () => {
     try {
       const r = await run(["restore", path.join(mnt, "out.img"), "--from", backupDir, "--yes"]);
       expect(r.code).toBe(13);
-      expect(oneLine(r.stderr)).toMatch(/target .*is now incomplete/);
+      expect(oneLine(r.stderr)).toMatch(/out\.img is full at byte \d+.*the target is now incomplete; free space/);
       expect(r.stderr).not.toContain("restore complete");
     } finally {
       sh(`umount ${mnt}`);
@@ -253,9 +253,7 @@ describe("corruption", () => {
   test("a flipped byte in a stored image: verify and restore fail and name the chunk", async () => {
     const bad = path.join(dir, "bad-backup");
     sh(`cp -r ${backupDir} ${bad}`);
-    // damage the middle of the 4th frame (raw offset 3 MiB), found through the seek table
-    const frames = sh(`zstd -lv ${bad}/image.zst 2>/dev/null | grep -c . || true`);
-    void frames;
+    // damage the middle of a frame that holds data, found through the seek table
     const rows = fs.readFileSync(path.join(bad, "chunks.txt"), "utf8").trim().split("\n");
     expect(rows.length).toBeGreaterThan(4);
     const { ImageReader } = await import("../../src/store/image-reader.ts");
