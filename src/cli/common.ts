@@ -30,6 +30,11 @@ export function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + "\n");
 }
 
+/** Any error as ours; one we did not expect is a bug (its stack, of minified code, would tell a user nothing). */
+export function asTbError(e: unknown): TbError {
+  return e instanceof TbError ? e : new TbError("INTERNAL", e instanceof Error ? `${e.name}: ${e.message}` : String(e), "please report this bug");
+}
+
 /** Runs a command body; any error becomes one line on stderr and its exit status. */
 export function action<A extends unknown[]>(body: (...args: A) => Promise<number | void>): (...args: A) => Promise<void> {
   return async (...args: A) => {
@@ -39,7 +44,7 @@ export function action<A extends unknown[]>(body: (...args: A) => Promise<number
     try {
       code = (await body(...args)) ?? 0;
     } catch (e) {
-      const err = e instanceof TbError ? e : new TbError("INTERNAL", e instanceof Error ? (e.stack ?? e.message) : String(e), "please report this bug");
+      const err = asTbError(e);
       for (const d of err.details) process.stderr.write(`  ${d}\n`);
       process.stderr.write(`tbbackup: ${err.oneLine()}\n`);
       if (json) printJson({ ok: false, error: { code: err.code, message: err.message, hint: err.hint, exit: err.exitCode, ...(err.details.length ? { details: err.details } : {}) } });

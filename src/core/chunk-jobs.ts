@@ -39,27 +39,36 @@ export type WorkerReply =
 
 // In a compiled binary the worker is an extra entrypoint, addressed by its path
 // relative to the entrypoints' common root (src/); from source, relative to this file.
-const WORKER_SPEC = import.meta.url.includes("/$bunfs/")
+// (Not import.meta.url to tell them apart: the CommonJS build that bytecode needs
+// bakes in the build machine's source path, which exists only there.)
+const WORKER_SPEC = Bun.main.startsWith("/$bunfs/")
   ? "./core/chunk-worker.ts"
   : new URL("./chunk-worker.ts", import.meta.url).href;
 
 export class WorkerPool {
   private workers: Worker[] = [];
   private pending: ((r: WorkerReply) => void)[][] = [];
+  /** why each worker died (it answers nothing more), or null while it runs */
+  private dead: (string | null)[] = [];
   private rr = 0;
   private outstanding = new Set<Promise<WorkerReply>>();
 
-  constructor(size: number) {
+  /** `spec`: the worker script (tests give one that cannot load) */
+  constructor(size: number, spec = WORKER_SPEC) {
     for (let i = 0; i < size; i++) {
-      const w = new Worker(WORKER_SPEC);
+      const w = new Worker(spec);
       const q: ((r: WorkerReply) => void)[] = [];
       w.onmessage = (ev: MessageEvent<WorkerReply>) => q.shift()?.(ev.data);
+      // A worker that fails (even before its first job, e.g. when it cannot be
+      // loaded) fails the jobs it holds and every later one: none may wait forever.
       w.onerror = (ev) => {
         const error = `chunk worker failed: ${(ev as ErrorEvent).message}`;
+        this.dead[i] = error;
         for (const r of q.splice(0)) r({ op: "failed", error });
       };
       this.workers.push(w);
       this.pending.push(q);
+      this.dead.push(null);
     }
   }
 
@@ -76,6 +85,8 @@ export class WorkerPool {
   run(req: WorkerRequest, transfer: ArrayBuffer[] = [], pin?: number): Promise<WorkerReply> {
     const i = pin ?? this.rr++ % this.workers.length;
     const p = new Promise<WorkerReply>((resolve) => {
+      const dead = this.dead[i];
+      if (dead) return resolve({ op: "failed", error: dead });
       this.pending[i]!.push(resolve);
       this.workers[i]!.postMessage(req, transfer);
     });

@@ -217,15 +217,17 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       } else {
         const buf = raw.buffer as ArrayBuffer;
         const out = frames.takeBuffer();
-        queue.push(
-          pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out }, [buf, out]).then((r) => {
-            if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
-            if (r.op !== "compressed") throw new TbError("INTERNAL", `unexpected worker reply ${r.op}`, "report this bug");
-            spare.push(r.raw);
-            stored += r.compressedSize;
-            return new Uint8Array(r.frame, 0, r.frameLength);
-          }),
-        );
+        const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out }, [buf, out]).then((r) => {
+          if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
+          if (r.op !== "compressed") throw new TbError("INTERNAL", `unexpected worker reply ${r.op}`, "report this bug");
+          spare.push(r.raw);
+          stored += r.compressedSize;
+          return new Uint8Array(r.frame, 0, r.frameLength);
+        });
+        // awaited in order by sendHead; once one fails, the ones behind it are never
+        // awaited, and must not end the process as unhandled rejections
+        job.catch(() => {});
+        queue.push(job);
       }
       offset += rawLength;
       while (queue.length >= maxInFlight) await sendHead();

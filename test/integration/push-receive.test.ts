@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { holeTest } from "../../src/core/source.ts";
-import { BIN, cleanup, storeBackup, finish, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
+import { BIN, ROOT, cleanup, storeBackup, finish, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
 
 let dir: string;
 let img: string;
@@ -214,5 +214,30 @@ describe("a sparse image file", () => {
     } finally {
       cleanup(d);
     }
+  });
+});
+
+describe("the binary alone", () => {
+  // The build machine keeps src/ and node_modules/; a rescue system has only the
+  // binary. A private mount namespace hides both, so a worker or addon that is
+  // still looked up on disk (not embedded) fails here instead of in the field.
+  test("push -> receive works with src/ and node_modules/ out of sight", async () => {
+    const d = path.join(dir, "alone");
+    fs.mkdirSync(d);
+    const script = [
+      `set -e`,
+      `mount -t tmpfs none '${path.join(ROOT, "src")}'`,
+      `mount -t tmpfs none '${path.join(ROOT, "node_modules")}'`,
+      `test ! -e '${path.join(ROOT, "src/core/chunk-worker.ts")}'`,
+      `'${BIN}' receive --out '${d}/store' --stream 'unix:${d}/s.sock' --once 2>'${d}/recv.err' & r=$!`,
+      `for _ in $(seq 500); do [ -S '${d}/s.sock' ] && break; sleep 0.02; done`,
+      `'${BIN}' push '${img}' --stream 'unix:${d}/s.sock'`,
+      `wait $r`,
+    ].join("\n");
+    const p = Bun.spawn(["unshare", "-m", "--propagation", "private", "bash", "-c", script], { stdout: "pipe", stderr: "pipe" });
+    const [code, err] = [await p.exited, await new Response(p.stderr).text()];
+    expect({ code, lastLine: code === 0 ? "" : err.trim().split("\n").pop() }).toEqual({ code: 0, lastLine: "" });
+    const stored = sh(`find '${d}/store' -name image.zst`).trim();
+    expect(zstdSha(stored)).toBe(imgSha);
   });
 });
