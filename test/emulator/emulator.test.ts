@@ -151,21 +151,63 @@ describe.skipIf(skip)("tbemu: the thunderbolt_stream boundary", () => {
 
   test("bytes written before the peer opened are lost; then a byte stream in <= 4 KiB frames, short reads lose nothing", async () => {
     const [a, b] = pair("t6");
-    const fa = await openAsync(dev("A", a));
-    fs.writeSync(fa, Buffer.from("lost"));
-    const fb = await openAsync(dev("B", b));
-    const data = Buffer.alloc(10000, 7);
-    data.write("head");
-    expect(fs.writeSync(fa, data)).toBe(10000);
-    const first = await readAsync(fb, 100000);
-    expect(first.length).toBeLessThanOrEqual(10000);
-    expect(first.subarray(0, 4).toString()).toBe("head"); // "lost" never arrived
-    let got = first;
-    while (got.length < 10000) got = Buffer.concat([got, await readAsync(fb, 3)]);
-    expect(got.equals(data)).toBe(true);
-    // EOF after the peer's CLOSE; the writer never learns (writes still succeed)
-    fs.closeSync(fa);
-    expect((await readAsync(fb, 100)).length).toBe(0);
+    for (const g of [a, b]) put(g, "ring_size", 32);
+    // Both ends non-blocking: the emulator moves frames as soon as they are
+    // written or a slot frees, so a full ring is EAGAIN, and a byte that
+    // never comes fails the test instead of hanging it.
+    const nb = fs.constants.O_RDWR | fs.constants.O_NONBLOCK;
+    const fa = await openAsync(dev("A", a), nb);
+    // B has no open path yet: the driver sends the frame anyway and it is gone
+    expect(fs.writeSync(fa, Buffer.from("lost"))).toBe(4);
+    const fb = await openAsync(dev("B", b), nb);
+    expect(await codeAsync(readAsync(fb, 100))).toBe("EAGAIN"); // its ring starts empty: "lost" is not there
+    // No period that divides 3, 997 or 4096, so a byte lost, repeated or moved shows
+    const data = Buffer.alloc(600000);
+    for (let i = 0; i < data.length; i++) data[i] = i % 251;
+    const parts: Buffer[] = [];
+    let got = 0;
+    let eof = false;
+    /** Reads, 3 and 997 bytes in turn (each ends mid-frame), until `upTo` bytes, EOF or EAGAIN. */
+    async function drain(upTo: number) {
+      while (got < upTo) {
+        const r = await readAsync(fb, parts.length % 2 ? 997 : 3).catch((e: NodeJS.ErrnoException) => {
+          if (e.code === "EAGAIN") return null; // nothing more will come: the checks below say what is missing
+          throw e;
+        });
+        if (r === null) return;
+        if (r.length === 0) return void (eof = true);
+        parts.push(r);
+        got += r.length;
+      }
+    }
+    // read() cannot show frame boundaries (the driver's read gathers frames
+    // up to the buffer), but the rings can: they hold frames, not bytes. With
+    // B not reading, one-byte writes fill A's TX ring and B's RX ring after
+    // `slots` frames (one page per slot, per direction, 32 slots each)...
+    let sent = 0;
+    while (sent < 1000 && code(() => fs.writeSync(fa, data, sent, 1)) === null) sent++;
+    expect(code(() => fs.writeSync(fa, data, sent, 1))).toBe("EAGAIN");
+    const slots = sent;
+    expect(slots).toBeGreaterThan(32);
+    expect(slots).toBeLessThanOrEqual(2 * 32);
+    await drain(sent);
+    // ...and large writes fill the same slots with exactly 4096 bytes each
+    const bulk = sent;
+    let full: string | null = null;
+    while (full === null && sent < data.length)
+      full = code(() => (sent += fs.writeSync(fa, data, sent, Math.min(65536, data.length - sent))));
+    expect(sent - bulk).toBe(slots * 4096);
+    expect(full).toBe("EAGAIN");
+    await drain(sent);
+    fs.closeSync(fa); // CLOSE, after all the data
+    await drain(Infinity);
+    expect(eof).toBe(true);
+    // everything written since the peer opened, once and in order, and nothing
+    // else: "lost" arrives neither first nor later
+    const all = Buffer.concat(parts);
+    expect(all.length).toBe(sent);
+    expect(all.equals(data.subarray(0, sent))).toBe(true);
+    // the writer never learns the peer left (writes still succeed)
     expect(fs.writeSync(fb, Buffer.from("into the void"))).toBe(13);
     fs.closeSync(fb);
     fs.rmdirSync(a);
@@ -186,13 +228,25 @@ describe.skipIf(skip)("tbemu: the thunderbolt_stream boundary", () => {
   test("a second opener shares the rings and steals frames", async () => {
     const [a, b] = pair("t8");
     const fb1 = await openAsync(dev("B", b));
-    const fb2 = await openAsync(dev("B", b));
+    // non-blocking, so a frame it does not get is EAGAIN, not a hang
+    const fb2 = await openAsync(dev("B", b), fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
     expect(emu.state().hosts.B.devs[attr(b, "index")]!.users).toBe(2);
     const fa = await openAsync(dev("A", a));
-    const r2 = readAsync(fb2, 100000);
-    fs.writeSync(fa, Buffer.from("for the first reader"));
-    expect((await r2).toString()).toBe("for the first reader");
-    for (const fd of [fa, fb1, fb2]) fs.closeSync(fd);
+    const frames = [0, 1, 2, 3].map((i) => Buffer.alloc(4096, 0x41 + i)); // "AAA…", "BBB…", …
+    for (const f of frames) expect(fs.writeSync(fa, f)).toBe(4096);
+    // one RX ring for both fds: each read takes frames off it, whoever reads
+    const r1 = await readAsync(fb1, 4096);
+    const r2 = await readAsync(fb2, 4096).catch((e: NodeJS.ErrnoException) => e.code); // EAGAIN: it got nothing
+    const r3 = await readAsync(fb1, 65536);
+    expect(String(r2)).toBe(frames[1]!.toString()); // the second opener took a frame the first never sees
+    expect(r1.toString()).toBe(frames[0]!.toString());
+    expect(r3.toString()).toBe(frames[2]!.toString() + frames[3]!.toString());
+    expect(await codeAsync(readAsync(fb2, 100))).toBe("EAGAIN"); // together: every frame exactly once
+    // the CLOSE is shared too: whichever fd reads it, both are at EOF
+    fs.closeSync(fa);
+    expect((await readAsync(fb2, 100)).length).toBe(0);
+    expect((await readAsync(fb1, 100)).length).toBe(0);
+    for (const fd of [fb1, fb2]) fs.closeSync(fd);
     fs.rmdirSync(a);
     fs.rmdirSync(b);
   });
