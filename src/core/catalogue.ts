@@ -22,6 +22,8 @@ export interface BackupEntry {
   diskSerial: string | null;
   diskWwn: string | null;
   diskPath: string | null;
+  /** what was backed up: a block device or an image file */
+  diskKind: "block" | "file" | null;
 }
 
 function dirs(p: string): string[] {
@@ -60,6 +62,7 @@ export function entryFor(dir: string, id: string): BackupEntry {
     diskSerial: m?.disk.serial ?? null,
     diskWwn: m?.disk.wwn ?? null,
     diskPath: m?.disk.path ?? null,
+    diskKind: m?.disk.kind === "block" || m?.disk.kind === "file" ? m.disk.kind : null,
   };
 }
 

@@ -10,7 +10,7 @@ import { Hasher, WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
 import { TbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
-import { inspectTarget, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
+import { inspectTarget, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
 import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
 import { isZeroFrame, zeroChecksum } from "./zero.ts";
@@ -62,6 +62,8 @@ interface ChunkIn {
 interface Source {
   info: RestoreInfo;
   chunks: AsyncGenerator<ChunkIn>;
+  /** a stored backup on this machine: its files, which the target must not be */
+  files?: string[];
   /** takes back a chunk's buffer once the workers are done with it */
   release(buf: ArrayBuffer | undefined): void;
   /** called once every chunk is written (stream: tell the receiver) */
@@ -150,6 +152,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       if (info.kind !== "image") throw new TbError("USAGE", `backup ${info.id} is a file-level backup`, "restore it with 'tbbackup restore --files DEST'");
       if (target.kind === "block" && target.size < info.size)
         throw new TbError("TARGET", `${target.path} holds ${target.size} bytes but backup ${info.id} needs ${info.size}`, `restore onto a disk at least as large; ${notIncomplete}`);
+      if (src.files) notTheBackup(target, src.files);
       if (!(await opts.confirm(target, info))) throw new TbError("REFUSED", "restore cancelled", notIncomplete);
       sink = imageSink(target, info, opts.verify, opts.reporter);
     } else {
@@ -323,6 +326,7 @@ function fileSource(from: string): Source {
   }
   return {
     info,
+    files: fs.readdirSync(dir).map((f) => path.join(dir, f)),
     chunks: chunks(),
     release: (buf) => frames.give(buf),
     finish: async () => {},

@@ -76,7 +76,8 @@ function sameDisk(b: BackupEntry, t: DiskIdentity | undefined): boolean {
   if (!t) return false;
   if (t.wwn && b.diskWwn) return t.wwn === b.diskWwn;
   if (t.serial && b.diskSerial) return t.serial === b.diskSerial;
-  return b.diskPath === t.path && (t.kind === "file" || b.size <= t.size);
+  // by path only for the same kind: an image file never stands for a disk that was not found
+  return b.diskPath === t.path && b.diskKind === t.kind && (t.kind === "file" || b.size <= t.size);
 }
 
 /**

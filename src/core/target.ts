@@ -1,6 +1,7 @@
 // The restore target: a block device (opened O_EXCL, so a mounted or in-use
 // disk is refused) or a regular file (created sparse).
 import * as fs from "node:fs";
+import * as path from "node:path";
 import { TbError, errnoText, isErrno } from "./errors.ts";
 import { blockDeviceSize, diskIdentity } from "./identity.ts";
 import type { DiskIdentity } from "../protocol/messages.ts";
@@ -22,6 +23,15 @@ export function inspectTarget(path: string): TargetInfo {
   } catch (e) {
     if (!isErrno(e, "ENOENT")) throw new TbError("TARGET", `cannot look at ${path}: ${errnoText(e)}`, "check the target path");
   }
+  // Under /dev a new or regular file is a mistake: a disk whose name was mistyped
+  // or whose driver is not loaded yet. Writing "the disk" into a RAM file there
+  // and reporting success would leave the real disk empty.
+  if (st?.isFile() !== false && underDev(path))
+    throw new TbError(
+      "TARGET",
+      st ? `${path} is a regular file under /dev, not a disk` : `${path} does not exist`,
+      st ? "remove it (an earlier mistake?) and check the disk name (lsblk lists disks)" : "check the disk name (lsblk lists disks); a disk that is not there yet may need its driver loaded",
+    );
   if (!st) return { path, kind: "file", exists: false, size: 0, identity: diskIdentity(path, 0, new Uint8Array(0), false) };
   if (st.isBlockDevice()) {
     const size = blockDeviceSize(path);
@@ -36,6 +46,26 @@ export function inspectTarget(path: string): TargetInfo {
   }
   if (st.isFile()) return { path, kind: "file", exists: true, size: st.size, identity: diskIdentity(path, st.size, new Uint8Array(0), false) };
   throw new TbError("TARGET", `${path} is not a block device or a regular file`, "restore onto a disk (e.g. /dev/nvme0n1) or an image file");
+}
+
+/** Whether a path (its directory resolved through symlinks) lies in /dev. */
+function underDev(p: string): boolean {
+  let dir = path.dirname(path.resolve(p));
+  try {
+    dir = fs.realpathSync(dir);
+  } catch {}
+  return dir === "/dev" || dir.startsWith("/dev/");
+}
+
+/** Refuses a target that is one of the backup's own files (it would be truncated before being read). */
+export function notTheBackup(t: TargetInfo, backupFiles: string[]): void {
+  if (!t.exists) return;
+  const a = fs.statSync(t.path, { throwIfNoEntry: false });
+  for (const f of backupFiles) {
+    const b = fs.statSync(f, { throwIfNoEntry: false });
+    if (a && b && a.dev === b.dev && a.ino === b.ino)
+      throw new TbError("TARGET", `${t.path} is a file of the backup being restored (${f})`, "choose another target; the backup was not changed");
+  }
 }
 
 /**

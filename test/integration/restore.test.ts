@@ -215,6 +215,64 @@ describe("refusals", () => {
     expect(sha256File(backing)).toBe(before);
   });
 
+  test("a disk path under /dev that does not exist, or is a stray regular file, is refused: exit 13, nothing created", async () => {
+    // a mistyped disk, or one whose driver is not loaded yet: never a RAM file that "restored fine"
+    const missing = "/dev/tbbackup-test-missing";
+    fs.rmSync(missing, { force: true });
+    const r = await run(["restore", missing, "--from", backupDir, "--yes"]);
+    expect(r.code).toBe(13);
+    expect(oneLine(r.stderr)).toContain(`${missing} does not exist`);
+    expect(fs.existsSync(missing)).toBe(false);
+    const stray = "/dev/tbbackup-test-stray";
+    fs.writeFileSync(stray, "left over");
+    try {
+      const s = await run(["restore", stray, "--from", backupDir, "--yes"]);
+      expect(s.code).toBe(13);
+      expect(oneLine(s.stderr)).toContain("is a regular file under /dev");
+      expect(fs.readFileSync(stray, "utf8")).toBe("left over");
+    } finally {
+      fs.rmSync(stray, { force: true });
+    }
+  });
+
+  test("a file of the backup itself as the target is refused: exit 13, the backup still verifies", async () => {
+    const image = path.join(backupDir, "image.zst");
+    const before = sha256File(image);
+    for (const victim of [image, path.join(backupDir, "chunks.txt")]) {
+      const r = await run(["restore", victim, "--from", backupDir, "--yes"]);
+      expect(r.code).toBe(13);
+      expect(oneLine(r.stderr)).toContain("is a file of the backup being restored");
+    }
+    expect(sha256File(image)).toBe(before);
+    expect((await run(["verify", backupDir])).code).toBe(0);
+  });
+
+  test("without --backup, a file at the path of a backed-up disk does not match that disk's backup: exit 11, nothing created", async () => {
+    // back up a loop device through a device node of our own, then take the node away
+    const d = tempDir();
+    const backing = path.join(d, "backing.img");
+    sh(`cp ${img} ${backing}`);
+    const loop = sh(`losetup -f --show ${backing}`).trim();
+    const node = path.join(d, "disk");
+    try {
+      sh(`mknod ${node} b $(stat -c '%t %T' ${loop} | while read a b; do echo $((0x$a)) $((0x$b)); done)`);
+      const blockStore = path.join(d, "store");
+      await storeBackup(node, blockStore, path.join(d, "p.sock"));
+      fs.rmSync(node);
+      const sock = path.join(d, "r.sock");
+      const recv = start(["receive", "--out", blockStore, "--stream", `unix:${sock}`, "--allow-restore", "--once"]);
+      await waitFor(() => fs.existsSync(sock), "socket");
+      const r = await run(["restore", node, "--stream", `unix:${sock}`, "--yes"]);
+      await finish(recv);
+      expect(r.code).toBe(11);
+      expect(oneLine(r.stderr)).toMatch(/no complete backup of this host's disk .*--backup ID/);
+      expect(fs.existsSync(node)).toBe(false);
+    } finally {
+      sh(`losetup -d ${loop}`);
+      cleanup(d);
+    }
+  });
+
   test("mounted loop device is refused (O_EXCL): exit 13", async () => {
     const backing = path.join(dir, "mounted-backing.img");
     sh(`cp ${img} ${backing} && truncate -s 32M ${backing}`);
