@@ -63,12 +63,25 @@ export interface PushOptions {
   reporter: Reporter;
 }
 
-/** Re-reads the first `chunks` chunks, hashing them into `sha`, and compares their chunk-list lines with the receiver's digest. */
-async function prefixMatches(src: PushSource, chunks: number, digest: string, chunkSize: number, sha: Bun.CryptoHasher): Promise<boolean> {
+/** While re-reading a prefix, tell the receiver this often that we are still there (its --idle may be 5 s). */
+const KEEPALIVE_MS = 2000;
+
+/**
+ * Re-reads the first `chunks` chunks, hashing them into `sha`, and compares
+ * their chunk-list lines with the receiver's digest. A large prefix on a slow
+ * disk takes longer than the receiver waits for an answer: `keepalive` is
+ * called every KEEPALIVE_MS with the chunks read so far.
+ */
+async function prefixMatches(src: PushSource, chunks: number, digest: string, chunkSize: number, sha: Bun.CryptoHasher, keepalive: (done: number) => Promise<void>): Promise<boolean> {
   if (!Number.isSafeInteger(chunks) || chunks <= 0 || (src.size !== null && chunks * chunkSize > src.size)) return false;
   const lines = new Bun.CryptoHasher("sha256");
   const buf = new Uint8Array(chunkSize);
+  let told = Date.now();
   for (let i = 0; i < chunks; i++) {
+    if (Date.now() - told >= KEEPALIVE_MS) {
+      await keepalive(i);
+      told = Date.now();
+    }
     const n = await src.read(buf, i * chunkSize);
     if (n === 0) return false;
     const data = buf.subarray(0, n);
@@ -156,7 +169,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     let start = 0;
     if (ack.resume) {
       const offer = ack.resume;
-      if (opts.resume !== false && (await prefixMatches(src, offer.chunks, offer.digest, opts.chunkSize, sha))) start = offer.chunks;
+      const keepalive = (done: number) => ch.sendJson(MsgType.PROGRESS, { session: hello.session, checking: done, of: offer.chunks });
+      if (opts.resume !== false && (await prefixMatches(src, offer.chunks, offer.digest, opts.chunkSize, sha, keepalive))) start = offer.chunks;
       else sha = new Bun.CryptoHasher("sha256");
       await ch.sendJson(MsgType.RESUME, { session: hello.session, from: start });
       opts.reporter.info(start ? `resuming the interrupted backup ${offer.id} at chunk ${start}` : `not resuming ${offer.id} (${opts.resume === false ? "--no-resume" : "this disk no longer matches it"}): starting a new backup`);

@@ -209,8 +209,13 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     const offer = { ...newHelloAck(hello, candidate.id), resume: { id: candidate.id, chunks: d.chunks, digest: prefixDigest(lines) } };
     await ch.sendJson(MsgType.HELLO_ACK, offer);
     const from = await awaitResume(ch, hello, opts.idleMs, () => ch.sendJson(MsgType.HELLO_ACK, offer));
-    if (from === null) {
-      return { result: { ok: false, role: "push", host: hello.host?.hostname, error: { code: "CLOSED", message: "the sender left before answering the resume offer" } }, carried: null };
+    if (from instanceof TbError) {
+      // the partial stays as it was: a later push may still continue it
+      const timedOut = from.code === "TIMEOUT";
+      const message = timedOut ? `the sender did not answer the resume offer within ${Math.round(opts.idleMs / 1000)} s` : "the sender left before answering the resume offer";
+      if (timedOut) await ch.sendJson(MsgType.ERROR, { session: hello.session, code: "TIMEOUT", message: `${message}; push again` }).catch(() => {});
+      opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname}: ${message}; ${candidate.id} can still be resumed`);
+      return { result: { ok: false, role: "push", host: hello.host?.hostname, error: { code: timedOut ? "TIMEOUT" : "CLOSED", message } }, carried: null };
     }
     if (from === d.chunks) {
       try {

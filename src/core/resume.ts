@@ -12,6 +12,7 @@ import { zstd } from "../util/zstd.ts";
 import type { Channel } from "./channel.ts";
 import type { WorkerPool } from "./chunk-jobs.ts";
 import { zeroChecksum } from "./zero.ts";
+import { TbError } from "./errors.ts";
 
 export interface Resumable {
   id: string;
@@ -77,14 +78,18 @@ export function readPrefix(file: string, bytes: number): string {
   }
 }
 
-/** Waits for the sender's RESUME answer; null when the sender left. */
-export async function awaitResume(ch: Channel, hello: Hello, idleMs: number, resendOffer: () => Promise<void>): Promise<number | null> {
+/**
+ * Waits for the sender's RESUME answer: the chunk to continue from, or why
+ * there is none. Every frame restarts the wait: while re-reading a large
+ * prefix the sender sends PROGRESS as a keepalive.
+ */
+export async function awaitResume(ch: Channel, hello: Hello, idleMs: number, resendOffer: () => Promise<void>): Promise<number | TbError> {
   for (;;) {
     let f;
     try {
       f = await ch.recv(idleMs, "the sender's answer to the resume offer");
-    } catch {
-      return null;
+    } catch (e) {
+      return e instanceof TbError ? e : new TbError("CLOSED", String(e), "push again");
     }
     // a repeated HELLO: our offer was lost on the way (a device drops early bytes)
     if (f.type === MsgType.HELLO && decodeJson<Hello>(f.payload)?.session === hello.session) await resendOffer();

@@ -15,11 +15,11 @@ afterAll(() => cleanup(dir));
 // 4 KiB chunks: durable progress (every 256 chunks) comes every 1 MiB of disk, well before the cut
 const CHUNK = ["--chunk-size", "4K"];
 
-async function interruptedPush(name: string, img: string) {
+async function interruptedPush(name: string, img: string, receiveArgs: string[] = []) {
   const out = path.join(dir, `${name}-store`);
   const sock = path.join(dir, `${name}.sock`);
   const front = path.join(dir, `${name}-front.sock`);
-  const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`]);
+  const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, ...receiveArgs]);
   await waitFor(() => fs.existsSync(sock), "socket");
   const proxy = await startProxy(front, sock, { cutAfterBytes: 3_000_000 });
   const first = await run(["push", img, "--stream", `unix:${front}`, ...CHUNK]);
@@ -81,6 +81,32 @@ describe("resume", () => {
       const complete = rows.filter((x) => x.status === "complete");
       expect(complete.length).toBe(1);
       expect(zstdSha(path.join(out, complete[0]!.id, "image.zst"))).toBe(sha256File(img));
+    } finally {
+      recv.kill();
+      await finish(recv);
+    }
+  });
+
+  test("a prefix that takes longer to re-read than the receiver's --idle is still resumed: the sender keeps the offer alive", async () => {
+    const img = makeExt4Image(dir, 24, "slow.img");
+    const { out, sock, recv, durable } = await interruptedPush("d", img, ["--idle", "5"]);
+    try {
+      // The sender runs in this process so that its disk can be slow: where the
+      // durable prefix lies, reads take long enough that re-reading it lasts
+      // about 8 s, past the receiver's 5 s wait for an answer to its offer.
+      const { push, imageSource } = await import("../../src/core/push.ts");
+      const { transportFor } = await import("../../src/transport/index.ts");
+      const { silentReporter } = await import("../../src/core/report.ts");
+      const disk = imageSource(img);
+      const prefixEnd = durable * 4096;
+      const perRead = Math.ceil(8000 / durable);
+      const slow = { ...disk, read: async (buf: Uint8Array, offset: number) => ((offset < prefixEnd ? await Bun.sleep(perRead) : undefined), disk.read(buf, offset)) };
+      const r = await push({ source: img, input: slow, transport: transportFor(`unix:${sock}`, false), label: null, level: 1, chunkSize: 4096, waitMs: 10_000, idleMs: 60_000, reporter: silentReporter });
+      expect(r.resumedFrom).toBe(durable);
+      expect(r.sha256).toBe(sha256File(img));
+      const rows = await statuses(out);
+      expect(rows.map((x) => x.status)).toEqual(["complete"]);
+      expect(zstdSha(path.join(out, rows[0]!.id, "image.zst"))).toBe(sha256File(img));
     } finally {
       recv.kill();
       await finish(recv);
