@@ -96,11 +96,13 @@ export class WorkerPool {
   }
 
   /**
-   * Waits (at most `ms`) until every job sent has answered. Jobs write to
-   * files; call this before closing a descriptor they may still be writing to.
+   * Waits (at most `ms`) until every job sent has answered; false when some
+   * have not (a stalled disk). Jobs write to files: call this before closing a
+   * descriptor they may still write to, and leave it open on false, since a
+   * late write to a reused descriptor number would land in another file.
    */
-  async idle(ms = 10_000): Promise<void> {
-    await Promise.race([Promise.allSettled([...this.outstanding]), Bun.sleep(ms)]);
+  async idle(ms = 10_000): Promise<boolean> {
+    return Promise.race([Promise.allSettled([...this.outstanding]).then(() => true), Bun.sleep(ms).then(() => false)]);
   }
 
   terminate(): void {

@@ -427,9 +427,11 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     const err = e instanceof TbError ? e : new TbError("INTERNAL", String(e), "report this bug");
     // Let the worker finish the writes it was given and the sync end before the
     // files are closed: a late write to a reused descriptor would land elsewhere.
-    await pool.idle();
+    // A worker stuck on a stalled disk keeps them open (a leak, not a garbled file).
+    const idle = await pool.idle();
     await syncing;
-    writer.abort();
+    if (idle) writer.abort();
+    else opts.reporter.info(`the receiver's disk stalled: ${writer.tmpPath} stays open until tbbackup exits`);
     if (renamed) {
       const message = `stored complete as ${created.id}, but the sender may not have received the confirmation: ${err.message}`;
       opts.reporter.info(message);

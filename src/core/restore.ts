@@ -246,10 +246,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (sink && !(e instanceof TbError)) throw new TbError("INTERNAL", String(e), `the target ${where} is now incomplete; report this bug`);
     throw e;
   } finally {
-    await pool.idle(); // workers may still be writing to the target: wait before closing it
+    // workers may still be writing to the target: wait before closing it (a stalled one keeps it open)
+    const idle = await pool.idle();
     pool.terminate();
     hasher?.terminate();
-    sink?.close();
+    if (idle) sink?.close();
     await src.close();
   }
 }

@@ -33,7 +33,13 @@ export function createBackupDir(root: string, host: string, disk: string, when: 
   const h = sanitizeName(host);
   const d = sanitizeName(disk);
   const parent = within(root, h, d);
-  fs.mkdirSync(parent, { recursive: true });
+  // new directories on the way (the first backup of a host or disk) must survive a crash too
+  const first = fs.mkdirSync(parent, { recursive: true });
+  if (first !== undefined)
+    for (let dir = path.resolve(parent); dir !== path.dirname(dir); dir = path.dirname(dir)) {
+      fsyncDir(path.dirname(dir));
+      if (dir === path.resolve(first)) break;
+    }
   const ts = timestampName(when);
   for (let n = 0; n < 1000; n++) {
     const name = n === 0 ? ts : `${ts}-${n}`;
