@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, existsSync, mkdirSync, writeFileSync } from "node:
 import { tmpdir } from "node:os";
 import * as path from "node:path";
 import type { Subprocess } from "bun";
+import { expect } from "bun:test";
 
 export const ROOT = path.resolve(import.meta.dir, "../..");
 export const BIN = path.join(ROOT, "dist/tbbackup");
@@ -97,6 +98,20 @@ export function sha256File(file: string): string {
 
 export function zstdSha(file: string): string {
   return sh(`zstd -dcq ${JSON.stringify(file)} | sha256sum`).split(" ")[0]!;
+}
+
+/** The one `tbbackup: ...` error line a failing command must print (asserts there is exactly one). */
+export function oneLine(stderr: string): string {
+  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("tbbackup: "));
+  expect(lines.length).toBe(1);
+  return lines[0]!;
+}
+
+/** What `list --out DIR --json` shows. */
+export async function listBackups(out: string): Promise<{ id: string; status: string }[]> {
+  const l = await run(["list", "--out", out, "--json"]);
+  expect(l.code).toBe(0);
+  return JSON.parse(l.stdout);
 }
 
 export { existsSync };

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor } from "../helpers/cli.ts";
+import { cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor, oneLine, listBackups } from "../helpers/cli.ts";
 import { startProxy } from "../helpers/proxy.ts";
 import { encodeFrame } from "../../src/protocol/frame.ts";
 import { MsgType } from "../../src/protocol/messages.ts";
@@ -18,16 +18,8 @@ beforeAll(() => {
 });
 afterAll(() => cleanup(dir));
 
-function oneLine(stderr: string): string {
-  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("tbbackup: "));
-  expect(lines.length).toBe(1);
-  return lines[0]!;
-}
-
 async function listStatuses(out: string): Promise<string[]> {
-  const l = await run(["list", "--out", out, "--json"]);
-  expect(l.code).toBe(0);
-  return JSON.parse(l.stdout).map((r: { status: string }) => r.status);
+  return (await listBackups(out)).map((r) => r.status);
 }
 
 describe("errors", () => {

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BIN, cleanup, finish, run, sh, start, tempDir, waitFor } from "../helpers/cli.ts";
+import { BIN, cleanup, finish, run, sh, start, tempDir, waitFor, oneLine } from "../helpers/cli.ts";
 import { ImageWriter } from "../../src/store/image-writer.ts";
 import { writeManifest, type Manifest } from "../../src/store/manifest.ts";
 import { FILES_FILE } from "../../src/store/layout.ts";
@@ -132,12 +132,6 @@ function expectSameTree(source: string, restored: string, toleranceNs: bigint): 
   }
   expect(linkGroups(b)).toEqual(linkGroups(a));
   expect(linkGroups(a)).toEqual([["hard-a", "sub/deeper/hard-c", "sub/hard-b"]]);
-}
-
-function oneLine(stderr: string): string {
-  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("tbbackup: "));
-  expect(lines.length).toBe(1);
-  return lines[0]!;
 }
 
 /** Starts a receiver on a fresh unix socket that anyone may connect to. */

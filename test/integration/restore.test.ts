@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BIN, cleanup, finish, storeBackup, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor } from "../helpers/cli.ts";
+import { BIN, cleanup, finish, storeBackup, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, oneLine } from "../helpers/cli.ts";
 
 let dir: string;
 let img: string;
@@ -27,12 +27,6 @@ afterAll(() => cleanup(dir));
 
 function fsckClean(file: string): void {
   sh(`e2fsck -fn ${JSON.stringify(file)}`); // throws unless exit 0
-}
-
-function oneLine(stderr: string): string {
-  const lines = stderr.trim().split("\n").filter((l) => l.startsWith("tbbackup: "));
-  expect(lines.length).toBe(1);
-  return lines[0]!;
 }
 
 describe("restore from a stored image (--from)", () => {

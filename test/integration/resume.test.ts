@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { cleanup, finish, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
+import { cleanup, finish, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha, listBackups } from "../helpers/cli.ts";
 import { startProxy } from "../helpers/proxy.ts";
 
 let dir: string;
@@ -40,10 +40,6 @@ async function interruptedPush(name: string, img: string, receiveArgs: string[] 
   return { out, sock, recv, durable: m.durable.chunks as number };
 }
 
-async function statuses(out: string): Promise<{ id: string; status: string }[]> {
-  return JSON.parse((await run(["list", "--out", out, "--json"])).stdout);
-}
-
 describe("resume", () => {
   test("a cut push continues after the durable prefix; the result is byte-exact", async () => {
     const img = makeExt4Image(dir, 24, "resume.img");
@@ -54,7 +50,7 @@ describe("resume", () => {
       const r = JSON.parse(second.stdout);
       expect(r.resumedFrom).toBe(durable);
       expect(r.sha256).toBe(sha256File(img));
-      const rows = await statuses(out);
+      const rows = await listBackups(out);
       expect(rows.map((x) => x.status)).toEqual(["complete"]);
       const image = path.join(out, rows[0]!.id, "image.zst");
       expect(zstdSha(image)).toBe(sha256File(img));
@@ -77,7 +73,7 @@ describe("resume", () => {
       const second = await run(["push", img, "--stream", `unix:${sock}`, ...CHUNK, "--json"]);
       expect(second.code).toBe(0);
       expect(JSON.parse(second.stdout).resumedFrom).toBe(0);
-      const rows = await statuses(out);
+      const rows = await listBackups(out);
       const complete = rows.filter((x) => x.status === "complete");
       expect(complete.length).toBe(1);
       expect(zstdSha(path.join(out, complete[0]!.id, "image.zst"))).toBe(sha256File(img));
@@ -104,7 +100,7 @@ describe("resume", () => {
       const r = await push({ source: img, input: slow, transport: transportFor(`unix:${sock}`, false), label: null, level: 1, chunkSize: 4096, waitMs: 10_000, idleMs: 60_000, reporter: silentReporter });
       expect(r.resumedFrom).toBe(durable);
       expect(r.sha256).toBe(sha256File(img));
-      const rows = await statuses(out);
+      const rows = await listBackups(out);
       expect(rows.map((x) => x.status)).toEqual(["complete"]);
       expect(zstdSha(path.join(out, rows[0]!.id, "image.zst"))).toBe(sha256File(img));
     } finally {
@@ -120,7 +116,7 @@ describe("resume", () => {
       const second = await run(["push", img, "--stream", `unix:${sock}`, ...CHUNK, "--json", "--no-resume"]);
       expect(second.code).toBe(0);
       expect(JSON.parse(second.stdout).resumedFrom).toBe(0);
-      expect((await statuses(out)).filter((x) => x.status === "complete").length).toBe(1);
+      expect((await listBackups(out)).filter((x) => x.status === "complete").length).toBe(1);
     } finally {
       recv.kill();
       await finish(recv);
