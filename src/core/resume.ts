@@ -8,6 +8,7 @@ import { MsgType, decodeJson, type Hello, type Resume } from "../protocol/messag
 import { PARTIAL_SUFFIX, sanitizeName, within } from "../store/layout.ts";
 import { readManifest, writeManifest, type Manifest } from "../store/manifest.ts";
 import { frameChecksum, type SeekEntry } from "../store/seekable.ts";
+import { parseChunkLine } from "../store/image-reader.ts";
 import { zstd } from "../util/zstd.ts";
 import type { Channel } from "./channel.ts";
 import type { WorkerPool } from "./chunk-jobs.ts";
@@ -116,10 +117,8 @@ export async function checkPrefix(dir: string, m: Manifest, lines: string, pool:
     const window = new Uint8Array(z.compressBound(m.chunkSize) + 64);
     let position = 0;
     for (let i = 0; i < rows.length; i++) {
-      const [idx, , len, hex] = rows[i]!.split(" ");
-      const rawLength = Number(len);
-      const checksum = BigInt("0x" + hex);
-      if (Number(idx) !== i) throw new Error(`chunk list line ${i} is out of order`);
+      const { index, offset, length: rawLength, checksum } = parseChunkLine(rows[i]!);
+      if (index !== i || offset !== i * m.chunkSize || rawLength !== Math.min(m.chunkSize, m.size - offset)) throw new Error(`chunk list line ${i} does not fit the backup's layout`);
       const n = fs.readSync(fd, window, 0, Math.min(window.length, d.storedBytes - position), position);
       const size = z.findFrameCompressedSize(window.subarray(0, n));
       const frame = window.slice(0, size);

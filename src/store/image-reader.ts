@@ -66,6 +66,20 @@ export class ImageReader {
   }
 }
 
+export interface ChunkLine {
+  index: number;
+  offset: number;
+  length: number;
+  checksum: bigint;
+}
+
+/** One line of the chunk list (`index offset length xxh3hex`, no newline); throws on anything else. */
+export function parseChunkLine(line: string): ChunkLine {
+  const m = /^(\d+) (\d+) (\d+) ([0-9a-f]{16})$/.exec(line);
+  if (!m) throw new Error(`malformed line in chunk list: ${line.slice(0, 60)}`);
+  return { index: Number(m[1]), offset: Number(m[2]), length: Number(m[3]), checksum: BigInt("0x" + m[4]) };
+}
+
 /** Streams the per-chunk checksums file (index offset length xxh3hex per line). */
 export class ChunkList {
   private fd: number;
@@ -77,15 +91,13 @@ export class ChunkList {
     this.fd = fs.openSync(path, "r");
   }
 
-  next(): { index: number; offset: number; length: number; checksum: bigint } | null {
+  next(): ChunkLine | null {
     for (;;) {
       const nl = this.buf.indexOf("\n");
       if (nl >= 0) {
         const line = this.buf.slice(0, nl);
         this.buf = this.buf.slice(nl + 1);
-        const m = /^(\d+) (\d+) (\d+) ([0-9a-f]{16})$/.exec(line);
-        if (!m) throw new Error(`malformed line in chunk list: ${line.slice(0, 60)}`);
-        return { index: Number(m[1]), offset: Number(m[2]), length: Number(m[3]), checksum: BigInt("0x" + m[4]) };
+        return parseChunkLine(line);
       }
       if (this.eof) return null;
       const n = fs.readSync(this.fd, this.block, 0, this.block.length, null);
