@@ -2,7 +2,7 @@
 // protocol. Reads continuously (a read is always pending), decodes frames,
 // and hands them out one at a time with deadlines.
 import { FrameDecoder, encodeFrame, type Frame } from "../protocol/frame.ts";
-import { encodeJson, typeName } from "../protocol/messages.ts";
+import { MsgType, encodeJson, typeName } from "../protocol/messages.ts";
 import type { Conn } from "../transport/index.ts";
 import type { BufferPool } from "../util/buffer-pool.ts";
 import { TbError } from "./errors.ts";
@@ -19,6 +19,8 @@ export class Channel {
   readonly decoder = new FrameDecoder();
   garbageBytes = 0;
   private pool: BufferPool | null = null;
+  /** waiting for the peer to stop listening (an ERROR arrived or the stream ended) */
+  private leftWaiters: (() => void)[] = [];
 
   constructor(readonly conn: Conn) {
     void this.pump();
@@ -33,7 +35,10 @@ export class Channel {
         const events = this.decoder.push(data);
         this.conn.release?.(data); // the decoder copies what it keeps
         for (const ev of events) {
-          if (ev.kind === "frame") this.frames.push(ev.frame);
+          if (ev.kind === "frame") {
+            this.frames.push(ev.frame);
+            if (ev.frame.type === MsgType.ERROR) this.markLeft();
+          }
           else if (ev.kind === "garbage") this.garbageBytes += ev.bytes;
           else {
             this.frames.push(new TbError(
@@ -49,7 +54,22 @@ export class Channel {
       this.failure ??= e instanceof TbError ? e : new TbError("CLOSED", String(e), "run the command again");
     }
     this.ended = true;
+    this.markLeft();
     this.notify();
+  }
+
+  private markLeft(): void {
+    for (const w of this.leftWaiters.splice(0)) w();
+  }
+
+  /**
+   * Settles once the peer has stopped listening: it sent ERROR, or the stream
+   * ended. On a device, writes go on succeeding after the peer left (only a
+   * reader sees it go): a long send must race this, then recv() says why.
+   */
+  peerLeft(): Promise<void> {
+    if (this.ended || this.frames.some((f) => !(f instanceof TbError) && f.type === MsgType.ERROR)) return Promise.resolve();
+    return new Promise((r) => this.leftWaiters.push(r));
   }
 
   private notify(): void {

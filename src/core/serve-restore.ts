@@ -10,7 +10,7 @@ import { readManifest } from "../store/manifest.ts";
 import { Channel } from "./channel.ts";
 import { TbError } from "./errors.ts";
 import type { Reporter } from "./report.ts";
-import { newHelloAck } from "./handshake.ts";
+import { newHelloAck, peerError } from "./handshake.ts";
 import { listBackups, type BackupEntry } from "./catalogue.ts";
 import type { SessionResult } from "./receive.ts";
 import { isZeroFrame } from "./zero.ts";
@@ -98,6 +98,19 @@ export function chooseBackup(all: BackupEntry[], host: HostIdentity | undefined,
   return { entry: matches[matches.length - 1]! };
 }
 
+/** Why the restoring side stopped listening: its ERROR, or the stream's end. */
+async function whyLeft(ch: Channel): Promise<TbError> {
+  for (;;) {
+    let f;
+    try {
+      f = await ch.recv(0, "the restoring side");
+    } catch (e) {
+      return e instanceof TbError ? e : new TbError("CLOSED", String(e), "");
+    }
+    if (f.type === MsgType.ERROR) return peerError(f.payload);
+  }
+}
+
 async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOptions, refuse: (c: TbError["code"], m: string) => Promise<Served>): Promise<Served> {
   let manifest;
   try {
@@ -144,6 +157,13 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
       }
     }
     opts.reporter.info(`restoring ${manifest.id} to ${hello.host?.hostname} (${manifest.size} bytes)`);
+    // The restoring side may stop (a bad target, Ctrl-C) while we send: on a
+    // device our writes would go on succeeding into the void for the rest of
+    // the backup. Every send races its leaving; then recv() tells why.
+    const gone = ch.peerLeft();
+    const send = async (sending: Promise<void>) => {
+      if (await Promise.race([sending.then(() => false), gone.then(() => true)])) throw await whyLeft(ch);
+    };
     let offset = 0;
     // one frame buffer, refilled for every chunk: the stored frame is read straight into its payload
     const start = HEADER_SIZE + CHUNK_HEADER_SIZE;
@@ -153,13 +173,13 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
       if (frame.length < start + e.compressedSize + TRAILER_SIZE) frame = new Uint8Array(start + e.compressedSize + TRAILER_SIZE);
       const { line, frame: z } = readStoredChunk(reader, list, i, frame.subarray(start), (why) => new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: ${why}`, "the stored backup is damaged"));
       const header = { index: i, rawLength: e.rawSize, offset, checksum: line!.checksum };
-      if (isZeroFrame(z, e.rawSize, header.checksum)) await ch.send(MsgType.ZERO, encodeZero(header));
+      if (isZeroFrame(z, e.rawSize, header.checksum)) await send(ch.send(MsgType.ZERO, encodeZero(header)));
       else {
         const payloadLength = CHUNK_HEADER_SIZE + z.length;
         writeHeader(frame, 0, MsgType.DATA, payloadLength);
         writeChunkHeader(frame, HEADER_SIZE, header);
         sealFrame(frame, payloadLength);
-        await ch.sendFrame(frame.subarray(0, HEADER_SIZE + payloadLength + TRAILER_SIZE));
+        await send(ch.sendFrame(frame.subarray(0, HEADER_SIZE + payloadLength + TRAILER_SIZE)));
       }
       offset += e.rawSize;
       if ((i & 15) === 0) opts.reporter.progress({ phase: "serve restore", bytes: offset, total: manifest.size });
@@ -176,7 +196,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     };
   } catch (e) {
     const err = e instanceof TbError ? e : new TbError("INTERNAL", String(e), "report this bug");
-    if (err.code !== "CLOSED") await ch.sendJson(MsgType.ERROR, { session: hello.session, code: err.code, message: `receiver: ${err.message}` }).catch(() => {});
+    if (err.code !== "CLOSED" && err.code !== "PEER") await ch.sendJson(MsgType.ERROR, { session: hello.session, code: err.code, message: `receiver: ${err.message}` }).catch(() => {});
     opts.reporter.info(`restore of ${manifest.id} failed: ${err.message}`);
     return { result: { ok: false, role: "restore", id: manifest.id, error: { code: err.code, message: err.message } }, carried: null };
   } finally {

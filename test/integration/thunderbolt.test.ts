@@ -155,6 +155,41 @@ describe.skipIf(skip)("Thunderbolt stream set up by tbbackup (emulated driver)",
     expect(groupsLeft()).toEqual({ A: [], B: [] });
   }, 60000);
 
+  test("a restore that fails on its side stops the receiver's sending at once (writes into a left device succeed)", async () => {
+    emu = await startEmu();
+    // incompressible, so every chunk is a long run of device frames
+    const big = path.join(dir, "random24.img");
+    const buf = Buffer.alloc(24 * 1024 * 1024);
+    for (let i = 0; i < buf.length; i += 65536) crypto.getRandomValues(buf.subarray(i, i + 65536));
+    fs.writeFileSync(big, buf);
+    const out = path.join(dir, "out-rs");
+    const recv = start(["receive", "--out", out, "--once"], { env: env("A") });
+    await waitFor(() => emu!.state().hosts.A.devs["0"]?.users === 1, "receive to open");
+    expect((await run(["push", big], { env: env("B") })).code).toBe(0);
+    expect((await finish(recv)).code).toBe(0);
+    const id = path.relative(out, path.dirname(stored(out)));
+
+    // the target fills up after 4 of the 24 MiB: the restoring side says so and closes
+    const mnt = path.join(dir, "tiny-tb");
+    fs.mkdirSync(mnt);
+    Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt]);
+    try {
+      const recv2 = start(["receive", "--out", out, "--once", "--allow-restore"], { env: env("A") });
+      await waitFor(() => Object.values(emu!.state().hosts.A.devs).some((d) => d.name === "tbbackup" && d.users === 1), "receive to open");
+      const dropped = () => emu!.state().hosts.A.stats["frames_dropped"] ?? 0;
+      const before = dropped();
+      const rs = await run(["restore", path.join(mnt, "t.img"), "--backup", id, "--yes"], { env: env("B") });
+      expect(rs.code).toBe(13);
+      const r = await finish(recv2);
+      expect(r.stderr).toMatch(new RegExp(`restore of ${id} failed: the other side reports: restore stopped: .*full`));
+      // what the receiver sent after the restoring side had gone is lost on the
+      // cable: at most the chunks in flight, not the other ~20 MiB (5000+ frames)
+      expect(dropped() - before).toBeLessThan((24 * 256) / 4);
+    } finally {
+      Bun.spawnSync(["umount", mnt]);
+    }
+  }, 90000);
+
   test("a bit flipped on the cable is caught: never a silently wrong backup", async () => {
     emu = await startEmu();
     const out = path.join(dir, "out5");
