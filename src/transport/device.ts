@@ -119,8 +119,9 @@ function deviceConn(fd: number, path: string, flock: FlockFn | null): Conn {
 
 export class DeviceTransport implements Transport {
   constructor(readonly path: string) {}
-  connect(): Promise<Conn> {
-    return openDevice(this.path, CONNECT_OPEN_TIMEOUT_MS);
+  /** `waitMs` (--wait, rd.tbbackup.timeout): how long open() may block while the peer is not attached */
+  connect(waitMs?: number): Promise<Conn> {
+    return openDevice(this.path, waitMs && waitMs > 0 ? waitMs : CONNECT_OPEN_TIMEOUT_MS);
   }
   async listen(): Promise<Listener> {
     let stopped = false;
