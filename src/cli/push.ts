@@ -20,10 +20,11 @@ export function register(program: Command): void {
       .option("--level <n>", "zstd level (1 fastest .. 19)", intOption(1, 19), 1)
       .option("--chunk-size <size>", "chunk size (4K..4M, a multiple of 4K)", sizeOption, DEFAULT_CHUNK_SIZE)
       .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
+      .option("--idle <seconds>", "give up when the receiver takes no data and says nothing for this long", intOption(5, 86400), 300)
       .option("--json", "print one JSON result on stdout"),
   )
     .action(
-      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; resume: boolean } & GlobalOpts) => {
+      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; resume: boolean } & GlobalOpts) => {
         const { push } = await import("../core/push.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -37,7 +38,7 @@ export function register(program: Command): void {
         const stream = await resolveStream(o.stream, "push", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
         try {
-          const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: 300_000, reporter, resume: o.resume });
+          const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume });
           reporter.stop();
           const files = r.files as FilesSummary | undefined;
           const unreadable = files?.unreadable.length ?? 0;

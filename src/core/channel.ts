@@ -19,6 +19,8 @@ export class Channel {
   readonly decoder = new FrameDecoder();
   garbageBytes = 0;
   private pool: BufferPool | null = null;
+  /** the last write queued: the next one starts when it is done */
+  private writing: Promise<void> = Promise.resolve();
   /** waiting for the peer to stop listening (an ERROR arrived or the stream ended) */
   private leftWaiters: (() => void)[] = [];
 
@@ -126,15 +128,22 @@ export class Channel {
   }
 
   send(type: number, payload: Uint8Array): Promise<void> {
-    return this.conn.write(encodeFrame(type, payload));
+    return this.sendFrame(encodeFrame(type, payload));
   }
 
   sendJson(type: number, value: unknown): Promise<void> {
     return this.send(type, encodeJson(value));
   }
 
+  /**
+   * Writes one whole frame after those already being written: a device takes
+   * a write in parts (as its ring has room), and a keepalive sent meanwhile
+   * must not land in the middle of another frame.
+   */
   sendFrame(frame: Uint8Array): Promise<void> {
-    return this.conn.write(frame);
+    const p = this.writing.then(() => this.conn.write(frame));
+    this.writing = p.catch(() => {});
+    return p;
   }
 
   /**

@@ -132,10 +132,13 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
     opts.reporter.info(`receiver ${ack.host.hostname} (${ack.tool}) will store ${ack.id ?? "the backup"}`);
 
-    // Everything the receiver says from here on: progress, an error, or the final DONE.
-    // While sending, the receiver may be silent for long (it pushes back through
-    // the transport); once everything is sent, it must answer within idleMs.
+    // Everything the receiver says from here on: progress, keepalives (every
+    // 5 s while its work moves on), an error, or the final DONE. A write that
+    // has waited idleMs on a receiver silent as long means it froze (host hung,
+    // disk stalled): end the push instead of a progress line that never moves.
+    // Once all is sent, only DONE or ERROR count, within idleMs.
     let heard = Date.now();
+    let writingSince: number | null = null;
     const listener = (async () => {
       for (;;) {
         let f;
@@ -143,15 +146,19 @@ export async function push(opts: PushOptions): Promise<PushResult> {
           f = await ch.recv(1000, "the receiver");
         } catch (e) {
           if (e instanceof TbError && e.code === "TIMEOUT") {
-            if (!finishedSending || Date.now() - heard < opts.idleMs) continue;
-            peerFailure ??= new TbError("TIMEOUT", `the receiver did not confirm the backup within ${Math.round(opts.idleMs / 1000)} s of the end`, "the backup is incomplete; check the receiver's disk and messages, then push again");
+            const now = Date.now();
+            if (now - heard < opts.idleMs || (!finishedSending && (writingSince === null || now - writingSince < opts.idleMs))) continue;
+            const silent = Math.round(opts.idleMs / 1000);
+            peerFailure ??= finishedSending
+              ? new TbError("TIMEOUT", `the receiver did not confirm the backup within ${silent} s of the end`, "the backup is incomplete; check the receiver's disk and messages, then push again")
+              : new TbError("TIMEOUT", `the receiver has taken no data and said nothing for ${silent} s`, "the backup is incomplete; check the receiver (its disk, its messages), then push again");
             break;
           }
           peerFailure ??= e instanceof TbError ? e : new TbError("CLOSED", String(e), "run again");
           break;
         }
-        heard = Date.now();
-        // PROGRESS (durable so far) only keeps the silence timer fresh; nothing resumes from it yet
+        // PROGRESS (durable so far, or a keepalive) only keeps the silence timer fresh
+        if (f.type !== MsgType.PROGRESS || !finishedSending) heard = Date.now();
         if (f.type === MsgType.DONE) {
           done = decodeJson<Done>(f.payload);
           break;
@@ -198,7 +205,9 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       // A receiver that failed may stop reading without closing: do not stay
       // blocked in the write once it has said why.
       let written = false;
+      writingSince = Date.now();
       await Promise.race([ch.sendFrame(frame).then(() => (written = true)), receiverFailed]);
+      writingSince = null;
       if (written) frames.give(frame.buffer);
     };
 

@@ -53,6 +53,8 @@ export interface SessionResult {
 
 const PROGRESS_EVERY_CHUNKS = 256;
 const MAX_CHECKS_IN_FLIGHT = 16;
+/** a PROGRESS with only the session: "still working", during a push session */
+const KEEPALIVE_MS = 5000;
 /** errno codes that mean the receiver's disk is full: both sides then report NO_SPACE */
 const DISK_FULL = ["ENOSPC", "EDQUOT"] as const;
 
@@ -168,9 +170,20 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   const pool = new WorkerPool(1);
   // chunk payloads arrive in these and come back from the worker once written
   ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(chunkSize) + TRAILER_SIZE, 64));
+  // While our work moves on (a frame taken in, a stored chunk re-checked), the
+  // sender hears from us every KEEPALIVE_MS; when it stops moving (host hung,
+  // disk stalled) so do these, and a sender blocked on us gives up after --idle.
+  const activity = { n: 0 };
+  let seen = activity.n;
+  const keepalive = setInterval(() => {
+    if (activity.n === seen) return;
+    seen = activity.n;
+    void ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {});
+  }, KEEPALIVE_MS);
   try {
-    return await receiveSession(ch, hello, opts, { pool, started, disk, chunkSize, files, fail });
+    return await receiveSession(ch, hello, opts, { pool, started, disk, chunkSize, files, fail, activity });
   } finally {
+    clearInterval(keepalive);
     pool.terminate();
     ch.usePool(null);
   }
@@ -183,10 +196,12 @@ interface SessionSetup {
   chunkSize: number;
   files: boolean;
   fail: (code: TbError["code"], message: string) => Promise<{ result: SessionResult; carried: null }>;
+  /** counts steps of work done, for the keepalive */
+  activity: { n: number };
 }
 
 /** One push session, after its HELLO checked out: new or resumed, until DONE or failure. */
-async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { pool, started, disk, chunkSize, files, fail }: SessionSetup): Promise<{ result: SessionResult; carried: Frame | null }> {
+async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { pool, started, disk, chunkSize, files, fail, activity }: SessionSetup): Promise<{ result: SessionResult; carried: Frame | null }> {
   let created0: { id: string; dir: string } | null = null;
   let manifest0: Manifest | null = null;
   let writer0: ImageWriter | null = null;
@@ -219,7 +234,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     }
     if (from === d.chunks) {
       try {
-        const prefix = await checkPrefix(candidate.dir, candidate.manifest, lines, pool);
+        const prefix = await checkPrefix(candidate.dir, candidate.manifest, lines, pool, () => activity.n++);
         writer0 = new ImageWriter(candidate.dir, candidate.manifest.data, { entries: prefix.entries, storedBytes: d.storedBytes, rawBytes: d.rawBytes, chunkListBytes: d.chunkListBytes });
         prefixZero = prefix.zero;
         created0 = { id: candidate.id, dir: candidate.dir };
@@ -321,6 +336,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   try {
     for (;;) {
       const f = await ch.recv(opts.idleMs, "the sender");
+      activity.n++;
       if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
         const h = readChunkHeader(f.payload);
         if (!h) throw new TbError("PROTOCOL", "a chunk record is too short", "use the same tbbackup version on both sides");

@@ -105,7 +105,7 @@ export async function awaitResume(ch: Channel, hello: Hello, idleMs: number, res
  * (on the pool's worker, feeding its SHA-256 in order) to the length and XXH3
  * its chunk-list line gives. Returns the seek entries to continue with.
  */
-export async function checkPrefix(dir: string, m: Manifest, lines: string, pool: WorkerPool): Promise<{ entries: SeekEntry[]; zero: number }> {
+export async function checkPrefix(dir: string, m: Manifest, lines: string, pool: WorkerPool, onChunk: () => void): Promise<{ entries: SeekEntry[]; zero: number }> {
   const d = m.durable!;
   const rows = lines.split("\n").filter(Boolean);
   if (rows.length !== d.chunks) throw new Error(`the chunk list has ${rows.length} durable lines, the manifest says ${d.chunks}`);
@@ -124,6 +124,7 @@ export async function checkPrefix(dir: string, m: Manifest, lines: string, pool:
       const frame = window.slice(0, size);
       const r = await pool.run({ op: "check", index: i, rawLength, checksum, buf: frame.buffer as ArrayBuffer, at: 0, length: size, hash: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0);
       if (r.op !== "checked" || !r.ok) throw new Error(`chunk ${i}: ${r.op === "checked" ? r.error : "worker failed"}`);
+      onChunk();
       entries.push({ compressedSize: size, rawSize: rawLength, checksum: frameChecksum(window.subarray(0, size)) });
       if (checksum === zeroChecksum(rawLength)) zero++;
       position += size;

@@ -133,6 +133,30 @@ describe("errors", () => {
     }
   });
 
+  test("a receiver that freezes mid-transfer: push gives up after --idle (exit 9), it does not hang", async () => {
+    // incompressible, so the frozen receiver's socket fills and push's writes block
+    const big = path.join(dir, "random32.img");
+    const buf = Buffer.alloc(32 * 1024 * 1024);
+    for (let i = 0; i < buf.length; i += 65536) crypto.getRandomValues(buf.subarray(i, i + 65536));
+    fs.writeFileSync(big, buf);
+    const out = path.join(dir, "frozen-store");
+    const sock = path.join(dir, "frozen.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    const push = start(["push", big, "--stream", `unix:${sock}`, "--idle", "5"]);
+    try {
+      await waitFor(() => fs.existsSync(out) && fs.readdirSync(out, { recursive: true }).map(String).some((p) => p.endsWith(".partial")), "the transfer to start");
+      process.kill(recv.pid, "SIGSTOP"); // a hung host: alive, silent, reading nothing
+      const p = await finish(push);
+      expect(p.code).toBe(9);
+      expect(oneLine(p.stderr)).toMatch(/receiver has taken no data and said nothing for 5 s.*backup is incomplete/);
+    } finally {
+      process.kill(recv.pid, "SIGCONT");
+      recv.kill();
+      await recv.exited;
+    }
+  }, 60000);
+
   for (const fixCrc of [false, true]) {
     test(`a corrupt chunk in transit (${fixCrc ? "frame CRC recomputed: caught by the end-to-end checksum" : "caught by the frame CRC"}): exit 8`, async () => {
       const out = path.join(dir, `corrupt-${fixCrc}`);
