@@ -28,7 +28,7 @@ export function register(program: Command): void {
         const stream = await resolveStream(o.stream, "receive", { peer: o.peer, hopids: o.hopids, ringSize: o.ringSize, throttling: o.throttling });
         const results = await serve({
           out: o.out,
-          transport: transportFor(stream.spec, true),
+          transport: transportFor(stream.spec, true, { watch: stream.watch }),
           once: o.once === true,
           allowRestore: o.allowRestore === true,
           idleMs: o.idle * 1000,

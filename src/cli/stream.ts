@@ -19,6 +19,8 @@ export interface ResolvedStream {
   spec: string;
   /** removes what this run created (idempotent) */
   cleanup: () => Promise<void>;
+  /** set up here: why the stream can no longer attach (see DeviceOptions.watch) */
+  watch?: () => TbError | null;
 }
 
 export async function resolveStream(spec: string | undefined, role: StreamRole, opts: AutoStreamOptions = {}): Promise<ResolvedStream> {
@@ -49,7 +51,7 @@ export async function resolveStream(spec: string | undefined, role: StreamRole, 
   try {
     const device = await auto.setup();
     process.stderr.write(`tbbackup: stream ready: ${device} with ${auto.peer?.deviceName ?? auto.peer?.id}\n`);
-    return { spec: device, cleanup };
+    return { spec: device, cleanup, watch: () => auto.moved() };
   } catch (e) {
     await cleanup();
     throw e;

@@ -117,8 +117,22 @@ function deviceConn(fd: number, path: string, flock: FlockFn | null): Conn {
   });
 }
 
+export interface DeviceOptions {
+  /**
+   * While receive waits in open() for the peer, asked every WATCH_MS: why the
+   * open can never succeed (the stream was set up for a service the peer no
+   * longer offers), or null. An error ends the wait with it.
+   */
+  watch?: () => TbError | null;
+}
+
+const WATCH_MS = 2000;
+
 export class DeviceTransport implements Transport {
-  constructor(readonly path: string) {}
+  constructor(
+    readonly path: string,
+    private readonly opts: DeviceOptions = {},
+  ) {}
   /** `waitMs` (--wait, rd.tbbackup.timeout): how long open() may block while the peer is not attached */
   connect(waitMs?: number): Promise<Conn> {
     return openDevice(this.path, waitMs && waitMs > 0 ? waitMs : CONNECT_OPEN_TIMEOUT_MS);
@@ -127,7 +141,23 @@ export class DeviceTransport implements Transport {
     let stopped = false;
     return {
       description: this.path,
-      accept: async () => (stopped ? null : openDevice(this.path)),
+      accept: async () => {
+        if (stopped) return null;
+        const opening = openDevice(this.path);
+        const watch = this.opts.watch;
+        if (!watch) return opening;
+        // open() blocks until the peer attaches; it cannot be called off, so one
+        // open is left waiting (never a reopen loop) while the watch looks on
+        for (;;) {
+          const opened = await Promise.race([opening.then(() => true, () => true), Bun.sleep(WATCH_MS).then(() => false)]);
+          if (opened) return opening;
+          const never = watch();
+          if (never) {
+            opening.then((c) => c.close(), () => {});
+            throw never;
+          }
+        }
+      },
       close: async () => {
         stopped = true;
       },

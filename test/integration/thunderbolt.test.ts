@@ -190,6 +190,22 @@ describe.skipIf(skip)("Thunderbolt stream set up by tbbackup (emulated driver)",
     }
   }, 90000);
 
+  test("the peer comes back offering its stream under another service: receive says so and exits 15 instead of waiting for ever", async () => {
+    emu = await startEmu();
+    const out = path.join(dir, "out-moved");
+    const recv = start(["receive", "--out", out], { env: env("A") });
+    await waitFor(() => emu!.state().hosts.A.devs["0"]?.users === 1, "receive to open");
+    expect((await run(["push", img, "--wait", "10"], { env: env("B") })).code).toBe(0);
+    // B's thunderbolt_net registers first this time, so its stream service is 0-1.1, not 0-1.0
+    emu.ctl("unplug");
+    emu.ctl("net-on B");
+    emu.ctl("plug");
+    const r = await finish(recv);
+    expect(r.code).toBe(15);
+    expect(r.stderr.trim().split("\n").pop()).toMatch(/^tbbackup: the peer now offers its stream as 0-1\.1, but this receiver's stream is set up for 0-1\.0.*restart 'tbbackup receive'/);
+    expect(groupsLeft()).toEqual({ A: [], B: [] });
+  }, 60000);
+
   test("a bit flipped on the cable is caught: never a silently wrong backup", async () => {
     emu = await startEmu();
     const out = path.join(dir, "out5");
