@@ -8,6 +8,8 @@ import type { BufferPool } from "../util/buffer-pool.ts";
 import { TbError } from "./errors.ts";
 
 const MAX_QUEUED_FRAMES = 32;
+/** how long a frame may stay unfinished while we read (a whole frame takes well under a second) */
+const FRAME_STALL_MS = 10_000;
 
 export class Channel {
   /** frames in arrival order; a damaged frame is queued as its error, reported once */
@@ -29,13 +31,25 @@ export class Channel {
   }
 
   private async pump(): Promise<void> {
+    // Time spent reading while one frame stayed unfinished (lossy links only).
+    let stalledMs = 0;
     try {
       for (;;) {
         while (this.frames.length >= MAX_QUEUED_FRAMES) await new Promise<void>((r) => (this.wakePump = r));
+        const inFrame = this.decoder.midFrame ? this.decoder.framesStarted : -1;
+        const readFrom = Date.now();
         const data = await this.conn.read();
         if (data === null) break;
         const events = this.decoder.push(data);
         this.conn.release?.(data); // the decoder copies what it keeps
+        // A frame whose payload stops coming (its sender died, and the device
+        // lost its CLOSE) would swallow what follows, a new sender's HELLOs
+        // included: after FRAME_STALL_MS of reading without it ending, give up on it.
+        stalledMs = inFrame >= 0 && this.decoder.midFrame && this.decoder.framesStarted === inFrame ? stalledMs + (Date.now() - readFrom) : 0;
+        if (this.conn.lossy && stalledMs >= FRAME_STALL_MS) {
+          events.push(...this.decoder.abandon());
+          stalledMs = 0;
+        }
         for (const ev of events) {
           if (ev.kind === "frame") {
             this.frames.push(ev.frame);

@@ -100,6 +100,30 @@ export class FrameDecoder {
     return events;
   }
 
+  /** Counts frame headers accepted: tells a caller whether the frame in progress is still the same one. */
+  framesStarted = 0;
+
+  /** Inside a frame whose payload has not all arrived. */
+  get midFrame(): boolean {
+    return this.state === State.Payload;
+  }
+
+  /**
+   * Gives up on the frame in progress, whose payload stopped coming (its
+   * sender died and a lossy link lost the rest): reported as corrupt, and
+   * what it held is scanned again for headers, as after a bad checksum, so
+   * frames that arrived since (a new sender's HELLO) are not swallowed.
+   */
+  abandon(): DecodeEvent[] {
+    if (this.state !== State.Payload) return [];
+    const held = this.payload!.slice(0, this.filled);
+    const events: DecodeEvent[] = [{ kind: "corrupt", type: this.type, length: this.length }];
+    this.payload = null;
+    this.state = State.Seek;
+    events.push(...this.push(held));
+    return events;
+  }
+
   /** Bytes held that do not yet form a frame (for tests and diagnostics). */
   get pending(): number {
     return this.state === State.Payload ? HEADER_SIZE + this.filled : this.buf.length;
@@ -120,6 +144,7 @@ export class FrameDecoder {
           this.payload = this.alloc(length + TRAILER_SIZE);
           this.filled = 0;
           this.state = State.Payload;
+          this.framesStarted++;
           this.buf = b.subarray(i + HEADER_SIZE);
           return true;
         }

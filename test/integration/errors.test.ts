@@ -209,6 +209,36 @@ describe("errors", () => {
     }
   });
 
+  test("a sender that died inside a frame on a device (its CLOSE lost) does not swallow the next push", async () => {
+    const d = tempDir();
+    const socat = Bun.spawn(["socat", "-d", `pty,raw,echo=0,link=${d}/A`, `pty,raw,echo=0,link=${d}/B`], { stderr: "ignore" });
+    const recv = { proc: null as ReturnType<typeof start> | null };
+    try {
+      await waitFor(() => fs.existsSync(`${d}/A`) && fs.existsSync(`${d}/B`), "ptys");
+      const out = path.join(d, "store");
+      recv.proc = start(["receive", "--out", out, "--stream", `${d}/A`]);
+      // a push session whose sender dies 2000 bytes into a 512 KiB DATA frame; a pty, like a
+      // device whose CLOSE was lost, tells the receiver nothing
+      const hello = newHello("push", { disk: { path: "/dev/x", kind: "file", name: "x", size: 1 << 20, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null }, chunkSize: 1 << 20, level: 1 });
+      const fd = fs.openSync(`${d}/B`, "r+");
+      fs.writeSync(fd, encodeFrame(MsgType.HELLO, new TextEncoder().encode(JSON.stringify(hello))));
+      await waitFor(() => fs.existsSync(out) && fs.readdirSync(out, { recursive: true }).map(String).some((p) => p.endsWith(".partial")), "the first session to start");
+      fs.writeSync(fd, encodeFrame(MsgType.DATA, new Uint8Array(512 * 1024)).subarray(0, 2000));
+      fs.closeSync(fd);
+      // the next push's HELLOs (a few hundred bytes a second) would fill that payload only after minutes
+      const p = await run(["push", img, "--stream", `${d}/B`, "--wait", "40"]);
+      recv.proc.kill();
+      const r = await finish(recv.proc);
+      expect(p.code).toBe(0);
+      expect(r.stderr).toMatch(/corrupt DATA frame/);
+      expect((await listStatuses(out)).sort()).toEqual(["complete", "partial"]);
+    } finally {
+      recv.proc?.kill();
+      socat.kill();
+      cleanup(d);
+    }
+  }, 90000);
+
   test("a unix socket a live receiver listens on is refused (exit 16), a dead one's is taken over", async () => {
     const d = tempDir();
     fs.mkdirSync(path.join(d, "with space"));

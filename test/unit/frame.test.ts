@@ -90,6 +90,21 @@ describe("frame codec", () => {
     expect(frames(ev).map((f) => f.type)).toEqual([1]);
   });
 
+  test("abandoning a frame whose payload stopped coming reports it and finds the frames it swallowed", () => {
+    const d = new FrameDecoder();
+    const big = encodeFrame(0x10, new Uint8Array(1000).fill(7));
+    // the first 100 bytes of a 1000-byte frame, then two whole frames that are swallowed as its payload
+    let ev = d.push(big.subarray(0, 100));
+    ev = ev.concat(d.push(VECTOR_HI), d.push(VECTOR_EMPTY));
+    expect(ev).toEqual([]);
+    expect(d.midFrame).toBe(true);
+    const out = d.abandon();
+    expect(out[0]).toEqual({ kind: "corrupt", type: 0x10, length: 1000 });
+    expect(frames(out).map((f) => [f.type, toHex(f.payload)])).toEqual([[0x01, "6869"], [0x12, ""]]);
+    expect(d.midFrame).toBe(false);
+    expect(d.abandon()).toEqual([]);
+  });
+
   test("a flipped header bit is skipped as garbage, never trusted", () => {
     const bad = VECTOR_HI.slice();
     bad[8] ^= 0x80; // length byte
