@@ -259,7 +259,9 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     }
     while (queue.length > 0) await sendHead();
     const end: End = { chunks, bytes: offset, sha256: sha.digest("hex"), ...(src.summary?.() ?? {}) };
-    await ch.sendJson(MsgType.END, end);
+    writingSince = Date.now(); // END too can wait on a receiver that froze
+    await Promise.race([ch.sendJson(MsgType.END, end), receiverFailed]);
+    writingSince = null;
     finishedSending = true;
     heard = Date.now();
     opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });

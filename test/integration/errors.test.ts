@@ -145,7 +145,9 @@ describe("errors", () => {
     await waitFor(() => fs.existsSync(sock), "socket");
     const push = start(["push", big, "--stream", `unix:${sock}`, "--idle", "5"]);
     try {
-      await waitFor(() => fs.existsSync(out) && fs.readdirSync(out, { recursive: true }).map(String).some((p) => p.endsWith(".partial")), "the transfer to start");
+      // data is being stored, so the handshake is over and push is sending
+      const stored = () => fs.readdirSync(out, { recursive: true }).map(String).filter((p) => p.endsWith("image.zst.tmp")).reduce((n, p) => n + fs.statSync(path.join(out, p)).size, 0);
+      await waitFor(() => fs.existsSync(out) && stored() > 1 << 20, "the transfer to start");
       process.kill(recv.pid, "SIGSTOP"); // a hung host: alive, silent, reading nothing
       const p = await finish(push);
       expect(p.code).toBe(9);
