@@ -251,6 +251,33 @@ describe.skipIf(skip)("tbemu: the thunderbolt_stream boundary", () => {
     fs.rmdirSync(b);
   });
 
+  test("a writer that filled its TX ring loses its CLOSE on release: the reader gets the data, then no EOF", async () => {
+    const [a, b] = pair("t12");
+    for (const g of [a, b]) put(g, "ring_size", 32);
+    const fa = await openAsync(dev("A", a), fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    const fb = await openAsync(dev("B", b), fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    // B reads nothing: its RX ring fills, then A's TX ring, until A's writes say EAGAIN
+    let frames = 0;
+    while (code(() => fs.writeSync(fa, Buffer.alloc(4096, 0x5a))) === null) frames++;
+    expect(frames).toBeGreaterThan(32);
+    fs.closeSync(fa); // CLOSE needs a free TX slot: there is none (-ENOBUFS, ignored)
+    let got = 0;
+    for (;;) {
+      const r = await readAsync(fb, 65536).catch((e: NodeJS.ErrnoException) => e.code);
+      if (typeof r === "string") {
+        expect(r).toBe("EAGAIN"); // no CLOSE arrived: never EOF
+        break;
+      }
+      expect(r.length).toBeGreaterThan(0);
+      got += r.length;
+    }
+    expect(got).toBeGreaterThan(0);
+    expect(got).toBeLessThanOrEqual(frames * 4096);
+    fs.closeSync(fb);
+    fs.rmdirSync(a);
+    fs.rmdirSync(b);
+  });
+
   test("unplug: a pending read fails with ENXIO; the announcement is gone", async () => {
     const [a, b] = pair("t9");
     const fa = await openAsync(dev("A", a));

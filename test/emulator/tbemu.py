@@ -829,8 +829,10 @@ class TbEmuFS:
             debug("release %s/%s users=%d" % (dev.host.name, dev.name, dev.users))
             if dev.users == 0:
                 # tbstream_dev_fops_release: send CLOSE, wait up to 500 ms for the
-                # TX ring, then drop what is left; the RX ring is freed.
-                if dev.attached and len(dev.tx) < dev.ring_size:
+                # TX ring, then drop what is left; the RX ring is freed. CLOSE
+                # needs a free TX slot like any frame (-ENOBUFS otherwise, which
+                # release ignores): a writer that filled the ring loses its CLOSE.
+                if dev.attached and len(dev.tx) < dev.ring_size - 1:
                     dev.tx.append((CLOSE, bytes(256)))
                 e.pump()
                 end = time.time() + CLOSE_FLUSH_S
