@@ -100,6 +100,15 @@ export function zstdSha(file: string): string {
   return sh(`zstd -dcq ${JSON.stringify(file)} | sha256sum`).split(" ")[0]!;
 }
 
+/** An image of `mib` MiB of random bytes: incompressible, so every chunk is a long frame on the wire. */
+export function randomImage(dir: string, mib: number, name = `random${mib}.img`): string {
+  const file = path.join(dir, name);
+  const buf = Buffer.alloc(mib * 1024 * 1024);
+  for (let i = 0; i < buf.length; i += 65536) crypto.getRandomValues(buf.subarray(i, i + 65536));
+  writeFileSync(file, buf);
+  return file;
+}
+
 /** The one `tbbackup: ...` error line a failing command must print (asserts there is exactly one). */
 export function oneLine(stderr: string): string {
   const lines = stderr.trim().split("\n").filter((l) => l.startsWith("tbbackup: "));

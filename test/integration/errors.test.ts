@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor, oneLine, listBackups } from "../helpers/cli.ts";
+import { cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor, oneLine, listBackups, randomImage } from "../helpers/cli.ts";
 import { startProxy } from "../helpers/proxy.ts";
 import { encodeFrame } from "../../src/protocol/frame.ts";
 import { MsgType } from "../../src/protocol/messages.ts";
@@ -135,10 +135,7 @@ describe("errors", () => {
 
   test("a receiver that freezes mid-transfer: push gives up after --idle (exit 9), it does not hang", async () => {
     // incompressible, so the frozen receiver's socket fills and push's writes block
-    const big = path.join(dir, "random32.img");
-    const buf = Buffer.alloc(32 * 1024 * 1024);
-    for (let i = 0; i < buf.length; i += 65536) crypto.getRandomValues(buf.subarray(i, i + 65536));
-    fs.writeFileSync(big, buf);
+    const big = randomImage(dir, 32);
     const out = path.join(dir, "frozen-store");
     const sock = path.join(dir, "frozen.sock");
     const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);

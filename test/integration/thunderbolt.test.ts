@@ -5,7 +5,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { cleanup, finish, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
+import { cleanup, finish, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha, randomImage } from "../helpers/cli.ts";
 import { cfgDir, fuseAvailable, startEmu, type Emu } from "../emulator/harness.ts";
 
 const skip = !fuseAvailable();
@@ -134,10 +134,7 @@ describe.skipIf(skip)("Thunderbolt stream set up by tbbackup (emulated driver)",
 
   test("unplug mid-transfer: a clear error on both sides and an incomplete backup", async () => {
     emu = await startEmu();
-    const big = path.join(dir, "random.img");
-    const buf = Buffer.alloc(48 * 1024 * 1024);
-    for (let i = 0; i < buf.length; i += 65536) crypto.getRandomValues(buf.subarray(i, i + 65536));
-    fs.writeFileSync(big, buf);
+    const big = randomImage(dir, 48);
     const out = path.join(dir, "out4");
     const recv = start(["receive", "--out", out, "--once"], { env: env("A") });
     await waitFor(() => emu!.state().hosts.A.devs["0"]?.users === 1, "receive to open");
@@ -158,10 +155,7 @@ describe.skipIf(skip)("Thunderbolt stream set up by tbbackup (emulated driver)",
   test("a restore that fails on its side stops the receiver's sending at once (writes into a left device succeed)", async () => {
     emu = await startEmu();
     // incompressible, so every chunk is a long run of device frames
-    const big = path.join(dir, "random24.img");
-    const buf = Buffer.alloc(24 * 1024 * 1024);
-    for (let i = 0; i < buf.length; i += 65536) crypto.getRandomValues(buf.subarray(i, i + 65536));
-    fs.writeFileSync(big, buf);
+    const big = randomImage(dir, 24);
     const out = path.join(dir, "out-rs");
     const recv = start(["receive", "--out", out, "--once"], { env: env("A") });
     await waitFor(() => emu!.state().hosts.A.devs["0"]?.users === 1, "receive to open");
