@@ -6,6 +6,7 @@ import { MsgType, encodeJson, typeName } from "../protocol/messages.ts";
 import type { Conn } from "../transport/index.ts";
 import type { BufferPool } from "../util/buffer-pool.ts";
 import { TbError } from "./errors.ts";
+import { Signal } from "../util/signal.ts";
 
 const MAX_QUEUED_FRAMES = 32;
 /** how long a frame may stay unfinished while we read (a whole frame takes well under a second) */
@@ -23,8 +24,8 @@ export class Channel {
   private pool: BufferPool | null = null;
   /** the last write queued: the next one starts when it is done */
   private writing: Promise<void> = Promise.resolve();
-  /** waiting for the peer to stop listening (an ERROR arrived or the stream ended) */
-  private leftWaiters: (() => void)[] = [];
+  /** fired when the peer stops listening (an ERROR arrives or the stream ends) */
+  private leaving = new Set<Signal>();
 
   constructor(readonly conn: Conn) {
     void this.pump();
@@ -44,9 +45,11 @@ export class Channel {
         this.conn.release?.(data); // the decoder copies what it keeps
         // A frame whose payload stops coming (its sender died, and the device
         // lost its CLOSE) would swallow what follows, a new sender's HELLOs
-        // included: after FRAME_STALL_MS of reading without it ending, give up on it.
+        // included: once it has stayed unfinished for FRAME_STALL_MS of reading
+        // and holds the start of another frame, give up on it. (A sender or
+        // receiver that was only paused just continues the payload.)
         stalledMs = inFrame >= 0 && this.decoder.midFrame && this.decoder.framesStarted === inFrame ? stalledMs + (Date.now() - readFrom) : 0;
-        if (this.conn.lossy && stalledMs >= FRAME_STALL_MS) {
+        if (this.conn.lossy && stalledMs >= FRAME_STALL_MS && this.decoder.holdsHeader) {
           events.push(...this.decoder.abandon());
           stalledMs = 0;
         }
@@ -75,17 +78,21 @@ export class Channel {
   }
 
   private markLeft(): void {
-    for (const w of this.leftWaiters.splice(0)) w();
+    for (const s of this.leaving) s.fire();
+    this.leaving.clear();
   }
 
   /**
-   * Settles once the peer has stopped listening: it sent ERROR, or the stream
-   * ended. On a device, writes go on succeeding after the peer left (only a
-   * reader sees it go): a long send must race this, then recv() says why.
+   * A signal that fires once the peer has stopped listening: it sent ERROR,
+   * or the stream ended. On a device, writes go on succeeding after the peer
+   * left (only a reader sees it go): a long send races it (Signal.race), then
+   * recv() says why. Call the returned `forget` when done with it.
    */
-  peerLeft(): Promise<void> {
-    if (this.ended || this.frames.some((f) => !(f instanceof TbError) && f.type === MsgType.ERROR)) return Promise.resolve();
-    return new Promise((r) => this.leftWaiters.push(r));
+  peerLeaving(): { left: Signal; forget: () => void } {
+    const left = new Signal();
+    if (this.ended || this.frames.some((f) => !(f instanceof TbError) && f.type === MsgType.ERROR)) left.fire();
+    else this.leaving.add(left);
+    return { left, forget: () => this.leaving.delete(left) };
   }
 
   private notify(): void {

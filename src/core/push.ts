@@ -14,6 +14,7 @@ import { holeTest, openSource, readFully } from "./source.ts";
 import { zeroChecksum } from "./zero.ts";
 import { chunkLine } from "../store/image-writer.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
+import { Signal } from "../util/signal.ts";
 
 
 /** What push reads: a disk/image at offsets, or a stream of unknown length (a tar of files). */
@@ -125,6 +126,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   let finishedSending = false;
   let resolveDone!: () => void;
   const doneSignal = new Promise<void>((r) => (resolveDone = r));
+  // fired when the receiver has had its last word (DONE, an error, or silence)
+  const receiverDone = new Signal();
   try {
     pool.broadcast({ op: "level", level: opts.level });
     const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content });
@@ -167,19 +170,34 @@ export async function push(opts: PushOptions): Promise<PushResult> {
           break;
         }
       }
+      receiverDone.fire();
       resolveDone();
     })();
 
     let sha = new Bun.CryptoHasher("sha256");
     // An interrupted push of this disk left a durable prefix: continue after it
     // if our own chunks there hash to the same chunk list.
+    // Every write waits on the receiver: it is watched like the data (see the listener).
+    const send = async (sending: Promise<void>): Promise<boolean> => {
+      writingSince = Date.now();
+      try {
+        const written = await receiverDone.race(sending);
+        if (!written && peerFailure) throw peerFailure;
+        return written;
+      } finally {
+        writingSince = null;
+      }
+    };
     let start = 0;
     if (ack.resume) {
       const offer = ack.resume;
-      const keepalive = (done: number) => ch.sendJson(MsgType.PROGRESS, { session: hello.session, checking: done, of: offer.chunks });
+      const keepalive = async (done: number) => {
+        if (peerFailure) throw peerFailure; // the receiver gave up: no need to read the rest
+        await send(ch.sendJson(MsgType.PROGRESS, { session: hello.session, checking: done, of: offer.chunks }));
+      };
       if (opts.resume !== false && (await prefixMatches(src, offer.chunks, offer.digest, opts.chunkSize, sha, keepalive))) start = offer.chunks;
       else sha = new Bun.CryptoHasher("sha256");
-      await ch.sendJson(MsgType.RESUME, { session: hello.session, from: start });
+      await send(ch.sendJson(MsgType.RESUME, { session: hello.session, from: start }));
       opts.reporter.info(start ? `resuming the interrupted backup ${offer.id} at chunk ${start}` : `not resuming ${offer.id} (${opts.resume === false ? "--no-resume" : "this disk no longer matches it"}): starting a new backup`);
     }
     const total = src.size ?? 0;
@@ -195,20 +213,12 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     let offset = start * opts.chunkSize;
     let chunks = start;
 
-    const receiverFailed = doneSignal.then(() => {
-      if (peerFailure) throw peerFailure;
-    });
-    receiverFailed.catch(() => {}); // observed through the races below
     const sendHead = async () => {
       const frame = await queue.shift()!;
       if (peerFailure) throw peerFailure;
       // A receiver that failed may stop reading without closing: do not stay
       // blocked in the write once it has said why.
-      let written = false;
-      writingSince = Date.now();
-      await Promise.race([ch.sendFrame(frame).then(() => (written = true)), receiverFailed]);
-      writingSince = null;
-      if (written) frames.give(frame.buffer);
+      if (await send(ch.sendFrame(frame))) frames.give(frame.buffer);
     };
 
     for (let i = start; src.size === null || offset < src.size; i++) {
@@ -259,9 +269,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     }
     while (queue.length > 0) await sendHead();
     const end: End = { chunks, bytes: offset, sha256: sha.digest("hex"), ...(src.summary?.() ?? {}) };
-    writingSince = Date.now(); // END too can wait on a receiver that froze
-    await Promise.race([ch.sendJson(MsgType.END, end), receiverFailed]);
-    writingSince = null;
+    await send(ch.sendJson(MsgType.END, end)); // END too can wait on a receiver that froze
     finishedSending = true;
     heard = Date.now();
     opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });

@@ -131,6 +131,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     return refuse("VERIFY", `backup ${manifest.id} is damaged: ${(e as Error).message}`);
   }
   const started = Date.now();
+  let forgetLeaving = () => {};
   try {
     const info: RestoreInfo = {
       session: hello.session,
@@ -160,9 +161,10 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     // The restoring side may stop (a bad target, Ctrl-C) while we send: on a
     // device our writes would go on succeeding into the void for the rest of
     // the backup. Every send races its leaving; then recv() tells why.
-    const gone = ch.peerLeft();
+    const { left, forget } = ch.peerLeaving();
+    forgetLeaving = forget;
     const send = async (sending: Promise<void>) => {
-      if (await Promise.race([sending.then(() => false), gone.then(() => true)])) throw await whyLeft(ch);
+      if (!(await left.race(sending))) throw await whyLeft(ch);
     };
     let offset = 0;
     // one frame buffer, refilled for every chunk: the stored frame is read straight into its payload
@@ -200,6 +202,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     opts.reporter.info(`restore of ${manifest.id} failed: ${err.message}`);
     return { result: { ok: false, role: "restore", id: manifest.id, error: { code: err.code, message: err.message } }, carried: null };
   } finally {
+    forgetLeaving();
     reader.close();
     list.close();
   }

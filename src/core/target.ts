@@ -48,12 +48,13 @@ export function inspectTarget(path: string): TargetInfo {
   throw new TbError("TARGET", `${path} is not a block device or a regular file`, "restore onto a disk (e.g. /dev/nvme0n1) or an image file");
 }
 
-/** Whether a path (its directory resolved through symlinks) lies in /dev. */
+/** Whether a path (its directory resolved through symlinks) lies in /dev, outside /dev/shm (a tmpfs for files). */
 function underDev(p: string): boolean {
   let dir = path.dirname(path.resolve(p));
   try {
     dir = fs.realpathSync(dir);
   } catch {}
+  if (dir === "/dev/shm" || dir.startsWith("/dev/shm/")) return false;
   return dir === "/dev" || dir.startsWith("/dev/");
 }
 

@@ -134,20 +134,17 @@ export class FrameDecoder {
     let i = 0;
     const b = this.buf;
     while (i + HEADER_SIZE <= b.length) {
-      if (b[i] === MAGIC[0] && b[i + 1] === MAGIC[1] && b[i + 2] === MAGIC[2] && b[i + 3] === MAGIC[3]) {
+      if (this.headerAt(b, i)) {
         const view = new DataView(b.buffer, b.byteOffset + i, HEADER_SIZE);
-        const length = view.getUint32(8, true);
-        if (view.getUint32(12, true) === crc32(b.subarray(i, i + 12)) && length <= this.maxPayload) {
-          this.flushSkipped(events, i);
-          this.type = view.getUint8(4);
-          this.length = length;
-          this.payload = this.alloc(length + TRAILER_SIZE);
-          this.filled = 0;
-          this.state = State.Payload;
-          this.framesStarted++;
-          this.buf = b.subarray(i + HEADER_SIZE);
-          return true;
-        }
+        this.flushSkipped(events, i);
+        this.type = view.getUint8(4);
+        this.length = view.getUint32(8, true);
+        this.payload = this.alloc(this.length + TRAILER_SIZE);
+        this.filled = 0;
+        this.state = State.Payload;
+        this.framesStarted++;
+        this.buf = b.subarray(i + HEADER_SIZE);
+        return true;
       }
       i++;
     }
@@ -156,6 +153,25 @@ export class FrameDecoder {
     const firstCandidate = this.firstMagicCandidate(b, keepFrom);
     this.flushSkipped(events, firstCandidate);
     this.buf = b.slice(firstCandidate);
+    return false;
+  }
+
+  /** A valid header at b[i]: magic, header CRC, and a length within bounds. */
+  private headerAt(b: Uint8Array, i: number): boolean {
+    if (b[i] !== MAGIC[0] || b[i + 1] !== MAGIC[1] || b[i + 2] !== MAGIC[2] || b[i + 3] !== MAGIC[3]) return false;
+    const view = new DataView(b.buffer, b.byteOffset + i, HEADER_SIZE);
+    return view.getUint32(12, true) === crc32(b.subarray(i, i + 12)) && view.getUint32(8, true) <= this.maxPayload;
+  }
+
+  /**
+   * Whether the frame in progress holds what looks like the start of another
+   * frame: after a long stall, the sign that its sender died and a new one
+   * began (a paused sender's payload simply continues).
+   */
+  get holdsHeader(): boolean {
+    if (this.state !== State.Payload) return false;
+    const b = this.payload!.subarray(0, this.filled);
+    for (let i = 0; i + HEADER_SIZE <= b.length; i++) if (this.headerAt(b, i)) return true;
     return false;
   }
 

@@ -208,7 +208,9 @@ export class AutoStream {
   moved(): TbError | null {
     if (!this.serviceDir) return null;
     const ours = path.basename(this.serviceDir);
-    const offered = readTopology().peers.flatMap((p) => streamServiceOf(p)?.id ?? []);
+    // with --peer, only that peer counts: another one staying connected is no reason
+    const peers = readTopology().peers.filter((p) => !this.cfg.peer || matches(p, this.cfg.peer));
+    const offered = peers.flatMap((p) => streamServiceOf(p)?.id ?? []);
     if (offered.length === 0 || offered.includes(ours)) return null;
     return new TbError(
       "STREAM_SETUP",

@@ -227,6 +227,14 @@ describe("refusals", () => {
     } finally {
       fs.rmSync(stray, { force: true });
     }
+    // /dev/shm is a tmpfs for files: an image there is fine
+    const shm = "/dev/shm/tbbackup-test.img";
+    try {
+      expect((await run(["restore", shm, "--from", backupDir, "--yes"])).code).toBe(0);
+      expect(sha256File(shm)).toBe(imgSha);
+    } finally {
+      fs.rmSync(shm, { force: true });
+    }
   });
 
   test("a file of the backup itself as the target is refused: exit 13, the backup still verifies", async () => {

@@ -98,11 +98,22 @@ describe("frame codec", () => {
     ev = ev.concat(d.push(VECTOR_HI), d.push(VECTOR_EMPTY));
     expect(ev).toEqual([]);
     expect(d.midFrame).toBe(true);
+    expect(d.holdsHeader).toBe(true);
     const out = d.abandon();
     expect(out[0]).toEqual({ kind: "corrupt", type: 0x10, length: 1000 });
     expect(frames(out).map((f) => [f.type, toHex(f.payload)])).toEqual([[0x01, "6869"], [0x12, ""]]);
     expect(d.midFrame).toBe(false);
     expect(d.abandon()).toEqual([]);
+  });
+
+  test("a frame that is merely slow holds no other header, so a stall alone never abandons it", () => {
+    const d = new FrameDecoder();
+    const big = encodeFrame(0x10, crypto.getRandomValues(new Uint8Array(4000)));
+    d.push(big.subarray(0, 1000));
+    d.push(big.subarray(1000, 3000)); // the rest of a paused sender's payload, not a new frame
+    expect(d.midFrame).toBe(true);
+    expect(d.holdsHeader).toBe(false);
+    expect(frames(d.push(big.subarray(3000)))).toHaveLength(1);
   });
 
   test("a flipped header bit is skipped as garbage, never trusted", () => {
