@@ -54,7 +54,7 @@ export function register(program: Command): void {
             return exitWith(new TbError("PARTIAL_FILES", `completed with ${unreadable} unreadable file${unreadable === 1 ? "" : "s"} (listed above)`, "the rest is stored; copy those files another way or use --strict to stop at the first one"));
         } catch (e) {
           reporter.stop();
-          if (e instanceof TbError && !/incomplete/.test(e.hint)) throw new TbError(e.code, `${e.message}`, `the backup is incomplete${e.hint ? "; " + e.hint : ""}`);
+          if (e instanceof TbError && !/incomplete|not confirmed/.test(e.hint)) throw new TbError(e.code, `${e.message}`, `the backup is incomplete${e.hint ? "; " + e.hint : ""}`);
           throw e;
         } finally {
           await stream.cleanup();

@@ -64,6 +64,9 @@ export interface PushOptions {
   reporter: Reporter;
 }
 
+/** The hint when all was sent but the receiver's confirmation did not come through. */
+const UNCONFIRMED = "the backup is not confirmed: if 'tbbackup list' on the receiver shows it complete, it is; otherwise check the receiver's disk and messages, then push again";
+
 /** While re-reading a prefix, tell the receiver this often that we are still there (its --idle may be 5 s). */
 const KEEPALIVE_MS = 2000;
 
@@ -153,10 +156,12 @@ export async function push(opts: PushOptions): Promise<PushResult> {
             if (now - heard < opts.idleMs || (!finishedSending && (writingSince === null || now - writingSince < opts.idleMs))) continue;
             const silent = Math.round(opts.idleMs / 1000);
             peerFailure ??= finishedSending
-              ? new TbError("TIMEOUT", `the receiver did not confirm the backup within ${silent} s of the end`, "the backup is incomplete; check the receiver's disk and messages, then push again")
+              ? new TbError("TIMEOUT", `the receiver did not confirm the backup within ${silent} s of the end`, UNCONFIRMED)
               : new TbError("TIMEOUT", `the receiver has taken no data and said nothing for ${silent} s`, "the backup is incomplete; check the receiver (its disk, its messages), then push again");
             break;
           }
+          // everything was sent: the receiver may well have stored it, and only its answer was lost
+          if (finishedSending && e instanceof TbError && e.code === "CORRUPT") peerFailure ??= new TbError("CORRUPT", "the receiver's answer to the end of the backup arrived damaged", UNCONFIRMED);
           peerFailure ??= e instanceof TbError ? e : new TbError("CLOSED", String(e), "run again");
           break;
         }

@@ -9,12 +9,41 @@ export interface ProxyPlan {
   cutAfterBytes?: number;
   /** damage the payload of the Nth frame of this type from the pusher */
   damage?: { type: number; nth: number; at: number; fixCrc: boolean };
+  /** damage the payload of the first frame of this type from the receiver (its CRC then fails) */
+  damageBack?: { type: number };
+}
+
+/** Calls `each` with every whole frame in the stream fed to the returned function. */
+function frameSplitter(each: (frame: Buffer) => void): (d: Buffer) => void {
+  let buf = Buffer.alloc(0);
+  return (d) => {
+    buf = Buffer.concat([buf, d]);
+    while (buf.length >= 16) {
+      const total = 16 + buf.readUInt32LE(8) + 4;
+      if (buf.length < total) break;
+      const frame = Buffer.from(buf.subarray(0, total));
+      buf = buf.subarray(total);
+      each(frame);
+    }
+  };
 }
 
 export function startProxy(listenPath: string, targetPath: string, plan: ProxyPlan): Promise<net.Server> {
   const server = net.createServer((client) => {
     const upstream = net.connect(targetPath);
-    upstream.on("data", (d) => client.write(d));
+    let damagedBack = false;
+    upstream.on(
+      "data",
+      plan.damageBack
+        ? frameSplitter((frame) => {
+            if (!damagedBack && frame[4] === plan.damageBack!.type && frame.length > 20) {
+              frame[16]! ^= 0x40;
+              damagedBack = true;
+            }
+            client.write(frame);
+          })
+        : (d) => client.write(d),
+    );
     upstream.on("error", () => client.end());
     upstream.on("end", () => client.end()); // pass on what the receiver said last
     client.on("error", () => upstream.destroy());

@@ -156,6 +156,25 @@ describe("errors", () => {
     }
   }, 60000);
 
+  test("a receiver's DONE damaged on the way: push exits 8 but says the backup may be stored, and where to look", async () => {
+    const out = path.join(dir, "done-store");
+    const sock = path.join(dir, "done.sock");
+    const front = path.join(dir, "done-front.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    const proxy = await startProxy(front, sock, { damageBack: { type: MsgType.DONE } });
+    try {
+      const p = await run(["push", img, "--stream", `unix:${front}`]);
+      const r = await finish(recv);
+      expect(p.code).toBe(8);
+      expect(oneLine(p.stderr)).toMatch(/answer to the end of the backup arrived damaged; the backup is not confirmed: if 'tbbackup list' on the receiver shows it complete, it is/);
+      expect(r.code).toBe(0);
+      expect(await listStatuses(out)).toEqual(["complete"]);
+    } finally {
+      proxy.close();
+    }
+  });
+
   for (const fixCrc of [false, true]) {
     test(`a corrupt chunk in transit (${fixCrc ? "frame CRC recomputed: caught by the end-to-end checksum" : "caught by the frame CRC"}): exit 8`, async () => {
       const out = path.join(dir, `corrupt-${fixCrc}`);
