@@ -8,14 +8,15 @@ import { register as registerVerify } from "./cli/verify.ts";
 import { register as registerRestore } from "./cli/restore.ts";
 import { register as registerStreams } from "./cli/streams.ts";
 import { PROTOCOL_VERSION, TOOL_VERSION } from "./core/version.ts";
-import { asTbError } from "./cli/common.ts";
+import { asTbError } from "./core/errors.ts";
 
 // Last resort: an error that escaped every command (a bug) still ends in one
 // line and exit status 1, not a dump of the bundle's minified source.
 for (const event of ["uncaughtException", "unhandledRejection"] as const)
   process.on(event, (e: unknown) => {
-    process.stderr.write(`tbbackup: ${asTbError(e).oneLine()}\n`);
-    process.exit(asTbError(e).exitCode);
+    const err = asTbError(e);
+    process.stderr.write(`tbbackup: ${err.oneLine()}\n`);
+    process.exit(err.exitCode);
   });
 
 const program = new Command()

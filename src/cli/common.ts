@@ -1,7 +1,7 @@
 // Shared by the command files: one place that maps errors to one stderr line
 // and an exit status, and prints JSON results.
 import { InvalidArgumentError } from "commander";
-import { TbError } from "../core/errors.ts";
+import { TbError, asTbError } from "../core/errors.ts";
 
 export interface GlobalOpts {
   json?: boolean;
@@ -28,11 +28,6 @@ export function exitWith(err: TbError): number {
 
 export function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + "\n");
-}
-
-/** Any error as ours; one we did not expect is a bug (its stack, of minified code, would tell a user nothing). */
-export function asTbError(e: unknown): TbError {
-  return e instanceof TbError ? e : new TbError("INTERNAL", e instanceof Error ? `${e.name}: ${e.message}` : String(e), "please report this bug");
 }
 
 /** Runs a command body; any error becomes one line on stderr and its exit status. */

@@ -51,6 +51,16 @@ export function isErrno(e: unknown, ...codes: string[]): e is NodeJS.ErrnoExcept
     (codes.length === 0 || codes.includes((e as NodeJS.ErrnoException).code!));
 }
 
+/** The errno code of an error, or the code itself as a worker reports it; "" for anything else. */
+export function errnoCode(e: unknown): string {
+  return typeof e === "string" ? e : isErrno(e) ? e.code! : "";
+}
+
+/** Any error as ours; one we did not expect is a bug (its stack, of minified code, would tell a user nothing). */
+export function asTbError(e: unknown): TbError {
+  return e instanceof TbError ? e : new TbError("INTERNAL", e instanceof Error ? `${e.name}: ${e.message}` : String(e), "please report this bug");
+}
+
 export function errnoText(e: unknown): string {
   if (isErrno(e)) return `${e.code}${e.message && !e.message.startsWith(e.code!) ? ` (${e.message})` : ""}`;
   return e instanceof Error ? e.message : String(e);

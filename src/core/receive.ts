@@ -16,7 +16,7 @@ import { writeManifest, type Manifest } from "../store/manifest.ts";
 import { frameHasChecksum } from "../store/seekable.ts";
 import { Channel } from "./channel.ts";
 import { WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
-import { TbError, errnoText, isErrno } from "./errors.ts";
+import { TbError, asTbError, errnoCode, errnoText, isErrno } from "./errors.ts";
 import { checkPeer, newHelloAck } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
 import { PROTOCOL_VERSION, TOOL } from "./version.ts";
@@ -132,7 +132,7 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, done: (r: Sess
     } catch (e) {
       // A session that broke outside its own error handling (the sender gone
       // before our answer, a damaged partial) ends this connection, never the receiver.
-      const err = e instanceof TbError ? e : new TbError("INTERNAL", String(e), "report this bug");
+      const err = asTbError(e);
       opts.reporter.info(`session from ${h.host?.hostname ?? "?"} failed: ${err.oneLine()}`);
       done({ ok: false, role: h.role, host: h.host?.hostname, error: { code: err.code, message: err.message } });
       return;
@@ -309,7 +309,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     if (r.op === "checked") ch.release(r.buf);
     if (r.op === "checked" && !r.ok)
       throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.index * chunkSize}) failed its check: ${r.error}`, "the data was damaged in transit; check the cable and push again");
-    if ((r.op === "checked" || r.op === "zeroed") && r.writeError) throw writeFailed(r.writeError);
+    if ((r.op === "checked" || r.op === "zeroed") && r.writeError) throw storeFailed("write", r.writeError);
   };
   const track = (index: number, p: Promise<WorkerReply>) => {
     const c: PendingCheck = { index, p, reply: null };
@@ -321,11 +321,9 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   };
   // A write or sync of the backup failed (the workers report an errno code).
   const storeFailed = (doing: string, e: unknown) => {
-    const code = typeof e === "string" ? e : isErrno(e) ? e.code! : "";
-    if ((DISK_FULL as readonly string[]).includes(code)) return new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
-    return e instanceof TbError ? e : new TbError("DEST", `the receiver cannot ${doing} ${writer.tmpPath}: ${typeof e === "string" ? e : errnoText(e)}`, "check the receiver's disk");
+    if ((DISK_FULL as readonly string[]).includes(errnoCode(e))) return new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
+    return e instanceof TbError ? e : new TbError("DEST", `the receiver cannot ${doing} ${writer.tmpPath}: ${errnoText(e)}`, "check the receiver's disk");
   };
-  const writeFailed = (code: string) => storeFailed("write", code);
   // Durable-progress syncs run in the thread pool while data keeps arriving.
   let syncing: Promise<void> | null = null;
   // once the complete backup has its final name, a later failure (the DONE not
@@ -440,7 +438,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       }
     }
   } catch (e) {
-    const err = e instanceof TbError ? e : new TbError("INTERNAL", String(e), "report this bug");
+    const err = asTbError(e);
     // Let the worker finish the writes it was given and the sync end before the
     // files are closed: a late write to a reused descriptor would land elsewhere.
     // A worker stuck on a stalled disk keeps them open (a leak, not a garbled file).

@@ -7,7 +7,7 @@ import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, type RestoreEn
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
-import { TbError } from "./errors.ts";
+import { TbError, asTbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
 import { inspectTarget, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
@@ -241,10 +241,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   } catch (e) {
     await src.finish(false, e instanceof Error ? e.message : String(e)).catch(() => {});
     // Once writing began, every failure must say the target is now incomplete.
-    const where = sink?.path ?? opts.target;
-    if (sink && e instanceof TbError && !/incomplete/.test(e.hint)) throw new TbError(e.code, e.message, `the target ${where} is now incomplete${e.hint ? "; " + e.hint : ""}`, e.details);
-    if (sink && !(e instanceof TbError)) throw new TbError("INTERNAL", String(e), `the target ${where} is now incomplete; report this bug`);
-    throw e;
+    if (!sink) throw e;
+    const err = asTbError(e);
+    if (/incomplete/.test(err.hint)) throw err;
+    throw new TbError(err.code, err.message, `the target ${sink.path} is now incomplete${err.hint ? "; " + err.hint : ""}`, err.details);
   } finally {
     // workers may still be writing to the target: wait before closing it (a stalled one keeps it open)
     const idle = await pool.idle();

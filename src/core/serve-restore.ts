@@ -8,7 +8,7 @@ import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { resolveBackupId } from "../store/layout.ts";
 import { readManifest } from "../store/manifest.ts";
 import { Channel } from "./channel.ts";
-import { TbError } from "./errors.ts";
+import { TbError, asTbError } from "./errors.ts";
 import type { Reporter } from "./report.ts";
 import { newHelloAck, peerError } from "./handshake.ts";
 import { listBackups, type BackupEntry } from "./catalogue.ts";
@@ -197,7 +197,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
       carried: null,
     };
   } catch (e) {
-    const err = e instanceof TbError ? e : new TbError("INTERNAL", String(e), "report this bug");
+    const err = asTbError(e);
     if (err.code !== "CLOSED" && err.code !== "PEER") await ch.sendJson(MsgType.ERROR, { session: hello.session, code: err.code, message: `receiver: ${err.message}` }).catch(() => {});
     opts.reporter.info(`restore of ${manifest.id} failed: ${err.message}`);
     return { result: { ok: false, role: "restore", id: manifest.id, error: { code: err.code, message: err.message } }, carried: null };
