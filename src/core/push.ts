@@ -127,8 +127,6 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   let done: Done | null = null;
   let peerFailure: TbError | null = null;
   let finishedSending = false;
-  let resolveDone!: () => void;
-  const doneSignal = new Promise<void>((r) => (resolveDone = r));
   // fired when the receiver has had its last word (DONE, an error, or silence)
   const receiverDone = new Signal();
   try {
@@ -176,12 +174,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         }
       }
       receiverDone.fire();
-      resolveDone();
     })();
 
-    let sha = new Bun.CryptoHasher("sha256");
-    // An interrupted push of this disk left a durable prefix: continue after it
-    // if our own chunks there hash to the same chunk list.
     // Every write waits on the receiver: it is watched like the data (see the listener).
     const send = async (sending: Promise<void>): Promise<boolean> => {
       writingSince = Date.now();
@@ -193,6 +187,9 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         writingSince = null;
       }
     };
+    let sha = new Bun.CryptoHasher("sha256");
+    // An interrupted push of this disk left a durable prefix: continue after it
+    // if our own chunks there hash to the same chunk list.
     let start = 0;
     if (ack.resume) {
       const offer = ack.resume;
@@ -279,7 +276,6 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     heard = Date.now();
     opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });
     opts.reporter.info("all data sent; waiting for the receiver to confirm it is stored");
-    await doneSignal;
     await listener;
     if (peerFailure) throw peerFailure;
     const d = done as Done | null;
@@ -302,7 +298,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   } catch (e) {
     // A write that failed because the receiver hung up usually means it said
     // why first (disk full, corrupt data): give its message a moment to arrive.
-    if (e instanceof TbError && e.code === "CLOSED" && !peerFailure) await Promise.race([doneSignal, Bun.sleep(2000)]);
+    if (e instanceof TbError && e.code === "CLOSED" && !peerFailure) await receiverDone.race(Bun.sleep(2000));
     if (peerFailure && (peerFailure as TbError).code !== "CLOSED" && peerFailure !== e) throw peerFailure;
     if (!(e instanceof TbError && (e.code === "CLOSED" || e.code === "PEER" || e.code === "NO_SPACE"))) {
       const msg = e instanceof TbError ? e.message : String(e);
