@@ -10,6 +10,7 @@ import { TbError, errnoText, isErrno } from "../core/errors.ts";
 import { describeHolders, holdersOf } from "../util/holders.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 import { fdConn } from "./fd-conn.ts";
+import { Signal } from "../util/signal.ts";
 
 /** How long a connecting side waits for open() (it blocks until the peer is attached). */
 export const CONNECT_OPEN_TIMEOUT_MS = 60_000;
@@ -148,9 +149,11 @@ export class DeviceTransport implements Transport {
         if (!watch) return opening;
         // open() blocks until the peer attaches; it cannot be called off, so one
         // open is left waiting (never a reopen loop) while the watch looks on
+        const opened = new Signal();
+        opening.then(() => opened.fire(), () => opened.fire());
         for (;;) {
-          const opened = await Promise.race([opening.then(() => true, () => true), Bun.sleep(WATCH_MS).then(() => false)]);
-          if (opened) return opening;
+          await opened.race(Bun.sleep(WATCH_MS));
+          if (opened.isFired) return opening;
           const never = watch();
           if (never) {
             opening.then((c) => c.close(), () => {});
