@@ -69,6 +69,14 @@ const UNCONFIRMED = "the backup is not confirmed: if 'tbbackup list' on the rece
 
 /** While re-reading a prefix, tell the receiver this often that we are still there (its --idle may be 5 s). */
 const KEEPALIVE_MS = 2000;
+/**
+ * After END, with no DONE for this long, ask the receiver for it (STATUS): a
+ * damaged or lost DONE is sent again. (The driver wakes no reader for a frame
+ * that came last; a fresh one brings both.)
+ */
+const STATUS_EVERY_MS = 5000;
+/** Damaged answers to STATUS before giving up on hearing a good one. */
+const MAX_DAMAGED_ANSWERS = 3;
 
 /**
  * Re-reads the first `chunks` chunks, hashing them into `sha`, and compares
@@ -143,6 +151,14 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     // Once all is sent, only DONE or ERROR count, within idleMs.
     let heard = Date.now();
     let writingSince: number | null = null;
+    // After END: a receiver that offers STATUS is asked again for a DONE that does not come.
+    const canAsk = Array.isArray(ack.caps) && ack.caps.includes("status");
+    let askedAt = 0;
+    let damagedAnswers = 0;
+    const ask = () => {
+      askedAt = Date.now();
+      void ch.sendJson(MsgType.STATUS, { session: hello.session }).catch(() => {});
+    };
     const listener = (async () => {
       for (;;) {
         let f;
@@ -151,6 +167,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         } catch (e) {
           if (e instanceof TbError && e.code === "TIMEOUT") {
             const now = Date.now();
+            if (finishedSending && canAsk && now - Math.max(heard, askedAt) >= STATUS_EVERY_MS) ask();
             if (now - heard < opts.idleMs || (!finishedSending && (writingSince === null || now - writingSince < opts.idleMs))) continue;
             const silent = Math.round(opts.idleMs / 1000);
             peerFailure ??= finishedSending
@@ -159,17 +176,31 @@ export async function push(opts: PushOptions): Promise<PushResult> {
             break;
           }
           // everything was sent: the receiver may well have stored it, and only its answer was lost
-          if (finishedSending && e instanceof TbError && e.code === "CORRUPT") peerFailure ??= new TbError("CORRUPT", "the receiver's answer to the end of the backup arrived damaged", UNCONFIRMED);
+          if (finishedSending && e instanceof TbError && e.code === "CORRUPT") {
+            if (canAsk && ++damagedAnswers < MAX_DAMAGED_ANSWERS) {
+              ask();
+              continue;
+            }
+            peerFailure ??= new TbError("CORRUPT", "the receiver's answer to the end of the backup arrived damaged", UNCONFIRMED);
+          }
+          if (finishedSending && e instanceof TbError && e.code === "CLOSED") peerFailure ??= new TbError("CLOSED", "the receiver hung up before it confirmed the backup", UNCONFIRMED);
           peerFailure ??= e instanceof TbError ? e : new TbError("CLOSED", String(e), "run again");
           break;
         }
         // PROGRESS (durable so far, or a keepalive) only keeps the silence timer fresh
         if (f.type !== MsgType.PROGRESS || !finishedSending) heard = Date.now();
         if (f.type === MsgType.DONE) {
-          done = decodeJson<Done>(f.payload);
+          const d = decodeJson<Done>(f.payload);
+          // on a shared device, a DONE meant for an earlier push may still be in flight
+          if (typeof d?.session === "string" && d.session !== hello.session) continue;
+          done = d;
           break;
         } else if (f.type === MsgType.ERROR) {
-          peerFailure = peerError(f.payload);
+          const session = decodeJson<{ session?: unknown }>(f.payload)?.session;
+          if (typeof session === "string" && session !== hello.session) continue; // an earlier session's
+          const err = peerError(f.payload);
+          // the answer to our STATUS: this receiver (restarted?) does not know the session
+          peerFailure = finishedSending && err.code === "NOT_FOUND" ? new TbError("CLOSED", "the receiver has no record of this push (was it restarted?)", UNCONFIRMED) : err;
           break;
         }
       }

@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, typeName, type End, type Hello } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, typeName, type Done, type End, type Hello } from "../protocol/messages.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import type { Transport } from "../transport/index.ts";
@@ -51,6 +51,20 @@ export interface SessionResult {
   error?: { code: string; message: string };
 }
 
+/** What a push session came to, kept to answer the sender's STATUS: its DONE, or why it failed. */
+type Outcome = { done: Done } | { error: { code: string; message: string } };
+/** how many sessions' outcomes are kept */
+const OUTCOMES_KEPT = 16;
+/** With --once, how long to stay for the sender's STATUS after a push session, unless it hangs up first. */
+const LINGER_MS = 15_000;
+
+/** How a session ended: its result, a HELLO of the next session that ended it, and for a stored push the DONE. */
+export interface SessionEnd {
+  result: SessionResult;
+  carried: Frame | null;
+  done?: Done;
+}
+
 const PROGRESS_EVERY_CHUNKS = 256;
 const MAX_CHECKS_IN_FLIGHT = 16;
 /** a PROGRESS with only the session: "still working", during a push session */
@@ -74,6 +88,7 @@ export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
   prepareStore(opts.out);
   const listener = await opts.transport.listen();
   const results: SessionResult[] = [];
+  const outcomes = new Map<string, Outcome>();
   const stop = () => void listener.close();
   opts.signal?.addEventListener("abort", stop);
   try {
@@ -83,7 +98,7 @@ export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
       if (!conn) break;
       const ch = new Channel(conn);
       try {
-        await serveConnection(ch, opts, (r) => {
+        await serveConnection(ch, opts, outcomes, (r) => {
           results.push(r);
           opts.onSession?.(r);
         });
@@ -99,8 +114,39 @@ export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
   return results;
 }
 
+/**
+ * Answers a sender's STATUS: the DONE of its session again (the first was lost
+ * or damaged on the way), or the ERROR it failed with.
+ */
+async function answerStatus(ch: Channel, f: Frame, outcomes: Map<string, Outcome>): Promise<void> {
+  const session = decodeJson<{ session?: unknown }>(f.payload)?.session;
+  if (typeof session !== "string") return;
+  const o = outcomes.get(session);
+  const answer = !o
+    ? ch.sendJson(MsgType.ERROR, { session, code: "NOT_FOUND", message: "the receiver has no record of this session (was it restarted?)" })
+    : "done" in o
+      ? ch.sendJson(MsgType.DONE, o.done)
+      : ch.sendJson(MsgType.ERROR, { session, code: o.error.code, message: `receiver: ${o.error.message}` });
+  await answer.catch(() => {});
+}
+
+/** With --once: answers STATUS until the sender hangs up (it has its answer) or LINGER_MS pass. */
+async function linger(ch: Channel, outcomes: Map<string, Outcome>): Promise<void> {
+  const until = Date.now() + LINGER_MS;
+  while (Date.now() < until) {
+    let f: Frame;
+    try {
+      f = await ch.recv(until - Date.now(), "the sender");
+    } catch (e) {
+      if (e instanceof TbError && e.code === "CORRUPT") continue;
+      return;
+    }
+    if (f.type === MsgType.STATUS) await answerStatus(ch, f, outcomes);
+  }
+}
+
 /** Serves sessions on one connection until it ends (a device carries many in turn). */
-async function serveConnection(ch: Channel, opts: ReceiveOptions, done: (r: SessionResult) => void): Promise<void> {
+async function serveConnection(ch: Channel, opts: ReceiveOptions, outcomes: Map<string, Outcome>, done: (r: SessionResult) => void): Promise<void> {
   let carried: Frame | null = null;
   while (!opts.signal?.aborted) {
     let f: Frame;
@@ -115,6 +161,10 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, done: (r: Sess
         return;
       }
     }
+    if (f.type === MsgType.STATUS) {
+      await answerStatus(ch, f, outcomes);
+      continue;
+    }
     if (f.type !== MsgType.HELLO) continue; // left over from an earlier session
     const hello = decodeJson<Hello>(f.payload);
     const bad = checkPeer(hello);
@@ -126,7 +176,7 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, done: (r: Sess
       continue;
     }
     const h = hello!;
-    let r: { result: SessionResult; carried: Frame | null };
+    let r: SessionEnd;
     try {
       r = h.role === "push" ? await receiveImage(ch, h, opts) : await serveRequest(ch, h, opts as ServeOptions);
     } catch (e) {
@@ -139,7 +189,15 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, done: (r: Sess
     }
     carried = r.carried;
     done(r.result);
-    if (opts.once) return;
+    if (h.role === "push") {
+      outcomes.set(h.session, r.done ? { done: r.done } : { error: r.result.error ?? { code: "INTERNAL", message: "unknown failure" } });
+      if (outcomes.size > OUTCOMES_KEPT) outcomes.delete(outcomes.keys().next().value!);
+    }
+    if (opts.once) {
+      // its DONE may not have got through: stay for the sender's STATUS a while
+      if (h.role === "push" && !carried) await linger(ch, outcomes);
+      return;
+    }
     if (!ch.conn.lossy && ch.isEnded) return;
   }
 }
@@ -151,7 +209,7 @@ interface PendingCheck {
   reply: WorkerReply | null;
 }
 
-async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Promise<{ result: SessionResult; carried: Frame | null }> {
+async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Promise<SessionEnd> {
   const started = new Date();
   const disk = hello.disk;
   const chunkSize = hello.chunkSize ?? 0;
@@ -201,7 +259,7 @@ interface SessionSetup {
 }
 
 /** One push session, after its HELLO checked out: new or resumed, until DONE or failure. */
-async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { pool, started, disk, chunkSize, files, fail, activity }: SessionSetup): Promise<{ result: SessionResult; carried: Frame | null }> {
+async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { pool, started, disk, chunkSize, files, fail, activity }: SessionSetup): Promise<SessionEnd> {
   let created0: { id: string; dir: string } | null = null;
   let manifest0: Manifest | null = null;
   let writer0: ImageWriter | null = null;
@@ -329,6 +387,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   // once the complete backup has its final name, a later failure (the DONE not
   // getting through) must not be reported as a partial
   let renamed = false;
+  // what DONE says, once the backup is stored complete (a STATUS gets it again)
+  let confirmation: Done | undefined;
   let syncFailure: unknown = null;
 
   try {
@@ -416,11 +476,13 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         fs.renameSync(created.dir, finalDir);
         renamed = true;
         fsyncDir(path.dirname(finalDir));
-        await ch.sendJson(MsgType.DONE, { id: created.id, path: finalDir, sha256, bytes: size, storedBytes });
+        confirmation = { session: hello.session, id: created.id, path: finalDir, sha256, bytes: size, storedBytes };
+        await ch.sendJson(MsgType.DONE, confirmation);
         opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes} (sha256 ${sha256})`);
         return {
           result: { ok: true, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, bytes: size, storedBytes, sha256, seconds: manifest.timings.seconds! },
           carried: null,
+          done: confirmation,
         };
       } else if (f.type === MsgType.ERROR) {
         const e = decodeJson<{ code?: string; message?: string }>(f.payload);
@@ -449,7 +511,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     if (renamed) {
       const message = `stored complete as ${created.id}, but the sender may not have received the confirmation: ${err.message}`;
       opts.reporter.info(message);
-      return { result: { ok: false, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, error: { code: err.code, message } }, carried };
+      return { result: { ok: false, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, error: { code: err.code, message } }, carried, done: confirmation };
     }
     Object.assign(manifest, { status: "partial", reason: err.message, chunks: { ...manifest.chunks, count: next, zero }, storedBytes: writer.bytesWritten });
     try {

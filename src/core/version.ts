@@ -6,4 +6,4 @@ export const TOOL_NAME = "tbbackup";
 export const TOOL_VERSION: string = pkg.version;
 export const TOOL = `${TOOL_NAME}/${TOOL_VERSION}`;
 export { PROTOCOL_VERSION };
-export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack"];
+export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status"];

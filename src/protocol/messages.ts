@@ -21,6 +21,7 @@ export const MsgType = {
   RESTORE_END: 0x24,
   RESTORE_DONE: 0x25,
   RESUME: 0x15,
+  STATUS: 0x16,
 } as const;
 export type MsgTypeName = keyof typeof MsgType;
 
@@ -121,6 +122,8 @@ export interface Progress {
 }
 
 export interface Done {
+  /** the push session it confirms (older receivers leave it out) */
+  session?: string;
   id: string;
   path: string;
   sha256: string;

@@ -9,8 +9,11 @@ export interface ProxyPlan {
   cutAfterBytes?: number;
   /** damage the payload of the Nth frame of this type from the pusher */
   damage?: { type: number; nth: number; at: number; fixCrc: boolean };
-  /** damage the payload of the first frame of this type from the receiver (its CRC then fails) */
-  damageBack?: { type: number };
+  /**
+   * damage the payload of the first frame of this type from the receiver (its
+   * CRC then fails), or of every one; or drop that frame instead
+   */
+  damageBack?: { type: number; every?: boolean; drop?: boolean };
 }
 
 /** Calls `each` with every whole frame in the stream fed to the returned function. */
@@ -36,9 +39,11 @@ export function startProxy(listenPath: string, targetPath: string, plan: ProxyPl
       "data",
       plan.damageBack
         ? frameSplitter((frame) => {
-            if (!damagedBack && frame[4] === plan.damageBack!.type && frame.length > 20) {
-              frame[16]! ^= 0x40;
+            const b = plan.damageBack!;
+            if ((!damagedBack || b.every) && frame[4] === b.type && frame.length > 20) {
               damagedBack = true;
+              if (b.drop) return;
+              frame[16]! ^= 0x40;
             }
             client.write(frame);
           })

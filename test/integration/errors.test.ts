@@ -4,11 +4,11 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor, oneLine, listBackups, randomImage } from "../helpers/cli.ts";
+import { cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor, oneLine, listBackups, randomImage, sha256File } from "../helpers/cli.ts";
 import { startProxy } from "../helpers/proxy.ts";
-import { encodeFrame } from "../../src/protocol/frame.ts";
-import { MsgType } from "../../src/protocol/messages.ts";
-import { newHello } from "../../src/core/handshake.ts";
+import { FrameDecoder, encodeFrame } from "../../src/protocol/frame.ts";
+import { MsgType, decodeJson, encodeJson, type Hello } from "../../src/protocol/messages.ts";
+import { newHello, newHelloAck } from "../../src/core/handshake.ts";
 
 let dir: string;
 let img: string;
@@ -156,13 +156,39 @@ describe("errors", () => {
     }
   }, 60000);
 
-  test("a receiver's DONE damaged on the way: push exits 8 but says the backup may be stored, and where to look", async () => {
+  // The driver delivers a frame with a CRC error (we see it as corrupt), and
+  // wakes no reader for a frame that came last: push asks again (STATUS).
+  for (const [what, plan] of [
+    ["damaged", { type: MsgType.DONE }],
+    ["lost", { type: MsgType.DONE, drop: true }],
+  ] as const) {
+    test(`a receiver's DONE ${what} on the way: push asks again and gets it, exit 0`, async () => {
+      const out = path.join(dir, `done-${what}-store`);
+      const sock = path.join(dir, `done-${what}.sock`);
+      const front = path.join(dir, `done-${what}-front.sock`);
+      const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+      await waitFor(() => fs.existsSync(sock), "socket");
+      const proxy = await startProxy(front, sock, { damageBack: plan });
+      try {
+        const p = await run(["push", img, "--stream", `unix:${front}`, "--json"]);
+        const r = await finish(recv);
+        expect(p.code).toBe(0);
+        expect(JSON.parse(p.stdout).sha256).toBe(sha256File(img));
+        expect(r.code).toBe(0);
+        expect(await listStatuses(out)).toEqual(["complete"]);
+      } finally {
+        proxy.close();
+      }
+    });
+  }
+
+  test("every DONE damaged on the way: push exits 8 but says the backup may be stored, and where to look", async () => {
     const out = path.join(dir, "done-store");
     const sock = path.join(dir, "done.sock");
     const front = path.join(dir, "done-front.sock");
     const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
     await waitFor(() => fs.existsSync(sock), "socket");
-    const proxy = await startProxy(front, sock, { damageBack: { type: MsgType.DONE } });
+    const proxy = await startProxy(front, sock, { damageBack: { type: MsgType.DONE, every: true } });
     try {
       const p = await run(["push", img, "--stream", `unix:${front}`]);
       const r = await finish(recv);
@@ -174,6 +200,74 @@ describe("errors", () => {
       proxy.close();
     }
   });
+
+  test("a receiver that does not know the push any more (restarted) says so to its STATUS: push exits 7, not confirmed", async () => {
+    const sock = path.join(dir, "forgetful.sock");
+    // a receiver that takes everything, never sends DONE, and answers STATUS as a restarted one does
+    const server = net.createServer((c) => {
+      const decoder = new FrameDecoder();
+      c.on("data", (d: Buffer) => {
+        for (const ev of decoder.push(d)) {
+          if (ev.kind !== "frame") continue;
+          const m = decodeJson<{ session: string }>(ev.frame.payload);
+          if (ev.frame.type === MsgType.HELLO) c.write(encodeFrame(MsgType.HELLO_ACK, encodeJson(newHelloAck(m as Hello, "h/d/t"))));
+          if (ev.frame.type === MsgType.STATUS) c.write(encodeFrame(MsgType.ERROR, encodeJson({ session: m!.session, code: "NOT_FOUND", message: "no record" })));
+        }
+      });
+      c.on("error", () => {});
+    });
+    await new Promise<void>((r) => server.listen(sock, () => r()));
+    try {
+      const r = await run(["push", img, "--stream", `unix:${sock}`]);
+      expect(r.code).toBe(7);
+      expect(oneLine(r.stderr)).toMatch(/receiver has no record of this push.*not confirmed: if 'tbbackup list' on the receiver shows it complete, it is/);
+    } finally {
+      server.close();
+    }
+  });
+
+  test("a receiver on a device answers STATUS: the DONE of a stored push again, NOT_FOUND for a session it does not know", async () => {
+    const d = tempDir();
+    const socat = Bun.spawn(["socat", "-d", `pty,raw,echo=0,link=${d}/A`, `pty,raw,echo=0,link=${d}/B`], { stderr: "ignore" });
+    const recv = { proc: null as ReturnType<typeof start> | null };
+    try {
+      await waitFor(() => fs.existsSync(`${d}/A`) && fs.existsSync(`${d}/B`), "ptys");
+      const out = path.join(d, "store");
+      recv.proc = start(["receive", "--out", out, "--stream", `${d}/A`]);
+      const p = await run(["push", img, "--stream", `${d}/B`, "--json"]);
+      expect(p.code).toBe(0);
+      const pushed = JSON.parse(p.stdout) as { id: string; sha256: string };
+      const manifest = JSON.parse(fs.readFileSync(path.join(out, pushed.id, "manifest.json"), "utf8")) as { session: string };
+      const fd = fs.openSync(`${d}/B`, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+      const decoder = new FrameDecoder();
+      const answer = async (session: string) => {
+        fs.writeSync(fd, encodeFrame(MsgType.STATUS, encodeJson({ session })));
+        const buf = new Uint8Array(65536);
+        for (const until = Date.now() + 10_000; Date.now() < until; await Bun.sleep(20)) {
+          let n = 0;
+          try {
+            n = fs.readSync(fd, buf);
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== "EAGAIN") throw e;
+          }
+          const frames = decoder.push(buf.subarray(0, n)).flatMap((ev) => (ev.kind === "frame" && ev.frame.type !== MsgType.PROGRESS ? [ev.frame] : []));
+          if (frames.length) return { type: frames[0]!.type, body: decodeJson<Record<string, unknown>>(frames[0]!.payload)! };
+        }
+        throw new Error("no answer to STATUS");
+      };
+      const again = await answer(manifest.session);
+      expect(again.type).toBe(MsgType.DONE);
+      expect(again.body).toMatchObject({ session: manifest.session, id: pushed.id, sha256: pushed.sha256 });
+      const unknown = await answer("not-a-session-of-this-receiver");
+      expect(unknown.type).toBe(MsgType.ERROR);
+      expect(unknown.body).toMatchObject({ session: "not-a-session-of-this-receiver", code: "NOT_FOUND" });
+      fs.closeSync(fd);
+    } finally {
+      recv.proc?.kill();
+      socat.kill();
+      cleanup(d);
+    }
+  }, 90000);
 
   for (const fixCrc of [false, true]) {
     test(`a corrupt chunk in transit (${fixCrc ? "frame CRC recomputed: caught by the end-to-end checksum" : "caught by the frame CRC"}): exit 8`, async () => {
