@@ -360,7 +360,10 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
       const go: RestoreGo = { session: hello.session, go: true };
       await ch.sendJson(MsgType.RESTORE, go);
       began = true;
-      for (;;) {
+      // The offer said how many chunks come; after the last one RESTORE_END
+      // says nothing new, and need not be waited for: it can be damaged or,
+      // as the last frame, wake no reader on a device.
+      for (let received = 0; received < offer.chunks; ) {
         const f = await ch.recv(opts.idleMs, "backup data from the receiver");
         if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
           const h = readChunkHeader(f.payload);
@@ -374,6 +377,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
           } else {
             yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: false, buf: f.payload.buffer as ArrayBuffer, at: f.payload.byteOffset + CHUNK_HEADER_SIZE, length: f.payload.length - CHUNK_HEADER_SIZE };
           }
+          received++;
         } else if (f.type === MsgType.RESTORE_END) {
           const end = decodeJson<RestoreEnd>(f.payload);
           if (!end || end.sha256 !== offer.sha256 || end.bytes !== offer.size) throw new TbError("PROTOCOL", "the receiver ended the restore with different totals than it offered", "restore again");

@@ -4,6 +4,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { startProxy } from "../helpers/proxy.ts";
+import { MsgType } from "../../src/protocol/messages.ts";
 import { BIN, cleanup, finish, storeBackup, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, oneLine } from "../helpers/cli.ts";
 
 let dir: string;
@@ -135,6 +137,33 @@ describe("restore from a receiver (--stream)", () => {
       await finish(recv);
     }
   });
+});
+
+describe("the receiver's last word", () => {
+  // RESTORE_END says nothing the offer did not; damaged, or lost as the last
+  // frame (a device wakes no reader for it), it must not fail a good restore.
+  for (const [what, plan] of [
+    ["damaged", { type: MsgType.RESTORE_END }],
+    ["lost", { type: MsgType.RESTORE_END, drop: true }],
+  ] as const) {
+    test(`RESTORE_END ${what} on the way: the restore completes and verifies, exit 0`, async () => {
+      const sock = path.join(dir, `end-${what}.sock`);
+      const front = path.join(dir, `end-${what}-front.sock`);
+      const out = path.join(dir, `end-${what}.img`);
+      const recv = start(["receive", "--out", store, "--stream", `unix:${sock}`, "--allow-restore", "--once"]);
+      await waitFor(() => fs.existsSync(sock), "socket");
+      const proxy = await startProxy(front, sock, { damageBack: plan });
+      try {
+        const r = await run(["restore", out, "--stream", `unix:${front}`, "--backup", backupId, "--yes"]);
+        expect(r.stderr).not.toMatch(/incomplete/);
+        expect(r.code).toBe(0);
+        expect(sha256File(out)).toBe(imgSha);
+        expect((await finish(recv)).code).toBe(0);
+      } finally {
+        proxy.close();
+      }
+    });
+  }
 });
 
 describe("refusals", () => {
