@@ -124,3 +124,10 @@ export async function listBackups(out: string): Promise<{ id: string; status: st
 }
 
 export { existsSync };
+
+/** A virtual cable: two linked ptys DIR/A and DIR/B (socat), as a device pair; `close` ends it. */
+export async function ptyPair(dir: string): Promise<{ a: string; b: string; close: () => void }> {
+  const socat = Bun.spawn(["socat", "-d", `pty,raw,echo=0,link=${dir}/A`, `pty,raw,echo=0,link=${dir}/B`], { stderr: "ignore" });
+  await waitFor(() => existsSync(`${dir}/A`) && existsSync(`${dir}/B`), "socat ptys");
+  return { a: `${dir}/A`, b: `${dir}/B`, close: () => socat.kill() };
+}

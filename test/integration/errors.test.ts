@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor, oneLine, listBackups, randomImage, sha256File } from "../helpers/cli.ts";
+import { cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor, oneLine, listBackups, randomImage, sha256File, ptyPair } from "../helpers/cli.ts";
 import { startProxy } from "../helpers/proxy.ts";
 import { FrameDecoder, encodeFrame } from "../../src/protocol/frame.ts";
 import { MsgType, decodeJson, encodeJson, type Hello } from "../../src/protocol/messages.ts";
@@ -228,10 +228,9 @@ describe("errors", () => {
 
   test("a receiver on a device answers STATUS: the DONE of a stored push again, NOT_FOUND for a session it does not know", async () => {
     const d = tempDir();
-    const socat = Bun.spawn(["socat", "-d", `pty,raw,echo=0,link=${d}/A`, `pty,raw,echo=0,link=${d}/B`], { stderr: "ignore" });
+    const pty = await ptyPair(d);
     const recv = { proc: null as ReturnType<typeof start> | null };
     try {
-      await waitFor(() => fs.existsSync(`${d}/A`) && fs.existsSync(`${d}/B`), "ptys");
       const out = path.join(d, "store");
       recv.proc = start(["receive", "--out", out, "--stream", `${d}/A`]);
       const p = await run(["push", img, "--stream", `${d}/B`, "--json"]);
@@ -264,7 +263,7 @@ describe("errors", () => {
       fs.closeSync(fd);
     } finally {
       recv.proc?.kill();
-      socat.kill();
+      pty.close();
       cleanup(d);
     }
   }, 90000);
@@ -293,9 +292,8 @@ describe("errors", () => {
 
   test("a receiver on a device survives a corrupt frame and a malformed HELLO, and serves the next push", async () => {
     const d = tempDir();
-    const socat = Bun.spawn(["socat", "-d", `pty,raw,echo=0,link=${d}/A`, `pty,raw,echo=0,link=${d}/B`], { stderr: "ignore" });
+    const pty = await ptyPair(d);
     try {
-      await waitFor(() => fs.existsSync(`${d}/A`) && fs.existsSync(`${d}/B`), "ptys");
       const out = path.join(d, "store");
       const recv = start(["receive", "--out", out, "--stream", `${d}/A`]);
       await Bun.sleep(300);
@@ -316,17 +314,16 @@ describe("errors", () => {
       expect(r.stderr).toMatch(/lacks a session id/);
       expect(await listStatuses(out)).toEqual(["complete"]);
     } finally {
-      socat.kill();
+      pty.close();
       cleanup(d);
     }
   });
 
   test("a sender that died inside a frame on a device (its CLOSE lost) does not swallow the next push", async () => {
     const d = tempDir();
-    const socat = Bun.spawn(["socat", "-d", `pty,raw,echo=0,link=${d}/A`, `pty,raw,echo=0,link=${d}/B`], { stderr: "ignore" });
+    const pty = await ptyPair(d);
     const recv = { proc: null as ReturnType<typeof start> | null };
     try {
-      await waitFor(() => fs.existsSync(`${d}/A`) && fs.existsSync(`${d}/B`), "ptys");
       const out = path.join(d, "store");
       recv.proc = start(["receive", "--out", out, "--stream", `${d}/A`]);
       // a push session whose sender dies 2000 bytes into a 512 KiB DATA frame; a pty, like a
@@ -346,7 +343,7 @@ describe("errors", () => {
       expect((await listStatuses(out)).sort()).toEqual(["complete", "partial"]);
     } finally {
       recv.proc?.kill();
-      socat.kill();
+      pty.close();
       cleanup(d);
     }
   }, 90000);

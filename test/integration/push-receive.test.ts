@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { holeTest } from "../../src/core/source.ts";
-import { BIN, ROOT, cleanup, storeBackup, finish, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
+import { BIN, ROOT, cleanup, storeBackup, finish, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, zstdSha, ptyPair } from "../helpers/cli.ts";
 
 let dir: string;
 let img: string;
@@ -35,9 +35,8 @@ const cases: Case[] = [
   {
     name: "device (pty pair via socat)",
     setup: async (d) => {
-      const socat = Bun.spawn(["socat", "-d", `pty,raw,echo=0,link=${d}/A`, `pty,raw,echo=0,link=${d}/B`], { stderr: "ignore" });
-      await waitFor(() => fs.existsSync(`${d}/A`) && fs.existsSync(`${d}/B`), "socat ptys");
-      return [`${d}/A`, `${d}/B`, () => socat.kill()];
+      const pty = await ptyPair(d);
+      return [pty.a, pty.b, pty.close];
     },
   },
 ];
