@@ -64,11 +64,11 @@ export function sizeOption(v: string): number {
   return Number(m[1]) * mult;
 }
 
-/** Installs SIGINT/SIGTERM handlers that end the process with a clear line. */
-export function onInterrupt(what: string): void {
+/** Installs SIGINT/SIGTERM handlers that end the process with a clear line (what it means, at that moment). */
+export function onInterrupt(what: string | (() => string)): void {
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
     process.once(sig, () => {
-      process.stderr.write(`\ntbbackup: interrupted (${sig}); ${what}\n`);
+      process.stderr.write(`\ntbbackup: interrupted (${sig}); ${typeof what === "string" ? what : what()}\n`);
       void exit(sig === "SIGINT" ? 130 : 143);
     });
   }

@@ -1,6 +1,7 @@
 // tbbackup receive --out DIR: store pushed backups; serve list/restore with --allow-restore.
 import { Option, type Command } from "commander";
 import type { SessionResult } from "../core/receive.ts";
+import type { Hello } from "../protocol/messages.ts";
 import { TbError } from "../core/errors.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
 import { THUNDERBOLT_GROUP, resolveStream, withThunderboltOptions } from "./stream.ts";
@@ -24,7 +25,14 @@ export function register(program: Command): void {
         const { makeReporter } = await import("../ui/progress.ts");
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
         const reporter = makeReporter();
-        onInterrupt("receiver stopped; a session in progress is kept as .partial");
+        let serving: Hello["role"] | null = null;
+        onInterrupt(() =>
+          serving === "push"
+            ? "receiver stopped; the push in progress is kept as .partial (push again to resume it)"
+            : serving
+              ? `receiver stopped; the ${serving} it was serving is cut (run it again)`
+              : "receiver stopped between sessions; nothing was lost",
+        );
         const stream = await resolveStream(o.stream, "receive", { peer: o.peer, hopids: o.hopids, ringSize: o.ringSize, throttling: o.throttling });
         const results = await serve({
           out: o.out,
@@ -33,7 +41,9 @@ export function register(program: Command): void {
           allowRestore: o.allowRestore === true,
           idleMs: o.idle * 1000,
           reporter,
+          onSessionStart: (role) => (serving = role),
           onSession: (r: SessionResult) => {
+            serving = null;
             if (o.json) printJson(r);
           },
         }).finally(() => stream.cleanup());

@@ -77,6 +77,8 @@ const KEEPALIVE_MS = 2000;
 const STATUS_EVERY_MS = 5000;
 /** Damaged answers to STATUS before giving up on hearing a good one. */
 const MAX_DAMAGED_ANSWERS = 3;
+/** After END, wait at least this long for DONE (an answer to STATUS needs time), whatever --idle says. */
+const MIN_END_WAIT_MS = 2 * STATUS_EVERY_MS;
 
 /**
  * Re-reads the first `chunks` chunks, hashing them into `sha`, and compares
@@ -155,8 +157,11 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     const canAsk = Array.isArray(ack.caps) && ack.caps.includes("status");
     let askedAt = 0;
     let damagedAnswers = 0;
+    let endSent: End | null = null;
+    // END again first: if it was the frame lost (or damaged), the receiver still waits for it
     const ask = () => {
       askedAt = Date.now();
+      if (endSent) void ch.sendJson(MsgType.END, endSent).catch(() => {});
       void ch.sendJson(MsgType.STATUS, { session: hello.session }).catch(() => {});
     };
     const listener = (async () => {
@@ -168,7 +173,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
           if (e instanceof TbError && e.code === "TIMEOUT") {
             const now = Date.now();
             if (finishedSending && canAsk && now - Math.max(heard, askedAt) >= STATUS_EVERY_MS) ask();
-            if (now - heard < opts.idleMs || (!finishedSending && (writingSince === null || now - writingSince < opts.idleMs))) continue;
+            const limit = finishedSending && canAsk ? Math.max(opts.idleMs, MIN_END_WAIT_MS) : opts.idleMs;
+            if (now - heard < limit || (!finishedSending && (writingSince === null || now - writingSince < opts.idleMs))) continue;
             const silent = Math.round(opts.idleMs / 1000);
             peerFailure ??= finishedSending
               ? new TbError("TIMEOUT", `the receiver did not confirm the backup within ${silent} s of the end`, UNCONFIRMED)
@@ -177,13 +183,15 @@ export async function push(opts: PushOptions): Promise<PushResult> {
           }
           // everything was sent: the receiver may well have stored it, and only its answer was lost
           if (finishedSending && e instanceof TbError && e.code === "CORRUPT") {
-            if (canAsk && ++damagedAnswers < MAX_DAMAGED_ANSWERS) {
+            // the first damaged frame after END is likely the DONE itself; later ones are answers
+            if (canAsk && (askedAt === 0 || ++damagedAnswers < MAX_DAMAGED_ANSWERS)) {
               ask();
               continue;
             }
             peerFailure ??= new TbError("CORRUPT", "the receiver's answer to the end of the backup arrived damaged", UNCONFIRMED);
           }
-          if (finishedSending && e instanceof TbError && e.code === "CLOSED") peerFailure ??= new TbError("CLOSED", "the receiver hung up before it confirmed the backup", UNCONFIRMED);
+          // (all was handed to the transport, not necessarily taken in by the receiver)
+          if (finishedSending && e instanceof TbError && e.code === "CLOSED") peerFailure ??= new TbError("CLOSED", "the connection closed after all data was sent, before the receiver confirmed the backup", UNCONFIRMED);
           peerFailure ??= e instanceof TbError ? e : new TbError("CLOSED", String(e), "run again");
           break;
         }
@@ -192,7 +200,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         if (f.type === MsgType.DONE) {
           const d = decodeJson<Done>(f.payload);
           // on a shared device, a DONE meant for an earlier push may still be in flight
-          if (typeof d?.session === "string" && d.session !== hello.session) continue;
+          // (receivers that know STATUS always name the session)
+          if ((canAsk || typeof d?.session === "string") && d?.session !== hello.session) continue;
           done = d;
           break;
         } else if (f.type === MsgType.ERROR) {
@@ -303,6 +312,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     while (queue.length > 0) await sendHead();
     const end: End = { chunks, bytes: offset, sha256: sha.digest("hex"), ...(src.summary?.() ?? {}) };
     await send(ch.sendJson(MsgType.END, end)); // END too can wait on a receiver that froze
+    endSent = end;
     finishedSending = true;
     heard = Date.now();
     opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });

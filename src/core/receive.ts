@@ -32,6 +32,8 @@ export interface ReceiveOptions {
   /** how long a session may stay silent before it is abandoned */
   idleMs: number;
   reporter: Reporter;
+  /** called when a session starts (its HELLO checked out) */
+  onSessionStart?: (role: Hello["role"]) => void;
   /** called after each session (for --json and logs) */
   onSession?: (r: SessionResult) => void;
   /** set to stop the server between sessions */
@@ -130,18 +132,26 @@ async function answerStatus(ch: Channel, f: Frame, outcomes: Map<string, Outcome
   await answer.catch(() => {});
 }
 
-/** With --once: answers STATUS until the sender hangs up (it has its answer) or LINGER_MS pass. */
-async function linger(ch: Channel, outcomes: Map<string, Outcome>): Promise<void> {
+/**
+ * With --once: answers STATUS until the sender hangs up (it has its answer) or
+ * LINGER_MS pass. A cable that shows no hang-up (its CLOSE lost) takes them all.
+ */
+async function linger(ch: Channel, outcomes: Map<string, Outcome>, reporter: Reporter): Promise<void> {
   const until = Date.now() + LINGER_MS;
-  while (Date.now() < until) {
-    let f: Frame;
-    try {
-      f = await ch.recv(until - Date.now(), "the sender");
-    } catch (e) {
-      if (e instanceof TbError && e.code === "CORRUPT") continue;
-      return;
+  const tell = setTimeout(() => reporter.info(`waiting up to ${Math.round((until - Date.now()) / 1000)} s for the sender to hang up (it may ask again for its confirmation)`), 2000);
+  try {
+    while (Date.now() < until) {
+      let f: Frame;
+      try {
+        f = await ch.recv(until - Date.now(), "the sender");
+      } catch (e) {
+        if (e instanceof TbError && e.code === "CORRUPT") continue;
+        return;
+      }
+      if (f.type === MsgType.STATUS) await Promise.race([answerStatus(ch, f, outcomes), Bun.sleep(Math.max(0, until - Date.now()))]);
     }
-    if (f.type === MsgType.STATUS) await answerStatus(ch, f, outcomes);
+  } finally {
+    clearTimeout(tell);
   }
 }
 
@@ -176,6 +186,7 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, outcomes: Map<
       continue;
     }
     const h = hello!;
+    opts.onSessionStart?.(h.role);
     let r: SessionEnd;
     try {
       r = h.role === "push" ? await receiveImage(ch, h, opts) : await serveRequest(ch, h, opts as ServeOptions);
@@ -195,7 +206,7 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, outcomes: Map<
     }
     if (opts.once) {
       // its DONE may not have got through: stay for the sender's STATUS a while
-      if (h.role === "push" && !carried) await linger(ch, outcomes);
+      if (h.role === "push" && !carried) await linger(ch, outcomes, opts.reporter);
       return;
     }
     if (!ch.conn.lossy && ch.isEnded) return;
@@ -393,7 +404,18 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
 
   try {
     for (;;) {
-      const f = await ch.recv(opts.idleMs, "the sender");
+      let f: Frame;
+      try {
+        f = await ch.recv(opts.idleMs, "the sender");
+      } catch (e) {
+        // Every chunk is here and checked: a damaged frame now can only be END,
+        // which a sender that knows STATUS sends again.
+        if (e instanceof TbError && e.code === "CORRUPT" && !files && next === expectedChunks) {
+          opts.reporter.info(`session ${hello.session.slice(0, 8)}: a damaged frame after the last chunk; waiting for the sender to send END again`);
+          continue;
+        }
+        throw e;
+      }
       activity.n++;
       if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
         const h = readChunkHeader(f.payload);
@@ -495,6 +517,9 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         }
         carried = f;
         throw new TbError("CLOSED", "the sender started a new session before finishing this one", "");
+      } else if (f.type === MsgType.STATUS) {
+        // the sender asks before its END got here (lost on the way): it sends END again first
+        continue;
       } else {
         throw new TbError("PROTOCOL", `unexpected ${typeName(f.type)} message during a push`, "use the same tbbackup version on both sides");
       }

@@ -72,6 +72,8 @@ interface Source {
 }
 
 const notIncomplete = "the target was not changed";
+/** While the target is read back, the receiver hears from us this often (it waits --idle, at least 5 s, for RESTORE_DONE). */
+const KEEPALIVE_MS = 2000;
 
 /** Where checked chunks go: a disk or image file, or an extractor for file-level backups. */
 interface Sink {
@@ -343,7 +345,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
   const ch = new Channel(await opts.transport!.connect(opts.waitMs));
   try {
     const hello = newHello("restore", { backup: opts.backup, target: target?.identity, content: target ? "image" : "files" });
-    await handshake(ch, hello, opts.waitMs, opts.reporter);
+    const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
     let info: RestoreInfo | null = null;
     while (!info) {
       const f = await ch.recv(opts.waitMs, "the receiver's restore offer");
@@ -356,6 +358,10 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
     const offer = info;
     ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(offer.chunkSize) + TRAILER_SIZE, 64));
     let began = false;
+    // While the target is synced and read back (minutes for a big disk), the
+    // receiver waits for RESTORE_DONE: tell one that knows keepalives we are still at it.
+    let keepalive: ReturnType<typeof setInterval> | undefined;
+    const stopKeepalive = () => clearInterval(keepalive);
     async function* chunks(): AsyncGenerator<ChunkIn> {
       const go: RestoreGo = { session: hello.session, go: true };
       await ch.sendJson(MsgType.RESTORE, go);
@@ -384,16 +390,27 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
           return;
         } else if (f.type === MsgType.ERROR) throw peerError(f.payload);
       }
+      if (Array.isArray(ack.caps) && ack.caps.includes("status")) {
+        const still = () => void ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {});
+        still();
+        keepalive = setInterval(still, KEEPALIVE_MS);
+      }
     }
     return {
       info: offer,
       chunks: chunks(),
       release: (buf) => ch.release(buf),
       finish: async (ok, message) => {
-        if (ok) await ch.sendJson(MsgType.RESTORE_DONE, { session: hello.session, ok: true });
+        stopKeepalive();
+        // the target is complete and verified whether or not the receiver still hears it
+        if (ok)
+          await ch.sendJson(MsgType.RESTORE_DONE, { session: hello.session, ok: true }).catch(() => opts.reporter.info("the receiver left before hearing that the restore is done (its log will say it failed)"));
         else await ch.sendJson(MsgType.ERROR, { session: hello.session, code: "CLOSED", message: `restore stopped: ${message ?? ""}${began ? "" : " (nothing written)"}` });
       },
-      close: () => ch.close(),
+      close: () => {
+        stopKeepalive();
+        return ch.close();
+      },
     };
   } catch (e) {
     await ch.close();

@@ -188,7 +188,10 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     }
     await ch.sendJson(MsgType.RESTORE_END, { chunks: reader.entries.length, bytes: manifest.size, sha256: manifest.sha256 });
     // Wait for the other side's word: written, synced and read back (or why not).
-    const f = await ch.recv(opts.idleMs, "the restoring side's result").catch((e: TbError) => ({ type: -1, payload: new TextEncoder().encode(JSON.stringify({ message: e.message })) }));
+    // It reads a big disk back for minutes, saying PROGRESS every few seconds.
+    let f: { type: number; payload: Uint8Array };
+    do f = await ch.recv(opts.idleMs, "the restoring side's result").catch((e: TbError) => ({ type: -1, payload: new TextEncoder().encode(JSON.stringify({ message: e.message })) }));
+    while (f.type === MsgType.PROGRESS);
     const ok = f.type === MsgType.RESTORE_DONE;
     const message = ok ? "" : (decodeJson<{ message?: string }>(f.payload)?.message ?? "no confirmation");
     opts.reporter.info(ok ? `restore of ${manifest.id} to ${hello.host?.hostname} done` : `restore of ${manifest.id} to ${hello.host?.hostname} failed: ${message}`);

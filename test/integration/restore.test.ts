@@ -6,7 +6,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { startProxy } from "../helpers/proxy.ts";
 import { MsgType } from "../../src/protocol/messages.ts";
-import { BIN, cleanup, finish, storeBackup, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, oneLine } from "../helpers/cli.ts";
+import { BIN, cleanup, finish, storeBackup, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, oneLine, ptyPair } from "../helpers/cli.ts";
 
 let dir: string;
 let img: string;
@@ -78,9 +78,8 @@ describe("restore from a receiver (--stream)", () => {
     {
       name: "device (pty pair)",
       setup: async (d) => {
-        const socat = Bun.spawn(["socat", "-d", `pty,raw,echo=0,link=${d}/A`, `pty,raw,echo=0,link=${d}/B`], { stderr: "ignore" });
-        await waitFor(() => fs.existsSync(`${d}/A`) && fs.existsSync(`${d}/B`), "ptys");
-        return [`${d}/A`, `${d}/B`, () => socat.kill()];
+        const pty = await ptyPair(d);
+        return [pty.a, pty.b, pty.close];
       },
     },
   ];
@@ -164,6 +163,38 @@ describe("the receiver's last word", () => {
       }
     });
   }
+});
+
+// cgroup v1 blkio throttling (this machine's kind has it) slows a loop device's reads
+const BLKIO = "/sys/fs/cgroup/blkio";
+
+describe("a slow read-back", () => {
+  test.skipIf(!fs.existsSync(`${BLKIO}/blkio.throttle.read_bps_device`))(
+    "takes longer than the receiver's --idle: the restorer keeps it informed, both exit 0",
+    async () => {
+      const backing = path.join(dir, "slow-backing.img");
+      sh(`truncate -s 32M ${backing}`);
+      const loop = sh(`losetup -f --show ${backing}`).trim();
+      const group = fs.mkdtempSync(`${BLKIO}/tbbackup-test-`);
+      const sock = path.join(dir, "slow.sock");
+      try {
+        // 2 MiB/s: reading 24 MiB back takes about 12 s, the receiver waits 5 s at a time
+        fs.writeFileSync(`${group}/blkio.throttle.read_bps_device`, `${sh(`lsblk -dno MAJ:MIN ${loop}`).trim()} 2097152`);
+        const recv = start(["receive", "--out", store, "--stream", `unix:${sock}`, "--allow-restore", "--once", "--idle", "5"]);
+        await waitFor(() => fs.existsSync(sock), "socket");
+        const r = Bun.spawnSync(["sh", "-c", `echo $$ > ${group}/cgroup.procs && exec ${BIN} restore ${loop} --stream unix:${sock} --backup ${backupId} --yes`], { stderr: "pipe" });
+        const rv = await finish(recv);
+        expect(r.stderr.toString()).toMatch(/read back and verified/);
+        expect(r.exitCode).toBe(0);
+        expect(rv.stderr).toMatch(/restore of .* done/);
+        expect(rv.code).toBe(0);
+      } finally {
+        sh(`losetup -d ${loop}`);
+        fs.rmdirSync(group);
+      }
+    },
+    60000,
+  );
 });
 
 describe("refusals", () => {
