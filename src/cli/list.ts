@@ -7,10 +7,16 @@ import { action, intOption, printJson, type GlobalOpts } from "./common.ts";
 import * as fs from "node:fs";
 import { resolveStream, withThunderboltOptions } from "./stream.ts";
 
+/** A file-level backup that left files out or caught them changing says so beside its status. */
+function statusText(r: Omit<BackupEntry, "path">): string {
+  const notes = [r.unreadableFiles ? `${r.unreadableFiles} unreadable` : "", r.changedFiles ? `${r.changedFiles} changed` : ""].filter(Boolean);
+  return notes.length ? `${r.status} (${notes.join(", ")})` : r.status;
+}
+
 export function formatTable(rows: Omit<BackupEntry, "path">[]): string {
   if (rows.length === 0) return "no backups\n";
   const head = ["ID", "KIND", "STATUS", "SIZE", "STORED", "RATIO", "DATE", "LABEL"];
-  const body = rows.map((r) => [r.id, r.kind, r.status, bytes(r.size), bytes(r.storedBytes), r.ratio ? `${r.ratio.toFixed(2)}x` : "-", r.date.replace(/\.\d+Z$/, "Z"), r.label ?? ""]);
+  const body = rows.map((r) => [r.id, r.kind, statusText(r), bytes(r.size), bytes(r.storedBytes), r.ratio ? `${r.ratio.toFixed(2)}x` : "-", r.date.replace(/\.\d+Z$/, "Z"), r.label ?? ""]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
   return [head, ...body].map((cols) => cols.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()).join("\n") + "\n";
 }

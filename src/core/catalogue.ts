@@ -24,6 +24,9 @@ export interface BackupEntry {
   diskPath: string | null;
   /** what was backed up: a block device or an image file */
   diskKind: "block" | "file" | null;
+  /** file-level backups: files that could not be read (stored as zeros or left out), and files that changed while read */
+  unreadableFiles?: number;
+  changedFiles?: number;
 }
 
 function dirs(p: string): string[] {
@@ -63,6 +66,7 @@ export function entryFor(dir: string, id: string): BackupEntry {
     diskWwn: m?.disk.wwn ?? null,
     diskPath: m?.disk.path ?? null,
     diskKind: m?.disk.kind === "block" || m?.disk.kind === "file" ? m.disk.kind : null,
+    ...(m?.kind === "files" && m.files ? { unreadableFiles: m.files.unreadable?.length ?? 0, changedFiles: m.files.changed?.length ?? 0 } : {}),
   };
 }
 

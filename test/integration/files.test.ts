@@ -143,7 +143,7 @@ async function receiver(name: string, out: string, extra: string[] = ["--once"])
   return { sock: `unix:${sock}`, p };
 }
 
-async function listJson(out: string): Promise<{ id: string; kind: string; status: string; path: string }[]> {
+async function listJson(out: string): Promise<{ id: string; kind: string; status: string; path: string; unreadableFiles?: number }[]> {
   const l = await run(["list", "--out", out, "--json"]);
   expect(l.code).toBe(0);
   return JSON.parse(l.stdout);
@@ -307,7 +307,8 @@ describe("unreadable files (push as an unprivileged user)", () => {
     expect(stderr).not.toContain("a.txt: ");
 
     const rows = await listJson(out);
-    expect(rows.map((x) => [x.kind, x.status])).toEqual([["files", "complete"]]);
+    expect(rows.map((x) => [x.kind, x.status, x.unreadableFiles])).toEqual([["files", "complete", 3]]);
+    expect((await run(["list", "--out", out])).stdout).toMatch(/files\s+complete \(3 unreadable\)/);
     const m = JSON.parse(fs.readFileSync(path.join(rows[0]!.path, "manifest.json"), "utf8")) as Manifest;
     expect(m.files!.unreadable.sort()).toEqual(["d/locked-too", "locked", "secret"].map((f) => `${path.join(tree, f)}: EACCES`).sort());
     const names = sh(`zstd -dcq ${q(path.join(rows[0]!.path, FILES_FILE))} | tar -t`).trim().split("\n").map((n) => n.replace(/\/$/, "")).sort();
