@@ -4,8 +4,9 @@
 // callers fall back or report what they could not do.
 export interface Libc {
   flock(fd: number, op: number): number;
-  mknod(path: string, mode: number, dev: bigint): number;
-  mkfifo(path: string, mode: number): number;
+  /** a path as a string (UTF-8) or as its bytes */
+  mknod(path: string | Uint8Array, mode: number, dev: bigint): number;
+  mkfifo(path: string | Uint8Array, mode: number): number;
   /** advice on a byte range; POSIX_FADV_DONTNEED drops clean cached pages */
   fadvise(fd: number, offset: number, length: number, advice: number): number;
   /** the new offset, or -1 (SEEK_DATA past the last data: ENXIO) */
@@ -61,7 +62,7 @@ export async function loadLibc(): Promise<Libc | null> {
           fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
           __errno_location: { args: [], returns: FFIType.ptr },
         });
-        const cstr = (s: string) => new TextEncoder().encode(s + "\0");
+        const cstr = (s: string | Uint8Array) => (typeof s === "string" ? new TextEncoder().encode(s + "\0") : Buffer.concat([s, new Uint8Array(1)]));
         libc = {
           flock: (fd, op) => lib.symbols.flock(fd, op) as number,
           mknod: (p, mode, dev) => lib.symbols.mknod(cstr(p), mode, dev) as number,

@@ -246,6 +246,63 @@ describe("push --files -> receive, restore --files", () => {
   });
 });
 
+describe("names that are not UTF-8 (an old disk's Latin-1 names)", () => {
+  // names are bytes: every one must come back as the same bytes, none may merge with another
+  const B = (s: string) => Buffer.from(s, "latin1");
+  /** name (bytes) -> what it is, for every entry under root */
+  function inventory(root: string): Map<string, string> {
+    const out = new Map<string, string>();
+    const walk = (rel: Buffer) => {
+      const abs = Buffer.concat([B(root), rel.length ? Buffer.concat([B("/"), rel]) : Buffer.alloc(0)]);
+      for (const c of fs.readdirSync(abs, { encoding: "buffer" })) {
+        const r = rel.length ? Buffer.concat([rel, B("/"), c]) : c;
+        const a = Buffer.concat([abs, B("/"), c]);
+        const st = fs.lstatSync(a);
+        const key = r.toString("hex");
+        if (st.isSymbolicLink()) out.set(key, "link->" + fs.readlinkSync(a, { encoding: "buffer" }).toString("hex"));
+        else if (st.isDirectory()) (out.set(key, "dir"), walk(r));
+        else out.set(key, `file:${fs.readFileSync(a).toString("hex")}:nlink=${st.nlink}`);
+      }
+    };
+    walk(Buffer.alloc(0));
+    return out;
+  }
+
+  test("push --files stores them as they are; restore --files and plain tar -x give back the same bytes", async () => {
+    const tree = path.join(dir, "latin1");
+    fs.mkdirSync(B(`${tree}/Fotos_f\xe9rias`), { recursive: true });
+    fs.writeFileSync(B(`${tree}/Fotos_f\xe9rias/img1.jpg`), "one\n");
+    fs.writeFileSync(B(`${tree}/caf\xe9.txt`), "latin-1 name\n");
+    fs.symlinkSync(B(`caf\xe9.txt`), B(`${tree}/link_latin1`));
+    fs.linkSync(B(`${tree}/caf\xe9.txt`), B(`${tree}/Fotos_f\xe9rias/hard\xe9`));
+    // three names that U+FFFD would make one
+    fs.writeFileSync(B(`${tree}/bad\xff`), "ff\n");
+    fs.writeFileSync(B(`${tree}/bad\xfe`), "fe\n");
+    fs.writeFileSync(`${tree}/bad\ufffd`, "valid utf-8\n");
+    fs.writeFileSync(`${tree}/${UTF8}`, "utf-8 name\n");
+    const want = inventory(tree);
+    expect(want.size).toBe(9);
+
+    const out = path.join(dir, "store-latin1");
+    const r = await receiver("latin1", out);
+    const p = await run(["push", "--files", tree, "--stream", r.sock]);
+    expect((await finish(r.p)).code).toBe(0);
+    expect(p.stderr).not.toMatch(/unreadable/);
+    expect(p.code).toBe(0);
+    const rows = await listJson(out);
+
+    const dest = path.join(dir, "latin1-restored");
+    const res = await run(["restore", "--files", dest, "--from", rows[0]!.path]);
+    expect(res.code).toBe(0);
+    expect(inventory(path.join(dest, "latin1"))).toEqual(want);
+
+    const untarred = path.join(dir, "latin1-untarred");
+    fs.mkdirSync(untarred);
+    sh(`zstd -dcq ${q(path.join(rows[0]!.path, FILES_FILE))} | tar -x -C ${q(untarred)} 2>/dev/null`);
+    expect(inventory(path.join(untarred, "latin1"))).toEqual(want);
+  });
+});
+
 describe("existing files under DEST", () => {
   test("without --overwrite: exit 13 and the file is kept; with --overwrite: replaced", async () => {
     const dest = path.join(dir, "existing");

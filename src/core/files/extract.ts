@@ -7,6 +7,7 @@ import * as path from "node:path";
 import { extract as tarExtract, type Header } from "tar-stream";
 import { TbError, errnoText, isErrno } from "../errors.ts";
 import { loadLibc } from "../../util/libc.ts";
+import { PAX_RAW_LINKPATH, PAX_RAW_PATH, byteString, bytes, entryName, shown } from "./names.ts";
 
 const ZERO_BLOCK = new Uint8Array(64 * 1024);
 
@@ -18,9 +19,10 @@ export interface ExtractStats {
   skipped: string[];
 }
 
+// Paths here are byte strings (names.ts): fs gets their bytes, messages show them.
 function isRealDir(p: string): boolean {
   try {
-    return fs.lstatSync(p).isDirectory();
+    return fs.lstatSync(bytes(p)).isDirectory();
   } catch {
     return false;
   }
@@ -75,7 +77,7 @@ export class Extractor {
   ) {
     try {
       fs.mkdirSync(dest, { recursive: true });
-      this.root = fs.realpathSync(dest);
+      this.root = byteString(fs.realpathSync(dest));
     } catch (e) {
       throw new TbError("TARGET", `cannot use ${dest} as the destination: ${errnoText(e)}`, "choose a writable directory");
     }
@@ -118,10 +120,10 @@ export class Extractor {
       // chmod and utimes follow symlinks, so touch only what is still a directory.
       if (!isRealDir(d.p)) continue;
       try {
-        fs.chmodSync(d.p, d.mode);
+        fs.chmodSync(bytes(d.p), d.mode);
       } catch {}
       try {
-        fs.utimesSync(d.p, fsTime(d.mtime), fsTime(d.mtime));
+        fs.utimesSync(bytes(d.p), fsTime(d.mtime), fsTime(d.mtime));
       } catch {}
     }
     return this.stats;
@@ -132,7 +134,7 @@ export class Extractor {
   }
 
   private refuse(name: string, why: string): TbError {
-    return new TbError("REFUSED", `refused archive entry ${JSON.stringify(name)}: ${why}`, "the archive tries to write outside the destination; nothing was written outside it, and extraction stopped");
+    return new TbError("REFUSED", `refused archive entry ${JSON.stringify(shown(name))}: ${shown(why)}`, "the archive tries to write outside the destination; nothing was written outside it, and extraction stopped");
   }
 
   /** Resolves an archive name under root, checking that no existing component is a symlink. */
@@ -145,9 +147,9 @@ export class Extractor {
       cur = path.join(cur, parts[i]!);
       let st: fs.Stats | null = null;
       try {
-        st = fs.lstatSync(cur);
+        st = fs.lstatSync(bytes(cur));
       } catch {}
-      if (!st) fs.mkdirSync(cur);
+      if (!st) fs.mkdirSync(bytes(cur));
       else if (st.isSymbolicLink()) throw this.refuse(name, `it goes through the symlink ${path.relative(this.root, cur)}`);
       else if (!st.isDirectory()) throw this.refuse(name, `${path.relative(this.root, cur)} is not a directory`);
     }
@@ -158,21 +160,23 @@ export class Extractor {
   private clear(p: string, name: string, isDir: boolean): boolean {
     let st: fs.Stats;
     try {
-      st = fs.lstatSync(p);
+      st = fs.lstatSync(bytes(p));
     } catch {
       return true;
     }
     if (isDir && st.isDirectory()) return false; // merge into an existing directory
     if (!this.overwrite)
-      throw new TbError("TARGET", `${path.join(this.root, safeName(name) as string)} already exists`, "restore into an empty directory, or pass --overwrite to replace existing files");
-    fs.rmSync(p, { recursive: st.isDirectory(), force: true });
+      throw new TbError("TARGET", `${shown(path.join(this.root, safeName(name) as string))} already exists`, "restore into an empty directory, or pass --overwrite to replace existing files");
+    fs.rmSync(bytes(p), { recursive: st.isDirectory(), force: true });
     return true;
   }
 
   private async entry(h: Header, stream: AsyncIterable<Buffer>): Promise<void> {
     this.stats.entries++;
-    const p = this.place(h.name);
     const pax = (h as Header & { pax?: Record<string, string> }).pax ?? {};
+    const name = entryName(h.name, pax[PAX_RAW_PATH]);
+    const linkname = entryName(h.linkname ?? "", pax[PAX_RAW_LINKPATH]);
+    const p = this.place(name);
     // seconds, with the sub-second part from the pax header when present
     const mtime: number = pax.mtime ? Number(pax.mtime) : (h.mtime ?? new Date()).getTime() / 1000;
     const type = h.type ?? "file";
@@ -182,47 +186,47 @@ export class Extractor {
     }
     switch (type) {
       case "directory":
-        this.clear(p, h.name, true);
-        fs.mkdirSync(p, { recursive: true });
+        this.clear(p, name, true);
+        fs.mkdirSync(bytes(p), { recursive: true });
         this.dirTimes.push({ p, mode: (h.mode ?? 0o755) & 0o7777, mtime });
         break;
       case "file":
       case "contiguous-file":
-        this.clear(p, h.name, false);
+        this.clear(p, name, false);
         await this.writeFile(p, stream);
         this.stats.files++;
         break;
       case "symlink":
-        this.clear(p, h.name, false);
-        fs.symlinkSync(h.linkname ?? "", p);
+        this.clear(p, name, false);
+        fs.symlinkSync(bytes(linkname), bytes(p));
         break;
       case "link": {
-        const target = this.place(h.linkname ?? "");
-        this.clear(p, h.name, false);
+        const target = this.place(linkname);
+        this.clear(p, name, false);
         try {
-          fs.linkSync(target, p);
+          fs.linkSync(bytes(target), bytes(p));
         } catch (e) {
-          throw new TbError("TARGET", `cannot hard-link ${h.name} to ${h.linkname}: ${errnoText(e)}`, "the extraction is incomplete");
+          throw new TbError("TARGET", `cannot hard-link ${shown(name)} to ${shown(linkname)}: ${errnoText(e)}`, "the extraction is incomplete");
         }
         break;
       }
       case "fifo":
       case "character-device":
       case "block-device": {
-        this.clear(p, h.name, false);
+        this.clear(p, name, false);
         const px = await loadLibc();
         const mode = (h.mode ?? 0o644) & 0o7777;
         const dev = makeDev(h.devmajor ?? 0, h.devminor ?? 0);
         const kind = type === "fifo" ? 0o010000 : type === "character-device" ? 0o020000 : 0o060000;
-        const rc = !px ? -1 : type === "fifo" ? px.mkfifo(p, mode) : px.mknod(p, kind | mode, dev);
+        const rc = !px ? -1 : type === "fifo" ? px.mkfifo(bytes(p), mode) : px.mknod(bytes(p), kind | mode, dev);
         if (rc !== 0) {
-          this.stats.skipped.push(`${h.name} (${type})`);
+          this.stats.skipped.push(`${shown(name)} (${type})`);
           return;
         }
         break;
       }
       default:
-        this.stats.skipped.push(`${h.name} (${type})`);
+        this.stats.skipped.push(`${shown(name)} (${type})`);
         return;
     }
     this.setAttrs(p, h, pax, mtime, type);
@@ -234,7 +238,7 @@ export class Extractor {
     if (type === "link") return;
     let link = type === "symlink";
     try {
-      link ||= fs.lstatSync(p).isSymbolicLink();
+      link ||= fs.lstatSync(bytes(p)).isSymbolicLink();
     } catch {
       return;
     }
@@ -242,27 +246,27 @@ export class Extractor {
     const gid = paxId(pax, "gid", h.gid);
     if (this.isRoot && uid !== undefined && gid !== undefined) {
       try {
-        fs.lchownSync(p, uid, gid);
+        fs.lchownSync(bytes(p), uid, gid);
       } catch {}
     }
     // A directory keeps a writable mode until its entries are in (see end()).
     if (!link && type !== "directory") {
       try {
-        fs.chmodSync(p, (h.mode ?? 0o644) & 0o7777);
+        fs.chmodSync(bytes(p), (h.mode ?? 0o644) & 0o7777);
       } catch {}
     }
     try {
-      if (link) fs.lutimesSync(p, fsTime(mtime), fsTime(mtime));
-      else if (type !== "directory") fs.utimesSync(p, fsTime(mtime), fsTime(mtime));
+      if (link) fs.lutimesSync(bytes(p), fsTime(mtime), fsTime(mtime));
+      else if (type !== "directory") fs.utimesSync(bytes(p), fsTime(mtime), fsTime(mtime));
     } catch {}
   }
 
   private async writeFile(p: string, stream: AsyncIterable<Buffer>): Promise<void> {
     let fd: number;
     try {
-      fd = fs.openSync(p, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+      fd = fs.openSync(bytes(p), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     } catch (e) {
-      throw new TbError("TARGET", `cannot create ${p}: ${errnoText(e)}`, "the extraction is incomplete; check the destination");
+      throw new TbError("TARGET", `cannot create ${shown(p)}: ${errnoText(e)}`, "the extraction is incomplete; check the destination");
     }
     let off = 0;
     try {
@@ -281,8 +285,8 @@ export class Extractor {
       this.stats.bytes += off;
     } catch (e) {
       if (e instanceof TbError) throw e;
-      if (isErrno(e, "ENOSPC", "EDQUOT")) throw new TbError("TARGET", `the destination is full while writing ${p}`, "the extraction is incomplete; free space and restore again");
-      throw new TbError("TARGET", `writing ${p} failed: ${errnoText(e)}`, "the extraction is incomplete");
+      if (isErrno(e, "ENOSPC", "EDQUOT")) throw new TbError("TARGET", `the destination is full while writing ${shown(p)}`, "the extraction is incomplete; free space and restore again");
+      throw new TbError("TARGET", `writing ${shown(p)} failed: ${errnoText(e)}`, "the extraction is incomplete");
     } finally {
       fs.closeSync(fd);
     }

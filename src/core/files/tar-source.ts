@@ -7,6 +7,7 @@ import { pack as tarPack, type Header } from "tar-stream";
 import type { FilesSummary } from "../../protocol/messages.ts";
 import type { PushSource } from "../push.ts";
 import { TbError, errnoText } from "../errors.ts";
+import { PAX_RAW_LINKPATH, PAX_RAW_PATH, asciiStandIn, byteString, bytes, encodePax, isText, paxHeaderBlocks, shown } from "./names.ts";
 
 const FILE_READ = 1024 * 1024;
 
@@ -72,7 +73,25 @@ export function tarSource(opts: TarSourceOptions): PushSource {
   const userName = (uid: number) => lookup(names, uid, "/etc/passwd");
   const groupName = (gid: number) => lookup(groups, gid, "/etc/group");
 
+  /** Writes one entry; its name and linkname are byte strings (names.ts). */
   async function writeEntry(header: Hdr, body?: (w: EntryStream) => Promise<void>): Promise<void> {
+    const name = header.name;
+    const link = header.linkname ?? undefined;
+    if (isText(name) && (link === undefined || isText(link))) {
+      header = { ...header, name: shown(name), ...(link !== undefined ? { linkname: shown(link) } : {}) };
+    } else {
+      // Not UTF-8: the raw bytes go in a pax header of our own, the ustar fields get a stand-in.
+      const records: [string, Uint8Array | string][] = [["hdrcharset", "BINARY"], ["path", bytes(name)]];
+      if (!isText(name)) records.push([PAX_RAW_PATH, bytes(name).toString("base64")]);
+      if (link !== undefined) {
+        records.push(["linkpath", bytes(link)]);
+        if (!isText(link)) records.push([PAX_RAW_LINKPATH, bytes(link).toString("base64")]);
+      }
+      for (const [k, v] of Object.entries(header.pax ?? {})) records.push([k, v]);
+      // between two entries, so the blocks land right before the entry they describe
+      (pack as unknown as { push(b: Uint8Array): boolean }).push(paxHeaderBlocks(encodePax(records), Math.floor((header.mtime?.getTime() ?? 0) / 1000)));
+      header = { ...header, name: asciiStandIn(name), ...(link !== undefined ? { linkname: asciiStandIn(link) } : {}), pax: undefined };
+    }
     await new Promise<void>((resolve, reject) => {
       const entry = pack.entry(header as Header, (err?: Error | null) => (err ? reject(err) : resolve())) as unknown as EntryStream;
       if (!body) return;
@@ -87,7 +106,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
   }
 
   function unreadable(p: string, e: unknown): void {
-    const what = `${p}: ${errnoText(e)}`;
+    const what = `${shown(p)}: ${errnoText(e)}`;
     if (opts.strict) throw new TbError("SOURCE", `cannot read ${what}`, "without --strict, unreadable files are skipped and listed at the end");
     summary.unreadable.push(what);
   }
@@ -96,7 +115,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
   async function addFile(abs: string, name: string, st: fs.BigIntStats, header: Hdr): Promise<boolean> {
     let fd: number;
     try {
-      fd = fs.openSync(abs, "r");
+      fd = fs.openSync(bytes(abs), "r");
     } catch (e) {
       unreadable(abs, e);
       return false;
@@ -129,7 +148,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
       });
       if (readError) unreadable(abs, readError);
       const after = fs.fstatSync(fd, { bigint: true });
-      if (after.size !== st.size || after.mtimeNs !== st.mtimeNs) summary.changed.push(name);
+      if (after.size !== st.size || after.mtimeNs !== st.mtimeNs) summary.changed.push(shown(name));
       summary.bytes += size;
       return true;
     } finally {
@@ -141,7 +160,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
     if (failure) return;
     let st: fs.BigIntStats;
     try {
-      st = fs.lstatSync(abs, { bigint: true });
+      st = fs.lstatSync(bytes(abs), { bigint: true });
     } catch (e) {
       unreadable(abs, e);
       return;
@@ -185,7 +204,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
     if (st.isDirectory()) {
       let children: string[];
       try {
-        children = fs.readdirSync(abs).sort();
+        children = fs.readdirSync(bytes(abs), { encoding: "buffer" }).map(byteString).sort();
       } catch (e) {
         unreadable(abs, e);
         return;
@@ -194,7 +213,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
         summary.count++;
         await writeEntry({ ...header, type: "directory" });
       }
-      for (const c of children) await walk(path.join(abs, c), name ? `${name}/${c}` : c);
+      for (const c of children) await walk(`${abs === "/" ? "" : abs}/${c}`, name ? `${name}/${c}` : c);
       return;
     }
     summary.count++;
@@ -206,7 +225,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
     if (st.isSymbolicLink()) {
       let target: string;
       try {
-        target = fs.readlinkSync(abs);
+        target = byteString(fs.readlinkSync(bytes(abs), { encoding: "buffer" }));
       } catch (e) {
         summary.count--;
         unreadable(abs, e);
@@ -229,7 +248,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
 
   const producer = (async () => {
     try {
-      for (const r of roots) await walk(r.root, r.name);
+      for (const r of roots) await walk(byteString(r.root), byteString(r.name));
       pack.finalize();
     } catch (e) {
       failure = e as Error;
