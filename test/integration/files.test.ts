@@ -465,15 +465,16 @@ function storeTar(name: string, tar: Uint8Array): string {
   return d;
 }
 
-/** A tar stream built by python3's tarfile: entries are [name, type, linkname?]. */
-function craftTar(entries: [string, "file" | "dir" | "symlink" | "hardlink", string?][]): Uint8Array {
+/** A tar stream built by python3's tarfile: entries are [name, type, linkname?, mode?] (tarfile's defaults unless given). */
+function craftTar(entries: [string, "file" | "dir" | "symlink" | "hardlink", string?, number?][]): Uint8Array {
   const script = `
 import io, sys, tarfile, json
 buf = io.BytesIO()
 with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-    for name, kind, link in json.loads(sys.argv[1]):
+    for name, kind, link, mode in json.loads(sys.argv[1]):
         i = tarfile.TarInfo(name)
         i.mtime = 1700000000
+        i.mode = mode if mode is not None else 0o644 if kind == "file" else 0o755
         if kind == "file":
             data = b"written by a hostile archive\\n"
             i.size = len(data)
@@ -481,11 +482,10 @@ with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
         else:
             i.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE}[kind]
             i.linkname = link or ""
-            i.mode = 0o755
             t.addfile(i)
 sys.stdout.buffer.write(buf.getvalue())
 `;
-  const r = Bun.spawnSync(["python3", "-c", script, JSON.stringify(entries.map(([n, k, l]) => [n, k, l ?? null]))], { stdout: "pipe", stderr: "pipe" });
+  const r = Bun.spawnSync(["python3", "-c", script, JSON.stringify(entries.map(([n, k, l, m]) => [n, k, l ?? null, m ?? null]))], { stdout: "pipe", stderr: "pipe" });
   if (r.exitCode !== 0) throw new Error(`python3 tarfile failed: ${r.stderr.toString()}`);
   return new Uint8Array(r.stdout);
 }
@@ -533,6 +533,33 @@ describe("hostile archives are refused without writing outside DEST", () => {
 });
 
 describe("links that point outside DEST are never followed when setting attributes", () => {
+  test("--overwrite replaces a directory with a symlink: modes and times saved for what was under it stay in DEST", async () => {
+    const base = path.join(dir, "hostile", "dir-then-symlink");
+    const outside = path.join(base, "outside");
+    const victim = path.join(outside, "victimdir");
+    fs.mkdirSync(victim, { recursive: true });
+    fs.chmodSync(victim, 0o700);
+    sh(`touch -d 2001-01-01 ${q(victim)} ${q(outside)}`);
+    const before = [fs.statSync(victim), fs.statSync(outside)].map((st) => [st.mode, st.mtimeMs]);
+    // The symlink may point anywhere (a symlink is restored as it was); what it must not
+    // do is carry the mode and time of a/victimdir, set once the extraction ends, outside DEST.
+    const b = storeTar("dir-then-symlink", craftTar([["a", "dir"], ["a/victimdir", "dir", undefined, 0o777], ["a", "symlink", outside]]));
+    const dest = path.join(base, "dest");
+    const r = await run(["restore", "--files", dest, "--from", b, "--overwrite"]);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: expect.any(String) });
+    expect(fs.readlinkSync(path.join(dest, "a"))).toBe(outside);
+    expect([fs.statSync(victim), fs.statSync(outside)].map((st) => [st.mode, st.mtimeMs])).toEqual(before);
+  });
+
+  test("--overwrite replaces a directory and makes it again: the later entries' modes win", async () => {
+    const b = storeTar("dir-replaced", craftTar([["a", "dir"], ["a/v", "dir", undefined, 0o777], ["a", "file"], ["a", "dir", undefined, 0o750], ["a/v", "dir", undefined, 0o700]]));
+    const dest = path.join(dir, "dir-replaced");
+    const r = await run(["restore", "--files", dest, "--from", b, "--overwrite"]);
+    expect(r.code).toBe(0);
+    expect(fs.statSync(path.join(dest, "a")).mode & 0o7777).toBe(0o750);
+    expect(fs.statSync(path.join(dest, "a/v")).mode & 0o7777).toBe(0o700);
+  });
+
   test("a hard link to a symlink: the symlink's target outside DEST keeps its mode and mtime", async () => {
     const d = tempDir();
     try {
@@ -559,6 +586,38 @@ describe("links that point outside DEST are never followed when setting attribut
       expect(fs.readlinkSync(path.join(d, "dest/tree/b"))).toBe(outside);
     } finally {
       cleanup(d);
+    }
+  });
+});
+
+describe("errors while creating entries under DEST are TARGET errors (exit 13, one line)", () => {
+  test("a name longer than the system allows: exit 13, says the extraction is incomplete", async () => {
+    const deep = Array.from({ length: 24 }, (_, i) => `${i}-${"n".repeat(200)}`).join("/");
+    const b = storeTar("too-long", craftTar([["ok.txt", "file"], [`${deep}/f`, "file"]]));
+    const dest = path.join(dir, "too-long");
+    const r = await run(["restore", "--files", dest, "--from", b]);
+    expect(r.code).toBe(13);
+    const line = oneLine(r.stderr);
+    expect(line).toMatch(/ENAMETOOLONG.*the extraction is incomplete/);
+    // the name is shortened: one line a serial console can show
+    expect(line.length).toBeLessThan(400);
+    expect(fs.readFileSync(path.join(dest, "ok.txt"), "utf8")).toBe("written by a hostile archive\n");
+  });
+
+  test("a destination out of inodes: exit 13, the destination is full, as when out of space", async () => {
+    const mnt = path.join(dir, "few-inodes");
+    fs.mkdirSync(mnt);
+    sh(`mount -t tmpfs -o size=8m,nr_inodes=12 tmpfs ${q(mnt)}`);
+    try {
+      // directories only: the inodes run out in mkdir, not in creating a file
+      const entries: [string, "dir" | "file"][] = [["ok.txt", "file"]];
+      for (let i = 0; i < 20; i++) entries.push([`d${i}`, "dir"]);
+      const b = storeTar("few-inodes", craftTar(entries));
+      const r = await run(["restore", "--files", path.join(mnt, "dest"), "--from", b]);
+      expect(r.code).toBe(13);
+      expect(oneLine(r.stderr)).toMatch(/the destination is full while creating .*d\d+; the extraction is incomplete; free space/);
+    } finally {
+      sh(`umount ${q(mnt)}`);
     }
   });
 });

@@ -10,6 +10,9 @@ import { loadLibc } from "../../util/libc.ts";
 import { PAX_RAW_LINKPATH, PAX_RAW_PATH, byteString, bytes, entryName, shown } from "./names.ts";
 
 const ZERO_BLOCK = new Uint8Array(64 * 1024);
+// errno values of a full file system, as libc reports them (Linux)
+const ENOSPC = 28;
+const EDQUOT = 122;
 
 export interface ExtractStats {
   entries: number;
@@ -28,6 +31,21 @@ function isRealDir(p: string): boolean {
   }
 }
 
+/** A path (a byte string) for a one-line message: a name of thousands of bytes keeps its start and end. */
+function brief(p: string): string {
+  const s = shown(p);
+  return s.length <= 240 ? s : `${s.slice(0, 120)}...${s.slice(-100)}`;
+}
+
+/**
+ * An errno error from creating something under DEST, as a TARGET error that says
+ * the restore is incomplete; a full file system (no space, no inodes, quota) says so.
+ */
+function targetError(e: unknown, doing: string, p: string): unknown {
+  if (e instanceof TbError || !isErrno(e)) return e;
+  if (isErrno(e, "ENOSPC", "EDQUOT")) return new TbError("TARGET", `the destination is full while ${doing} ${brief(p)}`, "the extraction is incomplete; free space and restore again");
+  return new TbError("TARGET", `${doing} ${brief(p)} failed: ${errnoText(e)}`, "the extraction is incomplete; check the destination");
+}
 
 /** Linux's dev_t from major and minor (glibc gnu_dev_makedev). */
 export function makeDev(major: number, minor: number): bigint {
@@ -67,8 +85,11 @@ export class Extractor {
   private readonly ex = tarExtract();
   private failure: Error | null = null;
   private finished: Promise<void>;
-  /** directories' modes and times, set once everything inside them is written */
-  private dirTimes: { p: string; mode: number; mtime: number }[] = [];
+  /**
+   * directories' modes and times by path, set once everything inside them is written;
+   * a later entry for the same directory updates it in place (children stay before parents)
+   */
+  private readonly dirTimes = new Map<string, { mode: number; mtime: number }>();
   private readonly isRoot = process.getuid?.() === 0;
 
   constructor(
@@ -115,15 +136,26 @@ export class Extractor {
     (this.ex as unknown as { end(): void }).end();
     await this.finished;
     if (this.failure) throw this.failure;
-    for (const d of this.dirTimes.reverse()) {
-      // A later entry may have replaced the directory with a symlink (--overwrite):
-      // chmod and utimes follow symlinks, so touch only what is still a directory.
-      if (!isRealDir(d.p)) continue;
+    // Directories reached from root through real directories only (nothing changes
+    // under root from here on, so each is checked once; every p lies under root).
+    const intact = new Set<string>([this.root]);
+    const isIntact = (p: string): boolean => {
+      if (intact.has(p)) return true;
+      const parent = path.dirname(p);
+      if (parent === p || !isIntact(parent) || !isRealDir(p)) return false;
+      intact.add(p);
+      return true;
+    };
+    for (const [p, d] of [...this.dirTimes].reverse()) {
+      // A later entry may have replaced the directory, or one above it, with a symlink
+      // (--overwrite): chmod and utimes follow symlinks, so every component is checked
+      // again, as place() did, and only a directory still inside root is touched.
+      if (!isIntact(p)) continue;
       try {
-        fs.chmodSync(bytes(d.p), d.mode);
+        fs.chmodSync(bytes(p), d.mode);
       } catch {}
       try {
-        fs.utimesSync(bytes(d.p), fsTime(d.mtime), fsTime(d.mtime));
+        fs.utimesSync(bytes(p), fsTime(d.mtime), fsTime(d.mtime));
       } catch {}
     }
     return this.stats;
@@ -134,7 +166,7 @@ export class Extractor {
   }
 
   private refuse(name: string, why: string): TbError {
-    return new TbError("REFUSED", `refused archive entry ${JSON.stringify(shown(name))}: ${shown(why)}`, "the archive tries to write outside the destination; nothing was written outside it, and extraction stopped");
+    return new TbError("REFUSED", `refused archive entry ${JSON.stringify(brief(name))}: ${brief(why)}`, "the archive tries to write outside the destination; nothing was written outside it, and extraction stopped");
   }
 
   /** Resolves an archive name under root, checking that no existing component is a symlink. */
@@ -149,8 +181,13 @@ export class Extractor {
       try {
         st = fs.lstatSync(bytes(cur));
       } catch {}
-      if (!st) fs.mkdirSync(bytes(cur));
-      else if (st.isSymbolicLink()) throw this.refuse(name, `it goes through the symlink ${path.relative(this.root, cur)}`);
+      if (!st) {
+        try {
+          fs.mkdirSync(bytes(cur));
+        } catch (e) {
+          throw targetError(e, "creating", cur);
+        }
+      } else if (st.isSymbolicLink()) throw this.refuse(name, `it goes through the symlink ${path.relative(this.root, cur)}`);
       else if (!st.isDirectory()) throw this.refuse(name, `${path.relative(this.root, cur)} is not a directory`);
     }
     return path.join(cur, parts[parts.length - 1]!);
@@ -166,8 +203,17 @@ export class Extractor {
     }
     if (isDir && st.isDirectory()) return false; // merge into an existing directory
     if (!this.overwrite)
-      throw new TbError("TARGET", `${shown(path.join(this.root, safeName(name) as string))} already exists`, "restore into an empty directory, or pass --overwrite to replace existing files");
-    fs.rmSync(bytes(p), { recursive: st.isDirectory(), force: true });
+      throw new TbError("TARGET", `${brief(path.join(this.root, safeName(name) as string))} already exists`, "restore into an empty directory, or pass --overwrite to replace existing files");
+    try {
+      fs.rmSync(bytes(p), { recursive: st.isDirectory(), force: true });
+    } catch (e) {
+      throw targetError(e, "replacing", p);
+    }
+    if (st.isDirectory()) {
+      // what was under the directory is gone: its saved modes and times must not
+      // land on whatever takes its place (perhaps a symlink to outside root)
+      for (const d of this.dirTimes.keys()) if (d === p || d.startsWith(p + "/")) this.dirTimes.delete(d);
+    }
     return true;
   }
 
@@ -175,8 +221,19 @@ export class Extractor {
     this.stats.entries++;
     const pax = (h as Header & { pax?: Record<string, string> }).pax ?? {};
     const name = entryName(h.name, pax[PAX_RAW_PATH]);
-    const linkname = entryName(h.linkname ?? "", pax[PAX_RAW_LINKPATH]);
     const p = this.place(name);
+    try {
+      await this.create(p, name, pax, h, stream);
+    } catch (e) {
+      // whatever the file system says no to (a name too long, no inodes left, a
+      // read-only or vanished directory) leaves DEST incomplete: say so, in one line
+      throw targetError(e, "creating", p);
+    }
+  }
+
+  /** Makes entry `name` at p (both byte strings). */
+  private async create(p: string, name: string, pax: Record<string, string>, h: Header, stream: AsyncIterable<Buffer>): Promise<void> {
+    const linkname = entryName(h.linkname ?? "", pax[PAX_RAW_LINKPATH]);
     // seconds, with the sub-second part from the pax header when present
     const mtime: number = pax.mtime ? Number(pax.mtime) : (h.mtime ?? new Date()).getTime() / 1000;
     const type = h.type ?? "file";
@@ -188,7 +245,7 @@ export class Extractor {
       case "directory":
         this.clear(p, name, true);
         fs.mkdirSync(bytes(p), { recursive: true });
-        this.dirTimes.push({ p, mode: (h.mode ?? 0o755) & 0o7777, mtime });
+        this.dirTimes.set(p, { mode: (h.mode ?? 0o755) & 0o7777, mtime });
         break;
       case "file":
       case "contiguous-file":
@@ -206,7 +263,8 @@ export class Extractor {
         try {
           fs.linkSync(bytes(target), bytes(p));
         } catch (e) {
-          throw new TbError("TARGET", `cannot hard-link ${shown(name)} to ${shown(linkname)}: ${errnoText(e)}`, "the extraction is incomplete");
+          if (isErrno(e, "ENOSPC", "EDQUOT")) throw targetError(e, "creating", p);
+          throw new TbError("TARGET", `cannot hard-link ${brief(name)} to ${brief(linkname)}: ${errnoText(e)}`, "the extraction is incomplete");
         }
         break;
       }
@@ -220,13 +278,16 @@ export class Extractor {
         const kind = type === "fifo" ? 0o010000 : type === "character-device" ? 0o020000 : 0o060000;
         const rc = !px ? -1 : type === "fifo" ? px.mkfifo(bytes(p), mode) : px.mknod(bytes(p), kind | mode, dev);
         if (rc !== 0) {
-          this.stats.skipped.push(`${shown(name)} (${type})`);
+          // a full file system is not a kind of entry this system cannot make
+          const errno = px?.errno();
+          if (errno === ENOSPC || errno === EDQUOT) throw new TbError("TARGET", `the destination is full while creating ${brief(p)}`, "the extraction is incomplete; free space and restore again");
+          this.stats.skipped.push(`${brief(name)} (${type})`);
           return;
         }
         break;
       }
       default:
-        this.stats.skipped.push(`${shown(name)} (${type})`);
+        this.stats.skipped.push(`${brief(name)} (${type})`);
         return;
     }
     this.setAttrs(p, h, pax, mtime, type);
@@ -266,7 +327,8 @@ export class Extractor {
     try {
       fd = fs.openSync(bytes(p), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     } catch (e) {
-      throw new TbError("TARGET", `cannot create ${shown(p)}: ${errnoText(e)}`, "the extraction is incomplete; check the destination");
+      if (isErrno(e, "ENOSPC", "EDQUOT")) throw targetError(e, "creating", p);
+      throw new TbError("TARGET", `cannot create ${brief(p)}: ${errnoText(e)}`, "the extraction is incomplete; check the destination");
     }
     let off = 0;
     try {
@@ -285,8 +347,8 @@ export class Extractor {
       this.stats.bytes += off;
     } catch (e) {
       if (e instanceof TbError) throw e;
-      if (isErrno(e, "ENOSPC", "EDQUOT")) throw new TbError("TARGET", `the destination is full while writing ${shown(p)}`, "the extraction is incomplete; free space and restore again");
-      throw new TbError("TARGET", `writing ${shown(p)} failed: ${errnoText(e)}`, "the extraction is incomplete");
+      if (isErrno(e, "ENOSPC", "EDQUOT")) throw new TbError("TARGET", `the destination is full while writing ${brief(p)}`, "the extraction is incomplete; free space and restore again");
+      throw new TbError("TARGET", `writing ${brief(p)} failed: ${errnoText(e)}`, "the extraction is incomplete");
     } finally {
       fs.closeSync(fd);
     }
