@@ -21,14 +21,17 @@ export function progressLine(p: ProgressInfo, elapsedS: number): string {
 export function makeReporter(opts: { quiet?: boolean } = {}): Reporter {
   const started = Date.now();
   const elapsed = () => (Date.now() - started) / 1000;
-  const tty = process.stderr.isTTY === true && process.env.TERM !== "dumb";
+  // A serial console often reports 0 columns (stty size: 0 0): ora's redraw then
+  // never ends, so plain lines there too.
+  const tty = process.stderr.isTTY === true && process.env.TERM !== "dumb" && (process.stderr.columns ?? 0) > 0;
   if (opts.quiet) return { progress() {}, info() {}, stop() {} };
   if (tty) {
     let spinner: Ora | null = null;
     return {
       progress(p) {
         const text = progressLine(p, elapsed());
-        if (!spinner) spinner = ora({ text, stream: process.stderr, color: process.env.NO_COLOR ? false : "cyan" } as never).start();
+        // discardStdin: false, or ora puts the terminal in raw mode and Ctrl-C stops nothing
+        if (!spinner) spinner = ora({ text, stream: process.stderr, color: process.env.NO_COLOR ? false : "cyan", discardStdin: false } as never).start();
         else spinner.text = text;
       },
       info(message) {

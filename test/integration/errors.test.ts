@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor, oneLine, listBackups, randomImage, sha256File, ptyPair } from "../helpers/cli.ts";
+import { BIN, cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor, oneLine, listBackups, randomImage, sha256File, ptyPair } from "../helpers/cli.ts";
 import { startProxy } from "../helpers/proxy.ts";
 import { FrameDecoder, encodeFrame } from "../../src/protocol/frame.ts";
 import { MsgType, decodeJson, encodeJson, type Hello } from "../../src/protocol/messages.ts";
@@ -467,6 +467,53 @@ describe("--help", () => {
       expect(h.stdout.indexOf("--ring-size <n>")).toBeGreaterThan(group);
     }
   });
+
+  // A serial console: a real terminal (script gives one) that often says 0 columns.
+  const onTerminal = (cmd: string) =>
+    Bun.spawn(["script", "-qfec", cmd, "/dev/null"], { stdin: "pipe", stdout: "pipe", stderr: "pipe", env: { ...process.env, TERM: "vt220" } });
+
+  test("on a terminal of 0 columns (a serial console) push shows plain lines and finishes", async () => {
+    const out = path.join(dir, "cols0-store");
+    const sock = path.join(dir, "cols0.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    const p = onTerminal(`stty cols 0 rows 0; ${BIN} push ${img} --stream unix:${sock}`);
+    const killer = setTimeout(() => p.kill("SIGKILL"), 60_000); // ora's endless redraw hung it for good
+    try {
+      expect(await p.exited).toBe(0);
+      expect(await new Response(p.stdout).text()).toMatch(/backup complete/);
+      expect((await finish(recv)).code).toBe(0);
+    } finally {
+      clearTimeout(killer);
+    }
+  }, 90000);
+
+  test("Ctrl-C on a terminal stops a push while its progress spinner runs: exit 130", async () => {
+    const big = randomImage(dir, 96, "ctrl-c.img");
+    const out = path.join(dir, "ctrlc-store");
+    const sock = path.join(dir, "ctrlc.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    // level 19 keeps it busy for several seconds
+    const p = onTerminal(`stty cols 80 rows 24; ${BIN} push ${big} --stream unix:${sock} --level 19`);
+    let seen = "";
+    const reader = (async () => {
+      for await (const c of p.stdout) seen += new TextDecoder().decode(c);
+    })();
+    await waitFor(() => /push .*MiB/.test(seen), "the spinner");
+    p.stdin.write("\x03");
+    p.stdin.flush();
+    const killer = setTimeout(() => p.kill("SIGKILL"), 60_000);
+    try {
+      expect(await p.exited).toBe(130);
+      await reader;
+      expect(seen).toMatch(/interrupted \(SIGINT\); the backup is incomplete/);
+    } finally {
+      clearTimeout(killer);
+      recv.kill();
+      await recv.exited;
+    }
+  }, 90000);
 
   test("a usage mistake is one line that says what and points to --help (exit 2)", async () => {
     for (const args of [["push", "--bogus"], ["receive"], ["bogus"], ["push", "x", "--level", "99"]]) {
