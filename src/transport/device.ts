@@ -53,6 +53,16 @@ function openError(path: string, e: unknown): TbError {
  * `timeoutMs`, an open that blocks longer (no peer attached) gives TIMEOUT.
  */
 export async function openDevice(path: string, timeoutMs: number | null = null): Promise<Conn> {
+  // A stream is a character device (tbstream, a serial port, a pty) or a FIFO.
+  // Anything else - a disk given by mistake - would get protocol frames written into it.
+  let st: fs.Stats | null = null;
+  try {
+    st = fs.statSync(path);
+  } catch {} // a missing path: the open below says so
+  if (st && !st.isCharacterDevice() && !st.isFIFO()) {
+    const what = st.isBlockDevice() ? "a block device (a disk)" : st.isDirectory() ? "a directory" : st.isFile() ? "a regular file" : "not a character device";
+    throw new TbError("USAGE", `--stream ${path} is ${what}, not a stream; nothing was written to it`, "give the tbstream device ('tbbackup streams' lists them), a serial port or pty, a FIFO, or unix:PATH / tcp:HOST:PORT");
+  }
   // A pty's other holder is the program that made it (socat, the test cable):
   // for ptys only the lock counts.
   const pty = isPty(path);

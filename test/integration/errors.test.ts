@@ -47,6 +47,24 @@ describe("errors", () => {
     expect(oneLine(r.stderr)).toMatch(/unknown --stream/);
   });
 
+  test("--stream naming a disk or a regular file is refused before anything is written: exit 2", async () => {
+    const victim = path.join(dir, "victim.img");
+    fs.copyFileSync(img, victim);
+    const loop = sh(`losetup -f --show ${victim}`).trim();
+    try {
+      for (const target of [victim, loop]) {
+        for (const args of [["push", img, "--stream", target, "--wait", "3"], ["receive", "--out", path.join(dir, "victim-store"), "--stream", target, "--once"]]) {
+          const r = await run(args);
+          expect(r.code).toBe(2);
+          expect(oneLine(r.stderr)).toMatch(/is a (regular file|block device \(a disk\)), not a stream; nothing was written to it/);
+        }
+      }
+    } finally {
+      sh(`losetup -d ${loop}`);
+    }
+    expect(sha256File(victim)).toBe(sha256File(img));
+  });
+
   test("nobody listening: exit 7 after --wait", async () => {
     const r = await run(["push", img, "--stream", `unix:${dir}/nobody.sock`, "--wait", "1"]);
     expect(r.code).toBe(7);
