@@ -1,7 +1,7 @@
 // tbbackup verify PATH: re-read a stored backup and check everything.
 import type { Command } from "commander";
 import { bytes } from "../ui/format.ts";
-import { action, printJson, type GlobalOpts } from "./common.ts";
+import { action, exitWith, printJson, type GlobalOpts } from "./common.ts";
 import { TbError } from "../core/errors.ts";
 import * as fs from "node:fs";
 
@@ -17,7 +17,8 @@ export function register(program: Command): void {
         const { verify } = await import("../core/verify.ts");
         const { makeReporter } = await import("../ui/progress.ts");
         const { listBackups } = await import("../core/catalogue.ts");
-        if (!p === !o.out) throw new TbError("USAGE", "verify needs a PATH or --out DIR", "e.g. tbbackup verify /srv/backups/host/disk/20260101T000000Z");
+        if (p && o.out) throw new TbError("USAGE", "verify takes a PATH or --out DIR, not both", "run 'tbbackup verify --help' for usage");
+        if (!p && !o.out) throw new TbError("USAGE", "verify needs a PATH or --out DIR", "e.g. tbbackup verify /srv/backups/host/disk/20260101T000000Z");
         const reporter = makeReporter();
         try {
           if (p) {
@@ -29,7 +30,17 @@ export function register(program: Command): void {
           }
           if (!fs.existsSync(o.out!)) throw new TbError("NOT_FOUND", `${o.out} does not exist`, "give the directory passed to 'tbbackup receive --out'");
           const results: { id: string; ok: boolean; error?: string }[] = [];
-          for (const b of listBackups(o.out!).filter((b) => b.status === "complete")) {
+          // (a directory three levels down with none of a backup's files is not one: verify --out /etc)
+          const all = listBackups(o.out!).filter((b) => b.status !== "unreadable" || ["manifest.json", "image.zst", "files.tar.zst"].some((f) => fs.existsSync(`${b.path}/${f}`)));
+          if (all.length === 0) throw new TbError("NOT_FOUND", `no backups found in ${o.out}`, "give the directory passed to 'tbbackup receive --out'");
+          const partial = all.filter((b) => b.status === "partial" || b.status === "failed").length;
+          // a complete backup whose data file or manifest is gone or unreadable is a bad one
+          for (const b of all.filter((b) => b.status === "complete" || b.status === "unreadable")) {
+            if (b.status === "unreadable") {
+              results.push({ id: b.id, ok: false, error: `its manifest or ${b.kind === "files" ? "files.tar.zst" : "image.zst"} is missing or unreadable` });
+              if (!o.json) process.stdout.write(`BAD: ${b.id}: ${results[results.length - 1]!.error}\n`);
+              continue;
+            }
             try {
               await verify(b.path, reporter);
               results.push({ id: b.id, ok: true });
@@ -43,8 +54,10 @@ export function register(program: Command): void {
             }
           }
           const bad = results.filter((r) => !r.ok).length;
-          if (o.json) printJson({ ok: bad === 0, checked: results.length, bad, results });
-          if (bad > 0) throw new TbError("VERIFY", `${bad} of ${results.length} backups in ${o.out} failed verification`, "make new backups of those disks");
+          if (o.json) printJson({ ok: bad === 0, checked: results.length, bad, partial, results });
+          else if (partial) process.stdout.write(`(${partial} unfinished backup${partial === 1 ? "" : "s"} not checked: .partial or failed)\n`);
+          // (one JSON object: the summary above, not an error object after it)
+          if (bad > 0) return exitWith(new TbError("VERIFY", `${bad} of ${results.length} backups in ${o.out} failed verification`, "make new backups of those disks"));
         } finally {
           reporter.stop();
         }

@@ -138,6 +138,26 @@ describe("store, list and verify", () => {
     expect(v.stderr.trim().split("\n").length).toBe(1);
   });
 
+  test("verify --out checks a whole store: a backup whose image is gone is BAD (exit 10); an empty store is not 'all fine' (exit 11)", async () => {
+    const st = path.join(dir, "verify-store");
+    await storeBackup(img, st, path.join(dir, "vs.sock"));
+    await storeBackup(img, st, path.join(dir, "vs.sock"));
+    const good = await run(["verify", "--out", st]);
+    expect(good.code).toBe(0);
+    expect(good.stdout.trim().split("\n").filter((l) => l.startsWith("ok: ")).length).toBe(2);
+    const victim = fs.readdirSync(st, { recursive: true }).map(String).find((p) => p.endsWith("image.zst"))!;
+    fs.renameSync(path.join(st, victim), path.join(dir, "moved-away.zst"));
+    const bad = await run(["verify", "--out", st, "--json"]);
+    expect(bad.code).toBe(10);
+    expect(JSON.parse(bad.stdout)).toMatchObject({ ok: false, checked: 2, bad: 1 });
+    fs.mkdirSync(path.join(dir, "empty-store"));
+    for (const where of [path.join(dir, "empty-store"), "/etc"]) {
+      const none = await run(["verify", "--out", where]);
+      expect(none.code).toBe(11);
+      expect(none.stderr).toMatch(/no backups found/);
+    }
+  });
+
   test("verify refuses a truncated image", async () => {
     const copy = path.join(dir, "truncated");
     sh(`cp -r ${bdir} ${copy}`);
