@@ -46,7 +46,8 @@ export function register(program: Command): void {
           else {
             if (files) {
               for (const c of files.changed) process.stderr.write(`changed while being read: ${c}\n`);
-              for (const u of files.unreadable) process.stderr.write(`unreadable, skipped: ${u}\n`);
+              // a file read in part is archived with zeros where reads failed: "PATH: stored with N bytes zeroed (EIO)"
+              for (const u of files.unreadable) process.stderr.write(`${/: stored with \d+ bytes zeroed \([^()]*\)$/.test(u) ? "unreadable in part" : "unreadable, skipped"}: ${u}\n`);
             }
             process.stderr.write(`backup complete: ${r.id} (${files ? `${files.count} entries, ` : ""}${bytes(r.bytes)} stored as ${bytes(r.storedBytes)}, ratio ${ratio(r.bytes, r.storedBytes)}, ${r.seconds.toFixed(1)} s)\nsha256 ${r.sha256}\n`);
           }

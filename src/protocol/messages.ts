@@ -104,6 +104,7 @@ export interface FilesSummary {
   count: number;
   /** bytes of regular file content */
   bytes: number;
+  /** "PATH: ERRNO" for a file skipped; "PATH: stored with N bytes zeroed (ERRNO)" for one stored with zeros where reads failed */
   unreadable: string[];
   changed: string[];
 }

@@ -27,6 +27,8 @@ export interface Libc {
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
 export const LOCK_UN = 8;
+export const POSIX_FADV_NORMAL = 0;
+export const POSIX_FADV_RANDOM = 1;
 export const POSIX_FADV_DONTNEED = 4;
 export const SEEK_DATA = 3;
 export const SEEK_HOLE = 4;

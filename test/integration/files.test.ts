@@ -395,6 +395,82 @@ describe("unreadable files (push as an unprivileged user)", () => {
   });
 });
 
+describe("a read error in the middle of a file (ext4 with a damaged extent-tree leaf)", () => {
+  // frag.bin: 12 MiB, data in every other 4 KiB block, so 1536 extents in a
+  // two-level extent tree whose leaves each map 680 blocks. The second leaf is
+  // overwritten, and the image mounted read-only: reads of blocks 680..1359
+  // fail with EIO, the blocks before and after still read.
+  const BLOCK = 4096;
+  let mnt: string;
+  let orig: Uint8Array;
+  let bad: { from: number; to: number }; // file blocks that cannot be read
+  beforeAll(() => {
+    const img = path.join(dir, "eio.img");
+    mnt = path.join(dir, "eio-mnt");
+    fs.mkdirSync(mnt);
+    sh(`truncate -s 64M ${q(img)} && mkfs.ext4 -q -F -b 4096 ${q(img)} && mount -o loop ${q(img)} ${q(mnt)}`);
+    orig = new Uint8Array(3072 * BLOCK);
+    for (let b = 0; b < 3072; b += 2) crypto.getRandomValues(orig.subarray(b * BLOCK, (b + 1) * BLOCK));
+    const fd = fs.openSync(path.join(mnt, "frag.bin"), "w");
+    for (let b = 0; b < 3072; b += 2) fs.writeSync(fd, orig, b * BLOCK, BLOCK, b * BLOCK);
+    fs.ftruncateSync(fd, orig.length);
+    fs.closeSync(fd);
+    fs.writeFileSync(path.join(mnt, "z-after.txt"), "after the damaged file\n");
+    sh(`umount ${q(mnt)}`);
+    // the index (level 0) and leaves (level 1): "1/ 2   2/  5   680 -  1359  4114   680"
+    const leaves = sh(`debugfs -R 'dump_extents -n /frag.bin' ${q(img)} 2>/dev/null`)
+      .split("\n")
+      .map((l) => /^\s*1\/\s*2\s+\d+\/\s*\d+\s+(\d+)\s+-\s+(\d+)\s+(\d+)/.exec(l))
+      .filter((m) => m !== null)
+      .map((m) => ({ from: Number(m[1]), to: Number(m[2]) + 1, block: Number(m[3]) }));
+    expect(leaves.length).toBeGreaterThanOrEqual(3);
+    const leaf = leaves[1]!;
+    bad = { from: leaf.from, to: leaf.to };
+    // a fixed pattern rather than random bytes: never a valid extent header by chance
+    fs.writeFileSync(path.join(dir, "garbage"), new Uint8Array(BLOCK).fill(0xa5));
+    sh(`dd if=${q(path.join(dir, "garbage"))} of=${q(img)} bs=${BLOCK} seek=${leaf.block} count=1 conv=notrunc status=none`);
+    sh(`mount -o loop,ro,errors=continue ${q(img)} ${q(mnt)}`);
+  });
+  afterAll(() => {
+    if (mnt) sh(`umount ${q(mnt)} 2>/dev/null || true`);
+  });
+
+  test("the readable parts after the bad spot are stored; only the failed pieces are zeros; exit 17", async () => {
+    // the set-up really fails where it should, and only there
+    const fd = fs.openSync(path.join(mnt, "frag.bin"), "r");
+    expect(() => fs.readSync(fd, new Uint8Array(BLOCK), 0, BLOCK, (bad.from + 1) * BLOCK)).toThrow(/EIO/);
+    expect(fs.readSync(fd, new Uint8Array(BLOCK), 0, BLOCK, (bad.to + 2) * BLOCK)).toBe(BLOCK);
+    fs.closeSync(fd);
+
+    const out = path.join(dir, "store-eio");
+    const r = await receiver("eio", out);
+    const p = await run(["push", "--files", mnt, "--stream", r.sock]);
+    expect((await finish(r.p)).code).toBe(0);
+    const rows = await listJson(out);
+    expect(rows.map((x) => [x.kind, x.status])).toEqual([["files", "complete"]]);
+
+    const x = path.join(dir, "eio-extracted");
+    fs.mkdirSync(x);
+    sh(`zstd -dcq ${q(path.join(rows[0]!.path, FILES_FILE))} | tar -x -C ${q(x)}`);
+    const got = new Uint8Array(fs.readFileSync(path.join(x, "eio-mnt/frag.bin")));
+    expect(got.length).toBe(orig.length);
+    const want = orig.slice();
+    want.fill(0, bad.from * BLOCK, bad.to * BLOCK);
+    // compare block by block so a failure names the first wrong block, not 12 MiB of bytes
+    const wrong: number[] = [];
+    for (let b = 0; b < orig.length / BLOCK; b++) if (Buffer.compare(got.subarray(b * BLOCK, (b + 1) * BLOCK), want.subarray(b * BLOCK, (b + 1) * BLOCK)) !== 0) wrong.push(b);
+    expect({ wrong: wrong.slice(0, 5), count: wrong.length }).toEqual({ wrong: [], count: 0 });
+    expect(fs.readFileSync(path.join(x, "eio-mnt/z-after.txt"), "utf8")).toBe("after the damaged file\n");
+
+    const zeroed = (bad.to - bad.from) * BLOCK;
+    expect(p.stderr).toContain(`unreadable in part: ${path.join(mnt, "frag.bin")}: stored with ${zeroed} bytes zeroed (EIO)`);
+    expect(p.code).toBe(17);
+    expect(oneLine(p.stderr)).toMatch(/completed with 1 unreadable file/);
+    const m = JSON.parse(fs.readFileSync(path.join(rows[0]!.path, "manifest.json"), "utf8")) as Manifest;
+    expect(m.files!.unreadable).toEqual([`${path.join(mnt, "frag.bin")}: stored with ${zeroed} bytes zeroed (EIO)`]);
+  });
+});
+
 describe("a file that changes while being read", () => {
   test("is reported on stderr and in the manifest; the push still completes", async () => {
     const tree = path.join(dir, "busy");

@@ -1,5 +1,6 @@
 // push --files: a directory tree as a tar stream (tar-stream, pax headers),
-// read chunk by chunk like an image. Unreadable files are skipped and listed;
+// read chunk by chunk like an image. Unreadable files are skipped and listed,
+// parts of files that cannot be read are stored as zeros and the file listed;
 // files that change while being read are reported.
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -8,8 +9,11 @@ import type { FilesSummary } from "../../protocol/messages.ts";
 import type { PushSource } from "../push.ts";
 import { TbError, errnoText } from "../errors.ts";
 import { PAX_RAW_LINKPATH, PAX_RAW_PATH, asciiStandIn, byteString, bytes, encodePax, isText, paxHeaderBlocks, shown } from "./names.ts";
+import { POSIX_FADV_DONTNEED, POSIX_FADV_NORMAL, POSIX_FADV_RANDOM, loadLibc, type Libc } from "../../util/libc.ts";
 
 const FILE_READ = 1024 * 1024;
+/** After a read error, a range is read again in pieces of this size (a page: what the kernel reads or fails at once). */
+const PIECE = 4096;
 
 type Hdr = Partial<Header> & { name: string; pax?: Record<string, string> };
 type EntryStream = { write(b: Uint8Array): boolean; end(): void; destroy(e?: Error): void; once(ev: "drain", f: () => void): void };
@@ -69,6 +73,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
   const names = new Map<number, string>();
   const groups = new Map<number, string>();
   let failure: Error | null = null;
+  let libc: Libc | null = null;
 
   const userName = (uid: number) => lookup(names, uid, "/etc/passwd");
   const groupName = (gid: number) => lookup(groups, gid, "/etc/group");
@@ -105,10 +110,10 @@ export function tarSource(opts: TarSourceOptions): PushSource {
     });
   }
 
-  function unreadable(p: string, e: unknown): void {
-    const what = `${shown(p)}: ${errnoText(e)}`;
-    if (opts.strict) throw new TbError("SOURCE", `cannot read ${what}`, "without --strict, unreadable files are skipped and listed at the end");
-    summary.unreadable.push(what);
+  /** A file skipped (nothing archived), or with `zeroed` bytes stored as zeros where reads failed. */
+  function unreadable(p: string, e: unknown, zeroed?: number): void {
+    if (opts.strict) throw new TbError("SOURCE", `cannot read ${shown(p)}: ${errnoText(e)}`, "without --strict, unreadable files are skipped and listed at the end");
+    summary.unreadable.push(zeroed === undefined ? `${shown(p)}: ${errnoText(e)}` : `${shown(p)}: stored with ${zeroed} bytes zeroed (${errnoText(e)})`);
   }
 
   /** False when the file could not be opened (nothing was archived for it). */
@@ -124,29 +129,55 @@ export function tarSource(opts: TarSourceOptions): PushSource {
       const size = Number(st.size);
       header.size = size;
       let readError: unknown = null;
+      let zeroed = 0;
+      let eof = false;
+      /**
+       * Fills buf[0, want) from the file at `off`. After a failed read the rest
+       * of the range is read again in PIECE-aligned pieces, and only the pieces
+       * that still fail become zeros; the next range starts with a full read.
+       * The header promised `size` bytes, so what lies past an early end of file
+       * is zeros too.
+       */
+      const readRange = (buf: Uint8Array, want: number, off: number): void => {
+        let got = 0;
+        let pieces = false;
+        while (got < want && !eof) {
+          const len = pieces ? Math.min(want - got, PIECE - ((off + got) % PIECE)) : want - got;
+          let n: number;
+          try {
+            n = fs.readSync(fd, buf, got, len, off + got);
+          } catch (e) {
+            if (!pieces) {
+              // The page cache holds the failed read as one folio (up to the readahead
+              // window): drop it and read without readahead, so each piece fails alone.
+              libc?.fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+              libc?.fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+              pieces = true;
+              continue;
+            }
+            readError ??= e;
+            buf.fill(0, got, got + len);
+            zeroed += len;
+            got += len;
+            continue;
+          }
+          if (n === 0) eof = true;
+          got += n;
+        }
+        buf.fill(0, got, want);
+        if (pieces) libc?.fadvise(fd, 0, 0, POSIX_FADV_NORMAL);
+      };
       await writeEntry(header, async (w) => {
         const buf = new Uint8Array(FILE_READ);
         let off = 0;
         while (off < size) {
           const want = Math.min(buf.length, size - off);
-          let n = 0;
-          if (!readError) {
-            try {
-              n = fs.readSync(fd, buf, 0, want, off);
-            } catch (e) {
-              readError = e;
-            }
-          }
-          if (readError || n === 0) {
-            // The header promised `size` bytes: pad with zeros so the archive stays whole.
-            buf.fill(0, 0, want);
-            n = want;
-          }
-          off += n;
-          if (!w.write(buf.slice(0, n))) await new Promise<void>((r) => w.once("drain", r));
+          readRange(buf, want, off);
+          off += want;
+          if (!w.write(buf.slice(0, want))) await new Promise<void>((r) => w.once("drain", r));
         }
       });
-      if (readError) unreadable(abs, readError);
+      if (readError) unreadable(abs, readError, zeroed);
       const after = fs.fstatSync(fd, { bigint: true });
       if (after.size !== st.size || after.mtimeNs !== st.mtimeNs) summary.changed.push(shown(name));
       summary.bytes += size;
@@ -248,6 +279,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
 
   const producer = (async () => {
     try {
+      libc = await loadLibc();
       for (const r of roots) await walk(byteString(r.root), byteString(r.name));
       pack.finalize();
     } catch (e) {
