@@ -497,6 +497,33 @@ describe("a file that changes while being read", () => {
   });
 });
 
+describe("a file that ends before its size", () => {
+  test("a sysfs file (4096 bytes by stat, 'supported\\n' by read) is stored padded with zeros and reported as changed", async () => {
+    const root = "/sys/fs/ext4/features"; // present wherever ext4 is, which the test above needs too
+    const attrs = fs.readdirSync(root).sort();
+    expect(attrs.length).toBeGreaterThan(0);
+    expect(fs.statSync(path.join(root, attrs[0]!)).size).toBe(4096);
+    const content = fs.readFileSync(path.join(root, attrs[0]!), "utf8");
+    expect(content.length).toBeLessThan(4096);
+    const out = path.join(dir, "store-sysfs");
+    const r = await receiver("sysfs", out);
+    const p = await run(["push", "--files", root, "--stream", r.sock]);
+    expect((await finish(r.p)).code).toBe(0);
+    expect(p.code).toBe(0);
+    for (const a of attrs) expect(p.stderr).toContain(`changed while being read: features/${a}\n`);
+    const rows = await listJson(out);
+    const m = JSON.parse(fs.readFileSync(path.join(rows[0]!.path, "manifest.json"), "utf8")) as Manifest;
+    expect(m.files!.changed).toEqual(attrs.map((a) => `features/${a}`));
+    const x = path.join(dir, "sysfs-extracted");
+    fs.mkdirSync(x);
+    sh(`zstd -dcq ${q(path.join(rows[0]!.path, FILES_FILE))} | tar -x -C ${q(x)}`);
+    const got = fs.readFileSync(path.join(x, "features", attrs[0]!));
+    expect(got.length).toBe(4096);
+    expect(got.subarray(0, content.length).toString()).toBe(content);
+    expect(got.subarray(content.length).every((b) => b === 0)).toBe(true);
+  });
+});
+
 /** A stored backup directory (as receive writes it) holding an arbitrary tar stream. */
 function storeTar(name: string, tar: Uint8Array): string {
   const chunkSize = 1024 * 1024;

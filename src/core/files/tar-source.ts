@@ -179,7 +179,8 @@ export function tarSource(opts: TarSourceOptions): PushSource {
       });
       if (readError) unreadable(abs, readError, zeroed);
       const after = fs.fstatSync(fd, { bigint: true });
-      if (after.size !== st.size || after.mtimeNs !== st.mtimeNs) summary.changed.push(shown(name));
+      // ended before its size (truncated while read, or a sysfs file): stored padded with zeros
+      if (eof || after.size !== st.size || after.mtimeNs !== st.mtimeNs) summary.changed.push(shown(name));
       summary.bytes += size;
       return true;
     } finally {
