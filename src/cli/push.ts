@@ -7,6 +7,9 @@ import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type G
 import type { FilesSummary } from "../protocol/messages.ts";
 import { resolveStream, withThunderboltOptions } from "./stream.ts";
 
+/** mount points listed one a line; the rest are counted */
+const MOUNTS_SHOWN = 20;
+
 export function register(program: Command): void {
   withThunderboltOptions(
     program.command("push")
@@ -14,6 +17,7 @@ export function register(program: Command): void {
       .argument("[source]", "block device (e.g. /dev/nvme0n1) or regular file")
       .option("--files <dir...>", "send these directory trees as a file-level backup (tar) instead of an image")
       .option("--strict", "with --files: stop at the first unreadable file instead of skipping it")
+      .option("--cross-mounts", "with --files: also walk into file systems mounted inside the trees (/proc under /, say)")
       .option("--no-resume", "start a new backup even when the receiver holds an interrupted one of this disk")
       .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:HOST:PORT or -")
       .option("--name <label>", "a label stored with the backup")
@@ -24,7 +28,7 @@ export function register(program: Command): void {
       .option("--json", "print one JSON result on stdout"),
   )
     .action(
-      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; resume: boolean } & GlobalOpts) => {
+      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; crossMounts?: boolean; resume: boolean } & GlobalOpts) => {
         const { push } = await import("../core/push.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -34,7 +38,7 @@ export function register(program: Command): void {
           throw new TbError("USAGE", `--chunk-size ${o.chunkSize} is not allowed`, "use a multiple of 4K from 4K to 4M");
         const reporter = makeReporter();
         onInterrupt("the backup is incomplete; run push again");
-        const input = o.files ? tarSource({ roots: o.files, strict: o.strict === true, label: o.name ?? null }) : undefined;
+        const input = o.files ? tarSource({ roots: o.files, strict: o.strict === true, label: o.name ?? null, crossMounts: o.crossMounts === true }) : undefined;
         const stream = await resolveStream(o.stream, "push", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
         try {
@@ -45,6 +49,9 @@ export function register(program: Command): void {
           if (o.json) printJson({ ok: unreadable === 0, ...r });
           else {
             if (files) {
+              const mounts = files.mounts ?? [];
+              for (const m of mounts.slice(0, MOUNTS_SHOWN)) process.stderr.write(`another file system, not walked into (--cross-mounts does): ${m}\n`);
+              if (mounts.length > MOUNTS_SHOWN) process.stderr.write(`... and ${mounts.length - MOUNTS_SHOWN} more mount points, listed in the manifest\n`);
               for (const c of files.changed) process.stderr.write(`changed while being read: ${c}\n`);
               // a file read in part is archived with zeros where reads failed: "PATH: stored with N bytes zeroed (EIO)"
               for (const u of files.unreadable) process.stderr.write(`${/: stored with \d+ bytes zeroed \([^()]*\)$/.test(u) ? "unreadable in part" : "unreadable, skipped"}: ${u}\n`);

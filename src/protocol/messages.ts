@@ -107,6 +107,8 @@ export interface FilesSummary {
   /** "PATH: ERRNO" for a file skipped; "PATH: stored with N bytes zeroed (ERRNO)" for one stored with zeros where reads failed */
   unreadable: string[];
   changed: string[];
+  /** mount points inside the roots whose contents were not archived (without --cross-mounts) (absent from older manifests) */
+  mounts?: string[];
 }
 
 export interface End {

@@ -524,6 +524,48 @@ describe("a file that ends before its size", () => {
   });
 });
 
+describe("file systems mounted inside a tree", () => {
+  let tree: string;
+  beforeAll(() => {
+    tree = path.join(dir, "mounted");
+    fs.mkdirSync(path.join(tree, "mnt"), { recursive: true });
+    fs.writeFileSync(path.join(tree, "own.txt"), "on the tree's file system\n");
+    sh(`mount -t tmpfs -o size=4m,mode=0750 tbb-test ${q(path.join(tree, "mnt"))}`);
+    fs.writeFileSync(path.join(tree, "mnt/inside.txt"), "on the tmpfs\n");
+  });
+  afterAll(() => {
+    if (tree) sh(`umount ${q(path.join(tree, "mnt"))} 2>/dev/null || true`);
+  });
+
+  const pushTree = async (name: string, extra: string[]) => {
+    const out = path.join(dir, `store-${name}`);
+    const r = await receiver(name, out);
+    const p = await run(["push", "--files", tree, ...extra, "--stream", r.sock]);
+    if (p.code !== 0) r.p.kill(); // a refused command line never reaches the receiver
+    expect({ code: p.code, stderr: p.code === 0 ? "" : p.stderr }).toEqual({ code: 0, stderr: "" });
+    expect((await finish(r.p)).code).toBe(0);
+    const rows = await listJson(out);
+    const m = JSON.parse(fs.readFileSync(path.join(rows[0]!.path, "manifest.json"), "utf8")) as Manifest;
+    const names = sh(`zstd -dcq ${q(path.join(rows[0]!.path, FILES_FILE))} | tar -t`).trim().split("\n").map((n) => n.replace(/\/$/, "")).sort();
+    return { p, m, names };
+  };
+
+  test("are not walked into: the mount point is stored empty and listed on stderr and in the manifest", async () => {
+    const { p, m, names } = await pushTree("mounts", []);
+    expect(p.stderr).toContain(`another file system, not walked into (--cross-mounts does): ${path.join(tree, "mnt")}\n`);
+    expect(names).toEqual(["mounted", "mounted/mnt", "mounted/own.txt"]);
+    expect(m.files!.mounts).toEqual([path.join(tree, "mnt")]);
+    expect(m.files!.count).toBe(3);
+  });
+
+  test("--cross-mounts walks into them", async () => {
+    const { p, m, names } = await pushTree("cross", ["--cross-mounts"]);
+    expect(p.stderr).not.toContain("not walked into");
+    expect(names).toEqual(["mounted", "mounted/mnt", "mounted/mnt/inside.txt", "mounted/own.txt"]);
+    expect(m.files!.mounts).toEqual([]);
+  });
+});
+
 /** A stored backup directory (as receive writes it) holding an arbitrary tar stream. */
 function storeTar(name: string, tar: Uint8Array): string {
   const chunkSize = 1024 * 1024;

@@ -1,7 +1,8 @@
 // push --files: a directory tree as a tar stream (tar-stream, pax headers),
 // read chunk by chunk like an image. Unreadable files are skipped and listed,
 // parts of files that cannot be read are stored as zeros and the file listed;
-// files that change while being read are reported.
+// files that change while being read are reported. The walk stays on each
+// root's file system unless told to cross mounts.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { pack as tarPack, type Header } from "tar-stream";
@@ -22,6 +23,8 @@ export interface TarSourceOptions {
   roots: string[];
   strict: boolean;
   label: string | null;
+  /** walk into file systems mounted inside the roots (otherwise only their mount points are archived) */
+  crossMounts: boolean;
 }
 
 /** How an absolute root appears in the archive: its base name ("/" contributes its children). */
@@ -67,7 +70,7 @@ export function splitDev(rdev: bigint): { major: number; minor: number } {
 
 export function tarSource(opts: TarSourceOptions): PushSource {
   const roots = archiveRoots(opts.roots);
-  const summary: FilesSummary = { roots: roots.map((r) => r.root), count: 0, bytes: 0, unreadable: [], changed: [] };
+  const summary: FilesSummary = { roots: roots.map((r) => r.root), count: 0, bytes: 0, unreadable: [], changed: [], mounts: [] };
   const pack = tarPack();
   const links = new Map<string, string>();
   const names = new Map<number, string>();
@@ -188,7 +191,8 @@ export function tarSource(opts: TarSourceOptions): PushSource {
     }
   }
 
-  async function walk(abs: string, name: string): Promise<void> {
+  /** `dev`: the root's file system, which the walk stays on (null: --cross-mounts). */
+  async function walk(abs: string, name: string, dev: bigint | null): Promise<void> {
     if (failure) return;
     let st: fs.BigIntStats;
     try {
@@ -219,6 +223,16 @@ export function tarSource(opts: TarSourceOptions): PushSource {
       mtime: new Date(Math.min(Math.max(secs, 0), USTAR_TIME_MAX) * 1000),
       pax,
     };
+    if (dev !== null && st.dev !== dev) {
+      // another file system mounted here (/proc under /, a tmpfs, a bind mount):
+      // its mount point is archived as an empty directory, its contents are not
+      summary.mounts!.push(shown(abs));
+      if (st.isDirectory()) {
+        summary.count++;
+        await writeEntry({ ...header, type: "directory" });
+      }
+      return;
+    }
     const key = `${st.dev}:${st.ino}`;
     const linked = !st.isDirectory() && st.nlink > 1n;
     if (linked) {
@@ -245,7 +259,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
         summary.count++;
         await writeEntry({ ...header, type: "directory" });
       }
-      for (const c of children) await walk(`${abs === "/" ? "" : abs}/${c}`, name ? `${name}/${c}` : c);
+      for (const c of children) await walk(`${abs === "/" ? "" : abs}/${c}`, name ? `${name}/${c}` : c, dev);
       return;
     }
     summary.count++;
@@ -281,7 +295,15 @@ export function tarSource(opts: TarSourceOptions): PushSource {
   const producer = (async () => {
     try {
       libc = await loadLibc();
-      for (const r of roots) await walk(byteString(r.root), byteString(r.name));
+      for (const r of roots) {
+        let dev: bigint | null = null;
+        if (!opts.crossMounts) {
+          try {
+            dev = fs.statSync(r.root, { bigint: true }).dev;
+          } catch {} // walk() reports it
+        }
+        await walk(byteString(r.root), byteString(r.name), dev);
+      }
       pack.finalize();
     } catch (e) {
       failure = e as Error;
