@@ -566,6 +566,39 @@ describe("file systems mounted inside a tree", () => {
   });
 });
 
+describe("roots", () => {
+  test("/ with another root named like one of /'s children (/ and DIR/etc): exit 2, one line, nothing sent", async () => {
+    const etc = path.join(dir, "other/etc");
+    fs.mkdirSync(etc, { recursive: true });
+    fs.writeFileSync(path.join(etc, "hosts"), "not /etc/hosts\n");
+    const sock = path.join(dir, "never.sock");
+    for (const roots of [["/", etc], [etc, "/"]]) {
+      const p = await run(["push", "--files", ...roots, "--wait", "1", "--stream", `unix:${sock}`]);
+      expect(p.code).toBe(2);
+      expect(p.stderr.trim().split("\n")).toEqual([`tbbackup: / and ${etc} would both store 'etc' in the archive; push them separately`]);
+    }
+  });
+
+  test("a root that is a symlink to a directory is stored under the symlink's name, with the directory's contents", async () => {
+    const target = path.join(dir, "link-target");
+    fs.mkdirSync(path.join(target, "d"), { recursive: true });
+    fs.writeFileSync(path.join(target, "d/f.txt"), "through the link\n");
+    const link = path.join(dir, "via-link");
+    fs.symlinkSync(target, link);
+    const out = path.join(dir, "store-link");
+    const r = await receiver("link", out);
+    const p = await run(["push", "--files", link, "--stream", r.sock]);
+    if (p.code !== 0) r.p.kill();
+    expect({ code: p.code, stderr: p.code === 0 ? "" : p.stderr }).toEqual({ code: 0, stderr: "" });
+    expect((await finish(r.p)).code).toBe(0);
+    const rows = await listJson(out);
+    const names = sh(`zstd -dcq ${q(path.join(rows[0]!.path, FILES_FILE))} | tar -t`).trim().split("\n").map((n) => n.replace(/\/$/, "")).sort();
+    expect(names).toEqual(["via-link", "via-link/d", "via-link/d/f.txt"]);
+    const m = JSON.parse(fs.readFileSync(path.join(rows[0]!.path, "manifest.json"), "utf8")) as Manifest;
+    expect(m.files!.roots).toEqual([target]);
+  });
+});
+
 /** A stored backup directory (as receive writes it) holding an arbitrary tar stream. */
 function storeTar(name: string, tar: Uint8Array): string {
   const chunkSize = 1024 * 1024;

@@ -27,23 +27,47 @@ export interface TarSourceOptions {
   crossMounts: boolean;
 }
 
-/** How an absolute root appears in the archive: its base name ("/" contributes its children). */
+/**
+ * How an absolute root appears in the archive: its base name ("/" contributes
+ * its children). A root that is a symlink to a directory is walked through: the
+ * directory it points to is stored under the symlink's name.
+ */
 export function archiveRoots(roots: string[]): { root: string; name: string }[] {
   const out: { root: string; name: string }[] = [];
-  const seen = new Set<string>();
+  const seen = new Map<string, string>();
   for (const r of roots) {
     const abs = path.resolve(r);
+    let root = abs;
     let st: fs.Stats;
     try {
       st = fs.lstatSync(abs);
+      if (st.isSymbolicLink()) {
+        root = fs.realpathSync(abs);
+        st = fs.statSync(root);
+      }
     } catch (e) {
       throw new TbError("SOURCE", `cannot read ${r}: ${errnoText(e)}`, "check the path (is the file system mounted?)");
     }
     if (!st.isDirectory()) throw new TbError("SOURCE", `${r} is not a directory`, "give directories to push --files");
     const name = abs === "/" ? "" : path.basename(abs);
     if (seen.has(name)) throw new TbError("USAGE", `two roots are both named '${name || "/"}' in the archive`, "push them separately or from their common parent");
-    seen.add(name);
-    out.push({ root: abs, name });
+    seen.set(name, r);
+    out.push({ root, name });
+  }
+  // "/" stores its children under their own names: another root must not use one of them
+  if (seen.has("") && out.length > 1) {
+    const inSlash = (name: string) => {
+      try {
+        fs.lstatSync(path.join("/", name));
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    for (const [name, r] of seen) {
+      if (name && inSlash(name))
+        throw new TbError("USAGE", `/ and ${r} would both store '${name}' in the archive`, "push them separately");
+    }
   }
   return out;
 }
