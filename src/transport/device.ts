@@ -11,6 +11,7 @@ import { describeHolders, holdersOf } from "../util/holders.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 import { fdConn } from "./fd-conn.ts";
 import { Signal } from "../util/signal.ts";
+import { inEmulatedTree } from "../util/sysroot.ts";
 
 /** How long a connecting side waits for open() (it blocks until the peer is attached). */
 export const CONNECT_OPEN_TIMEOUT_MS = 60_000;
@@ -59,7 +60,7 @@ export async function openDevice(path: string, timeoutMs: number | null = null):
   try {
     st = fs.statSync(path);
   } catch {} // a missing path: the open below says so
-  if (st && !st.isCharacterDevice() && !st.isFIFO()) {
+  if (st && !st.isCharacterDevice() && !st.isFIFO() && !inEmulatedTree(path)) {
     const what = st.isBlockDevice() ? "a block device (a disk)" : st.isDirectory() ? "a directory" : st.isFile() ? "a regular file" : "not a character device";
     throw new TbError("USAGE", `--stream ${path} is ${what}, not a stream; nothing was written to it`, "give the tbstream device ('tbbackup streams' lists them), a serial port or pty, a FIFO, or unix:PATH / tcp:HOST:PORT");
   }

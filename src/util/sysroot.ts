@@ -7,3 +7,9 @@ export function sysPath(p: string): string {
   if (!root || root === "/") return p;
   return path.join(root, p);
 }
+
+/** True for a path inside an emulated tree (its /dev/tbstreamN are FUSE files, not character devices). */
+export function inEmulatedTree(p: string): boolean {
+  const root = process.env.TBBACKUP_SYSROOT;
+  return !!root && root !== "/" && path.resolve(p).startsWith(path.resolve(root) + "/");
+}
