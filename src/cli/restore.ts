@@ -1,6 +1,7 @@
 // tbbackup restore TARGET: write a backup back onto a disk or into an image file.
 import type { Command } from "commander";
 import * as readline from "node:readline/promises";
+import * as fs from "node:fs";
 import { TbError } from "../core/errors.ts";
 import type { RestoreInfo } from "../protocol/messages.ts";
 import type { TargetInfo } from "../core/target.ts";
@@ -59,7 +60,23 @@ export function register(program: Command): void {
         if (o.from && o.stream) throw new TbError("USAGE", "use either --from or --stream, not both", "--from reads a local backup, --stream asks a receiver");
         if (o.from && o.backup) throw new TbError("USAGE", "--backup goes with --stream", "with --from, give the backup's directory itself");
         const reporter = makeReporter();
-        onInterrupt(`the target ${target} is now incomplete; run restore again`);
+        // A new image file that a failed restore leaves behind would look complete
+        // (full size, sparse): it is removed. What existed before is left as it is.
+        let writing = false;
+        const isNewFile = !o.files && !fs.existsSync(target);
+        const removeUnfinished = (): boolean => {
+          if (!isNewFile || !writing) return false;
+          try {
+            if (!fs.lstatSync(target).isFile()) return false;
+            fs.unlinkSync(target);
+            return true;
+          } catch {
+            return false;
+          }
+        };
+        const unfinished = `the target ${target} is now incomplete`;
+        const removed = `the unfinished ${target} was removed`;
+        onInterrupt(() => (!writing ? `nothing was written to ${target}` : removeUnfinished() ? `${removed}; run restore again` : `${unfinished}; run restore again`));
         const stream = o.from ? null : await resolveStream(o.stream, "restore", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         try {
           const r = await restore({
@@ -74,6 +91,10 @@ export function register(program: Command): void {
             idleMs: 300_000,
             reporter,
             confirm: confirmer(o.yes === true),
+            writing: () => (writing = true),
+          }).catch((e: unknown) => {
+            if (e instanceof TbError && removeUnfinished()) throw new TbError(e.code, e.message, e.hint.replace(/the target (.+? )?is now incomplete/, removed), e.details);
+            throw e;
           });
           reporter.stop();
           if (o.json) printJson({ ok: true, ...r });

@@ -34,6 +34,8 @@ export interface RestoreOptions {
   reporter: Reporter;
   /** asked before anything is written; false cancels */
   confirm: (target: TargetInfo, backup: RestoreInfo) => Promise<boolean>;
+  /** told when writing to the target begins (from then on a failure leaves it incomplete) */
+  writing?: () => void;
 }
 
 export interface RestoreResult {
@@ -156,9 +158,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         throw new TbError("TARGET", `${target.path} holds ${target.size} bytes but backup ${info.id} needs ${info.size}`, `restore onto a disk at least as large; ${notIncomplete}`);
       if (src.files) notTheBackup(target, src.files);
       if (!(await opts.confirm(target, info))) throw new TbError("REFUSED", "restore cancelled", notIncomplete);
+      opts.writing?.();
       sink = imageSink(target, info, opts.verify, opts.reporter);
     } else {
       if (info.kind !== "files") throw new TbError("USAGE", `backup ${info.id} is a disk image`, "restore it onto a disk or image file: tbbackup restore TARGET");
+      opts.writing?.();
       sink = filesSink(opts.filesDest!, opts.overwrite === true, opts.reporter);
     }
     const out = sink;

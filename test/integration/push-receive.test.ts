@@ -138,6 +138,20 @@ describe("store, list and verify", () => {
     expect(v.stderr.trim().split("\n").length).toBe(1);
   });
 
+  test("a label with control characters cannot paint the terminal or add rows to list", async () => {
+    const st = path.join(dir, "label-store");
+    const sock = path.join(dir, "label.sock");
+    const recv = start(["receive", "--out", st, "--stream", `unix:${sock}`, "--once"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    const p = await run(["push", img, "--stream", `unix:${sock}`, "--name", "evil\x1b[2J\nfake complete"]);
+    expect(p.code).toBe(0);
+    expect((await finish(recv)).code).toBe(0);
+    const l = await run(["list", "--out", st]);
+    expect(l.stdout).not.toContain("\x1b");
+    expect(l.stdout.trim().split("\n").length).toBe(2); // the header and one row
+    expect(l.stdout).toContain("evil?[2J?fake complete");
+  });
+
   test("verify --out checks a whole store: a backup whose image is gone is BAD (exit 10); an empty store is not 'all fine' (exit 11)", async () => {
     const st = path.join(dir, "verify-store");
     await storeBackup(img, st, path.join(dir, "vs.sock"));
@@ -182,7 +196,7 @@ describe("store, list and verify", () => {
     const r = await run(["restore", path.join(dir, "badlist.img"), "--from", copy, "--yes"]);
     expect(r.code).toBe(10);
     expect(r.stderr.trim().split("\n").filter((l) => l.startsWith("tbbackup: ")).length).toBe(1);
-    expect(r.stderr).toMatch(/tbbackup: chunk 1 of .* is damaged: malformed line in chunk list.*target .* is now incomplete/);
+    expect(r.stderr).toMatch(/tbbackup: chunk 1 of .* is damaged: malformed line in chunk list.*the unfinished .*badlist\.img was removed/);
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 });

@@ -297,6 +297,15 @@ describe("refusals", () => {
     }
   });
 
+  test("a disk image given where a backup goes is 'not a backup' (exit 11), not a damaged one", async () => {
+    for (const args of [["restore", path.join(dir, "never.img"), "--from", img, "--yes"], ["verify", img]]) {
+      const r = await run(args);
+      expect(r.code).toBe(11);
+      expect(oneLine(r.stderr)).toMatch(/is not a tbbackup backup/);
+    }
+    expect(fs.existsSync(path.join(dir, "never.img"))).toBe(false);
+  });
+
   test("a file of the backup itself as the target is refused: exit 13, the backup still verifies", async () => {
     const image = path.join(backupDir, "image.zst");
     const before = sha256File(image);
@@ -361,7 +370,9 @@ describe("a full target", () => {
     try {
       const r = await run(["restore", path.join(mnt, "out.img"), "--from", backupDir, "--yes"]);
       expect(r.code).toBe(13);
-      expect(oneLine(r.stderr)).toMatch(/out\.img is full at byte \d+.*the target is now incomplete; free space/);
+      // a new file would look complete (full size, sparse): it is removed
+      expect(oneLine(r.stderr)).toMatch(/out\.img is full at byte \d+.*the unfinished .*out\.img was removed; free space/);
+      expect(fs.existsSync(path.join(mnt, "out.img"))).toBe(false);
       expect(r.stderr).not.toContain("restore complete");
     } finally {
       sh(`umount ${mnt}`);
@@ -394,6 +405,13 @@ describe("corruption", () => {
     const out = path.join(dir, "from-bad.img");
     const r = await run(["restore", out, "--from", bad, "--yes"]);
     expect(r.code).toBe(8);
-    expect(oneLine(r.stderr)).toMatch(new RegExp(`chunk ${victim} .*is bad.*target is now incomplete`));
+    expect(oneLine(r.stderr)).toMatch(new RegExp(`chunk ${victim} .*is bad.*the unfinished .*from-bad\\.img was removed`));
+    expect(fs.existsSync(out)).toBe(false);
+    // a file that was there before is left, and said to be incomplete
+    fs.writeFileSync(out, "old content");
+    const again = await run(["restore", out, "--from", bad, "--yes"]);
+    expect(again.code).toBe(8);
+    expect(oneLine(again.stderr)).toMatch(new RegExp(`chunk ${victim} .*is bad.*the target .*is now incomplete`));
+    expect(fs.existsSync(out)).toBe(true);
   });
 });
