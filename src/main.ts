@@ -44,5 +44,8 @@ registerStreams(program);
 program.parseAsync(process.argv).catch((e) => {
   if (e instanceof CommanderError) {
     process.exitCode = e.exitCode === 0 ? 0 : 2;
+    // a usage mistake is an error like any other for a script reading --json
+    if (e.exitCode !== 0 && process.argv.includes("--json"))
+      process.stdout.write(JSON.stringify({ ok: false, error: { code: "USAGE", message: e.message.replace(/^error: /, ""), hint: "run 'tbbackup --help' for usage", exit: 2 } }, null, 2) + "\n");
   } else throw e;
 });

@@ -51,7 +51,7 @@ export function action<A extends unknown[]>(body: (...args: A) => Promise<number
 
 export function intOption(min: number, max: number) {
   return (v: string): number => {
-    const n = Number(v);
+    const n = /^\d+$/.test(v) ? Number(v) : NaN; // not 1e1, 0x10 or " 5"
     if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`must be a whole number from ${min} to ${max}`);
     return n;
   };
@@ -68,7 +68,10 @@ export function sizeOption(v: string): number {
 export function onInterrupt(what: string | (() => string)): void {
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
     process.once(sig, () => {
-      process.stderr.write(`\ntbbackup: interrupted (${sig}); ${typeof what === "string" ? what : what()}\n`);
+      const message = `interrupted (${sig}); ${typeof what === "string" ? what : what()}`;
+      process.stderr.write(`\ntbbackup: ${message}\n`);
+      // (not when stdout carries the stream)
+      if (process.argv.includes("--json") && !process.argv.includes("-")) printJson({ ok: false, error: { code: "INTERRUPTED", message, exit: sig === "SIGINT" ? 130 : 143 } });
       void exit(sig === "SIGINT" ? 130 : 143);
     });
   }

@@ -17,6 +17,8 @@ export function formatTable(rows: Omit<BackupEntry, "path">[]): string {
   if (rows.length === 0) return "no backups\n";
   const head = ["ID", "KIND", "STATUS", "SIZE", "STORED", "RATIO", "DATE", "LABEL"];
   const body = rows.map((r) => [r.id, r.kind, statusText(r), bytes(r.size), bytes(r.storedBytes), r.ratio ? `${r.ratio.toFixed(2)}x` : "-", r.date.replace(/\.\d+Z$/, "Z"), r.label ?? ""]);
+  // labels and names come from the peer: no control characters reach the terminal
+  for (const b of body) for (let i = 0; i < b.length; i++) b[i] = b[i]!.replace(/[\x00-\x1f\x7f-\x9f]/g, "?");
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));
   return [head, ...body].map((cols) => cols.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()).join("\n") + "\n";
 }
@@ -36,6 +38,7 @@ export function register(program: Command): void {
         const { listRemote } = await import("../core/remote.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
+        if (o.out && o.stream) throw new TbError("USAGE", "use either --out (a local store) or --stream (a receiver), not both", "run 'tbbackup list --help' for usage");
         let rows: Omit<BackupEntry, "path">[];
         if (o.out) {
           if (!fs.existsSync(o.out)) throw new TbError("NOT_FOUND", `${o.out} does not exist`, "give the directory passed to 'tbbackup receive --out'");

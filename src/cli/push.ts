@@ -40,7 +40,8 @@ export function register(program: Command): void {
         onInterrupt("the backup is incomplete; run push again");
         const input = o.files ? tarSource({ roots: o.files, strict: o.strict === true, label: o.name ?? null, crossMounts: o.crossMounts === true }) : undefined;
         const stream = await resolveStream(o.stream, "push", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
-        if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
+        if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream; leave out --json");
+        if (o.stream === "-" && process.stdout.isTTY) throw new TbError("USAGE", "--stream - sends the backup to stdout, which is a terminal", "pipe it to the receiver (e.g. through ssh or socat)");
         try {
           const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume });
           reporter.stop();
@@ -62,7 +63,8 @@ export function register(program: Command): void {
             return exitWith(new TbError("PARTIAL_FILES", `completed with ${unreadable} unreadable file${unreadable === 1 ? "" : "s"} (listed above)`, "the rest is stored; copy those files another way or use --strict to stop at the first one"));
         } catch (e) {
           reporter.stop();
-          if (e instanceof TbError && !/incomplete|not confirmed/.test(e.hint)) throw new TbError(e.code, `${e.message}`, `the backup is incomplete${e.hint ? "; " + e.hint : ""}`);
+          // (a usage mistake, e.g. a --stream that cannot be used, started no backup)
+          if (e instanceof TbError && e.code !== "USAGE" && !/incomplete|not confirmed/.test(e.hint)) throw new TbError(e.code, `${e.message}`, `the backup is incomplete${e.hint ? "; " + e.hint : ""}`);
           throw e;
         } finally {
           await stream.cleanup();

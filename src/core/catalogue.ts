@@ -55,7 +55,8 @@ export function entryFor(dir: string, id: string): BackupEntry {
     status,
     size: m?.size ?? 0,
     storedBytes: m?.storedBytes ?? 0,
-    ratio: m && m.storedBytes > 0 ? m.size / m.storedBytes : null,
+    // (a partial's stored bytes cover only part of its size)
+    ratio: m && status === "complete" && m.storedBytes > 0 ? m.size / m.storedBytes : null,
     date: m?.timings.started ?? "",
     label: m?.label ?? null,
     sha256: m?.sha256 ?? null,

@@ -75,7 +75,8 @@ const KEEPALIVE_MS = 5000;
 const DISK_FULL = ["ENOSPC", "EDQUOT"] as const;
 
 /** Checks DIR is a writable directory (creating it if needed) before serving anyone. */
-export function prepareStore(out: string): void {
+export function prepareStore(out: string): boolean {
+  const created = !fs.existsSync(out);
   try {
     fs.mkdirSync(out, { recursive: true });
     const probe = path.join(out, `.tbbackup-probe-${process.pid}`);
@@ -84,10 +85,12 @@ export function prepareStore(out: string): void {
   } catch (e) {
     throw new TbError("DEST", `cannot write to ${out}: ${errnoText(e)}`, "choose a writable directory for --out (and check free space and permissions)");
   }
+  return created;
 }
 
 export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
-  prepareStore(opts.out);
+  // a mistyped --out would put backups somewhere unexpected: say when it is new
+  if (prepareStore(opts.out)) opts.reporter.info(`created ${path.resolve(opts.out)} (it did not exist)`);
   const listener = await opts.transport.listen();
   const results: SessionResult[] = [];
   const outcomes = new Map<string, Outcome>();
@@ -543,7 +546,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       writeManifest(created.dir, manifest);
     } catch {}
     if (err.code !== "CLOSED" && err.code !== "PEER" && err.code !== "TIMEOUT") {
-      await ch.sendJson(MsgType.ERROR, { session: hello.session, code: err.code, message: `receiver: ${err.message}` }).catch(() => {});
+      // with its hint: what to do next is often on the receiver's side (free space there)
+      await ch.sendJson(MsgType.ERROR, { session: hello.session, code: err.code, message: `receiver: ${err.oneLine()}` }).catch(() => {});
       if (!ch.conn.lossy) await ch.drain(3000);
     }
     opts.reporter.info(`session ${hello.session.slice(0, 8)} failed, kept as ${created.id}${PARTIAL_SUFFIX}: ${err.oneLine()}`);

@@ -21,6 +21,21 @@ export interface VerifyResult {
 }
 
 /** Finds the backup directory and image for a path that names either. */
+function isZstd(file: string): boolean {
+  const head = new Uint8Array(4);
+  try {
+    const fd = fs.openSync(file, "r");
+    try {
+      fs.readSync(fd, head, 0, 4, 0);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+  return head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd;
+}
+
 export function locateBackup(p: string): { dir: string; image: string; manifest: Manifest | null } {
   let st: fs.Stats;
   try {
@@ -38,6 +53,9 @@ export function locateBackup(p: string): { dir: string; image: string; manifest:
     }
   }
   const image = st.isDirectory() ? path.join(dir, manifest?.data ?? IMAGE_FILE) : p;
+  // a disk image given by mistake (restore --from disk.img) is not a damaged backup
+  if (!st.isDirectory() && !manifest && !isZstd(p))
+    throw new TbError("NOT_FOUND", `${p} is not a tbbackup backup (not a zstd file, no manifest.json beside it)`, "give a backup directory (tbbackup list shows them) or its image.zst");
   if (!fs.existsSync(image)) {
     const partial = manifest?.status === "partial" || dir.endsWith(".partial");
     throw new TbError(partial ? "VERIFY" : "NOT_FOUND", partial ? `${dir} is an incomplete backup (${manifest?.reason ?? "interrupted"})` : `no ${IMAGE_FILE} in ${dir}`, partial ? "push again to make a complete backup" : "give a backup directory made by tbbackup receive");

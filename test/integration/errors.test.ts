@@ -539,6 +539,14 @@ describe("--help", () => {
       expect(r.code).toBe(2);
       expect(r.stderr.trim().split("\n").length).toBe(1);
       expect(oneLine(r.stderr)).toMatch(/run 'tbbackup --help' for usage$/);
+      // with --json, a script gets it as the usual error object
+      const j = await run([...args, "--json"]);
+      expect(j.code).toBe(2);
+      expect(JSON.parse(j.stdout)).toMatchObject({ ok: false, error: { code: "USAGE", exit: 2 } });
     }
+    // and a push that started no backup does not say one is incomplete
+    const s = await run(["push", img, "--stream", "tcp:localhost:99999"]);
+    expect(s.code).toBe(2);
+    expect(oneLine(s.stderr)).not.toMatch(/incomplete/);
   });
 });

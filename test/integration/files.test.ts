@@ -708,6 +708,15 @@ describe("hostile archives are refused without writing outside DEST", () => {
     expect(fs.readlinkSync(path.join(dest, "d/link"))).toBe("/etc/passwd");
     expect(fs.statSync(path.join(dest, "d/hl")).ino).toBe(fs.statSync(path.join(dest, "d/f")).ino);
   });
+
+  test("a stored stream that is not a tar archive: exit 8, the archive is damaged (not an internal error)", async () => {
+    const junk = new Uint8Array(8192);
+    for (let i = 0; i < junk.length; i++) junk[i] = (i * 7919 + 13) & 0xff;
+    const b = storeTar("junk", junk);
+    const r = await run(["restore", "--files", path.join(dir, "junk-dest"), "--from", b]);
+    expect(r.code).toBe(8);
+    expect(oneLine(r.stderr)).toMatch(/tar stream is damaged.*incomplete/);
+  });
 });
 
 describe("links that point outside DEST are never followed when setting attributes", () => {

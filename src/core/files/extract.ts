@@ -115,7 +115,8 @@ export class Extractor {
       this.ex.on("finish", () => resolve());
       this.ex.on("close", () => resolve());
       this.ex.on("error", (e: Error) => {
-        this.failure ??= e;
+        // tar-stream's own errors mean the archive itself is not a valid tar stream
+        this.failure ??= e instanceof TbError ? e : new TbError("CORRUPT", `the backup's tar stream is damaged: ${e.message}`, "the extraction is incomplete; check the backup with 'tbbackup verify'");
         reject(this.failure);
       });
     });
