@@ -56,9 +56,14 @@ export function errnoCode(e: unknown): string {
   return typeof e === "string" ? e : isErrno(e) ? e.code! : "";
 }
 
-/** Any error as ours; one we did not expect is a bug (its stack, of minified code, would tell a user nothing). */
+/**
+ * Any error as ours; one we did not expect is a bug (its stack, of minified code,
+ * would tell a user nothing; TBBACKUP_DEBUG=1 prints it for the report).
+ */
 export function asTbError(e: unknown): TbError {
-  return e instanceof TbError ? e : new TbError("INTERNAL", e instanceof Error ? `${e.name}: ${e.message}` : String(e), "please report this bug");
+  if (e instanceof TbError) return e;
+  if (process.env.TBBACKUP_DEBUG) console.error(e);
+  return new TbError("INTERNAL", e instanceof Error ? `${e.name}: ${e.message}` : String(e), "please report this bug (TBBACKUP_DEBUG=1 adds where it happened)");
 }
 
 export function errnoText(e: unknown): string {

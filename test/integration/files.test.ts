@@ -303,6 +303,14 @@ describe("names that are not UTF-8 (an old disk's Latin-1 names)", () => {
   });
 });
 
+describe("no receiver", () => {
+  test("push --files with nobody listening: exit 7 and the usual line, not an internal error", async () => {
+    const r = await run(["push", "--files", path.join(src, "tree"), "--stream", `unix:${path.join(dir, "nobody.sock")}`, "--wait", "1"]);
+    expect(r.code).toBe(7);
+    expect(oneLine(r.stderr)).toMatch(/nobody is listening/);
+  });
+});
+
 describe("existing files under DEST", () => {
   test("without --overwrite: exit 13 and the file is kept; with --overwrite: replaced", async () => {
     const dest = path.join(dir, "existing");

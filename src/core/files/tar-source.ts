@@ -96,6 +96,9 @@ export function tarSource(opts: TarSourceOptions): PushSource {
   const roots = archiveRoots(opts.roots);
   const summary: FilesSummary = { roots: roots.map((r) => r.root), count: 0, bytes: 0, unreadable: [], changed: [], mounts: [] };
   const pack = tarPack();
+  // its errors reach the reader through failure/read(); one after close (the
+  // receiver never came) must not surface as an uncaught error event
+  pack.on("error", () => {});
   const links = new Map<string, string>();
   const names = new Map<number, string>();
   const groups = new Map<number, string>();
@@ -373,7 +376,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
     },
     summary: () => ({ files: summary }),
     close: () => {
-      pack.destroy(new Error("closed"));
+      pack.destroy(); // (with an error, streamx hands it to whoever waits: the producer and its entry)
     },
   };
 }
