@@ -9,7 +9,11 @@
 #   rd.tbbackup.poweroff                 power off after a successful job
 #   rd.tbbackup.backup=ID                restore this backup (default: the newest matching one)
 #   rd.tbbackup.name=LABEL               push: a label stored with the backup
-#   rd.tbbackup.timeout=SECONDS          wait this long for DEV, the stream device and the peer (120)
+#   rd.tbbackup.timeout=SECONDS          wait this long for DEV, the stream device and the peer (120; 1-86400)
+#   rd.tbbackup.force                    restore: overwrite DEV even if it holds data and is not the
+#                                        disk the backup was made from (tbbackup restore --force)
+# Values cannot contain spaces; one pair of double quotes around a value is removed.
+# An unknown rd.tbbackup.* option is an error, never silently ignored.
 #
 # Usage: tbbackup-boot has-job | parse | run | wants-poweroff | finished | poweroff
 #   has-job         exit 0 if rd.tbbackup= is on the command line
@@ -56,6 +60,9 @@ tbb_arg() {
         esac
     done
     [ "$_tbb_found" -eq 0 ] || return 1
+    case $_tbb_val in
+        \"*\") _tbb_val=${_tbb_val#\"} _tbb_val=${_tbb_val%\"} ;;
+    esac
     printf '%s' "$_tbb_val"
 }
 
@@ -69,20 +76,38 @@ tbb_bool() {
 }
 
 # tbb_parse: set TBB_MODE TBB_DEV TBB_STREAM TBB_BACKUP TBB_NAME TBB_TIMEOUT
-# TBB_POWEROFF; TBB_ERROR holds a message when the command line is invalid.
+# TBB_POWEROFF TBB_FORCE; TBB_ERROR holds a message when the command line is invalid.
 # Returns 1 when there is no rd.tbbackup= at all.
 tbb_parse() {
     TBB_MODE='' TBB_DEV='' TBB_STREAM='' TBB_BACKUP='' TBB_NAME='' TBB_ERROR=''
-    TBB_TIMEOUT=120 TBB_POWEROFF=no
+    TBB_TIMEOUT=120 TBB_POWEROFF=no TBB_FORCE=no
     _tbb_job=$(tbb_arg rd.tbbackup) || return 1
     TBB_STREAM=$(tbb_arg rd.tbbackup.stream) || TBB_STREAM=
     TBB_BACKUP=$(tbb_arg rd.tbbackup.backup) || TBB_BACKUP=
     TBB_NAME=$(tbb_arg rd.tbbackup.name) || TBB_NAME=
     tbb_bool rd.tbbackup.poweroff && TBB_POWEROFF=yes
+    tbb_bool rd.tbbackup.force && TBB_FORCE=yes
+    # a misspelt option (rd.tbbackup.bakup=ID) would otherwise restore another backup
+    for _tbb_w in $(tbb_cmdline); do
+        case ${_tbb_w%%=*} in
+            rd.tbbackup | rd.tbbackup.stream | rd.tbbackup.backup | rd.tbbackup.name | rd.tbbackup.poweroff | rd.tbbackup.timeout | rd.tbbackup.force) ;;
+            rd.tbbackup.*) TBB_ERROR="unknown option ${_tbb_w%%=*} (known: rd.tbbackup.stream, .backup, .name, .poweroff, .timeout, .force)" ;;
+        esac
+    done
+    if tbb_arg rd.tbbackup.backup > /dev/null && [ -z "$TBB_BACKUP" ]; then
+        TBB_ERROR=${TBB_ERROR:-"rd.tbbackup.backup= needs a backup ID (tbbackup list on the receiver shows them)"}
+    fi
     if _tbb_t=$(tbb_arg rd.tbbackup.timeout); then
         case $_tbb_t in
             "" | *[!0-9]*) TBB_ERROR="rd.tbbackup.timeout=$_tbb_t is not a number of seconds" ;;
-            *) TBB_TIMEOUT=$_tbb_t ;;
+            ??????*) TBB_ERROR="rd.tbbackup.timeout=$_tbb_t is not from 1 to 86400 seconds" ;;
+            *)
+                if [ "$_tbb_t" -lt 1 ] || [ "$_tbb_t" -gt 86400 ]; then
+                    TBB_ERROR="rd.tbbackup.timeout=$_tbb_t is not from 1 to 86400 seconds"
+                else
+                    TBB_TIMEOUT=$_tbb_t
+                fi
+                ;;
         esac
     fi
     case $_tbb_job in
@@ -238,6 +263,7 @@ tbb_run() {
         restore)
             [ -n "$TBB_BACKUP" ] && set -- "$@" --backup "$TBB_BACKUP"
             set -- "$@" --yes
+            [ "$TBB_FORCE" = yes ] && set -- "$@" --force
             ;;
     esac
     _tbb_t0=$(tbb_uptime)
@@ -273,8 +299,8 @@ case ${1:-} in
             echo "job=none"
             exit 0
         }
-        printf 'mode=%s\ndev=%s\nstream=%s\nbackup=%s\nname=%s\ntimeout=%s\npoweroff=%s\nerror=%s\n' \
-            "$TBB_MODE" "$TBB_DEV" "$TBB_STREAM" "$TBB_BACKUP" "$TBB_NAME" "$TBB_TIMEOUT" "$TBB_POWEROFF" "$TBB_ERROR"
+        printf 'mode=%s\ndev=%s\nstream=%s\nbackup=%s\nname=%s\ntimeout=%s\npoweroff=%s\nforce=%s\nerror=%s\n' \
+            "$TBB_MODE" "$TBB_DEV" "$TBB_STREAM" "$TBB_BACKUP" "$TBB_NAME" "$TBB_TIMEOUT" "$TBB_POWEROFF" "$TBB_FORCE" "$TBB_ERROR"
         [ -z "$TBB_ERROR" ]
         ;;
     has-job) tbb_arg rd.tbbackup > /dev/null ;;

@@ -15,14 +15,50 @@ function describeTarget(t: TargetInfo): string {
   return t.exists ? `${t.path} (existing file of ${bytes(t.size)}, will be replaced)` : `${t.path} (new file)`;
 }
 
-/** Shows what will be overwritten; asks on a TTY, otherwise requires --yes. */
-function confirmer(yes: boolean) {
+/** True when the first MiB of the disk is all zeros (a new disk, the usual replacement). */
+function blank(p: string): boolean {
+  const head = new Uint8Array(1024 * 1024);
+  try {
+    const fd = fs.openSync(p, "r");
+    try {
+      const n = fs.readSync(fd, head, 0, head.length, 0);
+      return head.subarray(0, n).every((x) => x === 0);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Why the target disk is not one to overwrite without a word: it holds data and
+ * is not the disk the backup was made from (by WWN, else serial, else path).
+ * Null for that disk, a blank disk, or an image file.
+ */
+function otherDisk(t: TargetInfo, b: RestoreInfo): string | null {
+  if (t.kind !== "block") return null;
+  const d = b.disk;
+  const same = t.identity.wwn && d.wwn ? t.identity.wwn === d.wwn : t.identity.serial && d.serial ? t.identity.serial === d.serial : t.path === d.path;
+  if (same || blank(t.path)) return null;
+  const was = [d.path, d.model, d.serial && `serial ${d.serial}`].filter(Boolean).join(", ");
+  return `${describeTarget(t)} holds data and is not the disk backup ${b.id} was made from (${was})`;
+}
+
+/** Shows what will be overwritten; asks on a TTY, otherwise requires --yes (and --force for another disk that holds data). */
+function confirmer(yes: boolean, force: boolean) {
   return async (t: TargetInfo, b: RestoreInfo): Promise<boolean> => {
-    if (yes) return true;
+    const other = otherDisk(t, b);
+    if (yes) {
+      // a mistyped device (sdb for sda, or disks renamed at boot) must not be overwritten unasked
+      if (other && !force) throw new TbError("REFUSED", `refusing to overwrite: ${other}`, "check the device name; to overwrite it anyway, add --force (at boot: rd.tbbackup.force=1); the target was not changed");
+      process.stderr.write(`overwriting ${describeTarget(t)} with backup ${b.id} (disk ${b.disk.path}, taken ${b.date})\n`);
+      return true;
+    }
     if (!process.stdin.isTTY || !process.stderr.isTTY)
       throw new TbError("REFUSED", `refusing to overwrite ${t.path} without confirmation`, "run on a terminal to confirm, or pass --yes; the target was not changed");
     process.stderr.write(
-      `\nThis will OVERWRITE ${describeTarget(t)}\nwith backup ${b.id}\n  from host ${b.host.hostname}, disk ${b.disk.path} (${b.disk.model ?? b.disk.name}), taken ${b.date}\n  ${bytes(b.size)}, sha256 ${b.sha256}\n\n`,
+      `\nThis will OVERWRITE ${describeTarget(t)}\nwith backup ${b.id}\n  from host ${b.host.hostname}, disk ${b.disk.path} (${b.disk.model ?? b.disk.name}), taken ${b.date}\n  ${bytes(b.size)}, sha256 ${b.sha256}\n${other ? "\nWARNING: this target holds data and is NOT the disk the backup was made from.\n" : ""}\n`,
     );
     const rl = readline.createInterface({ input: process.stdin, output: process.stderr });
     try {
@@ -45,12 +81,13 @@ export function register(program: Command): void {
       .option("--from <path>", "restore from a stored backup directory (or its image.zst) on this machine")
       .option("--backup <id>", "which backup (host/disk/timestamp, see tbbackup list); default: the newest of this disk")
       .option("--yes", "do not ask before overwriting TARGET")
+      .option("--force", "with --yes: also overwrite a disk that holds data and is not the one the backup was made from")
       .option("--no-verify", "skip reading the target back after writing")
       .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
       .option("--json", "print one JSON result on stdout"),
   )
     .action(
-      action(async (targetArg: string | undefined, o: { stream?: string; from?: string; backup?: string; yes?: boolean; verify: boolean; wait: number; files?: string; overwrite?: boolean; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+      action(async (targetArg: string | undefined, o: { stream?: string; from?: string; backup?: string; yes?: boolean; force?: boolean; verify: boolean; wait: number; files?: string; overwrite?: boolean; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         const { restore } = await import("../core/restore.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -90,7 +127,7 @@ export function register(program: Command): void {
             waitMs: o.wait * 1000,
             idleMs: 300_000,
             reporter,
-            confirm: confirmer(o.yes === true),
+            confirm: confirmer(o.yes === true, o.force === true),
             writing: () => (writing = true),
           }).catch((e: unknown) => {
             if (e instanceof TbError && removeUnfinished()) throw new TbError(e.code, e.message, e.hint.replace(/the target (.+? )?is now incomplete/, removed), e.details);

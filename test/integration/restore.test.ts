@@ -53,13 +53,19 @@ describe("restore from a stored image (--from)", () => {
     expect(sha256File(out)).toBe(imgSha);
   });
 
-  test("onto a loop device: byte-exact, fsck clean", async () => {
+  test("onto a loop device: byte-exact, fsck clean; one that holds data and is another disk needs --force with --yes", async () => {
     const backing = path.join(dir, "loop-backing.img");
     sh(`truncate -s 32M ${backing}`);
     sh(`head -c 32M /dev/urandom > ${backing}`); // old content that zero chunks must overwrite
+    const before = sha256File(backing);
     const loop = sh(`losetup -f --show ${backing}`).trim();
     try {
-      const r = await run(["restore", loop, "--from", backupDir, "--yes"]);
+      // a mistyped device name (or disks renamed at boot) is not overwritten unasked
+      const refused = await run(["restore", loop, "--from", backupDir, "--yes"]);
+      expect(refused.code).toBe(12);
+      expect(oneLine(refused.stderr)).toMatch(/holds data and is not the disk backup .* was made from.*add --force/);
+      expect(sha256File(backing)).toBe(before);
+      const r = await run(["restore", loop, "--from", backupDir, "--yes", "--force"]);
       expect(r.code).toBe(0);
       const size = fs.statSync(img).size;
       expect(sh(`head -c ${size} ${loop} | sha256sum`).split(" ")[0]).toBe(imgSha);
@@ -352,7 +358,7 @@ describe("refusals", () => {
     fs.mkdirSync(mnt, { recursive: true });
     sh(`mount -o ro ${loop} ${mnt}`);
     try {
-      const r = await run(["restore", loop, "--from", backupDir, "--yes"]);
+      const r = await run(["restore", loop, "--from", backupDir, "--yes", "--force"]);
       expect(r.code).toBe(13);
       expect(oneLine(r.stderr)).toMatch(/in use.*unmount/);
     } finally {

@@ -49,6 +49,7 @@ backup=
 name=
 timeout=120
 poweroff=yes
+force=no
 error=" "$out"
     out=$(boot "rd.tbbackup=restore:/dev/nvme0n1 rd.tbbackup.backup=h/nvme0n1/20260101T000000Z rd.tbbackup.timeout=30" parse)
     assert_contains "$name: parse restore mode" "$out" "mode=restore"
@@ -63,6 +64,9 @@ error=" "$out"
     assert_contains "$name: rd.tbbackup.poweroff=yes" "$out" "poweroff=yes"
     out=$(boot "rd.tbbackup.stream=/dev/x rd.tbbackupx=push:/dev/sda" parse)
     assert_eq "$name: no job without rd.tbbackup=" "job=none" "$out"
+    out=$(boot 'rd.tbbackup=push:/dev/sda rd.tbbackup.name="bench-7" rd.tbbackup.force' parse)
+    assert_contains "$name: one pair of quotes around a value is removed" "$out" "name=bench-7"
+    assert_contains "$name: parse force" "$out" "force=yes"
     out=$(boot "rd.tbbackup=push:/dev/sda *" parse)
     assert_contains "$name: a glob on the command line is not expanded" "$out" "dev=/dev/sda"
     if boot "quiet rd.tbbackup.stream=/dev/x" has-job; then not_ok "$name: has-job without rd.tbbackup="; else ok "$name: has-job without rd.tbbackup="; fi
@@ -74,7 +78,11 @@ error=" "$out"
         "rd.tbbackup=push|is not push:DEV or restore:DEV" \
         "rd.tbbackup=push:sda|must be an absolute path" \
         "rd.tbbackup=push:/dev/sda rd.tbbackup.timeout=soon|is not a number of seconds" \
-        "rd.tbbackup=push:/dev/sda rd.tbbackup.backup=x|only applies to restore"; do
+        "rd.tbbackup=push:/dev/sda rd.tbbackup.backup=x|only applies to restore" \
+        "rd.tbbackup=restore:/dev/sda rd.tbbackup.bakup=a/b/c|unknown option rd.tbbackup.bakup" \
+        "rd.tbbackup=restore:/dev/sda rd.tbbackup.backup=|needs a backup ID" \
+        "rd.tbbackup=push:/dev/sda rd.tbbackup.timeout=0|is not from 1 to 86400" \
+        "rd.tbbackup=push:/dev/sda rd.tbbackup.timeout=99999999999999999999|is not from 1 to 86400"; do
         cmdline=${bad%%|*} want=${bad#*|}
         if out=$(boot "$cmdline" parse); then
             not_ok "$name: parse rejects '$cmdline'" "$out"
@@ -96,6 +104,9 @@ error=" "$out"
     rm -f "$TMP/fake.log"
     boot "rd.tbbackup=restore:$DISK rd.tbbackup.stream=unix:/x rd.tbbackup.backup=a/b/c" run > "$TMP/out" 2>&1
     assert_contains "$name: run restore command" "$(cat "$TMP/fake.log")" "argv: [restore] [$DISK] [--stream] [unix:/x] [--wait] [120] [--backup] [a/b/c] [--yes]"
+    rm -f "$TMP/fake.log"
+    boot "rd.tbbackup=restore:$DISK rd.tbbackup.stream=unix:/x rd.tbbackup.force" run > "$TMP/out" 2>&1
+    assert_contains "$name: run restore with rd.tbbackup.force" "$(cat "$TMP/fake.log")" "argv: [restore] [$DISK] [--stream] [unix:/x] [--wait] [120] [--yes] [--force]"
 
     mkdir -p "$TMP/sys/class/tty/console"
     echo "tty0 ttyS0" > "$TMP/sys/class/tty/console/active"
