@@ -8,6 +8,10 @@ if [ "$rc" -eq 0 ] && tbbackup-boot wants-poweroff; then
     exec tbbackup-boot poweroff
 fi
 msg="the job did not report a result"
-[ -r "${TBBACKUP_RUN_DIR:-/run/tbbackup}/message" ] && read -r msg < "${TBBACKUP_RUN_DIR:-/run/tbbackup}/message"
+run=${TBBACKUP_RUN_DIR:-/run/tbbackup}
+[ -r "$run/message" ] && read -r msg < "$run/message"
+# the unit's ConditionPathExists: never run the job a second time this boot
+mkdir -p "$run"
+: > "$run/done"
 echo "tbbackup: $msg; starting the emergency shell (leave it to go on booting)"
 exec systemctl --no-block isolate emergency.target

@@ -353,7 +353,7 @@ pids=()
 if [ -f "$WORK/initrd-strip.img" ]; then
     truncate -s 8M "$WORK/small-a.raw"
     run_vm_bg failure "$WORK/initrd-strip.img" "$WORK/small-a.raw" \
-        "rd.tbbackup=push:/dev/vdz rd.tbbackup.stream=/dev/vport0p1 rd.tbbackup.timeout=5 rd.tbbackup.poweroff" no
+        "rd.tbbackup=push:/dev/vdz rd.tbbackup.stream=/dev/vport0p1 rd.tbbackup.timeout=5 rd.tbbackup.poweroff rd.emergency=poweroff" no
 fi
 if [ -f "$WORK/initrd-systemd.img" ]; then
     truncate -s 8M "$WORK/small-b.raw"
@@ -370,8 +370,11 @@ if [ -f "$WORK/initrd-strip.img" ]; then
         show_console failure
         fail "failure: a missing disk is reported clearly" "${VM_RESULT:-no result line}"
     fi
-    if [ "$VM_RC" -ne 124 ] && [ "$VM_RC" -ne 137 ]; then pass "failure: the boot ends by itself (emergency shell; rd.shell=0 here), no hang"; else
-        fail "failure: the boot ends by itself" "QEMU was killed by the timeout"
+    if [ "$VM_RC" -ne 124 ] && [ "$VM_RC" -ne 137 ] && ! grep -aq 'Kernel panic' "$WORK/failure-console.log"; then
+        pass "failure: the boot ends by itself (rd.shell=0 rd.emergency=poweroff here), no hang and no kernel panic"
+    else
+        show_console failure
+        fail "failure: the boot ends by itself, without a kernel panic" "qemu $VM_RC"
     fi
 fi
 if [ -f "$WORK/initrd-systemd.img" ]; then

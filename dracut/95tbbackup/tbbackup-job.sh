@@ -21,4 +21,19 @@ run=${TBBACKUP_RUN_DIR:-/run/tbbackup}
 [ -r "$run/message" ] && read -r msg < "$run/message"
 mkdir -p "$run"
 : > "$run/done"
+if type getargbool > /dev/null 2>&1 && ! getargbool 1 rd.shell; then
+    # No shell wanted: dracut would run rd.emergency's halt/reboot/poweroff,
+    # commands a small image lacks ("halt: command not found", then a kernel
+    # panic that scrolls the result away). Do it here, the result on screen.
+    echo "tbbackup: $msg." > /dev/console 2>&1
+    case $(getarg rd.emergency) in
+        poweroff) tbbackup-boot poweroff ;;
+        reboot)
+            sync
+            echo b > /proc/sysrq-trigger
+            ;;
+    esac
+    echo "tbbackup: rd.shell=0: the machine stays halted here with the result above; switch it off (rd.emergency=poweroff or reboot does that itself)." > /dev/console 2>&1
+    while :; do sleep 3600; done
+fi
 emergency_shell -n tbbackup "tbbackup: $msg. Type 'exit' to go on booting."

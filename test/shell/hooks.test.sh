@@ -39,12 +39,14 @@ mkinitcpio_hook() { # runs run_hook from the mkinitcpio hook; prints the calls m
 dracut_job() { # runs the dracut initqueue job with dracut-lib stubs
     rm -f "$CALLS" "$TMP/run/message" "$TMP/run/done"
     # shellcheck disable=SC2086,SC2016 # $SH is a command line; the inner shell expands
-    $SH -c 'getarg() { :; }; emergency_shell() { echo "SHELL $*" >> "$CALLS"; }; . "$1"' \
+    # RD_SHELL=0 RD_EMERGENCY=poweroff stand for rd.shell=0 rd.emergency=poweroff
+    # shellcheck disable=SC2086 # $SH is a command line
+    timeout "${JOB_TIMEOUT:-60}" $SH -c 'getarg() { [ "$1" = rd.emergency ] && echo "${RD_EMERGENCY:-}"; :; }; getargbool() { [ "${RD_SHELL:-1}" = 1 ]; }; emergency_shell() { echo "SHELL $*" >> "$CALLS"; }; . "$1"' \
         _ "$REPO/dracut/95tbbackup/tbbackup-job.sh" > "$TMP/out" 2>&1
     cat "$CALLS"
 }
 systemd_glue() {
-    rm -f "$CALLS" "$TMP/run/message"
+    rm -f "$CALLS" "$TMP/run/message" "$TMP/run/done"
     $SH "$REPO/mkinitcpio/tbbackup-systemd.sh" > "$TMP/out" 2>&1
     cat "$CALLS"
 }
@@ -71,6 +73,12 @@ calls=$(FAKE_RC=3 FAKE_POWEROFF=yes dracut_job)
 assert_not_contains "dracut: failure + poweroff: no power off" "$calls" "tbbackup-boot poweroff"
 assert_contains "dracut: failure: emergency shell with the result" "$calls" "SHELL -n tbbackup tbbackup: push /dev/x: the outcome 3. Type 'exit' to go on booting."
 if [ -e "$TMP/run/done" ]; then ok "dracut: the job marks itself done (the initqueue may finish)"; else not_ok "dracut: the job marks itself done"; fi
+# rd.shell=0: no shell, and no dracut emergency action that a small image cannot
+# run (a kernel panic); rd.emergency=poweroff powers off (the fake returns, and
+# the job then stays halted: the timeout ends it)
+calls=$(FAKE_RC=3 FAKE_POWEROFF=no RD_SHELL=0 RD_EMERGENCY=poweroff JOB_TIMEOUT=3 dracut_job)
+assert_contains "dracut: failure with rd.shell=0 rd.emergency=poweroff: powers off" "$calls" "tbbackup-boot poweroff"
+assert_not_contains "dracut: ... without a shell" "$calls" "SHELL"
 
 # --- systemd unit script --------------------------------------------------------------
 calls=$(FAKE_RC=0 FAKE_POWEROFF=yes systemd_glue)
@@ -79,5 +87,6 @@ assert_not_contains "systemd: ... and nothing else" "$calls" "systemctl"
 calls=$(FAKE_RC=2 FAKE_POWEROFF=yes systemd_glue)
 assert_contains "systemd: failure: the emergency target" "$calls" "systemctl --no-block isolate emergency.target"
 assert_match "systemd: ... with the result on screen" "$(cat "$TMP/out")" "^tbbackup: push /dev/x: the outcome 2; starting the emergency shell"
+if [ -e "$TMP/run/done" ]; then ok "systemd: marks the job done (the unit will not run it again this boot)"; else not_ok "systemd: marks the job done"; fi
 
 done_testing

@@ -124,6 +124,8 @@ assert_contains "sd-tbbackup: the unit's script" "$added" "add_file $TBBACKUP_LI
 assert_contains "sd-tbbackup: enabled in initrd.target" "$added" "add_symlink /usr/lib/systemd/system/initrd.target.wants/tbbackup.service ../tbbackup.service"
 assert_not_contains "sd-tbbackup: no busybox run hook" "$added" "add_runscript"
 assert_contains "sd-tbbackup: systemctl (power off, emergency target)" "$added" "add_binary systemctl"
+assert_contains "sd-tbbackup: the emergency shell opens although the image locks root" "$(cat "$BUILDROOT/etc/systemd/system/emergency.service.d/tbbackup.conf" 2> /dev/null)" "Environment=SYSTEMD_SULOGIN_FORCE=1"
+assert_contains "sd-tbbackup: the unit runs once a boot" "$(cat "$BUILDROOT/usr/lib/systemd/system/tbbackup.service")" "ConditionPathExists=!/run/tbbackup/done"
 assert_match "sd-tbbackup: warns when no 'base' hook put a /bin/sh in" "$added" "^warning sd-tbbackup: no /bin/sh in the image"
 rm -rf "$LOG" "$BUILDROOT"
 mkdir -p "$BUILDROOT/usr/bin" && : > "$BUILDROOT/usr/bin/sh"
