@@ -268,7 +268,10 @@ tbb_run() {
     esac
     _tbb_t0=$(tbb_uptime)
     tbb_say "running (uptime ${_tbb_t0} s): $bin $*"
-    "$bin" "$@"
+    # tbbackup writes its one error line there too, for the banner below
+    mkdir -p "$TBB_RUN_DIR" 2> /dev/null || :
+    rm -f "$TBB_RUN_DIR/error"
+    TBBACKUP_ERROR_FILE=$TBB_RUN_DIR/error "$bin" "$@"
     _tbb_rc=$?
     sync
     TBB_SECONDS=$(($(tbb_uptime) - _tbb_t0))
@@ -276,7 +279,10 @@ tbb_run() {
         tbb_result ok 0 "$TBB_MODE $TBB_DEV: done in $TBB_SECONDS s"
         return 0
     fi
-    tbb_result failed "$_tbb_rc" "FAILED: $TBB_MODE $TBB_DEV (exit $_tbb_rc after $TBB_SECONDS s; the cause is printed above)"
+    # the cause, in the banner: dracut's own messages push tbbackup's line off a 25-line console
+    _tbb_why="the cause is printed above"
+    [ -s "$TBB_RUN_DIR/error" ] && IFS= read -r _tbb_why < "$TBB_RUN_DIR/error"
+    tbb_result failed "$_tbb_rc" "FAILED: $TBB_MODE $TBB_DEV (exit $_tbb_rc after $TBB_SECONDS s): $_tbb_why"
     return 1
 }
 

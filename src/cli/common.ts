@@ -42,6 +42,12 @@ export function action<A extends unknown[]>(body: (...args: A) => Promise<number
       const err = asTbError(e);
       for (const d of err.details) process.stderr.write(`  ${d}\n`);
       process.stderr.write(`tbbackup: ${err.oneLine()}\n`);
+      // the boot runner shows it again in its result banner
+      if (process.env.TBBACKUP_ERROR_FILE) {
+        try {
+          (await import("node:fs")).writeFileSync(process.env.TBBACKUP_ERROR_FILE, `${err.oneLine()}\n`);
+        } catch {}
+      }
       if (json) printJson({ ok: false, error: { code: err.code, message: err.message, hint: err.hint, exit: err.exitCode, ...(err.details.length ? { details: err.details } : {}) } });
       code = err.exitCode;
     }

@@ -36,6 +36,8 @@ export function register(program: Command): void {
         if (!source === !o.files) throw new TbError("USAGE", o.files ? "give either SOURCE or --files, not both" : "push needs a SOURCE (disk or image) or --files DIR...", "e.g. tbbackup push /dev/nvme0n1, or tbbackup push --files /mnt/home");
         if (o.chunkSize < 4096 || o.chunkSize > MAX_CHUNK_SIZE || o.chunkSize % 4096 !== 0)
           throw new TbError("USAGE", `--chunk-size ${o.chunkSize} is not allowed`, "use a multiple of 4K from 4K to 4M");
+        // before anything starts, and outside the 'backup is incomplete' wording below
+        (await import("../util/zstd.ts")).requireZstd();
         const reporter = makeReporter();
         onInterrupt("the backup is incomplete; run push again");
         const input = o.files ? tarSource({ roots: o.files, strict: o.strict === true, label: o.name ?? null, crossMounts: o.crossMounts === true }) : undefined;

@@ -23,6 +23,7 @@ import { PROTOCOL_VERSION, TOOL } from "./version.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { serveRequest, type ServeOptions } from "./serve-restore.ts";
+import { requireZstd } from "../util/zstd.ts";
 
 export interface ReceiveOptions {
   out: string;
@@ -89,6 +90,7 @@ export function prepareStore(out: string): boolean {
 }
 
 export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
+  requireZstd(); // before any session: a clear line if this system cannot run it
   // a mistyped --out would put backups somewhere unexpected: say when it is new
   if (prepareStore(opts.out)) opts.reporter.info(`created ${path.resolve(opts.out)} (it did not exist)`);
   const listener = await opts.transport.listen();

@@ -18,6 +18,7 @@ import { Extractor, type ExtractStats } from "./files/extract.ts";
 import { POSIX_FADV_DONTNEED, loadLibc } from "../util/libc.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import { TRAILER_SIZE } from "../protocol/frame.ts";
+import { requireZstd } from "../util/zstd.ts";
 
 export interface RestoreOptions {
   target: string;
@@ -143,6 +144,7 @@ function filesSink(dest: string, overwrite: boolean, reporter: Reporter): Sink &
 }
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
+  requireZstd(); // before any session: a clear line if this system cannot run it
   const started = Date.now();
   const target = opts.filesDest ? null : inspectTarget(opts.target);
   const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target);

@@ -9,6 +9,7 @@ import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import { WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
 import { TbError } from "./errors.ts";
 import type { Reporter } from "./report.ts";
+import { requireZstd } from "../util/zstd.ts";
 
 export interface VerifyResult {
   path: string;
@@ -100,6 +101,7 @@ export function readStoredChunk(reader: ImageReader, list: ChunkList | null, i: 
 }
 
 export async function verify(p: string, reporter: Reporter): Promise<VerifyResult> {
+  requireZstd(); // before any session: a clear line if this system cannot run it
   const started = Date.now();
   const { dir, manifest, reader, list } = openBackup(p, "this backup cannot be trusted; make a new one");
   const pool = new WorkerPool(1);

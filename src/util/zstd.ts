@@ -3,10 +3,26 @@
 // (A namespace import would also be resolved statically by the bundler and
 // come out undefined in the compiled binary.)
 import type * as Binding from "zstd-napi/binding";
+import { TbError } from "../core/errors.ts";
 
 let binding: typeof Binding | null = null;
 
 export function zstd(): typeof Binding {
   binding ??= require("zstd-napi/binding") as typeof Binding;
   return binding;
+}
+
+/**
+ * Loads the addon now, so that a system that cannot run it (TMPDIR not writable
+ * or mounted noexec, libstdc++ missing) is told so before any session starts,
+ * in one line, instead of a worker failing in the middle of one.
+ */
+export function requireZstd(): void {
+  try {
+    zstd();
+  } catch (e) {
+    const why = String((e as Error)?.message ?? e).split("\n")[0]!.slice(0, 200);
+    const tmp = process.env.TMPDIR || "/tmp";
+    throw new TbError("INTERNAL", `cannot load the embedded zstd library (${why})`, `it is unpacked into TMPDIR (${tmp}), which must be writable and not mounted noexec, and needs libstdc++.so.6 and libgcc_s.so.1; set TMPDIR to such a directory`);
+  }
 }

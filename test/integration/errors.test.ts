@@ -65,6 +65,27 @@ describe("errors", () => {
     expect(sha256File(victim)).toBe(sha256File(img));
   });
 
+  test("a TMPDIR mounted noexec (the zstd addon cannot load): one line that says so before any session, the receiver sees none", async () => {
+    const noexec = path.join(dir, "noexec");
+    fs.mkdirSync(noexec);
+    sh(`mount -t tmpfs -o noexec,size=64m tmpfs ${noexec}`);
+    const out = path.join(dir, "noexec-store");
+    const sock = path.join(dir, "noexec.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+    try {
+      await waitFor(() => fs.existsSync(sock), "socket");
+      const p = await run(["push", img, "--stream", `unix:${sock}`], { env: { TMPDIR: noexec } });
+      expect(p.code).toBe(1);
+      expect(oneLine(p.stderr)).toMatch(/cannot load the embedded zstd library.*not mounted noexec/);
+      expect(p.stderr).not.toMatch(/report this bug|incomplete/);
+      expect(fs.existsSync(out) ? fs.readdirSync(out) : []).toEqual([]);
+    } finally {
+      recv.kill();
+      await recv.exited;
+      sh(`umount ${noexec}`);
+    }
+  });
+
   test("nobody listening: exit 7 after --wait", async () => {
     const r = await run(["push", img, "--stream", `unix:${dir}/nobody.sock`, "--wait", "1"]);
     expect(r.code).toBe(7);

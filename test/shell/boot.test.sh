@@ -21,6 +21,10 @@ cat > "$FAKE" << 'FAKEEOF'
     for a in "$@"; do printf ' [%s]' "$a"; done
     printf '\nTERM=%s NO_COLOR=%s TMPDIR=%s\n' "${TERM:-}" "${NO_COLOR:-}" "${TMPDIR:-}"
 } > "$FAKE_LOG"
+# a failing tbbackup writes its error line where the runner asks (TBBACKUP_ERROR_FILE)
+if [ "${FAKE_RC:-0}" -ne 0 ] && [ -n "${TBBACKUP_ERROR_FILE:-}" ]; then
+    echo "the receiver's disk is full (/srv); free space on the receiver" > "$TBBACKUP_ERROR_FILE"
+fi
 exit "${FAKE_RC:-0}"
 FAKEEOF
 chmod +x "$FAKE"
@@ -120,6 +124,7 @@ error=" "$out"
     assert_eq "$name: a failing tbbackup fails the run" 1 "$rc"
     assert_contains "$name: failure recorded" "$(cat "$TMP/run/result")" "rc=4"
     assert_match "$name: failure message" "$(cat "$TMP/run/message")" "^FAILED: push $DISK \\(exit 4 after"
+    assert_match "$name: the banner gives tbbackup's own error line" "$(cat "$TMP/out")" "exit 4 after [0-9]+ s\\): the receiver's disk is full \\(/srv\\); free space on the receiver$"
 
     rm -f "$TMP/fake.log"
     boot "rd.tbbackup=push:$DISK" run > "$TMP/out" 2>&1
