@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import { BIN, cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor, oneLine, listBackups, randomImage, sha256File, ptyPair } from "../helpers/cli.ts";
-import { startProxy } from "../helpers/proxy.ts";
+import { startProxy, type ProxyPlan } from "../helpers/proxy.ts";
 import { FrameDecoder, encodeFrame } from "../../src/protocol/frame.ts";
 import { MsgType, decodeJson, encodeJson, type Hello } from "../../src/protocol/messages.ts";
 import { newHello, newHelloAck } from "../../src/core/handshake.ts";
@@ -197,18 +197,22 @@ describe("errors", () => {
   }, 60000);
 
   // The driver delivers a frame with a CRC error (we see it as corrupt), and
-  // wakes no reader for a frame that came last: push asks again (STATUS).
-  for (const [what, plan] of [
-    ["damaged", { type: MsgType.DONE }],
-    ["lost", { type: MsgType.DONE, drop: true }],
-  ] as const) {
-    test(`a receiver's DONE ${what} on the way: push asks again and gets it, exit 0`, async () => {
-      const out = path.join(dir, `done-${what}-store`);
-      const sock = path.join(dir, `done-${what}.sock`);
-      const front = path.join(dir, `done-${what}-front.sock`);
+  // wakes no reader for a frame that came last: push asks again (STATUS), and
+  // sends its own last frame, END, again before it asks.
+  const lastWords: [string, ProxyPlan][] = [
+    ["the receiver's DONE damaged", { damageBack: { type: MsgType.DONE } }],
+    ["the receiver's DONE lost", { damageBack: { type: MsgType.DONE, drop: true } }],
+    ["the sender's END damaged", { damage: { type: MsgType.END, nth: 0, at: 3, fixCrc: false } }],
+    ["the sender's END lost", { damage: { type: MsgType.END, nth: 0, at: 0, fixCrc: false, drop: true } }],
+  ];
+  lastWords.forEach(([what, plan], i) => {
+    test(`${what} on the way: push asks again and gets its confirmation, exit 0`, async () => {
+      const out = path.join(dir, `last-${i}-store`);
+      const sock = path.join(dir, `last-${i}.sock`);
+      const front = path.join(dir, `last-${i}-front.sock`);
       const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
       await waitFor(() => fs.existsSync(sock), "socket");
-      const proxy = await startProxy(front, sock, { damageBack: plan });
+      const proxy = await startProxy(front, sock, plan);
       try {
         const p = await run(["push", img, "--stream", `unix:${front}`, "--json"]);
         const r = await finish(recv);
@@ -220,31 +224,7 @@ describe("errors", () => {
         proxy.close();
       }
     });
-  }
-
-  // The same for END, the sender's last frame: push sends it again before it asks.
-  for (const [what, plan] of [
-    ["damaged", { type: MsgType.END, nth: 0, at: 3, fixCrc: false }],
-    ["lost", { type: MsgType.END, nth: 0, at: 0, fixCrc: false, drop: true }],
-  ] as const) {
-    test(`the sender's END ${what} on the way: push sends it again, exit 0`, async () => {
-      const out = path.join(dir, `end-${what}-store`);
-      const sock = path.join(dir, `end-${what}.sock`);
-      const front = path.join(dir, `end-${what}-front.sock`);
-      const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
-      await waitFor(() => fs.existsSync(sock), "socket");
-      const proxy = await startProxy(front, sock, { damage: plan });
-      try {
-        const p = await run(["push", img, "--stream", `unix:${front}`]);
-        const r = await finish(recv);
-        expect(p.code).toBe(0);
-        expect(r.code).toBe(0);
-        expect(await listStatuses(out)).toEqual(["complete"]);
-      } finally {
-        proxy.close();
-      }
-    });
-  }
+  });
 
   test("every DONE damaged on the way: push exits 8 but says the backup may be stored, and where to look", async () => {
     const out = path.join(dir, "done-store");
