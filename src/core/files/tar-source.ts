@@ -15,6 +15,8 @@ import { POSIX_FADV_DONTNEED, POSIX_FADV_NORMAL, POSIX_FADV_RANDOM, loadLibc, ty
 const FILE_READ = 1024 * 1024;
 /** After a read error, a range is read again in pieces of this size (a page: what the kernel reads or fails at once). */
 const PIECE = 4096;
+/** Failed pieces in a row after which a bad area is probed instead of read piece by piece. */
+const SKIP_AFTER = 16;
 
 type Hdr = Partial<Header> & { name: string; pax?: Record<string, string> };
 type EntryStream = { write(b: Uint8Array): boolean; end(): void; destroy(e?: Error): void; once(ev: "drain", f: () => void): void };
@@ -161,41 +163,94 @@ export function tarSource(opts: TarSourceOptions): PushSource {
       let readError: unknown = null;
       let zeroed = 0;
       let eof = false;
+      /** Reads buf[at, at+len) from the file at off+at, whole; false (and zeros) where it fails. */
+      const readPiece = (buf: Uint8Array, at: number, len: number, off: number): boolean => {
+        let got = 0;
+        try {
+          while (got < len) {
+            const n = fs.readSync(fd, buf, at + got, len - got, off + at + got);
+            if (n === 0) {
+              eof = true;
+              break;
+            }
+            got += n;
+          }
+        } catch (e) {
+          readError ??= e;
+          buf.fill(0, at + got, at + len);
+          zeroed += len - got;
+          return false;
+        }
+        buf.fill(0, at + got, at + len);
+        return true;
+      };
       /**
-       * Fills buf[0, want) from the file at `off`. After a failed read the rest
-       * of the range is read again in PIECE-aligned pieces, and only the pieces
-       * that still fail become zeros; the next range starts with a full read.
-       * The header promised `size` bytes, so what lies past an early end of file
-       * is zeros too.
+       * Fills buf[0, want) from the file at `off`. After a failed read the range
+       * is read again in PIECE-aligned pieces, and only the pieces that fail
+       * become zeros. A failing disk can take seconds per failed read, so after
+       * SKIP_AFTER failures in a row the rest of a bad area is not read piece by
+       * piece: probes at doubling distances find where readable data starts
+       * again, and the pieces before that probe are read backwards until one
+       * fails (a bad area is usually one stretch). Pieces left unread there are
+       * counted as zeroed. The next range starts with a full read. The header
+       * promised `size` bytes, so what lies past an early end of file is zeros.
        */
       const readRange = (buf: Uint8Array, want: number, off: number): void => {
-        let got = 0;
-        let pieces = false;
-        while (got < want && !eof) {
-          const len = pieces ? Math.min(want - got, PIECE - ((off + got) % PIECE)) : want - got;
-          let n: number;
-          try {
-            n = fs.readSync(fd, buf, got, len, off + got);
-          } catch (e) {
-            if (!pieces) {
-              // The page cache holds the failed read as one folio (up to the readahead
-              // window): drop it and read without readahead, so each piece fails alone.
-              libc?.fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-              libc?.fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
-              pieces = true;
-              continue;
-            }
-            readError ??= e;
-            buf.fill(0, got, got + len);
-            zeroed += len;
-            got += len;
+        const [zeroedBefore, errorBefore] = [zeroed, readError];
+        if (readPiece(buf, 0, want, off)) return;
+        // counted piece by piece below (the pieces may all read now)
+        [zeroed, readError] = [zeroedBefore, errorBefore];
+        // The page cache holds the failed read as one folio (up to the readahead
+        // window): drop it and read without readahead, so each piece fails alone.
+        libc?.fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        libc?.fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+        const bounds: [number, number][] = [];
+        for (let at = 0; at < want; ) {
+          const len = Math.min(want - at, PIECE - ((off + at) % PIECE));
+          bounds.push([at, len]);
+          at += len;
+        }
+        const piece = (k: number) => readPiece(buf, bounds[k]![0], bounds[k]![1], off);
+        const unread = (from: number, to: number) => {
+          for (let k = from; k < to; k++) {
+            buf.fill(0, bounds[k]![0], bounds[k]![0] + bounds[k]![1]);
+            zeroed += bounds[k]![1];
+          }
+        };
+        let failedInRow = 0;
+        let k = 0;
+        while (k < bounds.length && !eof) {
+          if (piece(k++)) {
+            failedInRow = 0;
             continue;
           }
-          if (n === 0) eof = true;
-          got += n;
+          if (++failedInRow < SKIP_AFTER) continue;
+          // pieces k.. lie in a bad area, probably: probe ahead
+          let lastFailed = k - 1;
+          let good = -1;
+          for (let stride = 2; k - 1 + stride < bounds.length; stride *= 2) {
+            const j = k - 1 + stride;
+            if (piece(j)) {
+              good = j;
+              break;
+            }
+            unread(lastFailed + 1, j);
+            lastFailed = j;
+          }
+          if (good < 0) {
+            unread(lastFailed + 1, bounds.length);
+            break;
+          }
+          // back from the readable probe to the end of the bad area
+          let back = good - 1;
+          while (back > lastFailed && piece(back)) back--;
+          unread(lastFailed + 1, back);
+          k = good + 1;
+          failedInRow = 0;
         }
-        buf.fill(0, got, want);
-        if (pieces) libc?.fadvise(fd, 0, 0, POSIX_FADV_NORMAL);
+        // past an early end of file: zeros (the piece that met it filled its own rest)
+        if (k < bounds.length) buf.fill(0, bounds[k]![0], want);
+        libc?.fadvise(fd, 0, 0, POSIX_FADV_NORMAL);
       };
       await writeEntry(header, async (w) => {
         const buf = new Uint8Array(FILE_READ);
