@@ -2,6 +2,7 @@
 import type { Command } from "commander";
 import * as readline from "node:readline/promises";
 import * as fs from "node:fs";
+import { sameHardware } from "../core/identity.ts";
 import { TbError } from "../core/errors.ts";
 import type { RestoreInfo } from "../protocol/messages.ts";
 import type { TargetInfo } from "../core/target.ts";
@@ -39,7 +40,7 @@ function blank(p: string): boolean {
 function otherDisk(t: TargetInfo, b: RestoreInfo): string | null {
   if (t.kind !== "block") return null;
   const d = b.disk;
-  const same = t.identity.wwn && d.wwn ? t.identity.wwn === d.wwn : t.identity.serial && d.serial ? t.identity.serial === d.serial : t.path === d.path;
+  const same = sameHardware(t.identity, d) ?? t.path === d.path;
   if (same || blank(t.path)) return null;
   const was = [d.path, d.model, d.serial && `serial ${d.serial}`].filter(Boolean).join(", ");
   return `${describeTarget(t)} holds data and is not the disk backup ${b.id} was made from (${was})`;

@@ -4,6 +4,7 @@ import { bytes } from "../ui/format.ts";
 import { action, exitWith, printJson, type GlobalOpts } from "./common.ts";
 import { TbError } from "../core/errors.ts";
 import * as fs from "node:fs";
+import { FILES_FILE, IMAGE_FILE, MANIFEST_FILE } from "../store/layout.ts";
 
 export function register(program: Command): void {
   program
@@ -31,13 +32,13 @@ export function register(program: Command): void {
           if (!fs.existsSync(o.out!)) throw new TbError("NOT_FOUND", `${o.out} does not exist`, "give the directory passed to 'tbbackup receive --out'");
           const results: { id: string; ok: boolean; error?: string }[] = [];
           // (a directory three levels down with none of a backup's files is not one: verify --out /etc)
-          const all = listBackups(o.out!).filter((b) => b.status !== "unreadable" || ["manifest.json", "image.zst", "files.tar.zst"].some((f) => fs.existsSync(`${b.path}/${f}`)));
+          const all = listBackups(o.out!).filter((b) => b.status !== "unreadable" || [MANIFEST_FILE, IMAGE_FILE, FILES_FILE].some((f) => fs.existsSync(`${b.path}/${f}`)));
           if (all.length === 0) throw new TbError("NOT_FOUND", `no backups found in ${o.out}`, "give the directory passed to 'tbbackup receive --out'");
           const partial = all.filter((b) => b.status === "partial" || b.status === "failed").length;
           // a complete backup whose data file or manifest is gone or unreadable is a bad one
           for (const b of all.filter((b) => b.status === "complete" || b.status === "unreadable")) {
             if (b.status === "unreadable") {
-              results.push({ id: b.id, ok: false, error: `its manifest or ${b.kind === "files" ? "files.tar.zst" : "image.zst"} is missing or unreadable` });
+              results.push({ id: b.id, ok: false, error: `its manifest or ${b.kind === "files" ? FILES_FILE : IMAGE_FILE} is missing or unreadable` });
               if (!o.json) process.stdout.write(`BAD: ${b.id}: ${results[results.length - 1]!.error}\n`);
               continue;
             }

@@ -14,6 +14,17 @@ function readTrim(p: string): string | null {
   }
 }
 
+/**
+ * Whether two disks are the same by their hardware names: WWN when both have
+ * one, else serial when both have one; null when that cannot tell (then the
+ * caller decides by path).
+ */
+export function sameHardware(a: { wwn: string | null; serial: string | null }, b: { wwn: string | null; serial: string | null }): boolean | null {
+  if (a.wwn && b.wwn) return a.wwn === b.wwn;
+  if (a.serial && b.serial) return a.serial === b.serial;
+  return null;
+}
+
 export function hostIdentity(): HostIdentity {
   return {
     hostname: os.hostname(),

@@ -15,7 +15,6 @@ import { zeroChecksum } from "./zero.ts";
 import { chunkLine } from "../store/image-writer.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import { Signal } from "../util/signal.ts";
-import { requireZstd } from "../util/zstd.ts";
 
 
 /** What push reads: a disk/image at offsets, or a stream of unknown length (a tar of files). */
@@ -127,7 +126,6 @@ export interface PushResult {
 }
 
 export async function push(opts: PushOptions): Promise<PushResult> {
-  requireZstd(); // before any session: a clear line if this system cannot run it (the CLI checks first)
   const started = Date.now();
   const src = opts.input ?? imageSource(opts.source);
   const conn = await opts.transport.connect(opts.waitMs).catch((e) => {

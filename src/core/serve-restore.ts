@@ -6,6 +6,7 @@ import { CHUNK_HEADER_SIZE, MsgType, decodeJson, encodeZero, writeChunkHeader, t
 import { HEADER_SIZE, TRAILER_SIZE, sealFrame, writeHeader, type Frame } from "../protocol/frame.ts";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { resolveBackupId } from "../store/layout.ts";
+import { sameHardware } from "./identity.ts";
 import { readManifest } from "../store/manifest.ts";
 import { Channel } from "./channel.ts";
 import { TbError, asTbError } from "./errors.ts";
@@ -74,8 +75,8 @@ function diskKey(b: BackupEntry): string {
 
 function sameDisk(b: BackupEntry, t: DiskIdentity | undefined): boolean {
   if (!t) return false;
-  if (t.wwn && b.diskWwn) return t.wwn === b.diskWwn;
-  if (t.serial && b.diskSerial) return t.serial === b.diskSerial;
+  const byHardware = sameHardware(t, { wwn: b.diskWwn, serial: b.diskSerial });
+  if (byHardware !== null) return byHardware;
   // by path only for the same kind: an image file never stands for a disk that was not found
   return b.diskPath === t.path && b.diskKind === t.kind && (t.kind === "file" || b.size <= t.size);
 }

@@ -249,7 +249,7 @@ export function tarSource(opts: TarSourceOptions): PushSource {
           failedInRow = 0;
         }
         // past an early end of file: zeros (the piece that met it filled its own rest)
-        if (k < bounds.length) buf.fill(0, bounds[k]![0], want);
+        if (eof && k < bounds.length) buf.fill(0, bounds[k]![0], want);
         libc?.fadvise(fd, 0, 0, POSIX_FADV_NORMAL);
       };
       await writeEntry(header, async (w) => {
