@@ -22,6 +22,22 @@ async function listStatuses(out: string): Promise<string[]> {
   return (await listBackups(out)).map((r) => r.status);
 }
 
+/** Pushes `img` to a `receive --once` through a proxy that carries out `plan`: both sides' outcomes and the store. */
+async function throughProxy(tag: string, plan: ProxyPlan, pushArgs: string[] = []) {
+  const out = path.join(dir, `${tag}-store`);
+  const sock = path.join(dir, `${tag}.sock`);
+  const front = path.join(dir, `${tag}-front.sock`);
+  const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+  await waitFor(() => fs.existsSync(sock), "socket");
+  const proxy = await startProxy(front, sock, plan);
+  try {
+    const p = await run(["push", img, "--stream", `unix:${front}`, ...pushArgs]);
+    return { p, r: await finish(recv), out };
+  } finally {
+    proxy.close();
+  }
+}
+
 describe("errors", () => {
   test("source missing: exit 3", async () => {
     const r = await run(["push", path.join(dir, "nope.img"), "--stream", `unix:${dir}/none.sock`]);
@@ -151,26 +167,15 @@ describe("errors", () => {
   });
 
   test("stream cut in the middle: push exit 7, receiver keeps a partial", async () => {
-    const out = path.join(dir, "cut-store");
-    const sock = path.join(dir, "cut.sock");
-    const front = path.join(dir, "cut-front.sock");
-    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
-    await waitFor(() => fs.existsSync(sock), "socket");
-    const proxy = await startProxy(front, sock, { cutAfterBytes: 2_500_000 });
-    try {
-      const p = await run(["push", img, "--stream", `unix:${front}`]);
-      const r = await finish(recv);
-      expect(p.code).toBe(7);
-      // (when the cut comes after push handed all of it to the socket, push cannot know how much arrived)
-      expect(oneLine(p.stderr)).toMatch(/(the other side closed|was cut).*incomplete|closed after all data was sent.*not confirmed/);
-      expect(r.code).toBe(7);
-      expect(await listStatuses(out)).toEqual(["partial"]);
-      const partial = fs.readdirSync(out, { recursive: true }).map(String).find((p) => p.endsWith(".partial"));
-      expect(partial).toBeDefined();
-      expect(fs.existsSync(path.join(out, partial!, "image.zst"))).toBe(false);
-    } finally {
-      proxy.close();
-    }
+    const { p, r, out } = await throughProxy("cut", { cutAfterBytes: 2_500_000 });
+    expect(p.code).toBe(7);
+    // (when the cut comes after push handed all of it to the socket, push cannot know how much arrived)
+    expect(oneLine(p.stderr)).toMatch(/(the other side closed|was cut).*incomplete|closed after all data was sent.*not confirmed/);
+    expect(r.code).toBe(7);
+    expect(await listStatuses(out)).toEqual(["partial"]);
+    const partial = fs.readdirSync(out, { recursive: true }).map(String).find((p) => p.endsWith(".partial"));
+    expect(partial).toBeDefined();
+    expect(fs.existsSync(path.join(out, partial!, "image.zst"))).toBe(false);
   });
 
   test("a receiver that freezes mid-transfer: push gives up after --idle (exit 9), it does not hang", async () => {
@@ -207,42 +212,20 @@ describe("errors", () => {
   ];
   lastWords.forEach(([what, plan], i) => {
     test(`${what} on the way: push asks again and gets its confirmation, exit 0`, async () => {
-      const out = path.join(dir, `last-${i}-store`);
-      const sock = path.join(dir, `last-${i}.sock`);
-      const front = path.join(dir, `last-${i}-front.sock`);
-      const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
-      await waitFor(() => fs.existsSync(sock), "socket");
-      const proxy = await startProxy(front, sock, plan);
-      try {
-        const p = await run(["push", img, "--stream", `unix:${front}`, "--json"]);
-        const r = await finish(recv);
-        expect(p.code).toBe(0);
-        expect(JSON.parse(p.stdout).sha256).toBe(sha256File(img));
-        expect(r.code).toBe(0);
-        expect(await listStatuses(out)).toEqual(["complete"]);
-      } finally {
-        proxy.close();
-      }
+      const { p, r, out } = await throughProxy(`last-${i}`, plan, ["--json"]);
+      expect(p.code).toBe(0);
+      expect(JSON.parse(p.stdout).sha256).toBe(sha256File(img));
+      expect(r.code).toBe(0);
+      expect(await listStatuses(out)).toEqual(["complete"]);
     });
   });
 
   test("every DONE damaged on the way: push exits 8 but says the backup may be stored, and where to look", async () => {
-    const out = path.join(dir, "done-store");
-    const sock = path.join(dir, "done.sock");
-    const front = path.join(dir, "done-front.sock");
-    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
-    await waitFor(() => fs.existsSync(sock), "socket");
-    const proxy = await startProxy(front, sock, { damageBack: { type: MsgType.DONE, every: true } });
-    try {
-      const p = await run(["push", img, "--stream", `unix:${front}`]);
-      const r = await finish(recv);
-      expect(p.code).toBe(8);
-      expect(oneLine(p.stderr)).toMatch(/answer to the end of the backup arrived damaged; the backup is not confirmed: if 'tbbackup list' on the receiver shows it complete, it is/);
-      expect(r.code).toBe(0);
-      expect(await listStatuses(out)).toEqual(["complete"]);
-    } finally {
-      proxy.close();
-    }
+    const { p, r, out } = await throughProxy("done", { damageBack: { type: MsgType.DONE, every: true } });
+    expect(p.code).toBe(8);
+    expect(oneLine(p.stderr)).toMatch(/answer to the end of the backup arrived damaged; the backup is not confirmed: if 'tbbackup list' on the receiver shows it complete, it is/);
+    expect(r.code).toBe(0);
+    expect(await listStatuses(out)).toEqual(["complete"]);
   });
 
   test("a receiver that does not know the push any more (restarted) says so to its STATUS: push exits 7, not confirmed", async () => {
@@ -314,23 +297,12 @@ describe("errors", () => {
 
   for (const fixCrc of [false, true]) {
     test(`a corrupt chunk in transit (${fixCrc ? "frame CRC recomputed: caught by the end-to-end checksum" : "caught by the frame CRC"}): exit 8`, async () => {
-      const out = path.join(dir, `corrupt-${fixCrc}`);
-      const sock = path.join(dir, `c${fixCrc}.sock`);
-      const front = path.join(dir, `c${fixCrc}-front.sock`);
-      const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
-      await waitFor(() => fs.existsSync(sock), "socket");
-      const proxy = await startProxy(front, sock, { damage: { type: MsgType.DATA, nth: 1, at: 5000, fixCrc } });
-      try {
-        const p = await run(["push", img, "--stream", `unix:${front}`]);
-        const r = await finish(recv);
-        if (p.code !== 8) console.log("PUSH", p.stderr, "RECV", r.stderr);
-        expect(p.code).toBe(8);
-        expect(oneLine(p.stderr)).toMatch(fixCrc ? /chunk \d+ .*failed its check/ : /corrupt DATA frame/);
-        expect(r.code).toBe(8);
-        expect(await listStatuses(out)).toEqual(["partial"]);
-      } finally {
-        proxy.close();
-      }
+      const { p, r, out } = await throughProxy(`corrupt-${fixCrc}`, { damage: { type: MsgType.DATA, nth: 1, at: 5000, fixCrc } });
+      if (p.code !== 8) console.log("PUSH", p.stderr, "RECV", r.stderr);
+      expect(p.code).toBe(8);
+      expect(oneLine(p.stderr)).toMatch(fixCrc ? /chunk \d+ .*failed its check/ : /corrupt DATA frame/);
+      expect(r.code).toBe(8);
+      expect(await listStatuses(out)).toEqual(["partial"]);
     });
   }
 
