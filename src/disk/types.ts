@@ -1,0 +1,99 @@
+// What the used-block analysis of a disk works on and returns. Every module in
+// src/disk/ is pure: it reads through a ReadAt function and does no I/O of its
+// own. A number read from a disk is a claim: each parser caps it before use,
+// and a damaged or hostile structure gives method "whole" with a reason, never
+// a crash, a hang or a huge allocation. A block the code cannot prove unused
+// is imaged (README, "Used-block imaging").
+
+/**
+ * Reads `length` bytes at `offset` (relative to the start of the region being
+ * analysed: a partition, or the whole disk for the partition table). Returns
+ * exactly `length` bytes, or throws (past the end, or an I/O error). Callers
+ * never ask for more than MAX_READ bytes at once.
+ */
+export type ReadAt = (offset: number, length: number) => Uint8Array;
+
+/** The most a parser asks ReadAt for in one call. */
+export const MAX_READ = 16 * 1024 * 1024;
+
+/**
+ * Which blocks of a region must be imaged: bit i (byte i >> 3, bit i & 7,
+ * least significant first) covers bytes [i * blockSize, (i + 1) * blockSize).
+ * Bytes of the region past blocks * blockSize are always imaged.
+ */
+export interface UsedBlocks {
+  blockSize: number;
+  blocks: number;
+  bitmap: Uint8Array;
+}
+
+export type Method = "used-blocks" | "whole" | "header-only";
+
+export interface FsAnalysis {
+  /** "ext2", "ext3", "ext4", "xfs", "vfat", "ntfs", "swap", "btrfs", "luks", "lvm2", ..., or "unknown" */
+  fs: string;
+  label?: string;
+  uuid?: string;
+  method: Method;
+  /** why whole (or header-only); a short phrase a user reads, e.g. "journal needs recovery" */
+  reason?: string;
+  /** with used-blocks and header-only: the blocks to image */
+  used?: UsedBlocks;
+  /** bytes that will be imaged (the used map's set blocks plus any tail past it; size for whole) */
+  usedBytes: number;
+  /** the region's size in bytes */
+  size: number;
+}
+
+export interface Partition {
+  /** 1-based, as the kernel numbers it (MBR logical partitions from 5) */
+  index: number;
+  /** byte offset on the disk and length in bytes */
+  start: number;
+  length: number;
+  /** GPT type GUID (lower-case, dashed) or MBR type as "0x83" */
+  type: string;
+  /** GPT partition name */
+  name?: string;
+  /** GPT unique partition GUID */
+  uuid?: string;
+}
+
+export interface PartitionTable {
+  type: "gpt" | "mbr" | "none";
+  sectorSize: number;
+  partitions: Partition[];
+  /** e.g. "primary GPT header damaged: the backup header was used" */
+  note?: string;
+}
+
+/** Sets bits [from, to) of a used map. */
+export function markBlocks(u: UsedBlocks, from: number, to: number): void {
+  const end = Math.min(to, u.blocks);
+  for (let i = Math.max(0, from); i < end; ) {
+    if ((i & 7) === 0 && i + 8 <= end) {
+      u.bitmap[i >> 3] = 0xff;
+      i += 8;
+    } else {
+      u.bitmap[i >> 3]! |= 1 << (i & 7);
+      i++;
+    }
+  }
+}
+
+export function newUsedBlocks(blockSize: number, blocks: number): UsedBlocks {
+  return { blockSize, blocks, bitmap: new Uint8Array(Math.ceil(blocks / 8)) };
+}
+
+/** Counts set bits (the used blocks). */
+export function countUsed(u: UsedBlocks): number {
+  let n = 0;
+  for (let i = 0; i < u.bitmap.length; i++) {
+    let b = u.bitmap[i]!;
+    while (b) {
+      b &= b - 1;
+      n++;
+    }
+  }
+  return n;
+}
