@@ -25,10 +25,11 @@ export function register(program: Command): void {
       .option("--chunk-size <size>", "chunk size (4K..4M, a multiple of 4K)", sizeOption, DEFAULT_CHUNK_SIZE)
       .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
       .option("--idle <seconds>", "give up when the receiver takes no data and says nothing for this long", intOption(5, 86400), 300)
+      .option("--sha256", "also compute the classic whole-image SHA-256 (sha256sum of the disk) on both sides, besides the integrity root")
       .option("--json", "print one JSON result on stdout"),
   )
     .action(
-      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; crossMounts?: boolean; resume: boolean } & GlobalOpts) => {
+      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; crossMounts?: boolean; resume: boolean; sha256?: boolean } & GlobalOpts) => {
         const { push } = await import("../core/push.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -45,7 +46,7 @@ export function register(program: Command): void {
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream; leave out --json");
         if (o.stream === "-" && process.stdout.isTTY) throw new TbError("USAGE", "--stream - sends the backup to stdout, which is a terminal", "pipe it to the receiver (e.g. through ssh or socat)");
         try {
-          const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume });
+          const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume, sha256: o.sha256 === true });
           reporter.stop();
           const files = r.files as FilesSummary | undefined;
           const unreadable = files?.unreadable.length ?? 0;
@@ -59,7 +60,7 @@ export function register(program: Command): void {
               // a file read in part is archived with zeros where reads failed: "PATH: stored with N bytes zeroed (EIO)"
               for (const u of files.unreadable) process.stderr.write(`${/: stored with \d+ bytes zeroed \([^()]*\)$/.test(u) ? "unreadable in part" : "unreadable, skipped"}: ${u}\n`);
             }
-            process.stderr.write(`backup complete: ${r.id} (${files ? `${files.count} entries, ` : ""}${bytes(r.bytes)} stored as ${bytes(r.storedBytes)}, ratio ${ratio(r.bytes, r.storedBytes)}, ${r.seconds.toFixed(1)} s)\nsha256 ${r.sha256}\n`);
+            process.stderr.write(`backup complete: ${r.id} (${files ? `${files.count} entries, ` : ""}${bytes(r.bytes)} stored as ${bytes(r.storedBytes)}, ratio ${ratio(r.bytes, r.storedBytes)}, ${r.seconds.toFixed(1)} s)\n${r.root ? `root ${r.root}\n` : ""}${r.sha256 ? `sha256 ${r.sha256}\n` : ""}`);
           }
           if (unreadable > 0)
             return exitWith(new TbError("PARTIAL_FILES", `completed with ${unreadable} unreadable file${unreadable === 1 ? "" : "s"} (listed above)`, "the rest is stored; copy those files another way or use --strict to stop at the first one"));

@@ -59,7 +59,7 @@ function confirmer(yes: boolean, force: boolean) {
     if (!process.stdin.isTTY || !process.stderr.isTTY)
       throw new TbError("REFUSED", `refusing to overwrite ${t.path} without confirmation`, "run on a terminal to confirm, or pass --yes; the target was not changed");
     process.stderr.write(
-      `\nThis will OVERWRITE ${describeTarget(t)}\nwith backup ${b.id}\n  from host ${b.host.hostname}, disk ${b.disk.path} (${b.disk.model ?? b.disk.name}), taken ${b.date}\n  ${bytes(b.size)}, sha256 ${b.sha256}\n${other ? "\nWARNING: this target holds data and is NOT the disk the backup was made from.\n" : ""}\n`,
+      `\nThis will OVERWRITE ${describeTarget(t)}\nwith backup ${b.id}\n  from host ${b.host.hostname}, disk ${b.disk.path} (${b.disk.model ?? b.disk.name}), taken ${b.date}\n  ${bytes(b.size)}, ${b.root ? `root ${b.root}` : `sha256 ${b.sha256}`}\n${other ? "\nWARNING: this target holds data and is NOT the disk the backup was made from.\n" : ""}\n`,
     );
     const rl = readline.createInterface({ input: process.stdin, output: process.stderr });
     try {
@@ -138,8 +138,8 @@ export function register(program: Command): void {
           if (o.json) printJson({ ok: true, ...r });
           else if (r.extracted) {
             for (const sk of r.extracted.skipped) process.stderr.write(`not created: ${sk}\n`);
-            process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${r.extracted.entries} entries, ${r.extracted.files} files, ${bytes(r.extracted.bytes)}; archive sha256 checked)\n`);
-          } else process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${bytes(r.bytes)}, ${r.seconds.toFixed(1)} s, ${r.verified ? "read back and verified" : "NOT read back (--no-verify)"})\nsha256 ${r.sha256}\n`);
+            process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${r.extracted.entries} entries, ${r.extracted.files} files, ${bytes(r.extracted.bytes)}; archive ${r.root ? "integrity root" : "sha256"} checked)\n`);
+          } else process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${bytes(r.bytes)}, ${r.seconds.toFixed(1)} s, ${r.verified ? "read back and verified" : "NOT read back (--no-verify)"})\n${r.root ? `root ${r.root}\n` : ""}${r.sha256 ? `sha256 ${r.sha256}\n` : ""}`);
         } finally {
           reporter.stop();
           await stream?.cleanup();

@@ -26,7 +26,7 @@ export function register(program: Command): void {
             const r = await verify(p, reporter);
             reporter.stop();
             if (o.json) printJson(r);
-            else process.stdout.write(`ok: ${r.path}: ${r.chunks} chunks, ${bytes(r.bytes)}, sha256 ${r.sha256}\n`);
+            else process.stdout.write(`ok: ${r.path}: ${r.chunks} chunks, ${bytes(r.bytes)}, root ${r.root}${r.sha256 ? `, sha256 ${r.sha256}` : ""}\n`);
             return 0;
           }
           if (!fs.existsSync(o.out!)) throw new TbError("NOT_FOUND", `${o.out} does not exist`, "give the directory passed to 'tbbackup receive --out'");

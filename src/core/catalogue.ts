@@ -16,6 +16,8 @@ export interface BackupEntry {
   date: string;
   label: string | null;
   sha256: string | null;
+  /** the integrity root (docs/FORMAT.md §4a); null for backups older than it */
+  root: string | null;
   path: string;
   machineId: string | null;
   productUuid: string | null;
@@ -60,6 +62,7 @@ export function entryFor(dir: string, id: string): BackupEntry {
     date: m?.timings.started ?? "",
     label: m?.label ?? null,
     sha256: m?.sha256 ?? null,
+    root: m?.root ?? null,
     path: dir,
     machineId: m?.host.machineId ?? null,
     productUuid: m?.host.productUuid ?? null,

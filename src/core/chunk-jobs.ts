@@ -2,6 +2,8 @@
 // Each worker answers its jobs in the order it got them, so a caller that keeps
 // its own FIFO of promises gets results in chunk order.
 
+import { availableParallelism } from "node:os";
+
 export type WorkerRequest =
   | { op: "level"; level: number }
   /** `out`: a buffer to build the DATA frame in (handed back as the reply's frame) */
@@ -14,7 +16,10 @@ export type WorkerRequest =
       buf: ArrayBuffer;
       at: number;
       length: number;
+      /** feed the worker's whole-image SHA-256 (in order: a pool of one worker) */
       hash: boolean;
+      /** return the SHA-256 of the raw chunk (the integrity root's digest) */
+      digest?: boolean;
       wantRaw: boolean;
       /** with wantRaw: a buffer to decompress into (handed back as raw), to avoid fresh allocations */
       out?: ArrayBuffer;
@@ -23,15 +28,21 @@ export type WorkerRequest =
       /** after a good check, pwrite the raw data to this file at this position (restore) */
       writeRaw?: { fd: number; position: number };
     }
-  | { op: "zero"; index: number; rawLength: number; write?: { fd: number; position: number; frame: ArrayBuffer } }
+  /** `hash`: feed the zeros to the whole-image SHA-256 (default true) */
+  | { op: "zero"; index: number; rawLength: number; hash?: boolean; write?: { fd: number; position: number; frame: ArrayBuffer } }
   /** feed `length` bytes of `buf` to the whole-image SHA-256 (handed back) */
   | { op: "hash"; index: number; buf: ArrayBuffer; length: number }
-  | { op: "digest" };
+  | { op: "digest" }
+  /** read `length` bytes of fd at position into buf and return their SHA-256 (buf handed back) */
+  | { op: "readhash"; index: number; fd: number; position: number; length: number; buf: ArrayBuffer };
 
 export type WorkerReply =
-  | { op: "compressed"; index: number; frame: ArrayBuffer; frameLength: number; raw: ArrayBuffer; compressedSize: number }
+  /** zero: the chunk is all zeros (no frame was built; `frame` is the unused output buffer) */
+  | { op: "compressed"; index: number; zero: boolean; digest: string; frame: ArrayBuffer; frameLength: number; raw: ArrayBuffer; compressedSize: number }
   /** `buf`: the request's input buffer, handed back */
-  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer }
+  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer; digest?: string }
+  /** `length`: bytes read (fewer at the end of the file); `error`: the read's errno code */
+  | { op: "readhashed"; index: number; digest: string; length: number; error?: string; buf: ArrayBuffer }
   | { op: "zeroed"; index: number; writeError?: string }
   | { op: "hashed"; index: number; buf: ArrayBuffer }
   | { op: "digest"; sha256: string }
@@ -155,4 +166,9 @@ export class Hasher {
     this.pending.push(p);
     while (this.pending.length > MAX_HASHES_PENDING) await this.pending.shift();
   }
+}
+
+/** Worker threads for per-chunk work: one per core this process may run on (taskset counts). */
+export function workerCount(): number {
+  return Math.max(1, Math.min(availableParallelism(), 16));
 }

@@ -1,11 +1,14 @@
-// Worker thread: the CPU-heavy per-chunk work, off the main thread so both
-// cores stay busy. Compress (sender): raw chunk -> complete DATA wire frame.
-// Check (receiver, restore, verify): zstd frame -> raw, verify its checksum,
-// feed the whole-image SHA-256 in order.
+// Worker thread: the CPU-heavy per-chunk work, off the main thread so every
+// core stays busy. Compress (sender): raw chunk -> its SHA-256 and a complete
+// DATA wire frame (or word that it is all zeros). Check (receiver, restore,
+// verify): zstd frame -> raw, verify its checksum, its SHA-256 for the
+// integrity root (docs/FORMAT.md §4a); with a pool of one worker, also feed
+// the classic whole-image SHA-256 in order. Readhash: read a range of a file
+// and hash it (restore's read-back).
 import * as fs from "node:fs";
 import { zstd as loadZstd } from "../util/zstd.ts";
-import { HEADER_SIZE, TRAILER_SIZE, writeHeader, sealFrame } from "../protocol/frame.ts";
-import { CHUNK_HEADER_SIZE, MsgType, writeChunkHeader } from "../protocol/messages.ts";
+import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame } from "../protocol/chunk-record.ts";
+import { zeroDigest } from "../store/root.ts";
 import type { WorkerReply, WorkerRequest } from "./chunk-jobs.ts";
 
 declare const self: Worker;
@@ -38,6 +41,27 @@ function pwriteAll(fd: number, data: Uint8Array, position: number): string | und
   }
 }
 
+/** SHA-256 (hex) of one chunk. */
+function chunkDigest(raw: Uint8Array): string {
+  return new Bun.CryptoHasher("sha256").update(raw).digest("hex");
+}
+
+function isZero(raw: Uint8Array): boolean {
+  if (zeros.length < raw.length) zeros = new Uint8Array(raw.length);
+  return Buffer.from(raw.buffer, raw.byteOffset, raw.length).equals(zeros.subarray(0, raw.length));
+}
+
+/** Reads exactly buf.length bytes at position (fewer only at the end of the file). */
+function preadAll(fd: number, buf: Uint8Array, position: number): number {
+  let off = 0;
+  while (off < buf.length) {
+    const n = fs.readSync(fd, buf, off, buf.length - off, position + off);
+    if (n === 0) break;
+    off += n;
+  }
+  return off;
+}
+
 function reply(msg: WorkerReply, transfer: ArrayBuffer[] = []): void {
   self.postMessage(msg, transfer);
 }
@@ -64,9 +88,10 @@ function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
   }
   if (m.checksum >= 0n && Bun.hash.xxHash3(raw) !== m.checksum) return { op: "checked", index: m.index, ok: false, error: "raw data checksum mismatch" };
   if (m.hash) sha.update(raw);
+  const digest = m.digest ? chunkDigest(raw) : undefined;
   const writeError = m.write ? pwriteAll(m.write.fd, z, m.write.position) : m.writeRaw ? pwriteAll(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;
   const rawBuf = m.wantRaw ? (raw.buffer as ArrayBuffer) : undefined;
-  return { op: "checked", index: m.index, ok: true, writeError, raw: rawBuf };
+  return { op: "checked", index: m.index, ok: true, writeError, raw: rawBuf, digest };
 }
 
 self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
@@ -77,18 +102,19 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
       return;
     case "compress": {
       const raw = new Uint8Array(m.raw, 0, m.rawLength);
+      if (isZero(raw)) {
+        reply({ op: "compressed", index: m.index, zero: true, digest: zeroDigest(m.rawLength), frame: m.out, frameLength: 0, raw: m.raw, compressedSize: 0 }, [m.out, m.raw]);
+        return;
+      }
+      const digest = chunkDigest(raw);
       const checksum = Bun.hash.xxHash3(raw);
-      const start = HEADER_SIZE + CHUNK_HEADER_SIZE;
-      const need = start + zstd.compressBound(m.rawLength) + TRAILER_SIZE;
+      const need = dataFrameSize(zstd.compressBound(m.rawLength));
       // the caller's buffer normally fits; if not, a fresh one (handed back instead)
       const out = m.out.byteLength >= need ? new Uint8Array(m.out) : new Uint8Array(need);
-      const n = cctx.compress2(out.subarray(start, need - TRAILER_SIZE), raw);
-      const payloadLength = CHUNK_HEADER_SIZE + n;
-      writeHeader(out, 0, MsgType.DATA, payloadLength);
-      writeChunkHeader(out, HEADER_SIZE, { index: m.index, rawLength: m.rawLength, offset: m.offset, checksum });
-      sealFrame(out, payloadLength);
+      const n = cctx.compress2(out.subarray(DATA_PAYLOAD_AT, DATA_PAYLOAD_AT + zstd.compressBound(m.rawLength)), raw);
+      const frameLength = sealDataFrame(out, { index: m.index, rawLength: m.rawLength, offset: m.offset, checksum }, n);
       const frame = out.buffer as ArrayBuffer;
-      reply({ op: "compressed", index: m.index, frame, frameLength: HEADER_SIZE + payloadLength + TRAILER_SIZE, raw: m.raw, compressedSize: n }, [frame, m.raw]);
+      reply({ op: "compressed", index: m.index, zero: false, digest, frame, frameLength, raw: m.raw, compressedSize: n }, [frame, m.raw]);
       return;
     }
     case "check": {
@@ -99,10 +125,22 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
       return;
     }
     case "zero": {
-      if (zeros.length < m.rawLength) zeros = new Uint8Array(m.rawLength);
-      sha.update(zeros.subarray(0, m.rawLength));
+      if (m.hash !== false) {
+        if (zeros.length < m.rawLength) zeros = new Uint8Array(m.rawLength);
+        sha.update(zeros.subarray(0, m.rawLength));
+      }
       const writeError = m.write ? pwriteAll(m.write.fd, new Uint8Array(m.write.frame), m.write.position) : undefined;
       reply({ op: "zeroed", index: m.index, writeError });
+      return;
+    }
+    case "readhash": {
+      const buf = new Uint8Array(m.buf, 0, m.length);
+      try {
+        const n = preadAll(m.fd, buf, m.position);
+        reply({ op: "readhashed", index: m.index, digest: chunkDigest(buf.subarray(0, n)), length: n, buf: m.buf }, [m.buf]);
+      } catch (e) {
+        reply({ op: "readhashed", index: m.index, digest: "", length: 0, error: (e as NodeJS.ErrnoException).code ?? String(e), buf: m.buf }, [m.buf]);
+      }
       return;
     }
     case "hash": {

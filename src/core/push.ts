@@ -1,12 +1,14 @@
 // push: read a disk or image in chunks, hash it, compress it on worker threads,
 // and stream it to a receiver; done only when the receiver says it is durable
 // and its SHA-256 matches ours.
-import { availableParallelism } from "node:os";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, encodeZero, type DiskIdentity, type Done, type End } from "../protocol/messages.ts";
-import { HEADER_SIZE, TRAILER_SIZE, encodeFrame } from "../protocol/frame.ts";
+import { MsgType, decodeJson, type DiskIdentity, type Done, type End } from "../protocol/messages.ts";
+import { dataFrameSize, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
-import { WorkerPool } from "./chunk-jobs.ts";
+import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
+import { OrderedPipeline } from "./pipeline.ts";
+import { RootBuilder, zeroDigest } from "../store/root.ts";
+import { ROOT_CAP } from "./version.ts";
 import { TbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
@@ -59,6 +61,8 @@ export interface PushOptions {
   waitMs: number;
   /** continue an interrupted push of the same disk when the receiver offers it (default true) */
   resume?: boolean;
+  /** also compute the classic whole-image SHA-256 (off the chunk path, on a thread of its own) */
+  sha256?: boolean;
   /** how long the receiver may stay silent before we give up */
   idleMs: number;
   reporter: Reporter;
@@ -81,12 +85,13 @@ const MAX_DAMAGED_ANSWERS = 3;
 const MIN_END_WAIT_MS = 2 * STATUS_EVERY_MS;
 
 /**
- * Re-reads the first `chunks` chunks, hashing them into `sha`, and compares
+ * Re-reads the first `chunks` chunks, folding their digests into `root` (and
+ * `sha` when the whole-image SHA-256 is wanted), and compares
  * their chunk-list lines with the receiver's digest. A large prefix on a slow
  * disk takes longer than the receiver waits for an answer: `keepalive` is
  * called every KEEPALIVE_MS with the chunks read so far.
  */
-async function prefixMatches(src: PushSource, chunks: number, digest: string, chunkSize: number, sha: Bun.CryptoHasher, keepalive: (done: number) => Promise<void>): Promise<boolean> {
+async function prefixMatches(src: PushSource, chunks: number, digest: string, chunkSize: number, root: RootBuilder, sha: Hasher | null, keepalive: (done: number) => Promise<void>): Promise<boolean> {
   if (!Number.isSafeInteger(chunks) || chunks <= 0 || (src.size !== null && chunks * chunkSize > src.size)) return false;
   const lines = new Bun.CryptoHasher("sha256");
   const buf = new Uint8Array(chunkSize);
@@ -99,7 +104,12 @@ async function prefixMatches(src: PushSource, chunks: number, digest: string, ch
     const n = await src.read(buf, i * chunkSize);
     if (n === 0) return false;
     const data = buf.subarray(0, n);
-    sha.update(data);
+    root.add(new Bun.CryptoHasher("sha256").update(data).digest("hex"));
+    if (sha) {
+      const copy = new ArrayBuffer(chunkSize);
+      new Uint8Array(copy).set(data);
+      await sha.data(i, copy, n);
+    }
     lines.update(chunkLine(i, i * chunkSize, n, Bun.hash.xxHash3(data)));
   }
   return lines.digest("hex") === digest;
@@ -116,7 +126,10 @@ export interface PushResult {
   source: string;
   bytes: number;
   storedBytes: number;
-  sha256: string;
+  /** the integrity root (docs/FORMAT.md §4a); null with a receiver that predates it */
+  root: string | null;
+  /** the whole-image SHA-256, with --sha256 (or a receiver that predates the root) */
+  sha256: string | null;
   chunks: number;
   zeroChunks: number;
   seconds: number;
@@ -133,7 +146,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     throw e;
   });
   const ch = new Channel(conn);
-  const pool = new WorkerPool(Math.max(1, Math.min(availableParallelism(), 4)));
+  const pool = new WorkerPool(workerCount());
+  let hasher: Hasher | null = null;
   let done: Done | null = null;
   let peerFailure: TbError | null = null;
   let finishedSending = false;
@@ -141,7 +155,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   const receiverDone = new Signal();
   try {
     pool.broadcast({ op: "level", level: opts.level });
-    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content });
+    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content, ...(opts.sha256 ? { sha256: true } : {}) });
     opts.reporter.info(`connecting to the receiver on ${conn.description}`);
     const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
     opts.reporter.info(`receiver ${ack.host.hostname} (${ack.tool}) will store ${ack.id ?? "the backup"}`);
@@ -227,7 +241,14 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         writingSince = null;
       }
     };
-    let sha = new Bun.CryptoHasher("sha256");
+    // The integrity root (docs/FORMAT.md §4a) is folded here from the workers'
+    // per-chunk digests; the classic whole-image SHA-256 only when asked for
+    // (--sha256) or when the receiver predates the root, on a thread of its own.
+    const root = new RootBuilder();
+    const peerHasRoot = Array.isArray(ack.caps) && ack.caps.includes(ROOT_CAP);
+    const spare: ArrayBuffer[] = [];
+    let sha: Hasher | null = opts.sha256 || !peerHasRoot ? new Hasher((buf) => spare.push(buf)) : null;
+    hasher = sha;
     // An interrupted push of this disk left a durable prefix: continue after it
     // if our own chunks there hash to the same chunk list.
     let start = 0;
@@ -237,80 +258,81 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         if (peerFailure) throw peerFailure; // the receiver gave up: no need to read the rest
         await send(ch.sendJson(MsgType.PROGRESS, { session: hello.session, checking: done, of: offer.chunks }));
       };
-      if (opts.resume !== false && (await prefixMatches(src, offer.chunks, offer.digest, opts.chunkSize, sha, keepalive))) start = offer.chunks;
-      else sha = new Bun.CryptoHasher("sha256");
+      if (opts.resume !== false && (await prefixMatches(src, offer.chunks, offer.digest, opts.chunkSize, root, sha, keepalive))) start = offer.chunks;
+      else if (root.count > 0 || sha) {
+        // what the prefix check folded in does not count: start both afresh
+        root.reset();
+        sha?.terminate();
+        sha = hasher = opts.sha256 || !peerHasRoot ? new Hasher((buf) => spare.push(buf)) : null;
+      }
       await send(ch.sendJson(MsgType.RESUME, { session: hello.session, from: start }));
       opts.reporter.info(start ? `resuming the interrupted backup ${offer.id} at chunk ${start}` : `not resuming ${offer.id} (${opts.resume === false ? "--no-resume" : "this disk no longer matches it"}): starting a new backup`);
     }
     const total = src.size ?? 0;
     const isHole = (await src.holes?.()) ?? null;
-    const queue: Promise<Uint8Array>[] = [];
     const maxInFlight = pool.size * 3;
-    const spare: ArrayBuffer[] = [];
     // DATA frames are built by the workers in these and come back once written
-    const frames = new BufferPool(HEADER_SIZE + CHUNK_HEADER_SIZE + compressBound(opts.chunkSize) + TRAILER_SIZE, maxInFlight + 2);
-    const zeroBuf = new Uint8Array(opts.chunkSize);
+    const frames = new BufferPool(dataFrameSize(compressBound(opts.chunkSize)), maxInFlight + 2);
     let zeroChunks = 0;
     let stored = 0;
     let offset = start * opts.chunkSize;
     let chunks = start;
 
-    const sendHead = async () => {
-      const frame = await queue.shift()!;
+    /** A chunk on its way out: a ZERO record needs no worker; a read chunk comes back from one. */
+    type Out = { index: number; offset: number; rawLength: number; reply: WorkerReply | null };
+    const sendOne = async (o: Out) => {
       if (peerFailure) throw peerFailure;
+      const r = o.reply;
+      if (r && r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
+      if (r && r.op !== "compressed") throw new TbError("INTERNAL", `unexpected worker reply ${r.op}`, "report this bug");
+      const zero = !r || r.zero;
+      root.add(r ? r.digest : zeroDigest(o.rawLength));
+      if (r) {
+        if (sha) await sha.data(o.index, r.raw, o.rawLength);
+        else spare.push(r.raw);
+      } else if (sha) await sha.zero(o.index, o.rawLength);
+      if (zero) {
+        zeroChunks++;
+        if (r) frames.give(r.frame);
+        await send(ch.sendFrame(zeroRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: zeroChecksum(o.rawLength) })));
+        return;
+      }
+      stored += r.compressedSize;
       // A receiver that failed may stop reading without closing: do not stay
       // blocked in the write once it has said why.
-      if (await send(ch.sendFrame(frame))) frames.give(frame.buffer);
+      if (await send(ch.sendFrame(new Uint8Array(r.frame, 0, r.frameLength)))) frames.give(r.frame);
     };
+    const out = new OrderedPipeline<Out>(maxInFlight, sendOne);
 
     for (let i = start; src.size === null || offset < src.size; i++) {
       if (peerFailure) throw peerFailure;
       // A hole of a sparse image is zeros: no need to read it.
       const holeLength = isHole && src.size !== null ? Math.min(opts.chunkSize, src.size - offset) : 0;
-      let raw: Uint8Array | null = null;
       let rawLength: number;
       if (holeLength > 0 && isHole!(offset, holeLength)) {
         rawLength = holeLength;
-        sha.update(zeroBuf.subarray(0, rawLength));
+        await out.add(Promise.resolve({ index: i, offset, rawLength, reply: null }));
       } else {
-        raw = new Uint8Array(spare.pop() ?? new ArrayBuffer(opts.chunkSize), 0, opts.chunkSize);
+        const raw = new Uint8Array(spare.pop() ?? new ArrayBuffer(opts.chunkSize), 0, opts.chunkSize);
         rawLength = await src.read(raw, offset);
         if (rawLength === 0) {
           spare.push(raw.buffer as ArrayBuffer);
           break;
         }
-        sha.update(raw.subarray(0, rawLength));
-        if (Buffer.from(raw.buffer, 0, rawLength).equals(zeroBuf.subarray(0, rawLength))) {
-          spare.push(raw.buffer as ArrayBuffer);
-          raw = null;
-        }
+        const buf = raw.buffer as ArrayBuffer;
+        const frameBuf = frames.takeBuffer();
+        const at = offset;
+        const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out: frameBuf }, [buf, frameBuf]);
+        await out.add(job.then((reply) => ({ index: i, offset: at, rawLength, reply })));
       }
       chunks++;
-      if (!raw) {
-        zeroChunks++;
-        queue.push(Promise.resolve(encodeFrame(MsgType.ZERO, encodeZero({ index: i, rawLength, offset, checksum: zeroChecksum(rawLength) }))));
-      } else {
-        const buf = raw.buffer as ArrayBuffer;
-        const out = frames.takeBuffer();
-        const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out }, [buf, out]).then((r) => {
-          if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
-          if (r.op !== "compressed") throw new TbError("INTERNAL", `unexpected worker reply ${r.op}`, "report this bug");
-          spare.push(r.raw);
-          stored += r.compressedSize;
-          return new Uint8Array(r.frame, 0, r.frameLength);
-        });
-        // awaited in order by sendHead; once one fails, the ones behind it are never
-        // awaited, and must not end the process as unhandled rejections
-        job.catch(() => {});
-        queue.push(job);
-      }
       offset += rawLength;
-      while (queue.length >= maxInFlight) await sendHead();
       if ((i & 15) === 0) opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });
       if (rawLength < opts.chunkSize) break;
     }
-    while (queue.length > 0) await sendHead();
-    const end: End = { chunks, bytes: offset, sha256: sha.digest("hex"), ...(src.summary?.() ?? {}) };
+    await out.drain();
+    const wholeSha = sha ? await sha.digest() : undefined;
+    const end: End = { chunks, bytes: offset, ...(peerHasRoot ? { root: root.digest() } : {}), ...(wholeSha ? { sha256: wholeSha } : {}), ...(src.summary?.() ?? {}) };
     await send(ch.sendJson(MsgType.END, end)); // END too can wait on a receiver that froze
     endSent = end;
     finishedSending = true;
@@ -321,15 +343,18 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     if (peerFailure) throw peerFailure;
     const d = done as Done | null;
     if (!d) throw new TbError("CLOSED", "the receiver never confirmed the backup", "the backup is incomplete; run the command again");
-    if (d.sha256 !== end.sha256)
-      throw new TbError("CORRUPT", `the receiver stored SHA-256 ${d.sha256}, but the source has ${end.sha256}`, "the backup is incomplete; check the cable and run again");
+    if (end.root !== undefined && d.root !== end.root)
+      throw new TbError("CORRUPT", `the receiver stored integrity root ${d.root ?? "(none)"}, but the source has ${end.root}`, "the backup is incomplete; check the cable and run again");
+    if (end.sha256 !== undefined && d.sha256 !== end.sha256)
+      throw new TbError("CORRUPT", `the receiver stored SHA-256 ${d.sha256 ?? "(none)"}, but the source has ${end.sha256}`, "the backup is incomplete; check the cable and run again");
     return {
       id: d.id,
       path: d.path,
       source: opts.source,
       bytes: offset,
       storedBytes: d.storedBytes,
-      sha256: end.sha256,
+      root: end.root ?? null,
+      sha256: end.sha256 ?? null,
       chunks,
       zeroChunks,
       resumedFrom: start,
@@ -349,6 +374,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     throw e;
   } finally {
     pool.terminate();
+    hasher?.terminate();
     src.close();
     await ch.close();
   }

@@ -9,17 +9,19 @@ import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, typeName, type
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import type { Transport } from "../transport/index.ts";
-import { FILES_FILE, IMAGE_FILE, createBackupDir, fsyncDir, PARTIAL_SUFFIX } from "../store/layout.ts";
+import { DIGESTS_FILE, FILES_FILE, IMAGE_FILE, createBackupDir, fsyncDir, PARTIAL_SUFFIX } from "../store/layout.ts";
 import { ImageWriter, prefixDigest } from "../store/image-writer.ts";
 import { awaitResume, checkPrefix, findResumable, markNotResumable, readPrefix } from "./resume.ts";
-import { writeManifest, type Manifest } from "../store/manifest.ts";
+import { MANIFEST_FORMAT, writeManifest, type Manifest } from "../store/manifest.ts";
 import { frameHasChecksum } from "../store/seekable.ts";
 import { Channel } from "./channel.ts";
-import { WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
+import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
+import { OrderedPipeline } from "./pipeline.ts";
+import { RootBuilder, ROOT_ALGORITHM, isDigest, zeroDigest } from "../store/root.ts";
 import { TbError, asTbError, errnoCode, errnoText, isErrno } from "./errors.ts";
 import { checkPeer, newHelloAck } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
-import { PROTOCOL_VERSION, TOOL } from "./version.ts";
+import { PROTOCOL_VERSION, ROOT_CAP, TOOL } from "./version.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { serveRequest, type ServeOptions } from "./serve-restore.ts";
@@ -49,6 +51,7 @@ export interface SessionResult {
   host?: string;
   bytes?: number;
   storedBytes?: number;
+  root?: string;
   sha256?: string;
   seconds?: number;
   error?: { code: string; message: string };
@@ -219,10 +222,9 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, outcomes: Map<
 }
 
 
-interface PendingCheck {
-  index: number;
-  p: Promise<WorkerReply>;
-  reply: WorkerReply | null;
+/** Whether the peer's HELLO lists the integrity-root capability. */
+function hasRootCap(hello: Hello): boolean {
+  return Array.isArray(hello.caps) && hello.caps.includes(ROOT_CAP);
 }
 
 async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Promise<SessionEnd> {
@@ -241,7 +243,11 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   if (!Number.isInteger(chunkSize) || chunkSize < 4096 || chunkSize > MAX_CHUNK_SIZE || chunkSize % 4096 !== 0)
     return fail("PROTOCOL", `chunk size ${chunkSize} is not supported`);
 
-  const pool = new WorkerPool(1);
+  // Every chunk is checked and hashed (its SHA-256, for the integrity root) on
+  // any worker. The classic whole-image SHA-256 is one running hash, fed in
+  // order: when the sender asks for it, or predates the root, one worker does it all.
+  const wholeSha = !hasRootCap(hello) || hello.sha256 === true;
+  const pool = new WorkerPool(wholeSha ? 1 : workerCount());
   // chunk payloads arrive in these and come back from the worker once written
   ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(chunkSize) + TRAILER_SIZE, 64));
   // While our work moves on (a frame taken in, a stored chunk re-checked), the
@@ -255,7 +261,7 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
     void ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {});
   }, KEEPALIVE_MS);
   try {
-    return await receiveSession(ch, hello, opts, { pool, started, disk, chunkSize, files, fail, activity });
+    return await receiveSession(ch, hello, opts, { pool, wholeSha, started, disk, chunkSize, files, fail, activity });
   } finally {
     clearInterval(keepalive);
     pool.terminate();
@@ -265,6 +271,8 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
 
 interface SessionSetup {
   pool: WorkerPool;
+  /** also compute the whole-image SHA-256 (a pool of one worker) */
+  wholeSha: boolean;
   started: Date;
   disk: NonNullable<Hello["disk"]>;
   chunkSize: number;
@@ -275,7 +283,8 @@ interface SessionSetup {
 }
 
 /** One push session, after its HELLO checked out: new or resumed, until DONE or failure. */
-async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { pool, started, disk, chunkSize, files, fail, activity }: SessionSetup): Promise<SessionEnd> {
+async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { pool, wholeSha, started, disk, chunkSize, files, fail, activity }: SessionSetup): Promise<SessionEnd> {
+  const root = new RootBuilder();
   let created0: { id: string; dir: string } | null = null;
   let manifest0: Manifest | null = null;
   let writer0: ImageWriter | null = null;
@@ -308,12 +317,18 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     }
     if (from === d.chunks) {
       try {
-        const prefix = await checkPrefix(candidate.dir, candidate.manifest, lines, pool, () => activity.n++);
+        const prefix = await checkPrefix(candidate.dir, candidate.manifest, lines, pool, wholeSha, () => activity.n++);
         writer0 = new ImageWriter(candidate.dir, candidate.manifest.data, { entries: prefix.entries, storedBytes: d.storedBytes, rawBytes: d.rawBytes, chunkListBytes: d.chunkListBytes });
+        for (const digest of prefix.digests) {
+          root.add(digest);
+          writer0.recordDigest(digest);
+        }
         prefixZero = prefix.zero;
         created0 = { id: candidate.id, dir: candidate.dir };
         const m = candidate.manifest;
         m.session = hello.session;
+        m.format = MANIFEST_FORMAT;
+        m.digests = { algorithm: ROOT_ALGORITHM, file: DIGESTS_FILE };
         m.resumed = [...(m.resumed ?? []), { at: started.toISOString(), fromChunk: from }];
         delete m.reason;
         manifest0 = m;
@@ -334,7 +349,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       return fail(isErrno(e, ...DISK_FULL) ? "NO_SPACE" : "DEST", `receiver cannot create a backup directory under ${opts.out}: ${errnoText(e)}`);
     }
     const m: Manifest = {
-      format: 1,
+      format: MANIFEST_FORMAT,
       id: created0.id,
       kind: files ? "files" : "image",
       status: "partial",
@@ -350,6 +365,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       size: disk.size,
       storedBytes: 0,
       sha256: null,
+      root: null,
+      digests: { algorithm: ROOT_ALGORITHM, file: DIGESTS_FILE },
       data: files ? FILES_FILE : IMAGE_FILE,
       timings: { started: started.toISOString(), finished: null, seconds: null },
     };
@@ -367,7 +384,6 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   const finalDir = created.dir.slice(0, -PARTIAL_SUFFIX.length);
   const expectedChunks = files ? Number.MAX_SAFE_INTEGER : Math.ceil(disk.size / chunkSize);
   let sawShort = false;
-  const checks: PendingCheck[] = [];
   let next = resumedFrom;
   let zero = prefixZero;
   let carried: Frame | null = null;
@@ -377,22 +393,18 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     if (!candidate) await ch.sendJson(MsgType.HELLO_ACK, newHelloAck(hello, created.id));
   }
 
-  const settle = async (c: PendingCheck) => {
-    const r = c.reply ?? (await c.p);
+  // Checked chunks come back in order: their digests go into the root and digests.txt.
+  const checks = new OrderedPipeline<{ index: number; rawLength: number; reply: WorkerReply }>(MAX_CHECKS_IN_FLIGHT, ({ index, rawLength, reply: r }) => {
     if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
     if (r.op === "checked") ch.release(r.buf);
     if (r.op === "checked" && !r.ok)
-      throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.index * chunkSize}) failed its check: ${r.error}`, "the data was damaged in transit; check the cable and push again");
+      throw new TbError("CORRUPT", `chunk ${index} (offset ${index * chunkSize}) failed its check: ${r.error}`, "the data was damaged in transit; check the cable and push again");
     if ((r.op === "checked" || r.op === "zeroed") && r.writeError) throw storeFailed("write", r.writeError);
-  };
-  const track = (index: number, p: Promise<WorkerReply>) => {
-    const c: PendingCheck = { index, p, reply: null };
-    p.then((r) => (c.reply = r));
-    checks.push(c);
-  };
-  const drainSettled = async (limit: number) => {
-    while (checks.length > 0 && (checks.length > limit || checks[0]!.reply)) await settle(checks.shift()!);
-  };
+    const digest = r.op === "checked" ? r.digest! : zeroDigest(rawLength);
+    root.add(digest);
+    writer.recordDigest(digest);
+  });
+  const track = (index: number, rawLength: number, p: Promise<WorkerReply>) => checks.add(p.then((reply) => ({ index, rawLength, reply })));
   // A write or sync of the backup failed (the workers report an errno code).
   const storeFailed = (doing: string, e: unknown) => {
     if ((DISK_FULL as readonly string[]).includes(errnoCode(e))) return new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
@@ -438,7 +450,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           const zf = zeroFrame(rawLength);
           const position = writer.record(zf, rawLength, offset, h.checksum);
           ch.release(f.payload.buffer);
-          track(h.index, pool.run({ op: "zero", index: h.index, rawLength, write: { fd: writer.imageFd, position, frame: zf.slice().buffer as ArrayBuffer } }, [], 0));
+          await track(h.index, rawLength, pool.run({ op: "zero", index: h.index, rawLength, hash: wholeSha, write: { fd: writer.imageFd, position, frame: zf.slice().buffer as ArrayBuffer } }, [], wholeSha ? 0 : undefined));
           zero++;
         } else {
           const z = f.payload.subarray(CHUNK_HEADER_SIZE);
@@ -446,13 +458,13 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           const position = writer.record(z, rawLength, offset, h.checksum);
           const buf = f.payload.buffer as ArrayBuffer;
           // the worker checks the chunk, then writes it at its position
-          track(h.index, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: f.payload.byteOffset + CHUNK_HEADER_SIZE, length: z.length, hash: true, wantRaw: false, write: { fd: writer.imageFd, position } }, [buf], 0));
+          await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: f.payload.byteOffset + CHUNK_HEADER_SIZE, length: z.length, hash: wholeSha, digest: true, wantRaw: false, write: { fd: writer.imageFd, position } }, [buf], wholeSha ? 0 : undefined));
         }
         next++;
-        await drainSettled(MAX_CHECKS_IN_FLIGHT);
+        await checks.ready();
         if (syncFailure) throw syncFailure;
         if (next - lastProgress >= PROGRESS_EVERY_CHUNKS && !syncing) {
-          await drainSettled(0);
+          await checks.drain();
           lastProgress = next;
           const progress = { chunks: next, bytes: writer.rawBytes };
           const durable = { chunks: next, rawBytes: writer.rawBytes, storedBytes: writer.bytesWritten, chunkListBytes: writer.chunkListBytes };
@@ -473,16 +485,25 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       } else if (f.type === MsgType.END) {
         const end = decodeJson<End>(f.payload);
         const want = files ? next : expectedChunks;
-        if (!end || end.chunks !== want || next !== want || end.bytes !== (files ? writer.rawBytes : disk.size) || typeof end.sha256 !== "string")
+        if (!end || end.chunks !== want || next !== want || end.bytes !== (files ? writer.rawBytes : disk.size))
           throw new TbError("PROTOCOL", `the sender ended after ${next} of ${end?.chunks ?? "?"} chunks`, "the backup is incomplete; push again");
+        // a sender with the root capability sends its root; one without, its whole-image SHA-256
+        if (hasRootCap(hello) ? !isDigest(end.root) : !isDigest(end.sha256))
+          throw new TbError("PROTOCOL", "the sender's END lacks its integrity root or SHA-256", "use the same tbbackup version on both sides");
         const size = end.bytes;
-        await drainSettled(0);
+        await checks.drain();
         await syncing;
         if (syncFailure) throw syncFailure;
-        const digest = await pool.run({ op: "digest" }, [], 0);
-        const sha256 = digest.op === "digest" ? digest.sha256 : "";
-        if (sha256 !== end.sha256)
-          throw new TbError("CORRUPT", `whole-image SHA-256 mismatch: received data hashes to ${sha256}, the sender read ${end.sha256}`, "the backup is incomplete; check the cable and push again");
+        const rootHex = root.digest();
+        if (end.root !== undefined && rootHex !== end.root)
+          throw new TbError("CORRUPT", `integrity root mismatch: received data makes ${rootHex}, the sender read ${end.root}`, "the backup is incomplete; check the cable and push again");
+        let sha256: string | null = null;
+        if (wholeSha) {
+          const digest = await pool.run({ op: "digest" }, [], 0);
+          sha256 = digest.op === "digest" ? digest.sha256 : "";
+          if (end.sha256 !== undefined && sha256 !== end.sha256)
+            throw new TbError("CORRUPT", `whole-image SHA-256 mismatch: received data hashes to ${sha256}, the sender read ${end.sha256}`, "the backup is incomplete; check the cable and push again");
+        }
         let storedBytes: number;
         try {
           storedBytes = writer.finish();
@@ -497,17 +518,18 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           chunks: { ...manifest.chunks, count: want, zero },
           storedBytes,
           sha256,
+          root: rootHex,
           timings: { started: started.toISOString(), finished: finished.toISOString(), seconds: (finished.getTime() - started.getTime()) / 1000 },
         });
         writeManifest(created.dir, manifest);
         fs.renameSync(created.dir, finalDir);
         renamed = true;
         fsyncDir(path.dirname(finalDir));
-        confirmation = { session: hello.session, id: created.id, path: finalDir, sha256, bytes: size, storedBytes };
+        confirmation = { session: hello.session, id: created.id, path: finalDir, ...(hasRootCap(hello) ? { root: rootHex } : {}), ...(sha256 ? { sha256 } : {}), bytes: size, storedBytes };
         await ch.sendJson(MsgType.DONE, confirmation);
-        opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes} (sha256 ${sha256})`);
+        opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""})`);
         return {
-          result: { ok: true, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, bytes: size, storedBytes, sha256, seconds: manifest.timings.seconds! },
+          result: { ok: true, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, bytes: size, storedBytes, root: rootHex, sha256: sha256 ?? undefined, seconds: manifest.timings.seconds! },
           carried: null,
           done: confirmation,
         };

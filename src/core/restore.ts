@@ -6,7 +6,9 @@ import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, type RestoreEnd, type RestoreGo, type RestoreInfo, type ErrorMsg } from "../protocol/messages.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
-import { Hasher, WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
+import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
+import { OrderedPipeline } from "./pipeline.ts";
+import { RootBuilder, zeroDigest } from "../store/root.ts";
 import { TbError, asTbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
@@ -43,7 +45,8 @@ export interface RestoreResult {
   target: string;
   id: string;
   bytes: number;
-  sha256: string;
+  root: string | null;
+  sha256: string | null;
   verified: boolean;
   seconds: number;
   extracted?: ExtractStats;
@@ -93,7 +96,7 @@ interface Sink {
   close(): void;
 }
 
-function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, reporter: Reporter): Sink {
+function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, pool: WorkerPool, reporter: Reporter): Sink {
   const fd = openTarget(target, info.size);
   const zeroBuf = target.kind === "block" ? new Uint8Array(info.chunkSize) : null;
   return {
@@ -115,9 +118,16 @@ function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, repor
       reporter.info("reading the target back to verify it");
       // Drop the cached pages first, so the read-back comes from the disk itself.
       (await loadLibc())?.fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-      const sha = await readBackSha(fd, info.size, reporter, target.kind === "file" ? await holeTest(fd, info.size, target.path) : null);
-      if (sha !== info.sha256)
-        throw new TbError("VERIFY", `read-back of ${target.path} hashes to ${sha}, the backup says ${info.sha256}`, "the target does not hold the backup; check the disk and restore again");
+      const isHole = target.kind === "file" ? await holeTest(fd, info.size, target.path) : null;
+      if (info.root) {
+        const got = await readBackRoot(fd, info, pool, reporter, isHole);
+        if (got !== info.root)
+          throw new TbError("VERIFY", `read-back of ${target.path} makes integrity root ${got}, the backup says ${info.root}`, "the target does not hold the backup; check the disk and restore again");
+      } else {
+        const sha = await readBackSha(fd, info.size, reporter, isHole);
+        if (sha !== info.sha256)
+          throw new TbError("VERIFY", `read-back of ${target.path} hashes to ${sha}, the backup says ${info.sha256}`, "the target does not hold the backup; check the disk and restore again");
+      }
       return true;
     },
     close: () => fs.closeSync(fd),
@@ -149,7 +159,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const target = opts.filesDest ? null : inspectTarget(opts.target);
   const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target);
   let sink: (Sink & { stats?: () => ExtractStats }) | null = null;
-  const pool = new WorkerPool(2);
+  const pool = new WorkerPool(workerCount());
   // the SHA-256 worker, when restore uses one (created once the sink is known)
   let hasher: Hasher | null = null;
   try {
@@ -161,37 +171,37 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       if (src.files) notTheBackup(target, src.files);
       if (!(await opts.confirm(target, info))) throw new TbError("REFUSED", "restore cancelled", notIncomplete);
       opts.writing?.();
-      sink = imageSink(target, info, opts.verify, opts.reporter);
+      sink = imageSink(target, info, opts.verify, pool, opts.reporter);
     } else {
       if (info.kind !== "files") throw new TbError("USAGE", `backup ${info.id} is a disk image`, "restore it onto a disk or image file: tbbackup restore TARGET");
       opts.writing?.();
       sink = filesSink(opts.filesDest!, opts.overwrite === true, opts.reporter);
     }
     const out = sink;
-    opts.reporter.info(`restoring ${info.id} (${info.size} bytes, sha256 ${info.sha256.slice(0, 16)}...) to ${out.path}`);
-    // The SHA-256 runs in chunk order while the workers decompress in parallel:
-    // on a thread of its own when the workers write the target themselves, else here.
-    hasher = out.hashInPass && out.fd !== undefined ? new Hasher((buf) => spare.push(buf)) : null;
-    const sha = out.hashInPass && !hasher ? new Bun.CryptoHasher("sha256") : null;
+    opts.reporter.info(`restoring ${info.id} (${info.size} bytes, ${info.root ? `root ${info.root.slice(0, 16)}` : `sha256 ${info.sha256!.slice(0, 16)}`}...) to ${out.path}`);
+    // In the pass itself: the integrity root from the workers' per-chunk digests;
+    // a backup older than the root has its whole-image SHA-256 computed in chunk
+    // order, on a thread of its own when the workers write the target themselves, else here.
+    const root = info.root ? new RootBuilder() : null;
+    hasher = !root && out.hashInPass && out.fd !== undefined ? new Hasher((buf) => spare.push(buf)) : null;
+    const sha = !root && out.hashInPass && !hasher ? new Bun.CryptoHasher("sha256") : null;
     let zeroBuf = new Uint8Array(0);
     // decompression buffers go back and forth between here and the workers
     const spare: ArrayBuffer[] = [];
     const zeroes = (n: number) => (zeroBuf.length >= n ? zeroBuf : (zeroBuf = new Uint8Array(n))).subarray(0, n);
-    const pending: { c: ChunkIn; p: Promise<WorkerReply> | null }[] = [];
     // Written data is synced as we go, so the final fsync has little left to wait for.
     let syncing: Promise<void> | null = null;
     let syncError: unknown = null;
     let written = 0;
     let count = 0;
-    const settle = async () => {
-      const { c, p } = pending.shift()!;
-      if (p) {
-        const r = await p;
+    const pending = new OrderedPipeline<{ c: ChunkIn; r: WorkerReply | null }>(4 * pool.size, async ({ c, r }) => {
+      if (r) {
         if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
         if (r.op === "checked") {
           src.release(r.buf);
           if (!r.ok) throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.offset}) of backup ${info.id} is bad: ${r.error}`, "the target is now incomplete; run 'tbbackup verify' on the backup, or restore another one");
           if (r.writeError) throw targetWriteError(out.path, c.offset, r.writeError);
+          root?.add(r.digest!);
           const raw = new Uint8Array(r.raw!, 0, c.rawLength);
           sha?.update(raw);
           await out.data?.(raw, c);
@@ -199,27 +209,27 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
           else spare.push(r.raw!);
         }
       } else {
+        root?.add(zeroDigest(c.rawLength));
         sha?.update(zeroes(c.rawLength));
         if (hasher) await hasher.zero(c.index, c.rawLength);
         await out.zero(c);
       }
       written += c.rawLength;
-    };
+    });
     let expected = 0;
     for await (const c of src.chunks) {
       if (c.index !== expected || c.offset !== expected * info.chunkSize || c.offset + c.rawLength > info.size)
         throw new TbError("CORRUPT", `chunk ${c.index} at offset ${c.offset} does not fit the backup's layout`, "the target is now incomplete; restore again");
       expected++;
       const p = c.zero
-        ? null
+        ? Promise.resolve(null)
         : (() => {
             const outBuf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
             const writeRaw = out.fd !== undefined ? { fd: out.fd, position: c.offset } : undefined;
-            return pool.run({ op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: false, wantRaw: true, out: outBuf, writeRaw }, [c.buf!, outBuf]);
+            return pool.run({ op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: false, digest: root !== null, wantRaw: true, out: outBuf, writeRaw }, [c.buf!, outBuf]);
           })();
-      pending.push({ c, p });
+      await pending.add(p.then((r) => ({ c, r })));
       count++;
-      while (pending.length > 8) await settle();
       if (syncError) throw syncError;
       if (out.fd !== undefined && (count & 63) === 0 && !syncing) {
         const fd = out.fd;
@@ -227,21 +237,27 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       }
       if ((count & 15) === 0) opts.reporter.progress({ phase: "restore", bytes: written, total: info.size });
     }
-    while (pending.length) await settle();
+    await pending.drain();
     await syncing;
     if (syncError) throw syncError;
     if (expected !== info.chunks || written !== info.size)
       throw new TbError("CLOSED", `only ${written} of ${info.size} bytes arrived`, "the target is now incomplete; restore again");
-    const digest = hasher ? await hasher.digest() : sha?.digest("hex");
-    if (digest !== undefined && digest !== info.sha256)
-      throw new TbError("CORRUPT", `the restored data hashes to ${digest}, the backup says ${info.sha256}`, "the target is now incomplete; restore again");
+    if (root) {
+      const got = root.digest();
+      if (got !== info.root) throw new TbError("CORRUPT", `the restored data makes integrity root ${got}, the backup says ${info.root}`, "the target is now incomplete; restore again");
+    } else {
+      const digest = hasher ? await hasher.digest() : sha?.digest("hex");
+      if (digest !== undefined && digest !== info.sha256)
+        throw new TbError("CORRUPT", `the restored data hashes to ${digest}, the backup says ${info.sha256}`, "the target is now incomplete; restore again");
+    }
     const verified = await out.finish(info);
     await src.finish(true);
     return {
       target: out.path,
       id: info.id,
       bytes: info.size,
-      sha256: info.sha256,
+      root: info.root ?? null,
+      sha256: info.sha256 ?? null,
       verified,
       seconds: (Date.now() - started) / 1000,
       ...(out.stats ? { extracted: out.stats() } : {}),
@@ -300,6 +316,40 @@ async function readBackSha(fd: number, size: number, reporter: Reporter, isHole:
   return sha.digest("hex");
 }
 
+/**
+ * The integrity root of the target as it now reads back from the disk: every
+ * chunk is read and hashed by the workers in parallel, and folded in order.
+ * The holes of a sparse file target are zeros by definition and not read.
+ */
+async function readBackRoot(fd: number, info: RestoreInfo, pool: WorkerPool, reporter: Reporter, isHole: ((offset: number, length: number) => boolean) | null): Promise<string> {
+  const root = new RootBuilder();
+  const spare: ArrayBuffer[] = [];
+  let done = 0;
+  const reads = new OrderedPipeline<{ offset: number; length: number; r: WorkerReply | null }>(2 * pool.size, ({ offset, length, r }) => {
+    if (r && r.op === "readhashed") {
+      spare.push(r.buf);
+      if (r.error) throw new TbError("VERIFY", `reading the target back at byte ${offset} failed: ${r.error}`, "the target does not hold the backup; check the disk and restore again");
+      // a short target: its root cannot match
+      root.add(r.length === length ? r.digest : "short");
+    } else if (r) throw new TbError("INTERNAL", r.op === "failed" ? r.error : `unexpected worker reply ${r.op}`, "report this bug");
+    else root.add(zeroDigest(length));
+    done = offset + length;
+    reporter.progress({ phase: "read-back", bytes: done, total: info.size });
+  });
+  for (let offset = 0; offset < info.size; offset += info.chunkSize) {
+    const length = Math.min(info.chunkSize, info.size - offset);
+    if (isHole?.(offset, length)) {
+      await reads.add(Promise.resolve({ offset, length, r: null }));
+      continue;
+    }
+    const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
+    const job = pool.run({ op: "readhash", index: offset / info.chunkSize, fd, position: offset, length, buf }, [buf]);
+    await reads.add(job.then((r) => ({ offset, length, r })));
+  }
+  await reads.drain();
+  return root.digest();
+}
+
 /** Chunks from a stored backup on this machine. */
 function fileSource(from: string): Source {
   const { manifest: m } = locateBackup(from);
@@ -317,9 +367,10 @@ function fileSource(from: string): Source {
     size: reader.rawSize,
     chunkSize,
     chunks: reader.entries.length,
-    sha256: manifest?.sha256 ?? "",
+    ...(manifest?.root ? { root: manifest.root } : {}),
+    ...(manifest?.sha256 ? { sha256: manifest.sha256 } : {}),
   };
-  if (!info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with a SHA-256`, "restore from a backup directory made by tbbackup receive");
+  if (!info.root && !info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with an integrity root or SHA-256`, "restore from a backup directory made by tbbackup receive");
   const frames = new BufferPool(compressBound(chunkSize), 16);
   async function* chunks(): AsyncGenerator<ChunkIn> {
     let offset = 0;
@@ -392,7 +443,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
           received++;
         } else if (f.type === MsgType.RESTORE_END) {
           const end = decodeJson<RestoreEnd>(f.payload);
-          if (!end || end.sha256 !== offer.sha256 || end.bytes !== offer.size) throw new TbError("PROTOCOL", "the receiver ended the restore with different totals than it offered", "restore again");
+          if (!end || end.root !== offer.root || end.sha256 !== offer.sha256 || end.bytes !== offer.size) throw new TbError("PROTOCOL", "the receiver ended the restore with different totals than it offered", "restore again");
           return;
         } else if (f.type === MsgType.ERROR) throw peerError(f.payload);
       }

@@ -1,4 +1,4 @@
-// Resuming an interrupted push (DESIGN §5). The receiver records in each
+// Resuming an interrupted push (docs/PROTOCOL.md §8.4). The receiver records in each
 // partial's manifest what was durable at the last PROGRESS; a later push of the
 // same disk is offered that prefix, and the sender re-reads its own prefix to
 // check that its chunk list hashes the same before continuing after it.
@@ -102,15 +102,17 @@ export async function awaitResume(ch: Channel, hello: Hello, idleMs: number, res
 
 /**
  * Re-checks the durable prefix of a partial image: every frame decompresses
- * (on the pool's worker, feeding its SHA-256 in order) to the length and XXH3
- * its chunk-list line gives. Returns the seek entries to continue with.
+ * (on the pool's first worker, feeding its SHA-256 in order when `wholeSha`)
+ * to the length and XXH3 its chunk-list line gives. Returns the seek entries
+ * to continue with and the chunks' digests (for the integrity root).
  */
-export async function checkPrefix(dir: string, m: Manifest, lines: string, pool: WorkerPool, onChunk: () => void): Promise<{ entries: SeekEntry[]; zero: number }> {
+export async function checkPrefix(dir: string, m: Manifest, lines: string, pool: WorkerPool, wholeSha: boolean, onChunk: () => void): Promise<{ entries: SeekEntry[]; zero: number; digests: string[] }> {
   const d = m.durable!;
   const rows = lines.split("\n").filter(Boolean);
   if (rows.length !== d.chunks) throw new Error(`the chunk list has ${rows.length} durable lines, the manifest says ${d.chunks}`);
   const fd = fs.openSync(path.join(dir, m.data + ".tmp"), "r");
   const entries: SeekEntry[] = [];
+  const digests: string[] = [];
   let zero = 0;
   try {
     const z = zstd();
@@ -122,8 +124,9 @@ export async function checkPrefix(dir: string, m: Manifest, lines: string, pool:
       const n = fs.readSync(fd, window, 0, Math.min(window.length, d.storedBytes - position), position);
       const size = z.findFrameCompressedSize(window.subarray(0, n));
       const frame = window.slice(0, size);
-      const r = await pool.run({ op: "check", index: i, rawLength, checksum, buf: frame.buffer as ArrayBuffer, at: 0, length: size, hash: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0);
+      const r = await pool.run({ op: "check", index: i, rawLength, checksum, buf: frame.buffer as ArrayBuffer, at: 0, length: size, hash: wholeSha, digest: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0);
       if (r.op !== "checked" || !r.ok) throw new Error(`chunk ${i}: ${r.op === "checked" ? r.error : "worker failed"}`);
+      digests.push(r.digest!);
       onChunk();
       entries.push({ compressedSize: size, rawSize: rawLength, checksum: frameChecksum(window.subarray(0, size)) });
       if (checksum === zeroChecksum(rawLength)) zero++;
@@ -133,7 +136,7 @@ export async function checkPrefix(dir: string, m: Manifest, lines: string, pool:
   } finally {
     fs.closeSync(fd);
   }
-  return { entries, zero };
+  return { entries, zero, digests };
 }
 
 /** Marks a partial as one that will not be offered again (kept for inspection). */

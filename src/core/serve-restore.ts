@@ -2,8 +2,10 @@
 // A restore sends the stored compressed chunks as they are; the restoring side
 // checks each one. Backup IDs are resolved strictly inside DIR.
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, encodeZero, writeChunkHeader, type DiskIdentity, type Hello, type HostIdentity, type RestoreGo, type RestoreInfo } from "../protocol/messages.ts";
-import { HEADER_SIZE, TRAILER_SIZE, sealFrame, writeHeader, type Frame } from "../protocol/frame.ts";
+import { MsgType, decodeJson, type DiskIdentity, type Hello, type HostIdentity, type RestoreGo, type RestoreInfo } from "../protocol/messages.ts";
+import type { Frame } from "../protocol/frame.ts";
+import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame, zeroRecordFrame } from "../protocol/chunk-record.ts";
+import { ROOT_CAP } from "./version.ts";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { resolveBackupId } from "../store/layout.ts";
 import { sameHardware } from "./identity.ts";
@@ -119,7 +121,11 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
   } catch (e) {
     return refuse("NOT_FOUND", `the backup at ${path.relative(opts.out, dir)} has no readable manifest: ${(e as Error).message}`);
   }
-  if (manifest.status !== "complete" || !manifest.sha256) return refuse("NOT_FOUND", `backup ${manifest.id} is ${manifest.status}, not complete`);
+  if (manifest.status !== "complete" || (!manifest.sha256 && !manifest.root)) return refuse("NOT_FOUND", `backup ${manifest.id} is ${manifest.status}, not complete`);
+  // a restorer older than the integrity root can only check a whole-image SHA-256
+  const restorerHasRoot = Array.isArray(hello.caps) && hello.caps.includes(ROOT_CAP);
+  if (!restorerHasRoot && !manifest.sha256) return refuse("PROTOCOL", `backup ${manifest.id} is checked by its integrity root, which this tbbackup (${String(hello.tool)}) does not know`, );
+  const check = restorerHasRoot && manifest.root ? { root: manifest.root } : { sha256: manifest.sha256! };
   const wanted = hello.content === "files" ? "files" : "image";
   if (manifest.kind !== wanted)
     return refuse("USAGE", manifest.kind === "files" ? `backup ${manifest.id} is a file-level backup; use restore --files DEST` : `backup ${manifest.id} is a disk image; restore it onto a disk or image file`);
@@ -145,7 +151,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
       size: manifest.size,
       chunkSize: manifest.chunkSize,
       chunks: reader.entries.length,
-      sha256: manifest.sha256,
+      ...check,
     };
     await ch.sendJson(MsgType.RESTORE_INFO, info);
     // The other side confirms (a person may be reading a prompt) or gives up.
@@ -169,25 +175,18 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     };
     let offset = 0;
     // one frame buffer, refilled for every chunk: the stored frame is read straight into its payload
-    const start = HEADER_SIZE + CHUNK_HEADER_SIZE;
-    let frame = new Uint8Array(start + compressBound(manifest.chunkSize) + TRAILER_SIZE);
+    let frame = new Uint8Array(dataFrameSize(compressBound(manifest.chunkSize)));
     for (let i = 0; i < reader.entries.length; i++) {
       const e = reader.entries[i]!;
-      if (frame.length < start + e.compressedSize + TRAILER_SIZE) frame = new Uint8Array(start + e.compressedSize + TRAILER_SIZE);
-      const { line, frame: z } = readStoredChunk(reader, list, i, frame.subarray(start), (why) => new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: ${why}`, "the stored backup is damaged"));
+      if (frame.length < dataFrameSize(e.compressedSize)) frame = new Uint8Array(dataFrameSize(e.compressedSize));
+      const { line, frame: z } = readStoredChunk(reader, list, i, frame.subarray(DATA_PAYLOAD_AT), (why) => new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: ${why}`, "the stored backup is damaged"));
       const header = { index: i, rawLength: e.rawSize, offset, checksum: line!.checksum };
-      if (isZeroFrame(z, e.rawSize, header.checksum)) await send(ch.send(MsgType.ZERO, encodeZero(header)));
-      else {
-        const payloadLength = CHUNK_HEADER_SIZE + z.length;
-        writeHeader(frame, 0, MsgType.DATA, payloadLength);
-        writeChunkHeader(frame, HEADER_SIZE, header);
-        sealFrame(frame, payloadLength);
-        await send(ch.sendFrame(frame.subarray(0, HEADER_SIZE + payloadLength + TRAILER_SIZE)));
-      }
+      if (isZeroFrame(z, e.rawSize, header.checksum)) await send(ch.sendFrame(zeroRecordFrame(header)));
+      else await send(ch.sendFrame(frame.subarray(0, sealDataFrame(frame, header, z.length))));
       offset += e.rawSize;
       if ((i & 15) === 0) opts.reporter.progress({ phase: "serve restore", bytes: offset, total: manifest.size });
     }
-    await ch.sendJson(MsgType.RESTORE_END, { chunks: reader.entries.length, bytes: manifest.size, sha256: manifest.sha256 });
+    await ch.sendJson(MsgType.RESTORE_END, { chunks: reader.entries.length, bytes: manifest.size, ...check });
     // Wait for the other side's word: written, synced and read back (or why not).
     // It reads a big disk back for minutes, saying PROGRESS every few seconds.
     let f: { type: number; payload: Uint8Array };
@@ -197,7 +196,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     const message = ok ? "" : (decodeJson<{ message?: string }>(f.payload)?.message ?? "no confirmation");
     opts.reporter.info(ok ? `restore of ${manifest.id} to ${hello.host?.hostname} done` : `restore of ${manifest.id} to ${hello.host?.hostname} failed: ${message}`);
     return {
-      result: { ok, role: "restore", id: manifest.id, host: hello.host?.hostname, bytes: manifest.size, sha256: manifest.sha256, seconds: (Date.now() - started) / 1000, error: ok ? undefined : { code: "PEER", message } },
+      result: { ok, role: "restore", id: manifest.id, host: hello.host?.hostname, bytes: manifest.size, ...check, seconds: (Date.now() - started) / 1000, error: ok ? undefined : { code: "PEER", message } },
       carried: null,
     };
   } catch (e) {

@@ -1,12 +1,16 @@
 // verify: re-reads a stored backup, checks every chunk (zstd frame checksum and
-// our xxh3 of the raw data) and the whole-image SHA-256, writing nothing.
+// our xxh3 of the raw data) and the integrity root (and the whole-image
+// SHA-256 where the backup records one), writing nothing.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { CHUNKS_FILE, IMAGE_FILE, MANIFEST_FILE } from "../store/layout.ts";
 import { readManifest, type Manifest } from "../store/manifest.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
-import { WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
+import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
+import { OrderedPipeline } from "./pipeline.ts";
+import { RootBuilder, zeroDigest } from "../store/root.ts";
+import { isZeroFrame } from "./zero.ts";
 import { TbError } from "./errors.ts";
 import type { Reporter } from "./report.ts";
 import { requireZstd } from "../util/zstd.ts";
@@ -17,7 +21,10 @@ export interface VerifyResult {
   ok: true;
   chunks: number;
   bytes: number;
-  sha256: string;
+  /** the integrity root recomputed from the data (docs/FORMAT.md §4a) */
+  root: string;
+  /** the whole-image SHA-256, recomputed when the backup records one */
+  sha256: string | null;
   seconds: number;
 }
 
@@ -104,7 +111,11 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
   requireZstd(); // before any session: a clear line if this system cannot run it
   const started = Date.now();
   const { dir, manifest, reader, list } = openBackup(p, "this backup cannot be trusted; make a new one");
-  const pool = new WorkerPool(1);
+  // Every chunk is checked and hashed on any worker (the integrity root); a
+  // backup that records the whole-image SHA-256 has it recomputed too, by one
+  // worker fed in order.
+  const wholeSha = !!manifest?.sha256 || !manifest;
+  const pool = new WorkerPool(wholeSha ? 1 : workerCount());
   const bad = (i: number, why: string) =>
     new TbError("VERIFY", `chunk ${i} (raw offset ${offsetOf(reader, i)}) is bad: ${why}`, "this backup cannot be trusted; make a new one");
   try {
@@ -113,38 +124,61 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
       throw new TbError("VERIFY", `the manifest lists ${manifest.chunks.count} chunks but the image has ${reader.entries.length}`, "this backup cannot be trusted; make a new one");
     if (manifest && manifest.size !== reader.rawSize)
       throw new TbError("VERIFY", `the manifest says ${manifest.size} bytes but the image holds ${reader.rawSize}`, "this backup cannot be trusted; make a new one");
-    const inflight: { i: number; p: Promise<WorkerReply> }[] = [];
-    const frames = new BufferPool(compressBound(reader.entries[0]?.rawSize ?? 0), 12);
-    const settle = async () => {
-      const { i, p: pr } = inflight.shift()!;
-      const r = await pr;
+    const frames = new BufferPool(compressBound(reader.entries[0]?.rawSize ?? 0), 4 * pool.size + 8);
+    const root = new RootBuilder();
+    const checks = new OrderedPipeline<{ i: number; r: WorkerReply | null }>(4 * pool.size + 4, ({ i, r }) => {
+      // the canonical zero frame holds zeros by construction: nothing to decompress or hash
+      if (!r) return root.add(zeroDigest(reader.entries[i]!.rawSize));
       if (r.op === "checked") frames.give(r.buf);
       if (r.op === "checked" && !r.ok) throw bad(i, r.error ?? "check failed");
       if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
-    };
+      if (r.op === "checked") root.add(r.digest!);
+    });
     let bytes = 0;
     for (let i = 0; i < reader.entries.length; i++) {
       const e = reader.entries[i]!;
       const { line: c, frame } = readStoredChunk(reader, list, i, new Uint8Array(frames.takeBuffer()), (why) => bad(i, why));
-      inflight.push({
-        i,
-        p: pool.run({ op: "check", index: i, rawLength: e.rawSize, checksum: c?.checksum ?? -1n, buf: frame.buffer as ArrayBuffer, at: 0, length: frame.length, hash: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0),
-      });
+      if (!wholeSha && isZeroFrame(frame, e.rawSize, c?.checksum ?? -1n)) {
+        frames.give(frame.buffer as ArrayBuffer);
+        await checks.add(Promise.resolve({ i, r: null }));
+        bytes += e.rawSize;
+        continue;
+      }
+      const job = pool.run({ op: "check", index: i, rawLength: e.rawSize, checksum: c?.checksum ?? -1n, buf: frame.buffer as ArrayBuffer, at: 0, length: frame.length, hash: wholeSha, digest: true, wantRaw: false }, [frame.buffer as ArrayBuffer], wholeSha ? 0 : undefined);
+      await checks.add(job.then((r) => ({ i, r })));
       bytes += e.rawSize;
-      if (inflight.length > 8) await settle();
       if ((i & 31) === 0) reporter.progress({ phase: "verify", bytes, total: reader.rawSize });
     }
-    while (inflight.length) await settle();
-    const d = await pool.run({ op: "digest" }, [], 0);
-    const sha256 = d.op === "digest" ? d.sha256 : "";
-    if (manifest?.sha256 && manifest.sha256 !== sha256)
-      throw new TbError("VERIFY", `whole-image SHA-256 is ${sha256}, the manifest says ${manifest.sha256}`, "this backup cannot be trusted; make a new one");
-    return { path: dir, id: manifest?.id ?? null, ok: true, chunks: reader.entries.length, bytes, sha256, seconds: (Date.now() - started) / 1000 };
+    await checks.drain();
+    const rootHex = root.digest();
+    if (manifest?.root && manifest.root !== rootHex)
+      throw new TbError("VERIFY", `the integrity root is ${rootHex}, the manifest says ${manifest.root}`, "this backup cannot be trusted; make a new one");
+    if (manifest?.root && manifest.digests) checkDigestList(path.join(dir, manifest.digests.file), rootHex);
+    let sha256: string | null = null;
+    if (wholeSha) {
+      const d = await pool.run({ op: "digest" }, [], 0);
+      sha256 = d.op === "digest" ? d.sha256 : "";
+      if (manifest?.sha256 && manifest.sha256 !== sha256)
+        throw new TbError("VERIFY", `whole-image SHA-256 is ${sha256}, the manifest says ${manifest.sha256}`, "this backup cannot be trusted; make a new one");
+    }
+    return { path: dir, id: manifest?.id ?? null, ok: true, chunks: reader.entries.length, bytes, root: rootHex, sha256, seconds: (Date.now() - started) / 1000 };
   } finally {
     pool.terminate();
     reader.close();
     list?.close();
   }
+}
+
+/** digests.txt must hash to the root just recomputed from the data (docs/FORMAT.md §4a). */
+function checkDigestList(file: string, rootHex: string): void {
+  let text: Buffer;
+  try {
+    text = fs.readFileSync(file);
+  } catch (e) {
+    throw new TbError("VERIFY", `${file} cannot be read: ${(e as Error).message}`, "the backup's data checks out; its digest list is damaged (incremental pushes against it will send everything)");
+  }
+  const listed = new Bun.CryptoHasher("sha256").update(text).digest("hex");
+  if (listed !== rootHex) throw new TbError("VERIFY", `${file} does not match the data (it hashes to ${listed}, the data to ${rootHex})`, "the backup's data checks out; its digest list is damaged");
 }
 
 function offsetOf(r: ImageReader, i: number): number {

@@ -6,4 +6,6 @@ export const TOOL_NAME = "tbbackup";
 export const TOOL_VERSION: string = pkg.version;
 export const TOOL = `${TOOL_NAME}/${TOOL_VERSION}`;
 export { PROTOCOL_VERSION };
-export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status"];
+/** The integrity root of per-chunk SHA-256s (docs/PROTOCOL.md §5.4): END, DONE and RESTORE_INFO carry `root`. */
+export const ROOT_CAP = "root";
+export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", ROOT_CAP];

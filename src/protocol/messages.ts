@@ -64,6 +64,8 @@ export interface Hello {
   chunkSize?: number;
   level?: number;
   content?: "image" | "files";
+  /** push: the sender also wants the whole-image SHA-256 (--sha256) */
+  sha256?: boolean;
   /** restore only: the backup asked for (an ID), and the disk it will be written to */
   backup?: string;
   target?: DiskIdentity;
@@ -114,7 +116,10 @@ export interface FilesSummary {
 export interface End {
   chunks: number;
   bytes: number;
-  sha256: string;
+  /** the integrity root (docs/FORMAT.md §4a), to a receiver that lists the "root" capability */
+  root?: string;
+  /** the whole-image SHA-256: with --sha256, or always to a receiver without "root" */
+  sha256?: string;
   /** file-level backups only */
   files?: FilesSummary;
 }
@@ -129,7 +134,9 @@ export interface Done {
   session?: string;
   id: string;
   path: string;
-  sha256: string;
+  /** as END carried them */
+  root?: string;
+  sha256?: string;
   bytes: number;
   storedBytes: number;
 }
@@ -146,7 +153,9 @@ export interface RestoreInfo {
   size: number;
   chunkSize: number;
   chunks: number;
-  sha256: string;
+  /** what the restored data must check out against: the integrity root, or for a backup older than it, its SHA-256 */
+  root?: string;
+  sha256?: string;
 }
 
 /** The restoring side's go-ahead (after confirmation and size checks). */
@@ -158,7 +167,9 @@ export interface RestoreGo {
 export interface RestoreEnd {
   chunks: number;
   bytes: number;
-  sha256: string;
+  /** as RESTORE_INFO said */
+  root?: string;
+  sha256?: string;
 }
 
 export function encodeJson(value: unknown): Uint8Array {

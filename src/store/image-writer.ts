@@ -3,7 +3,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { encodeSeekTable, frameChecksum, type SeekEntry } from "./seekable.ts";
-import { CHUNKS_FILE, fsyncDir } from "./layout.ts";
+import { CHUNKS_FILE, DIGESTS_FILE, fsyncDir } from "./layout.ts";
 
 /** One line of chunks.txt: "index offset length xxh3hex". Both ends build it (resume compares them). */
 export function chunkLine(index: number, offset: number, length: number, checksum: bigint): string {
@@ -18,6 +18,11 @@ export function prefixDigest(lines: string): string {
 export class ImageWriter {
   private fd: number;
   private chunksFd: number;
+  /** digests.txt: the per-chunk SHA-256s whose hash is the integrity root (docs/FORMAT.md §4a) */
+  private digestsFd: number;
+  private digestLines: string[] = [];
+  /** digest lines recorded so far */
+  digests = 0;
   private entries: SeekEntry[] = [];
   private lines: string[] = [];
   bytesWritten = 0;
@@ -38,11 +43,15 @@ export class ImageWriter {
   ) {
     this.tmpPath = path.join(dir, fileName + ".tmp");
     const chunksPath = path.join(dir, CHUNKS_FILE);
+    const digestsPath = path.join(dir, DIGESTS_FILE);
     if (!resume) {
       this.fd = fs.openSync(this.tmpPath, "wx", 0o644);
       this.chunksFd = fs.openSync(chunksPath, "wx", 0o644);
+      this.digestsFd = fs.openSync(digestsPath, "wx", 0o644);
       return;
     }
+    // the prefix's digests are computed again from its checked frames and recorded anew
+    this.digestsFd = fs.openSync(digestsPath, "w", 0o644);
     this.fd = fs.openSync(this.tmpPath, "r+");
     fs.ftruncateSync(this.fd, resume.storedBytes);
     fs.truncateSync(chunksPath, resume.chunkListBytes);
@@ -76,6 +85,13 @@ export class ImageWriter {
     return position;
   }
 
+  /** Records the next chunk's SHA-256 (in chunk order, once the chunk is checked). */
+  recordDigest(digest: string): void {
+    this.digestLines.push(digest + "\n");
+    this.digests++;
+    if (this.digestLines.length >= 1024) this.flushLines();
+  }
+
   /** Records and writes a frame here, synchronously (for tools and tests). */
   append(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): void {
     const position = this.record(frame, rawSize, offset, checksum);
@@ -89,16 +105,21 @@ export class ImageWriter {
   }
 
   private flushLines(): void {
-    if (this.lines.length === 0) return;
-    fs.writeSync(this.chunksFd, this.lines.join(""));
-    this.lines = [];
+    if (this.lines.length > 0) {
+      fs.writeSync(this.chunksFd, this.lines.join(""));
+      this.lines = [];
+    }
+    if (this.digestLines.length > 0) {
+      fs.writeSync(this.digestsFd, this.digestLines.join(""));
+      this.digestLines = [];
+    }
   }
 
   /** Makes everything written so far durable, off the main thread. */
   async sync(): Promise<void> {
     this.flushLines();
     const datasync = (fd: number) => new Promise<void>((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
-    await Promise.all([datasync(this.fd), datasync(this.chunksFd)]);
+    await Promise.all([datasync(this.fd), datasync(this.chunksFd), datasync(this.digestsFd)]);
   }
 
   /** Writes the seek table, fsyncs and renames to the final name. Returns the stored size. */
@@ -108,11 +129,9 @@ export class ImageWriter {
     while (off < table.length) off += fs.writeSync(this.fd, table, off, table.length - off, this.bytesWritten + off);
     this.bytesWritten += table.length;
     this.flushLines();
-    fs.fsyncSync(this.fd);
-    fs.fsyncSync(this.chunksFd);
-    fs.closeSync(this.fd);
-    fs.closeSync(this.chunksFd);
-    this.fd = this.chunksFd = -1;
+    for (const fd of [this.fd, this.chunksFd, this.digestsFd]) fs.fsyncSync(fd);
+    for (const fd of [this.fd, this.chunksFd, this.digestsFd]) fs.closeSync(fd);
+    this.fd = this.chunksFd = this.digestsFd = -1;
     fs.renameSync(this.tmpPath, path.join(this.dir, this.fileName));
     fsyncDir(this.dir);
     return this.bytesWritten;
@@ -125,12 +144,12 @@ export class ImageWriter {
         this.flushLines(); // keep the lines of what was written, for inspection and resume
       } catch {}
     }
-    for (const fd of [this.fd, this.chunksFd]) {
+    for (const fd of [this.fd, this.chunksFd, this.digestsFd]) {
       if (fd < 0) continue;
       try {
         fs.closeSync(fd);
       } catch {}
     }
-    this.fd = this.chunksFd = -1;
+    this.fd = this.chunksFd = this.digestsFd = -1;
   }
 }

@@ -8,6 +8,7 @@ export const IMAGE_FILE = "image.zst";
 export const FILES_FILE = "files.tar.zst";
 export const MANIFEST_FILE = "manifest.json";
 export const CHUNKS_FILE = "chunks.txt";
+export const DIGESTS_FILE = "digests.txt";
 
 /** A safe single path component: [A-Za-z0-9._-], no leading dot, 1..64 chars. */
 export function sanitizeName(raw: string, fallback = "unknown"): string {

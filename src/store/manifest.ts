@@ -3,8 +3,13 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { DiskIdentity, FilesSummary, HostIdentity } from "../protocol/messages.ts";
 import { MANIFEST_FILE, fsyncDir } from "./layout.ts";
+import type { ROOT_ALGORITHM } from "./root.ts";
 
-export const MANIFEST_FORMAT = 1;
+/**
+ * 2: the integrity root (`root`, `digests`) and an optional `sha256`. Format 1
+ * manifests (a `sha256`, no root) are still read, verified and restored.
+ */
+export const MANIFEST_FORMAT = 2;
 
 export type BackupStatus = "complete" | "partial" | "failed";
 
@@ -31,7 +36,12 @@ export interface Manifest {
   /** raw bytes of the image (or tar stream) */
   size: number;
   storedBytes: number;
+  /** the whole-image SHA-256: always in format 1; in format 2 only when asked for (--sha256) */
   sha256: string | null;
+  /** format 2: the integrity root (docs/FORMAT.md §4a), null until complete */
+  root?: string | null;
+  /** format 2: how the root is made and where the per-chunk digests are */
+  digests?: { algorithm: typeof ROOT_ALGORITHM; file: string };
   data: string;
   timings: { started: string; finished: string | null; seconds: number | null };
   files?: FilesSummary;

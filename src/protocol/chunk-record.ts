@@ -1,0 +1,74 @@
+// Chunk records, DATA (0x10) and ZERO (0x11): how a chunk travels (push, and
+// a receiver serving a restore) and the one place that builds and checks
+// them (docs/PROTOCOL.md §6). Pure: no I/O.
+import { HEADER_SIZE, TRAILER_SIZE, encodeFrame, sealFrame, writeHeader, type Frame } from "./frame.ts";
+import { CHUNK_HEADER_SIZE, MsgType, readChunkHeader, writeChunkHeader, type ChunkHeader } from "./messages.ts";
+
+export { CHUNK_HEADER_SIZE, readChunkHeader, writeChunkHeader, type ChunkHeader };
+
+/** Where a DATA frame's zstd bytes start: build the frame around them in place. */
+export const DATA_PAYLOAD_AT = HEADER_SIZE + CHUNK_HEADER_SIZE;
+
+/** Room for a whole DATA frame whose zstd frame has at most `zstdBytes` bytes. */
+export function dataFrameSize(zstdBytes: number): number {
+  return DATA_PAYLOAD_AT + zstdBytes + TRAILER_SIZE;
+}
+
+/**
+ * Seals a DATA frame in `out` whose zstd frame (`zstdLength` bytes) already
+ * sits at DATA_PAYLOAD_AT; returns the frame's length.
+ */
+export function sealDataFrame(out: Uint8Array, h: ChunkHeader, zstdLength: number): number {
+  const payloadLength = CHUNK_HEADER_SIZE + zstdLength;
+  writeHeader(out, 0, MsgType.DATA, payloadLength);
+  writeChunkHeader(out, HEADER_SIZE, h);
+  sealFrame(out, payloadLength);
+  return HEADER_SIZE + payloadLength + TRAILER_SIZE;
+}
+
+/** A complete ZERO frame: the chunk's header and nothing else. */
+export function zeroRecordFrame(h: ChunkHeader): Uint8Array {
+  const payload = new Uint8Array(CHUNK_HEADER_SIZE);
+  writeChunkHeader(payload, 0, h);
+  return encodeFrame(MsgType.ZERO, payload);
+}
+
+/** The ZERO payload alone (for tests and tools that frame it themselves). */
+export function encodeChunkRecord(h: ChunkHeader): Uint8Array {
+  const payload = new Uint8Array(CHUNK_HEADER_SIZE);
+  writeChunkHeader(payload, 0, h);
+  return payload;
+}
+
+export type ChunkRecord =
+  | { kind: "data"; header: ChunkHeader; /** the zstd frame, inside the frame's payload buffer */ zstd: Uint8Array }
+  | { kind: "zero"; header: ChunkHeader };
+
+export type ChunkRecordError = { error: string; code: "PROTOCOL" | "CORRUPT" };
+
+/**
+ * Checks a DATA or ZERO frame on its own: a header that fits, a raw length of
+ * 1..chunkSize, a ZERO record with nothing after its header and the zero
+ * checksum for its length, a DATA record holding a zstd frame with a content
+ * checksum. Whether it is the chunk expected next is the session's to judge.
+ */
+export function decodeChunkRecord(f: Frame, chunkSize: number, zeroChecksum: (rawLength: number) => bigint): ChunkRecord | ChunkRecordError {
+  const h = readChunkHeader(f.payload);
+  if (!h) return { error: "a chunk record is too short", code: "PROTOCOL" };
+  if (h.rawLength === 0 || h.rawLength > chunkSize) return { error: `chunk ${h.index} has a bad length ${h.rawLength}`, code: "PROTOCOL" };
+  if (f.type === MsgType.ZERO) {
+    if (f.payload.length !== CHUNK_HEADER_SIZE || h.checksum !== zeroChecksum(h.rawLength)) return { error: `zero record for chunk ${h.index} is malformed`, code: "CORRUPT" };
+    return { kind: "zero", header: h };
+  }
+  if (f.type !== MsgType.DATA) return { error: "not a chunk record", code: "PROTOCOL" };
+  const zstd = f.payload.subarray(CHUNK_HEADER_SIZE);
+  if (!hasContentChecksum(zstd)) return { error: `chunk ${h.index} is not a zstd frame with a content checksum`, code: "PROTOCOL" };
+  return { kind: "data", header: h, zstd };
+}
+
+/** A zstd frame header whose descriptor sets the content checksum flag. */
+export function hasContentChecksum(frame: Uint8Array): boolean {
+  if (frame.length < 9) return false;
+  const v = new DataView(frame.buffer, frame.byteOffset, frame.length);
+  return v.getUint32(0, true) === 0xfd2fb528 && (frame[4]! & 0x04) !== 0;
+}

@@ -1,0 +1,62 @@
+// The image's integrity root (docs/FORMAT.md §4a): a SHA-256 of every raw
+// chunk, computed on the worker threads of both ends, and one SHA-256 over
+// those digests in chunk order. A zero chunk's digest is a constant, so zeros
+// cost no hashing. Anyone can recompute it from a raw disk with stock tools:
+//   split -b 1M --filter='sha256sum | cut -c1-64' disk.raw | sha256sum
+// which is also `sha256sum digests.txt` of a stored backup.
+
+/** How the manifest names the root's algorithm. */
+export const ROOT_ALGORITHM = "sha256-chunk-list";
+/** One line of digests.txt: 64 hex digits and "\n". */
+export const DIGEST_LINE_BYTES = 65;
+
+const zeroDigests = new Map<number, string>();
+
+/** The SHA-256 (hex) of rawLength zero bytes: every zero chunk's digest. */
+export function zeroDigest(rawLength: number): string {
+  let d = zeroDigests.get(rawLength);
+  if (d === undefined) {
+    d = new Bun.CryptoHasher("sha256").update(new Uint8Array(rawLength)).digest("hex");
+    zeroDigests.set(rawLength, d);
+  }
+  return d;
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+export function isDigest(s: unknown): s is string {
+  return typeof s === "string" && HEX64.test(s);
+}
+
+/** Folds chunk digests, in chunk order, into the root; keeps the lines not yet written out. */
+export class RootBuilder {
+  private sha = new Bun.CryptoHasher("sha256");
+  private pending: string[] = [];
+  count = 0;
+
+  add(digest: string): void {
+    const line = digest + "\n";
+    this.sha.update(line);
+    this.pending.push(line);
+    this.count++;
+  }
+
+  /** Forgets every digest added. */
+  reset(): void {
+    this.sha = new Bun.CryptoHasher("sha256");
+    this.pending = [];
+    this.count = 0;
+  }
+
+  /** The digest lines added since the last call (for digests.txt). */
+  takeLines(): string {
+    const s = this.pending.join("");
+    this.pending = [];
+    return s;
+  }
+
+  /** The root of every digest added so far. */
+  digest(): string {
+    return this.sha.copy().digest("hex");
+  }
+}
