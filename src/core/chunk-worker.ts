@@ -73,7 +73,7 @@ function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
   const z = new Uint8Array(m.buf, m.at, m.length);
   let raw: Uint8Array;
   try {
-    // exactly one zstd frame that declares the chunk's raw length (DESIGN §4)
+    // exactly one zstd frame that declares the chunk's raw length (docs/FORMAT.md §3)
     if (zstd.findFrameCompressedSize(z) !== z.length) throw new Error("not exactly one zstd frame");
     if (zstd.getFrameContentSize(z) !== m.rawLength) throw new Error("frame does not declare the chunk's raw length");
     if (m.wantRaw) raw = m.out && m.out.byteLength >= m.rawLength ? new Uint8Array(m.out, 0, m.rawLength) : new Uint8Array(m.rawLength);

@@ -1,6 +1,6 @@
 // Sets up the USB4/Thunderbolt stream by itself (no --stream): makes sure the
 // kernel pieces are there, finds the peer, makes the ConfigFS group and pairs
-// it the way the driver does (DESIGN §2: exactly one side allocates HopIDs,
+// it the way the driver does (README "Thunderbolt stream setup": exactly one side allocates HopIDs,
 // the other adopts the announced pair at attach), waits for /dev/tbstreamN,
 // and tears down exactly what it created. Every wait has a deadline except
 // receive's wait for a peer. Never prints: progress goes through onWait.

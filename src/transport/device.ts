@@ -1,7 +1,7 @@
 // A device path (/dev/tbstreamX, a pty, a virtio-serial port, a FIFO) opened
 // O_RDWR with blocking reads and writes (fd-conn.ts). A read is always
 // pending, so the peer's CLOSE (EOF) or an unplug (ENXIO) is seen even while
-// we only write (DESIGN §2: only a reader notices the peer leaving).
+// we only write (docs/PROTOCOL.md §2: only a reader notices the peer leaving).
 // The device is not exclusive (a second opener shares the rings and steals
 // frames), so we refuse one another process holds open and take an flock.
 import * as fs from "node:fs";
@@ -50,7 +50,7 @@ function openError(path: string, e: unknown): TbError {
 }
 
 /**
- * Opens `path` once (never close-and-reopen to retry: DESIGN §2). With
+ * Opens `path` once (never close-and-reopen to retry: README "Thunderbolt stream setup"). With
  * `timeoutMs`, an open that blocks longer (no peer attached) gives TIMEOUT.
  */
 export async function openDevice(path: string, timeoutMs: number | null = null): Promise<Conn> {

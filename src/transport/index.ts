@@ -1,4 +1,4 @@
-// Chooses a transport by the --stream SPEC's scheme (DESIGN §3).
+// Chooses a transport by the --stream SPEC's scheme (README "Commands", --stream).
 import { TbError } from "../core/errors.ts";
 import { DeviceTransport, type DeviceOptions } from "./device.ts";
 import { NetTransport } from "./net.ts";

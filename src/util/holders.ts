@@ -1,6 +1,6 @@
 // Which processes hold a file open: a scan of /proc/*/fd (under
 // TBBACKUP_SYSROOT). Used to refuse a stream device another process holds
-// (DESIGN §2: the device is not exclusive; a second opener steals frames).
+// (README "Thunderbolt stream setup": the device is not exclusive; a second opener steals frames).
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { sysPath } from "./sysroot.ts";

@@ -1,4 +1,4 @@
-// Pins each driver semantic the emulator claims (DESIGN §2, the v7.2
+// Pins each driver semantic the emulator claims (test/emulator/README.md, the v7.2
 // stream.c), so it cannot drift into a driver that forgives what the real one
 // does not. Runs only where FUSE works (root, /dev/fuse); skipped otherwise.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";

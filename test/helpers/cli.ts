@@ -53,10 +53,10 @@ export async function finish(p: Subprocess<"ignore", "pipe", "pipe">): Promise<R
 }
 
 /** Stores one push of `img` under `out` through a receiver on unix:`sock`; throws unless both sides exit 0. */
-export async function storeBackup(img: string, out: string, sock: string): Promise<void> {
+export async function storeBackup(img: string, out: string, sock: string, pushArgs: string[] = []): Promise<void> {
   const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
   await waitFor(() => existsSync(sock), "receiver socket");
-  const p = await run(["push", img, "--stream", `unix:${sock}`]);
+  const p = await run(["push", img, "--stream", `unix:${sock}`, ...pushArgs]);
   const r = await finish(recv);
   if (p.code !== 0 || r.code !== 0) throw new Error(`storing a backup failed: push exit ${p.code} (${p.stderr.trim()}), receive exit ${r.code} (${r.stderr.trim()})`);
 }
@@ -94,6 +94,19 @@ export function makeExt4Image(dir: string, sizeMiB = 32, name = "disk.img"): str
 
 export function sha256File(file: string): string {
   return sh(`sha256sum ${JSON.stringify(file)}`).split(" ")[0]!;
+}
+
+/**
+ * The integrity root of a raw file as stock tools compute it (docs/FORMAT.md
+ * §4a): SHA-256 of each chunk by split + sha256sum, then SHA-256 of that list.
+ */
+export function stockRoot(file: string, chunk = "1M"): string {
+  return sh(`split -b ${chunk} --filter='sha256sum | cut -c1-64' ${JSON.stringify(file)} | sha256sum`).split(" ")[0]!;
+}
+
+/** stockRoot of what `zstd -dc` makes of a stored image. */
+export function zstdRoot(file: string, chunk = "1M"): string {
+  return sh(`zstd -dcq ${JSON.stringify(file)} | split -b ${chunk} --filter='sha256sum | cut -c1-64' | sha256sum`).split(" ")[0]!;
 }
 
 export function zstdSha(file: string): string {

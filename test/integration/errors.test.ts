@@ -212,7 +212,7 @@ describe("errors", () => {
   ];
   lastWords.forEach(([what, plan], i) => {
     test(`${what} on the way: push asks again and gets its confirmation, exit 0`, async () => {
-      const { p, r, out } = await throughProxy(`last-${i}`, plan, ["--json"]);
+      const { p, r, out } = await throughProxy(`last-${i}`, plan, ["--json", "--sha256"]);
       expect(p.code).toBe(0);
       expect(JSON.parse(p.stdout).sha256).toBe(sha256File(img));
       expect(r.code).toBe(0);
@@ -262,7 +262,7 @@ describe("errors", () => {
       recv.proc = start(["receive", "--out", out, "--stream", `${d}/A`]);
       const p = await run(["push", img, "--stream", `${d}/B`, "--json"]);
       expect(p.code).toBe(0);
-      const pushed = JSON.parse(p.stdout) as { id: string; sha256: string };
+      const pushed = JSON.parse(p.stdout) as { id: string; root: string };
       const manifest = JSON.parse(fs.readFileSync(path.join(out, pushed.id, "manifest.json"), "utf8")) as { session: string };
       const fd = fs.openSync(`${d}/B`, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
       const decoder = new FrameDecoder();
@@ -283,7 +283,7 @@ describe("errors", () => {
       };
       const again = await answer(manifest.session);
       expect(again.type).toBe(MsgType.DONE);
-      expect(again.body).toMatchObject({ session: manifest.session, id: pushed.id, sha256: pushed.sha256 });
+      expect(again.body).toMatchObject({ session: manifest.session, id: pushed.id, root: pushed.root });
       const unknown = await answer("not-a-session-of-this-receiver");
       expect(unknown.type).toBe(MsgType.ERROR);
       expect(unknown.body).toMatchObject({ session: "not-a-session-of-this-receiver", code: "NOT_FOUND" });

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BIN, cleanup, finish, run, sh, start, tempDir, waitFor, oneLine } from "../helpers/cli.ts";
+import { BIN, cleanup, finish, run, sh, start, tempDir, waitFor, oneLine, zstdRoot } from "../helpers/cli.ts";
 import { ImageWriter } from "../../src/store/image-writer.ts";
 import { writeManifest, type Manifest } from "../../src/store/manifest.ts";
 import { FILES_FILE } from "../../src/store/layout.ts";
@@ -157,7 +157,7 @@ beforeAll(async () => {
   makeTree(path.join(src, "tree"));
   store = path.join(dir, "store");
   const r = await receiver("main", store);
-  pushOut = await run(["push", "--files", path.join(src, "tree"), "--name", "tree", "--stream", r.sock]);
+  pushOut = await run(["push", "--files", path.join(src, "tree"), "--name", "tree", "--stream", r.sock, "--sha256"]);
   expect((await finish(r.p)).code).toBe(0);
   const rows = await listJson(store);
   expect(rows.length).toBe(1);
@@ -193,6 +193,7 @@ describe("push --files -> receive, restore --files", () => {
     // hard links are counted once
     expect(m.files!.bytes).toBe(fileBytes - 2 * "hard linked\n".length);
     expect(m.sha256).toBe(sh(`zstd -dcq ${q(path.join(backupDir, FILES_FILE))} | sha256sum`).split(" ")[0]!);
+    expect(m.root).toBe(zstdRoot(path.join(backupDir, FILES_FILE)));
   });
 
   test("the sparse file did not balloon in files.tar.zst", () => {

@@ -4,16 +4,18 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { holeTest } from "../../src/core/source.ts";
-import { BIN, ROOT, cleanup, storeBackup, finish, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, zstdSha, ptyPair } from "../helpers/cli.ts";
+import { BIN, ROOT, cleanup, storeBackup, finish, makeExt4Image, run, sha256File, sh, start, tempDir, waitFor, zstdSha, ptyPair, stockRoot, zstdRoot } from "../helpers/cli.ts";
 
 let dir: string;
 let img: string;
 let imgSha: string;
+let imgRoot: string;
 
 beforeAll(() => {
   dir = tempDir();
   img = makeExt4Image(dir, 24);
   imgSha = sha256File(img);
+  imgRoot = stockRoot(img);
 });
 afterAll(() => cleanup(dir));
 
@@ -41,14 +43,18 @@ const cases: Case[] = [
   },
 ];
 
-function checkStored(out: string, label: string): string {
+/** The stored backup checks out: by its integrity root always, and by the whole-image SHA-256 when it was asked for. */
+function checkStored(out: string, label: string, withSha = true): string {
   const backups = fs.readdirSync(out, { recursive: true }).map(String).filter((p) => p.endsWith("image.zst"));
   expect(backups.length).toBe(1);
   const image = path.join(out, backups[0]!);
   expect(zstdSha(image)).toBe(imgSha);
   const manifest = JSON.parse(fs.readFileSync(path.join(path.dirname(image), "manifest.json"), "utf8"));
   expect(manifest.status).toBe("complete");
-  expect(manifest.sha256).toBe(imgSha);
+  expect(manifest.root).toBe(imgRoot);
+  expect(zstdRoot(image)).toBe(imgRoot);
+  if (withSha) expect(manifest.sha256).toBe(imgSha);
+  else expect(manifest.sha256).toBeNull();
   expect(manifest.label).toBe(label);
   expect(manifest.disk.size).toBe(fs.statSync(img).size);
   expect(manifest.disk.partitionTable).toBeNull();
@@ -65,18 +71,22 @@ describe("push -> receive over each transport", () => {
         const recv = start(["receive", "--out", out, "--stream", rspec, "--once", "--json"]);
         if (rspec.startsWith("unix:")) await waitFor(() => fs.existsSync(rspec.slice(5)), "receiver socket");
         else await Bun.sleep(300);
-        const p = await run(["push", img, "--stream", pspec, "--name", `via-${c.name}`, "--json"]);
+        // the classic whole-image SHA-256 on one transport of two (--sha256); the integrity root on all
+        const withSha = c.name !== "tcp";
+        const p = await run(["push", img, "--stream", pspec, "--name", `via-${c.name}`, "--json", ...(withSha ? ["--sha256"] : [])]);
         const r = await finish(recv);
         expect(p.code).toBe(0);
         expect(r.code).toBe(0);
         const pj = JSON.parse(p.stdout);
         expect(pj.ok).toBe(true);
-        expect(pj.sha256).toBe(imgSha);
+        expect(pj.root).toBe(imgRoot);
+        expect(pj.sha256).toBe(withSha ? imgSha : null);
         expect(JSON.parse(r.stdout).ok).toBe(true);
-        const bdir = checkStored(out, `via-${c.name}`);
+        const bdir = checkStored(out, `via-${c.name}`, withSha);
         const v = await run(["verify", bdir]);
         expect(v.code).toBe(0);
-        expect(v.stdout).toContain(imgSha);
+        expect(v.stdout).toContain(imgRoot);
+        if (withSha) expect(v.stdout).toContain(imgSha);
       } finally {
         teardown();
         cleanup(d);
@@ -91,7 +101,7 @@ describe("push -> receive over each transport", () => {
       const r = Bun.spawnSync(["socat", `EXEC:${BIN} receive --out ${out} --stream - --once`, `EXEC:${BIN} push ${img} --stream - --name via-stdio`], { stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
       expect(r.exitCode).toBe(0);
       expect(r.stderr.toString()).toContain("backup complete");
-      checkStored(out, "via-stdio");
+      checkStored(out, "via-stdio", false);
     } finally {
       cleanup(d);
     }
@@ -103,7 +113,7 @@ describe("store, list and verify", () => {
   let bdir: string;
   beforeAll(async () => {
     out = path.join(dir, "store-lv");
-    await storeBackup(img, out, path.join(dir, "lv.sock"));
+    await storeBackup(img, out, path.join(dir, "lv.sock"), ["--sha256"]);
     bdir = checkStored(out, null as unknown as string);
   });
 
@@ -235,10 +245,11 @@ describe("a sparse image file", () => {
       }
       const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
       await waitFor(() => fs.existsSync(sock), "receiver socket");
-      const p = await run(["push", file, "--stream", `unix:${sock}`, "--json"]);
+      const p = await run(["push", file, "--stream", `unix:${sock}`, "--json", "--sha256"]);
       expect((await finish(recv)).code).toBe(0);
       expect(p.code).toBe(0);
       expect(JSON.parse(p.stdout).sha256).toBe(want);
+      expect(JSON.parse(p.stdout).root).toBe(stockRoot(file));
       const image = fs.readdirSync(out, { recursive: true }).map(String).find((f) => f.endsWith("image.zst"))!;
       expect(zstdSha(path.join(out, image))).toBe(want);
       const manifest = JSON.parse(fs.readFileSync(path.join(out, path.dirname(image), "manifest.json"), "utf8"));

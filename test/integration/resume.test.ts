@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { cleanup, finish, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha, listBackups } from "../helpers/cli.ts";
+import { cleanup, finish, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha, listBackups, stockRoot } from "../helpers/cli.ts";
 import { startProxy } from "../helpers/proxy.ts";
 
 let dir: string;
@@ -45,11 +45,12 @@ describe("resume", () => {
     const img = makeExt4Image(dir, 24, "resume.img");
     const { out, sock, recv, durable } = await interruptedPush("a", img);
     try {
-      const second = await run(["push", img, "--stream", `unix:${sock}`, ...CHUNK, "--json"]);
+      const second = await run(["push", img, "--stream", `unix:${sock}`, ...CHUNK, "--json", "--sha256"]);
       expect(second.code).toBe(0);
       const r = JSON.parse(second.stdout);
       expect(r.resumedFrom).toBe(durable);
       expect(r.sha256).toBe(sha256File(img));
+      expect(r.root).toBe(stockRoot(img, "4096"));
       const rows = await listBackups(out);
       expect(rows.map((x) => x.status)).toEqual(["complete"]);
       const image = path.join(out, rows[0]!.id, "image.zst");
@@ -97,7 +98,7 @@ describe("resume", () => {
       const prefixEnd = durable * 4096;
       const perRead = Math.ceil(8000 / durable);
       const slow = { ...disk, read: async (buf: Uint8Array, offset: number) => ((offset < prefixEnd ? await Bun.sleep(perRead) : undefined), disk.read(buf, offset)) };
-      const r = await push({ source: img, input: slow, transport: transportFor(`unix:${sock}`, false), label: null, level: 1, chunkSize: 4096, waitMs: 10_000, idleMs: 60_000, reporter: silentReporter });
+      const r = await push({ source: img, input: slow, transport: transportFor(`unix:${sock}`, false), label: null, level: 1, chunkSize: 4096, waitMs: 10_000, idleMs: 60_000, reporter: silentReporter, sha256: true });
       expect(r.resumedFrom).toBe(durable);
       expect(r.sha256).toBe(sha256File(img));
       const rows = await listBackups(out);
