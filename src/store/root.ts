@@ -28,31 +28,20 @@ export function isDigest(s: unknown): s is string {
   return typeof s === "string" && HEX64.test(s);
 }
 
-/** Folds chunk digests, in chunk order, into the root; keeps the lines not yet written out. */
+/** Folds chunk digests, in chunk order, into the root. */
 export class RootBuilder {
   private sha = new Bun.CryptoHasher("sha256");
-  private pending: string[] = [];
   count = 0;
 
   add(digest: string): void {
-    const line = digest + "\n";
-    this.sha.update(line);
-    this.pending.push(line);
+    this.sha.update(digest + "\n");
     this.count++;
   }
 
   /** Forgets every digest added. */
   reset(): void {
     this.sha = new Bun.CryptoHasher("sha256");
-    this.pending = [];
     this.count = 0;
-  }
-
-  /** The digest lines added since the last call (for digests.txt). */
-  takeLines(): string {
-    const s = this.pending.join("");
-    this.pending = [];
-    return s;
   }
 
   /** The root of every digest added so far. */
