@@ -8,7 +8,7 @@ import { register as registerVerify } from "./cli/verify.ts";
 import { register as registerRestore } from "./cli/restore.ts";
 import { register as registerStreams } from "./cli/streams.ts";
 import { PROTOCOL_VERSION, TOOL_VERSION } from "./core/version.ts";
-import { asTbError } from "./core/errors.ts";
+import { asTbError } from "./errors.ts";
 
 // Last resort: an error that escaped every command (a bug) still ends in one
 // line and exit status 1, not a dump of the bundle's minified source.

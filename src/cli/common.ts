@@ -1,7 +1,7 @@
 // Shared by the command files: one place that maps errors to one stderr line
 // and an exit status, and prints JSON results.
 import { InvalidArgumentError } from "commander";
-import { TbError, asTbError } from "../core/errors.ts";
+import { TbError, asTbError } from "../errors.ts";
 
 export interface GlobalOpts {
   json?: boolean;

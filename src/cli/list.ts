@@ -1,7 +1,7 @@
 // tbbackup list --out DIR | --stream SPEC: the backups a store holds.
 import type { Command } from "commander";
 import type { BackupEntry } from "../core/catalogue.ts";
-import { TbError } from "../core/errors.ts";
+import { TbError } from "../errors.ts";
 import { bytes } from "../ui/format.ts";
 import { action, intOption, printJson, type GlobalOpts } from "./common.ts";
 import * as fs from "node:fs";

@@ -1,7 +1,7 @@
 // tbbackup push SOURCE: send a full image of a disk or image file to a receiver.
 import type { Command } from "commander";
 import { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from "../core/limits.ts";
-import { TbError } from "../core/errors.ts";
+import { TbError } from "../errors.ts";
 import { bytes, ratio } from "../ui/format.ts";
 import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
 import type { FilesSummary } from "../protocol/messages.ts";

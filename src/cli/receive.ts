@@ -2,7 +2,7 @@
 import { Option, type Command } from "commander";
 import type { SessionResult } from "../core/receive.ts";
 import type { Hello } from "../protocol/messages.ts";
-import { TbError } from "../core/errors.ts";
+import { TbError } from "../errors.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
 import { THUNDERBOLT_GROUP, resolveStream, withThunderboltOptions } from "./stream.ts";
 

@@ -3,7 +3,7 @@ import type { Command } from "commander";
 import * as readline from "node:readline/promises";
 import * as fs from "node:fs";
 import { sameHardware } from "../core/identity.ts";
-import { TbError } from "../core/errors.ts";
+import { TbError } from "../errors.ts";
 import type { RestoreInfo } from "../protocol/messages.ts";
 import type { TargetInfo } from "../core/target.ts";
 import { bytes } from "../ui/format.ts";

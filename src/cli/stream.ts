@@ -1,7 +1,7 @@
 // Which transport a command uses: --stream SPEC as given, or (no --stream) the
 // Thunderbolt stream set up automatically (src/thunderbolt), torn down by cleanup().
 import { Option, type Command } from "commander";
-import { TbError } from "../core/errors.ts";
+import { TbError } from "../errors.ts";
 import { intOption } from "./common.ts";
 
 export type StreamRole = "push" | "receive" | "list" | "restore";

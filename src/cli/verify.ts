@@ -2,7 +2,7 @@
 import type { Command } from "commander";
 import { bytes } from "../ui/format.ts";
 import { action, exitWith, printJson, type GlobalOpts } from "./common.ts";
-import { TbError } from "../core/errors.ts";
+import { TbError } from "../errors.ts";
 import * as fs from "node:fs";
 import { FILES_FILE, IMAGE_FILE, MANIFEST_FILE } from "../store/layout.ts";
 

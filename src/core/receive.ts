@@ -25,6 +25,9 @@ import { PROTOCOL_VERSION, ROOT_CAP, TOOL } from "./version.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { serveRequest, type ServeOptions } from "./serve-restore.ts";
+import type { SessionEnd, SessionResult } from "./session.ts";
+
+export type { SessionResult } from "./session.ts";
 import { requireZstd } from "../util/zstd.ts";
 
 export interface ReceiveOptions {
@@ -43,19 +46,6 @@ export interface ReceiveOptions {
   signal?: AbortSignal;
 }
 
-export interface SessionResult {
-  ok: boolean;
-  role: Hello["role"];
-  id?: string;
-  path?: string;
-  host?: string;
-  bytes?: number;
-  storedBytes?: number;
-  root?: string;
-  sha256?: string;
-  seconds?: number;
-  error?: { code: string; message: string };
-}
 
 /** What a push session came to, kept to answer the sender's STATUS: its DONE, or why it failed. */
 type Outcome = { done: Done } | { error: { code: string; message: string } };
@@ -64,12 +54,6 @@ const OUTCOMES_KEPT = 16;
 /** With --once, how long to stay for the sender's STATUS after a push session, unless it hangs up first. */
 const LINGER_MS = 15_000;
 
-/** How a session ended: its result, a HELLO of the next session that ended it, and for a stored push the DONE. */
-export interface SessionEnd {
-  result: SessionResult;
-  carried: Frame | null;
-  done?: Done;
-}
 
 const PROGRESS_EVERY_CHUNKS = 256;
 const MAX_CHECKS_IN_FLIGHT = 16;

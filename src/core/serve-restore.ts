@@ -15,7 +15,7 @@ import { TbError, asTbError } from "./errors.ts";
 import type { Reporter } from "./report.ts";
 import { newHelloAck, peerError } from "./handshake.ts";
 import { listBackups, type BackupEntry } from "./catalogue.ts";
-import type { SessionResult } from "./receive.ts";
+import type { SessionResult } from "./session.ts";
 import { isZeroFrame } from "./zero.ts";
 import { readStoredChunk } from "./verify.ts";
 import { compressBound } from "../util/buffer-pool.ts";

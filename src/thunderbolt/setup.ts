@@ -6,7 +6,7 @@
 // receive's wait for a peer. Never prints: progress goes through onWait.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { TbError, errnoText, isErrno } from "../core/errors.ts";
+import { TbError, errnoText, isErrno } from "../errors.ts";
 import { sysPath } from "../util/sysroot.ts";
 import { describeHolders, holdersOf } from "../util/holders.ts";
 import { BUS_DIR, CONFIGFS_DIR, STREAM_CFG_DIR, devicePathFor, exists, readInt, readTopology, streamServiceOf, type Peer } from "./sysfs.ts";

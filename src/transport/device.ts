@@ -6,7 +6,7 @@
 // frames), so we refuse one another process holds open and take an flock.
 import * as fs from "node:fs";
 import { LOCK_EX, LOCK_NB, LOCK_UN, loadLibc } from "../util/libc.ts";
-import { TbError, errnoText, isErrno } from "../core/errors.ts";
+import { TbError, errnoText, isErrno } from "../errors.ts";
 import { describeHolders, holdersOf } from "../util/holders.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 import { fdConn } from "./fd-conn.ts";

@@ -4,8 +4,8 @@
 // only write. Read buffers are reused: the channel hands each one back once
 // decoded (fresh memory is costly: src/util/buffer-pool.ts).
 import * as fs from "node:fs";
-import { isErrno } from "../core/errors.ts";
-import type { TbError } from "../core/errors.ts";
+import { isErrno } from "../errors.ts";
+import type { TbError } from "../errors.ts";
 import type { Conn } from "./types.ts";
 
 const READ_SIZE = 256 * 1024;

@@ -1,5 +1,5 @@
 // Chooses a transport by the --stream SPEC's scheme (README "Commands", --stream).
-import { TbError } from "../core/errors.ts";
+import { TbError } from "../errors.ts";
 import { DeviceTransport, type DeviceOptions } from "./device.ts";
 import { NetTransport } from "./net.ts";
 import { StdioTransport } from "./stdio.ts";

@@ -2,7 +2,7 @@
 import * as net from "node:net";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { TbError, errnoText, isErrno } from "../core/errors.ts";
+import { TbError, errnoText, isErrno } from "../errors.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 import { streamConn } from "./stream-conn.ts";
 

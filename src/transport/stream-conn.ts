@@ -1,6 +1,6 @@
 // Adapts a node Readable/Writable pair (sockets, stdio) to Conn.
 import type { Readable, Writable } from "node:stream";
-import { TbError, errnoText } from "../core/errors.ts";
+import { TbError, errnoText } from "../errors.ts";
 import type { Conn } from "./types.ts";
 
 export function streamConn(

@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { constants } from "node:os";
-import { TbError, errnoText, isErrno } from "../core/errors.ts";
+import { TbError, errnoText, isErrno } from "../errors.ts";
 import { AF_UNIX, SHUT_RDWR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, loadLibc, type Libc } from "../util/libc.ts";
 import { fdConn } from "./fd-conn.ts";
 import { NetTransport, connectRetrying, inUse, removeStaleSocket } from "./net.ts";

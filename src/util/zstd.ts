@@ -3,7 +3,7 @@
 // (A namespace import would also be resolved statically by the bundler and
 // come out undefined in the compiled binary.)
 import type * as Binding from "zstd-napi/binding";
-import { TbError } from "../core/errors.ts";
+import { TbError } from "../errors.ts";
 
 let binding: typeof Binding | null = null;
 
