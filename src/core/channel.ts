@@ -2,7 +2,7 @@
 // protocol. Reads continuously (a read is always pending), decodes frames,
 // and hands them out one at a time with deadlines.
 import { FrameDecoder, encodeFrame, type Frame } from "../protocol/frame.ts";
-import { MsgType, encodeJson, typeName } from "../protocol/messages.ts";
+import { MsgType, encodeJson, typeName, type JsonMsgType, type Messages } from "../protocol/messages.ts";
 import type { Conn } from "../transport/index.ts";
 import type { BufferPool } from "../util/buffer-pool.ts";
 import { TbError } from "./errors.ts";
@@ -152,7 +152,7 @@ export class Channel {
     return this.sendFrame(encodeFrame(type, payload));
   }
 
-  sendJson(type: number, value: unknown): Promise<void> {
+  sendJson<T extends JsonMsgType>(type: T, value: Messages[T]): Promise<void> {
     return this.send(type, encodeJson(value));
   }
 

@@ -1,7 +1,7 @@
 // HELLO exchange: the starting side repeats HELLO until the receiver answers
 // (a device can drop what was written before the peer opened it), under a deadline.
 import { randomUUID } from "node:crypto";
-import { MsgType, PROTOCOL_NAME, PROTOCOL_VERSION, decodeJson, type ErrorMsg, type Hello, type HelloAck } from "../protocol/messages.ts";
+import { MsgType, PROTOCOL_NAME, PROTOCOL_VERSION, decodeJson, decodeMessage, type Hello, type HelloAck } from "../protocol/messages.ts";
 import { Channel } from "./channel.ts";
 import { TbError, type ErrorCode, ErrorCodes } from "./errors.ts";
 import { TOOL, CAPABILITIES } from "./version.ts";
@@ -42,7 +42,7 @@ export function checkPeer(msg: { protocol?: unknown; proto?: unknown; tool?: unk
 
 /** Turns a peer's ERROR message into a TbError on this side. */
 export function peerError(payload: Uint8Array): TbError {
-  const e = decodeJson<ErrorMsg>(payload);
+  const e = decodeMessage(MsgType.ERROR, payload);
   const code = e && typeof e.code === "string" && e.code in ErrorCodes ? (e.code as ErrorCode) : "PEER";
   const message = e && typeof e.message === "string" ? e.message : "unreadable error";
   return new TbError(code, `the other side reports: ${message}`, "");
@@ -72,14 +72,14 @@ export async function handshake(ch: Channel, hello: Hello, waitMs: number, repor
         throw new TbError("TIMEOUT", `no answer from a receiver on ${ch.conn.description} within ${Math.round(waitMs / 1000)} s`, "start 'tbbackup receive' on the other machine, check the cable, or raise --wait");
       }
       if (f.type === MsgType.HELLO_ACK) {
-        const ack = decodeJson<HelloAck>(f.payload);
+        const ack = decodeJson<HelloAck>(f.payload); // checked field by field by checkPeer
         const bad = checkPeer(ack);
         if (bad) throw bad;
         if (ack!.session !== hello.session) continue; // an answer to an earlier session
         return ack!;
       }
       if (f.type === MsgType.ERROR) {
-        const e = decodeJson<ErrorMsg>(f.payload);
+        const e = decodeMessage(MsgType.ERROR, f.payload);
         // on a shared device, an ERROR meant for an earlier session may still be in flight
         if (e?.session !== hello.session) continue;
         throw peerError(f.payload);

@@ -1,7 +1,7 @@
 // push: read a disk or image in chunks, hash it, compress it on worker threads,
 // and stream it to a receiver; done only when the receiver says it is durable
 // and its SHA-256 matches ours.
-import { MsgType, decodeJson, type DiskIdentity, type Done, type End } from "../protocol/messages.ts";
+import { MsgType, decodeMessage, sessionOf, type DiskIdentity, type Done, type End } from "../protocol/messages.ts";
 import { dataFrameSize, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
@@ -212,14 +212,14 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         // PROGRESS (durable so far, or a keepalive) only keeps the silence timer fresh
         if (f.type !== MsgType.PROGRESS || !finishedSending) heard = Date.now();
         if (f.type === MsgType.DONE) {
-          const d = decodeJson<Done>(f.payload);
+          const d = decodeMessage(MsgType.DONE, f.payload);
           // on a shared device, a DONE meant for an earlier push may still be in flight
           // (receivers that know STATUS always name the session)
           if ((canAsk || typeof d?.session === "string") && d?.session !== hello.session) continue;
           done = d;
           break;
         } else if (f.type === MsgType.ERROR) {
-          const session = decodeJson<{ session?: unknown }>(f.payload)?.session;
+          const session = sessionOf(f.payload);
           if (typeof session === "string" && session !== hello.session) continue; // an earlier session's
           const err = peerError(f.payload);
           // the answer to our STATUS: this receiver (restarted?) does not know the session

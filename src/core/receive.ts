@@ -5,7 +5,8 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, typeName, type Done, type End, type Hello } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, decodeMessage, sessionOf, typeName, type Done, type Hello } from "../protocol/messages.ts";
+import { decodeChunkRecord } from "../protocol/chunk-record.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import type { Transport } from "../transport/index.ts";
@@ -13,7 +14,6 @@ import { DIGESTS_FILE, FILES_FILE, IMAGE_FILE, createBackupDir, fsyncDir, PARTIA
 import { ImageWriter, prefixDigest } from "../store/image-writer.ts";
 import { awaitResume, checkPrefix, findResumable, markNotResumable, readPrefix } from "./resume.ts";
 import { MANIFEST_FORMAT, writeManifest, type Manifest } from "../store/manifest.ts";
-import { frameHasChecksum } from "../store/seekable.ts";
 import { Channel } from "./channel.ts";
 import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
@@ -113,7 +113,7 @@ export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
  * or damaged on the way), or the ERROR it failed with.
  */
 async function answerStatus(ch: Channel, f: Frame, outcomes: Map<string, Outcome>): Promise<void> {
-  const session = decodeJson<{ session?: unknown }>(f.payload)?.session;
+  const session = sessionOf(f.payload);
   if (typeof session !== "string") return;
   const o = outcomes.get(session);
   const answer = !o
@@ -168,7 +168,7 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, outcomes: Map<
       continue;
     }
     if (f.type !== MsgType.HELLO) continue; // left over from an earlier session
-    const hello = decodeJson<Hello>(f.payload);
+    const hello = decodeJson<Hello>(f.payload); // checked field by field by checkPeer (its messages name what is missing)
     const bad = checkPeer(hello);
     if (bad) {
       await ch.sendJson(MsgType.ERROR, { session: hello?.session, code: "PROTOCOL", message: `receiver ${TOOL} speaks protocol ${PROTOCOL_VERSION}: ${bad.message}` }).catch(() => {});
@@ -419,30 +419,27 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       }
       activity.n++;
       if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
-        const h = readChunkHeader(f.payload);
-        if (!h) throw new TbError("PROTOCOL", "a chunk record is too short", "use the same tbbackup version on both sides");
+        const rec = decodeChunkRecord(f, chunkSize, zeroChecksum);
+        if ("error" in rec) throw new TbError(rec.code, rec.error, rec.code === "CORRUPT" ? "check the cable and push again" : "use the same tbbackup version on both sides");
+        const h = rec.header;
         const offset = h.index * chunkSize;
         const rawLength = files ? h.rawLength : Math.min(chunkSize, disk.size - offset);
-        if (files && (sawShort || rawLength === 0 || rawLength > chunkSize))
-          throw new TbError("PROTOCOL", `chunk ${h.index} of the file stream has a bad length ${rawLength}`, "use the same tbbackup version on both sides");
+        if (files && sawShort) throw new TbError("PROTOCOL", `chunk ${h.index} of the file stream follows a short one`, "use the same tbbackup version on both sides");
         sawShort = rawLength < chunkSize;
         if (h.index !== next || h.offset !== offset || h.rawLength !== rawLength || h.index >= expectedChunks)
           throw new TbError("PROTOCOL", `chunk ${h.index} at offset ${h.offset} arrived out of order (expected chunk ${next})`, "data was lost on the way; check the cable and push again");
-        if (f.type === MsgType.ZERO) {
-          if (f.payload.length !== CHUNK_HEADER_SIZE || h.checksum !== zeroChecksum(rawLength))
-            throw new TbError("CORRUPT", `zero record for chunk ${h.index} is malformed`, "check the cable and push again");
+        if (rec.kind === "zero") {
           const zf = zeroFrame(rawLength);
           const position = writer.record(zf, rawLength, offset, h.checksum);
           ch.release(f.payload.buffer);
           await track(h.index, rawLength, pool.run({ op: "zero", index: h.index, rawLength, hash: wholeSha, write: { fd: writer.imageFd, position, frame: zf.slice().buffer as ArrayBuffer } }, [], wholeSha ? 0 : undefined));
           zero++;
         } else {
-          const z = f.payload.subarray(CHUNK_HEADER_SIZE);
-          if (!frameHasChecksum(z)) throw new TbError("PROTOCOL", `chunk ${h.index} is not a zstd frame with a content checksum`, "use the same tbbackup version on both sides");
+          const z = rec.zstd;
           const position = writer.record(z, rawLength, offset, h.checksum);
           const buf = f.payload.buffer as ArrayBuffer;
           // the worker checks the chunk, then writes it at its position
-          await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: f.payload.byteOffset + CHUNK_HEADER_SIZE, length: z.length, hash: wholeSha, digest: true, wantRaw: false, write: { fd: writer.imageFd, position } }, [buf], wholeSha ? 0 : undefined));
+          await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: z.byteOffset, length: z.length, hash: wholeSha, digest: true, wantRaw: false, write: { fd: writer.imageFd, position } }, [buf], wholeSha ? 0 : undefined));
         }
         next++;
         await checks.ready();
@@ -467,7 +464,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         }
         if ((next & 15) === 0) opts.reporter.progress({ phase: "receive", bytes: writer.rawBytes, total: files ? 0 : disk.size, stored: writer.bytesWritten });
       } else if (f.type === MsgType.END) {
-        const end = decodeJson<End>(f.payload);
+        const end = decodeMessage(MsgType.END, f.payload);
         const want = files ? next : expectedChunks;
         if (!end || end.chunks !== want || next !== want || end.bytes !== (files ? writer.rawBytes : disk.size))
           throw new TbError("PROTOCOL", `the sender ended after ${next} of ${end?.chunks ?? "?"} chunks`, "the backup is incomplete; push again");
@@ -518,11 +515,10 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           done: confirmation,
         };
       } else if (f.type === MsgType.ERROR) {
-        const e = decodeJson<{ code?: string; message?: string }>(f.payload);
+        const e = decodeMessage(MsgType.ERROR, f.payload);
         throw new TbError("PEER", `the sender stopped: ${e?.message ?? "unknown reason"}`, "");
       } else if (f.type === MsgType.HELLO) {
-        const again = decodeJson<Hello>(f.payload);
-        if (again?.session === hello.session) {
+        if (sessionOf(f.payload) === hello.session) {
           await ch.sendJson(MsgType.HELLO_ACK, newHelloAck(hello, created.id));
           continue;
         }

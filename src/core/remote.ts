@@ -1,5 +1,5 @@
 // Requests to a receiver other than push: list (and restore, see restore.ts).
-import { MsgType, decodeJson } from "../protocol/messages.ts";
+import { MsgType, decodeMessage } from "../protocol/messages.ts";
 import type { Transport } from "../transport/index.ts";
 import type { BackupEntry } from "./catalogue.ts";
 import { Channel } from "./channel.ts";
@@ -16,7 +16,7 @@ export async function listRemote(transport: Transport, waitMs: number, reporter:
       const f = await ch.recv(waitMs, "the receiver's list");
       if (f.type === MsgType.ERROR) throw peerError(f.payload);
       if (f.type !== MsgType.LIST_RESULT) continue;
-      const r = decodeJson<{ session: string; backups: Omit<BackupEntry, "path">[] }>(f.payload);
+      const r = decodeMessage(MsgType.LIST_RESULT, f.payload) as { session: string; backups: Omit<BackupEntry, "path">[] } | null;
       if (!r || r.session !== hello.session || !Array.isArray(r.backups)) continue;
       return r.backups;
     }

@@ -3,7 +3,8 @@
 // it is written; the target is fsynced and read back against the SHA-256.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, type RestoreEnd, type RestoreGo, type RestoreInfo, type ErrorMsg } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeMessage, sessionOf, type RestoreGo, type RestoreInfo } from "../protocol/messages.ts";
+import { decodeChunkRecord } from "../protocol/chunk-record.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
@@ -408,8 +409,9 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
       const f = await ch.recv(opts.waitMs, "the receiver's restore offer");
       if (f.type === MsgType.ERROR) throw restoreError(f.payload);
       if (f.type === MsgType.RESTORE_INFO) {
-        const i = decodeJson<RestoreInfo>(f.payload);
+        const i = decodeMessage(MsgType.RESTORE_INFO, f.payload);
         if (i?.session === hello.session) info = i;
+        else if (!i && sessionOf(f.payload) === hello.session) throw new TbError("PROTOCOL", "the receiver's restore offer is malformed", "use the same tbbackup version on both sides");
       }
     }
     const offer = info;
@@ -429,20 +431,18 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
       for (let received = 0; received < offer.chunks; ) {
         const f = await ch.recv(opts.idleMs, "backup data from the receiver");
         if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
-          const h = readChunkHeader(f.payload);
-          if (!h) throw new TbError("PROTOCOL", "a chunk record is too short", "use the same tbbackup version on both sides");
-          if (h.rawLength === 0 || h.rawLength > offer.chunkSize || (f.type === MsgType.ZERO && f.payload.length !== CHUNK_HEADER_SIZE))
-            throw new TbError("PROTOCOL", `chunk ${h.index} record is malformed`, "use the same tbbackup version on both sides");
-          if (f.type === MsgType.ZERO) {
-            if (h.checksum !== zeroChecksum(h.rawLength)) throw new TbError("CORRUPT", `zero record for chunk ${h.index} is malformed`, "the target is now incomplete; restore again");
+          const rec = decodeChunkRecord(f, offer.chunkSize, zeroChecksum);
+          if ("error" in rec) throw new TbError(rec.code, rec.error, rec.code === "CORRUPT" ? "the target is now incomplete; restore again" : "use the same tbbackup version on both sides");
+          const h = rec.header;
+          if (rec.kind === "zero") {
             ch.release(f.payload.buffer);
             yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: true };
           } else {
-            yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: false, buf: f.payload.buffer as ArrayBuffer, at: f.payload.byteOffset + CHUNK_HEADER_SIZE, length: f.payload.length - CHUNK_HEADER_SIZE };
+            yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: false, buf: f.payload.buffer as ArrayBuffer, at: rec.zstd.byteOffset, length: rec.zstd.length };
           }
           received++;
         } else if (f.type === MsgType.RESTORE_END) {
-          const end = decodeJson<RestoreEnd>(f.payload);
+          const end = decodeMessage(MsgType.RESTORE_END, f.payload);
           if (!end || end.root !== offer.root || end.sha256 !== offer.sha256 || end.bytes !== offer.size) throw new TbError("PROTOCOL", "the receiver ended the restore with different totals than it offered", "restore again");
           return;
         } else if (f.type === MsgType.ERROR) throw peerError(f.payload);
@@ -477,7 +477,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
 
 /** A receiver's refusal; a choice it could not make comes with candidates to list. */
 function restoreError(payload: Uint8Array): TbError {
-  const e = decodeJson<ErrorMsg & { candidates?: string[] }>(payload);
+  const e = decodeMessage(MsgType.ERROR, payload);
   const err = peerError(payload);
   if (e?.candidates?.length) return new TbError(err.code, err.message, "pass --backup ID with one of the IDs above", e.candidates);
   return err;

@@ -4,7 +4,7 @@
 // check that its chunk list hashes the same before continuing after it.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { MsgType, decodeJson, type Hello, type Resume } from "../protocol/messages.ts";
+import { MsgType, decodeMessage, sessionOf, type Hello } from "../protocol/messages.ts";
 import { PARTIAL_SUFFIX, sanitizeName, within } from "../store/layout.ts";
 import { readManifest, writeManifest, type Manifest } from "../store/manifest.ts";
 import { frameChecksum, type SeekEntry } from "../store/seekable.ts";
@@ -93,9 +93,9 @@ export async function awaitResume(ch: Channel, hello: Hello, idleMs: number, res
       return e instanceof TbError ? e : new TbError("CLOSED", String(e), "push again");
     }
     // a repeated HELLO: our offer was lost on the way (a device drops early bytes)
-    if (f.type === MsgType.HELLO && decodeJson<Hello>(f.payload)?.session === hello.session) await resendOffer();
+    if (f.type === MsgType.HELLO && sessionOf(f.payload) === hello.session) await resendOffer();
     if (f.type !== MsgType.RESUME) continue;
-    const r = decodeJson<Resume>(f.payload);
+    const r = decodeMessage(MsgType.RESUME, f.payload);
     if (r?.session === hello.session && Number.isSafeInteger(r.from) && r.from >= 0) return r.from;
   }
 }

@@ -2,7 +2,7 @@
 // A restore sends the stored compressed chunks as they are; the restoring side
 // checks each one. Backup IDs are resolved strictly inside DIR.
 import * as path from "node:path";
-import { MsgType, decodeJson, type DiskIdentity, type Hello, type HostIdentity, type RestoreGo, type RestoreInfo } from "../protocol/messages.ts";
+import { MsgType, decodeMessage, type DiskIdentity, type Hello, type HostIdentity, type RestoreInfo } from "../protocol/messages.ts";
 import type { Frame } from "../protocol/frame.ts";
 import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import { ROOT_CAP } from "./version.ts";
@@ -157,9 +157,9 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     // The other side confirms (a person may be reading a prompt) or gives up.
     for (;;) {
       const f = await ch.recv(opts.idleMs, "the restoring side's go-ahead");
-      if (f.type === MsgType.RESTORE && decodeJson<RestoreGo>(f.payload)?.session === hello.session) break;
+      if (f.type === MsgType.RESTORE && decodeMessage(MsgType.RESTORE, f.payload)?.session === hello.session) break;
       if (f.type === MsgType.ERROR) {
-        const m = decodeJson<{ message?: string }>(f.payload)?.message ?? "cancelled";
+        const m = decodeMessage(MsgType.ERROR, f.payload)?.message ?? "cancelled";
         opts.reporter.info(`restore of ${manifest.id} to ${hello.host?.hostname} not started: ${m}`);
         return { result: { ok: false, role: "restore", id: manifest.id, host: hello.host?.hostname, error: { code: "REFUSED", message: m } }, carried: null };
       }
@@ -193,7 +193,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     do f = await ch.recv(opts.idleMs, "the restoring side's result").catch((e: TbError) => ({ type: -1, payload: new TextEncoder().encode(JSON.stringify({ message: e.message })) }));
     while (f.type === MsgType.PROGRESS);
     const ok = f.type === MsgType.RESTORE_DONE;
-    const message = ok ? "" : (decodeJson<{ message?: string }>(f.payload)?.message ?? "no confirmation");
+    const message = ok ? "" : (decodeMessage(MsgType.ERROR, f.payload)?.message ?? "no confirmation");
     opts.reporter.info(ok ? `restore of ${manifest.id} to ${hello.host?.hostname} done` : `restore of ${manifest.id} to ${hello.host?.hostname} failed: ${message}`);
     return {
       result: { ok, role: "restore", id: manifest.id, host: hello.host?.hostname, bytes: manifest.size, ...check, seconds: (Date.now() - started) / 1000, error: ok ? undefined : { code: "PEER", message } },

@@ -3,6 +3,7 @@
 // them (docs/PROTOCOL.md §6). Pure: no I/O.
 import { HEADER_SIZE, TRAILER_SIZE, encodeFrame, sealFrame, writeHeader, type Frame } from "./frame.ts";
 import { CHUNK_HEADER_SIZE, MsgType, readChunkHeader, writeChunkHeader, type ChunkHeader } from "./messages.ts";
+import { frameHasChecksum } from "../store/seekable.ts";
 
 export { CHUNK_HEADER_SIZE, readChunkHeader, writeChunkHeader, type ChunkHeader };
 
@@ -62,13 +63,6 @@ export function decodeChunkRecord(f: Frame, chunkSize: number, zeroChecksum: (ra
   }
   if (f.type !== MsgType.DATA) return { error: "not a chunk record", code: "PROTOCOL" };
   const zstd = f.payload.subarray(CHUNK_HEADER_SIZE);
-  if (!hasContentChecksum(zstd)) return { error: `chunk ${h.index} is not a zstd frame with a content checksum`, code: "PROTOCOL" };
+  if (!frameHasChecksum(zstd)) return { error: `chunk ${h.index} is not a zstd frame with a content checksum`, code: "PROTOCOL" };
   return { kind: "data", header: h, zstd };
-}
-
-/** A zstd frame header whose descriptor sets the content checksum flag. */
-export function hasContentChecksum(frame: Uint8Array): boolean {
-  if (frame.length < 9) return false;
-  const v = new DataView(frame.buffer, frame.byteOffset, frame.length);
-  return v.getUint32(0, true) === 0xfd2fb528 && (frame[4]! & 0x04) !== 0;
 }

@@ -98,6 +98,8 @@ export interface ErrorMsg {
   session?: string;
   code: string;
   message: string;
+  /** a restore the receiver could not choose: the backups to choose from, one line each */
+  candidates?: string[];
 }
 
 export interface FilesSummary {
@@ -124,9 +126,38 @@ export interface End {
   files?: FilesSummary;
 }
 
+/** The receiver's durable progress (§8.2). */
 export interface Progress {
   chunks: number;
   bytes: number;
+}
+
+/** "Still at it": a receiver's keepalive, a restorer's during its read-back. */
+export interface Keepalive {
+  session: string;
+}
+
+/** The sender's keepalive while it re-reads a resumed prefix: chunks checked so far, of how many. */
+export interface PrefixKeepalive {
+  session: string;
+  checking: number;
+  of: number;
+}
+
+/** After END: the sender asks again for its session's DONE. */
+export interface Status {
+  session: string;
+}
+
+export interface ListResult {
+  session: string;
+  /** one entry per backup (docs/PROTOCOL.md §5.7); checked by the list code, field by field */
+  backups: Record<string, unknown>[];
+}
+
+export interface RestoreDone {
+  session: string;
+  ok: true;
 }
 
 export interface Done {
@@ -170,6 +201,66 @@ export interface RestoreEnd {
   /** as RESTORE_INFO said */
   root?: string;
   sha256?: string;
+}
+
+/** Every JSON control message by its type: a send of the wrong shape does not compile. */
+export interface Messages {
+  [MsgType.HELLO]: Hello;
+  [MsgType.HELLO_ACK]: HelloAck;
+  [MsgType.ERROR]: ErrorMsg;
+  [MsgType.END]: End;
+  [MsgType.PROGRESS]: Progress | Keepalive | PrefixKeepalive;
+  [MsgType.DONE]: Done;
+  [MsgType.RESUME]: Resume;
+  [MsgType.STATUS]: Status;
+  [MsgType.LIST_RESULT]: ListResult;
+  [MsgType.RESTORE]: RestoreGo;
+  [MsgType.RESTORE_INFO]: RestoreInfo;
+  [MsgType.RESTORE_END]: RestoreEnd;
+  [MsgType.RESTORE_DONE]: RestoreDone;
+}
+export type JsonMsgType = keyof Messages;
+
+type Fields = Record<string, unknown>;
+const isStr = (v: unknown): v is string => typeof v === "string";
+const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+const isObj = (v: unknown): v is Fields => typeof v === "object" && v !== null && !Array.isArray(v);
+const opt = (v: unknown, is: (x: unknown) => boolean) => v === undefined || is(v);
+const isStrs = (v: unknown) => Array.isArray(v) && v.every(isStr);
+
+/**
+ * What each message must hold before anyone reads it: a payload of another
+ * shape is treated as malformed (null from decodeMessage), never cast. The
+ * finer checks (a protocol name, a backup's fields) stay with the code that
+ * acts on them.
+ */
+const validators: { [K in JsonMsgType]: (v: Fields) => boolean } = {
+  [MsgType.HELLO]: (v) => isStr(v.session) && isStr(v.role) && isObj(v.host),
+  [MsgType.HELLO_ACK]: (v) => isStr(v.session) && isObj(v.host) && opt(v.id, isStr) && opt(v.resume, (r) => isObj(r) && isStr(r.id) && isCount(r.chunks) && isStr(r.digest)),
+  [MsgType.ERROR]: (v) => isStr(v.code) && isStr(v.message) && opt(v.session, isStr) && opt(v.candidates, isStrs),
+  [MsgType.END]: (v) => isCount(v.chunks) && isCount(v.bytes) && opt(v.root, isStr) && opt(v.sha256, isStr) && opt(v.files, isObj),
+  [MsgType.PROGRESS]: (v) => isStr(v.session) || (isCount(v.chunks) && isCount(v.bytes)),
+  [MsgType.DONE]: (v) => isStr(v.id) && isStr(v.path) && isCount(v.bytes) && isCount(v.storedBytes) && opt(v.session, isStr) && opt(v.root, isStr) && opt(v.sha256, isStr),
+  [MsgType.RESUME]: (v) => isStr(v.session) && isCount(v.from),
+  [MsgType.STATUS]: (v) => isStr(v.session),
+  [MsgType.LIST_RESULT]: (v) => isStr(v.session) && Array.isArray(v.backups) && v.backups.every(isObj),
+  [MsgType.RESTORE]: (v) => isStr(v.session) && v.go === true,
+  [MsgType.RESTORE_INFO]: (v) =>
+    isStr(v.session) && isStr(v.id) && isStr(v.kind) && isObj(v.host) && isObj(v.disk) && isCount(v.size) && isCount(v.chunkSize) && isCount(v.chunks) && opt(v.root, isStr) && opt(v.sha256, isStr),
+  [MsgType.RESTORE_END]: (v) => isCount(v.chunks) && isCount(v.bytes) && opt(v.root, isStr) && opt(v.sha256, isStr),
+  [MsgType.RESTORE_DONE]: (v) => isStr(v.session) && v.ok === true,
+};
+
+/** A control message of `type`, or null when the payload is not valid JSON of that message's shape. */
+export function decodeMessage<T extends JsonMsgType>(type: T, payload: Uint8Array): Messages[T] | null {
+  const v = decodeJson<Fields>(payload);
+  return v && validators[type](v) ? (v as unknown as Messages[T]) : null;
+}
+
+/** The `session` a message names, whatever its type (an ERROR or DONE of another session is stale). */
+export function sessionOf(payload: Uint8Array): string | undefined {
+  const s = decodeJson<Fields>(payload)?.session;
+  return isStr(s) ? s : undefined;
 }
 
 export function encodeJson(value: unknown): Uint8Array {
