@@ -155,7 +155,7 @@ function rangesOf(regions: MapRegion[], offset: number, length: number): [number
       const bs = r.start + i * u.blockSize;
       if (bs >= to) break;
       if (bs >= mapEnd) {
-        add(bs, to); // past the map: kept
+        add(Math.max(bs, from), to); // past the map: kept
         break;
       }
       if (u.bitmap[i >> 3]! & (1 << (i & 7))) add(Math.max(bs, from), Math.min(bs + u.blockSize, to));
