@@ -4,8 +4,9 @@
 // Pure; every number is checked against the region before use.
 //
 // Rules (README, "Used-block imaging"):
-// - a journal that needs recovery, or errors recorded in the superblock, or a
-//   feature this code does not know: the file system is imaged whole;
+// - a journal that needs recovery, a file system not cleanly unmounted (or
+//   mounted read-write now), errors recorded in the superblock, or a feature
+//   this code does not know: the file system is imaged whole;
 // - a descriptor whose checksum fails: its group is counted fully used;
 // - a group marked BLOCK_UNINIT (no bitmap written yet): what e2fsprogs would
 //   compute, its superblock and descriptor copies plus every group's bitmaps
@@ -19,6 +20,7 @@ import { label, u16, u32, uuidBytes } from "./bytes.ts";
 import { crc16, crc32cRaw } from "./crc.ts";
 
 const MAGIC = 0xef53;
+const STATE_VALID = 0x0001;
 const STATE_ERRORS = 0x0002;
 
 // feature bits (e2fsprogs lib/ext2fs/ext2_fs.h)
@@ -216,6 +218,8 @@ export function analyzeExt(read: ReadAt, size: number): FsAnalysis | null {
   if (roCompat & RO_METADATA_CSUM && u32(sb, 0x3fc) !== crc32cRaw(0xffffffff, sb.subarray(0, 0x3fc))) return whole(fs, size, "superblock checksum mismatch", sb);
   if (incompat & INCOMPAT_RECOVER) return whole(fs, size, "journal needs recovery (not cleanly unmounted)", sb);
   if (u16(sb, 0x3a) & STATE_ERRORS || u32(sb, 0x194) > 0) return whole(fs, size, "errors recorded in the superblock (run fsck)", sb);
+  // mounted read-write now, or not unmounted cleanly (without a journal its bitmaps may be stale)
+  if (!(u16(sb, 0x3a) & STATE_VALID)) return whole(fs, size, "not cleanly unmounted (in use, or run fsck)", sb);
   if (incompat & ~INCOMPAT_KNOWN || roCompat & ~RO_KNOWN) return whole(fs, size, "file-system features this version does not know", sb);
   const g = geometry(sb, size);
   if (typeof g === "string") return whole(fs, size, `superblock damaged (${g})`, sb);

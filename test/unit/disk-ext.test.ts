@@ -157,7 +157,9 @@ describe.skipIf(!hasMke2fs)("ext analysis (needs mkfs.ext4, e2fsck, debugfs)", (
     expect(analyze()).toMatchObject({ method: "whole", reason: expect.stringContaining("recovery") });
     sh(`debugfs -w -R 'feature ^needs_recovery' ${img} && debugfs -w -R 'ssv error_count 2' ${img}`);
     expect(analyze()).toMatchObject({ method: "whole", reason: expect.stringContaining("errors") });
-    sh(`debugfs -w -R 'ssv error_count 0' ${img}`);
+    sh(`debugfs -w -R 'ssv error_count 0' ${img} && debugfs -w -R 'ssv state 0' ${img}`);
+    expect(analyze()).toMatchObject({ method: "whole", reason: expect.stringContaining("not cleanly unmounted") });
+    sh(`debugfs -w -R 'ssv state 1' ${img}`);
     expect(analyze()!.method).toBe("used-blocks");
     // a damaged superblock (metadata_csum catches it)
     patch(1024 + 0x20, [0x13]);
