@@ -60,16 +60,16 @@ export function register(program: Command): void {
         onInterrupt("the backup is incomplete; run push again");
         if (o.files && o.allBlocks) throw new TbError("USAGE", "--all-blocks applies to an image push, not to --files", "leave out --all-blocks");
         let input = o.files ? tarSource({ roots: o.files, strict: o.strict === true, label: o.name ?? null, crossMounts: o.crossMounts === true }) : undefined;
-        if (!input && !o.allBlocks) {
-          const { usedBlocksSource } = await import("../core/used-source.ts");
-          const u = await usedBlocksSource(source!);
-          input = u.source;
-          if (!o.json) process.stderr.write(formatLayout(u.source.disk.name, u.plan.size, u.source.layout!));
-        }
         const stream = await resolveStream(o.stream, "push", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream; leave out --json");
         if (o.stream === "-" && process.stdout.isTTY) throw new TbError("USAGE", "--stream - sends the backup to stdout, which is a terminal", "pipe it to the receiver (e.g. through ssh or socat)");
         try {
+          if (!input && !o.allBlocks) {
+            const { usedBlocksSource } = await import("../core/used-source.ts");
+            const u = await usedBlocksSource(source!);
+            input = u.source;
+            if (!o.json) process.stderr.write(formatLayout(u.source.disk.name, u.plan.size, u.source.layout!));
+          }
           const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume });
           reporter.stop();
           const files = r.files as FilesSummary | undefined;
