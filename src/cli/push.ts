@@ -4,11 +4,28 @@ import { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from "../core/limits.ts";
 import { TbError } from "../errors.ts";
 import { bytes, ratio } from "../ui/format.ts";
 import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
-import type { FilesSummary } from "../protocol/messages.ts";
+import type { FilesSummary, Layout } from "../protocol/messages.ts";
 import { resolveStream, withThunderboltOptions } from "./stream.ts";
 
 /** mount points listed one a line; the rest are counted */
 const MOUNTS_SHOWN = 20;
+
+/** The plan of a used-block push, before it starts (README, "Used-block imaging"). */
+export function formatLayout(diskName: string, size: number, l: Layout): string {
+  const clean = (s: string) => s.replace(/[\x00-\x1f\x7f-\x9f]/g, "?");
+  const lines: string[] = [];
+  const table = l.table === "none" ? "no partition table" : `${l.table.toUpperCase()}, ${l.partitions.length} partition${l.partitions.length === 1 ? "" : "s"}`;
+  lines.push(`${clean(diskName)}: ${table}${l.note ? ` (${clean(l.note)})` : ""}`);
+  const rows = l.partitions.map((p) => {
+    const state = p.method === "used-blocks" ? `${bytes(p.usedBytes)} used` : p.method === "header-only" ? "(content not kept)" : `kept whole: ${p.reason ?? "not analysed"}`;
+    return [p.index === 0 ? "disk" : `p${p.index}`, clean(p.label ?? p.name ?? ""), clean(p.fs), bytes(p.length), clean(state)];
+  });
+  const widths = [0, 1, 2, 3].map((i) => Math.max(...rows.map((r) => r[i]!.length)));
+  for (const r of rows) lines.push(`  ${r[0]!.padEnd(widths[0]!)}  ${r[1]!.padEnd(widths[1]!)}  ${r[2]!.padEnd(widths[2]!)}  ${r[3]!.padStart(widths[3]!)}   ${r[4]}`);
+  if (l.table !== "none") lines.push(`  outside partitions: ${bytes(l.outsideBytes)} (kept whole)`);
+  lines.push(`sending ${bytes(l.usedBytes)} of ${bytes(size)} (unused blocks are stored as zeros; --all-blocks sends every byte)`);
+  return lines.join("\n") + "\n";
+}
 
 export function register(program: Command): void {
   withThunderboltOptions(
@@ -18,6 +35,7 @@ export function register(program: Command): void {
       .option("--files <dir...>", "send these directory trees as a file-level backup (tar) instead of an image")
       .option("--strict", "with --files: stop at the first unreadable file instead of skipping it")
       .option("--cross-mounts", "with --files: also walk into file systems mounted inside the trees (/proc under /, say)")
+      .option("--all-blocks", "image every byte of SOURCE, not only the blocks its file systems use")
       .option("--no-resume", "start a new backup even when the receiver holds an interrupted one of this disk")
       .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:HOST:PORT or -")
       .option("--name <label>", "a label stored with the backup")
@@ -29,7 +47,7 @@ export function register(program: Command): void {
       .option("--json", "print one JSON result on stdout"),
   )
     .action(
-      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; crossMounts?: boolean; resume: boolean; sha256?: boolean } & GlobalOpts) => {
+      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; crossMounts?: boolean; resume: boolean; sha256?: boolean; allBlocks?: boolean } & GlobalOpts) => {
         const { push } = await import("../core/push.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -41,11 +59,18 @@ export function register(program: Command): void {
         (await import("../util/zstd.ts")).requireZstd();
         const reporter = makeReporter();
         onInterrupt("the backup is incomplete; run push again");
-        const input = o.files ? tarSource({ roots: o.files, strict: o.strict === true, label: o.name ?? null, crossMounts: o.crossMounts === true }) : undefined;
+        if (o.files && o.allBlocks) throw new TbError("USAGE", "--all-blocks applies to an image push, not to --files", "leave out --all-blocks");
+        let input = o.files ? tarSource({ roots: o.files, strict: o.strict === true, label: o.name ?? null, crossMounts: o.crossMounts === true }) : undefined;
         const stream = await resolveStream(o.stream, "push", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream; leave out --json");
         if (o.stream === "-" && process.stdout.isTTY) throw new TbError("USAGE", "--stream - sends the backup to stdout, which is a terminal", "pipe it to the receiver (e.g. through ssh or socat)");
         try {
+          if (!input && !o.allBlocks) {
+            const { usedBlocksSource } = await import("../core/used-source.ts");
+            const u = await usedBlocksSource(source!);
+            input = u.source;
+            if (!o.json) process.stderr.write(formatLayout(u.source.disk.name, u.plan.size, u.source.layout!));
+          }
           const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume, sha256: o.sha256 === true });
           reporter.stop();
           const files = r.files as FilesSummary | undefined;

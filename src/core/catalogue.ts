@@ -26,6 +26,11 @@ export interface BackupEntry {
   diskPath: string | null;
   /** what was backed up: a block device or an image file */
   diskKind: "block" | "file" | null;
+  /**
+   * true: pushed with used-block imaging; blocks the file systems did not use
+   * are zeros in the image, and sha256 is of that image, not of the disk
+   */
+  unusedAsZeros: boolean;
   /** file-level backups: files that could not be read (stored as zeros or left out), and files that changed while read */
   unreadableFiles?: number;
   changedFiles?: number;
@@ -70,6 +75,7 @@ export function entryFor(dir: string, id: string): BackupEntry {
     diskWwn: m?.disk.wwn ?? null,
     diskPath: m?.disk.path ?? null,
     diskKind: m?.disk.kind === "block" || m?.disk.kind === "file" ? m.disk.kind : null,
+    unusedAsZeros: m?.layout !== undefined,
     ...(m?.kind === "files" && m.files ? { unreadableFiles: m.files.unreadable?.length ?? 0, changedFiles: m.files.changed?.length ?? 0 } : {}),
   };
 }

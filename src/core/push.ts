@@ -1,7 +1,7 @@
 // push: read a disk or image in chunks, hash it, compress it on worker threads,
 // and stream it to a receiver; done only when the receiver says it is durable
 // and its SHA-256 matches ours.
-import { MsgType, decodeMessage, sessionOf, type DiskIdentity, type Done, type End } from "../protocol/messages.ts";
+import { MsgType, decodeMessage, sessionOf, type DiskIdentity, type Done, type End, type Layout } from "../protocol/messages.ts";
 import { dataFrameSize, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
@@ -25,6 +25,8 @@ export interface PushSource {
   size: number | null;
   disk: DiskIdentity;
   content: "image" | "files";
+  /** used-block imaging: the disk's partitions and how each is imaged (sent in HELLO, returned in the result) */
+  layout?: Layout;
   /** fills buf with the bytes at `offset`; fewer than buf.length only at the end */
   read(buf: Uint8Array, offset: number): Promise<number>;
   /** for a regular file: a test for chunks that lie in a hole (zeros that need no reading) */
@@ -136,6 +138,7 @@ export interface PushResult {
   /** chunks already held by the receiver from an interrupted push (0: a full push) */
   resumedFrom: number;
   files?: unknown;
+  layout?: Layout;
 }
 
 export async function push(opts: PushOptions): Promise<PushResult> {
@@ -155,7 +158,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   const receiverDone = new Signal();
   try {
     pool.broadcast({ op: "level", level: opts.level });
-    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content, ...(opts.sha256 ? { sha256: true } : {}) });
+    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content, ...(opts.sha256 ? { sha256: true } : {}), ...(src.layout ? { layout: src.layout } : {}) });
     opts.reporter.info(`connecting to the receiver on ${conn.description}`);
     const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
     opts.reporter.info(`receiver ${ack.host.hostname} (${ack.tool}) will store ${ack.id ?? "the backup"}`);
@@ -359,6 +362,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       zeroChunks,
       resumedFrom: start,
       seconds: (Date.now() - started) / 1000,
+      ...(src.layout ? { layout: src.layout } : {}),
       ...(src.summary?.() ?? {}),
     };
   } catch (e) {

@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, decodeMessage, sessionOf, typeName, type Done, type Hello } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, decodeMessage, layoutFrom, sessionOf, typeName, type Done, type Hello } from "../protocol/messages.ts";
 import { decodeChunkRecord } from "../protocol/chunk-record.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
@@ -354,6 +354,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       data: files ? FILES_FILE : IMAGE_FILE,
       timings: { started: started.toISOString(), finished: null, seconds: null },
     };
+    const layout = files ? undefined : layoutFrom(hello.layout);
+    if (layout) m.layout = layout;
     manifest0 = m;
     try {
       writeManifest(created0.dir, m);

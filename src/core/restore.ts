@@ -13,10 +13,11 @@ import { RootBuilder, zeroDigest } from "../store/root.ts";
 import { TbError, asTbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
-import { inspectTarget, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
+import { inspectTarget, notTheBackup, openTarget, targetWriteError, type TargetInfo } from "./target.ts";
 import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
 import { isZeroFrame, zeroChecksum } from "./zero.ts";
+import { zeroWriter } from "./zero-out.ts";
 import { Extractor, type ExtractStats } from "./files/extract.ts";
 import { POSIX_FADV_DONTNEED, loadLibc } from "../util/libc.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
@@ -99,17 +100,16 @@ interface Sink {
 
 function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, pool: WorkerPool, reporter: Reporter): Sink {
   const fd = openTarget(target, info.size);
-  const zeroBuf = target.kind === "block" ? new Uint8Array(info.chunkSize) : null;
+  const zeros = target.kind === "block" ? zeroWriter(fd, target.path, info.chunkSize) : null;
   return {
     path: target.path,
     hashInPass: !verify,
     fd,
     // A file target was created sparse: its holes are already zeros.
-    zero: async (c) => {
-      if (zeroBuf) writeAt(fd, zeroBuf.subarray(0, c.rawLength), c.offset, target.path);
-    },
+    zero: async (c) => zeros?.zero(c.offset, c.rawLength),
     finish: async () => {
-      reporter.info("all data written; syncing the target");
+      await zeros?.flush();
+      reporter.info(`all data written${zeros?.how() === "write-zeroes" ? " (zero chunks by the disk's write-zeroes)" : ""}; syncing the target`);
       try {
         fs.fsyncSync(fd);
       } catch (e) {

@@ -97,3 +97,28 @@ export function countUsed(u: UsedBlocks): number {
   }
   return n;
 }
+
+/**
+ * What a parser throws when a structure is damaged, contradicts itself or
+ * cannot be read: the caller images that region whole and shows `message`.
+ */
+export class DiskFormatError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "DiskFormatError";
+  }
+}
+
+/** read() with every failure (past the end, an I/O error, a short answer) as a DiskFormatError. */
+export function readChecked(read: ReadAt, offset: number, length: number, what: string): Uint8Array {
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0 || length > MAX_READ)
+    throw new DiskFormatError(`${what} lies outside what can be read`);
+  let b: Uint8Array;
+  try {
+    b = read(offset, length);
+  } catch (e) {
+    throw new DiskFormatError(`cannot read ${what}: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  if (b.length !== length) throw new DiskFormatError(`cannot read ${what}: short read`);
+  return b;
+}

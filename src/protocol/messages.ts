@@ -66,9 +66,72 @@ export interface Hello {
   content?: "image" | "files";
   /** push: the sender also wants the whole-image SHA-256 (--sha256) */
   sha256?: boolean;
+  /** push of an image with used-block imaging: what was found on the disk and how each part is imaged (docs/PROTOCOL.md) */
+  layout?: Layout;
   /** restore only: the backup asked for (an ID), and the disk it will be written to */
   backup?: string;
   target?: DiskIdentity;
+}
+
+/** One partition of a layout (or, with no partition table, the whole disk as index 0). */
+export interface LayoutPart {
+  index: number;
+  start: number;
+  length: number;
+  /** GPT type GUID or MBR type ("0x83"); "" for the whole disk */
+  type: string;
+  /** GPT partition name and unique GUID */
+  name?: string;
+  partUuid?: string;
+  /** file system found: "ext4", "swap", "luks", ..., "unknown" */
+  fs: string;
+  label?: string;
+  uuid?: string;
+  method: "used-blocks" | "whole" | "header-only";
+  reason?: string;
+  /** bytes of this partition that were read and stored as they are (the rest is stored as zeros) */
+  usedBytes: number;
+}
+
+/** How an image push treated the disk: README, "Used-block imaging". */
+export interface Layout {
+  table: "gpt" | "mbr" | "none";
+  sectorSize: number;
+  note?: string;
+  partitions: LayoutPart[];
+  /** bytes outside every partition (kept whole) */
+  outsideBytes: number;
+  /** bytes kept as they are on the disk; everything else reads as zeros in the image */
+  usedBytes: number;
+}
+
+/** The most partitions a layout from a peer may list. */
+const MAX_LAYOUT_PARTS = 256;
+
+/**
+ * A layout from a peer, rebuilt from its known fields with their types checked
+ * and strings cut short; undefined when it is not one.
+ */
+export function layoutFrom(x: unknown): Layout | undefined {
+  if (typeof x !== "object" || x === null) return undefined;
+  const o = x as Record<string, unknown>;
+  const num = (v: unknown) => (typeof v === "number" && Number.isSafeInteger(v) && v >= 0 ? v : null);
+  const str = (v: unknown, max = 128) => (typeof v === "string" ? v.slice(0, max) : undefined);
+  if (o.table !== "gpt" && o.table !== "mbr" && o.table !== "none") return undefined;
+  if (!Array.isArray(o.partitions) || o.partitions.length > MAX_LAYOUT_PARTS) return undefined;
+  const parts: LayoutPart[] = [];
+  for (const p of o.partitions as Record<string, unknown>[]) {
+    if (typeof p !== "object" || p === null) return undefined;
+    const index = num(p.index), start = num(p.start), length = num(p.length), usedBytes = num(p.usedBytes);
+    if (index === null || start === null || length === null || usedBytes === null) return undefined;
+    if (p.method !== "used-blocks" && p.method !== "whole" && p.method !== "header-only") return undefined;
+    const opt = (k: string, v: string | undefined) => (v !== undefined ? { [k]: v } : {});
+    parts.push({ index, start, length, type: str(p.type) ?? "", ...opt("name", str(p.name)), ...opt("partUuid", str(p.partUuid)), fs: str(p.fs, 32) ?? "unknown", ...opt("label", str(p.label)), ...opt("uuid", str(p.uuid)), method: p.method, ...opt("reason", str(p.reason, 256)), usedBytes });
+  }
+  const sectorSize = num(o.sectorSize), outsideBytes = num(o.outsideBytes), usedBytes = num(o.usedBytes);
+  if (sectorSize === null || outsideBytes === null || usedBytes === null) return undefined;
+  const note = str(o.note, 256);
+  return { table: o.table, sectorSize, ...(note !== undefined ? { note } : {}), partitions: parts, outsideBytes, usedBytes };
 }
 
 export interface HelloAck {

@@ -1,7 +1,7 @@
 // manifest.json: what a stored backup is, where it came from, and how to check it.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { DiskIdentity, FilesSummary, HostIdentity } from "../protocol/messages.ts";
+import type { DiskIdentity, FilesSummary, HostIdentity, Layout } from "../protocol/messages.ts";
 import { MANIFEST_FILE, fsyncDir } from "./layout.ts";
 import type { ROOT_ALGORITHM } from "./root.ts";
 
@@ -45,6 +45,8 @@ export interface Manifest {
   data: string;
   timings: { started: string; finished: string | null; seconds: number | null };
   files?: FilesSummary;
+  /** an image pushed with used-block imaging: the partitions and how each was imaged (docs/FORMAT.md) */
+  layout?: Layout;
 }
 
 export function writeManifest(dir: string, m: Manifest): void {

@@ -1,5 +1,5 @@
 // The few libc calls Node's fs lacks (flock, mknod, mkfifo, posix_fadvise,
-// lseek, and unix sockets as plain descriptors),
+// lseek, the BLKZEROOUT ioctl, and unix sockets as plain descriptors),
 // through bun:ffi, loaded once on first use. null where libc cannot be loaded:
 // callers fall back or report what they could not do.
 export interface Libc {
@@ -20,6 +20,8 @@ export interface Libc {
   shutdown(fd: number, how: number): number;
   /** clears O_NONBLOCK on a descriptor */
   makeBlocking(fd: number): number;
+  /** BLKZEROOUT: the block device zeroes [offset, offset + length) itself; 0, or -1 (errno) */
+  blkZeroOut(fd: number, offset: number, length: number): number;
   /** errno of the last failed call on this thread */
   errno(): number;
 }
@@ -37,6 +39,8 @@ export const SOCK_STREAM = 1;
 export const SOCK_NONBLOCK = 0o4000;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SHUT_RDWR = 2;
+/** _IO(0x12, 127) */
+const BLKZEROOUT = 0x127f;
 const F_GETFL = 3;
 const F_SETFL = 4; // O_NONBLOCK has the value of SOCK_NONBLOCK
 
@@ -62,6 +66,7 @@ export async function loadLibc(): Promise<Libc | null> {
           accept4: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr, FFIType.i32], returns: FFIType.i32 },
           shutdown: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 },
           fcntl: { args: [FFIType.i32, FFIType.i32, FFIType.i32], returns: FFIType.i32 },
+          ioctl: { args: [FFIType.i32, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
           __errno_location: { args: [], returns: FFIType.ptr },
         });
         const cstr = (s: string | Uint8Array) => (typeof s === "string" ? new TextEncoder().encode(s + "\0") : Buffer.concat([s, new Uint8Array(1)]));
@@ -81,6 +86,7 @@ export async function loadLibc(): Promise<Libc | null> {
             const flags = lib.symbols.fcntl(fd, F_GETFL, 0) as number;
             return flags < 0 ? flags : (lib.symbols.fcntl(fd, F_SETFL, flags & ~SOCK_NONBLOCK) as number);
           },
+          blkZeroOut: (fd, offset, length) => lib.symbols.ioctl(fd, BigInt(BLKZEROOUT), new BigUint64Array([BigInt(offset), BigInt(length)])) as number,
           errno: () => read.i32(lib.symbols.__errno_location()!, 0),
         };
         break;
