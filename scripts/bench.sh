@@ -35,11 +35,14 @@
 #   BENCH_DIR=/tmp/tbbackup-bench  work directory (images are kept there and
 #                       reused by the next run)
 #   BENCH_BIN=dist/tbbackup  the executable to measure
-# The full run (defaults) takes about 10 minutes on a 2-core machine; run it
-# on a quiet machine only.
+# The loop-device and used-disk lines need root (loop devices, mounts). The
+# full run (defaults) should take 5-10 minutes on a 2-core machine (estimated
+# from BENCH_SIZE_MB=256 runs); run it on a quiet machine only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for pair in mkfs.ext4:e2fsprogs zstd:zstd /usr/bin/time:time openssl:openssl taskset:util-linux bc:bc; do
+# the tools of every section (partclone and the rest are only used as root, by the used-disk lines)
+for pair in mkfs.ext4:e2fsprogs zstd:zstd /usr/bin/time:time openssl:openssl taskset:util-linux bc:bc \
+  partclone.ext4:partclone mkfs.xfs:xfsprogs mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk nbdcopy:libnbd-bin nbdsh:python3-libnbd; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pair##*:}" >/dev/null; }
 done
 [ -x dist/tbbackup ] || npm run -s build
@@ -386,6 +389,11 @@ echo
 S=$(date +%s%N); for _ in $(seq 20); do "$BIN" version >/dev/null; done; E=$(date +%s%N)
 printf '%-44s %8.1f ms (mean of 20)\n' "tbbackup version start-up" "$(echo "($E - $S) / 20000000" | bc -l)"
 
+if ! skip used && [ "$(id -u)" -ne 0 ]; then
+  echo
+  echo "== used disk: n/a (needs root: loop devices and mounts)"
+  BENCH_SKIP="${BENCH_SKIP:-},used"
+fi
 if ! skip used; then
   # Disks whose free space held data: a backup should not carry what was deleted.
   # Built once and kept in $W, like the main image.
