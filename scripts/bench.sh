@@ -13,7 +13,7 @@
 #   zeros: the image followed by 3 GiB of holes, and a loop device over the
 #     image followed by 1 GiB of written zeros, vs the image alone
 #   the careful admin's pipe: tee >(sha256) | zstd -1 -T0 | tee out.zst |
-#     zstd -dc | sha256, then sync
+#     zstd -dc | sha256, then sync out.zst
 #   scaling: each end alone on 1 and 2 cores (taskset), push against
 #     scripts/bench-sink.ts, receive fed by scripts/bench-replay.ts, with the
 #     busiest threads (from /proc/PID/task/*/stat)
@@ -164,10 +164,12 @@ for _ in $(seq "$ROUNDS"); do
     { echo "c_zstd1 $(cpu zstd1)"; echo "c_zstdn $(cpu zstdn)"; echo "c_sha $(cpu sha1)"; echo "c_sha2 $(add "$(cpu sha1)" + "$(cpu sha2)")"; } >> "$W/runs"
   fi
   if ! skip pipe; then
-    # the same guarantees by hand: both ends hash, the copy is decompressed and synced
+    # the same guarantees by hand: both ends hash, the copy is decompressed and
+    # made durable (sync of that file: a bare sync would also time whatever
+    # else this shared machine has to write back; receive fsyncs only its own files)
     rm -f "$W/pipe.zst"
     # shellcheck disable=SC2016 # $1 and $2 are the inner shell's
-    t pipe bash -c 'tee >(openssl dgst -sha256 > "$1.in") < "$2" | zstd -1 -T0 -q | tee "$1.zst" | zstd -dcq | openssl dgst -sha256 > "$1.out"; wait; sync' _ "$W/pipe" "$IMG"
+    t pipe bash -c 'tee >(openssl dgst -sha256 > "$1.in") < "$2" | zstd -1 -T0 -q | tee "$1.zst" | zstd -dcq | openssl dgst -sha256 > "$1.out"; wait; sync "$1.zst"' _ "$W/pipe" "$IMG"
     echo "pipe $(wall pipe)" >> "$W/runs"
     rm -f "$W/pipe.zst"
   fi
@@ -205,7 +207,7 @@ printf '%-44s %8s s   (runs: %s; %s CPU-s)\n' "zstd -dc out.zst > out" "$ZD" "$(
 printf '%-44s %8s s   (runs: %s; %s CPU-s; sparse output, a steadier yardstick)\n' "zstd -d out.zst -o out" "$ZO" "$(all zstdo)" "$(cpu zstdo)"
 if ! skip pipe; then
   PIPE=$(med pipe)
-  printf '%-44s %8s s   (runs: %s; the same guarantees by hand: tee >(openssl dgst -sha256) < img | zstd -1 -T0 | tee out.zst | zstd -dc | openssl dgst -sha256; sync)\n' "the careful admin's pipe" "$PIPE" "$(all pipe)"
+  printf '%-44s %8s s   (runs: %s; the same guarantees by hand: tee >(openssl dgst -sha256) < img | zstd -1 -T0 | tee out.zst | zstd -dc | openssl dgst -sha256; sync out.zst)\n' "the careful admin's pipe" "$PIPE" "$(all pipe)"
 fi
 printf '%-44s %8.2f s   ratio to zstd line: %.2fx (budget 1.5x, target 1.0x)   (runs: %s)\n' "tbbackup push -> receive (unix:)" "$PR" "$(div "$PR" "$ZW")" "$(all pr)"
 if ! skip pipe; then
