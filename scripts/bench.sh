@@ -61,10 +61,10 @@ SIZE=$((SIZE_MB * 1048576))
 # Whatever this run sets up is taken down on the way out, failed or not.
 LOOPS=()
 MOUNTS=()
-PIDS=()
 cleanup() {
   local p m l
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # this shell's own background jobs still running (a sink, a server), by pid
+  for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done
   for m in "${MOUNTS[@]}"; do umount "$m" 2>/dev/null || true; done
   for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null || true; done
 }
@@ -296,36 +296,43 @@ else
 fi
 
 if ! skip scaling; then
-  # Per-thread CPU of a running tbbackup, sampled from /proc every 0.1 s:
-  # $1 = the pid of /usr/bin/time, whose child is tbbackup; $2 = output file.
+  # Per-thread CPU of a running tbbackup, sampled from /proc every 0.1 s, with
+  # each thread's time spent waiting for a CPU (schedstat's run-queue delay):
+  # $1 = the pid of /usr/bin/time, whose child is tbbackup; $2 = output file
+  # of lines "PID RUNQUEUE_NS <the thread's stat line>".
   sample_threads() {
-    local kid="" f line
+    local kid="" t line rq
     : > "$2"
     while kill -0 "$1" 2>/dev/null; do
       [ -n "$kid" ] || read -r kid _ 2>/dev/null < "/proc/$1/task/$1/children" || true
       if [ -n "$kid" ]; then
-        for f in /proc/"$kid"/task/*/stat; do
-          read -r line 2>/dev/null < "$f" && echo "$kid $line" >> "$2"
+        for t in /proc/"$kid"/task/*; do
+          rq=0
+          read -r _ rq _ 2>/dev/null < "$t/schedstat" || true
+          read -r line 2>/dev/null < "$t/stat" && echo "$kid $rq $line" >> "$2"
         done
       fi
       sleep 0.1
     done
   }
-  # The busiest threads, as a share of the wall time, and what caps the run.
+  # The busiest threads, as a share of the wall time, the threads' summed wait
+  # for a core (another process's, or each other's on one core), and what caps the run.
   threads() { # $1 = samples, $2 = wall seconds, $3 = cores, $4 = the process's CPU seconds
     awk '
-      { tid = $2; r = index($0, ") "); comm = substr($0, index($0, "(") + 1, r - index($0, "(") - 1)
+      { tid = $3; r = index($0, ") "); comm = substr($0, index($0, "(") + 1, r - index($0, "(") - 1)
         split(substr($0, r + 2), f, " "); ticks = f[12] + f[13]
         if (tid == $1) comm = "main"
-        if (ticks >= t[tid]) { t[tid] = ticks; n[tid] = comm } }
-      END { for (k in t) { total += t[k]; print t[k], n[k] }
-            print "TOTAL", total }' "$1" | sort -k1,1nr | awk -v hz="$(getconf CLK_TCK)" -v wall="$2" -v cores="$3" -v cpu="$4" '
-      $1 == "TOTAL" { total = cpu / wall; next }
+        if (ticks >= t[tid]) { t[tid] = ticks; n[tid] = comm }
+        if ($2 > q[tid]) q[tid] = $2 }
+      END { for (k in t) { print t[k], n[k]; rq += q[k] }
+            print "RQ", rq }' "$1" | sort -k1,1nr | awk -v hz="$(getconf CLK_TCK)" -v wall="$2" -v cores="$3" -v cpu="$4" '
+      $1 == "RQ" { rq = $2 / 1e9 / wall; next }
       { name = $2; for (i = 3; i <= NF; i++) name = name " " $i
         if (++k <= 4) { s = s sep sprintf("%s %.0f%%", name, 100 * $1 / hz / wall); sep = ", " }
         if (k == 1) { top = name; topshare = $1 / hz / wall } }
-      END { cap = total >= 0.85 * cores ? "the cores (" sprintf("%.0f%%", 100 * total / cores) " of " cores ")" : topshare >= 0.85 ? "its " top " thread" : "neither (it waits)"
-            printf "threads: %s; capped by %s", s, cap }'
+      END { total = cpu / wall
+            cap = total >= 0.85 * cores ? "the cores (" sprintf("%.0f%%", 100 * total / cores) " of " cores ")" : topshare >= 0.85 ? "its " top " thread" : rq >= 0.25 ? "the load on the machine (its threads waited for a core)" : "neither (it waits for its disk or its peer)"
+            printf "threads: %s; run-queue wait, all threads: %.0f%%; capped by %s", s, 100 * rq, cap }'
   }
   mbs() { printf '%.0f' "$(echo "$SIZE / 1000000 / $1" | bc -l)"; }
 
@@ -334,17 +341,16 @@ if ! skip scaling; then
   # Record a push once: its bytes are what the replayer feeds each receive.
   rm -f "$W/s.sock" "$W/push.rec"
   "$BUN" scripts/bench-sink.ts "unix:$W/s.sock" --record "$W/push.rec" 2>/dev/null &
-  PIDS+=($!)
+  sink=$!
   while [ ! -S "$W/s.sock" ]; do sleep 0.02; done
   "$BIN" push "$IMG" --stream "unix:$W/s.sock" 2>/dev/null
-  wait "${PIDS[-1]}"
+  wait "$sink"
   for cores in 1 2; do
     if [ "$cores" -eq 1 ]; then mine=0; peer=(taskset -c 1); else mine=0,1; peer=(); fi
     # push -> the acknowledging sink
     rm -f "$W/s.sock"
     "${peer[@]}" "$BUN" scripts/bench-sink.ts "unix:$W/s.sock" 2>/dev/null &
     sink=$!
-    PIDS+=("$sink")
     while [ ! -S "$W/s.sock" ]; do sleep 0.02; done
     taskset -c "$mine" /usr/bin/time -f "%e %M %U %S" -o "$W/time.spush" "$BIN" push "$IMG" --stream "unix:$W/s.sock" 2>/dev/null &
     p=$!
@@ -361,10 +367,10 @@ if ! skip scaling; then
     while [ ! -S "$W/b.sock" ]; do sleep 0.02; done
     s=$(date +%s.%N)
     "${peer[@]}" "$BUN" scripts/bench-replay.ts "$W/push.rec" "unix:$W/b.sock" 2>/dev/null &
-    PIDS+=($!)
+    replay=$!
     sample_threads "$r" "$W/threads.recv" &
     sampler=$!
-    wait "${PIDS[-1]}" || echo "bench: the replay into receive failed"
+    wait "$replay" || echo "bench: the replay into receive failed"
     e=$(date +%s.%N)
     wait "$r" || true
     wait "$sampler"
@@ -509,9 +515,8 @@ if ! skip nbd; then
   if grep -qE '^ +nbd( |$)' <<< "$("$BIN" --help)"; then
     NB=$(dirname "$(find "$W/store-1g" -name image.zst)")
     rm -f "$W/n.sock"
-    "$BIN" nbd "$NB" --listen "unix:$W/n.sock" 2>/dev/null &
+    "$BIN" nbd "$NB" --listen "unix:$W/n.sock" > /dev/null 2>&1 &
     nbdpid=$!
-    PIDS+=("$nbdpid")
     while [ ! -S "$W/n.sock" ] && kill -0 "$nbdpid" 2>/dev/null; do sleep 0.02; done
     URI="nbd+unix:///?socket=$W/n.sock"
     : > "$W/nruns"
