@@ -211,10 +211,10 @@ if ! skip pipe; then
 fi
 printf '%-44s %8.2f s   ratio to zstd line: %.2fx (budget 1.5x, target 1.0x)   (runs: %s)\n' "tbbackup push -> receive (unix:)" "$PR" "$(div "$PR" "$ZW")" "$(all pr)"
 if ! skip pipe; then
-  printf '%-44s %8s     %.2fx (budget 1.0x, goal 0.5x)\n' "push -> receive vs the careful admin's pipe" "" "$(div "$PR" "$PIPE")"
-  row "push -> receive time vs the careful admin's pipe" "$(div "$PR" "$PIPE")" 1.0 0.5
+  printf '%-44s %8s     %.2fx (no budget set; about 0.5x when issue #15 was written)\n' "push -> receive vs the careful admin's pipe" "" "$(div "$PR" "$PIPE")"
+  row "push -> receive time vs the careful admin's pipe" "$(div "$PR" "$PIPE")" -
 else
-  row "push -> receive time vs the careful admin's pipe" n/a 1.0 0.5
+  row "push -> receive time vs the careful admin's pipe" n/a -
 fi
 row "push -> receive time vs zstd -1 -T0" "$(div "$PR" "$ZW")" 1.5 1.0
 printf '%-44s %8s CPU-s push, %s CPU-s receive\n' "CPU time" "$(cpu push-1g)" "$(cpu recv-1g)"
