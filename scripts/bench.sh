@@ -6,37 +6,97 @@
 #   tbbackup push -> receive over unix: (both processes, all checksums)
 #   tbbackup restore from a stored image, and over unix: from a receiver
 #   tbbackup push --files of the image's tree vs tar -cf - DIR | zstd -1 -T0
-# plus each process's peak RSS, the same on a 4 GiB image, and start-up time.
+# plus each process's peak RSS, the same on a 4 GiB image, and start-up time;
+# and, against stock tools run in the same run (README "Performance"):
+#   CPU cost: push + receive user+sys seconds vs zstd -1 -T1, zstd -dc and
+#     openssl dgst -sha256 twice (each on one core)
+#   zeros: the image followed by 3 GiB of holes, and a loop device over the
+#     image followed by 1 GiB of written zeros, vs the image alone
+#   the careful admin's pipe: tee >(sha256) | zstd -1 -T0 | tee out.zst |
+#     zstd -dc | sha256, then sync out.zst
+#   scaling: each end alone on 1 and 2 cores (taskset), push against
+#     scripts/bench-sink.ts, receive fed by scripts/bench-replay.ts, with the
+#     busiest threads (from /proc/PID/task/*/stat)
+#   restore CPU vs zstd -dc + openssl dgst -sha256
+#   used disk: an ext4 whose free space once held random data, and a GPT disk
+#     (ext4, xfs, vfat, swap), default and --all-blocks, vs partclone | zstd
+#   NBD: nbdcopy of a backup's export vs zstd -dc, and 10,000 random 4 KiB
+#     reads through nbdsh
+# and ends with a table of every ratio against its budget.
+#
+# Knobs (environment):
+#   BENCH_SIZE_MB=1024  size of the ext4 image (the files fill ~400/1024 of
+#                       it, the used-disk ext4 is that size too); use 256
+#                       while working on this script
+#   BENCH_ROUNDS=3      interleaved rounds of the main lines (medians printed)
+#   BENCH_SKIP=a,b      sections to leave out: big (3 GiB of holes), loop,
+#                       pipe, stock (the one-core CPU yardsticks), scaling,
+#                       files, used, nbd
+#   BENCH_DIR=/tmp/tbbackup-bench  work directory (images are kept there and
+#                       reused by the next run)
+#   BENCH_BIN=dist/tbbackup  the executable to measure
+# The loop-device and used-disk lines need root (loop devices, mounts). The
+# full run (defaults) should take 5-10 minutes on a 2-core machine (estimated
+# from BENCH_SIZE_MB=256 runs); run it on a quiet machine only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for pair in mkfs.ext4:e2fsprogs zstd:zstd /usr/bin/time:time; do
+# the tools of every section (partclone and the rest are only used as root, by the used-disk lines)
+for pair in mkfs.ext4:e2fsprogs zstd:zstd /usr/bin/time:time openssl:openssl taskset:util-linux bc:bc \
+  partclone.ext4:partclone mkfs.xfs:xfsprogs mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk nbdcopy:libnbd-bin nbdsh:python3-libnbd; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pair##*:}" >/dev/null; }
 done
 [ -x dist/tbbackup ] || npm run -s build
-BIN="$PWD/dist/tbbackup"
+BIN="${BENCH_BIN:-$PWD/dist/tbbackup}"
+BUN="$PWD/node_modules/.bin/bun"
 W="${BENCH_DIR:-/tmp/tbbackup-bench}"
+SIZE_MB=${BENCH_SIZE_MB:-1024}
+ROUNDS=${BENCH_ROUNDS:-3}
 mkdir -p "$W"
 export NO_COLOR=1
+skip() { [[ ",${BENCH_SKIP:-}," == *",$1,"* ]]; }
+if [ "$SIZE_MB" -eq 1024 ]; then LABEL="1 GiB"; BIG_LABEL="4 GiB"; else LABEL="$SIZE_MB MiB"; BIG_LABEL="$((SIZE_MB + 3072)) MiB"; fi
+IMG="$W/img-${SIZE_MB}m"
+SIZE=$((SIZE_MB * 1048576))
 
-if [ ! -f "$W/img1g" ] || [ ! -d "$W/tree" ]; then
-  echo "bench: building a 1 GiB ext4 image with ~400 MB of files from /usr ..."
-  rm -rf "$W/tree" && mkdir -p "$W/tree"
-  # real files, stopping at ~400 MB
-  find /usr/lib /usr/share -type f -size -20M 2>/dev/null | head -200000 | while read -r f; do
-    echo "$f"
-  done | awk -v limit=$((400*1024*1024)) '{ cmd="stat -c %s \"" $0 "\""; cmd | getline s; close(cmd); total+=s; if (total>limit) exit; print }' > "$W/files.txt" || true
-  tar -cf - -T "$W/files.txt" 2>/dev/null | tar -xf - -C "$W/tree"
-  truncate -s 1G "$W/img1g"
-  mkfs.ext4 -q -F -d "$W/tree" "$W/img1g" # the tree is kept for the files-mode lines
+# Whatever this run sets up is taken down on the way out, failed or not.
+LOOPS=()
+MOUNTS=()
+cleanup() {
+  local p m l
+  # this shell's own background jobs still running (a sink, a server), by pid
+  for p in $(jobs -p); do kill "$p" 2>/dev/null || true; done
+  for m in "${MOUNTS[@]}"; do umount "$m" 2>/dev/null || true; done
+  for l in "${LOOPS[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+LOOPDEV=""
+loop() { # a loop device over $1 (losetup options after it), in LOOPDEV
+  LOOPDEV=$(losetup -f --show "${@:2}" "$1") || return 1
+  LOOPS+=("$LOOPDEV")
+}
+unloop() { losetup -d "$1" 2>/dev/null || true; }
+
+if [ ! -f "$IMG" ] || [ ! -d "$W/tree-${SIZE_MB}m" ]; then
+  echo "bench: building a $LABEL ext4 image with ~$((SIZE_MB * 400 / 1024)) MB of files from /usr ..."
+  rm -rf "$W/tree-${SIZE_MB}m" && mkdir -p "$W/tree-${SIZE_MB}m"
+  # real files, stopping at ~400 MB (per GiB of image)
+  find /usr/lib /usr/share -type f -size -20M -printf '%s %p\n' 2>/dev/null | head -200000 |
+    awk -v limit=$((SIZE_MB * 400 * 1024)) '{ total += $1; if (total > limit) exit; print substr($0, index($0, " ") + 1) }' > "$W/files.txt" || true
+  tar -cf - -T "$W/files.txt" 2>/dev/null | tar -xf - -C "$W/tree-${SIZE_MB}m"
+  rm -f "$IMG" && truncate -s "${SIZE_MB}M" "$IMG"
+  mkfs.ext4 -q -F -d "$W/tree-${SIZE_MB}m" "$IMG" # the tree is kept for the files-mode lines
 fi
-cat "$W/img1g" > /dev/null # warm the page cache, as for every line below
+TREE="$W/tree-${SIZE_MB}m"
+cat "$IMG" > /dev/null # warm the page cache, as for every line below
 
 t() { /usr/bin/time -f "%e %M %U %S" -o "$W/time.$1" "${@:2}"; }
 wall() { awk '{print $1}' "$W/time.$1"; }
 rss() { awk '{printf "%.0f", $2/1024}' "$W/time.$1"; }
 cpu() { awk '{printf "%.2f", $3 + $4}' "$W/time.$1"; } # user + system seconds
+div() { echo "$1 / $2" | bc -l; }
+add() { printf '%.2f' "$(echo "$*" | bc -l)"; } # add 1.2 + 3.4
 
-push_receive() { # $1 = image (or --files DIR), $2 = tag
+push_receive() { # $1 = image (or --files DIR), $2 = tag, $3... = push options
   rm -rf "$W/store-$2" "$W/b.sock"
   t "recv-$2" "$BIN" receive --out "$W/store-$2" --stream "unix:$W/b.sock" --once 2>/dev/null &
   local r=$!
@@ -44,12 +104,12 @@ push_receive() { # $1 = image (or --files DIR), $2 = tag
   local s e
   s=$(date +%s.%N)
   # shellcheck disable=SC2086 # "--files DIR" splits into two words
-  t "push-$2" "$BIN" push $1 --stream "unix:$W/b.sock" 2>/dev/null
+  t "push-$2" "$BIN" push $1 "${@:3}" --stream "unix:$W/b.sock" 2>/dev/null
   wait "$r"
   e=$(date +%s.%N)
   echo "$e - $s" | bc
 }
-restore_unix() { # restore the 1 GiB backup from a receiver over unix:
+restore_unix() { # restore the main backup from a receiver over unix:
   rm -f "$W/restored.img" "$W/r.sock"
   t "rrecv" "$BIN" receive --out "$W/store-1g" --stream "unix:$W/r.sock" --once --allow-restore 2>/dev/null &
   local r=$!
@@ -61,13 +121,31 @@ restore_unix() { # restore the 1 GiB backup from a receiver over unix:
 }
 median() { sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
+# The summary: one row per ratio, with its budget (and goal) and whether it is met.
+SUMMARY=()
+row() { # $1 = what, $2 = ratio (or n/a), $3 = budget, $4 = goal (optional)
+  local met="n/a" v="$2"
+  if [ "$v" != "n/a" ]; then
+    v=$(printf '%.2f' "$v")
+    if [ "$3" = "-" ]; then met="(no budget)"; elif [ "$(echo "$v <= $3" | bc -l)" -eq 1 ]; then met="met"; else met="NOT MET"; fi
+    [ -n "${4:-}" ] && [ "$met" = "met" ] && [ "$(echo "$v <= $4" | bc -l)" -eq 1 ] && met="met (goal too)"
+  fi
+  local b="budget ${3}x${4:+, goal ${4}x}"
+  [ "$3" = "-" ] && b="-"
+  SUMMARY+=("$(printf '%-58s %7s%s  %-24s %s' "$1" "$v" "$([ "$v" = "n/a" ] || echo x)" "$b" "$met")")
+}
+
+# The image followed by 3 GiB of holes (zeros that cost nothing to read).
+if ! skip big; then
+  cp --sparse=always "$IMG" "$W/img-big" && truncate -s "$((SIZE_MB + 3072))M" "$W/img-big" && sync # a copy still being written back slows the push down 2x
+fi
+
 # Each line runs ROUNDS times, interleaved, so that this machine's noise (fresh
 # memory and page-cache costs vary 2-4x between runs) falls on all of them alike;
 # the medians are printed.
-ROUNDS=${BENCH_ROUNDS:-3}
 : > "$W/runs"
 for _ in $(seq "$ROUNDS"); do
-  t zstd bash -c "zstd -1 -T0 -q -c '$W/img1g' > '$W/ref.zst'"
+  t zstd bash -c "zstd -1 -T0 -q -c '$IMG' > '$W/ref.zst'"
   echo "zstd $(wall zstd)" >> "$W/runs"
   t zstdd bash -c "zstd -dcq '$W/ref.zst' > '$W/ref.out'"
   echo "zstdd $(wall zstdd)" >> "$W/runs"
@@ -76,15 +154,41 @@ for _ in $(seq "$ROUNDS"); do
   t zstdo zstd -dqf "$W/ref.zst" -o "$W/ref.out"
   echo "zstdo $(wall zstdo)" >> "$W/runs"
   rm -f "$W/ref.out"
-  echo "pr $(push_receive "$W/img1g" 1g)" >> "$W/runs"
+  if ! skip stock; then
+    # the stock tools' CPU for the same work, one core each
+    t zstd1 bash -c "zstd -1 -T1 -q -c '$IMG' > '$W/ref1.zst'"
+    t zstdn bash -c "zstd -dcq '$W/ref.zst' > /dev/null"
+    t sha1 openssl dgst -sha256 "$IMG" > /dev/null
+    t sha2 openssl dgst -sha256 "$IMG" > /dev/null
+    rm -f "$W/ref1.zst"
+    { echo "c_zstd1 $(cpu zstd1)"; echo "c_zstdn $(cpu zstdn)"; echo "c_sha $(cpu sha1)"; echo "c_sha2 $(add "$(cpu sha1)" + "$(cpu sha2)")"; } >> "$W/runs"
+  fi
+  if ! skip pipe; then
+    # the same guarantees by hand: both ends hash, the copy is decompressed and
+    # made durable (sync of that file: a bare sync would also time whatever
+    # else this shared machine has to write back; receive fsyncs only its own files)
+    rm -f "$W/pipe.zst"
+    # shellcheck disable=SC2016 # $1 and $2 are the inner shell's
+    t pipe bash -c 'tee >(openssl dgst -sha256 > "$1.in") < "$2" | zstd -1 -T0 -q | tee "$1.zst" | zstd -dcq | openssl dgst -sha256 > "$1.out"; wait; sync "$1.zst"' _ "$W/pipe" "$IMG"
+    echo "pipe $(wall pipe)" >> "$W/runs"
+    rm -f "$W/pipe.zst"
+  fi
+  echo "pr $(push_receive "$IMG" 1g)" >> "$W/runs"
+  echo "c_pr $(add "$(cpu push-1g)" + "$(cpu recv-1g)")" >> "$W/runs"
+  if ! skip big; then
+    echo "pr4 $(push_receive "$W/img-big" 4g)" >> "$W/runs"
+    rm -rf "$W/store-4g"
+  fi
   B=$(dirname "$(find "$W/store-1g" -name image.zst)")
   rm -f "$W/restored.img"
   t rfile "$BIN" restore "$W/restored.img" --from "$B" --yes --no-verify 2>/dev/null
   echo "rfile $(wall rfile)" >> "$W/runs"
+  echo "c_rfile $(cpu rfile)" >> "$W/runs"
   restore_unix
   echo "rnet $(wall rnet)" >> "$W/runs"
+  echo "c_rnet $(add "$(cpu rnet)" + "$(cpu rrecv)")" >> "$W/runs"
 done
-t sha bash -c "sha256sum '$W/img1g' > /dev/null"
+t sha bash -c "sha256sum '$IMG' > /dev/null"
 med() { awk -v k="$1" '$1 == k {print $2}' "$W/runs" | median; }
 all() { awk -v k="$1" '$1 == k {printf "%s%s", sep, $2; sep=" "}' "$W/runs"; }
 ZW=$(med zstd)
@@ -96,46 +200,365 @@ RN=$(med rnet)
 STORED=$(find "$W/store-1g" -name image.zst)
 
 echo
-echo "== 1 GiB ext4 image ($(du -m --apparent-size "$W/img1g" | cut -f1) MiB, $(du -m "$W/img1g" | cut -f1) MiB allocated); median of $ROUNDS interleaved runs"
+echo "== $LABEL ext4 image ($(du -m --apparent-size "$IMG" | cut -f1) MiB, $(du -m "$IMG" | cut -f1) MiB allocated); median of $ROUNDS interleaved runs"
 printf '%-44s %8s s   (runs: %s; %s CPU-s)\n' "zstd -1 -T0 -c img > out.zst" "$ZW" "$(all zstd)" "$(cpu zstd)"
 printf '%-44s %8s s\n' "sha256sum img" "$(wall sha)"
 printf '%-44s %8s s   (runs: %s; %s CPU-s)\n' "zstd -dc out.zst > out" "$ZD" "$(all zstdd)" "$(cpu zstdd)"
 printf '%-44s %8s s   (runs: %s; %s CPU-s; sparse output, a steadier yardstick)\n' "zstd -d out.zst -o out" "$ZO" "$(all zstdo)" "$(cpu zstdo)"
-printf '%-44s %8.2f s   ratio to zstd line: %.2fx (budget 1.5x, target 1.0x)   (runs: %s)\n' "tbbackup push -> receive (unix:)" "$PR" "$(echo "$PR / $ZW" | bc -l)" "$(all pr)"
+if ! skip pipe; then
+  PIPE=$(med pipe)
+  printf '%-44s %8s s   (runs: %s; the same guarantees by hand: tee >(openssl dgst -sha256) < img | zstd -1 -T0 | tee out.zst | zstd -dc | openssl dgst -sha256; sync out.zst)\n' "the careful admin's pipe" "$PIPE" "$(all pipe)"
+fi
+printf '%-44s %8.2f s   ratio to zstd line: %.2fx (budget 1.5x, target 1.0x)   (runs: %s)\n' "tbbackup push -> receive (unix:)" "$PR" "$(div "$PR" "$ZW")" "$(all pr)"
+if ! skip pipe; then
+  printf '%-44s %8s     %.2fx (no budget set; about 0.5x when issue #15 was written)\n' "push -> receive vs the careful admin's pipe" "" "$(div "$PR" "$PIPE")"
+  row "push -> receive time vs the careful admin's pipe" "$(div "$PR" "$PIPE")" -
+else
+  row "push -> receive time vs the careful admin's pipe" n/a -
+fi
+row "push -> receive time vs zstd -1 -T0" "$(div "$PR" "$ZW")" 1.5 1.0
 printf '%-44s %8s CPU-s push, %s CPU-s receive\n' "CPU time" "$(cpu push-1g)" "$(cpu recv-1g)"
+if ! skip stock; then
+  CPR=$(med c_pr)
+  STOCK=$(add "$(med c_zstd1)" + "$(med c_zstdn)" + "$(med c_sha2)")
+  printf '%-44s %8s CPU-s   (runs: %s)\n' "  push + receive, user+sys" "$CPR" "$(all c_pr)"
+  printf '%-44s %8s CPU-s   = zstd -1 -T1 %s + zstd -dc > /dev/null %s + openssl dgst -sha256 twice %s\n' "  stock tools for the same work, one core each" "$STOCK" "$(med c_zstd1)" "$(med c_zstdn)" "$(med c_sha2)"
+  printf '%-44s %8.2fx  (budget 0.65x, goal 0.5x)\n' "CPU cost: push + receive vs the stock tools" "$(div "$CPR" "$STOCK")"
+  row "CPU cost: push + receive vs stock tools (user+sys)" "$(div "$CPR" "$STOCK")" 0.65 0.5
+else
+  row "CPU cost: push + receive vs stock tools (user+sys)" n/a 0.65 0.5
+fi
 printf '%-44s %8s MiB push, %s MiB receive (budget 256)\n' "peak RSS" "$(rss push-1g)" "$(rss recv-1g)"
 printf '%-44s %8s bytes stored (zstd CLI: %s)\n' "stored image.zst" "$(stat -c %s "$STORED")" "$(stat -c %s "$W/ref.zst")"
-printf '%-44s %8s s   ratio to zstd -dc: %.2fx (budget 1.0x)   RSS %s MiB, %s CPU-s   (runs: %s)\n' "restore --from stored image into a new file" "$RF" "$(echo "$RF / $ZD" | bc -l)" "$(rss rfile)" "$(cpu rfile)" "$(all rfile)"
-printf '%-44s %8s     %.2fx restore --from, %.2fx restore over unix:\n' "ratios to zstd -d -o out (sparse)" "" "$(echo "$RF / $ZO" | bc -l)" "$(echo "$RN / $ZO" | bc -l)"
-printf '%-44s %8s s   ratio to zstd -dc: %.2fx (budget 1.5x)   RSS %s MiB restore, %s MiB receiver   (runs: %s)\n' "restore over unix: from a receiver" "$RN" "$(echo "$RN / $ZD" | bc -l)" "$(rss rnet)" "$(rss rrecv)" "$(all rnet)"
-cmp -s "$W/img1g" "$W/restored.img" && echo "restored image identical: yes" || echo "restored image identical: NO"
+printf '%-44s %8s s   ratio to zstd -dc: %.2fx (budget 1.0x)   RSS %s MiB, %s CPU-s   (runs: %s)\n' "restore --from stored image into a new file" "$RF" "$(div "$RF" "$ZD")" "$(rss rfile)" "$(cpu rfile)" "$(all rfile)"
+printf '%-44s %8s     %.2fx restore --from, %.2fx restore over unix:\n' "ratios to zstd -d -o out (sparse)" "" "$(div "$RF" "$ZO")" "$(div "$RN" "$ZO")"
+printf '%-44s %8s s   ratio to zstd -dc: %.2fx (budget 1.5x)   RSS %s MiB restore, %s MiB receiver   (runs: %s)\n' "restore over unix: from a receiver" "$RN" "$(div "$RN" "$ZD")" "$(rss rnet)" "$(rss rrecv)" "$(all rnet)"
+row "restore --from time vs zstd -d -o (sparse)" "$(div "$RF" "$ZO")" 1.0
+row "restore over unix: time vs zstd -d -o (sparse)" "$(div "$RN" "$ZO")" 1.5
+if ! skip stock; then
+  RSTOCK=$(add "$(med c_zstdn)" + "$(med c_sha)")
+  printf '%-44s %8s CPU-s   = zstd -dc > /dev/null %s + openssl dgst -sha256 %s\n' "  stock tools for a restore, one core each" "$RSTOCK" "$(med c_zstdn)" "$(med c_sha)"
+  printf '%-44s %8s CPU-s   %.2fx the stock tools   (runs: %s)\n' "  restore --from, user+sys" "$(med c_rfile)" "$(div "$(med c_rfile)" "$RSTOCK")" "$(all c_rfile)"
+  printf '%-44s %8s CPU-s   %.2fx the stock tools   (runs: %s)\n' "  restore over unix:, restore + receiver" "$(med c_rnet)" "$(div "$(med c_rnet)" "$RSTOCK")" "$(all c_rnet)"
+  row "restore --from CPU vs zstd -dc + openssl (user+sys)" "$(div "$(med c_rfile)" "$RSTOCK")" -
+  row "restore over unix: CPU (both ends) vs the same" "$(div "$(med c_rnet)" "$RSTOCK")" -
+fi
+cmp -s "$IMG" "$W/restored.img" && echo "restored image identical: yes" || echo "restored image identical: NO"
 rm -f "$W/restored.img"
 t rverify "$BIN" restore "$W/restored.img" --from "$B" --yes 2>/dev/null
 printf '%-44s %8s s   (as users run it: the target is synced, dropped from the cache and read back)\n' "restore --from, with its read-back check" "$(wall rverify)"
 rm -f "$W/restored.img"
 
 echo
-"$PWD/node_modules/.bin/bun" scripts/bench-floor.ts "$W/img1g" "$ZW" "$ZD"
+"$BUN" scripts/bench-floor.ts "$IMG" "$ZW" "$ZD"
 
-echo
-echo "== 4 GiB image (the 1 GiB image followed by 3 GiB of zeros): memory must not grow"
-cp --sparse=always "$W/img1g" "$W/img4g" && truncate -s 4G "$W/img4g" && sync # a copy still being written back slows the push down 2x
-PR4=$(push_receive "$W/img4g" 4g)
-printf '%-44s %8.2f s   peak RSS %s MiB push, %s MiB receive\n' "tbbackup push -> receive (unix:)" "$PR4" "$(rss push-4g)" "$(rss recv-4g)"
-rm -rf "$W/img4g" "$W/store-4g"
+if ! skip big; then
+  echo
+  echo "== $BIG_LABEL image (the $LABEL image followed by 3 GiB of zeros): memory must not grow"
+  PR4=$(med pr4)
+  printf '%-44s %8.2f s   peak RSS %s MiB push, %s MiB receive\n' "tbbackup push -> receive (unix:)" "$PR4" "$(rss push-4g)" "$(rss recv-4g)"
+  printf '%-44s %8.2fx  (%.2f s vs %.2f s for the image alone; budget 1.15x; runs: %s)\n' "zeros cost nothing: + 3 GiB of holes" "$(div "$PR4" "$PR")" "$PR4" "$PR" "$(all pr4)"
+  row "push -> receive, + 3 GiB of holes vs the image alone" "$(div "$PR4" "$PR")" 1.15
+  rm -f "$W/img-big"
+else
+  row "push -> receive, + 3 GiB of holes vs the image alone" n/a 1.15
+fi
 
-echo
-echo "== files mode: the image's tree ($(du -sm --apparent-size "$W/tree" | cut -f1) MiB in $(find "$W/tree" | wc -l) entries)"
-tar -cf - -C "$W" tree > /dev/null # warm the page cache for both lines
-t tarzstd bash -c "tar -cf - -C '$W' tree | zstd -1 -T0 -q > '$W/ref-tree.tar.zst'"
-TZ=$(wall tarzstd)
-PRF=$(push_receive "--files $W/tree" files)
-printf '%-44s %8s s\n' "tar -cf - DIR | zstd -1 -T0 > out" "$TZ"
-printf '%-44s %8.2f s   ratio to tar | zstd: %.2fx   peak RSS %s MiB push, %s MiB receive\n' "tbbackup push --files -> receive (unix:)" "$PRF" "$(echo "$PRF / $TZ" | bc -l)" "$(rss push-files)" "$(rss recv-files)"
-printf '%-44s %8s bytes stored (tar | zstd: %s)\n' "stored files.tar.zst" "$(stat -c %s "$(find "$W/store-files" -name files.tar.zst)")" "$(stat -c %s "$W/ref-tree.tar.zst")"
-rm -rf "$W/store-files" "$W/ref-tree.tar.zst"
+if ! skip loop; then
+  echo
+  echo "== zeros written on a block device: a loop device over a non-sparse file, the $LABEL image then 1 GiB of zeros"
+  cp --sparse=never "$IMG" "$W/img-zeros"
+  dd if=/dev/zero of="$W/img-zeros" bs=1M count=1024 oflag=append conv=notrunc status=none
+  sync
+  if loop "$W/img-zeros" -r 2>/dev/null && LZ=$LOOPDEV && loop "$W/img-zeros" -r --sizelimit "$SIZE" 2>/dev/null && LI=$LOOPDEV; then
+    cat "$LZ" > /dev/null
+    cat "$LI" > /dev/null
+    for _ in $(seq "$ROUNDS"); do
+      echo "loopi $(push_receive "$LI" loop)" >> "$W/runs"
+      echo "loopz $(push_receive "$LZ" loop)" >> "$W/runs"
+    done
+    rm -rf "$W/store-loop"
+    unloop "$LZ"
+    unloop "$LI"
+    LPI=$(med loopi)
+    LPZ=$(med loopz)
+    printf '%-44s %8.2f s   (runs: %s)\n' "push -> receive of the loop device, image" "$LPI" "$(all loopi)"
+    printf '%-44s %8.2f s   (runs: %s)\n' "  the same + 1 GiB of written zeros" "$LPZ" "$(all loopz)"
+    printf '%-44s %8.2fx  (budget 1.15x, as for holes; real zeros must be read)\n' "zeros cost nothing: + 1 GiB of real zeros" "$(div "$LPZ" "$LPI")"
+    row "push -> receive, loop device + 1 GiB of zeros vs without" "$(div "$LPZ" "$LPI")" 1.15
+  else
+    echo "n/a (no loop device here)"
+    row "push -> receive, loop device + 1 GiB of zeros vs without" n/a 1.15
+  fi
+  rm -f "$W/img-zeros"
+else
+  row "push -> receive, loop device + 1 GiB of zeros vs without" n/a 1.15
+fi
+
+if ! skip scaling; then
+  # Per-thread CPU of a running tbbackup, sampled from /proc every 0.1 s, with
+  # each thread's time spent waiting for a CPU (schedstat's run-queue delay):
+  # $1 = the pid of /usr/bin/time, whose child is tbbackup; $2 = output file
+  # of lines "PID RUNQUEUE_NS <the thread's stat line>".
+  sample_threads() {
+    local kid="" t line rq
+    : > "$2"
+    while kill -0 "$1" 2>/dev/null; do
+      [ -n "$kid" ] || read -r kid _ 2>/dev/null < "/proc/$1/task/$1/children" || true
+      if [ -n "$kid" ]; then
+        for t in /proc/"$kid"/task/*; do
+          rq=0
+          read -r _ rq _ 2>/dev/null < "$t/schedstat" || true
+          read -r line 2>/dev/null < "$t/stat" && echo "$kid $rq $line" >> "$2"
+        done
+      fi
+      sleep 0.1
+    done
+  }
+  # The busiest threads, as a share of the wall time, the threads' summed wait
+  # for a core (another process's, or each other's on one core), and what caps the run.
+  threads() { # $1 = samples, $2 = wall seconds, $3 = cores, $4 = the process's CPU seconds
+    awk '
+      { tid = $3; r = index($0, ") "); comm = substr($0, index($0, "(") + 1, r - index($0, "(") - 1)
+        split(substr($0, r + 2), f, " "); ticks = f[12] + f[13]
+        if (tid == $1) comm = "main"
+        if (ticks >= t[tid]) { t[tid] = ticks; n[tid] = comm }
+        if ($2 > q[tid]) q[tid] = $2 }
+      END { for (k in t) { print t[k], n[k]; rq += q[k] }
+            print "RQ", rq }' "$1" | sort -k1,1nr | awk -v hz="$(getconf CLK_TCK)" -v wall="$2" -v cores="$3" -v cpu="$4" '
+      $1 == "RQ" { rq = $2 / 1e9 / wall; next }
+      { name = $2; for (i = 3; i <= NF; i++) name = name " " $i
+        if (++k <= 4) { s = s sep sprintf("%s %.0f%%", name, 100 * $1 / hz / wall); sep = ", " }
+        if (k == 1) { top = name; topshare = $1 / hz / wall } }
+      END { total = cpu / wall
+            cap = total >= 0.85 * cores ? "the cores (" sprintf("%.0f%%", 100 * total / cores) " of " cores ")" : topshare >= 0.85 ? "its " top " thread" : rq >= 0.25 ? "the load on the machine (its threads waited for a core)" : "neither (it waits for its disk or its peer)"
+            printf "threads: %s; run-queue wait, all threads: %.0f%%; capped by %s", s, 100 * rq, cap }'
+  }
+  mbs() { printf '%.0f' "$(echo "$SIZE / 1000000 / $1" | bc -l)"; }
+
+  echo
+  echo "== scaling: each end alone against a peer that costs next to nothing ($LABEL image; MB/s = 10^6 bytes of disk per second; one run each)"
+  # Record a push once: its bytes are what the replayer feeds each receive.
+  rm -f "$W/s.sock" "$W/push.rec"
+  "$BUN" scripts/bench-sink.ts "unix:$W/s.sock" --record "$W/push.rec" 2>/dev/null &
+  sink=$!
+  while [ ! -S "$W/s.sock" ]; do sleep 0.02; done
+  "$BIN" push "$IMG" --stream "unix:$W/s.sock" 2>/dev/null
+  wait "$sink"
+  for cores in 1 2; do
+    if [ "$cores" -eq 1 ]; then mine=0; peer=(taskset -c 1); else mine=0,1; peer=(); fi
+    # push -> the acknowledging sink
+    rm -f "$W/s.sock"
+    "${peer[@]}" "$BUN" scripts/bench-sink.ts "unix:$W/s.sock" 2>/dev/null &
+    sink=$!
+    while [ ! -S "$W/s.sock" ]; do sleep 0.02; done
+    taskset -c "$mine" /usr/bin/time -f "%e %M %U %S" -o "$W/time.spush" "$BIN" push "$IMG" --stream "unix:$W/s.sock" 2>/dev/null &
+    p=$!
+    sample_threads "$p" "$W/threads.push" &
+    sampler=$!
+    wait "$p"
+    wait "$sampler"
+    wait "$sink" || true
+    printf '%-44s %6s MB/s   %s s, %s CPU-s; %s\n' "push alone on $cores core(s), to a sink" "$(mbs "$(wall spush)")" "$(wall spush)" "$(cpu spush)" "$(threads "$W/threads.push" "$(wall spush)" "$cores" "$(cpu spush)")"
+    # a replayed push -> receive
+    rm -rf "$W/store-scale" "$W/b.sock"
+    taskset -c "$mine" /usr/bin/time -f "%e %M %U %S" -o "$W/time.srecv" "$BIN" receive --out "$W/store-scale" --stream "unix:$W/b.sock" --once 2>/dev/null &
+    r=$!
+    while [ ! -S "$W/b.sock" ]; do sleep 0.02; done
+    s=$(date +%s.%N)
+    "${peer[@]}" "$BUN" scripts/bench-replay.ts "$W/push.rec" "unix:$W/b.sock" 2>/dev/null &
+    replay=$!
+    sample_threads "$r" "$W/threads.recv" &
+    sampler=$!
+    wait "$replay" || echo "bench: the replay into receive failed"
+    e=$(date +%s.%N)
+    wait "$r" || true
+    wait "$sampler"
+    rw=$(echo "$e - $s" | bc)
+    printf '%-44s %6s MB/s   %.2f s, %s CPU-s; %s\n' "receive alone on $cores core(s), from a replay" "$(mbs "$rw")" "$rw" "$(cpu srecv)" "$(threads "$W/threads.recv" "$rw" "$cores" "$(cpu srecv)")"
+  done
+  rm -rf "$W/store-scale" "$W/push.rec" "$W"/threads.*
+fi
+
+if ! skip files; then
+  echo
+  echo "== files mode: the image's tree ($(du -sm --apparent-size "$TREE" | cut -f1) MiB in $(find "$TREE" | wc -l) entries)"
+  tar -cf - -C "$TREE" . > /dev/null # warm the page cache for both lines
+  t tarzstd bash -c "tar -cf - -C '$TREE' . | zstd -1 -T0 -q > '$W/ref-tree.tar.zst'"
+  TZ=$(wall tarzstd)
+  PRF=$(push_receive "--files $TREE" files)
+  printf '%-44s %8s s\n' "tar -cf - DIR | zstd -1 -T0 > out" "$TZ"
+  printf '%-44s %8.2f s   ratio to tar | zstd: %.2fx   peak RSS %s MiB push, %s MiB receive\n' "tbbackup push --files -> receive (unix:)" "$PRF" "$(div "$PRF" "$TZ")" "$(rss push-files)" "$(rss recv-files)"
+  printf '%-44s %8s bytes stored (tar | zstd: %s)\n' "stored files.tar.zst" "$(stat -c %s "$(find "$W/store-files" -name files.tar.zst)")" "$(stat -c %s "$W/ref-tree.tar.zst")"
+  rm -rf "$W/store-files" "$W/ref-tree.tar.zst"
+fi
 
 echo
 S=$(date +%s%N); for _ in $(seq 20); do "$BIN" version >/dev/null; done; E=$(date +%s%N)
 printf '%-44s %8.1f ms (mean of 20)\n' "tbbackup version start-up" "$(echo "($E - $S) / 20000000" | bc -l)"
+
+if ! skip used && [ "$(id -u)" -ne 0 ]; then
+  echo
+  echo "== used disk: n/a (needs root: loop devices and mounts)"
+  BENCH_SKIP="${BENCH_SKIP:-},used"
+fi
+if ! skip used; then
+  # Disks whose free space held data: a backup should not carry what was deleted.
+  # Built once and kept in $W, like the main image.
+  fill_used() { # $1 = mounted directory, $2 = MB of random data to write and delete, $3 = MB of real files
+    head -c "${2}M" /dev/urandom > "$1/deleted" 2>/dev/null || true
+    sync
+    rm -f "$1/deleted"
+    (cd "$TREE" && find . -type f -printf '%s %p\n' | awk -v limit=$(($3 * 1048576)) '{ total += $1; if (total > limit) exit; print substr($0, index($0, " ") + 1) }' | tar -cf - -T - 2>/dev/null) | tar -xf - -C "$1" 2>/dev/null || true
+    sync
+  }
+  UE="$W/used-ext4-${SIZE_MB}m"
+  if [ ! -f "$UE" ]; then
+    echo
+    echo "bench: building a $LABEL ext4 that held $((SIZE_MB * 700 / 1024)) MB of random data (deleted) and holds ~$((SIZE_MB * 190 / 1024)) MB of files ..."
+    rm -f "$UE.tmp" && truncate -s "${SIZE_MB}M" "$UE.tmp"
+    mkfs.ext4 -q -F -E nodiscard "$UE.tmp"
+    mkdir -p "$W/mnt"
+    mount -o loop "$UE.tmp" "$W/mnt" && MOUNTS+=("$W/mnt")
+    fill_used "$W/mnt" $((SIZE_MB * 700 / 1024)) $((SIZE_MB * 190 / 1024))
+    umount "$W/mnt"
+    mv "$UE.tmp" "$UE"
+  fi
+  # GPT: ext4 400 MiB, xfs 320 MiB (its smallest is 300), vfat 160 MiB, swap 64 MiB, on a disk that was random all over
+  UG="$W/used-gpt"
+  if [ ! -f "$UG" ]; then
+    echo "bench: building a 1 GiB GPT disk (ext4, xfs, vfat, swap) whose free space holds old random data ..."
+    head -c 1G /dev/urandom > "$UG.tmp"
+    printf 'label: gpt\n,400M,L\n,320M,L\n,160M,U\n,64M,S\n' | sfdisk -q "$UG.tmp" >/dev/null
+    loop "$UG.tmp" -P
+    L=$LOOPDEV
+    partx -a "$L" 2>/dev/null || true
+    mkfs.ext4 -q -F -E nodiscard "${L}p1"
+    mkfs.xfs -q -f -K "${L}p2"
+    mkfs.vfat "${L}p3" >/dev/null
+    mkswap "${L}p4" >/dev/null
+    for p in 1 2; do
+      mount "${L}p$p" "$W/mnt" && MOUNTS+=("$W/mnt")
+      fill_used "$W/mnt" 0 $((p == 1 ? 100 : 60))
+      umount "$W/mnt"
+    done
+    # vfat has no kernel module here: mtools writes it (30 MB of files)
+    mkdir -p "$W/vfat-files"
+    fill_used "$W/vfat-files" 0 30
+    mcopy -s -D o -i "${L}p3" "$W/vfat-files"/* ::/ < /dev/null > /dev/null 2>&1 || true
+    rm -rf "$W/vfat-files"
+    unloop "$L"
+    mv "$UG.tmp" "$UG"
+  fi
+  has_all_blocks=0
+  grep -q -- --all-blocks <<< "$("$BIN" push --help)" && has_all_blocks=1
+  used_disk() { # $1 = disk image, $2 = label, $3 = partclone reference seconds, $4 = its bytes, $5 = what it covers
+    cat "$1" > /dev/null
+    local pd sd pa sa
+    pd=$(push_receive "$1" used)
+    sd=$(stat -c %s "$(find "$W/store-used" -name image.zst)")
+    rm -rf "$W/store-used"
+    printf '%-44s %8.2f s   %12s bytes stored\n' "  tbbackup push -> receive (default)" "$pd" "$sd"
+    if [ "$has_all_blocks" -eq 1 ]; then
+      pa=$(push_receive "$1" used --all-blocks)
+      sa=$(stat -c %s "$(find "$W/store-used" -name image.zst)")
+      rm -rf "$W/store-used"
+      printf '%-44s %8.2f s   %12s bytes stored\n' "  tbbackup push --all-blocks -> receive" "$pa" "$sa"
+    else
+      printf '%-44s %8s\n' "  tbbackup push --all-blocks -> receive" "n/a (not built yet)"
+    fi
+    printf '%-44s %8.2f s   %12s bytes stored   (%s)\n' "  partclone -c | zstd -1 -T0 > out" "$3" "$4" "$5"
+    printf '%-44s %8.2fx bytes stored (budget 1.2x), %.2fx time (budget 1.5x)\n' "  default vs partclone | zstd" "$(div "$sd" "$4")" "$(div "$pd" "$3")"
+    row "$2: stored bytes vs partclone | zstd" "$(div "$sd" "$4")" 1.2
+    row "$2: push -> receive time vs partclone | zstd" "$(div "$pd" "$3")" 1.5
+  }
+  partclone_ref() { # $1 = fs (partclone.$1), $2 = device; appends "seconds bytes" to $W/pc
+    local s e
+    s=$(date +%s.%N)
+    "partclone.$1" -q -c -s "$2" -o - -L /dev/null 2>/dev/null | zstd -1 -T0 -q > "$W/pc.zst"
+    e=$(date +%s.%N)
+    echo "$(echo "$e - $s" | bc) $(stat -c %s "$W/pc.zst")" >> "$W/pc"
+    rm -f "$W/pc.zst"
+  }
+  pc_sum() { awk '{ t += $1; b += $2 } END { printf "%.2f %d\n", t, b }' "$W/pc"; }
+
+  echo
+  echo "== used disk: $LABEL ext4 that held $((SIZE_MB * 700 / 1024)) MB of random data (deleted), ~$((SIZE_MB * 190 / 1024)) MB of files; one run each"
+  cat "$UE" > /dev/null
+  : > "$W/pc"
+  partclone_ref ext4 "$UE"
+  read -r PCT PCB < <(pc_sum)
+  used_disk "$UE" "used ext4" "$PCT" "$PCB" "partclone.ext4"
+
+  echo
+  echo "== used disk: 1 GiB GPT disk, ext4 + xfs + vfat + swap, free space once random; one run each"
+  cat "$UG" > /dev/null
+  : > "$W/pc"
+  loop "$UG" -r -P
+  L=$LOOPDEV
+  partx -a "$L" 2>/dev/null || true
+  partclone_ref ext4 "${L}p1"
+  partclone_ref xfs "${L}p2"
+  partclone_ref fat "${L}p3"
+  unloop "$L"
+  read -r PCT PCB < <(pc_sum)
+  used_disk "$UG" "GPT disk" "$PCT" "$PCB" "per partition, summed; swap and the partition table not counted"
+  rm -f "$W/pc"
+else
+  row "used ext4/GPT: stored bytes vs partclone | zstd" n/a 1.2
+  row "used ext4/GPT: time vs partclone | zstd" n/a 1.5
+fi
+
+if ! skip nbd; then
+  echo
+  echo "== NBD: the $LABEL backup served by tbbackup nbd"
+  if grep -qE '^ +nbd( |$)' <<< "$("$BIN" --help)"; then
+    NB=$(dirname "$(find "$W/store-1g" -name image.zst)")
+    rm -f "$W/n.sock"
+    "$BIN" nbd "$NB" --listen "unix:$W/n.sock" > /dev/null 2>&1 &
+    nbdpid=$!
+    while [ ! -S "$W/n.sock" ] && kill -0 "$nbdpid" 2>/dev/null; do sleep 0.02; done
+    URI="nbd+unix:///?socket=$W/n.sock"
+    : > "$W/nruns"
+    for _ in $(seq "$ROUNDS"); do
+      t zdn bash -c "zstd -dcq '$NB/image.zst' > /dev/null"
+      echo "zdn $(wall zdn)" >> "$W/nruns"
+      if t ncopy nbdcopy "$URI" null:; then echo "ncopy $(wall ncopy)" >> "$W/nruns"; else echo "bench: nbdcopy failed"; fi
+    done
+    NZ=$(awk '$1 == "zdn" {print $2}' "$W/nruns" | median)
+    NC=$(awk '$1 == "ncopy" {print $2}' "$W/nruns" | median)
+    printf '%-44s %8s s\n' "zstd -dc image.zst > /dev/null" "$NZ"
+    if [ -n "$NC" ]; then
+      printf '%-44s %8s s   %.2fx zstd -dc (budget 1.5x, goal 1.0x)\n' "nbdcopy of the whole export to null:" "$NC" "$(div "$NC" "$NZ")"
+      row "nbdcopy of the export vs zstd -dc" "$(div "$NC" "$NZ")" 1.5 1.0
+    else
+      printf '%-44s %8s\n' "nbdcopy of the whole export to null:" "n/a (failed)"
+      row "nbdcopy of the export vs zstd -dc" n/a 1.5 1.0
+    fi
+    # nbdsh is a Python program: Debian's python3 has its module, whatever python3 is first in PATH
+    PATH="/usr/bin:$PATH" nbdsh -u "$URI" -c '
+import random, time
+random.seed(15)
+blocks = h.get_size() // 4096
+lat = []
+for _ in range(10000):
+    off = random.randrange(blocks) * 4096
+    t = time.perf_counter()
+    h.pread(4096, off)
+    lat.append(time.perf_counter() - t)
+lat.sort()
+print("%-44s %8.3f ms median, %.3f ms p99" % ("10,000 random 4 KiB reads (nbdsh)", 1000 * lat[len(lat) // 2], 1000 * lat[int(len(lat) * 0.99)]))
+' || echo "random reads: nbdsh failed (apt-get install python3-libnbd)"
+    kill "$nbdpid" 2>/dev/null || true
+    wait "$nbdpid" 2>/dev/null || true
+    rm -f "$W/nruns"
+  else
+    echo "n/a (tbbackup nbd is not built yet)"
+    row "nbdcopy of the export vs zstd -dc" n/a 1.5 1.0
+  fi
+fi
 rm -rf "$W/store-1g" "$W/ref.zst"
+
+echo
+echo "== summary: every ratio against its budget (this run, this machine)"
+printf '%s\n' "${SUMMARY[@]}"
