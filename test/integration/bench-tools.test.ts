@@ -5,7 +5,7 @@
 import { afterAll, describe, expect, test } from "bun:test";
 import * as path from "node:path";
 import { connect } from "node:net";
-import { ROOT, cleanup, existsSync, finish, makeExt4Image, run, sh, sha256File, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
+import { ROOT, cleanup, existsSync, finish, makeExt4Image, run, sh, sha256File, start, tempDir, waitFor, zstdSha, stockRoot } from "../helpers/cli.ts";
 import { FrameDecoder, encodeFrame } from "../../src/protocol/frame.ts";
 import { MsgType, decodeJson, encodeJson, encodeZero } from "../../src/protocol/messages.ts";
 
@@ -20,13 +20,14 @@ describe("bench sink and replay", () => {
   const img = makeExt4Image(dir, 16);
   const rec = path.join(dir, "push.rec");
 
-  test("a push to the sink is confirmed with the source's SHA-256, and the session is recorded", async () => {
+  test("a push to the sink is confirmed with the source's integrity root and SHA-256, and the session is recorded", async () => {
     const sock = path.join(dir, "sink.sock");
     const sink = script("bench-sink.ts", [`unix:${sock}`, "--record", rec]);
     await waitFor(() => existsSync(sock), "sink socket");
-    const p = await run(["push", img, "--stream", `unix:${sock}`, "--json"]);
+    const p = await run(["push", img, "--stream", `unix:${sock}`, "--json", "--sha256"]);
     expect(p.code).toBe(0);
     expect(JSON.parse(p.stdout).sha256).toBe(sha256File(img));
+    expect(JSON.parse(p.stdout).root).toBe(stockRoot(img));
     expect(await sink.exited).toBe(0);
     expect(Bun.file(rec).size).toBeGreaterThan(0);
   });

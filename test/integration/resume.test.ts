@@ -3,7 +3,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { cleanup, finish, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha, listBackups, stockRoot } from "../helpers/cli.ts";
+import { cleanup, finish, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha, listBackups, fileRoot } from "../helpers/cli.ts";
 import { startProxy } from "../helpers/proxy.ts";
 
 let dir: string;
@@ -50,7 +50,7 @@ describe("resume", () => {
       const r = JSON.parse(second.stdout);
       expect(r.resumedFrom).toBe(durable);
       expect(r.sha256).toBe(sha256File(img));
-      expect(r.root).toBe(stockRoot(img, "4096"));
+      expect(r.root).toBe(fileRoot(img, 4096));
       const rows = await listBackups(out);
       expect(rows.map((x) => x.status)).toEqual(["complete"]);
       const image = path.join(out, rows[0]!.id, "image.zst");
