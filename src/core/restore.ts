@@ -10,7 +10,7 @@ import { Hasher, WorkerPool, type WorkerReply } from "./chunk-jobs.ts";
 import { TbError, asTbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
-import { inspectTarget, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
+import { assertNotInUse, inspectTarget, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
 import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
 import { isZeroFrame, zeroChecksum } from "./zero.ts";
@@ -147,6 +147,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   requireZstd(); // before any session: a clear line if this system cannot run it
   const started = Date.now();
   const target = opts.filesDest ? null : inspectTarget(opts.target);
+  // before the receiver is asked and before any question or "overwriting" line
+  if (target) assertNotInUse(target);
   const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target);
   let sink: (Sink & { stats?: () => ExtractStats }) | null = null;
   const pool = new WorkerPool(2);

@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BIN, cleanup, makeExt4Image, run, storeBackup, tempDir, waitFor } from "../helpers/cli.ts";
+import { BIN, cleanup, finish, makeExt4Image, oneLine, run, sh, start, storeBackup, tempDir, waitFor } from "../helpers/cli.ts";
 
 let dir: string;
 let img: string;
@@ -22,6 +22,7 @@ beforeAll(async () => {
 afterAll(() => cleanup(dir));
 
 
+const isRoot = process.getuid?.() === 0;
 const hasScript = Bun.spawnSync(["sh", "-c", "command -v script"]).exitCode === 0;
 
 /** Runs `cmd` on a real terminal (script(1)); returns what it wrote and its exit status. */
@@ -71,4 +72,53 @@ describe("restore's question on a terminal", () => {
       expect(fs.readFileSync(target, "utf8")).toBe("precious");
     }, 90000);
   }
+});
+
+/** A 40 MiB GPT disk on a loop device: p1 ext4 (mounted on `mnt` while a test needs it), p2 empty. */
+function gptLoopDisk(where: string, name: string) {
+  const file = path.join(where, `${name}.img`);
+  const mnt = path.join(where, `${name}-mnt`);
+  fs.mkdirSync(mnt, { recursive: true });
+  sh(`truncate -s 40M ${file} && printf 'label: gpt\\n,16M,L\\n,,L\\n' | sfdisk -q ${file}`);
+  const loop = sh(`losetup -fP --show ${file}`).trim();
+  // (this kernel may not show the partitions until partx -a)
+  if (!fs.existsSync(`${loop}p1`)) sh(`partx -a ${loop} || true`);
+  sh(`mkfs.ext4 -q -F ${loop}p1`);
+  return {
+    file,
+    loop,
+    mnt,
+    mount: (opts = "rw") => sh(`mount -o ${opts} ${loop}p1 ${mnt}`),
+    umount: () => sh(`umount ${mnt} 2>/dev/null || true`),
+    remove: () => sh(`umount ${mnt} 2>/dev/null; losetup -d ${loop} 2>/dev/null; true`),
+  };
+}
+
+describe.skipIf(!isRoot)("a mounted restore target (needs root for loop devices and mount)", () => {
+  let disk: ReturnType<typeof gptLoopDisk>;
+  beforeAll(() => {
+    disk = gptLoopDisk(dir, "target");
+  });
+  afterAll(() => disk?.remove());
+
+  test("with --yes, and with --yes --force: 'in use' first (exit 13), no --force advice, no 'overwriting' line, the disk not changed", async () => {
+    disk.mount();
+    try {
+      const before = sh(`sha256sum ${disk.loop}`);
+      for (const extra of [[], ["--force"]]) {
+        const r = await run(["restore", disk.loop, "--from", backupDir, "--yes", ...extra]);
+        expect(r.code).toBe(13);
+        expect(oneLine(r.stderr)).toMatch(new RegExp(`${disk.loop} is in use: ${disk.loop}p1 is mounted on ${disk.mnt}.*the target was not changed`));
+        expect(r.stderr).not.toMatch(/overwriting|--force/);
+      }
+      // on a terminal: refused before the question is asked
+      const t = onTerminal(`${BIN} restore ${disk.loop} --from ${backupDir}`);
+      const r = await t.done();
+      expect(r.code).toBe(13);
+      expect(r.out).not.toMatch(/OVERWRITE|Type "yes"/);
+      expect(sh(`sha256sum ${disk.loop}`)).toBe(before);
+    } finally {
+      disk.umount();
+    }
+  }, 90000);
 });
