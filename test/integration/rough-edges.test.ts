@@ -4,7 +4,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BIN, cleanup, finish, makeExt4Image, oneLine, run, sh, start, storeBackup, tempDir, waitFor } from "../helpers/cli.ts";
+import { BIN, cleanup, makeExt4Image, oneLine, run, sh, storeBackup, tempDir, waitFor } from "../helpers/cli.ts";
 
 let dir: string;
 let img: string;
