@@ -1,14 +1,38 @@
 // tbbackup push SOURCE: send a full image of a disk or image file to a receiver.
 import type { Command } from "commander";
 import { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from "../core/limits.ts";
-import { TbError } from "../core/errors.ts";
+import { TbError, isErrno } from "../core/errors.ts";
 import { bytes, ratio } from "../ui/format.ts";
 import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
-import type { FilesSummary } from "../protocol/messages.ts";
+import type { FilesSummary, MountedRw } from "../protocol/messages.ts";
+import type { MountOnDisk } from "../util/mounts.ts";
+import * as fs from "node:fs";
 import { resolveStream, withThunderboltOptions } from "./stream.ts";
 
 /** mount points listed one a line; the rest are counted */
 const MOUNTS_SHOWN = 20;
+
+/**
+ * What can be said about SOURCE before any backup starts: that it is missing,
+ * or a directory (a file-level backup is --files), and which of its file
+ * systems are mounted read-write (a warning, or with --strict a refusal).
+ */
+function checkSource(source: string, strict: boolean, mountsOn: (p: string) => MountOnDisk[]): MountedRw[] {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(source);
+  } catch (e) {
+    if (isErrno(e, "ENOENT", "ENOTDIR")) throw new TbError("SOURCE", `source ${source} does not exist`, "check the device or file name (lsblk lists disks); no backup was started");
+    return []; // the open says what is wrong
+  }
+  if (st.isDirectory()) throw new TbError("SOURCE", `${source} is a directory, not a disk or an image file`, `to back up the files in it, run 'tbbackup push --files ${source}'; no backup was started`);
+  const rw = mountsOn(source).filter((m) => !m.readOnly);
+  const list = rw.map((m) => `${m.device} on ${m.mountpoint}`).join(", ");
+  if (rw.length && strict)
+    throw new TbError("REFUSED", `${source} has a file system mounted read-write (${list}): its image could be inconsistent`, "unmount it or remount it read-only (mount -o remount,ro MOUNTPOINT), then push again; without --strict push warns and goes on; no backup was started");
+  for (const m of rw) process.stderr.write(`warning: ${m.device} is mounted read-write on ${m.mountpoint}: what is written there during the push can leave the image inconsistent (unmount it, or remount it read-only, for a consistent backup); the manifest records it\n`);
+  return rw.map(({ device, mountpoint }) => ({ device, mountpoint }));
+}
 
 export function register(program: Command): void {
   withThunderboltOptions(
@@ -16,7 +40,7 @@ export function register(program: Command): void {
       .description("send a full image of SOURCE (a block device or an image file), or directory trees (--files), to a receiver")
       .argument("[source]", "block device (e.g. /dev/nvme0n1) or regular file")
       .option("--files <dir...>", "send these directory trees as a file-level backup (tar) instead of an image")
-      .option("--strict", "with --files: stop at the first unreadable file instead of skipping it")
+      .option("--strict", "with --files: stop at the first unreadable file instead of skipping it; with a disk: refuse one mounted read-write")
       .option("--cross-mounts", "with --files: also walk into file systems mounted inside the trees (/proc under /, say)")
       .option("--no-resume", "start a new backup even when the receiver holds an interrupted one of this disk")
       .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:HOST:PORT or -")
@@ -38,6 +62,7 @@ export function register(program: Command): void {
           throw new TbError("USAGE", `--chunk-size ${o.chunkSize} is not allowed`, "use a multiple of 4K from 4K to 4M");
         // before anything starts, and outside the 'backup is incomplete' wording below
         (await import("../util/zstd.ts")).requireZstd();
+        const mountedRw = source ? checkSource(source, o.strict === true, (await import("../util/mounts.ts")).mountsOn) : [];
         const reporter = makeReporter();
         onInterrupt("the backup is incomplete; run push again");
         const input = o.files ? tarSource({ roots: o.files, strict: o.strict === true, label: o.name ?? null, crossMounts: o.crossMounts === true }) : undefined;
@@ -45,7 +70,7 @@ export function register(program: Command): void {
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream; leave out --json");
         if (o.stream === "-" && process.stdout.isTTY) throw new TbError("USAGE", "--stream - sends the backup to stdout, which is a terminal", "pipe it to the receiver (e.g. through ssh or socat)");
         try {
-          const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume });
+          const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), mountedRw, label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume });
           reporter.stop();
           const files = r.files as FilesSummary | undefined;
           const unreadable = files?.unreadable.length ?? 0;

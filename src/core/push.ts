@@ -2,7 +2,7 @@
 // and stream it to a receiver; done only when the receiver says it is durable
 // and its SHA-256 matches ours.
 import { availableParallelism } from "node:os";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, encodeZero, type DiskIdentity, type Done, type End } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, encodeZero, type DiskIdentity, type Done, type End, type MountedRw } from "../protocol/messages.ts";
 import { HEADER_SIZE, TRAILER_SIZE, encodeFrame } from "../protocol/frame.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
@@ -62,6 +62,8 @@ export interface PushOptions {
   /** how long the receiver may stay silent before we give up */
   idleMs: number;
   reporter: Reporter;
+  /** file systems of the source mounted read-write (sent in HELLO, recorded in the manifest) */
+  mountedRw?: MountedRw[];
 }
 
 /** The hint when all was sent but the receiver's confirmation did not come through. */
@@ -141,7 +143,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   const receiverDone = new Signal();
   try {
     pool.broadcast({ op: "level", level: opts.level });
-    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content });
+    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content, ...(opts.mountedRw?.length ? { mountedRw: opts.mountedRw } : {}) });
     opts.reporter.info(`connecting to the receiver on ${conn.description}`);
     const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
     opts.reporter.info(`receiver ${ack.host.hostname} (${ack.tool}) will store ${ack.id ?? "the backup"}`);
@@ -240,7 +242,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       if (opts.resume !== false && (await prefixMatches(src, offer.chunks, offer.digest, opts.chunkSize, sha, keepalive))) start = offer.chunks;
       else sha = new Bun.CryptoHasher("sha256");
       await send(ch.sendJson(MsgType.RESUME, { session: hello.session, from: start }));
-      opts.reporter.info(start ? `resuming the interrupted backup ${offer.id} at chunk ${start}` : `not resuming ${offer.id} (${opts.resume === false ? "--no-resume" : "this disk no longer matches it"}): starting a new backup`);
+      opts.reporter.info(start ? `resuming the interrupted backup ${offer.id} at chunk ${start}${opts.label !== null ? `, now labelled ${JSON.stringify(opts.label)}` : ""}` : `not resuming ${offer.id} (${opts.resume === false ? "--no-resume" : "this disk no longer matches it"}): starting a new backup`);
     }
     const total = src.size ?? 0;
     const isHole = (await src.holes?.()) ?? null;

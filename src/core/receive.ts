@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, readChunkHeader, typeName, type Done, type End, type Hello } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, mountedRwOf, readChunkHeader, typeName, type Done, type End, type Hello } from "../protocol/messages.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import type { Transport } from "../transport/index.ts";
@@ -315,6 +315,11 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         const m = candidate.manifest;
         m.session = hello.session;
         m.resumed = [...(m.resumed ?? []), { at: started.toISOString(), fromChunk: from }];
+        // a new --name is taken; read-write mounts seen by either push are kept
+        if (typeof hello.label === "string") m.label = hello.label;
+        const rw = [...(m.mountedRw ?? []), ...(mountedRwOf(hello.mountedRw) ?? [])];
+        const rwKept = mountedRwOf(rw.filter((x, i) => rw.findIndex((y) => y.device === x.device && y.mountpoint === x.mountpoint) === i));
+        if (rwKept) m.mountedRw = rwKept;
         delete m.reason;
         manifest0 = m;
         resumedFrom = from;
@@ -353,6 +358,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       data: files ? FILES_FILE : IMAGE_FILE,
       timings: { started: started.toISOString(), finished: null, seconds: null },
     };
+    const rw = mountedRwOf(hello.mountedRw);
+    if (rw) m.mountedRw = rw;
     manifest0 = m;
     try {
       writeManifest(created0.dir, m);

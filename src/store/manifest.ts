@@ -1,7 +1,7 @@
 // manifest.json: what a stored backup is, where it came from, and how to check it.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { DiskIdentity, FilesSummary, HostIdentity } from "../protocol/messages.ts";
+import type { DiskIdentity, FilesSummary, HostIdentity, MountedRw } from "../protocol/messages.ts";
 import { MANIFEST_FILE, fsyncDir } from "./layout.ts";
 
 export const MANIFEST_FORMAT = 1;
@@ -35,6 +35,8 @@ export interface Manifest {
   data: string;
   timings: { started: string; finished: string | null; seconds: number | null };
   files?: FilesSummary;
+  /** file systems of the disk that were mounted read-write while it was pushed (the image may be inconsistent) */
+  mountedRw?: MountedRw[];
 }
 
 export function writeManifest(dir: string, m: Manifest): void {

@@ -4,7 +4,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { BIN, cleanup, makeExt4Image, oneLine, run, sh, storeBackup, tempDir, waitFor } from "../helpers/cli.ts";
+import { startProxy } from "../helpers/proxy.ts";
+import { BIN, cleanup, finish, makeExt4Image, oneLine, run, sh, start, storeBackup, tempDir, waitFor } from "../helpers/cli.ts";
 
 let dir: string;
 let img: string;
@@ -119,6 +120,107 @@ describe.skipIf(!isRoot)("a mounted restore target (needs root for loop devices 
       expect(sh(`sha256sum ${disk.loop}`)).toBe(before);
     } finally {
       disk.umount();
+    }
+  }, 90000);
+});
+
+/** The manifest of the one backup in `out` (complete or partial). */
+function manifestIn(out: string): Record<string, unknown> & { label: string | null; mountedRw?: { device: string; mountpoint: string }[] } {
+  const m = fs.readdirSync(out, { recursive: true }).map(String).find((p) => p.endsWith("manifest.json"));
+  if (!m) throw new Error(`no manifest under ${out}`);
+  return JSON.parse(fs.readFileSync(path.join(out, m), "utf8"));
+}
+
+/** One push of `source` to a fresh `receive --once`; the push's result and the store. */
+async function pushOnce(name: string, source: string, args: string[] = []) {
+  const out = path.join(dir, `${name}-store`);
+  const sock = path.join(dir, `${name}.sock`);
+  const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+  await waitFor(() => fs.existsSync(sock), "receiver socket");
+  const p = await run(["push", source, "--stream", `unix:${sock}`, ...args]);
+  if (p.code !== 0) recv.kill();
+  const r = await finish(recv);
+  return { p, r, out };
+}
+
+describe.skipIf(!isRoot)("pushing a disk whose file system is mounted (needs root for loop devices and mount)", () => {
+  let disk: ReturnType<typeof gptLoopDisk>;
+  beforeAll(() => {
+    disk = gptLoopDisk(dir, "source");
+  });
+  afterAll(() => disk?.remove());
+
+  test("mounted read-write: a warning naming the partition and mount point, recorded in the manifest; also through the image file behind the loop device", async () => {
+    disk.mount("rw");
+    try {
+      for (const [name, source] of [["rw-disk", disk.loop], ["rw-file", disk.file]] as const) {
+        const { p, r, out } = await pushOnce(name, source);
+        expect(p.code).toBe(0);
+        expect(r.code).toBe(0);
+        expect(p.stderr).toContain(`warning: ${disk.loop}p1 is mounted read-write on ${disk.mnt}`);
+        expect(manifestIn(out).mountedRw).toEqual([{ device: `${disk.loop}p1`, mountpoint: disk.mnt }]);
+      }
+    } finally {
+      disk.umount();
+    }
+  }, 90000);
+
+  test("--strict refuses a disk mounted read-write (exit 12) before any backup starts", async () => {
+    disk.mount("rw");
+    try {
+      const r = await run(["push", disk.loop, "--strict", "--stream", `unix:${dir}/nobody.sock`, "--wait", "1"]);
+      expect(r.code).toBe(12);
+      expect(oneLine(r.stderr)).toMatch(new RegExp(`has a file system mounted read-write \\(${disk.loop}p1 on ${disk.mnt}\\).*no backup was started`));
+      expect(r.stderr).not.toMatch(/incomplete/);
+    } finally {
+      disk.umount();
+    }
+  }, 90000);
+
+  test("mounted read-only: no warning, nothing in the manifest", async () => {
+    disk.mount("ro");
+    try {
+      const { p, out } = await pushOnce("ro-disk", disk.loop, ["--strict"]);
+      expect(p.code).toBe(0);
+      expect(p.stderr).not.toMatch(/warning|read-write/);
+      expect(manifestIn(out).mountedRw).toBeUndefined();
+    } finally {
+      disk.umount();
+    }
+  }, 90000);
+});
+
+describe("resume with a new --name", () => {
+  test("the resumed backup takes the new label, and push's resuming line says so", async () => {
+    const big = makeExt4Image(dir, 24, "resume-name.img");
+    const out = path.join(dir, "resume-name-store");
+    const sock = path.join(dir, "resume-name.sock");
+    const front = path.join(dir, "resume-name-front.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`]);
+    try {
+      await waitFor(() => fs.existsSync(sock), "socket");
+      const proxy = await startProxy(front, sock, { cutAfterBytes: 3_000_000 });
+      // 4 KiB chunks: durable progress comes every 1 MiB of disk, well before the cut
+      const first = await run(["push", big, "--stream", `unix:${front}`, "--chunk-size", "4K", "--name", "old-label"]);
+      proxy.close();
+      expect(first.code).toBe(7);
+      await waitFor(() => {
+        try {
+          return typeof manifestIn(out).reason === "string";
+        } catch {
+          return false;
+        }
+      }, "the receiver to record the partial");
+      expect(manifestIn(out).label).toBe("old-label");
+      const second = await run(["push", big, "--stream", `unix:${sock}`, "--chunk-size", "4K", "--name", "new-label"]);
+      expect(second.code).toBe(0);
+      expect(second.stderr).toMatch(/resuming the interrupted backup .* at chunk \d+, now labelled "new-label"/);
+      expect(manifestIn(out).label).toBe("new-label");
+      const l = await run(["list", "--out", out]);
+      expect(l.stdout).toMatch(/complete .*new-label/);
+    } finally {
+      recv.kill();
+      await finish(recv);
     }
   }, 90000);
 });
