@@ -124,7 +124,7 @@ function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, repor
   };
 }
 
-function filesSink(dest: string, overwrite: boolean, reporter: Reporter): Sink & { stats: () => ExtractStats } {
+function filesSink(dest: string, overwrite: boolean, reporter: Reporter): Sink & { stats: () => ExtractStats; untouched: () => boolean } {
   const ex = new Extractor(dest, overwrite);
   const zeros = new Uint8Array(4 * 1024 * 1024);
   let stats: ExtractStats | null = null;
@@ -140,6 +140,7 @@ function filesSink(dest: string, overwrite: boolean, reporter: Reporter): Sink &
     },
     close: () => ex.abort(),
     stats: () => stats ?? ex.stats,
+    untouched: () => !ex.changedAnything,
   };
 }
 
@@ -150,7 +151,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   // before the receiver is asked and before any question or "overwriting" line
   if (target) assertNotInUse(target);
   const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target);
-  let sink: (Sink & { stats?: () => ExtractStats }) | null = null;
+  let sink: (Sink & { stats?: () => ExtractStats; untouched?: () => boolean }) | null = null;
   const pool = new WorkerPool(2);
   // the SHA-256 worker, when restore uses one (created once the sink is known)
   let hasher: Hasher | null = null;
@@ -253,6 +254,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // Once writing began, every failure must say the target is now incomplete.
     if (!sink) throw e;
     const err = asTbError(e);
+    // an extraction that stopped before it created anything left DEST as it was
+    if (sink.untouched?.()) throw new TbError(err.code, err.message, `nothing was written under ${sink.path}${err.hint ? "; " + err.hint : ""}`, err.details);
     if (/incomplete/.test(err.hint)) throw err;
     throw new TbError(err.code, err.message, `the target ${sink.path} is now incomplete${err.hint ? "; " + err.hint : ""}`, err.details);
   } finally {

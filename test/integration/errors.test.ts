@@ -42,7 +42,7 @@ describe("errors", () => {
   test("source missing: exit 3", async () => {
     const r = await run(["push", path.join(dir, "nope.img"), "--stream", `unix:${dir}/none.sock`]);
     expect(r.code).toBe(3);
-    expect(oneLine(r.stderr)).toMatch(/does not exist.*incomplete/);
+    expect(oneLine(r.stderr)).toMatch(/does not exist.*no backup was started/);
   });
 
   test("source is a directory: exit 3", async () => {

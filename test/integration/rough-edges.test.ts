@@ -224,3 +224,76 @@ describe("resume with a new --name", () => {
     }
   }, 90000);
 });
+
+describe("words that say what happened", () => {
+  test("push of a missing SOURCE: no backup was started (exit 3); of a directory: a hint to use --files", async () => {
+    const missing = await run(["push", path.join(dir, "nonexistent"), "--stream", `unix:${dir}/nobody.sock`, "--wait", "1"]);
+    expect(missing.code).toBe(3);
+    expect(oneLine(missing.stderr)).toMatch(/does not exist; .*no backup was started/);
+    expect(missing.stderr).not.toMatch(/incomplete/);
+    const tree = path.join(dir, "a-tree");
+    fs.mkdirSync(tree, { recursive: true });
+    const d = await run(["push", tree, "--stream", `unix:${dir}/nobody.sock`, "--wait", "1"]);
+    expect(d.code).toBe(3);
+    expect(oneLine(d.stderr)).toContain(`is a directory, not a disk or an image file; to back up the files in it, run 'tbbackup push --files ${tree}'`);
+    expect(d.stderr).not.toMatch(/incomplete/);
+  });
+
+  test("a --stream device path that does not exist: 'no such device', exit 2 (not the Thunderbolt setup's 15)", async () => {
+    for (const args of [["push", img, "--wait", "1"], ["receive", "--out", path.join(dir, "nodev-store"), "--once"], ["list"], ["restore", path.join(dir, "x.img"), "--yes"]]) {
+      const r = await run([...args, "--stream", path.join(dir, "no-such-tty")]);
+      expect(r.code).toBe(2);
+      expect(oneLine(r.stderr)).toMatch(/--stream .*no-such-tty: no such device; check the path/);
+    }
+  });
+
+  test("receive --out on a regular file, under /proc, or under a missing directory: one line that says why (exit 4), nothing created", async () => {
+    const file = path.join(dir, "a-file");
+    fs.writeFileSync(file, "x");
+    const cases: [string, RegExp][] = [
+      [file, /cannot write to .*a-file: it is a regular file, not a directory/],
+      ["/proc/tbbackup-store", /cannot write to \/proc\/tbbackup-store: \/proc is a proc file system \(the kernel's\), which stores no files/],
+      [path.join(dir, "typo/store"), /store does not exist, and neither does .*typo; check the path \(a mistyped --out would become a new store\)/],
+    ];
+    for (const [out, words] of cases) {
+      const r = await run(["receive", "--out", out, "--stream", `unix:${dir}/out.sock`, "--once"]);
+      expect(r.code).toBe(4);
+      expect(oneLine(r.stderr)).toMatch(words);
+      expect(r.stderr).not.toMatch(/EEXIST;|ENOENT;/);
+    }
+    expect(fs.existsSync(path.join(dir, "typo"))).toBe(false);
+  });
+
+  test("receive --out DIR that does not exist, in a directory that does: made, and the first line of output says so", async () => {
+    const out = path.join(dir, "fresh-store");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${dir}/fresh.sock`, "--once"]);
+    await waitFor(() => fs.existsSync(`${dir}/fresh.sock`), "socket");
+    recv.kill("SIGINT");
+    const r = await finish(recv);
+    expect(r.stderr.split("\n")[0]).toBe(`created ${out} (it did not exist; ${dir} did)`);
+    expect(fs.statSync(out).isDirectory()).toBe(true);
+  });
+
+  test("restore --files into a directory where the first file exists: exit 13, and it says nothing was written (not 'incomplete')", async () => {
+    const tree = path.join(dir, "files-tree");
+    fs.mkdirSync(tree, { recursive: true });
+    fs.writeFileSync(path.join(tree, "first.txt"), "from the backup\n");
+    const fout = path.join(dir, "files-store");
+    const sock = path.join(dir, "files2.sock");
+    const recv = start(["receive", "--out", fout, "--stream", `unix:${sock}`, "--once"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    const pushed = await run(["push", "--files", tree, "--stream", `unix:${sock}`]);
+    expect(pushed.code).toBe(0);
+    expect((await finish(recv)).code).toBe(0);
+    const id = JSON.parse((await run(["list", "--out", fout, "--json"])).stdout)[0].id;
+    const dest = path.join(dir, "files-dest");
+    const existing = path.join(dest, "files-tree", "first.txt");
+    fs.mkdirSync(path.dirname(existing), { recursive: true });
+    fs.writeFileSync(existing, "precious\n");
+    const r = await run(["restore", "--files", dest, "--from", path.join(fout, id)]);
+    expect(r.code).toBe(13);
+    expect(oneLine(r.stderr)).toMatch(/first\.txt already exists; nothing was written under .*files-dest; restore into an empty directory, or pass --overwrite/);
+    expect(r.stderr).not.toMatch(/incomplete/);
+    expect(fs.readFileSync(existing, "utf8")).toBe("precious\n");
+  });
+});
