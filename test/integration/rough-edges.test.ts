@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { startProxy } from "../helpers/proxy.ts";
-import { BIN, cleanup, finish, makeExt4Image, oneLine, run, sh, start, storeBackup, tempDir, waitFor } from "../helpers/cli.ts";
+import { BIN, cleanup, finish, makeExt4Image, oneLine, randomImage, run, sh, start, storeBackup, tempDir, waitFor } from "../helpers/cli.ts";
 
 let dir: string;
 let img: string;
@@ -296,4 +296,46 @@ describe("words that say what happened", () => {
     expect(r.stderr).not.toMatch(/incomplete/);
     expect(fs.readFileSync(existing, "utf8")).toBe("precious\n");
   });
+});
+
+describe("progress on a basic terminal (under script(1))", () => {
+  const SYNC = "\x1b[?2026h";
+  const BRAILLE = /[\u2800-\u28ff]/;
+  /** A push of a random image at level 19 (some seconds of progress) on a terminal of 80 columns. */
+  async function pushOn(env: Record<string, string>, name: string) {
+    const big = path.join(dir, "progress.img");
+    if (!fs.existsSync(big)) randomImage(dir, 16, "progress.img");
+    const out = path.join(dir, `${name}-store`);
+    const sock = path.join(dir, `${name}.sock`);
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    const started = Date.now();
+    // (env -u: the locale variables of the test's own environment must not decide)
+    const t = onTerminal(`stty cols 80 rows 24; env -u LC_ALL -u LC_CTYPE -u LANG ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(" ")} ${BIN} push ${big} --stream unix:${sock} --level 19`, { TERM: env.TERM ?? "xterm" });
+    const r = await t.done();
+    expect(r.code).toBe(0);
+    expect((await finish(recv)).code).toBe(0);
+    const seconds = (Date.now() - started) / 1000;
+    // for the record (not asserted): ora wrote ~1 KB a second at TERM=vt100 before
+    console.log(`${JSON.stringify(env)}: ${r.bytes} bytes in ${seconds.toFixed(1)} s (${Math.round(r.bytes / seconds)} B/s)`);
+    return r.out;
+  }
+
+  const basic: Record<string, string>[] = [{ TERM: "vt100", LANG: "en_US.UTF-8" }, { TERM: "xterm" }, { TERM: "xterm-256color", LC_ALL: "C" }, { TERM: "linux", LANG: "C.UTF-8" }];
+  for (const env of basic) {
+    test.skipIf(!hasScript)(`${JSON.stringify(env)}: ASCII frames (|/-\\), plain redraws, no synchronized output, no braille`, async () => {
+      const out = await pushOn(env, `basic-${env.TERM}-${Object.keys(env).length}`);
+      // (booleans: a failure should not print kilobytes of redraws)
+      expect(out.includes("backup complete")).toBe(true);
+      expect(out.includes(SYNC)).toBe(false);
+      expect(BRAILLE.test(out)).toBe(false);
+      expect(/\r[|/\\-] push +\d/.test(out)).toBe(true);
+    }, 90000);
+  }
+
+  test.skipIf(!hasScript)("a UTF-8 terminal that knows synchronized output keeps ora's spinner", async () => {
+    const out = await pushOn({ TERM: "xterm-256color", LANG: "C.UTF-8" }, "utf8");
+    expect(out.includes(SYNC)).toBe(true);
+    expect(BRAILLE.test(out)).toBe(true);
+  }, 90000);
 });
