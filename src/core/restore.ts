@@ -433,6 +433,6 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
 function restoreError(payload: Uint8Array): TbError {
   const e = decodeJson<ErrorMsg & { candidates?: string[] }>(payload);
   const err = peerError(payload);
-  if (e?.candidates?.length) return new TbError(err.code, err.message, "pass --backup ID with one of the IDs above", e.candidates);
+  if (e?.candidates?.length) return new TbError(err.code, err.message, "pass --backup ID with one of the IDs above (at boot: rd.tbbackup.backup=ID)", e.candidates);
   return err;
 }

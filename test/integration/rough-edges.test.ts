@@ -339,3 +339,67 @@ describe("progress on a basic terminal (under script(1))", () => {
     expect(BRAILLE.test(out)).toBe(true);
   }, 90000);
 });
+
+describe.skipIf(!isRoot)("a machine without an identity (needs root for a loop device)", () => {
+  // A rescue system: no /etc/machine-id and no DMI product UUID. TBBACKUP_SYSROOT
+  // gives tbbackup a /sys (with the disk's serial) and /etc of our making.
+  let loop: string;
+  let roots: { known: string; rescue: string };
+  beforeAll(() => {
+    const copy = path.join(dir, "id-disk.img");
+    fs.copyFileSync(img, copy);
+    loop = sh(`losetup -f --show ${copy}`).trim();
+    const rdev = fs.statSync(loop).rdev;
+    const devno = `${Math.floor(rdev / 256) & 0xfff}:${(rdev & 0xff) | ((rdev >> 12) & 0xfff00)}`;
+    const name = path.basename(loop);
+    const fake = (root: string, machineId: string | null) => {
+      fs.mkdirSync(path.join(root, "sys/block", name, "device"), { recursive: true });
+      fs.mkdirSync(path.join(root, "sys/dev/block"), { recursive: true });
+      fs.mkdirSync(path.join(root, "etc"), { recursive: true });
+      fs.writeFileSync(path.join(root, "sys/block", name, "size"), `${fs.statSync(copy).size / 512}\n`);
+      fs.writeFileSync(path.join(root, "sys/block", name, "device/serial"), "TBB-SERIAL-1\n");
+      fs.symlinkSync(`../../block/${name}`, path.join(root, "sys/dev/block", devno));
+      if (machineId) fs.writeFileSync(path.join(root, "etc/machine-id"), `${machineId}\n`);
+      return root;
+    };
+    roots = { known: fake(path.join(dir, "root-known"), "0123456789abcdef0123456789abcdef"), rescue: fake(path.join(dir, "root-rescue"), null) };
+  });
+  afterAll(() => {
+    if (loop) sh(`losetup -d ${loop} 2>/dev/null || true`);
+  });
+
+  test("restore DEV says this machine has no identity, offers the one backup of a disk with the same serial by name, and changes nothing (exit 11)", async () => {
+    const out = path.join(dir, "id-store");
+    const sock = path.join(dir, "id.sock");
+    // the disk's backup, made while the machine had an identity; and another disk's, from this host
+    for (const [source, env] of [[loop, { TBBACKUP_SYSROOT: roots.known }], [img, {}]] as const) {
+      const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+      await waitFor(() => fs.existsSync(sock), "socket");
+      expect((await run(["push", source, "--stream", `unix:${sock}`], { env })).code).toBe(0);
+      expect((await finish(recv)).code).toBe(0);
+    }
+    const rows: { id: string; disk: string }[] = JSON.parse((await run(["list", "--out", out, "--json"])).stdout);
+    const id = rows.find((r) => r.disk === path.basename(loop))!.id;
+    const before = sh(`sha256sum ${loop}`);
+    const restoreAs = async (target: string) => {
+      const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once", "--allow-restore"]);
+      await waitFor(() => fs.existsSync(sock), "socket");
+      const r = await run(["restore", target, "--stream", `unix:${sock}`, "--yes"], { env: { TBBACKUP_SYSROOT: roots.rescue } });
+      await finish(recv);
+      return r;
+    };
+    const r = await restoreAs(loop);
+    expect(r.code).toBe(11);
+    const line = oneLine(r.stderr);
+    expect(line).toContain(`this machine has no identity (no /etc/machine-id, no DMI product UUID), so no backup can be matched to its disk ${loop}`);
+    expect(line).toContain(`backup ${id} is of a disk with the same serial TBB-SERIAL-1: to restore it, pass --backup ${id} (at boot: rd.tbbackup.backup=${id})`);
+    expect(r.stderr).toContain(`  ${id}`);
+    expect(sh(`sha256sum ${loop}`)).toBe(before);
+    // an image file has no serial: no offer, but what to do
+    const file = path.join(dir, "id-target.img");
+    const f = await restoreAs(file);
+    expect(f.code).toBe(11);
+    expect(oneLine(f.stderr)).toMatch(/this machine has no identity .*; choose one with --backup ID \(at boot: rd\.tbbackup\.backup=ID\)/);
+    expect(fs.existsSync(file)).toBe(false);
+  }, 90000);
+});
