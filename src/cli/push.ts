@@ -5,7 +5,7 @@ import { TbError, isErrno } from "../core/errors.ts";
 import { bytes, ratio } from "../ui/format.ts";
 import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
 import type { FilesSummary, MountedRw } from "../protocol/messages.ts";
-import type { MountOnDisk } from "../util/mounts.ts";
+import { describeDevice, mountsOn } from "../util/mounts.ts";
 import * as fs from "node:fs";
 import { resolveStream, withThunderboltOptions } from "./stream.ts";
 
@@ -17,7 +17,7 @@ const MOUNTS_SHOWN = 20;
  * or a directory (a file-level backup is --files), and which of its file
  * systems are mounted read-write (a warning, or with --strict a refusal).
  */
-function checkSource(source: string, strict: boolean, mountsOn: (p: string) => MountOnDisk[]): MountedRw[] {
+function checkSource(source: string, strict: boolean): MountedRw[] {
   let st: fs.Stats;
   try {
     st = fs.statSync(source);
@@ -27,10 +27,10 @@ function checkSource(source: string, strict: boolean, mountsOn: (p: string) => M
   }
   if (st.isDirectory()) throw new TbError("SOURCE", `${source} is a directory, not a disk or an image file`, `to back up the files in it, run 'tbbackup push --files ${source}'; no backup was started`);
   const rw = mountsOn(source).filter((m) => !m.readOnly);
-  const list = rw.map((m) => `${m.device} on ${m.mountpoint}`).join(", ");
+  const list = rw.map((m) => `${describeDevice(m)} on ${m.mountpoint}`).join(", ");
   if (rw.length && strict)
     throw new TbError("REFUSED", `${source} has a file system mounted read-write (${list}): its image could be inconsistent`, "unmount it or remount it read-only (mount -o remount,ro MOUNTPOINT), then push again; without --strict push warns and goes on; no backup was started");
-  for (const m of rw) process.stderr.write(`warning: ${m.device} is mounted read-write on ${m.mountpoint}: what is written there during the push can leave the image inconsistent (unmount it, or remount it read-only, for a consistent backup); the manifest records it\n`);
+  for (const m of rw) process.stderr.write(`warning: ${describeDevice(m)} is mounted read-write on ${m.mountpoint}: what is written there during the push can leave the image inconsistent (unmount it, or remount it read-only, for a consistent backup); the manifest records it\n`);
   return rw.map(({ device, mountpoint }) => ({ device, mountpoint }));
 }
 
@@ -62,7 +62,7 @@ export function register(program: Command): void {
           throw new TbError("USAGE", `--chunk-size ${o.chunkSize} is not allowed`, "use a multiple of 4K from 4K to 4M");
         // before anything starts, and outside the 'backup is incomplete' wording below
         (await import("../util/zstd.ts")).requireZstd();
-        const mountedRw = source ? checkSource(source, o.strict === true, (await import("../util/mounts.ts")).mountsOn) : [];
+        const mountedRw = source ? checkSource(source, o.strict === true) : [];
         const reporter = makeReporter();
         onInterrupt("the backup is incomplete; run push again");
         const input = o.files ? tarSource({ roots: o.files, strict: o.strict === true, label: o.name ?? null, crossMounts: o.crossMounts === true }) : undefined;

@@ -5,7 +5,7 @@ import * as path from "node:path";
 import { TbError, errnoCode, errnoText, isErrno } from "./errors.ts";
 import { blockDeviceSize, diskIdentity } from "./identity.ts";
 import type { DiskIdentity } from "../protocol/messages.ts";
-import { mountsOn, stackedOn } from "../util/mounts.ts";
+import { describeDevice, mountsOn, stackedOn } from "../util/mounts.ts";
 
 export interface TargetInfo {
   path: string;
@@ -61,7 +61,7 @@ export function assertNotInUse(t: TargetInfo): void {
   if (t.kind !== "block") return;
   const mounts = mountsOn(t.path);
   if (mounts.length) {
-    const where = mounts.slice(0, 3).map((m) => `${m.device} is mounted on ${m.mountpoint}`).join(", ");
+    const where = mounts.slice(0, 3).map((m) => `${describeDevice(m)} is mounted on ${m.mountpoint}`).join(", ");
     throw new TbError("TARGET", `${t.path} is in use: ${where}${mounts.length > 3 ? ` and ${mounts.length - 3} more` : ""}`, IN_USE_HINT);
   }
   const stacked = stackedOn(t.path);

@@ -10,8 +10,10 @@ import * as path from "node:path";
 import { sysPath } from "./sysroot.ts";
 
 export interface MountOnDisk {
-  /** the block device mounted, e.g. /dev/sda2 */
+  /** the block device mounted, e.g. /dev/sda2, /dev/mapper/vg-root */
   device: string;
+  /** for a device built on the disk (LVM, dm-crypt, RAID): the partition it is on, e.g. sda2 */
+  on?: string;
   mountpoint: string;
   readOnly: boolean;
 }
@@ -37,7 +39,15 @@ interface BlockDev {
   name: string;
   /** "major:minor" */
   devno: string;
+  /** the device node to name: /dev/NAME, or /dev/mapper/NAME for device mapper */
+  node: string;
+  /** for a device stacked on the disk: the partition (or disk) it is built on */
+  on?: string;
 }
+
+/** Device-mapper and RAID layers followed up from a disk, and devices looked at, at most. */
+const MAX_DEPTH = 8;
+const MAX_DEVS = 256;
 
 /** The sysfs directory of a block device node (/sys/dev/block/M:m resolved), or null. */
 function sysDirOf(devPath: string): string | null {
@@ -62,7 +72,7 @@ function diskAndPartitions(sysDir: string): BlockDev[] {
   const out: BlockDev[] = [];
   const add = (dir: string) => {
     const devno = read(path.join(dir, "dev"))?.trim();
-    if (devno && /^\d+:\d+$/.test(devno)) out.push({ name: path.basename(dir), devno });
+    if (devno && /^\d+:\d+$/.test(devno)) out.push({ name: path.basename(dir), devno, node: `/dev/${path.basename(dir)}` });
   };
   add(sysDir);
   let names: string[] = [];
@@ -71,6 +81,37 @@ function diskAndPartitions(sysDir: string): BlockDev[] {
   } catch {}
   for (const n of names) if (fs.existsSync(path.join(sysDir, n, "partition"))) add(path.join(sysDir, n));
   return out;
+}
+
+/**
+ * The devices built on these (sysfs holders: LVM, dm-crypt, RAID), and on
+ * those, a few layers up: a root file system on LVM on a partition is mounted
+ * from the dm device, not from the partition.
+ */
+function withStacked(devs: BlockDev[]): BlockDev[] {
+  const all = [...devs];
+  const seen = new Set(all.map((d) => d.name));
+  let layer = devs;
+  for (let depth = 0; depth < MAX_DEPTH && layer.length && all.length < MAX_DEVS; depth++) {
+    const next: BlockDev[] = [];
+    for (const d of layer) {
+      let holders: string[] = [];
+      try {
+        holders = fs.readdirSync(sysPath(`/sys/class/block/${d.name}/holders`));
+      } catch {}
+      for (const h of holders) {
+        if (seen.has(h) || all.length + next.length >= MAX_DEVS) continue;
+        seen.add(h);
+        const devno = read(sysPath(`/sys/class/block/${h}/dev`))?.trim();
+        if (!devno || !/^\d+:\d+$/.test(devno)) continue;
+        const dmName = read(sysPath(`/sys/class/block/${h}/dm/name`))?.trim();
+        next.push({ name: h, devno, node: dmName ? `/dev/mapper/${dmName}` : `/dev/${h}`, on: d.on ?? d.name });
+      }
+    }
+    all.push(...next);
+    layer = next;
+  }
+  return all;
 }
 
 /** Loop devices whose backing file is `file` (by /sys/block/loopN/loop/backing_file). */
@@ -107,12 +148,15 @@ function devicesOf(p: string): BlockDev[] {
   }).filter((d) => !seen.has(d.devno) && seen.add(d.devno));
 }
 
-/** File systems mounted from `p` (a disk, or an image file through its loop devices) or its partitions. */
+/**
+ * File systems mounted from `p` (a disk, or an image file through its loop
+ * devices), its partitions, or devices built on them (LVM, dm-crypt, RAID).
+ */
 export function mountsOn(p: string): MountOnDisk[] {
-  const devs = devicesOf(p);
+  const devs = withStacked(devicesOf(p));
   if (devs.length === 0) return [];
-  const byDevno = new Map(devs.map((d) => [d.devno, d.name]));
-  const byName = new Set(devs.map((d) => d.name));
+  const byDevno = new Map(devs.map((d) => [d.devno, d]));
+  const byName = new Map(devs.map((d) => [d.name, d]));
   const text = read(sysPath("/proc/self/mountinfo")) ?? "";
   const found: MountOnDisk[] = [];
   for (const line of text.split("\n").slice(0, MAX_LINES)) {
@@ -121,24 +165,29 @@ export function mountsOn(p: string): MountOnDisk[] {
     const dash = f.indexOf("-", 6);
     if (f.length < 7 || dash < 0) continue;
     const source = unescape(f[dash + 2] ?? "");
-    let name = byDevno.get(f[2]!);
-    if (!name && source.startsWith("/dev/")) {
+    let dev = byDevno.get(f[2]!);
+    if (!dev && source.startsWith("/dev/")) {
       // btrfs and others report an anonymous 0:N device: go by the source's name
       let real = source;
       try {
         real = fs.realpathSync(sysPath(source));
       } catch {}
-      if (byName.has(path.basename(real))) name = path.basename(real);
+      dev = byName.get(path.basename(real));
     }
-    if (!name) continue;
+    if (!dev) continue;
     const opts = (f[5] ?? "").split(",");
     const superOpts = (f[dash + 3] ?? "").split(",");
-    found.push({ device: `/dev/${name}`, mountpoint: unescape(f[4]!), readOnly: opts.includes("ro") || superOpts.includes("ro") });
+    found.push({ device: dev.node, ...(dev.on ? { on: dev.on } : {}), mountpoint: unescape(f[4]!), readOnly: opts.includes("ro") || superOpts.includes("ro") });
   }
   return found;
 }
 
 /** Devices stacked on the disk at `devPath` or its partitions (sysfs holders), as "dm-0 (on sda2)". */
+/** "/dev/sda2", or "/dev/mapper/vg-root (on sda2)" for a device built on the disk. */
+export function describeDevice(m: MountOnDisk): string {
+  return m.on ? `${m.device} (on ${m.on})` : m.device;
+}
+
 export function stackedOn(devPath: string): string[] {
   const own = sysDirOf(devPath);
   if (!own) return [];

@@ -403,3 +403,60 @@ describe.skipIf(!isRoot)("a machine without an identity (needs root for a loop d
     expect(fs.existsSync(file)).toBe(false);
   }, 90000);
 });
+
+describe.skipIf(!isRoot)("file systems on top of the disk, from an emulated /sys and /proc (needs root for a loop device)", () => {
+  // No device-mapper or btrfs here: TBBACKUP_SYSROOT gives a disk (a real loop
+  // device node) with two partitions, LVM on the first mounted read-write on /,
+  // btrfs on the second (an anonymous 0:N in mountinfo) on a mount point with a space.
+  test("push --strict names the LVM volume and the partition it is on, and the btrfs partition; restore calls the disk in use", async () => {
+    const backing = path.join(dir, "stacked.img");
+    sh(`truncate -s 32M ${backing}`);
+    const loop = sh(`losetup -f --show ${backing}`).trim();
+    try {
+      const rdev = fs.statSync(loop).rdev;
+      const devno = `${Math.floor(rdev / 256) & 0xfff}:${(rdev & 0xff) | ((rdev >> 12) & 0xfff00)}`;
+      const name = path.basename(loop);
+      const root = path.join(dir, "root-stacked");
+      const put = (p: string, text: string) => {
+        fs.mkdirSync(path.dirname(path.join(root, p)), { recursive: true });
+        fs.writeFileSync(path.join(root, p), text);
+      };
+      put(`sys/block/${name}/dev`, `${devno}\n`);
+      put(`sys/block/${name}/size`, `${32 * 2048}\n`);
+      for (const [n, d] of [[1, "259:91"], [2, "259:92"]] as const) {
+        put(`sys/block/${name}/${name}p${n}/dev`, `${d}\n`);
+        put(`sys/block/${name}/${name}p${n}/partition`, `${n}\n`);
+      }
+      fs.mkdirSync(path.join(root, `sys/block/${name}/${name}p1/holders/dm-7`), { recursive: true });
+      put("sys/class/block/dm-7/dev", "253:7\n");
+      put("sys/class/block/dm-7/dm/name", "vg-root\n");
+      fs.mkdirSync(path.join(root, "sys/dev/block"), { recursive: true });
+      fs.symlinkSync(`../../block/${name}`, path.join(root, "sys/dev/block", devno));
+      for (const n of [1, 2]) fs.symlinkSync(`../../block/${name}/${name}p${n}`, path.join(root, `sys/class/block/${name}p${n}`));
+      put(
+        "proc/self/mountinfo",
+        [
+          "22 1 253:7 / / rw,relatime shared:1 - ext4 /dev/mapper/vg-root rw",
+          `40 22 0:45 / /mnt/my\\040data rw,relatime shared:9 - btrfs /dev/${name}p2 rw,space_cache=v2`,
+          "41 22 0:46 / /tmp rw shared:10 - tmpfs tmpfs rw",
+          "",
+        ].join("\n"),
+      );
+      const env = { TBBACKUP_SYSROOT: root };
+      const p = await run(["push", loop, "--strict", "--stream", `unix:${dir}/nobody.sock`, "--wait", "1"], { env });
+      expect(p.code).toBe(12);
+      expect(oneLine(p.stderr)).toContain(`has a file system mounted read-write (/dev/mapper/vg-root (on ${name}p1) on /, /dev/${name}p2 on /mnt/my data)`);
+      const r = await run(["restore", loop, "--from", backupDir, "--yes", "--force"], { env });
+      expect(r.code).toBe(13);
+      expect(oneLine(r.stderr)).toContain(`${loop} is in use: /dev/mapper/vg-root (on ${name}p1) is mounted on /, /dev/${name}p2 is mounted on /mnt/my data`);
+      // not mounted, but still built on: in use
+      put("proc/self/mountinfo", "41 22 0:46 / /tmp rw shared:10 - tmpfs tmpfs rw\n");
+      const held = await run(["restore", loop, "--from", backupDir, "--yes", "--force"], { env });
+      expect(held.code).toBe(13);
+      expect(oneLine(held.stderr)).toContain(`${loop} is in use: dm-7 (on ${name}p1) is built on it`);
+      expect(fs.statSync(backing).blocks).toBe(0);
+    } finally {
+      sh(`losetup -d ${loop} 2>/dev/null || true`);
+    }
+  }, 90000);
+});
