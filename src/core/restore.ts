@@ -255,7 +255,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (!sink) throw e;
     const err = asTbError(e);
     // an extraction that stopped before it created anything left DEST as it was
-    if (sink.untouched?.()) throw new TbError(err.code, err.message, `nothing was written under ${sink.path}${err.hint ? "; " + err.hint : ""}`, err.details);
+    if (sink.untouched?.()) throw new TbError(err.code, err.message, [`nothing was written under ${sink.path}`, ...err.hint.split("; ").filter((h) => h && !/incomplete/.test(h))].join("; "), err.details);
     if (/incomplete/.test(err.hint)) throw err;
     throw new TbError(err.code, err.message, `the target ${sink.path} is now incomplete${err.hint ? "; " + err.hint : ""}`, err.details);
   } finally {
