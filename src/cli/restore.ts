@@ -1,12 +1,12 @@
 // tbbackup restore TARGET: write a backup back onto a disk or into an image file.
 import type { Command } from "commander";
-import * as readline from "node:readline/promises";
 import * as fs from "node:fs";
 import { sameHardware } from "../core/identity.ts";
 import { TbError } from "../errors.ts";
 import type { RestoreInfo } from "../protocol/messages.ts";
 import type { TargetInfo } from "../core/target.ts";
 import { bytes } from "../ui/format.ts";
+import { ask } from "../ui/prompt.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
 import { resolveStream, withThunderboltOptions } from "./stream.ts";
 
@@ -61,13 +61,12 @@ function confirmer(yes: boolean, force: boolean) {
     process.stderr.write(
       `\nThis will OVERWRITE ${describeTarget(t)}\nwith backup ${b.id}\n  from host ${b.host.hostname}, disk ${b.disk.path} (${b.disk.model ?? b.disk.name}), taken ${b.date}\n  ${bytes(b.size)}, ${b.root ? `root ${b.root}` : `sha256 ${b.sha256}`}\n${other ? "\nWARNING: this target holds data and is NOT the disk the backup was made from.\n" : ""}\n`,
     );
-    const rl = readline.createInterface({ input: process.stdin, output: process.stderr });
-    try {
-      const answer = await rl.question(`Type "yes" to overwrite ${t.path}: `);
-      return answer.trim() === "yes";
-    } finally {
-      rl.close();
+    const answer = await ask(`Type "yes" to overwrite ${t.path}: `);
+    if (answer === null) {
+      process.stderr.write("\n");
+      throw new TbError("REFUSED", "restore cancelled (end of input at the question)", "the target was not changed");
     }
+    return answer.trim() === "yes";
   };
 }
 
@@ -114,7 +113,7 @@ export function register(program: Command): void {
         };
         const unfinished = `the target ${target} is now incomplete`;
         const removed = `the unfinished ${target} was removed`;
-        onInterrupt(() => (!writing ? `nothing was written to ${target}` : removeUnfinished() ? `${removed}; run restore again` : `${unfinished}; run restore again`));
+        onInterrupt(() => (!writing ? `nothing was written: the target ${target} was not changed` : removeUnfinished() ? `${removed}; run restore again` : `${unfinished}; run restore again`));
         const stream = o.from ? null : await resolveStream(o.stream, "restore", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         try {
           const r = await restore({

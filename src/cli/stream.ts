@@ -3,6 +3,7 @@
 import { Option, type Command } from "commander";
 import { TbError } from "../errors.ts";
 import { intOption } from "./common.ts";
+import * as fs from "node:fs";
 
 export type StreamRole = "push" | "receive" | "list" | "restore";
 
@@ -27,6 +28,9 @@ export async function resolveStream(spec: string | undefined, role: StreamRole, 
   if (spec) {
     if (opts.peer || opts.hopids || opts.ringSize !== undefined || opts.throttling !== undefined)
       throw new TbError("USAGE", "--peer, --hopids, --ring-size and --throttling apply only without --stream", "drop them, or drop --stream to let tbbackup set the Thunderbolt stream up");
+    // a device path that is not there is a mistyped name, not a failed Thunderbolt setup
+    if (/^\.{0,2}\//.test(spec) && !fs.existsSync(spec))
+      throw new TbError("USAGE", `--stream ${spec}: no such device`, "check the path ('tbbackup streams' lists Thunderbolt streams; a serial port or pty must exist before tbbackup starts), or use unix:PATH / tcp:HOST:PORT");
     return { spec, cleanup: async () => {} };
   }
   if (opts.hopids && role !== "receive")

@@ -28,7 +28,8 @@ export function sameHardware(a: { wwn: string | null; serial: string | null }, b
 export function hostIdentity(): HostIdentity {
   return {
     hostname: os.hostname(),
-    machineId: readTrim("/etc/machine-id"),
+    // (under TBBACKUP_SYSROOT like /sys: a test can be a machine without one)
+    machineId: readTrim(sysPath("/etc/machine-id")),
     productUuid: readTrim(sysPath("/sys/class/dmi/id/product_uuid")),
   };
 }

@@ -1,7 +1,7 @@
 // push: read a disk or image in chunks, hash it, compress it on worker threads,
 // and stream it to a receiver; done only when the receiver says it is durable
 // and its SHA-256 matches ours.
-import { MsgType, decodeMessage, sessionOf, type DiskIdentity, type Done, type End, type Layout } from "../protocol/messages.ts";
+import { MsgType, decodeMessage, sessionOf, type DiskIdentity, type Done, type End, type Layout, type MountedRw } from "../protocol/messages.ts";
 import { dataFrameSize, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
@@ -68,6 +68,8 @@ export interface PushOptions {
   /** how long the receiver may stay silent before we give up */
   idleMs: number;
   reporter: Reporter;
+  /** file systems of the source mounted read-write (sent in HELLO, recorded in the manifest) */
+  mountedRw?: MountedRw[];
 }
 
 /** The hint when all was sent but the receiver's confirmation did not come through. */
@@ -158,7 +160,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   const receiverDone = new Signal();
   try {
     pool.broadcast({ op: "level", level: opts.level });
-    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content, ...(opts.sha256 ? { sha256: true } : {}), ...(src.layout ? { layout: src.layout } : {}) });
+    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content, ...(opts.sha256 ? { sha256: true } : {}), ...(src.layout ? { layout: src.layout } : {}), ...(opts.mountedRw?.length ? { mountedRw: opts.mountedRw } : {}) });
     opts.reporter.info(`connecting to the receiver on ${conn.description}`);
     const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
     opts.reporter.info(`receiver ${ack.host.hostname} (${ack.tool}) will store ${ack.id ?? "the backup"}`);
@@ -269,7 +271,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         sha = hasher = opts.sha256 || !peerHasRoot ? new Hasher((buf) => spare.push(buf)) : null;
       }
       await send(ch.sendJson(MsgType.RESUME, { session: hello.session, from: start }));
-      opts.reporter.info(start ? `resuming the interrupted backup ${offer.id} at chunk ${start}` : `not resuming ${offer.id} (${opts.resume === false ? "--no-resume" : "this disk no longer matches it"}): starting a new backup`);
+      opts.reporter.info(start ? `resuming the interrupted backup ${offer.id} at chunk ${start}${opts.label !== null ? `, now labelled ${JSON.stringify(opts.label)}` : ""}` : `not resuming ${offer.id} (${opts.resume === false ? "--no-resume" : "this disk no longer matches it"}): starting a new backup`);
     }
     const total = src.size ?? 0;
     const isHole = (await src.holes?.()) ?? null;

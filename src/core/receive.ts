@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, decodeMessage, layoutFrom, sessionOf, typeName, type Done, type Hello } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, decodeMessage, layoutFrom, mountedRwOf, sessionOf, typeName, type Done, type Hello } from "../protocol/messages.ts";
 import { decodeChunkRecord } from "../protocol/chunk-record.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
@@ -314,6 +314,11 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         m.format = MANIFEST_FORMAT;
         m.digests = { algorithm: ROOT_ALGORITHM, file: DIGESTS_FILE };
         m.resumed = [...(m.resumed ?? []), { at: started.toISOString(), fromChunk: from }];
+        // a new --name is taken; read-write mounts seen by either push are kept
+        if (typeof hello.label === "string") m.label = hello.label;
+        const rw = [...(m.mountedRw ?? []), ...(mountedRwOf(hello.mountedRw) ?? [])];
+        const rwKept = mountedRwOf(rw.filter((x, i) => rw.findIndex((y) => y.device === x.device && y.mountpoint === x.mountpoint) === i));
+        if (rwKept) m.mountedRw = rwKept;
         delete m.reason;
         manifest0 = m;
         resumedFrom = from;
@@ -356,6 +361,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     };
     const layout = files ? undefined : layoutFrom(hello.layout);
     if (layout) m.layout = layout;
+    const rw = mountedRwOf(hello.mountedRw);
+    if (rw) m.mountedRw = rw;
     manifest0 = m;
     try {
       writeManifest(created0.dir, m);

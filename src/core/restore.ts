@@ -13,7 +13,7 @@ import { RootBuilder, zeroDigest } from "../store/root.ts";
 import { TbError, asTbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
-import { inspectTarget, notTheBackup, openTarget, targetWriteError, type TargetInfo } from "./target.ts";
+import { assertNotInUse, inspectTarget, notTheBackup, openTarget, targetWriteError, type TargetInfo } from "./target.ts";
 import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
 import { isZeroFrame, zeroChecksum } from "./zero.ts";
@@ -135,7 +135,7 @@ function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, pool:
   };
 }
 
-function filesSink(dest: string, overwrite: boolean, reporter: Reporter): Sink & { stats: () => ExtractStats } {
+function filesSink(dest: string, overwrite: boolean, reporter: Reporter): Sink & { stats: () => ExtractStats; untouched: () => boolean } {
   const ex = new Extractor(dest, overwrite);
   const zeros = new Uint8Array(4 * 1024 * 1024);
   let stats: ExtractStats | null = null;
@@ -151,6 +151,7 @@ function filesSink(dest: string, overwrite: boolean, reporter: Reporter): Sink &
     },
     close: () => ex.abort(),
     stats: () => stats ?? ex.stats,
+    untouched: () => !ex.changedAnything,
   };
 }
 
@@ -158,8 +159,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   requireZstd(); // before any session: a clear line if this system cannot run it
   const started = Date.now();
   const target = opts.filesDest ? null : inspectTarget(opts.target);
+  // before the receiver is asked and before any question or "overwriting" line
+  if (target) assertNotInUse(target);
   const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target);
-  let sink: (Sink & { stats?: () => ExtractStats }) | null = null;
+  let sink: (Sink & { stats?: () => ExtractStats; untouched?: () => boolean }) | null = null;
   const pool = new WorkerPool(workerCount());
   // the SHA-256 worker, when restore uses one (created once the sink is known)
   let hasher: Hasher | null = null;
@@ -268,6 +271,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // Once writing began, every failure must say the target is now incomplete.
     if (!sink) throw e;
     const err = asTbError(e);
+    // an extraction that stopped before it created anything left DEST as it was
+    if (sink.untouched?.()) throw new TbError(err.code, err.message, [`nothing was written under ${sink.path}`, ...err.hint.split("; ").filter((h) => h && !/incomplete/.test(h))].join("; "), err.details);
     if (/incomplete/.test(err.hint)) throw err;
     throw new TbError(err.code, err.message, `the target ${sink.path} is now incomplete${err.hint ? "; " + err.hint : ""}`, err.details);
   } finally {
@@ -479,6 +484,6 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
 function restoreError(payload: Uint8Array): TbError {
   const e = decodeMessage(MsgType.ERROR, payload);
   const err = peerError(payload);
-  if (e?.candidates?.length) return new TbError(err.code, err.message, "pass --backup ID with one of the IDs above", e.candidates);
+  if (e?.candidates?.length) return new TbError(err.code, err.message, "pass --backup ID with one of the IDs above (at boot: rd.tbbackup.backup=ID)", e.candidates);
   return err;
 }

@@ -93,8 +93,20 @@ export function chooseBackup(all: BackupEntry[], host: HostIdentity | undefined,
   const matches = mine.filter((b) => sameDisk(b, target));
   const disks = new Set(matches.map(diskKey));
   if (matches.length === 0) {
-    const listed = (mine.length ? mine : complete).map(describe);
-    return { error: `no complete backup of this host's disk ${target?.path ?? "?"} (matched by machine-id/product UUID and WWN/serial, else path and size)`, candidates: listed };
+    // Backups of a disk with the same WWN or serial, from any host (a rescue system
+    // without an identity, or a reinstalled one with a new machine-id): when they
+    // are all of one disk, the newest is offered by name, never restored unasked.
+    const sameHw = target ? complete.filter((b) => sameHardware(target, { wwn: b.diskWwn, serial: b.diskSerial }) === true).sort((a, b) => a.date.localeCompare(b.date)) : [];
+    const newest = sameHw[sameHw.length - 1];
+    const by = newest?.diskWwn && target?.wwn ? `WWN ${newest.diskWwn}` : `serial ${newest?.diskSerial}`;
+    const offer =
+      newest && new Set(sameHw.map(diskKey)).size === 1
+        ? `; backup ${newest.id}${sameHw.length > 1 ? ` (the newest of ${sameHw.length})` : ""} is of a disk with the same ${by}: to restore it, pass --backup ${newest.id} (at boot: rd.tbbackup.backup=${newest.id})`
+        : "";
+    const listed = (sameHw.length ? sameHw : mine.length ? mine : complete).map(describe);
+    if (!host?.machineId && !host?.productUuid)
+      return { error: `this machine has no identity (no /etc/machine-id, no DMI product UUID), so no backup can be matched to its disk ${target?.path ?? "?"}${offer || "; choose one with --backup ID (at boot: rd.tbbackup.backup=ID)"}`, candidates: listed };
+    return { error: `no complete backup of this host's disk ${target?.path ?? "?"} (matched by machine-id/product UUID and WWN/serial, else path and size)${offer}`, candidates: listed };
   }
   if (disks.size > 1) return { error: `backups of ${disks.size} different disks match ${target?.path ?? "?"}`, candidates: matches.map(describe) };
   matches.sort((a, b) => a.date.localeCompare(b.date));

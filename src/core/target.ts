@@ -5,6 +5,7 @@ import * as path from "node:path";
 import { TbError, errnoCode, errnoText, isErrno } from "./errors.ts";
 import { blockDeviceSize, diskIdentity } from "./identity.ts";
 import type { DiskIdentity } from "../protocol/messages.ts";
+import { describeDevice, mountsOn, stackedOn } from "../util/mounts.ts";
 
 export interface TargetInfo {
   path: string;
@@ -48,6 +49,33 @@ export function inspectTarget(path: string): TargetInfo {
   throw new TbError("TARGET", `${path} is not a block device or a regular file`, "restore onto a disk (e.g. /dev/nvme0n1) or an image file");
 }
 
+const IN_USE_HINT = "unmount it (and its partitions) and stop what uses it, then run restore again; the target was not changed";
+
+/**
+ * Refuses a block-device target that is in use, before anything else is asked
+ * or said about it: a file system mounted from it or one of its partitions, a
+ * device stacked on it (device mapper, RAID), or any other exclusive holder
+ * (an O_EXCL open fails with EBUSY).
+ */
+export function assertNotInUse(t: TargetInfo): void {
+  if (t.kind !== "block") return;
+  const mounts = mountsOn(t.path);
+  if (mounts.length) {
+    const where = mounts.slice(0, 3).map((m) => `${describeDevice(m)} is mounted on ${m.mountpoint}`).join(", ");
+    throw new TbError("TARGET", `${t.path} is in use: ${where}${mounts.length > 3 ? ` and ${mounts.length - 3} more` : ""}`, IN_USE_HINT);
+  }
+  const stacked = stackedOn(t.path);
+  if (stacked.length) throw new TbError("TARGET", `${t.path} is in use: ${stacked.slice(0, 3).join(", ")} ${stacked.length === 1 ? "is" : "are"} built on it (device mapper, RAID, ...)`, IN_USE_HINT);
+  let fd: number;
+  try {
+    fd = fs.openSync(t.path, fs.constants.O_RDONLY | fs.constants.O_EXCL);
+  } catch (e) {
+    if (isErrno(e, "EBUSY")) throw new TbError("TARGET", `${t.path} is in use (held by another program)`, IN_USE_HINT);
+    return; // other failures are reported when the target is opened for writing
+  }
+  fs.closeSync(fd);
+}
+
 /** Whether a path (its directory resolved through symlinks) lies in /dev, outside /dev/shm (a tmpfs for files). */
 function underDev(p: string): boolean {
   let dir = path.dirname(path.resolve(p));
@@ -81,7 +109,7 @@ export function openTarget(t: TargetInfo, size: number): number {
       return fs.openSync(t.path, fs.constants.O_RDWR | fs.constants.O_EXCL);
     } catch (e) {
       if (isErrno(e, "EBUSY"))
-        throw new TbError("TARGET", `${t.path} is in use (mounted, or held by another program)`, "unmount it (and its partitions) and stop what uses it, then run restore again");
+        throw new TbError("TARGET", `${t.path} is in use (mounted, or held by another program)`, IN_USE_HINT);
       throw new TbError("TARGET", `cannot open ${t.path} for writing: ${errnoText(e)}`, "run restore as root on an unmounted disk");
     }
   }

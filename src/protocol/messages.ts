@@ -68,6 +68,8 @@ export interface Hello {
   sha256?: boolean;
   /** push of an image with used-block imaging: what was found on the disk and how each part is imaged (docs/PROTOCOL.md) */
   layout?: Layout;
+  /** push only, optional: file systems of the source that were mounted read-write when the push began */
+  mountedRw?: MountedRw[];
   /** restore only: the backup asked for (an ID), and the disk it will be written to */
   backup?: string;
   target?: DiskIdentity;
@@ -132,6 +134,28 @@ export function layoutFrom(x: unknown): Layout | undefined {
   if (sectorSize === null || outsideBytes === null || usedBytes === null) return undefined;
   const note = str(o.note, 256);
   return { table: o.table, sectorSize, ...(note !== undefined ? { note } : {}), partitions: parts, outsideBytes, usedBytes };
+}
+
+/** A file system mounted read-write from the pushed disk (or one of its partitions). */
+export interface MountedRw {
+  device: string;
+  mountpoint: string;
+}
+
+/** At most this many `mountedRw` entries are taken from a peer, each string at most MAX_MOUNT_TEXT characters. */
+const MAX_MOUNTED_RW = 64;
+const MAX_MOUNT_TEXT = 4096;
+
+/** A peer's `mountedRw` claim, checked and capped; undefined when absent or not a list of {device, mountpoint} strings. */
+export function mountedRwOf(v: unknown): MountedRw[] | undefined {
+  if (!Array.isArray(v)) return undefined;
+  const out: MountedRw[] = [];
+  for (const m of v.slice(0, MAX_MOUNTED_RW)) {
+    const { device, mountpoint } = (m ?? {}) as { device?: unknown; mountpoint?: unknown };
+    if (typeof device !== "string" || typeof mountpoint !== "string") continue;
+    out.push({ device: device.slice(0, MAX_MOUNT_TEXT), mountpoint: mountpoint.slice(0, MAX_MOUNT_TEXT) });
+  }
+  return out.length ? out : undefined;
 }
 
 export interface HelloAck {

@@ -1,7 +1,7 @@
 // manifest.json: what a stored backup is, where it came from, and how to check it.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { DiskIdentity, FilesSummary, HostIdentity, Layout } from "../protocol/messages.ts";
+import type { DiskIdentity, FilesSummary, HostIdentity, Layout, MountedRw } from "../protocol/messages.ts";
 import { MANIFEST_FILE, fsyncDir } from "./layout.ts";
 import type { ROOT_ALGORITHM } from "./root.ts";
 
@@ -47,6 +47,8 @@ export interface Manifest {
   files?: FilesSummary;
   /** an image pushed with used-block imaging: the partitions and how each was imaged (docs/FORMAT.md) */
   layout?: Layout;
+  /** file systems of the disk that were mounted read-write while it was pushed (the image may be inconsistent) */
+  mountedRw?: MountedRw[];
 }
 
 export function writeManifest(dir: string, m: Manifest): void {

@@ -1,10 +1,29 @@
 // Progress on stderr: an ora spinner on a TTY, plain periodic lines otherwise
-// (serial console, journald, CI). NO_COLOR is honoured.
+// (serial console, journald, CI). NO_COLOR is honoured. A basic terminal (not
+// UTF-8, or a vt100-like TERM) gets an ASCII spinner that redraws one plain
+// line four times a second: ora's braille frames would not show there, and
+// its synchronized-output sequences and 80 ms redraws cost a slow serial line
+// more than the progress is worth.
 import ora, { type Ora } from "ora";
 import type { ProgressInfo, Reporter } from "../core/report.ts";
 import { bytes, duration, rate, ratio } from "./format.ts";
 
 const PLAIN_EVERY_MS = 5000;
+const ASCII_FRAMES = ["|", "/", "-", "\\"];
+const ASCII_EVERY_MS = 250;
+
+/**
+ * A terminal that should not get ora's spinner: a locale that is not UTF-8
+ * (LC_ALL, else LC_CTYPE, else LANG; none set is the C locale), or a TERM
+ * without Unicode glyphs or synchronized output: vt52/vt100/vt220/..., ansi,
+ * and the kernel's own `linux` console (its default fonts have no braille,
+ * and it does not know synchronized output).
+ */
+export function basicTerminal(env: NodeJS.ProcessEnv = process.env): boolean {
+  const locale = env.LC_ALL || env.LC_CTYPE || env.LANG || "";
+  if (!/utf-?8/i.test(locale)) return true;
+  return /^(vt\d|ansi|linux)/.test(env.TERM ?? "");
+}
 
 export function progressLine(p: ProgressInfo, elapsedS: number): string {
   const parts = [p.phase, p.total > 0 ? `${bytes(p.bytes)} / ${bytes(p.total)} ${Math.floor((100 * p.bytes) / p.total)}%` : bytes(p.bytes)];
@@ -25,6 +44,40 @@ export function makeReporter(opts: { quiet?: boolean } = {}): Reporter {
   // never ends, so plain lines there too.
   const tty = process.stderr.isTTY === true && process.env.TERM !== "dumb" && (process.stderr.columns ?? 0) > 0;
   if (opts.quiet) return { progress() {}, info() {}, stop() {} };
+  if (tty && basicTerminal()) {
+    let text: string | null = null;
+    let frame = 0;
+    let timer: ReturnType<typeof setInterval> | undefined;
+    const draw = () => {
+      if (text === null) return;
+      const line = `${ASCII_FRAMES[frame++ % ASCII_FRAMES.length]} ${text}`;
+      // one line, never wrapped: \r, the text, then erase to the end of the line
+      process.stderr.write(`\r${line.slice(0, Math.max(1, (process.stderr.columns ?? 80) - 1))}\x1b[K`);
+    };
+    const clear = () => {
+      if (text !== null) process.stderr.write("\r\x1b[K");
+    };
+    return {
+      progress(p) {
+        const first = text === null;
+        text = progressLine(p, elapsed());
+        if (!first) return;
+        draw();
+        timer = setInterval(draw, ASCII_EVERY_MS);
+        timer.unref?.();
+      },
+      info(message) {
+        clear();
+        process.stderr.write(message + "\n");
+        draw();
+      },
+      stop() {
+        clearInterval(timer);
+        clear();
+        text = null;
+      },
+    };
+  }
   if (tty) {
     let spinner: Ora | null = null;
     return {

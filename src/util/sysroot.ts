@@ -1,5 +1,7 @@
-// Every path under /sys, /dev and /proc goes through here, so tests can point
-// tbbackup at an emulated tree with TBBACKUP_SYSROOT (default /).
+// Every path under /sys, /dev and /proc, and /etc/machine-id, goes through
+// here, so tests can point tbbackup at an emulated tree with TBBACKUP_SYSROOT
+// (default /). It gives no more than a root user has anyway: the identities
+// read there only choose a default backup, and --backup chooses any.
 import * as path from "node:path";
 
 export function sysPath(p: string): string {

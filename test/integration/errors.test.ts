@@ -42,13 +42,13 @@ describe("errors", () => {
   test("source missing: exit 3", async () => {
     const r = await run(["push", path.join(dir, "nope.img"), "--stream", `unix:${dir}/none.sock`]);
     expect(r.code).toBe(3);
-    expect(oneLine(r.stderr)).toMatch(/does not exist.*incomplete/);
+    expect(oneLine(r.stderr)).toMatch(/does not exist.*no backup was started/);
   });
 
   test("source is a directory: exit 3", async () => {
     const r = await run(["push", dir, "--stream", `unix:${dir}/none.sock`]);
     expect(r.code).toBe(3);
-    expect(oneLine(r.stderr)).toMatch(/not a block device or a regular file/);
+    expect(oneLine(r.stderr)).toMatch(/is a directory, not a disk or an image file; to back up the files in it, run 'tbbackup push --files/);
   });
 
   test("out not writable: exit 4", async () => {

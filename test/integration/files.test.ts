@@ -724,7 +724,7 @@ describe("hostile archives are refused without writing outside DEST", () => {
     const b = storeTar("junk", junk);
     const r = await run(["restore", "--files", path.join(dir, "junk-dest"), "--from", b]);
     expect(r.code).toBe(8);
-    expect(oneLine(r.stderr)).toMatch(/tar stream is damaged.*incomplete/);
+    expect(oneLine(r.stderr)).toMatch(/tar stream is damaged.*nothing was written under .*junk-dest/);
   });
 });
 

@@ -91,6 +91,12 @@ export class Extractor {
    */
   private readonly dirTimes = new Map<string, { mode: number; mtime: number }>();
   private readonly isRoot = process.getuid?.() === 0;
+  /** whether anything under DEST was created, replaced or removed yet (a failure before that changed nothing) */
+  private changed = false;
+
+  get changedAnything(): boolean {
+    return this.changed;
+  }
 
   constructor(
     dest: string,
@@ -184,6 +190,7 @@ export class Extractor {
       } catch {}
       if (!st) {
         try {
+          this.changed = true;
           fs.mkdirSync(bytes(cur));
         } catch (e) {
           throw targetError(e, "creating", cur);
@@ -200,11 +207,13 @@ export class Extractor {
     try {
       st = fs.lstatSync(bytes(p));
     } catch {
+      this.changed = true; // the caller creates p now
       return true;
     }
     if (isDir && st.isDirectory()) return false; // merge into an existing directory
     if (!this.overwrite)
       throw new TbError("TARGET", `${brief(path.join(this.root, safeName(name) as string))} already exists`, "restore into an empty directory, or pass --overwrite to replace existing files");
+    this.changed = true;
     try {
       fs.rmSync(bytes(p), { recursive: st.isDirectory(), force: true });
     } catch (e) {
