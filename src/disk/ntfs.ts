@@ -596,7 +596,7 @@ export function analyzeNtfs(read: ReadAt, size: number): FsAnalysis | null {
     const vol = v.record(FILE_VOLUME);
     const attrs = v.attributes(vol, "$Volume");
     const nameAttr = attrs.find((a) => a.type === AT_VOLUME_NAME && a.value);
-    if (nameAttr?.value && nameAttr.value.length <= 256) out.label = utf16(nameAttr.value, 0, nameAttr.value.length >> 1);
+    if (nameAttr?.value && nameAttr.value.length >= 2 && nameAttr.value.length <= 256) out.label = utf16(nameAttr.value, 0, nameAttr.value.length >> 1);
     const info = attrs.find((a) => a.type === AT_VOLUME_INFORMATION);
     if (!info?.value || info.value.length < 12) fail("$Volume: no $VOLUME_INFORMATION");
     const flags = u16(info.value, 10);

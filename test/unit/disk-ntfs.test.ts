@@ -224,6 +224,26 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
       });
       fx.push({ img, clusterSize: cs, files });
     }
+    // fragmented: the volume filled with 64 KiB files, every other one deleted, then a
+    // 20 MiB hiberfil.sys (header zeros) written into the holes: its $DATA spreads over
+    // MFT records through an attribute list
+    const img = path.join(dir, "frag.img");
+    sh(`truncate -s 64M '${img}' && mkfs.ntfs -F -f -Q -L Frag '${img}'`);
+    const files = await withMount(img, dir, "", (mnt) => {
+      let n = 0;
+      try {
+        for (; n < 4000; n++) writeFileSync(path.join(mnt, `s${n}`), bytes(65536, n));
+      } catch {
+        // full
+      }
+      for (let i = 0; i < n; i += 2) sh(`rm '${path.join(mnt, `s${i}`)}'`);
+      const hib = bytes(20 << 20, 7);
+      hib.fill(0, 0, 4096);
+      writeFileSync(path.join(mnt, "hiberfil.sys"), hib);
+      return hashTree(mnt);
+    });
+    expect(sh(`ntfsinfo -v -F hiberfil.sys '${img}'`)).toContain("$ATTRIBUTE_LIST");
+    fx.push({ img, clusterSize: 4096, files });
   }, 300_000);
 
   afterAll(() => {
@@ -236,7 +256,7 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
       expect(a.fs).toBe("ntfs");
       expect(a.reason).toBeUndefined();
       expect(a.method).toBe("used-blocks");
-      expect(a.label).toBe(`Vol ${f.clusterSize}`);
+      expect(a.label).toBe(f.img.endsWith("frag.img") ? "Frag" : `Vol ${f.clusterSize}`);
       expect(a.uuid).toBe(sh(`blkid -o value -s UUID '${f.img}'`).trim());
       expect(a.used!.blockSize).toBe(f.clusterSize);
       expect(a.used!.blocks).toBe(Math.floor((a.size - 512) / f.clusterSize));
@@ -246,7 +266,7 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
   test("every block partclone.ntfs keeps is in our map; the backup boot sector past the last cluster is imaged", () => {
     for (const f of fx) {
       const a = analyzeFile(f.img)!;
-      const log = path.join(dir, `pc-${f.clusterSize}.log`);
+      const log = path.join(dir, `pc-${path.basename(f.img)}.log`);
       sh(`partclone.ntfs -D -s '${f.img}' -o '${log}' -L /dev/null`);
       let theirs = 0;
       for (const line of readFileSync(log, "utf8").split("\n")) {
@@ -369,8 +389,10 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
   });
 
   test("hiberfil.sys starting with HIBR (Windows hibernated or fast-started) gives whole; one starting with zeros does not", async () => {
-    // fx[0] has 400 extra files in its root: the name is found in an index block; fx[1] keeps it in the index root
+    // the root directories are large indexes (index blocks); fx[0]'s, with 400 extra files, has many
     for (const f of [fx[0]!, fx[1]!]) {
+      const idx = sh(`ntfsinfo -v -i 5 '${f.img}'`);
+      expect(idx).toContain("$INDEX_ALLOCATION");
       for (const head of ["\0\0\0\0", "HIBR", "hibr"]) {
         const copy = path.join(dir, "hib.img");
         sh(`cp --sparse=always '${f.img}' '${copy}'`);
@@ -392,6 +414,24 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
       }
     }
   }, 60_000);
+
+  test("a fragmented hiberfil.sys is followed through its attribute list: HIBR at its start gives whole", () => {
+    const f = fx[3]!;
+    expect(analyzeFile(f.img)!.method).toBe("used-blocks");
+    const copy = path.join(dir, "frag-hib.img");
+    sh(`cp --sparse=always '${f.img}' '${copy}'`);
+    // the first cluster of hiberfil.sys, as ntfs-3g's ntfsinfo reports it
+    const runs = sh(`ntfsinfo -v -F hiberfil.sys '${copy}'`);
+    const m = /Dumping attribute \$DATA[\s\S]*?Runlist:\s+VCN\s+LCN\s+Length\s+0x0\s+0x([0-9a-f]+)/i.exec(runs);
+    expect(m).not.toBeNull();
+    const fd = openSync(copy, "r+");
+    writeSync(fd, new TextEncoder().encode("HIBR"), 0, 4, parseInt(m![1]!, 16) * 4096);
+    closeSync(fd);
+    const a = analyzeFile(copy)!;
+    expect(a.method).toBe("whole");
+    expect(a.reason).toContain("hibernated");
+    expect(tryMount(copy, dir, []).stderr).toContain("hibernated");
+  });
 
   test("an MFT record with a bad update sequence gives whole with the reason", () => {
     const img = new Uint8Array(readFileSync(fx[0]!.img));
@@ -432,7 +472,7 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
   });
 
   test("fuzz: thousands of byte flips in the boot sector, MFT records, $LogFile, root index and $Bitmap, and truncated reads, never crash", () => {
-    for (const f of [fx[0]!, fx[2]!]) {
+    for (const f of [fx[0]!, fx[2]!, fx[3]!]) {
       const img = new Uint8Array(readFileSync(f.img));
       const { off: mft, rec: r0 } = rawRecord(img, 0);
       const areas: [number, number][] = [
@@ -447,11 +487,11 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
       } catch {
         // no index allocation: the root index is in the MFT record
       }
-      const rnd = prng(f.clusterSize);
+      const rnd = prng(f.clusterSize + img.length);
       let whole = 0;
       let used = 0;
       let thrown = 0;
-      for (let i = 0; i < 2500; i++) {
+      for (let i = 0; i < 1200; i++) {
         const [start, len] = areas[rnd() % areas.length]!;
         const flips = 1 + (rnd() % 4);
         const saved: [number, number][] = [];
@@ -482,7 +522,7 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
         }
         for (const [at, v] of saved.reverse()) img[at] = v;
       }
-      console.log(`fuzz cluster ${f.clusterSize}: ${used} used-blocks, ${whole} whole, ${thrown} thrown`);
+      console.log(`fuzz ${path.basename(f.img)}: ${used} used-blocks, ${whole} whole, ${thrown} thrown`);
       expect(whole).toBeGreaterThan(0);
       expect(used).toBeGreaterThan(0);
     }
