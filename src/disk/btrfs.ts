@@ -40,6 +40,10 @@ const BG_RAID = (1 << 3) | (1 << 4) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 9) 
  */
 const KNOWN_INCOMPAT = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x100 | 0x200 | 0x400 | 0x800;
 const INCOMPAT_METADATA_UUID = 0x400;
+/** Read-only-compatible features known not to put anything outside the extent tree: free space tree (and its valid bit), verity, block group tree. */
+const KNOWN_COMPAT_RO = 0x1 | 0x2 | 0x4 | 0x8;
+/** Superblock flags of a normal file system: written, seeding. Anything else (error, metadump, an interrupted fsid or checksum change) is imaged whole. */
+const NORMAL_FLAGS = 1n | (1n << 32n);
 
 class Damaged extends Error {}
 
@@ -114,10 +118,13 @@ interface Super {
   rootLevel: number;
   chunkRoot: number;
   chunkRootLevel: number;
+  generation: number;
+  chunkRootGeneration: number;
 }
 
 class Fs {
   private chunks: Chunk[] = [];
+  private pending: Chunk[] = [];
   private visited = new Set<number>();
 
   constructor(
@@ -158,15 +165,22 @@ class Fs {
       if (!(off + length <= this.s.devBytes)) fail(`${what}: a chunk's stripe lies past the end of the device`);
       stripes.push(off);
     }
-    if (this.chunks.length >= MAX_CHUNKS) fail(`${what}: more than ${MAX_CHUNKS} chunks`);
-    const existing = this.chunks.find((x) => x.logical === logical);
-    if (existing) {
-      if (existing.length !== length || existing.stripes.join() !== stripes.join()) fail(`${what}: two different chunks at logical ${logical}`);
-      return;
+    if (this.chunks.length + this.pending.length >= MAX_CHUNKS) fail(`${what}: more than ${MAX_CHUNKS} chunks`);
+    this.pending.push({ logical, length, stripes });
+  }
+
+  /** Makes the chunks added so far the map: sorted, duplicates (the system chunks appear twice) merged, overlaps refused. */
+  commitChunks(): void {
+    const all = [...this.chunks, ...this.pending].sort((a, b) => a.logical - b.logical || a.length - b.length);
+    this.pending = [];
+    const out: Chunk[] = [];
+    for (const c of all) {
+      const prev = out[out.length - 1];
+      if (prev && prev.logical === c.logical && prev.length === c.length && prev.stripes.join() === c.stripes.join()) continue;
+      if (prev && c.logical < prev.logical + prev.length) fail(`chunk tree: chunks overlap at logical ${c.logical}`);
+      out.push(c);
     }
-    for (const x of this.chunks) if (logical < x.logical + x.length && x.logical < logical + length) fail(`${what}: chunks overlap at logical ${logical}`);
-    this.chunks.push({ logical, length, stripes });
-    this.chunks.sort((a, b) => a.logical - b.logical);
+    this.chunks = out;
   }
 
   private find(logical: number): Chunk | undefined {
@@ -199,7 +213,7 @@ class Fs {
   }
 
   /** Reads and checks a tree block at a logical address: one of its copies must carry the right checksum, address, fsid and level. */
-  node(logical: number, level: number, what: string): Uint8Array {
+  node(logical: number, level: number, generation: number, what: string): Uint8Array {
     const ns = this.s.nodeSize;
     if (logical % this.s.sectorSize) fail(`${what}: tree block address ${logical} is not aligned`);
     const c = this.find(logical);
@@ -211,6 +225,7 @@ class Fs {
       else if (u64(b, 48) !== logical) why = `${what}: tree block ${logical} says it is at ${u64(b, 48)}`;
       else if (hex(b.subarray(32, 48)) !== this.s.treeFsid) why = `${what}: tree block ${logical} belongs to another file system`;
       else if (b[100] !== level) why = `${what}: tree block ${logical} has level ${b[100]}, expected ${level}`;
+      else if (u64(b, 80) !== generation) why = `${what}: tree block ${logical} has generation ${u64(b, 80)}, its parent expects ${generation} (a lost or misdirected write)`;
       else return b;
     }
     fail(why);
@@ -221,20 +236,20 @@ class Fs {
    * marked used; `leaf` sees each leaf. Bounded: levels strictly decrease,
    * no block is visited twice, item counts are capped by the node size.
    */
-  walk(root: number, level: number, what: string, leaf: (b: Uint8Array, nritems: number) => void): void {
+  walk(root: number, level: number, generation: number, what: string, leaf: (b: Uint8Array, nritems: number) => void): void {
     if (level > MAX_LEVEL) fail(`${what}: tree level ${level} is above ${MAX_LEVEL}`);
-    const stack: [number, number][] = [[root, level]];
+    const stack: [number, number, number][] = [[root, level, generation]];
     while (stack.length) {
-      const [at, lv] = stack.pop()!;
+      const [at, lv, gen] = stack.pop()!;
       if (this.visited.has(at)) fail(`${what}: tree block ${at} is referenced twice`);
       this.visited.add(at);
-      const b = this.node(at, lv, what);
+      const b = this.node(at, lv, gen, what);
       this.markLogical(at, this.s.nodeSize, what);
       const nr = u32(b, 96);
       const itemSize = lv === 0 ? ITEM : KEY_PTR;
       if (nr > Math.floor((this.s.nodeSize - HEADER) / itemSize)) fail(`${what}: tree block ${at} claims ${nr} items`);
       if (lv === 0) leaf(b, nr);
-      else for (let i = nr - 1; i >= 0; i--) stack.push([u64(b, HEADER + i * KEY_PTR + KEY), lv - 1]);
+      else for (let i = nr - 1; i >= 0; i--) stack.push([u64(b, HEADER + i * KEY_PTR + KEY), lv - 1, u64(b, HEADER + i * KEY_PTR + KEY + 8)]);
     }
   }
 
@@ -258,6 +273,10 @@ function parseSuper(sb: Uint8Array, size: number): Super {
   const incompat = u64n(sb, 0xbc);
   const unknown = incompat & ~BigInt(KNOWN_INCOMPAT);
   if (unknown) fail(`incompat features 0x${unknown.toString(16)} (zoned, extent tree v2, raid stripe tree, simple quotas or newer) are not mapped`);
+  const unknownRo = u64n(sb, 0xb4) & ~BigInt(KNOWN_COMPAT_RO);
+  if (unknownRo) fail(`read-only compatible features 0x${unknownRo.toString(16)} are not known here`);
+  const flags = u64n(sb, 0x38) & ~NORMAL_FLAGS;
+  if (flags) fail(`superblock flags 0x${flags.toString(16)} (an error, a metadump, or an interrupted fsid or checksum change)`);
   if (u64(sb, 0x60) !== 0) fail("the log tree holds fsynced changes not yet replayed (mount the file system once and unmount it cleanly)");
   if (u64(sb, 0x88) !== 1) fail(`it spans ${u64(sb, 0x88)} devices; only single-device file systems are mapped`);
   const sectorSize = u32(sb, 0x90);
@@ -280,6 +299,8 @@ function parseSuper(sb: Uint8Array, size: number): Super {
     rootLevel: sb[0xc6]!,
     chunkRoot: u64(sb, 0x58),
     chunkRootLevel: sb[0xc7]!,
+    generation: u64(sb, 0x48),
+    chunkRootGeneration: u64(sb, 0xa4),
   };
 }
 
@@ -302,30 +323,33 @@ function buildMap(read: ReadAt, sb: Uint8Array, size: number): UsedBlocks {
     fs.addChunk(logical, arr.subarray(off + KEY, off + KEY + len), "superblock");
     off += KEY + len;
   }
+  fs.commitChunks();
   // the chunk tree: every chunk
-  fs.walk(s.chunkRoot, s.chunkRootLevel, "chunk tree", (b, nr) => {
+  fs.walk(s.chunkRoot, s.chunkRootLevel, s.chunkRootGeneration, "chunk tree", (b, nr) => {
     for (let i = 0; i < nr; i++) {
       const k = HEADER + i * ITEM;
       if (b[k + 8] === CHUNK_ITEM) fs.addChunk(u64(b, k + 9), fs.itemData(b, i, "chunk tree"), "chunk tree");
     }
   });
+  fs.commitChunks();
   // the root tree: find the extent tree
-  let extent: { bytenr: number; level: number } | null = null;
-  fs.walk(s.root, s.rootLevel, "root tree", (b, nr) => {
+  let extent: { bytenr: number; level: number; generation: number } | null = null;
+  fs.walk(s.root, s.rootLevel, s.generation, "root tree", (b, nr) => {
     for (let i = 0; i < nr; i++) {
       const k = HEADER + i * ITEM;
       if (u64(b, k) === EXTENT_TREE_OBJECTID && b[k + 8] === ROOT_ITEM) {
         const ri = fs.itemData(b, i, "root tree");
         if (ri.length < 239) fail("root tree: the extent tree's root item is too short");
         if (extent) fail("root tree: two extent trees");
-        extent = { bytenr: u64(ri, 176), level: ri[238]! };
+        // btrfs_root_item: inode item (160 bytes), generation, root_dirid, bytenr, ..., level
+        extent = { bytenr: u64(ri, 176), level: ri[238]!, generation: u64(ri, 160) };
       }
     }
   });
-  const ext = extent as { bytenr: number; level: number } | null;
+  const ext = extent as { bytenr: number; level: number; generation: number } | null;
   if (!ext) fail("root tree: no extent tree");
   // the extent tree: every allocated extent, data and metadata
-  fs.walk(ext.bytenr, ext.level, "extent tree", (b, nr) => {
+  fs.walk(ext.bytenr, ext.level, ext.generation, "extent tree", (b, nr) => {
     for (let i = 0; i < nr; i++) {
       const k = HEADER + i * ITEM;
       const type = b[k + 8];

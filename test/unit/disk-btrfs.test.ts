@@ -264,13 +264,15 @@ describe.skipIf(SKIP)("btrfs used-block map", () => {
     return img;
   }
 
-  test("a log tree to replay, a second device, a RAID chunk or an unknown incompat feature: whole, saying why", () => {
+  test("a log tree to replay, a second device, a RAID chunk, unknown features or flags: whole, saying why", () => {
     const f = fx[0]!;
     const cases: [string, (sb: DataView) => void, string][] = [
       ["log tree", (sb) => sb.setBigUint64(0x60, 0x1234000n, true), "log tree"],
       ["two devices", (sb) => sb.setBigUint64(0x88, 2n, true), "2 devices"],
       ["unknown incompat", (sb) => sb.setBigUint64(0xbc, sb.getBigUint64(0xbc, true) | 0x2000n, true), "incompat features 0x2000"],
       ["xxhash", (sb) => sb.setUint16(0xc4, 1, true), "checksum type 1"],
+      ["error flag", (sb) => sb.setBigUint64(0x38, sb.getBigUint64(0x38, true) | 4n, true), "superblock flags 0x4"],
+      ["unknown compat_ro", (sb) => sb.setBigUint64(0xb4, sb.getBigUint64(0xb4, true) | 0x100n, true), "read-only compatible features 0x100"],
       // the first system chunk in sys_chunk_array: type RAID1
       ["RAID1 chunk", (sb) => sb.setBigUint64(0x32b + 17 + 24, 2n | 16n, true), "RAID profile"],
     ];
@@ -282,6 +284,21 @@ describe.skipIf(SKIP)("btrfs used-block map", () => {
       expect(a.label).toBe(f.label);
     }
   });
+
+  test("a file system caught right after an fsync (its log tree not yet replayed) is imaged whole", async () => {
+    const copy = path.join(dir, "fsync.img");
+    const caught = path.join(dir, "caught.img");
+    sh(`cp --sparse=always '${fx[0]!.img}' '${copy}'`);
+    // a long commit interval: the fsync goes to the log tree, and the copy is taken before any commit
+    await withMount(copy, dir, "commit=300", (mnt) => {
+      sh(`dd if=/dev/urandom of='${mnt}/fsynced' bs=4k count=10 conv=fsync status=none && cp --sparse=always '${copy}' '${caught}'`);
+    });
+    expect(sh(`btrfs inspect-internal dump-super '${caught}'`)).toMatch(/^log_root\s+[1-9]/m);
+    const a = analyzeFile(caught)!;
+    expect(a.method).toBe("whole");
+    expect(a.reason).toContain("log tree holds fsynced changes");
+    expect(analyzeFile(copy)!.method).toBe("used-blocks");
+  }, 60_000);
 
   test("damage: a bad superblock checksum, a tree block with a bad checksum, a truncated image: whole", () => {
     const f = fx[0]!;
