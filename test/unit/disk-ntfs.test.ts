@@ -139,6 +139,7 @@ function fill(mnt: string, seed: number, rootFiles: number): void {
 interface Fixture {
   img: string;
   clusterSize: number;
+  sectorSize: number;
   files: Map<string, string>;
 }
 
@@ -215,14 +216,14 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
 
   beforeAll(async () => {
     dir = tempDir("tbb-ntfs-");
-    for (const [i, [mib, cs]] of ([[96, 4096], [96, 65536], [64, 512]] as const).entries()) {
+    for (const [i, [mib, cs, ss]] of ([[96, 4096, 512], [96, 65536, 512], [64, 512, 512], [64, 8192, 4096]] as const).entries()) {
       const img = path.join(dir, `c${cs}.img`);
-      sh(`truncate -s ${mib}M '${img}' && mkfs.ntfs -F -f -Q -c ${cs} -L 'Vol ${cs}' '${img}'`);
+      sh(`truncate -s ${mib}M '${img}' && mkfs.ntfs -F -f -Q -s ${ss} -c ${cs} -L 'Vol ${cs}' '${img}'`);
       const files = await withMount(img, dir, "", (mnt) => {
         fill(mnt, 1000 * (i + 1), i === 0 ? 400 : 3);
         return hashTree(mnt);
       });
-      fx.push({ img, clusterSize: cs, files });
+      fx.push({ img, clusterSize: cs, sectorSize: ss, files });
     }
     // fragmented: the volume filled with 64 KiB files, every other one deleted, then a
     // 20 MiB hiberfil.sys (header zeros) written into the holes: its $DATA spreads over
@@ -243,12 +244,14 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
       return hashTree(mnt);
     });
     expect(sh(`ntfsinfo -v -F hiberfil.sys '${img}'`)).toContain("$ATTRIBUTE_LIST");
-    fx.push({ img, clusterSize: 4096, files });
+    fx.push({ img, clusterSize: 4096, sectorSize: 512, files });
   }, 300_000);
 
   afterAll(() => {
     if (dir) cleanup(dir);
   });
+
+  const named = (file: string): Fixture => fx.find((f) => path.basename(f.img) === file)!;
 
   test("label, UUID (the serial, as blkid prints it) and a used map at the cluster size", () => {
     for (const f of fx) {
@@ -257,9 +260,10 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
       expect(a.reason).toBeUndefined();
       expect(a.method).toBe("used-blocks");
       expect(a.label).toBe(f.img.endsWith("frag.img") ? "Frag" : `Vol ${f.clusterSize}`);
+      if (f.sectorSize === 4096) expect(sh(`ntfsinfo -m '${f.img}'`)).toContain("MFT Record Size: 4096");
       expect(a.uuid).toBe(sh(`blkid -o value -s UUID '${f.img}'`).trim());
       expect(a.used!.blockSize).toBe(f.clusterSize);
-      expect(a.used!.blocks).toBe(Math.floor((a.size - 512) / f.clusterSize));
+      expect(a.used!.blocks).toBe(Math.floor((a.size - f.sectorSize) / f.clusterSize));
     }
   });
 
@@ -416,7 +420,7 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
   }, 60_000);
 
   test("a fragmented hiberfil.sys is followed through its attribute list: HIBR at its start gives whole", () => {
-    const f = fx[3]!;
+    const f = named("frag.img");
     expect(analyzeFile(f.img)!.method).toBe("used-blocks");
     const copy = path.join(dir, "frag-hib.img");
     sh(`cp --sparse=always '${f.img}' '${copy}'`);
@@ -472,7 +476,7 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
   });
 
   test("fuzz: thousands of byte flips in the boot sector, MFT records, $LogFile, root index and $Bitmap, and truncated reads, never crash", () => {
-    for (const f of [fx[0]!, fx[2]!, fx[3]!]) {
+    for (const f of [named("c4096.img"), named("c512.img"), named("frag.img"), named("c8192.img")]) {
       const img = new Uint8Array(readFileSync(f.img));
       const { off: mft, rec: r0 } = rawRecord(img, 0);
       const areas: [number, number][] = [
