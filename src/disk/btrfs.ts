@@ -125,6 +125,7 @@ interface Super {
 class Fs {
   private chunks: Chunk[] = [];
   private pending: Chunk[] = [];
+  private marked = 0;
   private visited = new Set<number>();
 
   constructor(
@@ -196,19 +197,23 @@ class Fs {
     return undefined;
   }
 
-  /** Marks the physical copies of logical [start, start + len) used; a range no chunk maps is damage. */
+  /**
+   * Marks the physical copies of logical [start, start + len) used. The range
+   * must lie inside one chunk; all ranges together may not add up to more
+   * than three times the device (extents do not overlap; DUP doubles them;
+   * tree blocks are marked once more as they are read), which
+   * bounds the work a hostile extent tree can ask for.
+   */
   markLogical(start: number, len: number, what: string): void {
     if (!(len > 0 && start + len <= Number.MAX_SAFE_INTEGER)) fail(`${what}: an extent of ${len} bytes at ${start}`);
+    const c = this.find(start);
+    if (!c || start + len > c.logical + c.length) fail(`${what}: the extent ${start}+${len} is not inside one chunk`);
+    this.marked += len * c.stripes.length;
+    if (this.marked > 3 * this.s.devBytes) fail(`${what}: the extents add up to more than three times the device`);
     const bs = this.s.sectorSize;
-    for (let at = start; at < start + len; ) {
-      const c = this.find(at);
-      if (!c) fail(`${what}: logical address ${at} is in no chunk`);
-      const end = Math.min(start + len, c.logical + c.length);
-      for (const p of c.stripes) {
-        const from = p + (at - c.logical);
-        markBlocks(this.used, Math.floor(from / bs), Math.ceil((from + (end - at)) / bs));
-      }
-      at = end;
+    for (const p of c.stripes) {
+      const from = p + (start - c.logical);
+      markBlocks(this.used, Math.floor(from / bs), Math.ceil((from + len) / bs));
     }
   }
 
