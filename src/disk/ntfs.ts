@@ -504,7 +504,9 @@ function hibernated(v: Volume): string | null {
   let ref = findInNode(irv, 16, what);
   if (ref < 0 && irv[16 + 12]! & 1 /* LARGE_INDEX */) {
     const alloc = v.namedAttr(root, FILE_ROOT, AT_INDEX_ALLOCATION, "$I30", what);
-    const bs = v.g.indexBlockSize;
+    // the index's own block size (INDEX_ROOT), which the boot sector's normally repeats
+    const bs = u32(irv, 8);
+    if (!(bs >= STRIDE && bs <= MAX_RECORD && isPow2(bs))) fail(`${what}: index block size ${bs} is not a power of two from 512 bytes to 64 KiB`);
     const blocks = Math.floor(alloc.dataSize / bs);
     if (blocks > MAX_INDEX_BLOCKS) fail(`${what}: ${blocks} index blocks is more than ${MAX_INDEX_BLOCKS} to search for hiberfil.sys`);
     const bmAttr = v.namedAttr(root, FILE_ROOT, AT_BITMAP, "$I30", what);
