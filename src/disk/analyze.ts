@@ -3,7 +3,9 @@
 // areas, space after the last partition) kept whole. Then, for push: which
 // byte ranges of a chunk must be read, and which are known unused (they are
 // stored as zeros). Pure: it reads through a ReadAt.
+import { analyzeBtrfs } from "./btrfs.ts";
 import { analyzeExt } from "./ext.ts";
+import { analyzeNtfs } from "./ntfs.ts";
 import { readPartitionTable } from "./partitions.ts";
 import { identifyWhole } from "./signatures.ts";
 import { analyzeSwap } from "./swap.ts";
@@ -19,9 +21,9 @@ export type Analyzer = (read: ReadAt, size: number) => FsAnalysis | null;
 export const ANALYZERS: Analyzer[] = [
   analyzeExt,
   analyzeSwap,
-  // ---- more file systems go here (each returns null when the region is not its file system):
-  // analyzeXfs, analyzeFat, analyzeNtfs, analyzeBtrfs (src/disk/xfs.ts, fat.ts, ntfs.ts, btrfs.ts)
-  // ----
+  // NTFS before FAT: its boot sector has a BIOS parameter block too
+  analyzeNtfs,
+  analyzeBtrfs,
 ];
 
 /** Which partitions hold a file system mounted read-write now (those are imaged whole). */
