@@ -7,6 +7,7 @@ import { register as registerList } from "./cli/list.ts";
 import { register as registerVerify } from "./cli/verify.ts";
 import { register as registerRestore } from "./cli/restore.ts";
 import { register as registerStreams } from "./cli/streams.ts";
+import { register as registerNbd } from "./cli/nbd.ts";
 import { PROTOCOL_VERSION, TOOL_VERSION } from "./core/version.ts";
 import { asTbError } from "./core/errors.ts";
 
@@ -40,6 +41,7 @@ registerList(program);
 registerVerify(program);
 registerRestore(program);
 registerStreams(program);
+registerNbd(program);
 
 program.parseAsync(process.argv).catch((e) => {
   if (e instanceof CommanderError) {

@@ -1,0 +1,258 @@
+// A stored backup as a read-only disk: random reads at any offset, served
+// through the seek table from the frames they need. Every frame is checked
+// (zstd's content checksum, then XXH3-64 against chunks.txt) before any of its
+// bytes are handed out; decompressed frames are kept in a small LRU cache.
+// Decompression runs on the calling (main) thread: a 1 MiB frame takes about
+// a millisecond, which the NBD server accepts for now.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { ChunkList, ImageReader } from "../store/image-reader.ts";
+import { CHUNKS_FILE, FILES_FILE, resolveBackupId } from "../store/layout.ts";
+import type { Manifest } from "../store/manifest.ts";
+import { TbError } from "../core/errors.ts";
+import { locateBackup } from "../core/verify.ts";
+import { isZeroFrame, zeroChecksum, zeroFrame } from "../core/zero.ts";
+import { requireZstd, zstd } from "../util/zstd.ts";
+
+/** A chunk that failed its check: reads that touch it fail, nothing of it is served. */
+export class DamagedChunk extends Error {
+  constructor(
+    readonly index: number,
+    readonly offset: number,
+    readonly why: string,
+  ) {
+    super(`chunk ${index} (raw offset ${offset}) is damaged: ${why}`);
+  }
+}
+
+export interface CacheStats {
+  hits: number;
+  misses: number;
+  zeroReads: number;
+  evictions: number;
+  damaged: number;
+  cachedBytes: number;
+}
+
+/** Default cache size: decompressed frames kept for re-reads. */
+export const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
+
+/**
+ * Finds a backup for `nbd`/`mount`: a directory, its image.zst, or an ID
+ * resolved strictly inside `out`. Only complete disk-image backups.
+ */
+export function findImageBackup(arg: string, out?: string): { dir: string; image: string; manifest: Manifest | null } {
+  let p = arg;
+  if (out !== undefined) {
+    if (!fs.existsSync(out)) throw new TbError("NOT_FOUND", `${out} does not exist`, "give the directory passed to 'tbbackup receive --out'");
+    const d = resolveBackupId(out, arg);
+    if (!d) throw new TbError("NOT_FOUND", `no backup ${arg} in ${out}`, "IDs look like host/disk/20261201T090000Z: 'tbbackup list --out DIR' shows them");
+    p = d;
+  }
+  if (/\.partial\/?$/.test(p) && fs.existsSync(p) && fs.statSync(p).isDirectory())
+    throw new TbError("VERIFY", `${p} is an incomplete backup (still being written, or interrupted)`, "only complete backups can be opened: push again, or use another backup");
+  const b = locateBackup(p);
+  if (b.manifest?.kind === "files" || path.basename(b.image) === FILES_FILE)
+    throw new TbError("USAGE", `${b.dir} is a file-level backup (files.tar.zst), not a disk image`, "use 'tbbackup restore --files DEST --from DIR' to get its files back");
+  if (b.manifest && b.manifest.status !== "complete")
+    throw new TbError("VERIFY", `${b.dir} is marked ${b.manifest.status}${b.manifest.reason ? ` (${b.manifest.reason})` : ""}`, "only complete backups can be opened: push again, or use another backup");
+  return b;
+}
+
+export class ImageExport {
+  readonly size: number;
+  /** raw offset of each chunk; one more entry at the end: the size */
+  private readonly starts: Float64Array;
+  /** XXH3-64 of each chunk from chunks.txt (null: no chunk list, zstd's own checksum only) */
+  private readonly checksums: BigUint64Array | null;
+  private readonly cache = new Map<number, Uint8Array>();
+  private cachedBytes = 0;
+  private readonly dctx: InstanceType<ReturnType<typeof zstd>["DCtx"]>;
+  private readonly frameBuf: Uint8Array;
+  private readonly reported = new Set<number>();
+  readonly stats: CacheStats = { hits: 0, misses: 0, zeroReads: 0, evictions: 0, damaged: 0, cachedBytes: 0 };
+  /** the longest chunk: a read buffer for zeros of that length is shared */
+  private readonly zeros: Uint8Array;
+
+  private constructor(
+    readonly dir: string,
+    readonly id: string,
+    readonly manifest: Manifest | null,
+    private readonly reader: ImageReader,
+    checksums: BigUint64Array | null,
+    private readonly cacheLimit: number,
+    /** told once about each damaged chunk */
+    private readonly onDamage: (d: DamagedChunk) => void,
+  ) {
+    const n = reader.entries.length;
+    this.starts = new Float64Array(n + 1);
+    let at = 0;
+    let longest = 0;
+    let longestFrame = 0;
+    for (let i = 0; i < n; i++) {
+      this.starts[i] = at;
+      at += reader.entries[i]!.rawSize;
+      longest = Math.max(longest, reader.entries[i]!.rawSize);
+      longestFrame = Math.max(longestFrame, reader.entries[i]!.compressedSize);
+    }
+    this.starts[n] = at;
+    this.size = at;
+    this.checksums = checksums;
+    this.dctx = new (zstd().DCtx)();
+    this.frameBuf = new Uint8Array(longestFrame);
+    this.zeros = new Uint8Array(longest);
+  }
+
+  static open(arg: string, opts: { out?: string; cacheBytes?: number; onDamage?: (d: DamagedChunk) => void } = {}): ImageExport {
+    requireZstd();
+    const { dir, image, manifest } = findImageBackup(arg, opts.out);
+    let reader: ImageReader;
+    try {
+      reader = ImageReader.open(image);
+    } catch (e) {
+      throw new TbError("VERIFY", `${image} is damaged: ${(e as Error).message}`, "this backup cannot be trusted; run 'tbbackup verify' on it");
+    }
+    try {
+      const n = reader.entries.length;
+      const bad = (why: string) => new TbError("VERIFY", `${dir}: ${why}`, "this backup cannot be trusted; run 'tbbackup verify' on it");
+      if (manifest && manifest.chunks.count !== n) throw bad(`the manifest lists ${manifest.chunks.count} chunks but the image has ${n}`);
+      if (manifest && manifest.size !== reader.rawSize) throw bad(`the manifest says ${manifest.size} bytes but the image holds ${reader.rawSize}`);
+      // a chunk larger than a read is allowed to be is not a chunk tbbackup wrote
+      for (const e of reader.entries) if (e.rawSize > 64 * 1024 * 1024 || e.rawSize === 0) throw bad(`a chunk of ${e.rawSize} bytes in the seek table`);
+      let checksums: BigUint64Array | null = null;
+      const listPath = path.join(dir, manifest?.chunks.file ?? CHUNKS_FILE);
+      if (manifest && fs.existsSync(listPath)) {
+        checksums = new BigUint64Array(n);
+        const list = new ChunkList(listPath);
+        try {
+          for (let i = 0; i < n; i++) {
+            let line;
+            try {
+              line = list.next();
+            } catch (e) {
+              throw bad((e as Error).message);
+            }
+            if (!line || line.index !== i || line.length !== reader.entries[i]!.rawSize) throw bad(`${path.basename(listPath)} does not match the image at chunk ${i}`);
+            checksums[i] = line.checksum;
+          }
+        } finally {
+          list.close();
+        }
+      }
+      return new ImageExport(dir, manifest?.id ?? path.basename(dir), manifest, reader, checksums, opts.cacheBytes ?? DEFAULT_CACHE_BYTES, opts.onDamage ?? (() => {}));
+    } catch (e) {
+      reader.close();
+      throw e;
+    }
+  }
+
+  get chunkCount(): number {
+    return this.reader.entries.length;
+  }
+
+  /** The chunk holding raw byte `offset` (0 <= offset < size). */
+  chunkAt(offset: number): number {
+    let lo = 0;
+    let hi = this.reader.entries.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (this.starts[mid]! <= offset) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  chunkStart(i: number): number {
+    return this.starts[i]!;
+  }
+
+  /**
+   * The raw bytes of chunk i, checked; throws DamagedChunk. The array is
+   * shared (cache or zeros): callers must not change it.
+   */
+  chunk(i: number): Uint8Array {
+    const e = this.reader.entries[i]!;
+    const hit = this.cache.get(i);
+    if (hit) {
+      this.cache.delete(i);
+      this.cache.set(i, hit); // most recently used goes last
+      this.stats.hits++;
+      return hit;
+    }
+    let frame: Uint8Array;
+    try {
+      frame = this.reader.readFrame(i, this.frameBuf);
+    } catch (err) {
+      throw this.damaged(i, `cannot read it: ${(err as Error).message}`);
+    }
+    const expected = this.checksums ? this.checksums[i]! : -1n;
+    // the tiny frame the store writes for an all-zero chunk: zeros, without decompressing
+    if ((expected < 0n || expected === zeroChecksum(e.rawSize)) && frame.length === zeroFrame(e.rawSize).length && isZeroFrame(frame, e.rawSize, expected)) {
+      this.stats.zeroReads++;
+      return this.zeros.subarray(0, e.rawSize);
+    }
+    this.stats.misses++;
+    const z = zstd();
+    const raw = new Uint8Array(e.rawSize);
+    try {
+      if (z.findFrameCompressedSize(frame) !== frame.length) throw new Error("not exactly one zstd frame");
+      if (z.getFrameContentSize(frame) !== e.rawSize) throw new Error("the frame does not declare the chunk's raw length");
+      const n = this.dctx.decompress(raw, frame);
+      if (n !== e.rawSize) throw new Error(`decompressed to ${n} bytes, expected ${e.rawSize}`);
+    } catch (err) {
+      this.dctx.reset(z.ResetDirective.sessionOnly);
+      throw this.damaged(i, `cannot decompress: ${(err as Error).message}`);
+    }
+    if (this.checksums && Bun.hash.xxHash3(raw) !== expected) throw this.damaged(i, "its XXH3-64 does not match chunks.txt");
+    this.cache.set(i, raw);
+    this.cachedBytes += raw.length;
+    while (this.cachedBytes > this.cacheLimit && this.cache.size > 1) {
+      const [k, v] = this.cache.entries().next().value as [number, Uint8Array];
+      this.cache.delete(k);
+      this.cachedBytes -= v.length;
+      this.stats.evictions++;
+    }
+    this.stats.cachedBytes = this.cachedBytes;
+    return raw;
+  }
+
+  /**
+   * The pieces of [offset, offset + length) in order, each a view of a
+   * checked chunk; throws DamagedChunk for the first chunk that fails.
+   */
+  *pieces(offset: number, length: number): Generator<Uint8Array> {
+    let at = offset;
+    const end = offset + length;
+    let i = this.chunkAt(at);
+    while (at < end) {
+      const c = this.chunk(i);
+      const from = at - this.starts[i]!;
+      const to = Math.min(c.length, end - this.starts[i]!);
+      yield c.subarray(from, to);
+      at += to - from;
+      i++;
+    }
+  }
+
+  /** Checks every chunk a read touches (they then sit in the cache, if it holds them). */
+  check(offset: number, length: number): void {
+    if (length === 0) return;
+    const last = this.chunkAt(offset + length - 1);
+    for (let i = this.chunkAt(offset); i <= last; i++) this.chunk(i);
+  }
+
+  private damaged(i: number, why: string): DamagedChunk {
+    const d = new DamagedChunk(i, this.starts[i]!, why);
+    if (!this.reported.has(i)) {
+      this.reported.add(i);
+      this.stats.damaged++;
+      this.onDamage(d);
+    }
+    return d;
+  }
+
+  close(): void {
+    this.reader.close();
+    this.cache.clear();
+  }
+}
