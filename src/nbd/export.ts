@@ -170,13 +170,13 @@ export class ImageExport {
    * The raw bytes of chunk i, checked; throws DamagedChunk. The array is
    * shared (cache or zeros): callers must not change it.
    */
-  chunk(i: number): Uint8Array {
+  chunk(i: number, count = true): Uint8Array {
     const e = this.reader.entries[i]!;
     const hit = this.cache.get(i);
     if (hit) {
       this.cache.delete(i);
       this.cache.set(i, hit); // most recently used goes last
-      this.stats.hits++;
+      if (count) this.stats.hits++;
       return hit;
     }
     let frame: Uint8Array;
@@ -188,7 +188,7 @@ export class ImageExport {
     const expected = this.checksums ? this.checksums[i]! : -1n;
     // the tiny frame the store writes for an all-zero chunk: zeros, without decompressing
     if ((expected < 0n || expected === zeroChecksum(e.rawSize)) && frame.length === zeroFrame(e.rawSize).length && isZeroFrame(frame, e.rawSize, expected)) {
-      this.stats.zeroReads++;
+      if (count) this.stats.zeroReads++;
       return this.zeros.subarray(0, e.rawSize);
     }
     this.stats.misses++;
@@ -217,28 +217,30 @@ export class ImageExport {
   }
 
   /**
-   * The pieces of [offset, offset + length) in order, each a view of a
-   * checked chunk; throws DamagedChunk for the first chunk that fails.
+   * Checks every chunk of [offset, offset + length): throws DamagedChunk for
+   * the first that fails. The server calls it before sending anything, so a
+   * read is served whole or not at all.
    */
-  *pieces(offset: number, length: number): Generator<Uint8Array> {
-    let at = offset;
-    const end = offset + length;
-    let i = this.chunkAt(at);
-    while (at < end) {
-      const c = this.chunk(i);
-      const from = at - this.starts[i]!;
-      const to = Math.min(c.length, end - this.starts[i]!);
-      yield c.subarray(from, to);
-      at += to - from;
-      i++;
-    }
-  }
-
-  /** Checks every chunk a read touches (they then sit in the cache, if it holds them). */
   check(offset: number, length: number): void {
     if (length === 0) return;
     const last = this.chunkAt(offset + length - 1);
     for (let i = this.chunkAt(offset); i <= last; i++) this.chunk(i);
+  }
+
+  /**
+   * The bytes of [offset, offset + length), one view of a checked chunk at a
+   * time (so that a long read to a slow client holds one chunk, not all of
+   * them). Follows check(): its cache hits are not counted again.
+   */
+  *pieces(offset: number, length: number): Generator<Uint8Array> {
+    const end = offset + length;
+    for (let at = offset, i = this.chunkAt(offset); at < end; i++) {
+      const c = this.chunk(i, false);
+      const from = at - this.starts[i]!;
+      const to = Math.min(c.length, end - this.starts[i]!);
+      yield c.subarray(from, to);
+      at += to - from;
+    }
   }
 
   private damaged(i: number, why: string): DamagedChunk {

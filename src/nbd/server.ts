@@ -320,8 +320,8 @@ class Connection {
     this.srv.counts.requests++;
     if (this.structured) await this.write(offsetDataHeader(req.handle, offset, req.length, true));
     else await this.write(simpleReply(0, req.handle));
-    // (a chunk that passed its check a moment ago and fails now, evicted and re-read from a
-    // changing disk: the reply cannot be taken back, so the connection is cut)
+    // (a chunk evicted meanwhile is read and checked again; should that fail, the
+    // reply cannot be taken back and the connection is cut)
     for (const piece of exp.pieces(offset, req.length)) await this.write(piece);
   }
 }

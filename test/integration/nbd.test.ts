@@ -512,6 +512,24 @@ describe.skipIf(!canMount)("tbbackup mount / umount (needs root, nbdfuse, /dev/f
     expect(again.stderr).toContain("not a backup mounted by 'tbbackup mount'");
   });
 
+  test("umount while a process uses a mounted file system: exit 16, everything kept; again once it is gone: done", async () => {
+    const mnt = path.join(dir, "mnt-busy");
+    expect((await run(["mount", gptBackup, mnt])).code).toBe(0);
+    const user = Bun.spawn(["sleep", "60"], { cwd: path.join(mnt, "p2") });
+    try {
+      const u = await run(["umount", mnt]);
+      expect(u.code).toBe(16);
+      expect(u.stderr).toContain(`cannot unmount ${mnt}/p2`);
+      expect(fs.readFileSync(path.join(mnt, "p2/etc/fstab"), "utf8")).toContain("UUID=1234");
+    } finally {
+      user.kill();
+      await user.exited;
+    }
+    const again = await run(["umount", mnt]);
+    expect(again.code).toBe(0);
+    expect(fs.readdirSync(mnt)).toEqual([]);
+  });
+
   test("a disk with no partition table (a bare ext4) is mounted at DIR/p1", async () => {
     const mnt = path.join(dir, "mnt-bare");
     const m = await run(["mount", backupDir, mnt]);
