@@ -217,6 +217,39 @@ export class ImageExport {
   }
 
   /**
+   * Whether chunk i is all zeros by the backup's metadata: its chunks.txt
+   * checksum is that of zeros and its frame has the zero frame's size (the
+   * frame itself is checked when the chunk is read). Without a chunk list,
+   * nothing is known to be zero.
+   */
+  isZero(i: number): boolean {
+    if (!this.checksums) return false;
+    const e = this.reader.entries[i]!;
+    return this.checksums[i] === zeroChecksum(e.rawSize) && e.compressedSize === zeroFrame(e.rawSize).length;
+  }
+
+  /**
+   * The extents of [offset, offset + length): runs of zero chunks and of
+   * data, at most `max` of them (they may then end before the range does).
+   */
+  extents(offset: number, length: number, max: number): { length: number; zero: boolean }[] {
+    const out: { length: number; zero: boolean }[] = [];
+    const end = offset + length;
+    for (let at = offset, i = this.chunkAt(offset); at < end; i++) {
+      const zero = this.isZero(i);
+      const to = Math.min(this.starts[i + 1]!, end);
+      const last = out[out.length - 1];
+      if (last && last.zero === zero) last.length += to - at;
+      else {
+        if (out.length === max) break;
+        out.push({ length: to - at, zero });
+      }
+      at = to;
+    }
+    return out;
+  }
+
+  /**
    * Checks every chunk of [offset, offset + length): throws DamagedChunk for
    * the first that fails. The server calls it before sending anything, so a
    * read is served whole or not at all.

@@ -40,6 +40,7 @@ export const Rep = {
   ACK: 1,
   SERVER: 2,
   INFO: 3,
+  META_CONTEXT: 4,
   ERR_UNSUP: 0x80000001,
   ERR_POLICY: 0x80000002,
   ERR_INVALID: 0x80000003,
@@ -53,7 +54,13 @@ export const Cmd = { READ: 0, WRITE: 1, DISC: 2, FLUSH: 3, TRIM: 4, CACHE: 5, WR
 
 export const Errno = { EPERM: 1, EIO: 5, ENOMEM: 12, EINVAL: 22, ENOSPC: 28, EOVERFLOW: 75, ENOTSUP: 95, ESHUTDOWN: 108 } as const;
 
-export const ReplyType = { NONE: 0, OFFSET_DATA: 1, ERROR: 0x8001, ERROR_OFFSET: 0x8002 } as const;
+export const ReplyType = { NONE: 0, OFFSET_DATA: 1, BLOCK_STATUS: 5, ERROR: 0x8001, ERROR_OFFSET: 0x8002 } as const;
+/** command flag of NBD_CMD_BLOCK_STATUS: one extent is enough */
+export const CMD_FLAG_REQ_ONE = 1 << 3;
+/** base:allocation states */
+export const STATE_HOLE = 1;
+export const STATE_ZERO = 2;
+export const BASE_ALLOCATION = "base:allocation";
 export const REPLY_FLAG_DONE = 1;
 
 /** The longest option a client may send (an export name is at most 4096 bytes, plus info requests). */
@@ -177,6 +184,52 @@ export function offsetDataHeader(handle: bigint, offset: number, dataLength: num
   b.set(structuredHeader(done ? REPLY_FLAG_DONE : 0, ReplyType.OFFSET_DATA, handle, 8 + dataLength));
   new DataView(b.buffer).setBigUint64(STRUCTURED_HEADER_SIZE, BigInt(offset));
   return b;
+}
+
+/** NBD_REP_META_CONTEXT's data: the context's id and name. */
+export function metaContext(id: number, name: string): Uint8Array {
+  const n = new TextEncoder().encode(name);
+  const b = new Uint8Array(4 + n.length);
+  new DataView(b.buffer).setUint32(0, id);
+  b.set(n, 4);
+  return b;
+}
+
+/** A whole NBD_REPLY_TYPE_BLOCK_STATUS chunk, marked done: the context id, then (length, flags) pairs. */
+export function blockStatusReply(handle: bigint, contextId: number, extents: readonly { length: number; flags: number }[]): Uint8Array {
+  const len = 4 + 8 * extents.length;
+  const b = new Uint8Array(STRUCTURED_HEADER_SIZE + len);
+  b.set(structuredHeader(REPLY_FLAG_DONE, ReplyType.BLOCK_STATUS, handle, len));
+  const v = new DataView(b.buffer);
+  v.setUint32(STRUCTURED_HEADER_SIZE, contextId);
+  extents.forEach((e, i) => {
+    v.setUint32(STRUCTURED_HEADER_SIZE + 4 + 8 * i, e.length);
+    v.setUint32(STRUCTURED_HEADER_SIZE + 8 + 8 * i, e.flags);
+  });
+  return b;
+}
+
+/** Parses NBD_OPT_LIST_META_CONTEXT / SET_META_CONTEXT data; null when it is malformed. */
+export function parseMetaContext(data: Uint8Array): { name: string; queries: string[] } | null {
+  const v = new DataView(data.buffer, data.byteOffset, data.length);
+  const dec = new TextDecoder();
+  if (data.length < 8) return null;
+  const n = v.getUint32(0);
+  if (n > data.length - 8) return null;
+  const name = dec.decode(data.subarray(4, 4 + n));
+  let at = 4 + n;
+  const count = v.getUint32(at);
+  at += 4;
+  const queries: string[] = [];
+  for (let i = 0; i < count; i++) {
+    if (at + 4 > data.length) return null;
+    const q = v.getUint32(at);
+    at += 4;
+    if (q > data.length - at) return null;
+    queries.push(dec.decode(data.subarray(at, at + q)));
+    at += q;
+  }
+  return at === data.length ? { name, queries } : null;
 }
 
 export interface Request {

@@ -10,6 +10,8 @@ import { TbError, errnoText, isErrno } from "../core/errors.ts";
 import { inUse, removeStaleSocket } from "../transport/net.ts";
 import { DamagedChunk, type ImageExport } from "./export.ts";
 import {
+  BASE_ALLOCATION,
+  CMD_FLAG_REQ_ONE,
   ClientDecoder,
   Cmd,
   Errno,
@@ -25,15 +27,20 @@ import {
   TFLAG_HAS_FLAGS,
   TFLAG_READ_ONLY,
   TFLAG_SEND_FLUSH,
+  STATE_HOLE,
+  STATE_ZERO,
+  blockStatusReply,
   exportNameReply,
   greeting,
   infoBlockSize,
   infoExport,
   infoText,
+  metaContext,
   offsetDataHeader,
   optionError,
   optionReply,
   parseGo,
+  parseMetaContext,
   serverEntry,
   simpleReply,
   structuredError,
@@ -51,6 +58,10 @@ export const MAX_CLIENTS = 128;
 export const HANDSHAKE_MS = 30_000;
 /** unsent reply bytes after which a connection waits for its client to read */
 const WRITE_HIGH = 1024 * 1024;
+/** the id of base:allocation, our one metadata context */
+const ALLOCATION_ID = 1;
+/** extents in one block status reply at most */
+const MAX_EXTENTS = 1024;
 /** undecoded bytes from a client after which its socket stops being read */
 const READ_HIGH = 256 * 1024;
 
@@ -141,6 +152,8 @@ class Connection {
   private ended = false;
   private wake: (() => void) | null = null;
   private structured = false;
+  /** base:allocation selected by NBD_OPT_SET_META_CONTEXT */
+  private allocation = false;
   private noZeroes = false;
   private transmitting = false;
 
@@ -274,6 +287,18 @@ class Connection {
         if (data.length !== 0) return this.write(optionError(option, Rep.ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data"));
         this.structured = true;
         return this.write(optionReply(option, Rep.ACK));
+      case Opt.LIST_META_CONTEXT:
+      case Opt.SET_META_CONTEXT: {
+        if (!this.structured) return this.write(optionError(option, Rep.ERR_INVALID, "negotiate structured replies first"));
+        const q = parseMetaContext(data);
+        if (!q) return this.write(optionError(option, Rep.ERR_INVALID, "malformed meta context data"));
+        if (!this.nameMatches(q.name)) return this.write(optionError(option, Rep.ERR_UNKNOWN, `no export named '${q.name.slice(0, 100)}'`));
+        // the one context served: base:allocation (zero chunks are holes that read as zeros)
+        const wanted = option === Opt.LIST_META_CONTEXT ? q.queries.length === 0 || q.queries.some((x) => x === "base:" || x === BASE_ALLOCATION) : q.queries.includes(BASE_ALLOCATION);
+        if (option === Opt.SET_META_CONTEXT) this.allocation = wanted;
+        if (wanted) await this.write(optionReply(option, Rep.META_CONTEXT, metaContext(ALLOCATION_ID, BASE_ALLOCATION)));
+        return this.write(optionReply(option, Rep.ACK));
+      }
       default:
         return this.write(optionError(option, Rep.ERR_UNSUP, `option ${option} is not supported by this server`));
     }
@@ -296,12 +321,23 @@ class Connection {
         return "close";
       case Cmd.FLUSH:
         return this.reply(req, 0);
+      case Cmd.BLOCK_STATUS:
+        return this.blockStatus(req);
       case Cmd.TRIM:
       case Cmd.WRITE_ZEROES:
         return this.reply(req, Errno.EPERM, "this export is read-only");
       default:
         return this.reply(req, Errno.EINVAL, `command ${req.type} is not supported`);
     }
+  }
+
+  private async blockStatus(req: Request): Promise<void> {
+    const exp = this.srv.exp;
+    if (!this.structured || !this.allocation) return this.reply(req, Errno.EINVAL, "block status needs structured replies and the base:allocation context");
+    if (req.length === 0 || req.offset + BigInt(req.length) > BigInt(exp.size)) return this.reply(req, Errno.EINVAL, `block status at ${req.offset} of ${req.length} bytes is outside the ${exp.size}-byte export`);
+    const extents = exp.extents(Number(req.offset), req.length, req.flags & CMD_FLAG_REQ_ONE ? 1 : MAX_EXTENTS);
+    this.srv.counts.requests++;
+    return this.write(blockStatusReply(req.handle, ALLOCATION_ID, extents.map((e) => ({ length: e.length, flags: e.zero ? STATE_HOLE | STATE_ZERO : 0 }))));
   }
 
   private async read(req: Request): Promise<void> {

@@ -207,12 +207,26 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: real clients (needs libnbd-bin: nbdi
     expect(j.exports[0].can_multi_conn).toBe(true);
   });
 
-  test("nbdcopy of the whole export equals zstd -dc image.zst and the source", () => {
+  test("nbdcopy of the whole export equals zstd -dc image.zst and the source, and is sparse where the chunks are zero", () => {
     const out = path.join(dir, "copy.raw");
     sh(`nbdcopy '${s.uri}' ${out}`);
     expect(sha256File(out)).toBe(zstdSha(path.join(backupDir, "image.zst")));
     expect(sha256File(out)).toBe(sha256File(img));
+    expect(fs.statSync(out).blocks * 512).toBeLessThan(fs.statSync(out).size / 2);
     fs.rmSync(out);
+  });
+
+  test("nbdinfo --map (base:allocation): the zero chunks are holes that read as zeros, the rest is data", () => {
+    const map = JSON.parse(sh(`nbdinfo --map --json '${s.uri}'`)) as { offset: number; length: number; type: number }[];
+    expect(map.reduce((a, e) => a + e.length, 0)).toBe(fs.statSync(img).size);
+    const zeros = map.filter((e) => e.type === 3);
+    expect(zeros.length).toBeGreaterThan(0);
+    for (const e of zeros) {
+      expect(e.offset % 1048576).toBe(0);
+      expect(slice(img, e.offset, e.length).every((b) => b === 0)).toBe(true);
+    }
+    // each data extent starts with a chunk that is not all zeros
+    for (const e of map.filter((e) => e.type === 0)) expect(slice(img, e.offset, 1048576).some((b) => b !== 0)).toBe(true);
   });
 
   test.skipIf(!has("qemu-img"))("qemu-img convert from the export gives the same disk (needs qemu-utils)", () => {
@@ -316,6 +330,8 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: hostile and odd clients (needs nbdin
     expect((await c.reply(0))!.error).toBe(1);
     c.request(6, 6n, 0n, 4096); // write zeroes
     expect((await c.reply(0))!.error).toBe(1);
+    c.request(7, 10n, 0n, 4096); // block status without structured replies and base:allocation
+    expect((await c.reply(0))!.error).toBe(22);
     c.request(3, 7n, 0n, 0); // flush
     expect((await c.reply(0))!.error).toBe(0);
     c.request(0, 8n, 1048570n, 20);

@@ -2,7 +2,7 @@
 // from the NBD protocol document, split at every byte boundary, and with
 // garbage and oversized claims.
 import { describe, expect, test } from "bun:test";
-import { ClientDecoder, greeting, optionReply, parseGo, simpleReply, structuredError, infoExport, infoBlockSize, exportNameReply, offsetDataHeader, type ClientEvent } from "../../src/nbd/protocol.ts";
+import { ClientDecoder, blockStatusReply, metaContext, parseMetaContext, greeting, optionReply, parseGo, simpleReply, structuredError, infoExport, infoBlockSize, exportNameReply, offsetDataHeader, type ClientEvent } from "../../src/nbd/protocol.ts";
 
 const hex = (s: string) => Uint8Array.from(s.replace(/\s+/g, "").match(/../g)!.map((b) => parseInt(b, 16)));
 const toHex = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -40,6 +40,19 @@ describe("NBD encoders", () => {
     expect(exportNameReply(1, 3, true).length).toBe(10);
     expect(exportNameReply(1, 3, false).length).toBe(134);
   });
+  test("meta contexts: parse a SET query, encode the context and a block status reply", () => {
+    const q = hex("00000000 00000001 0000000f") ;
+    const data = new Uint8Array([...q, ...new TextEncoder().encode("base:allocation")]);
+    expect(parseMetaContext(data)).toEqual({ name: "", queries: ["base:allocation"] });
+    expect(parseMetaContext(data.subarray(0, data.length - 1))).toBeNull(); // a query cut short
+    expect(parseMetaContext(hex("00000000 ffffffff"))).toBeNull(); // 4 billion queries in 8 bytes
+    expect(parseMetaContext(hex("00000000 00000000 00"))).toBeNull(); // a byte left over
+    expect(toHex(metaContext(1, "base:allocation"))).toBe("00000001" + Buffer.from("base:allocation").toString("hex"));
+    expect(toHex(blockStatusReply(3n, 1, [{ length: 2097152, flags: 0 }, { length: 1048576, flags: 3 }]))).toBe(
+      "668e33ef" + "0001" + "0005" + "0000000000000003" + "00000014" + "00000001" + "00200000" + "00000000" + "00100000" + "00000003",
+    );
+  });
+
   test("parseGo: name and info requests; malformed data is null", () => {
     expect(parseGo(hex("00000003 616263 0002 0003 0001"))).toEqual({ name: "abc", infos: [3, 1] });
     expect(parseGo(hex("00000000 0000"))).toEqual({ name: "", infos: [] });
