@@ -364,6 +364,18 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: hostile and odd clients (needs nbdin
     expect(rss).toBeLessThan(400 * 1024 * 1024);
   });
 
+  test("more than 128 clients at once: the extra ones are turned away, the others and later ones are served", async () => {
+    const held = await Promise.all(Array.from({ length: 140 }, () => RawClient.connect(s.sock)));
+    await waitFor(() => held.filter((c) => c.closed).length >= 12, "the extra connections to be closed");
+    expect(held.filter((c) => c.closed).length).toBe(12);
+    const open = held.find((c) => !c.closed)!;
+    await open.hello();
+    expect(await open.go()).toBe(BigInt(fs.statSync(img).size));
+    for (const c of held) c.close();
+    await Bun.sleep(200);
+    good();
+  });
+
   test("a client that stops reading does not hold up another one", async () => {
     const stall = await RawClient.connect(s.sock);
     await stall.hello();
@@ -418,6 +430,20 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: damage, refusals, stopping (needs nb
       expect(st.stderr).toContain(`chunk ${k} (raw offset ${k * 1048576}) is damaged`);
     } finally {
       await s.stop();
+    }
+  });
+
+  test("--listen tcp:PORT listens on loopback only", async () => {
+    const port = 20000 + Math.floor(Math.random() * 20000);
+    const p = start(["nbd", backupDir, "--listen", `tcp:${port}`]);
+    try {
+      await waitFor(() => Bun.spawnSync(["nbdinfo", "--size", `nbd://127.0.0.1:${port}`]).exitCode === 0, "the tcp listener");
+      expect(sh(`nbdinfo --size nbd://127.0.0.1:${port}`).trim()).toBe(String(fs.statSync(img).size));
+      const listening = sh(`ss -ltnH 'sport = :${port}' || true`);
+      if (listening) expect(listening).toContain(`127.0.0.1:${port}`);
+    } finally {
+      p.kill("SIGTERM");
+      expect(await p.exited).toBe(0);
     }
   });
 
