@@ -2,7 +2,7 @@
 // SIGINT/SIGTERM (then exit 0, the socket removed, cache figures on stderr).
 import type { Command } from "commander";
 import { bytes } from "../ui/format.ts";
-import { action, exit, type GlobalOpts } from "./common.ts";
+import { action, exit, sizeOption, type GlobalOpts } from "./common.ts";
 
 export const DEFAULT_LISTEN = "tcp:127.0.0.1:10809";
 
@@ -13,13 +13,14 @@ export function register(program: Command): void {
     .argument("<backup>", "a backup directory, its image.zst, or an ID with --out")
     .option("--listen <spec>", "unix:PATH (created 0600) or tcp:HOST:PORT (tcp:PORT: loopback only)", DEFAULT_LISTEN)
     .option("--out <dir>", "the store to look the backup ID up in")
+    .option("--cache-size <size>", "decompressed chunks kept for re-reads (e.g. 32M, 1G)", sizeOption, 32 * 1024 * 1024)
     .action(
-      action(async (backup: string, o: { listen: string; out?: string } & GlobalOpts) => {
+      action(async (backup: string, o: { listen: string; out?: string; cacheSize: number } & GlobalOpts) => {
         const { ImageExport } = await import("../nbd/export.ts");
         const { NbdServer, parseListen, describeListen } = await import("../nbd/server.ts");
         const log = (line: string) => process.stderr.write(`tbbackup nbd: ${line}\n`);
         const address = parseListen(o.listen);
-        const exp = ImageExport.open(backup, { out: o.out, onDamage: (d) => log(`${d.message}; reads that touch it get EIO (run 'tbbackup verify' on the backup)`) });
+        const exp = ImageExport.open(backup, { out: o.out, cacheBytes: o.cacheSize, onDamage: (d) => log(`${d.message}; reads that touch it get EIO (run 'tbbackup verify' on the backup)`) });
         const server = new NbdServer(exp, address, log);
         await server.listen();
         const uri = address.kind === "unix" ? `nbd+unix:///?socket=${address.path}` : `nbd://${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`;

@@ -70,6 +70,16 @@ export class ImageExport {
   private readonly dctx: InstanceType<ReturnType<typeof zstd>["DCtx"]>;
   private readonly frameBuf: Uint8Array;
   private readonly reported = new Set<number>();
+  /**
+   * Evicted chunk buffers, reused for the next decompression (fresh memory
+   * costs more than decompressing into it on these VMs). A buffer a socket
+   * has not finished sending is pinned and joins the list only when released;
+   * weak maps, so one whose release never comes is simply collected.
+   */
+  private readonly free: Uint8Array[] = [];
+  private readonly pins = new WeakMap<ArrayBufferLike, number>();
+  private readonly retired = new WeakSet<ArrayBufferLike>();
+  private readonly poolSize: number;
   readonly stats: CacheStats = { hits: 0, misses: 0, zeroReads: 0, evictions: 0, damaged: 0, cachedBytes: 0 };
   /** the longest chunk: a read buffer for zeros of that length is shared */
   private readonly zeros: Uint8Array;
@@ -101,6 +111,30 @@ export class ImageExport {
     this.dctx = new (zstd().DCtx)();
     this.frameBuf = new Uint8Array(longestFrame);
     this.zeros = new Uint8Array(longest);
+    this.poolSize = reader.entries[0]?.rawSize ?? 0;
+  }
+
+  /** Marks a view of a chunk as being sent; the returned function releases it (once). */
+  pin(view: Uint8Array): () => void {
+    const b = view.buffer;
+    if (b === this.zeros.buffer) return () => {};
+    this.pins.set(b, (this.pins.get(b) ?? 0) + 1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      const n = (this.pins.get(b) ?? 1) - 1;
+      if (n > 0) return void this.pins.set(b, n);
+      this.pins.delete(b);
+      if (this.retired.has(b)) {
+        this.retired.delete(b);
+        this.recycle(new Uint8Array(b));
+      }
+    };
+  }
+
+  private recycle(buf: Uint8Array): void {
+    if (buf.length === this.poolSize && this.free.length < 8) this.free.push(buf);
   }
 
   static open(arg: string, opts: { out?: string; cacheBytes?: number; onDamage?: (d: DamagedChunk) => void } = {}): ImageExport {
@@ -193,7 +227,7 @@ export class ImageExport {
     }
     this.stats.misses++;
     const z = zstd();
-    const raw = new Uint8Array(e.rawSize);
+    const raw = e.rawSize === this.poolSize ? (this.free.pop() ?? new Uint8Array(e.rawSize)) : new Uint8Array(e.rawSize);
     try {
       if (z.findFrameCompressedSize(frame) !== frame.length) throw new Error("not exactly one zstd frame");
       if (z.getFrameContentSize(frame) !== e.rawSize) throw new Error("the frame does not declare the chunk's raw length");
@@ -201,9 +235,13 @@ export class ImageExport {
       if (n !== e.rawSize) throw new Error(`decompressed to ${n} bytes, expected ${e.rawSize}`);
     } catch (err) {
       this.dctx.reset(z.ResetDirective.sessionOnly);
+      this.recycle(raw);
       throw this.damaged(i, `cannot decompress: ${(err as Error).message}`);
     }
-    if (this.checksums && Bun.hash.xxHash3(raw) !== expected) throw this.damaged(i, "its XXH3-64 does not match chunks.txt");
+    if (this.checksums && Bun.hash.xxHash3(raw) !== expected) {
+      this.recycle(raw);
+      throw this.damaged(i, "its XXH3-64 does not match chunks.txt");
+    }
     this.cache.set(i, raw);
     this.cachedBytes += raw.length;
     while (this.cachedBytes > this.cacheLimit && this.cache.size > 1) {
@@ -211,6 +249,8 @@ export class ImageExport {
       this.cache.delete(k);
       this.cachedBytes -= v.length;
       this.stats.evictions++;
+      if (this.pins.has(v.buffer)) this.retired.add(v.buffer);
+      else this.recycle(v);
     }
     this.stats.cachedBytes = this.cachedBytes;
     return raw;

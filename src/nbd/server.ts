@@ -187,9 +187,11 @@ class Connection {
     return new Promise((r) => (this.wake = r));
   }
 
-  private async write(b: Uint8Array): Promise<void> {
-    if (this.ended) return;
-    this.sock.write(b);
+  /** Queues bytes; `release` is called once the socket is done with them. */
+  private async write(b: Uint8Array, release?: () => void): Promise<void> {
+    if (this.ended) return release?.();
+    if (release) this.sock.write(b, () => release());
+    else this.sock.write(b);
     while (!this.ended && this.sock.writableLength > WRITE_HIGH) await this.waitEvent();
   }
 
@@ -358,6 +360,6 @@ class Connection {
     else await this.write(simpleReply(0, req.handle));
     // (a chunk evicted meanwhile is read and checked again; should that fail, the
     // reply cannot be taken back and the connection is cut)
-    for (const piece of exp.pieces(offset, req.length)) await this.write(piece);
+    for (const piece of exp.pieces(offset, req.length)) await this.write(piece, exp.pin(piece));
   }
 }

@@ -262,6 +262,36 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: real clients (needs libnbd-bin: nbdi
   });
 });
 
+describe.skipIf(!haveLibnbd)("tbbackup nbd: a cache smaller than the data (chunk buffers evicted and reused)", () => {
+  test("nbdcopy over 4 connections and random reads still equal the source", async () => {
+    const s = await serve(backupDir, ["--cache-size", "1M"]);
+    try {
+      const out = path.join(dir, "copy-small-cache.raw");
+      for (let i = 0; i < 2; i++) {
+        sh(`nbdcopy --connections=4 --requests=16 --request-size=65536 '${s.uri}' ${out}`);
+        expect(sha256File(out)).toBe(sha256File(img));
+      }
+      fs.rmSync(out);
+      if (haveNbdsh) {
+        const size = fs.statSync(img).size;
+        const reads: [number, number][] = [];
+        let x = 777;
+        const rnd = () => (x = (x * 1103515245 + 12345) % 2147483648);
+        for (let i = 0; i < 100; i++) {
+          const len = 1 + (rnd() % 2500000);
+          reads.push([rnd() % (size - len), len]);
+        }
+        const r = nbdsh(s.uri, `import hashlib\nfor (o, n) in ${JSON.stringify(reads)}:\n    print(hashlib.sha256(h.pread(n, o)).hexdigest())\n`);
+        const got = r.stdout.trim().split("\n");
+        reads.forEach(([o, n], i) => expect(got[i]).toBe(new Bun.CryptoHasher("sha256").update(slice(img, o, n)).digest("hex")));
+      }
+    } finally {
+      const st = await s.stop();
+      expect(st.stderr).toMatch(/[1-9]\d* evictions/);
+    }
+  });
+});
+
 describe.skipIf(!haveLibnbd)("tbbackup nbd: hostile and odd clients (needs nbdinfo as the good client)", () => {
   let s: Served;
   beforeAll(async () => {
