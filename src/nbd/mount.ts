@@ -11,7 +11,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { spawn } from "node:child_process";
 import { TbError } from "../core/errors.ts";
-import { findImageBackup } from "./export.ts";
+import { ImageExport, findImageBackup } from "./export.ts";
 
 export const STATE_DIR = ".tbbackup";
 export const STATE_FILE = "state.json";
@@ -192,6 +192,8 @@ function notMountable(fstype: string | null): string {
 export async function mountBackup(arg: string, dir: string, opts: { out?: string } = {}): Promise<MountResult> {
   const b = findImageBackup(arg, opts.out);
   const backup = path.resolve(b.dir);
+  // opened here once too, so that a damaged backup gets its own error (and exit status) before anything is set up
+  ImageExport.open(backup).close();
   for (const tool of ["nbdfuse", "losetup", "blkid", "mount", "fusermount3"])
     if (!run(["sh", "-c", `command -v ${tool}`]).ok)
       throw new TbError("USAGE", `${tool} is not installed`, tool === "nbdfuse" ? "install libnbd-bin (Debian) or libnbd (Fedora)" : tool === "fusermount3" ? "install fuse3" : `install the package that has ${tool}`);
@@ -231,7 +233,7 @@ export async function mountBackup(arg: string, dir: string, opts: { out?: string
     const up = await waitUntil(() => serverLog().includes("serving ") || !alive(child.pid!), 30_000);
     if (!up || !serverLog().includes("serving ")) {
       const why = lastLine(serverLog()).replace(/^tbbackup: /, "");
-      throw new TbError("VERIFY", `the NBD server for ${backup} did not start: ${why || "no message"}`, "see the line above; 'tbbackup nbd BACKUP' shows the same");
+      throw new TbError("VERIFY", `the NBD server for ${backup} did not start: ${why || "no message"}`, why ? "" : `run 'tbbackup nbd ${backup} --listen unix:/tmp/test.sock' to see why`);
     }
     // 2. nbdfuse: the export as a read-only file
     const fuseDir = path.join(work, "fuse");

@@ -602,6 +602,23 @@ describe.skipIf(!canMount)("tbbackup mount / umount (needs root, nbdfuse, /dev/f
     expect(fs.readdirSync(mnt)).toEqual([]);
   });
 
+  test("a damaged backup (image cut short) is refused before anything is set up; a non-empty DIR too", async () => {
+    const bad = path.join(dir, "cut-backup");
+    fs.cpSync(gptBackup, bad, { recursive: true });
+    fs.truncateSync(path.join(bad, "image.zst"), fs.statSync(path.join(bad, "image.zst")).size - 5);
+    const mnt = path.join(dir, "mnt-cut");
+    const m = await run(["mount", bad, mnt]);
+    expect(m.code).toBe(10);
+    expect(m.stderr).toContain("image.zst is damaged");
+    expect(fs.existsSync(mnt)).toBe(false); // (not even created)
+    expect(sh("losetup -l -n -O BACK-FILE")).not.toContain(mnt);
+    fs.mkdirSync(mnt);
+    fs.writeFileSync(path.join(mnt, "mine.txt"), "x");
+    const full = await run(["mount", gptBackup, mnt]);
+    expect(full.code).toBe(2);
+    expect(full.stderr).toContain("is not empty");
+  });
+
   test("a disk with no partition table (a bare ext4) is mounted at DIR/p1", async () => {
     const mnt = path.join(dir, "mnt-bare");
     const m = await run(["mount", backupDir, mnt]);
