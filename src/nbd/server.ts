@@ -149,7 +149,10 @@ export class NbdServer {
 
 class Connection {
   private readonly dec = new ClientDecoder();
+  /** the socket is gone (closed, reset): nothing more can be sent */
   private ended = false;
+  /** the client half-closed: answer what it sent, then close */
+  private peerDone = false;
   private wake: (() => void) | null = null;
   private structured = false;
   /** base:allocation selected by NBD_OPT_SET_META_CONTEXT */
@@ -171,7 +174,11 @@ class Connection {
       this.ended = true;
       this.poke();
     };
-    sock.on("end", end);
+    // the client has sent all it will: what it sent is still answered
+    sock.on("end", () => {
+      this.peerDone = true;
+      this.poke();
+    });
     sock.on("close", end);
     sock.on("error", end);
     sock.on("drain", () => this.poke());
@@ -198,17 +205,18 @@ class Connection {
   async run(): Promise<void> {
     const timer = setTimeout(() => {
       if (!this.transmitting && !this.ended) {
-        this.srv.logLine("a client did not finish the handshake within 30 s: connection closed");
+        this.srv.logLine(`a client did not finish the handshake within ${HANDSHAKE_MS / 1000} s: connection closed`);
         this.ended = true;
         this.sock.destroy();
         this.poke();
       }
-    }, 30_000);
+    }, HANDSHAKE_MS);
     try {
       await this.write(greeting());
       while (!this.ended) {
         const ev = this.dec.next();
         if (!ev) {
+          if (this.peerDone) break;
           if (this.sock.isPaused()) this.sock.resume();
           await this.waitEvent();
           continue;
@@ -216,7 +224,8 @@ class Connection {
         if ((await this.handle(ev)) === "close") break;
       }
       // what is still queued goes out before the socket is closed (NBD_CMD_DISC, NBD_OPT_ABORT)
-      if (!this.ended && this.sock.writableLength > 0) await new Promise<void>((r) => this.sock.end(r));
+      // (a client that never reads them does not keep the connection: 5 s)
+      if (!this.ended && this.sock.writableLength > 0) await Promise.race([new Promise<void>((r) => this.sock.end(r)), Bun.sleep(5000)]);
     } finally {
       clearTimeout(timer);
     }

@@ -156,6 +156,10 @@ class RawClient {
     const error = h.readUInt32BE(4);
     return { error, handle: h.readBigUInt64BE(8), data: error === 0 && length > 0 ? await this.read(length) : null };
   }
+  /** Half-closes: nothing more will be sent. */
+  end(): void {
+    this.s.end();
+  }
   close(): void {
     this.s.destroy();
   }
@@ -373,6 +377,20 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: hostile and odd clients (needs nbdin
     await waitFor(() => c.closed, "the server to close after NBD_CMD_DISC");
     // (nothing written reached the backup)
     expect(zstdSha(path.join(backupDir, "image.zst"))).toBe(sha256File(img));
+  });
+
+  test("a client that sends its requests and half-closes still gets every answer", async () => {
+    const c = await RawClient.connect(s.sock);
+    await c.hello();
+    await c.go();
+    for (let i = 0; i < 8; i++) c.request(0, BigInt(i), BigInt(i * 1048576 + 7), 65536);
+    c.end();
+    for (let i = 0; i < 8; i++) {
+      const r = await c.reply(65536);
+      expect(r!.handle).toBe(BigInt(i));
+      expect(r!.data!.equals(slice(img, i * 1048576 + 7, 65536))).toBe(true);
+    }
+    await waitFor(() => c.closed, "the server to close after answering");
   });
 
   test("1000 connections opened and dropped (some mid-handshake): the server stays up, its memory bounded", async () => {
