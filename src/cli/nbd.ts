@@ -20,7 +20,7 @@ export function register(program: Command): void {
         const { NbdServer, parseListen, describeListen } = await import("../nbd/server.ts");
         const log = (line: string) => process.stderr.write(`tbbackup nbd: ${line}\n`);
         const address = parseListen(o.listen);
-        const exp = ImageExport.open(backup, { out: o.out, cacheBytes: o.cacheSize, onDamage: (d) => log(`${d.message}; reads that touch it get EIO (run 'tbbackup verify' on the backup)`) });
+        const exp = ImageExport.open(backup, { out: o.out, cacheBytes: o.cacheSize, workers: 2, onDamage: (d) => log(`${d.message}; reads that touch it get EIO (run 'tbbackup verify' on the backup)`) });
         const server = new NbdServer(exp, address, log);
         await server.listen();
         const uri = address.kind === "unix" ? `nbd+unix:///?socket=${address.path}` : `nbd://${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`;

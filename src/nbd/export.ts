@@ -2,8 +2,8 @@
 // through the seek table from the frames they need. Every frame is checked
 // (zstd's content checksum, then XXH3-64 against chunks.txt) before any of its
 // bytes are handed out; decompressed frames are kept in a small LRU cache.
-// Decompression runs on the calling (main) thread: a 1 MiB frame takes about
-// a millisecond, which the NBD server accepts for now.
+// Frames are decompressed and checked on worker threads (the chunk workers of
+// push/restore/verify), so the server's own thread only moves bytes.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
@@ -13,6 +13,10 @@ import { TbError } from "../core/errors.ts";
 import { locateBackup } from "../core/verify.ts";
 import { isZeroFrame, zeroChecksum, zeroFrame } from "../core/zero.ts";
 import { requireZstd, zstd } from "../util/zstd.ts";
+import { WorkerPool } from "../core/chunk-jobs.ts";
+
+/** decompressions running or queued on the workers at most (bounds their memory) */
+const MAX_JOBS = 8;
 
 /** A chunk that failed its check: reads that touch it fail, nothing of it is served. */
 export class DamagedChunk extends Error {
@@ -80,6 +84,11 @@ export class ImageExport {
   private readonly pins = new WeakMap<ArrayBufferLike, number>();
   private readonly retired = new WeakSet<ArrayBufferLike>();
   private readonly poolSize: number;
+  /** worker threads that decompress and check (null: this thread does) */
+  private readonly pool: WorkerPool | null;
+  private readonly inflight = new Map<number, Promise<Uint8Array>>();
+  private jobs = 0;
+  private readonly jobWaiters: (() => void)[] = [];
   readonly stats: CacheStats = { hits: 0, misses: 0, zeroReads: 0, evictions: 0, damaged: 0, cachedBytes: 0 };
   /** the longest chunk: a read buffer for zeros of that length is shared */
   private readonly zeros: Uint8Array;
@@ -93,6 +102,7 @@ export class ImageExport {
     private readonly cacheLimit: number,
     /** told once about each damaged chunk */
     private readonly onDamage: (d: DamagedChunk) => void,
+    workers: number,
   ) {
     const n = reader.entries.length;
     this.starts = new Float64Array(n + 1);
@@ -112,6 +122,7 @@ export class ImageExport {
     this.frameBuf = new Uint8Array(longestFrame);
     this.zeros = new Uint8Array(longest);
     this.poolSize = reader.entries[0]?.rawSize ?? 0;
+    this.pool = workers > 0 ? new WorkerPool(workers) : null;
   }
 
   /** Marks a view of a chunk as being sent; the returned function releases it (once). */
@@ -137,7 +148,8 @@ export class ImageExport {
     if (buf.length === this.poolSize && this.free.length < 8) this.free.push(buf);
   }
 
-  static open(arg: string, opts: { out?: string; cacheBytes?: number; onDamage?: (d: DamagedChunk) => void } = {}): ImageExport {
+  /** `workers`: threads that decompress (0: the calling thread does, synchronously) */
+  static open(arg: string, opts: { out?: string; cacheBytes?: number; workers?: number; onDamage?: (d: DamagedChunk) => void } = {}): ImageExport {
     requireZstd();
     const { dir, image, manifest } = findImageBackup(arg, opts.out);
     let reader: ImageReader;
@@ -173,7 +185,7 @@ export class ImageExport {
           list.close();
         }
       }
-      return new ImageExport(dir, manifest?.id ?? path.basename(dir), manifest, reader, checksums, opts.cacheBytes ?? DEFAULT_CACHE_BYTES, opts.onDamage ?? (() => {}));
+      return new ImageExport(dir, manifest?.id ?? path.basename(dir), manifest, reader, checksums, opts.cacheBytes ?? DEFAULT_CACHE_BYTES, opts.onDamage ?? (() => {}), opts.workers ?? 0);
     } catch (e) {
       reader.close();
       throw e;
@@ -205,29 +217,18 @@ export class ImageExport {
    * shared (cache or zeros): callers must not change it.
    */
   chunk(i: number, count = true): Uint8Array {
+    const hit = this.cached(i, count);
+    if (hit) return hit;
     const e = this.reader.entries[i]!;
-    const hit = this.cache.get(i);
-    if (hit) {
-      this.cache.delete(i);
-      this.cache.set(i, hit); // most recently used goes last
-      if (count) this.stats.hits++;
-      return hit;
-    }
-    let frame: Uint8Array;
-    try {
-      frame = this.reader.readFrame(i, this.frameBuf);
-    } catch (err) {
-      throw this.damaged(i, `cannot read it: ${(err as Error).message}`);
-    }
-    const expected = this.checksums ? this.checksums[i]! : -1n;
-    // the tiny frame the store writes for an all-zero chunk: zeros, without decompressing
-    if ((expected < 0n || expected === zeroChecksum(e.rawSize)) && frame.length === zeroFrame(e.rawSize).length && isZeroFrame(frame, e.rawSize, expected)) {
+    const frame = this.frame(i, this.frameBuf);
+    const expected = this.expected(i);
+    if (this.isZeroFrame(i, frame)) {
       if (count) this.stats.zeroReads++;
       return this.zeros.subarray(0, e.rawSize);
     }
     this.stats.misses++;
     const z = zstd();
-    const raw = e.rawSize === this.poolSize ? (this.free.pop() ?? new Uint8Array(e.rawSize)) : new Uint8Array(e.rawSize);
+    const raw = this.buffer(e.rawSize);
     try {
       if (z.findFrameCompressedSize(frame) !== frame.length) throw new Error("not exactly one zstd frame");
       if (z.getFrameContentSize(frame) !== e.rawSize) throw new Error("the frame does not declare the chunk's raw length");
@@ -238,10 +239,97 @@ export class ImageExport {
       this.recycle(raw);
       throw this.damaged(i, `cannot decompress: ${(err as Error).message}`);
     }
-    if (this.checksums && Bun.hash.xxHash3(raw) !== expected) {
+    if (expected >= 0n && Bun.hash.xxHash3(raw) !== expected) {
       this.recycle(raw);
       throw this.damaged(i, "its XXH3-64 does not match chunks.txt");
     }
+    return this.insert(i, raw);
+  }
+
+  /**
+   * Chunk i, checked, like chunk(), but decompressed on a worker thread when
+   * the export has them (so that the server's thread stays free and both
+   * cores work). Several requests for one chunk share one decompression; at
+   * most MAX_JOBS run or wait at a time.
+   */
+  load(i: number): Promise<Uint8Array> {
+    if (!this.pool) return Promise.resolve().then(() => this.chunk(i));
+    const hit = this.cached(i, true);
+    if (hit) return Promise.resolve(hit);
+    const running = this.inflight.get(i);
+    if (running) {
+      this.stats.hits++;
+      return running;
+    }
+    const job = this.decompressOnWorker(i).finally(() => this.inflight.delete(i));
+    this.inflight.set(i, job);
+    return job;
+  }
+
+  private async decompressOnWorker(i: number): Promise<Uint8Array> {
+    const e = this.reader.entries[i]!;
+    while (this.jobs >= MAX_JOBS) await new Promise<void>((r) => this.jobWaiters.push(r));
+    this.jobs++;
+    try {
+      const hit = this.cached(i, false); // (decompressed meanwhile, by a read that did not wait)
+      if (hit) return hit;
+      const frame = this.frame(i, new Uint8Array(e.compressedSize)); // (handed to the worker)
+      if (this.isZeroFrame(i, frame)) {
+        this.stats.zeroReads++;
+        return this.zeros.subarray(0, e.rawSize);
+      }
+      this.stats.misses++;
+      const out = this.buffer(e.rawSize);
+      const r = await this.pool!.run(
+        { op: "check", index: i, rawLength: e.rawSize, checksum: this.expected(i), buf: frame.buffer as ArrayBuffer, at: frame.byteOffset, length: frame.length, hash: false, wantRaw: true, out: out.buffer as ArrayBuffer },
+        [frame.buffer as ArrayBuffer, out.buffer as ArrayBuffer],
+      );
+      // a worker that died: this thread does it
+      if (r.op !== "checked") return this.chunk(i, false);
+      if (!r.ok || !r.raw) throw this.damaged(i, r.error === "raw data checksum mismatch" ? "its XXH3-64 does not match chunks.txt" : (r.error ?? "check failed"));
+      return this.cached(i, false) ?? this.insert(i, new Uint8Array(r.raw, 0, e.rawSize));
+    } finally {
+      this.jobs--;
+      this.jobWaiters.shift()?.();
+    }
+  }
+
+  private cached(i: number, count: boolean): Uint8Array | null {
+    const hit = this.cache.get(i);
+    if (!hit) return null;
+    this.cache.delete(i);
+    this.cache.set(i, hit); // most recently used goes last
+    if (count) this.stats.hits++;
+    return hit;
+  }
+
+  /** The stored frame of chunk i, read into `into`. */
+  private frame(i: number, into: Uint8Array): Uint8Array {
+    try {
+      return this.reader.readFrame(i, into);
+    } catch (err) {
+      throw this.damaged(i, `cannot read it: ${(err as Error).message}`);
+    }
+  }
+
+  /** chunk i's XXH3-64 from chunks.txt, or -1n without a chunk list */
+  private expected(i: number): bigint {
+    return this.checksums ? this.checksums[i]! : -1n;
+  }
+
+  /** the tiny frame the store writes for an all-zero chunk: zeros, without decompressing */
+  private isZeroFrame(i: number, frame: Uint8Array): boolean {
+    const raw = this.reader.entries[i]!.rawSize;
+    const expected = this.expected(i);
+    return (expected < 0n || expected === zeroChecksum(raw)) && frame.length === zeroFrame(raw).length && isZeroFrame(frame, raw, expected);
+  }
+
+  /** A buffer to decompress a chunk into: a recycled one when it fits. */
+  private buffer(rawSize: number): Uint8Array {
+    return rawSize === this.poolSize ? (this.free.pop() ?? new Uint8Array(rawSize)) : new Uint8Array(rawSize);
+  }
+
+  private insert(i: number, raw: Uint8Array): Uint8Array {
     this.cache.set(i, raw);
     this.cachedBytes += raw.length;
     while (this.cachedBytes > this.cacheLimit && this.cache.size > 1) {
@@ -290,14 +378,19 @@ export class ImageExport {
   }
 
   /**
-   * Checks every chunk of [offset, offset + length): throws DamagedChunk for
-   * the first that fails. The server calls it before sending anything, so a
-   * read is served whole or not at all.
+   * Checks every chunk of [offset, offset + length) (on the workers, several
+   * at once): rejects with the DamagedChunk of the first that fails. The
+   * server calls it before sending anything, so a read is served whole or not
+   * at all. The chunks are then in the cache, unless the read is larger than it.
    */
-  check(offset: number, length: number): void {
+  async check(offset: number, length: number): Promise<void> {
     if (length === 0) return;
     const last = this.chunkAt(offset + length - 1);
-    for (let i = this.chunkAt(offset); i <= last; i++) this.chunk(i);
+    const jobs: Promise<unknown>[] = [];
+    // (not the buffers themselves: a long read must not hold them all)
+    for (let i = this.chunkAt(offset); i <= last; i++) jobs.push(this.load(i).then(() => undefined));
+    const results = await Promise.allSettled(jobs);
+    for (const r of results) if (r.status === "rejected") throw r.reason;
   }
 
   /**
@@ -327,6 +420,7 @@ export class ImageExport {
   }
 
   close(): void {
+    this.pool?.terminate();
     this.reader.close();
     this.cache.clear();
   }

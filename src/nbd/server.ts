@@ -91,7 +91,8 @@ export class NbdServer {
 
   async listen(): Promise<void> {
     const desc = describeListen(this.address);
-    const server = net.createServer((s) => this.accept(s));
+    // (half-open: a client that has sent everything still gets its answers; each connection is ended by us)
+    const server = net.createServer({ allowHalfOpen: true }, (s) => this.accept(s));
     let oldMask: number | null = null;
     if (this.address.kind === "unix") {
       removeStaleSocket(this.address.path);
@@ -359,7 +360,7 @@ class Connection {
     if (req.length === 0) return this.reply(req, 0);
     // every chunk is checked before the first byte goes out: a damaged one fails the whole read
     try {
-      exp.check(offset, req.length);
+      await exp.check(offset, req.length);
     } catch (e) {
       if (e instanceof DamagedChunk) return this.reply(req, Errno.EIO, e.message);
       throw e;
