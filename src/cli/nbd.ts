@@ -6,6 +6,12 @@ import { action, exit, sizeOption, type GlobalOpts } from "./common.ts";
 
 export const DEFAULT_LISTEN = "tcp:127.0.0.1:10809";
 
+/** Decompression threads: 2, or TBBACKUP_NBD_WORKERS (0: the server's own thread; for measuring). */
+function workerCount(): number {
+  const v = process.env.TBBACKUP_NBD_WORKERS;
+  return v !== undefined && /^[0-8]$/.test(v) ? Number(v) : 2;
+}
+
 export function register(program: Command): void {
   program
     .command("nbd")
@@ -20,7 +26,7 @@ export function register(program: Command): void {
         const { NbdServer, parseListen, describeListen } = await import("../nbd/server.ts");
         const log = (line: string) => process.stderr.write(`tbbackup nbd: ${line}\n`);
         const address = parseListen(o.listen);
-        const exp = ImageExport.open(backup, { out: o.out, cacheBytes: o.cacheSize, workers: 2, onDamage: (d) => log(`${d.message}; reads that touch it get EIO (run 'tbbackup verify' on the backup)`) });
+        const exp = ImageExport.open(backup, { out: o.out, cacheBytes: o.cacheSize, workers: workerCount(), onDamage: (d) => log(`${d.message}; reads that touch it get EIO (run 'tbbackup verify' on the backup)`) });
         const server = new NbdServer(exp, address, log);
         await server.listen();
         const uri = address.kind === "unix" ? `nbd+unix:///?socket=${address.path}` : `nbd://${address.host.includes(":") ? `[${address.host}]` : address.host}:${address.port}`;
