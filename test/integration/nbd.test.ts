@@ -29,9 +29,9 @@ interface Served {
   stop: () => Promise<{ code: number; stderr: string }>;
 }
 
-async function serve(backup: string, extra: string[] = []): Promise<Served> {
+async function serve(backup: string, extra: string[] = [], env: Record<string, string> = {}): Promise<Served> {
   const sock = path.join(dir, `s${Math.random().toString(36).slice(2, 8)}.sock`);
-  const proc = start(["nbd", backup, "--listen", `unix:${sock}`, ...extra]);
+  const proc = start(["nbd", backup, "--listen", `unix:${sock}`, ...extra], { env });
   let err = "";
   const reader = (async () => {
     const dec = new TextDecoder();
@@ -275,8 +275,8 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: real clients (needs libnbd-bin: nbdi
 });
 
 describe.skipIf(!haveLibnbd)("tbbackup nbd: a cache smaller than the data (chunk buffers evicted and reused)", () => {
-  test("nbdcopy over 4 connections and random reads still equal the source", async () => {
-    const s = await serve(backupDir, ["--cache-size", "1M"]);
+  test.each(["2", "0"])("TBBACKUP_NBD_WORKERS=%s: nbdcopy over 4 connections and random reads still equal the source", async (workers) => {
+    const s = await serve(backupDir, ["--cache-size", "1M"], { TBBACKUP_NBD_WORKERS: workers });
     try {
       const out = path.join(dir, "copy-small-cache.raw");
       for (let i = 0; i < 2; i++) {
@@ -454,8 +454,8 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: hostile and odd clients (needs nbdin
 });
 
 describe.skipIf(!haveLibnbd)("tbbackup nbd: damage, refusals, stopping (needs nbdinfo)", () => {
-  test("a flipped byte in one frame: reads of that chunk fail with EIO (the server names it), reads elsewhere succeed", async () => {
-    const bad = path.join(dir, "bad-backup");
+  test.each(["2", "0"])("TBBACKUP_NBD_WORKERS=%s: a flipped byte in one frame: reads of that chunk fail with EIO (the server names it), reads elsewhere succeed", async (workers) => {
+    const bad = path.join(dir, `bad-backup-${workers}`);
     fs.cpSync(backupDir, bad, { recursive: true });
     // the largest frame is one of random.bin's chunks
     const { ImageReader } = await import("../../src/store/image-reader.ts");
@@ -470,7 +470,7 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: damage, refusals, stopping (needs nb
     b[0]! ^= 0x40;
     fs.writeSync(fd, b, 0, 1, at);
     fs.closeSync(fd);
-    const s = await serve(bad);
+    const s = await serve(bad, [], { TBBACKUP_NBD_WORKERS: workers });
     try {
       const c = await RawClient.connect(s.sock);
       await c.hello();
