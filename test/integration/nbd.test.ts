@@ -510,6 +510,28 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: damage, refusals, stopping (needs nb
     }
   });
 
+  test.each(["2", "0"])("TBBACKUP_NBD_WORKERS=%s: a frame that decompresses fine but whose XXH3-64 is not the one in chunks.txt gives EIO", async (workers) => {
+    const bad = path.join(dir, `bad-list-${workers}`);
+    fs.cpSync(backupDir, bad, { recursive: true });
+    const lines = fs.readFileSync(path.join(bad, "chunks.txt"), "utf8").split("\n");
+    lines[0] = lines[0]!.replace(/[0-9a-f]{16}$/, "0123456789abcdef");
+    fs.writeFileSync(path.join(bad, "chunks.txt"), lines.join("\n"));
+    const s = await serve(bad, [], { TBBACKUP_NBD_WORKERS: workers });
+    try {
+      const c = await RawClient.connect(s.sock);
+      await c.hello();
+      await c.go();
+      c.request(0, 1n, 0n, 512);
+      expect((await c.reply(512))!.error).toBe(5);
+      c.request(0, 2n, 1048576n, 512);
+      expect((await c.reply(512))!.error).toBe(0);
+      c.close();
+    } finally {
+      const st = await s.stop();
+      expect(st.stderr).toContain("chunk 0 (raw offset 0) is damaged: its XXH3-64 does not match chunks.txt");
+    }
+  });
+
   test("SIGTERM: exit 0, the socket removed, cache figures printed", async () => {
     const s = await serve(backupDir);
     sh(`nbdinfo '${s.uri}' >/dev/null`);
