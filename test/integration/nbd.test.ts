@@ -674,6 +674,35 @@ describe.skipIf(!canMount)("tbbackup mount / umount (needs root, nbdfuse, /dev/f
     expect(full.stderr).toContain("is not empty");
   });
 
+  const xfsOk = has("mkfs.xfs") && has("xfs_io") && (fs.readFileSync("/proc/filesystems", "utf8").includes("\txfs") || Bun.spawnSync(["modprobe", "xfs"]).exitCode === 0);
+  test.skipIf(!xfsOk)("an xfs left with a dirty log (shut down while mounted) is mounted with norecovery (needs xfsprogs and the xfs driver)", async () => {
+    const x = path.join(dir, "xfs.img");
+    const xm = path.join(dir, "xfs-mnt");
+    sh(`truncate -s 320M ${x} && mkfs.xfs -q -K ${x}`);
+    fs.mkdirSync(xm);
+    const loop = sh(`losetup -f --show ${x}`).trim();
+    try {
+      sh(`mount ${loop} ${xm} && mkdir ${xm}/etc && echo hi > ${xm}/etc/hello && sync && xfs_io -x -c 'shutdown -f' ${xm}`);
+    } finally {
+      sh(`umount ${xm} || true; losetup -d ${loop}`);
+    }
+    expect(sh(`xfs_logprint -t ${x} 2>/dev/null || true`)).toContain("DIRTY");
+    const store = path.join(dir, "xstore");
+    await storeBackup(x, store, path.join(dir, "x.sock"));
+    const b = path.join(store, JSON.parse((await run(["list", "--out", store, "--json"])).stdout)[0].id);
+    const before = sha256File(path.join(b, "image.zst"));
+    const mnt = path.join(dir, "mnt-xfs");
+    const m = await run(["mount", b, mnt]);
+    try {
+      expect(m.code).toBe(0);
+      expect(m.stdout).toContain(`${mnt}/p1 (xfs): mounted read-only`);
+      expect(fs.readdirSync(path.join(mnt, "p1"))).toBeInstanceOf(Array);
+    } finally {
+      expect((await run(["umount", mnt])).code).toBe(0);
+    }
+    expect(sha256File(path.join(b, "image.zst"))).toBe(before);
+  });
+
   test("a disk with no partition table (a bare ext4) is mounted at DIR/p1", async () => {
     const mnt = path.join(dir, "mnt-bare");
     const m = await run(["mount", backupDir, mnt]);
