@@ -164,7 +164,11 @@ export class ImageExport {
       if (manifest && manifest.chunks.count !== n) throw bad(`the manifest lists ${manifest.chunks.count} chunks but the image has ${n}`);
       if (manifest && manifest.size !== reader.rawSize) throw bad(`the manifest says ${manifest.size} bytes but the image holds ${reader.rawSize}`);
       // a chunk larger than a read is allowed to be is not a chunk tbbackup wrote
-      for (const e of reader.entries) if (e.rawSize > 64 * 1024 * 1024 || e.rawSize === 0) throw bad(`a chunk of ${e.rawSize} bytes in the seek table`);
+      for (const e of reader.entries) {
+        if (e.rawSize > 64 * 1024 * 1024 || e.rawSize === 0) throw bad(`a chunk of ${e.rawSize} bytes in the seek table`);
+        // (a frame larger than zstd's bound for its chunk is not a frame: it would only cost memory)
+        if (e.compressedSize > zstd().compressBound(e.rawSize) + 64) throw bad(`a frame of ${e.compressedSize} bytes for a chunk of ${e.rawSize}`);
+      }
       let checksums: BigUint64Array | null = null;
       const listPath = path.join(dir, manifest?.chunks.file ?? CHUNKS_FILE);
       if (manifest && fs.existsSync(listPath)) {

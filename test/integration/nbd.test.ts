@@ -532,6 +532,17 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: damage, refusals, stopping (needs nb
     }
   });
 
+  test("a seek table that claims a frame far larger than its chunk could compress to is refused before anything is allocated for it", async () => {
+    const { encodeSeekTable } = await import("../../src/store/seekable.ts");
+    const junk = new Uint8Array(300000);
+    junk.set([0x28, 0xb5, 0x2f, 0xfd]); // (zstd's magic: it looks like an image)
+    const file = path.join(dir, "claims.zst");
+    fs.writeFileSync(file, Buffer.concat([junk, encodeSeekTable([{ compressedSize: junk.length, rawSize: 4096, checksum: 0 }])]));
+    const r = await run(["nbd", file, "--listen", `unix:${dir}/claims.sock`]);
+    expect(r.code).toBe(10);
+    expect(r.stderr).toContain("a frame of 300000 bytes for a chunk of 4096");
+  });
+
   test("SIGTERM: exit 0, the socket removed, cache figures printed", async () => {
     const s = await serve(backupDir);
     sh(`nbdinfo '${s.uri}' >/dev/null`);
