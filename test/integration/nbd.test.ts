@@ -532,6 +532,21 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: damage, refusals, stopping (needs nb
     }
   });
 
+  test("an image.zst on its own (no manifest, no chunks.txt) is served, checked by zstd's own checksums", async () => {
+    const alone = path.join(dir, "alone");
+    fs.mkdirSync(alone);
+    fs.copyFileSync(path.join(backupDir, "image.zst"), path.join(alone, "image.zst"));
+    const s = await serve(path.join(alone, "image.zst"));
+    try {
+      const out = path.join(dir, "alone.raw");
+      sh(`nbdcopy '${s.uri}' ${out}`);
+      expect(sha256File(out)).toBe(sha256File(img));
+      fs.rmSync(out);
+    } finally {
+      expect((await s.stop()).code).toBe(0);
+    }
+  });
+
   test("a seek table that claims a frame far larger than its chunk could compress to is refused before anything is allocated for it", async () => {
     const { encodeSeekTable } = await import("../../src/store/seekable.ts");
     const junk = new Uint8Array(300000);
