@@ -10,7 +10,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { spawn } from "node:child_process";
-import { TbError } from "../core/errors.ts";
+import { TbError, errnoText } from "../core/errors.ts";
 import { ImageExport, findImageBackup } from "./export.ts";
 
 export const STATE_DIR = ".tbbackup";
@@ -186,8 +186,8 @@ function notMountable(fstype: string | null): string {
 }
 
 /**
- * Sets everything up; on failure undoes what was done and throws. `log`
- * receives the server's stderr file path for the error message.
+ * Sets everything up under DIR; on failure undoes what was done and throws.
+ * (A state.json left by a reboot is cleared by umount like any other.)
  */
 export async function mountBackup(arg: string, dir: string, opts: { out?: string } = {}): Promise<MountResult> {
   const b = findImageBackup(arg, opts.out);
@@ -198,13 +198,18 @@ export async function mountBackup(arg: string, dir: string, opts: { out?: string
     if (!run(["sh", "-c", `command -v ${tool}`]).ok)
       throw new TbError("USAGE", `${tool} is not installed`, tool === "nbdfuse" ? "install libnbd-bin (Debian) or libnbd (Fedora)" : tool === "fusermount3" ? "install fuse3" : `install the package that has ${tool}`);
   if (!fs.existsSync("/dev/fuse")) throw new TbError("USAGE", "/dev/fuse is missing", "load the fuse module (modprobe fuse)");
-  fs.mkdirSync(dir, { recursive: true });
   const abs = path.resolve(dir);
-  if (fs.existsSync(statePath(abs))) throw new TbError("BUSY", `${abs} already holds a mounted backup`, `run 'tbbackup umount ${dir}' first`);
-  if (mountPoints().has(abs)) throw new TbError("USAGE", `${abs} is a mount point`, "give an empty directory");
-  if (fs.readdirSync(abs).length > 0) throw new TbError("USAGE", `${abs} is not empty`, "give an empty directory (it gets p1, p2, ... for the partitions)");
   const work = path.join(abs, STATE_DIR);
-  fs.mkdirSync(work, { mode: 0o700 });
+  try {
+    fs.mkdirSync(abs, { recursive: true });
+    if (fs.existsSync(statePath(abs))) throw new TbError("BUSY", `${abs} already holds a mounted backup`, `run 'tbbackup umount ${dir}' first`);
+    if (mountPoints().has(abs)) throw new TbError("USAGE", `${abs} is a mount point`, "give an empty directory");
+    if (fs.readdirSync(abs).length > 0) throw new TbError("USAGE", `${abs} is not empty`, "give an empty directory (it gets p1, p2, ... for the partitions)");
+    fs.mkdirSync(work, { mode: 0o700 });
+  } catch (e) {
+    if (e instanceof TbError) throw e;
+    throw new TbError("DEST", `cannot use ${abs}: ${errnoText(e)}`, "give an empty directory you can write to");
+  }
   let socket = path.join(work, "nbd.sock");
   if (Buffer.byteLength(socket) > 100) {
     const base = fs.existsSync("/run") ? "/run/tbbackup" : "/tmp";
