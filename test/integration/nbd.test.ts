@@ -731,6 +731,32 @@ describe.skipIf(!canMount)("tbbackup mount / umount (needs root, nbdfuse, /dev/f
     expect(sha256File(path.join(b, "image.zst"))).toBe(before);
   });
 
+  const btrfsOk = has("mkfs.btrfs") && (fs.readFileSync("/proc/filesystems", "utf8").includes("\tbtrfs") || Bun.spawnSync(["modprobe", "btrfs"]).exitCode === 0);
+  test.skipIf(!btrfsOk || !has("mkfs.ntfs") || !has("ntfs-3g"))("btrfs (ro,rescue=nologreplay) and ntfs (ntfs-3g, ro) are mounted too (needs btrfs-progs, the btrfs driver, ntfs-3g)", async () => {
+    const tree = path.join(dir, "btree");
+    fs.mkdirSync(path.join(tree, "etc"), { recursive: true });
+    fs.writeFileSync(path.join(tree, "etc/hello"), "from btrfs\n");
+    const bt = path.join(dir, "bt.img");
+    const nt = path.join(dir, "nt.img");
+    sh(`truncate -s 200M ${bt} && mkfs.btrfs -q -r ${tree} ${bt} 2>/dev/null`);
+    sh(`truncate -s 64M ${nt} && mkfs.ntfs -q -F -Q -L old ${nt} >/dev/null 2>&1`);
+    for (const [img, fstype] of [[bt, "btrfs"], [nt, "ntfs"]] as const) {
+      const store = path.join(dir, `${fstype}-store`);
+      await storeBackup(img, store, path.join(dir, `${fstype}.sock`));
+      const b = path.join(store, JSON.parse((await run(["list", "--out", store, "--json"])).stdout)[0].id);
+      const mnt = path.join(dir, `mnt-${fstype}`);
+      const m = await run(["mount", b, mnt]);
+      try {
+        expect(m.code).toBe(0);
+        expect(m.stdout).toContain(`${mnt}/p1 (${fstype}): mounted read-only`);
+        if (fstype === "btrfs") expect(fs.readFileSync(path.join(mnt, "p1/etc/hello"), "utf8")).toBe("from btrfs\n");
+        expect(() => fs.writeFileSync(path.join(mnt, "p1/new"), "x")).toThrow();
+      } finally {
+        expect((await run(["umount", mnt])).code).toBe(0);
+      }
+    }
+  });
+
   test("a disk with no partition table (a bare ext4) is mounted at DIR/p1", async () => {
     const mnt = path.join(dir, "mnt-bare");
     const m = await run(["mount", backupDir, mnt]);
