@@ -560,8 +560,11 @@ describe.skipIf(!haveLibnbd)("tbbackup nbd: damage, refusals, stopping (needs nb
     expect(r.stderr).toContain("a frame of 300000 bytes for a chunk of 4096");
   });
 
-  test("SIGTERM: exit 0, the socket removed, cache figures printed", async () => {
+  test("SIGTERM: exit 0, the socket removed, cache figures printed; a second server on a live socket is refused (exit 16)", async () => {
     const s = await serve(backupDir);
+    const second = await run(["nbd", backupDir, "--listen", `unix:${s.sock}`]);
+    expect(second.code).toBe(16);
+    expect(second.stderr).toContain("already in use");
     sh(`nbdinfo '${s.uri}' >/dev/null`);
     const st = await s.stop();
     expect(st.code).toBe(0);
