@@ -8,7 +8,7 @@ pairs=(
   python3:python3 mkfs.ext4:e2fsprogs socat:socat zstd:zstd shellcheck:shellcheck
   fusermount3:fuse3 losetup:mount sfdisk:fdisk script:bsdutils
   partclone.ext4:partclone mkfs.xfs:xfsprogs mkfs.vfat:dosfstools mcopy:mtools
-  mkfs.ntfs:ntfs-3g mkfs.btrfs:btrfs-progs nbdinfo:libnbd-bin nbdfuse:libnbd-bin qemu-img:qemu-utils
+  mkfs.ntfs:ntfs-3g mkfs.btrfs:btrfs-progs nbdinfo:libnbd-bin nbdfuse:libnbd-bin nbdsh:python3-libnbd qemu-img:qemu-utils qemu-io:qemu-utils
   cryptsetup:cryptsetup-bin pvcreate:lvm2
 )
 need=()

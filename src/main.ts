@@ -7,6 +7,9 @@ import { register as registerList } from "./cli/list.ts";
 import { register as registerVerify } from "./cli/verify.ts";
 import { register as registerRestore } from "./cli/restore.ts";
 import { register as registerStreams } from "./cli/streams.ts";
+import { register as registerNbd } from "./cli/nbd.ts";
+import { register as registerMount } from "./cli/mount.ts";
+import { register as registerUmount } from "./cli/umount.ts";
 import { PROTOCOL_VERSION, TOOL_VERSION } from "./core/version.ts";
 import { asTbError } from "./errors.ts";
 
@@ -40,6 +43,9 @@ registerList(program);
 registerVerify(program);
 registerRestore(program);
 registerStreams(program);
+registerNbd(program);
+registerMount(program);
+registerUmount(program);
 
 program.parseAsync(process.argv).catch((e) => {
   if (e instanceof CommanderError) {
