@@ -7,6 +7,8 @@ import { register as registerList } from "./cli/list.ts";
 import { register as registerVerify } from "./cli/verify.ts";
 import { register as registerRestore } from "./cli/restore.ts";
 import { register as registerStreams } from "./cli/streams.ts";
+import { register as registerDelete } from "./cli/delete.ts";
+import { register as registerPrune } from "./cli/prune.ts";
 import { PROTOCOL_VERSION, TOOL_VERSION } from "./core/version.ts";
 import { asTbError } from "./core/errors.ts";
 
@@ -24,7 +26,8 @@ const program = new Command()
   .description("image a disk over a USB4/Thunderbolt cable (or any stream), store it verified, restore it")
   // commander's own usage errors, in our one-line form (exit 2)
   .configureOutput({ outputError: (str, write) => write(`tbbackup: ${str.replace(/^error: /, "").trim()}; run 'tbbackup --help' for usage\n`) })
-  .exitOverride();
+  .exitOverride()
+  .version(`tbbackup ${TOOL_VERSION} (protocol ${PROTOCOL_VERSION})`, "-V, --version", "print tool and protocol versions");
 
 program
   .command("version")
@@ -40,6 +43,8 @@ registerList(program);
 registerVerify(program);
 registerRestore(program);
 registerStreams(program);
+registerDelete(program);
+registerPrune(program);
 
 program.parseAsync(process.argv).catch((e) => {
   if (e instanceof CommanderError) {

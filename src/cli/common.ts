@@ -82,3 +82,20 @@ export function onInterrupt(what: string | (() => string)): void {
     });
   }
 }
+
+/**
+ * The store a command works on: --out DIR, else the default store (/var/lib/tbbackup,
+ * or TBBACKUP_STORE). It must exist: a mistyped DIR is not an empty store.
+ */
+export async function existingStore(out: string | undefined, command: string): Promise<string> {
+  const { defaultStore } = await import("../store/layout.ts");
+  const fs = await import("node:fs");
+  const dir = out ?? defaultStore();
+  if (!fs.existsSync(dir))
+    throw new TbError(
+      out ? "NOT_FOUND" : "USAGE",
+      out ? `${dir} does not exist` : `no store at ${dir} (the default)`,
+      out ? "give the directory passed to 'tbbackup receive --out'" : `give --out DIR (the directory passed to 'tbbackup receive --out'), or set TBBACKUP_STORE; run 'tbbackup ${command} --help' for usage`,
+    );
+  return dir;
+}

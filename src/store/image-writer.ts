@@ -3,7 +3,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { encodeSeekTable, frameChecksum, type SeekEntry } from "./seekable.ts";
-import { CHUNKS_FILE, fsyncDir } from "./layout.ts";
+import { CHUNKS_FILE, FILE_MODE, fsyncDir } from "./layout.ts";
 
 /** One line of chunks.txt: "index offset length xxh3hex". Both ends build it (resume compares them). */
 export function chunkLine(index: number, offset: number, length: number, checksum: bigint): string {
@@ -39,8 +39,8 @@ export class ImageWriter {
     this.tmpPath = path.join(dir, fileName + ".tmp");
     const chunksPath = path.join(dir, CHUNKS_FILE);
     if (!resume) {
-      this.fd = fs.openSync(this.tmpPath, "wx", 0o644);
-      this.chunksFd = fs.openSync(chunksPath, "wx", 0o644);
+      this.fd = fs.openSync(this.tmpPath, "wx", FILE_MODE);
+      this.chunksFd = fs.openSync(chunksPath, "wx", FILE_MODE);
       return;
     }
     this.fd = fs.openSync(this.tmpPath, "r+");
