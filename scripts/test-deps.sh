@@ -9,6 +9,7 @@ pairs=(
   fusermount3:fuse3 losetup:mount sfdisk:fdisk script:bsdutils
   partclone.ext4:partclone mkfs.xfs:xfsprogs mkfs.vfat:dosfstools mcopy:mtools
   mkfs.ntfs:ntfs-3g mkfs.btrfs:btrfs-progs nbdinfo:libnbd-bin nbdfuse:libnbd-bin qemu-img:qemu-utils
+  strace:strace setpriv:util-linux systemd-analyze:systemd
 )
 need=()
 for pair in "${pairs[@]}"; do
