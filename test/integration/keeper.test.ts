@@ -206,7 +206,7 @@ describe("prune and delete", () => {
   });
 
   // strace kills prune at its 3rd unlinkat: inside the removal of the first backup it removes, after one of its files went
-  test.skipIf(Bun.which("strace") === null)("prune killed (SIGKILL) in the middle of removing a backup leaves every backup whole or gone, and the next prune finishes (skipped: needs strace)", async () => {
+  test.skipIf(Bun.which("strace") === null)("prune killed (SIGKILL) in the middle of removing a backup leaves every backup whole or gone, and the next prune finishes (needs strace)", async () => {
     const { out, id } = await storeWithOne("kill-store");
     const [host, disk] = id.split("/");
     for (let i = 0; i < 4; i++) copyAs(out, id, `20261101T00${String(i).padStart(2, "0")}00Z`);
@@ -375,7 +375,7 @@ describe("--version", () => {
 describe("the service", () => {
   const unit = path.join(ROOT, "systemd/tbbackup-receive.service");
 
-  test.skipIf(Bun.which("systemd-analyze") === null)("systemd-analyze verify passes on the unit, with no warnings (skipped: systemd-analyze is not installed)", () => {
+  test.skipIf(Bun.which("systemd-analyze") === null)("systemd-analyze verify passes on the unit, with no warnings (needs systemd-analyze)", () => {
     const d = path.join(dir, "unit");
     fs.mkdirSync(d, { recursive: true });
     // the unit names the installed program; here, the one just built
