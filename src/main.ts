@@ -9,6 +9,7 @@ import { register as registerRestore } from "./cli/restore.ts";
 import { register as registerStreams } from "./cli/streams.ts";
 import { register as registerDelete } from "./cli/delete.ts";
 import { register as registerPrune } from "./cli/prune.ts";
+import { register as registerKeygen } from "./cli/keygen.ts";
 import { PROTOCOL_VERSION, TOOL_VERSION } from "./core/version.ts";
 import { asTbError } from "./core/errors.ts";
 
@@ -45,6 +46,7 @@ registerRestore(program);
 registerStreams(program);
 registerDelete(program);
 registerPrune(program);
+registerKeygen(program);
 
 program.parseAsync(process.argv).catch((e) => {
   if (e instanceof CommanderError) {

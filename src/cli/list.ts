@@ -5,7 +5,7 @@ import { TbError } from "../core/errors.ts";
 import { bytes } from "../ui/format.ts";
 import { action, intOption, printJson, type GlobalOpts } from "./common.ts";
 import * as fs from "node:fs";
-import { resolveStream, withThunderboltOptions } from "./stream.ts";
+import { keyedTransport, resolveStream, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 import { sysPath } from "../util/sysroot.ts";
 import { BUS_DIR } from "../thunderbolt/sysfs.ts";
 
@@ -33,22 +33,23 @@ export function totalLine(rows: Omit<BackupEntry, "path">[]): string {
 
 export function register(program: Command): void {
   withThunderboltOptions(
-    program.command("list")
+    withKeyOptions(program.command("list")
       .description("list backups in a local store (--out, default /var/lib/tbbackup) or on a receiver (--stream)")
       .option("--out <dir>", "a local store directory (default: /var/lib/tbbackup, or $TBBACKUP_STORE, when it exists)")
       .option("--stream <spec>", "ask the receiver at the other end of this stream")
       .option("--host <name>", "only the backups of this host (as in the ID)")
       .option("--disk <name>", "only the backups of this disk (as in the ID)")
       .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
-      .option("--json", "print JSON"),
+      .option("--json", "print JSON")),
   )
     .action(
-      action(async (o: { out?: string; stream?: string; host?: string; disk?: string; wait: number; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+      action(async (o: { keyFile?: string; out?: string; stream?: string; host?: string; disk?: string; wait: number; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         const { listBackups } = await import("../core/catalogue.ts");
         const { listRemote } = await import("../core/remote.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
         const { defaultStore } = await import("../store/layout.ts");
+        if (o.keyFile && !o.stream) throw new TbError("USAGE", "--key-file goes with --stream tcp:HOST:PORT", "run 'tbbackup list --help' for usage");
         if (o.out && o.stream) throw new TbError("USAGE", "use either --out (a local store) or --stream (a receiver), not both", "run 'tbbackup list --help' for usage");
         let rows: Omit<BackupEntry, "path">[];
         let local = o.out;
@@ -65,7 +66,8 @@ export function register(program: Command): void {
         } else {
           const stream = await resolveStream(o.stream, "list", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
           try {
-            rows = await listRemote(transportFor(stream.spec, false), o.wait * 1000, makeReporter({ quiet: true }));
+            const transport = await keyedTransport(stream.spec, false, transportFor(stream.spec, false), o, (m) => process.stderr.write(`tbbackup: ${m}\n`));
+            rows = await listRemote(transport, o.wait * 1000, makeReporter({ quiet: true }));
           } finally {
             await stream.cleanup();
           }

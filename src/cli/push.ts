@@ -5,14 +5,14 @@ import { TbError } from "../core/errors.ts";
 import { bytes, ratio } from "../ui/format.ts";
 import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
 import type { FilesSummary } from "../protocol/messages.ts";
-import { resolveStream, withThunderboltOptions } from "./stream.ts";
+import { keyedTransport, resolveStream, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 
 /** mount points listed one a line; the rest are counted */
 const MOUNTS_SHOWN = 20;
 
 export function register(program: Command): void {
   withThunderboltOptions(
-    program.command("push")
+    withKeyOptions(program.command("push")
       .description("send a full image of SOURCE (a block device or an image file), or directory trees (--files), to a receiver")
       .argument("[source]", "block device (e.g. /dev/nvme0n1) or regular file")
       .option("--files <dir...>", "send these directory trees as a file-level backup (tar) instead of an image")
@@ -25,10 +25,10 @@ export function register(program: Command): void {
       .option("--chunk-size <size>", "chunk size (4K..4M, a multiple of 4K)", sizeOption, DEFAULT_CHUNK_SIZE)
       .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
       .option("--idle <seconds>", "give up when the receiver takes no data and says nothing for this long", intOption(5, 86400), 300)
-      .option("--json", "print one JSON result on stdout"),
+      .option("--json", "print one JSON result on stdout")),
   )
     .action(
-      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; crossMounts?: boolean; resume: boolean } & GlobalOpts) => {
+      action(async (source: string | undefined, o: { keyFile?: string; stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; crossMounts?: boolean; resume: boolean } & GlobalOpts) => {
         const { push } = await import("../core/push.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -44,8 +44,13 @@ export function register(program: Command): void {
         const stream = await resolveStream(o.stream, "push", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream; leave out --json");
         if (o.stream === "-" && process.stdout.isTTY) throw new TbError("USAGE", "--stream - sends the backup to stdout, which is a terminal", "pipe it to the receiver (e.g. through ssh or socat)");
+        // (a bad key file is a usage problem, not an incomplete backup)
+        const transport = await keyedTransport(stream.spec, false, transportFor(stream.spec, false), o, (m) => reporter.info(m)).catch(async (e: unknown) => {
+          await stream.cleanup();
+          throw e;
+        });
         try {
-          const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume });
+          const r = await push({ source: source ?? o.files!.join(" "), input, transport, label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume });
           reporter.stop();
           const files = r.files as FilesSummary | undefined;
           const unreadable = files?.unreadable.length ?? 0;

@@ -6,7 +6,7 @@ import * as fs from "node:fs";
 import { TbError, errnoText } from "../core/errors.ts";
 import { DIR_MODE, defaultStore } from "../store/layout.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
-import { THUNDERBOLT_GROUP, resolveStream, withThunderboltOptions } from "./stream.ts";
+import { THUNDERBOLT_GROUP, keyedTransport, resolveStream, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 
 /** A group name (or number) as a gid. */
 function groupId(name: string): number {
@@ -40,7 +40,7 @@ function defaultStoreFor(): string {
 
 export function register(program: Command): void {
   withThunderboltOptions(
-    program.command("receive")
+    withKeyOptions(program.command("receive")
       .description("receive backups and store them under DIR (runs until stopped)")
       .option("--out <dir>", "where backups are stored (default: /var/lib/tbbackup, or $TBBACKUP_STORE)")
       .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:[HOST:]PORT (loopback unless HOST) or -")
@@ -48,11 +48,11 @@ export function register(program: Command): void {
       .option("--allow-restore", "also serve list and restore requests")
       .option("--idle <seconds>", "abandon a session silent for this long", intOption(5, 86400), 300)
       .option("--group <name>", "unix: let this group connect to the socket too (0660; default 0600, this user only)")
-      .option("--json", "print one JSON object per session on stdout"),
+      .option("--json", "print one JSON object per session on stdout"), true),
   )
     .addOption(new Option("--hopids <in:out>", "use these HopIDs instead of the first free pair from 10").helpGroup(THUNDERBOLT_GROUP))
     .action(
-      action(async (o: { out?: string; group?: string; stream?: string; once?: boolean; allowRestore?: boolean; idle: number; peer?: string; hopids?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+      action(async (o: { keyFile?: string; insecure?: boolean; out?: string; group?: string; stream?: string; once?: boolean; allowRestore?: boolean; idle: number; peer?: string; hopids?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         const { serve } = await import("../core/receive.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -73,9 +73,13 @@ export function register(program: Command): void {
           0,
         );
         const stream = await resolveStream(o.stream, "receive", { peer: o.peer, hopids: o.hopids, ringSize: o.ringSize, throttling: o.throttling });
+        const transport = await keyedTransport(stream.spec, true, transportFor(stream.spec, true, { watch: stream.watch }, { gid }), o, (m) => reporter.info(m)).catch(async (e: unknown) => {
+          await stream.cleanup();
+          throw e;
+        });
         const results = await serve({
           out,
-          transport: transportFor(stream.spec, true, { watch: stream.watch }, { gid }),
+          transport,
           once: o.once === true,
           allowRestore: o.allowRestore === true,
           idleMs: o.idle * 1000,

@@ -3,6 +3,7 @@
 import { Option, type Command } from "commander";
 import { TbError } from "../core/errors.ts";
 import { intOption } from "./common.ts";
+import type { Transport } from "../transport/index.ts";
 
 export type StreamRole = "push" | "receive" | "list" | "restore";
 
@@ -68,4 +69,36 @@ export function withThunderboltOptions(cmd: Command): Command {
     .addOption(new Option("--peer <id>", "the Thunderbolt peer to use (unique_id or device name)").helpGroup(group))
     .addOption(new Option("--ring-size <n>", "driver ring size (32..4096)").argParser(intOption(32, 4096)).helpGroup(group))
     .addOption(new Option("--throttling <ns>", "interrupt throttling in ns (0..16776960)").argParser(intOption(0, 16776960)).helpGroup(group));
+}
+
+export interface KeyOptions {
+  keyFile?: string;
+  /** receive only: accept tcp: connections without a key */
+  insecure?: boolean;
+}
+
+/** Adds --key-file (and, for receive, --insecure). */
+export function withKeyOptions(cmd: Command, receiver = false): Command {
+  cmd.option("--key-file <file>", "tcp: authenticate both sides with this key (made by 'tbbackup keygen')");
+  if (receiver) cmd.option("--insecure", "tcp: accept connections without a key (anyone who can connect can push and, with --allow-restore, read backups)");
+  return cmd;
+}
+
+/**
+ * The transport for `spec`, authenticated with the key when one is given. A
+ * tcp: receiver needs a key or --insecure; a key is for tcp: only (unix:
+ * sockets have file permissions, devices a cable).
+ */
+export async function keyedTransport(spec: string, listening: boolean, transport: Transport, o: KeyOptions, log: (message: string) => void): Promise<Transport> {
+  const tcp = spec.startsWith("tcp:");
+  if (o.keyFile && !tcp) throw new TbError("USAGE", "--key-file applies to tcp: streams only", "drop --key-file (unix: sockets are guarded by their mode, devices by the cable)");
+  if (o.insecure && !tcp) throw new TbError("USAGE", "--insecure applies to tcp: streams only", "drop --insecure");
+  if (!tcp || !o.keyFile) {
+    if (tcp && listening && !o.insecure)
+      throw new TbError("REFUSED", `a tcp: receiver without a key would take backups from, and with --allow-restore give them to, anyone who can connect to ${spec}`, "give --key-file FILE (tbbackup keygen FILE, the same file on both sides), or --insecure to accept that");
+    return transport;
+  }
+  const { readKeyFile } = await import("../core/keyfile.ts");
+  const { KeyedTransport } = await import("../transport/auth.ts");
+  return new KeyedTransport(transport, readKeyFile(o.keyFile), log);
 }

@@ -6,4 +6,5 @@ export const TOOL_NAME = "tbbackup";
 export const TOOL_VERSION: string = pkg.version;
 export const TOOL = `${TOOL_NAME}/${TOOL_VERSION}`;
 export { PROTOCOL_VERSION };
-export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status"];
+/** "key-auth": can authenticate a tcp: connection with a key before HELLO (docs/PROTOCOL.md §7.1) */
+export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", "key-auth"];

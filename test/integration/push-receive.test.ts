@@ -41,6 +41,13 @@ const cases: Case[] = [
   },
 ];
 
+/** A new key file (tbbackup keygen) in d. */
+function keyFile(d: string): string {
+  const f = path.join(d, "tcp.key");
+  if (!fs.existsSync(f)) sh(`${JSON.stringify(BIN)} keygen ${JSON.stringify(f)}`);
+  return f;
+}
+
 function checkStored(out: string, label: string): string {
   const backups = fs.readdirSync(out, { recursive: true }).map(String).filter((p) => p.endsWith("image.zst"));
   expect(backups.length).toBe(1);
@@ -62,10 +69,12 @@ describe("push -> receive over each transport", () => {
       const out = path.join(d, "store");
       const [rspec, pspec, teardown] = await c.setup(d);
       try {
-        const recv = start(["receive", "--out", out, "--stream", rspec, "--once", "--json"]);
+        // a tcp: receiver needs a key (or --insecure): both sides get the same key file
+        const key = rspec.startsWith("tcp:") ? ["--key-file", keyFile(d)] : [];
+        const recv = start(["receive", "--out", out, "--stream", rspec, "--once", "--json", ...key]);
         if (rspec.startsWith("unix:")) await waitFor(() => fs.existsSync(rspec.slice(5)), "receiver socket");
         else await Bun.sleep(300);
-        const p = await run(["push", img, "--stream", pspec, "--name", `via-${c.name}`, "--json"]);
+        const p = await run(["push", img, "--stream", pspec, "--name", `via-${c.name}`, "--json", ...key]);
         const r = await finish(recv);
         expect(p.code).toBe(0);
         expect(r.code).toBe(0);
@@ -148,7 +157,7 @@ describe("store, list and verify", () => {
     expect((await finish(recv)).code).toBe(0);
     const l = await run(["list", "--out", st]);
     expect(l.stdout).not.toContain("\x1b");
-    expect(l.stdout.trim().split("\n").length).toBe(2); // the header and one row
+    expect(l.stdout.trim().split("\n").length).toBe(3); // the header, one row and the total
     expect(l.stdout).toContain("evil?[2J?fake complete");
   });
 
