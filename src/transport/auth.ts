@@ -1,14 +1,14 @@
 // A transport whose connections are authenticated with a shared key before
 // anything else goes over them (docs/PROTOCOL.md §7.1): it wraps a tcp:
 // transport; connect() and accept() return a Conn only once both sides have
-// proved they hold the key. What follows on the Conn is not authenticated
-// per frame (see the README, "tcp: and keys").
+// proved they hold the key; what follows travels sealed (seal.ts).
 import { randomBytes } from "node:crypto";
 import { FrameDecoder, HEADER_SIZE, TRAILER_SIZE, encodeFrame } from "../protocol/frame.ts";
 import { MsgType, decodeJson, encodeJson, typeName, type Hello } from "../protocol/messages.ts";
 import { AUTH_METHOD, AUTH_VERSION, MAX_AUTH_PAYLOAD, authMac, isConnId, isNonce, macMatches, type AuthChallenge, type AuthHello, type AuthProof } from "../protocol/auth.ts";
 import { TbError } from "../core/errors.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
+import { sealKeys, sealedConn } from "./seal.ts";
 
 /** How long each side waits for the other's next key-exchange message. */
 export const AUTH_TIMEOUT_MS = 10_000;
@@ -127,7 +127,9 @@ export async function authenticateToReceiver(conn: Conn, key: Uint8Array): Promi
     throw new TbError("REFUSED", `the receiver refused the connection: ${e?.message ?? "no reason given"}`, WRONG_KEY_HINT);
   }
   if (ok.type !== MsgType.AUTH_OK || small<{ conn?: string }>(ok)?.conn !== connId) throw new TbError("PROTOCOL", `the receiver on ${conn.description} did not confirm the key exchange`, "use the same tbbackup version on both sides");
-  return withRest(conn, reader.rest());
+  // from here on, every byte travels sealed (§7.2)
+  const keys = sealKeys(key, connId, mine, ch.nonce);
+  return sealedConn(withRest(conn, reader.rest()), keys.up, keys.down);
 }
 
 /** The receiver's half: the connection's Conn once the initiator proved it holds the key; throws (after telling it) otherwise. */
@@ -152,7 +154,8 @@ export async function authenticateInitiator(conn: Conn, key: Uint8Array): Promis
   const proof = p.type === MsgType.AUTH_PROOF ? small<AuthProof>(p) : null;
   if (!proof || proof.conn !== a.conn || !macMatches(authMac(key, "initiator", a.conn, a.nonce, mine), proof.mac)) return refuse("wrong key");
   await send(conn, MsgType.AUTH_OK, { conn: a.conn });
-  return withRest(conn, reader.rest());
+  const keys = sealKeys(key, a.conn, a.nonce, mine);
+  return sealedConn(withRest(conn, reader.rest()), keys.down, keys.up);
 }
 
 /** `inner` with every connection authenticated; failures on the listening side are logged and the connection dropped. */

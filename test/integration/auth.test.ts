@@ -134,34 +134,82 @@ describe("sessions with a key", () => {
     }
   }, 60_000);
 
-  test("the key never crosses the wire: neither its bytes nor its hex are in what a proxy in between saw", async () => {
-    const p = port();
-    const front = port();
-    const seen: Buffer[] = [];
+  /** A tcp proxy from `front` to `back` that records both directions and can flip one byte going up. */
+  async function recordingProxy(front: number, back: number, flipUpAt = -1) {
+    const up: Buffer[] = [];
+    const down: Buffer[] = [];
+    let upBytes = 0;
     const proxy = net.createServer((c) => {
-      const u = net.connect(p, "127.0.0.1");
-      c.on("data", (d: Buffer) => (seen.push(Buffer.from(d)), u.write(d)));
-      u.on("data", (d: Buffer) => (seen.push(Buffer.from(d)), c.write(d)));
+      const u = net.connect(back, "127.0.0.1");
+      c.on("data", (d: Buffer) => {
+        const copy = Buffer.from(d);
+        if (flipUpAt >= upBytes && flipUpAt < upBytes + copy.length) copy[flipUpAt - upBytes] ^= 0x01;
+        upBytes += copy.length;
+        up.push(copy);
+        u.write(copy);
+      });
+      u.on("data", (d: Buffer) => (down.push(Buffer.from(d)), c.write(d)));
       c.on("end", () => u.end());
       u.on("end", () => c.end());
+      c.on("close", () => u.destroy());
+      u.on("close", () => c.destroy());
       for (const s of [c, u]) s.on("error", () => {});
     });
     await new Promise<void>((res) => proxy.listen(front, "127.0.0.1", () => res()));
+    return { up: () => Buffer.concat(up), down: () => Buffer.concat(down), close: () => proxy.close() };
+  }
+
+  const count = (hay: Buffer, needle: string) => {
+    let n = 0;
+    for (let i = hay.indexOf(needle); i >= 0; i = hay.indexOf(needle, i + 1)) n++;
+    return n;
+  };
+
+  test("on the wire: the key never, and after the key exchange nothing readable (sealed records, not frames)", async () => {
+    const p = port();
+    const front = port();
+    const proxy = await recordingProxy(front, p);
     const r = await receiver(p, ["--key-file", key, "--once"], "wire");
     try {
-      const ok = await run(["push", img, "--stream", `tcp:127.0.0.1:${front}`, "--key-file", key]);
+      const ok = await run(["push", img, "--stream", `tcp:127.0.0.1:${front}`, "--key-file", key, "--name", "a-label-to-look-for"]);
       expect(ok.code).toBe(0);
     } finally {
       await r.stop();
       proxy.close();
     }
-    const all = Buffer.concat(seen);
-    expect(all.length).toBeGreaterThan(1000);
+    const all = Buffer.concat([proxy.up(), proxy.down()]);
+    expect(proxy.up().length).toBeGreaterThan(1000);
     const hex = fs.readFileSync(key, "utf8").trim();
     expect(all.includes(Buffer.from(hex, "hex"))).toBe(false);
     expect(all.includes(Buffer.from(hex))).toBe(false);
-    // the exchange is there, before the HELLO: AUTH (0x30) is the first frame
-    expect(all.subarray(0, 4).toString()).toBe("TBK1");
-    expect(all[4]).toBe(0x30);
+    // AUTH (0x30) first; then only AUTH_PROOF is a plain frame going up, AUTH_CHALLENGE and AUTH_OK coming down
+    expect(proxy.up().subarray(0, 5)).toEqual(Buffer.from([0x54, 0x42, 0x4b, 0x31, 0x30]));
+    expect(count(proxy.up(), "TBK1")).toBe(2);
+    expect(count(proxy.down(), "TBK1")).toBe(2);
+    expect(all.includes("a-label-to-look-for")).toBe(false);
+    expect(all.includes('"role"')).toBe(false);
+  });
+
+  test("a byte changed on the way after the key exchange stops the push: nothing is stored as complete", async () => {
+    const big = path.join(dir, "random.img");
+    const buf = Buffer.alloc(4 << 20);
+    for (let i = 0; i < buf.length; i += 65536) crypto.getRandomValues(buf.subarray(i, i + 65536));
+    fs.writeFileSync(big, buf);
+    const p = port();
+    const front = port();
+    const proxy = await recordingProxy(front, p, 1_000_000);
+    const r = await receiver(p, ["--key-file", key], "tamper");
+    let log = "";
+    try {
+      const push = await run(["push", big, "--stream", `tcp:127.0.0.1:${front}`, "--key-file", key]);
+      expect(push.code).not.toBe(0);
+      expect(oneLine(push.stderr)).toMatch(/failed its authentication|closed|cut/);
+    } finally {
+      log = await r.stop();
+      proxy.close();
+    }
+    expect(log).toMatch(/failed its authentication \(tag mismatch\): the connection was changed on the way/);
+    const l = await run(["list", "--out", r.out, "--json"]);
+    expect((JSON.parse(l.stdout) as { status: string }[]).map((x) => x.status)).not.toContain("complete");
   });
 });
