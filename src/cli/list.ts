@@ -5,7 +5,7 @@ import { TbError } from "../core/errors.ts";
 import { bytes } from "../ui/format.ts";
 import { action, intOption, printJson, type GlobalOpts } from "./common.ts";
 import * as fs from "node:fs";
-import { keyedTransport, resolveStream, withKeyOptions, withThunderboltOptions } from "./stream.ts";
+import { keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 import { sysPath } from "../util/sysroot.ts";
 import { BUS_DIR } from "../thunderbolt/sysfs.ts";
 
@@ -49,8 +49,8 @@ export function register(program: Command): void {
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
         const { defaultStore } = await import("../store/layout.ts");
-        if (o.keyFile && !o.stream) throw new TbError("USAGE", "--key-file goes with --stream tcp:HOST:PORT", "run 'tbbackup list --help' for usage");
         if (o.out && o.stream) throw new TbError("USAGE", "use either --out (a local store) or --stream (a receiver), not both", "run 'tbbackup list --help' for usage");
+        const key = await keyFor(o.stream, false, o);
         let rows: Omit<BackupEntry, "path">[];
         let local = o.out;
         // Neither: the default store when this machine has one; else a receiver
@@ -66,7 +66,7 @@ export function register(program: Command): void {
         } else {
           const stream = await resolveStream(o.stream, "list", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
           try {
-            const transport = await keyedTransport(stream.spec, false, transportFor(stream.spec, false), o, (m) => process.stderr.write(`tbbackup: ${m}\n`));
+            const transport = await withKey(transportFor(stream.spec, false), key, (m) => process.stderr.write(`tbbackup: ${m}\n`));
             rows = await listRemote(transport, o.wait * 1000, makeReporter({ quiet: true }));
           } finally {
             await stream.cleanup();

@@ -5,7 +5,7 @@ import { TbError } from "../core/errors.ts";
 import { bytes, ratio } from "../ui/format.ts";
 import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
 import type { FilesSummary } from "../protocol/messages.ts";
-import { keyedTransport, resolveStream, withKeyOptions, withThunderboltOptions } from "./stream.ts";
+import { keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 
 /** mount points listed one a line; the rest are counted */
 const MOUNTS_SHOWN = 20;
@@ -38,17 +38,14 @@ export function register(program: Command): void {
           throw new TbError("USAGE", `--chunk-size ${o.chunkSize} is not allowed`, "use a multiple of 4K from 4K to 4M");
         // before anything starts, and outside the 'backup is incomplete' wording below
         (await import("../util/zstd.ts")).requireZstd();
+        const key = await keyFor(o.stream, false, o);
         const reporter = makeReporter();
         onInterrupt("the backup is incomplete; run push again");
         const input = o.files ? tarSource({ roots: o.files, strict: o.strict === true, label: o.name ?? null, crossMounts: o.crossMounts === true }) : undefined;
         const stream = await resolveStream(o.stream, "push", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream; leave out --json");
         if (o.stream === "-" && process.stdout.isTTY) throw new TbError("USAGE", "--stream - sends the backup to stdout, which is a terminal", "pipe it to the receiver (e.g. through ssh or socat)");
-        // (a bad key file is a usage problem, not an incomplete backup)
-        const transport = await keyedTransport(stream.spec, false, transportFor(stream.spec, false), o, (m) => reporter.info(m)).catch(async (e: unknown) => {
-          await stream.cleanup();
-          throw e;
-        });
+        const transport = await withKey(transportFor(stream.spec, false), key, (m) => reporter.info(m));
         try {
           const r = await push({ source: source ?? o.files!.join(" "), input, transport, label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume });
           reporter.stop();

@@ -6,7 +6,7 @@ import * as fs from "node:fs";
 import { TbError, errnoText } from "../core/errors.ts";
 import { DIR_MODE, defaultStore } from "../store/layout.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
-import { THUNDERBOLT_GROUP, keyedTransport, resolveStream, withKeyOptions, withThunderboltOptions } from "./stream.ts";
+import { THUNDERBOLT_GROUP, keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 
 /** A group name (or number) as a gid. */
 function groupId(name: string): number {
@@ -59,6 +59,7 @@ export function register(program: Command): void {
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
         if (o.group && !o.stream?.startsWith("unix:")) throw new TbError("USAGE", "--group applies to a unix: socket only", "use it with --stream unix:PATH");
         const gid = o.group === undefined ? undefined : groupId(o.group);
+        const key = await keyFor(o.stream, true, o);
         const out = o.out ?? defaultStoreFor();
         const reporter = makeReporter();
         let serving: Hello["role"] | null = null;
@@ -73,10 +74,7 @@ export function register(program: Command): void {
           0,
         );
         const stream = await resolveStream(o.stream, "receive", { peer: o.peer, hopids: o.hopids, ringSize: o.ringSize, throttling: o.throttling });
-        const transport = await keyedTransport(stream.spec, true, transportFor(stream.spec, true, { watch: stream.watch }, { gid }), o, (m) => reporter.info(m)).catch(async (e: unknown) => {
-          await stream.cleanup();
-          throw e;
-        });
+        const transport = await withKey(transportFor(stream.spec, true, { watch: stream.watch }, { gid }), key, (m) => reporter.info(m));
         const results = await serve({
           out,
           transport,

@@ -8,7 +8,7 @@ import type { RestoreInfo } from "../protocol/messages.ts";
 import type { TargetInfo } from "../core/target.ts";
 import { bytes } from "../ui/format.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
-import { keyedTransport, resolveStream, withKeyOptions, withThunderboltOptions } from "./stream.ts";
+import { keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 
 function describeTarget(t: TargetInfo): string {
   const id = [t.identity.model, t.identity.serial && `serial ${t.identity.serial}`, t.identity.wwn && `wwn ${t.identity.wwn}`].filter(Boolean).join(", ");
@@ -97,6 +97,7 @@ export function register(program: Command): void {
         const target = targetArg ?? o.files!;
         if (o.from && o.stream) throw new TbError("USAGE", "use either --from or --stream, not both", "--from reads a local backup, --stream asks a receiver");
         if (o.from && o.backup) throw new TbError("USAGE", "--backup goes with --stream", "with --from, give the backup's directory itself");
+        const key = await keyFor(o.stream, false, o);
         const reporter = makeReporter();
         // A new image file that a failed restore leaves behind would look complete
         // (full size, sparse): it is removed. What existed before is left as it is.
@@ -117,7 +118,7 @@ export function register(program: Command): void {
         onInterrupt(() => (!writing ? `nothing was written to ${target}` : removeUnfinished() ? `${removed}; run restore again` : `${unfinished}; run restore again`));
         const stream = o.from ? null : await resolveStream(o.stream, "restore", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         try {
-          const transport = stream ? await keyedTransport(stream.spec, false, transportFor(stream.spec, false), o, (m) => reporter.info(m)) : undefined;
+          const transport = stream ? await withKey(transportFor(stream.spec, false), key, (m) => reporter.info(m)) : undefined;
           const r = await restore({
             target,
             filesDest: o.files,

@@ -85,20 +85,25 @@ export function withKeyOptions(cmd: Command, receiver = false): Command {
 }
 
 /**
- * The transport for `spec`, authenticated with the key when one is given. A
- * tcp: receiver needs a key or --insecure; a key is for tcp: only (unix:
- * sockets have file permissions, devices a cable).
+ * Checks the key options against the stream before anything starts, and reads
+ * the key: null when the connection is not to be authenticated. A tcp:
+ * receiver needs a key or --insecure; a key is for tcp: only (unix: sockets
+ * have file permissions, devices a cable).
  */
-export async function keyedTransport(spec: string, listening: boolean, transport: Transport, o: KeyOptions, log: (message: string) => void): Promise<Transport> {
-  const tcp = spec.startsWith("tcp:");
+export async function keyFor(spec: string | undefined, listening: boolean, o: KeyOptions): Promise<Uint8Array | null> {
+  const tcp = spec?.startsWith("tcp:") === true;
   if (o.keyFile && !tcp) throw new TbError("USAGE", "--key-file applies to tcp: streams only", "drop --key-file (unix: sockets are guarded by their mode, devices by the cable)");
   if (o.insecure && !tcp) throw new TbError("USAGE", "--insecure applies to tcp: streams only", "drop --insecure");
-  if (!tcp || !o.keyFile) {
-    if (tcp && listening && !o.insecure)
-      throw new TbError("REFUSED", `a tcp: receiver without a key would take backups from, and with --allow-restore give them to, anyone who can connect to ${spec}`, "give --key-file FILE (tbbackup keygen FILE, the same file on both sides), or --insecure to accept that");
-    return transport;
-  }
+  if (tcp && listening && !o.keyFile && !o.insecure)
+    throw new TbError("REFUSED", `a tcp: receiver without a key would take backups from, and with --allow-restore give them to, anyone who can connect to ${spec}`, "give --key-file FILE (tbbackup keygen FILE, the same file on both sides), or --insecure to accept that");
+  if (!o.keyFile) return null;
   const { readKeyFile } = await import("../core/keyfile.ts");
+  return readKeyFile(o.keyFile);
+}
+
+/** `transport` with its connections authenticated (and sealed) by `key`; as it is without one. */
+export async function withKey(transport: Transport, key: Uint8Array | null, log: (message: string) => void): Promise<Transport> {
+  if (!key) return transport;
   const { KeyedTransport } = await import("../transport/auth.ts");
-  return new KeyedTransport(transport, readKeyFile(o.keyFile), log);
+  return new KeyedTransport(transport, key, log);
 }
