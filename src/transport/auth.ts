@@ -12,6 +12,8 @@ import { sealKeys, sealedConn } from "./seal.ts";
 
 /** How long each side waits for the other's next key-exchange message. */
 export const AUTH_TIMEOUT_MS = 10_000;
+/** connections in the key exchange at once, on a receiver */
+const MAX_PENDING_AUTH = 8;
 
 interface AuthFrame {
   type: number;
@@ -176,23 +178,60 @@ export class KeyedTransport implements Transport {
     }
   }
 
+  /**
+   * Connections are authenticated as they come, several at once, and handed
+   * out once they pass: one that says nothing holds only itself, not the
+   * receiver (at most MAX_PENDING_AUTH at a time; more are closed at once).
+   */
   async listen(): Promise<Listener> {
     const l = await this.inner.listen();
+    const ready: Conn[] = [];
+    const waiters: ((c: Conn | null) => void)[] = [];
+    let ended = false;
+    let failure: unknown = null;
+    let pending = 0;
+    const hand = (c: Conn | null) => {
+      const w = waiters.shift();
+      if (w) w(c);
+      else if (c) ready.push(c);
+    };
+    void (async () => {
+      try {
+        for (;;) {
+          const conn = await l.accept();
+          if (!conn) break;
+          if (pending >= MAX_PENDING_AUTH) {
+            this.log(`refused a connection on ${l.description}: ${MAX_PENDING_AUTH} others are still in the key exchange`);
+            void conn.close().catch(() => {});
+            continue;
+          }
+          pending++;
+          authenticateInitiator(conn, this.key)
+            .then(hand, async (e: unknown) => {
+              this.log(`refused a connection on ${l.description}: ${e instanceof TbError ? e.message : String(e)}`);
+              await conn.close().catch(() => {});
+            })
+            .finally(() => pending--);
+        }
+      } catch (e) {
+        failure = e; // (the listener broke: accept() says so)
+      }
+      ended = true;
+      for (const w of waiters.splice(0)) w(null);
+    })();
     return {
       description: `${l.description} (key required)`,
       accept: async () => {
-        for (;;) {
-          const conn = await l.accept();
-          if (!conn) return null;
-          try {
-            return await authenticateInitiator(conn, this.key);
-          } catch (e) {
-            this.log(`refused a connection on ${l.description}: ${e instanceof TbError ? e.message : String(e)}`);
-            await conn.close().catch(() => {});
-          }
-        }
+        const c = ready.shift();
+        if (c) return c;
+        const next = ended ? null : await new Promise<Conn | null>((resolve) => waiters.push(resolve));
+        if (!next && failure) throw failure;
+        return next;
       },
-      close: () => l.close(),
+      close: async () => {
+        await l.close();
+        for (const c of ready.splice(0)) await c.close().catch(() => {});
+      },
     };
   }
 }

@@ -110,6 +110,20 @@ describe("sessions with a key", () => {
     }
   });
 
+  test("connections that say nothing do not hold up a sender with the key (each would hold it 10 s; the sender waits 10 s for its answer)", async () => {
+    const p = port();
+    const r = await receiver(p, ["--key-file", key, "--once"], "silent");
+    const silent = [0, 1].map(() => net.connect(p, "127.0.0.1"));
+    try {
+      await Promise.all(silent.map((s) => new Promise((res) => s.once("connect", res))));
+      const ok = await run(["push", img, "--stream", `tcp:127.0.0.1:${p}`, "--key-file", key]);
+      expect(ok.code).toBe(0);
+    } finally {
+      for (const s of silent) s.destroy();
+      await r.stop();
+    }
+  }, 60_000);
+
   test("a base64 key file works the same", async () => {
     const b64 = path.join(dir, "b64.key");
     fs.writeFileSync(b64, Buffer.from(fs.readFileSync(key, "utf8").trim(), "hex").toString("base64") + "\n", { mode: 0o600 });
