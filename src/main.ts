@@ -10,6 +10,9 @@ import { register as registerStreams } from "./cli/streams.ts";
 import { register as registerNbd } from "./cli/nbd.ts";
 import { register as registerMount } from "./cli/mount.ts";
 import { register as registerUmount } from "./cli/umount.ts";
+import { register as registerDelete } from "./cli/delete.ts";
+import { register as registerPrune } from "./cli/prune.ts";
+import { register as registerKeygen } from "./cli/keygen.ts";
 import { PROTOCOL_VERSION, TOOL_VERSION } from "./core/version.ts";
 import { asTbError } from "./errors.ts";
 
@@ -27,7 +30,8 @@ const program = new Command()
   .description("image a disk over a USB4/Thunderbolt cable (or any stream), store it verified, restore it")
   // commander's own usage errors, in our one-line form (exit 2)
   .configureOutput({ outputError: (str, write) => write(`tbbackup: ${str.replace(/^error: /, "").trim()}; run 'tbbackup --help' for usage\n`) })
-  .exitOverride();
+  .exitOverride()
+  .version(`tbbackup ${TOOL_VERSION} (protocol ${PROTOCOL_VERSION})`, "-V, --version", "print tool and protocol versions");
 
 program
   .command("version")
@@ -46,6 +50,9 @@ registerStreams(program);
 registerNbd(program);
 registerMount(program);
 registerUmount(program);
+registerDelete(program);
+registerPrune(program);
+registerKeygen(program);
 
 program.parseAsync(process.argv).catch((e) => {
   if (e instanceof CommanderError) {

@@ -70,15 +70,37 @@ export function sizeOption(v: string): number {
   return Number(m[1]) * mult;
 }
 
-/** Installs SIGINT/SIGTERM handlers that end the process with a clear line (what it means, at that moment). */
-export function onInterrupt(what: string | (() => string)): void {
+/**
+ * Installs SIGINT/SIGTERM handlers that end the process with a clear line
+ * (what it means, at that moment). Exit 130 and 143, unless `termExit` says
+ * otherwise for SIGTERM (a service stopped by systemd has not failed).
+ */
+export function onInterrupt(what: string | (() => string), termExit = 143): void {
   for (const sig of ["SIGINT", "SIGTERM"] as const) {
     process.once(sig, () => {
-      const message = `interrupted (${sig}); ${typeof what === "string" ? what : what()}`;
-      process.stderr.write(`\ntbbackup: ${message}\n`);
+      const code = sig === "SIGINT" ? 130 : termExit;
+      const message = `${code === 0 ? "stopped" : "interrupted"} (${sig}); ${typeof what === "string" ? what : what()}`;
+      process.stderr.write(`${process.stderr.isTTY ? "\n" : ""}tbbackup: ${message}\n`);
       // (not when stdout carries the stream)
-      if (process.argv.includes("--json") && !process.argv.includes("-")) printJson({ ok: false, error: { code: "INTERRUPTED", message, exit: sig === "SIGINT" ? 130 : 143 } });
-      void exit(sig === "SIGINT" ? 130 : 143);
+      if (process.argv.includes("--json") && !process.argv.includes("-")) printJson(code === 0 ? { ok: true, stopped: sig, message } : { ok: false, error: { code: "INTERRUPTED", message, exit: code } });
+      void exit(code);
     });
   }
+}
+
+/**
+ * The store a command works on: --out DIR, else the default store (/var/lib/tbbackup,
+ * or TBBACKUP_STORE). It must exist: a mistyped DIR is not an empty store.
+ */
+export async function existingStore(out: string | undefined, command: string): Promise<string> {
+  const { defaultStore } = await import("../store/layout.ts");
+  const fs = await import("node:fs");
+  const dir = out ?? defaultStore();
+  if (!fs.existsSync(dir))
+    throw new TbError(
+      out ? "NOT_FOUND" : "USAGE",
+      out ? `${dir} does not exist` : `no store at ${dir} (the default)`,
+      out ? "give the directory passed to 'tbbackup receive --out'" : `give --out DIR (the directory passed to 'tbbackup receive --out'), or set TBBACKUP_STORE; run 'tbbackup ${command} --help' for usage`,
+    );
+  return dir;
 }

@@ -5,7 +5,9 @@ import { TbError } from "../errors.ts";
 import { bytes } from "../ui/format.ts";
 import { action, intOption, printJson, type GlobalOpts } from "./common.ts";
 import * as fs from "node:fs";
-import { resolveStream, withThunderboltOptions } from "./stream.ts";
+import { keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
+import { sysPath } from "../util/sysroot.ts";
+import { BUS_DIR } from "../thunderbolt/sysfs.ts";
 
 /** A file-level backup that left files out or caught them changing says so beside its status. */
 function statusText(r: Omit<BackupEntry, "path">): string {
@@ -23,36 +25,56 @@ export function formatTable(rows: Omit<BackupEntry, "path">[]): string {
   return [head, ...body].map((cols) => cols.map((c, i) => c.padEnd(widths[i]!)).join("  ").trimEnd()).join("\n") + "\n";
 }
 
+/** The last line of the table: how many backups are shown and what they take on the receiver. */
+export function totalLine(rows: Omit<BackupEntry, "path">[]): string {
+  const stored = rows.reduce((sum, r) => sum + (Number.isFinite(r.storedBytes) && r.storedBytes > 0 ? r.storedBytes : 0), 0);
+  return `total: ${rows.length} backup${rows.length === 1 ? "" : "s"}, ${bytes(stored)} stored\n`;
+}
+
 export function register(program: Command): void {
   withThunderboltOptions(
-    program.command("list")
-      .description("list backups in a local store (--out) or on a receiver (--stream)")
-      .option("--out <dir>", "a local store directory")
+    withKeyOptions(program.command("list")
+      .description("list backups in a local store (--out, default /var/lib/tbbackup) or on a receiver (--stream)")
+      .option("--out <dir>", "a local store directory (default: /var/lib/tbbackup, or $TBBACKUP_STORE, when it exists)")
       .option("--stream <spec>", "ask the receiver at the other end of this stream")
+      .option("--host <name>", "only the backups of this host (as in the ID)")
+      .option("--disk <name>", "only the backups of this disk (as in the ID)")
       .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
-      .option("--json", "print JSON"),
+      .option("--json", "print JSON")),
   )
     .action(
-      action(async (o: { out?: string; stream?: string; wait: number; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+      action(async (o: { keyFile?: string; out?: string; stream?: string; host?: string; disk?: string; wait: number; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         const { listBackups } = await import("../core/catalogue.ts");
         const { listRemote } = await import("../core/remote.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
+        const { defaultStore } = await import("../store/layout.ts");
         if (o.out && o.stream) throw new TbError("USAGE", "use either --out (a local store) or --stream (a receiver), not both", "run 'tbbackup list --help' for usage");
+        const key = await keyFor(o.stream, false, o);
         let rows: Omit<BackupEntry, "path">[];
-        if (o.out) {
-          if (!fs.existsSync(o.out)) throw new TbError("NOT_FOUND", `${o.out} does not exist`, "give the directory passed to 'tbbackup receive --out'");
-          rows = listBackups(o.out);
+        let local = o.out;
+        // Neither: the default store when this machine has one; else a receiver
+        // over the Thunderbolt cable, when this machine has a Thunderbolt bus.
+        if (!o.out && !o.stream) {
+          if (fs.existsSync(defaultStore())) local = defaultStore();
+          else if (!o.peer && !fs.existsSync(sysPath(BUS_DIR)))
+            throw new TbError("USAGE", `list needs --out DIR (a store; there is none at ${defaultStore()}) or --stream SPEC (a receiver)`, "run 'tbbackup list --help' for usage");
+        }
+        if (local) {
+          if (!fs.existsSync(local)) throw new TbError("NOT_FOUND", `${local} does not exist`, "give the directory passed to 'tbbackup receive --out'");
+          rows = listBackups(local);
         } else {
           const stream = await resolveStream(o.stream, "list", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
           try {
-            rows = await listRemote(transportFor(stream.spec, false), o.wait * 1000, makeReporter({ quiet: true }));
+            const transport = await withKey(transportFor(stream.spec, false), key, (m) => process.stderr.write(`tbbackup: ${m}\n`));
+            rows = await listRemote(transport, o.wait * 1000, makeReporter({ quiet: true }));
           } finally {
             await stream.cleanup();
           }
         }
+        rows = rows.filter((r) => (!o.host || r.host === o.host) && (!o.disk || r.disk === o.disk));
         if (o.json) printJson(rows);
-        else process.stdout.write(formatTable(rows));
+        else process.stdout.write(formatTable(rows) + (rows.length ? totalLine(rows) : ""));
       }),
     );
 }

@@ -7,7 +7,7 @@ import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type G
 import type { FilesSummary, Layout, MountedRw } from "../protocol/messages.ts";
 import { describeDevice, mountsOn } from "../util/mounts.ts";
 import * as fs from "node:fs";
-import { resolveStream, withThunderboltOptions } from "./stream.ts";
+import { keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 
 /** mount points listed one a line; the rest are counted */
 const MOUNTS_SHOWN = 20;
@@ -53,7 +53,7 @@ function checkSource(source: string, strict: boolean): MountedRw[] {
 
 export function register(program: Command): void {
   withThunderboltOptions(
-    program.command("push")
+    withKeyOptions(program.command("push")
       .description("send a full image of SOURCE (a block device or an image file), or directory trees (--files), to a receiver")
       .argument("[source]", "block device (e.g. /dev/nvme0n1) or regular file")
       .option("--files <dir...>", "send these directory trees as a file-level backup (tar) instead of an image")
@@ -68,10 +68,10 @@ export function register(program: Command): void {
       .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
       .option("--idle <seconds>", "give up when the receiver takes no data and says nothing for this long", intOption(5, 86400), 300)
       .option("--sha256", "also compute the classic whole-image SHA-256 (sha256sum of the disk) on both sides, besides the integrity root")
-      .option("--json", "print one JSON result on stdout"),
+      .option("--json", "print one JSON result on stdout")),
   )
     .action(
-      action(async (source: string | undefined, o: { stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; crossMounts?: boolean; resume: boolean; sha256?: boolean; allBlocks?: boolean } & GlobalOpts) => {
+      action(async (source: string | undefined, o: { keyFile?: string; stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; crossMounts?: boolean; resume: boolean; sha256?: boolean; allBlocks?: boolean } & GlobalOpts) => {
         const { push } = await import("../core/push.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -82,6 +82,7 @@ export function register(program: Command): void {
         // before anything starts, and outside the 'backup is incomplete' wording below
         (await import("../util/zstd.ts")).requireZstd();
         const mountedRw = source ? checkSource(source, o.strict === true) : [];
+        const key = await keyFor(o.stream, false, o);
         const reporter = makeReporter();
         onInterrupt("the backup is incomplete; run push again");
         if (o.files && o.allBlocks) throw new TbError("USAGE", "--all-blocks applies to an image push, not to --files", "leave out --all-blocks");
@@ -89,6 +90,7 @@ export function register(program: Command): void {
         const stream = await resolveStream(o.stream, "push", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream; leave out --json");
         if (o.stream === "-" && process.stdout.isTTY) throw new TbError("USAGE", "--stream - sends the backup to stdout, which is a terminal", "pipe it to the receiver (e.g. through ssh or socat)");
+        const transport = await withKey(transportFor(stream.spec, false), key, (m) => reporter.info(m));
         try {
           if (!input && !o.allBlocks) {
             const { usedBlocksSource } = await import("../core/used-source.ts");
@@ -96,7 +98,7 @@ export function register(program: Command): void {
             input = u.source;
             if (!o.json) process.stderr.write(formatLayout(u.source.disk.name, u.plan.size, u.source.layout!));
           }
-          const r = await push({ source: source ?? o.files!.join(" "), input, transport: transportFor(stream.spec, false), mountedRw, label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume, sha256: o.sha256 === true });
+          const r = await push({ source: source ?? o.files!.join(" "), input, transport, mountedRw, label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume, sha256: o.sha256 === true });
           reporter.stop();
           const files = r.files as FilesSummary | undefined;
           const unreadable = files?.unreadable.length ?? 0;

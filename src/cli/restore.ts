@@ -8,7 +8,7 @@ import type { TargetInfo } from "../core/target.ts";
 import { bytes } from "../ui/format.ts";
 import { ask } from "../ui/prompt.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
-import { resolveStream, withThunderboltOptions } from "./stream.ts";
+import { keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 
 function describeTarget(t: TargetInfo): string {
   const id = [t.identity.model, t.identity.serial && `serial ${t.identity.serial}`, t.identity.wwn && `wwn ${t.identity.wwn}`].filter(Boolean).join(", ");
@@ -72,7 +72,7 @@ function confirmer(yes: boolean, force: boolean) {
 
 export function register(program: Command): void {
   withThunderboltOptions(
-    program.command("restore")
+    withKeyOptions(program.command("restore")
       .description("write a backup onto TARGET (a block device or an image file)")
       .argument("[target]", "disk (e.g. /dev/nvme0n1) or image file to write")
       .option("--files <dest>", "extract a file-level backup under this directory instead")
@@ -84,10 +84,10 @@ export function register(program: Command): void {
       .option("--force", "with --yes: also overwrite a disk that holds data and is not the one the backup was made from")
       .option("--no-verify", "skip reading the target back after writing")
       .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
-      .option("--json", "print one JSON result on stdout"),
+      .option("--json", "print one JSON result on stdout")),
   )
     .action(
-      action(async (targetArg: string | undefined, o: { stream?: string; from?: string; backup?: string; yes?: boolean; force?: boolean; verify: boolean; wait: number; files?: string; overwrite?: boolean; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+      action(async (targetArg: string | undefined, o: { keyFile?: string; stream?: string; from?: string; backup?: string; yes?: boolean; force?: boolean; verify: boolean; wait: number; files?: string; overwrite?: boolean; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         const { restore } = await import("../core/restore.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -96,6 +96,7 @@ export function register(program: Command): void {
         const target = targetArg ?? o.files!;
         if (o.from && o.stream) throw new TbError("USAGE", "use either --from or --stream, not both", "--from reads a local backup, --stream asks a receiver");
         if (o.from && o.backup) throw new TbError("USAGE", "--backup goes with --stream", "with --from, give the backup's directory itself");
+        const key = await keyFor(o.stream, false, o);
         const reporter = makeReporter();
         // A new image file that a failed restore leaves behind would look complete
         // (full size, sparse): it is removed. What existed before is left as it is.
@@ -116,12 +117,13 @@ export function register(program: Command): void {
         onInterrupt(() => (!writing ? `nothing was written: the target ${target} was not changed` : removeUnfinished() ? `${removed}; run restore again` : `${unfinished}; run restore again`));
         const stream = o.from ? null : await resolveStream(o.stream, "restore", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         try {
+          const transport = stream ? await withKey(transportFor(stream.spec, false), key, (m) => reporter.info(m)) : undefined;
           const r = await restore({
             target,
             filesDest: o.files,
             overwrite: o.overwrite === true,
             from: o.from,
-            transport: stream ? transportFor(stream.spec, false) : undefined,
+            transport,
             backup: o.backup,
             verify: o.verify,
             waitMs: o.wait * 1000,

@@ -4,6 +4,7 @@ import { Option, type Command } from "commander";
 import { TbError } from "../errors.ts";
 import { intOption } from "./common.ts";
 import * as fs from "node:fs";
+import type { Transport } from "../transport/index.ts";
 
 export type StreamRole = "push" | "receive" | "list" | "restore";
 
@@ -72,4 +73,41 @@ export function withThunderboltOptions(cmd: Command): Command {
     .addOption(new Option("--peer <id>", "the Thunderbolt peer to use (unique_id or device name)").helpGroup(group))
     .addOption(new Option("--ring-size <n>", "driver ring size (32..4096)").argParser(intOption(32, 4096)).helpGroup(group))
     .addOption(new Option("--throttling <ns>", "interrupt throttling in ns (0..16776960)").argParser(intOption(0, 16776960)).helpGroup(group));
+}
+
+export interface KeyOptions {
+  keyFile?: string;
+  /** receive only: accept tcp: connections without a key */
+  insecure?: boolean;
+}
+
+/** Adds --key-file (and, for receive, --insecure). */
+export function withKeyOptions(cmd: Command, receiver = false): Command {
+  cmd.option("--key-file <file>", "tcp: authenticate both sides with this key (made by 'tbbackup keygen')");
+  if (receiver) cmd.option("--insecure", "tcp: accept connections without a key (anyone who can connect can push and, with --allow-restore, read backups)");
+  return cmd;
+}
+
+/**
+ * Checks the key options against the stream before anything starts, and reads
+ * the key: null when the connection is not to be authenticated. A tcp:
+ * receiver needs a key or --insecure; a key is for tcp: only (unix: sockets
+ * have file permissions, devices a cable).
+ */
+export async function keyFor(spec: string | undefined, listening: boolean, o: KeyOptions): Promise<Uint8Array | null> {
+  const tcp = spec?.startsWith("tcp:") === true;
+  if (o.keyFile && !tcp) throw new TbError("USAGE", "--key-file applies to tcp: streams only", "drop --key-file (unix: sockets are guarded by their mode, devices by the cable)");
+  if (o.insecure && !tcp) throw new TbError("USAGE", "--insecure applies to tcp: streams only", "drop --insecure");
+  if (tcp && listening && !o.keyFile && !o.insecure)
+    throw new TbError("REFUSED", `a tcp: receiver without a key would take backups from, and with --allow-restore give them to, anyone who can connect to ${spec}`, "give --key-file FILE (tbbackup keygen FILE, the same file on both sides), or --insecure to accept that");
+  if (!o.keyFile) return null;
+  const { readKeyFile } = await import("../core/keyfile.ts");
+  return readKeyFile(o.keyFile);
+}
+
+/** `transport` with its connections authenticated (and sealed) by `key`; as it is without one. */
+export async function withKey(transport: Transport, key: Uint8Array | null, log: (message: string) => void): Promise<Transport> {
+  if (!key) return transport;
+  const { KeyedTransport } = await import("../transport/auth.ts");
+  return new KeyedTransport(transport, key, log);
 }

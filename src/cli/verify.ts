@@ -4,14 +4,14 @@ import { bytes } from "../ui/format.ts";
 import { action, exitWith, printJson, type GlobalOpts } from "./common.ts";
 import { TbError } from "../errors.ts";
 import * as fs from "node:fs";
-import { FILES_FILE, IMAGE_FILE, MANIFEST_FILE } from "../store/layout.ts";
+import { FILES_FILE, IMAGE_FILE, MANIFEST_FILE, defaultStore } from "../store/layout.ts";
 
 export function register(program: Command): void {
   program
     .command("verify")
     .description("check a stored backup: every chunk and the whole-image SHA-256")
     .argument("[path]", "a backup directory or its image.zst")
-    .option("--out <dir>", "check every complete backup in this store instead")
+    .option("--out <dir>", "check every complete backup in this store instead (with no PATH and no --out: /var/lib/tbbackup, or $TBBACKUP_STORE)")
     .option("--json", "print JSON")
     .action(
       action(async (p: string | undefined, o: { out?: string } & GlobalOpts) => {
@@ -19,7 +19,11 @@ export function register(program: Command): void {
         const { makeReporter } = await import("../ui/progress.ts");
         const { listBackups } = await import("../core/catalogue.ts");
         if (p && o.out) throw new TbError("USAGE", "verify takes a PATH or --out DIR, not both", "run 'tbbackup verify --help' for usage");
-        if (!p && !o.out) throw new TbError("USAGE", "verify needs a PATH or --out DIR", "e.g. tbbackup verify /srv/backups/host/disk/20260101T000000Z");
+        // neither: the default store, when there is one
+        if (!p && !o.out) {
+          if (!fs.existsSync(defaultStore())) throw new TbError("USAGE", `verify needs a PATH or --out DIR (there is no store at ${defaultStore()})`, "e.g. tbbackup verify /srv/backups/host/disk/20260101T000000Z");
+          o.out = defaultStore();
+        }
         const reporter = makeReporter();
         try {
           if (p) {

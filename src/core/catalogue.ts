@@ -1,7 +1,7 @@
 // The catalogue: what backups a store directory holds.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { PARTIAL_SUFFIX, IMAGE_FILE, FILES_FILE } from "../store/layout.ts";
+import { PARTIAL_SUFFIX, IMAGE_FILE, FILES_FILE, DELETING_SUFFIX } from "../store/layout.ts";
 import { readManifest, type Manifest } from "../store/manifest.ts";
 
 export interface BackupEntry {
@@ -44,6 +44,24 @@ function dirs(p: string): string[] {
   }
 }
 
+/** Bytes a directory's files take on disk (what du counts), not descending further. */
+export function diskUsage(dir: string): number {
+  let total = 0;
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return 0;
+  }
+  for (const n of names) {
+    try {
+      const st = fs.lstatSync(path.join(dir, n));
+      if (st.isFile()) total += st.blocks * 512;
+    } catch {}
+  }
+  return total;
+}
+
 export function entryFor(dir: string, id: string): BackupEntry {
   const [host = "", disk = ""] = id.split("/");
   let m: Manifest | null = null;
@@ -61,7 +79,8 @@ export function entryFor(dir: string, id: string): BackupEntry {
     kind: m?.kind ?? (fs.existsSync(path.join(dir, FILES_FILE)) ? "files" : "image"),
     status,
     size: m?.size ?? 0,
-    storedBytes: m?.storedBytes ?? 0,
+    // a partial's manifest is written before its data: what it holds is what its files take
+    storedBytes: partial || !m ? diskUsage(dir) : m.storedBytes,
     // (a partial's stored bytes cover only part of its size)
     ratio: m && status === "complete" && m.storedBytes > 0 ? m.size / m.storedBytes : null,
     date: m?.timings.started ?? "",
@@ -87,6 +106,8 @@ export function listBackups(root: string): BackupEntry[] {
     if (host.startsWith(".")) continue;
     for (const disk of dirs(path.join(root, host))) {
       for (const b of dirs(path.join(root, host, disk))) {
+        // being deleted (or left half-deleted by a crash): no longer a backup
+        if (b.endsWith(DELETING_SUFFIX) || b.startsWith(".")) continue;
         out.push(entryFor(path.join(root, host, disk, b), `${host}/${disk}/${b}`));
       }
     }

@@ -6,6 +6,7 @@ export const TOOL_NAME = "tbbackup";
 export const TOOL_VERSION: string = pkg.version;
 export const TOOL = `${TOOL_NAME}/${TOOL_VERSION}`;
 export { PROTOCOL_VERSION };
-/** The integrity root of per-chunk SHA-256s (docs/PROTOCOL.md §5.4): END, DONE and RESTORE_INFO carry `root`. */
+/** The integrity root of per-chunk SHA-256s (docs/PROTOCOL.md §5.4a): END, DONE and RESTORE_INFO carry `root`. */
 export const ROOT_CAP = "root";
-export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", ROOT_CAP];
+/** "key-auth": can authenticate a tcp: connection with a key before HELLO (docs/PROTOCOL.md §7.1) */
+export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", ROOT_CAP, "key-auth"];

@@ -22,6 +22,11 @@ export const MsgType = {
   RESTORE_DONE: 0x25,
   RESUME: 0x15,
   STATUS: 0x16,
+  /** key authentication on tcp:, before HELLO (auth.ts) */
+  AUTH: 0x30,
+  AUTH_CHALLENGE: 0x31,
+  AUTH_PROOF: 0x32,
+  AUTH_OK: 0x33,
 } as const;
 export type MsgTypeName = keyof typeof MsgType;
 

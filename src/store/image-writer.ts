@@ -3,7 +3,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { encodeSeekTable, frameChecksum, type SeekEntry } from "./seekable.ts";
-import { CHUNKS_FILE, DIGESTS_FILE, fsyncDir } from "./layout.ts";
+import { CHUNKS_FILE, DIGESTS_FILE, FILE_MODE, fsyncDir } from "./layout.ts";
 
 /** One line of chunks.txt: "index offset length xxh3hex". Both ends build it (resume compares them). */
 export function chunkLine(index: number, offset: number, length: number, checksum: bigint): string {
@@ -45,13 +45,13 @@ export class ImageWriter {
     const chunksPath = path.join(dir, CHUNKS_FILE);
     const digestsPath = path.join(dir, DIGESTS_FILE);
     if (!resume) {
-      this.fd = fs.openSync(this.tmpPath, "wx", 0o644);
-      this.chunksFd = fs.openSync(chunksPath, "wx", 0o644);
-      this.digestsFd = fs.openSync(digestsPath, "wx", 0o644);
+      this.fd = fs.openSync(this.tmpPath, "wx", FILE_MODE);
+      this.chunksFd = fs.openSync(chunksPath, "wx", FILE_MODE);
+      this.digestsFd = fs.openSync(digestsPath, "wx", FILE_MODE);
       return;
     }
     // the prefix's digests are computed again from its checked frames and recorded anew
-    this.digestsFd = fs.openSync(digestsPath, "w", 0o644);
+    this.digestsFd = fs.openSync(digestsPath, "w", FILE_MODE);
     this.fd = fs.openSync(this.tmpPath, "r+");
     fs.ftruncateSync(this.fd, resume.storedBytes);
     fs.truncateSync(chunksPath, resume.chunkListBytes);

@@ -9,6 +9,17 @@ export const FILES_FILE = "files.tar.zst";
 export const MANIFEST_FILE = "manifest.json";
 export const CHUNKS_FILE = "chunks.txt";
 export const DIGESTS_FILE = "digests.txt";
+/** A backup directory being removed: renamed to this first, so a crash never leaves a half-deleted backup that looks whole. */
+export const DELETING_SUFFIX = ".deleting";
+
+/** Backups are private to the receiver's user: directories 0700, files 0600 (the store's root keeps its own mode). */
+export const DIR_MODE = 0o700;
+export const FILE_MODE = 0o600;
+
+/** The store used when no --out is given; TBBACKUP_STORE overrides it (tests, other layouts). */
+export function defaultStore(): string {
+  return process.env.TBBACKUP_STORE || "/var/lib/tbbackup";
+}
 
 /** A safe single path component: [A-Za-z0-9._-], no leading dot, 1..64 chars. */
 export function sanitizeName(raw: string, fallback = "unknown"): string {
@@ -35,7 +46,7 @@ export function createBackupDir(root: string, host: string, disk: string, when: 
   const d = sanitizeName(disk);
   const parent = within(root, h, d);
   // new directories on the way (the first backup of a host or disk) must survive a crash too
-  const first = fs.mkdirSync(parent, { recursive: true });
+  const first = fs.mkdirSync(parent, { recursive: true, mode: DIR_MODE });
   if (first !== undefined)
     for (let dir = path.resolve(parent); dir !== path.dirname(dir); dir = path.dirname(dir)) {
       fsyncDir(path.dirname(dir));
@@ -48,7 +59,7 @@ export function createBackupDir(root: string, host: string, disk: string, when: 
     const partial = final + PARTIAL_SUFFIX;
     if (fs.existsSync(final)) continue;
     try {
-      fs.mkdirSync(partial);
+      fs.mkdirSync(partial, { mode: DIR_MODE });
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === "EEXIST") continue;
       throw e;
@@ -66,6 +77,7 @@ export function createBackupDir(root: string, host: string, disk: string, when: 
 export function resolveBackupId(root: string, id: string): string | null {
   const parts = id.split("/");
   if (parts.length !== 3 || parts.some((p) => !p || p === "." || p === ".." || sanitizeName(p, "") !== p)) return null;
+  if (parts[2]!.endsWith(DELETING_SUFFIX)) return null; // being deleted
   const p = within(root, ...parts);
   let real: string;
   try {
@@ -76,6 +88,28 @@ export function resolveBackupId(root: string, id: string): string | null {
   const realRoot = fs.realpathSync(root);
   if (!real.startsWith(realRoot + path.sep)) return null;
   return real;
+}
+
+/**
+ * A backup's directory by ID, for changing it (delete, prune): each of
+ * host/disk/timestamp must be a plain directory right inside the one before
+ * (lstat: a symlink is never followed, even one that stays inside root).
+ * Null when there is no such backup.
+ */
+export function backupDirStrict(root: string, id: string): string | null {
+  const parts = id.split("/");
+  if (parts.length !== 3 || parts.some((p) => !p || p === "." || p === ".." || sanitizeName(p, "") !== p)) return null;
+  if (parts[2]!.endsWith(DELETING_SUFFIX)) return null;
+  let p = path.resolve(root);
+  for (const part of parts) {
+    p = within(p, part);
+    try {
+      if (!fs.lstatSync(p).isDirectory()) return null;
+    } catch {
+      return null;
+    }
+  }
+  return p;
 }
 
 export function fsyncDir(dir: string): void {

@@ -2,7 +2,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { DiskIdentity, FilesSummary, HostIdentity, Layout, MountedRw } from "../protocol/messages.ts";
-import { MANIFEST_FILE, fsyncDir } from "./layout.ts";
+import { FILE_MODE, MANIFEST_FILE, fsyncDir } from "./layout.ts";
 import type { ROOT_ALGORITHM } from "./root.ts";
 
 /**
@@ -54,7 +54,7 @@ export interface Manifest {
 export function writeManifest(dir: string, m: Manifest): void {
   const file = path.join(dir, MANIFEST_FILE);
   const tmp = file + ".tmp";
-  const fd = fs.openSync(tmp, "w", 0o644);
+  const fd = fs.openSync(tmp, "w", FILE_MODE);
   try {
     fs.writeSync(fd, JSON.stringify(m, null, 2) + "\n");
     fs.fsyncSync(fd);

@@ -3,7 +3,7 @@ import { TbError } from "../errors.ts";
 import { DeviceTransport, type DeviceOptions } from "./device.ts";
 import { NetTransport } from "./net.ts";
 import { StdioTransport } from "./stdio.ts";
-import { UnixTransport } from "./unix.ts";
+import { UnixTransport, type SocketAccess } from "./unix.ts";
 import type { Transport } from "./types.ts";
 
 export type { Conn, Listener, Transport } from "./types.ts";
@@ -17,12 +17,12 @@ export interface StreamSpec {
  * Parses SPEC. `listening` matters for tcp: a listener with no host binds to
  * loopback only; a connector with no host goes to localhost.
  */
-export function transportFor(spec: string, listening: boolean, device: DeviceOptions = {}): Transport {
+export function transportFor(spec: string, listening: boolean, device: DeviceOptions = {}, socket: SocketAccess = {}): Transport {
   if (spec === "-") return new StdioTransport();
   if (spec.startsWith("unix:")) {
     const path = spec.slice(5);
     if (!path) throw usage(spec);
-    return new UnixTransport(path);
+    return new UnixTransport(path, socket);
   }
   if (spec.startsWith("tcp:")) {
     const rest = spec.slice(4);

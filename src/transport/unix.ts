@@ -31,8 +31,26 @@ function sockaddr(path: string): Uint8Array {
   return a;
 }
 
+/** Who may connect to a listening socket: its owner only (0600), or also this group (0660). */
+export interface SocketAccess {
+  gid?: number;
+}
+
+/** Sets the socket file's mode (and group) after it is bound. */
+function restrictSocket(file: string, access: SocketAccess): void {
+  try {
+    if (access.gid !== undefined) fs.chownSync(file, process.getuid?.() ?? -1, access.gid);
+    fs.chmodSync(file, access.gid !== undefined ? 0o660 : 0o600);
+  } catch (e) {
+    throw new TbError("DEST", `cannot set who may connect to unix:${file}: ${errnoText(e)}`, access.gid !== undefined ? "check that this user may give the socket to that group (root, or a member of it)" : "check the path and permissions");
+  }
+}
+
 export class UnixTransport implements Transport {
-  constructor(readonly path: string) {}
+  constructor(
+    readonly path: string,
+    readonly access: SocketAccess = {},
+  ) {}
 
   private get description(): string {
     return `unix:${this.path}`;
@@ -74,21 +92,41 @@ export class UnixTransport implements Transport {
 
   async listen(): Promise<Listener> {
     const libc = await loadLibc();
-    if (!libc) return new NetTransport({ kind: "unix", path: this.path }).listen();
+    if (!libc) {
+      // (node:net binds with the process umask: restricted just after, not atomically)
+      const l = await new NetTransport({ kind: "unix", path: this.path }).listen();
+      restrictSocket(this.path, this.access);
+      return l;
+    }
     const desc = this.description;
     // bound by its absolute name, which is how /proc/net/unix will show it
     const addr = sockaddr(path.resolve(this.path));
     removeStaleSocket(this.path);
     const fd = libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) throw new TbError("DEST", `cannot listen on ${desc}: ${errnoText(errnoError(libc.errno(), "socket"))}`, "check the path and permissions");
-    if (libc.bind(fd, addr) !== 0 || libc.listen(fd, 64) !== 0) {
-      const e = errnoError(libc.errno(), "bind");
+    // Bound under umask 0177, so the socket is never connectable by others, not even for a moment.
+    const umask = process.umask(0o177);
+    let failure: NodeJS.ErrnoException | null = null;
+    try {
+      if (libc.bind(fd, addr) !== 0 || libc.listen(fd, 64) !== 0) failure = errnoError(libc.errno(), "bind");
+    } finally {
+      process.umask(umask);
+    }
+    if (failure) {
+      const e = failure;
       fs.closeSync(fd);
       if (isErrno(e, "EADDRINUSE")) throw inUse(desc);
       throw new TbError("DEST", `cannot listen on ${desc}: ${errnoText(e)}`, "check the path and permissions");
     }
-    let closed = false;
     const file = this.path;
+    try {
+      restrictSocket(file, this.access);
+    } catch (e) {
+      fs.closeSync(fd);
+      fs.rmSync(file, { force: true });
+      throw e;
+    }
+    let closed = false;
     return {
       description: desc,
       // The listening socket does not block: poll it, so the event loop stays free.

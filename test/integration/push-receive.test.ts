@@ -43,6 +43,13 @@ const cases: Case[] = [
   },
 ];
 
+/** A new key file (tbbackup keygen) in d. */
+function keyFile(d: string): string {
+  const f = path.join(d, "tcp.key");
+  if (!fs.existsSync(f)) sh(`${JSON.stringify(BIN)} keygen ${JSON.stringify(f)}`);
+  return f;
+}
+
 /** The stored backup checks out: by its integrity root always, and by the whole-image SHA-256 when it was asked for. */
 function checkStored(out: string, label: string, withSha = true): string {
   const backups = fs.readdirSync(out, { recursive: true }).map(String).filter((p) => p.endsWith("image.zst"));
@@ -68,12 +75,14 @@ describe("push -> receive over each transport", () => {
       const out = path.join(d, "store");
       const [rspec, pspec, teardown] = await c.setup(d);
       try {
-        const recv = start(["receive", "--out", out, "--stream", rspec, "--once", "--json"]);
+        // a tcp: receiver needs a key (or --insecure): both sides get the same key file
+        const key = rspec.startsWith("tcp:") ? ["--key-file", keyFile(d)] : [];
+        const recv = start(["receive", "--out", out, "--stream", rspec, "--once", "--json", ...key]);
         if (rspec.startsWith("unix:")) await waitFor(() => fs.existsSync(rspec.slice(5)), "receiver socket");
         else await Bun.sleep(300);
         // the classic whole-image SHA-256 on one transport of two (--sha256); the integrity root on all
         const withSha = c.name !== "tcp";
-        const p = await run(["push", img, "--stream", pspec, "--name", `via-${c.name}`, "--json", ...(withSha ? ["--sha256"] : [])]);
+        const p = await run(["push", img, "--stream", pspec, "--name", `via-${c.name}`, "--json", ...(withSha ? ["--sha256"] : []), ...key]);
         const r = await finish(recv);
         expect(p.code).toBe(0);
         expect(r.code).toBe(0);
@@ -158,7 +167,7 @@ describe("store, list and verify", () => {
     expect((await finish(recv)).code).toBe(0);
     const l = await run(["list", "--out", st]);
     expect(l.stdout).not.toContain("\x1b");
-    expect(l.stdout.trim().split("\n").length).toBe(2); // the header and one row
+    expect(l.stdout.trim().split("\n").length).toBe(3); // the header, one row and the total
     expect(l.stdout).toContain("evil?[2J?fake complete");
   });
 

@@ -94,13 +94,16 @@ describe("restore from a receiver (--stream)", () => {
       const d = tempDir();
       const [rs, cs, teardown] = await t.setup(d);
       try {
-        const recv = start(["receive", "--out", store, "--stream", rs, "--allow-restore"]);
+        // a tcp: receiver needs a key (or --insecure): both sides get the same key file
+        const key = rs.startsWith("tcp:") ? ["--key-file", path.join(d, "tcp.key")] : [];
+        if (key.length) sh(`${JSON.stringify(BIN)} keygen ${JSON.stringify(key[1])}`);
+        const recv = start(["receive", "--out", store, "--stream", rs, "--allow-restore", ...key]);
         try {
-          const l = await run(["list", "--stream", cs, "--json"]);
+          const l = await run(["list", "--stream", cs, "--json", ...key]);
           expect(l.code).toBe(0);
           expect(JSON.parse(l.stdout).map((b: { id: string }) => b.id)).toContain(backupId);
           const out = path.join(d, "restored.img");
-          const r = await run(["restore", out, "--stream", cs, "--backup", backupId, "--yes"]);
+          const r = await run(["restore", out, "--stream", cs, "--backup", backupId, "--yes", ...key]);
           expect(r.code).toBe(0);
           expect(sha256File(out)).toBe(imgSha);
           fsckClean(out);
