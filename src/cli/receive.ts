@@ -84,6 +84,7 @@ export function register(program: Command): void {
       .option("--out <dir>", "where backups are stored (default: /var/lib/tbbackup, or $TBBACKUP_STORE)")
       .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:[HOST:]PORT (loopback unless HOST) or -")
       .option("--once", "exit after one session (exit status = that session's)")
+      .option("--max-sessions <n>", "sessions served at once on a unix:/tcp: listener (default: 2..8 by memory)", intOption(1, 64))
       .option("--allow-restore", "also serve list and restore requests")
       .option("--idle <seconds>", "abandon a session silent for this long", intOption(5, 86400), 300)
       .option("--group <name>", "unix: let this group connect to the socket too (0660; default 0600, this user only)")
@@ -91,7 +92,7 @@ export function register(program: Command): void {
   )
     .addOption(new Option("--hopids <in:out>", "use these HopIDs instead of the first free pair from 10").helpGroup(THUNDERBOLT_GROUP))
     .action(
-      action(async (o: { keyFile?: string; insecure?: boolean; out?: string; group?: string; stream?: string; once?: boolean; allowRestore?: boolean; idle: number; peer?: string; hopids?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+      action(async (o: { keyFile?: string; insecure?: boolean; out?: string; group?: string; stream?: string; once?: boolean; maxSessions?: number; allowRestore?: boolean; idle: number; peer?: string; hopids?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         const { serve } = await import("../core/receive.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -104,14 +105,15 @@ export function register(program: Command): void {
         const created = o.out ? prepareOut(o.out) : null;
         if (created) process.stderr.write(`${created}\n`);
         const reporter = makeReporter();
-        let serving: Hello["role"] | null = null;
+        // the sessions being served now (a socket receiver serves several at once)
+        const serving: Hello["role"][] = [];
         // SIGTERM is how systemd stops a service: a receiver stopped that way has not failed (exit 0)
         onInterrupt(
           () =>
-            serving === "push"
-              ? "receiver stopped; the push in progress is kept as .partial (push again to resume it)"
-              : serving
-                ? `receiver stopped; the ${serving} it was serving is cut (run it again)`
+            serving.includes("push")
+              ? `receiver stopped; the push${serving.length > 1 ? "es" : ""} in progress ${serving.length > 1 ? "are" : "is"} kept as .partial (push again to resume)`
+              : serving.length
+                ? `receiver stopped; the ${serving[0]} it was serving is cut (run it again)`
                 : "receiver stopped between sessions; nothing was lost",
           0,
         );
@@ -124,13 +126,16 @@ export function register(program: Command): void {
           allowRestore: o.allowRestore === true,
           idleMs: o.idle * 1000,
           reporter,
+          maxSessions: o.maxSessions,
           onSessionStart: (role) => {
-            serving = role;
-            reporter.stop(); // each session's rate and ETA count from its own start
+            // each session's rate and ETA count from its own start (another one's keep theirs)
+            if (serving.length === 0) reporter.stop();
+            serving.push(role);
           },
           onSession: (r: SessionResult) => {
-            serving = null;
-            reporter.stop();
+            const i = serving.indexOf(r.role);
+            if (i >= 0) serving.splice(i, 1);
+            if (serving.length === 0) reporter.stop();
             if (o.json) printJson(r);
           },
         }).finally(() => stream.cleanup());

@@ -10,7 +10,7 @@ import { decodeChunkRecord } from "../protocol/chunk-record.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import type { Transport } from "../transport/index.ts";
-import { DIGESTS_FILE, FILES_FILE, IMAGE_FILE, createBackupDir, fsyncDir, PARTIAL_SUFFIX } from "../store/layout.ts";
+import { DIGESTS_FILE, FILES_FILE, IMAGE_FILE, createBackupDir, fsyncDir, PARTIAL_SUFFIX, sanitizeName } from "../store/layout.ts";
 import { ImageWriter, prefixDigest } from "../store/image-writer.ts";
 import { awaitResume, checkPrefix, findResumable, markNotResumable, readPrefix } from "./resume.ts";
 import { MANIFEST_FORMAT, writeManifest, type Manifest } from "../store/manifest.ts";
@@ -42,6 +42,8 @@ export interface ReceiveOptions {
   onSessionStart?: (role: Hello["role"]) => void;
   /** called after each session (for --json and logs) */
   onSession?: (r: SessionResult) => void;
+  /** sessions served at once on a socket listener (default: defaultMaxSessions()) */
+  maxSessions?: number;
   /** set to stop the server between sessions */
   signal?: AbortSignal;
 }
@@ -76,6 +78,14 @@ export function prepareStore(out: string): boolean {
   return created;
 }
 
+/** Sessions served at once unless --max-sessions says otherwise: each holds up to about 70 MiB of buffers and its own worker threads. */
+export function defaultMaxSessions(): number {
+  return Math.min(8, Math.max(2, Math.floor(os.totalmem() / (1024 * 1024 * 1024))));
+}
+
+/** The disks a push session is writing now ("host/disk"): two sessions never write or resume the same one. */
+const disksInUse = new Set<string>();
+
 export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
   requireZstd(); // before any session: a clear line if this system cannot run it
   // a mistyped --out would put backups somewhere unexpected: say when it is new
@@ -87,20 +97,30 @@ export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
   opts.signal?.addEventListener("abort", stop);
   try {
     opts.reporter.info(`receiving on ${listener.description}, storing under ${path.resolve(opts.out)}`);
+    // Connections on a socket are served at once, up to maxSessions (two
+    // machines on two cables need not wait for each other); a device carries
+    // one connection at a time (a second reader would steal its frames).
+    const max = opts.once ? 1 : Math.max(1, opts.maxSessions ?? defaultMaxSessions());
+    const active = new Set<Promise<void>>();
     while (!opts.signal?.aborted) {
+      while (active.size >= max) await Promise.race(active);
       const conn = await listener.accept();
       if (!conn) break;
       const ch = new Channel(conn);
-      try {
-        await serveConnection(ch, opts, outcomes, (r) => {
-          results.push(r);
-          opts.onSession?.(r);
+      const job: Promise<void> = serveConnection(ch, opts, outcomes, (r) => {
+        results.push(r);
+        opts.onSession?.(r);
+      })
+        .catch((e: unknown) => opts.reporter.info(`a connection failed: ${asTbError(e).oneLine()}`))
+        .finally(async () => {
+          await ch.close();
+          active.delete(job);
         });
-      } finally {
-        await ch.close();
-      }
+      active.add(job);
+      if (conn.lossy || opts.once) await job;
       if (opts.once && results.length > 0) break;
     }
+    await Promise.all(active);
   } finally {
     opts.signal?.removeEventListener("abort", stop);
     await listener.close();
@@ -231,6 +251,10 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   // any worker. The classic whole-image SHA-256 is one running hash, fed in
   // order: when the sender asks for it, or predates the root, one worker does it all.
   const wholeSha = !hasRootCap(hello) || hello.sha256 === true;
+  // one session per disk at a time: a second push of it would resume or write the same partial
+  const diskKey = `${sanitizeName(hello.host?.hostname ?? "unknown")}/${sanitizeName(disk.name ?? "disk")}`;
+  if (disksInUse.has(diskKey)) return fail("BUSY", `another push of ${diskKey} is in progress on this receiver`);
+  disksInUse.add(diskKey);
   const pool = new WorkerPool(wholeSha ? 1 : workerCount());
   // chunk payloads arrive in these and come back from the worker once written
   ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(chunkSize) + TRAILER_SIZE, 64));
@@ -248,6 +272,7 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
     return await receiveSession(ch, hello, opts, { pool, wholeSha, started, disk, chunkSize, files, fail, activity });
   } finally {
     clearInterval(keepalive);
+    disksInUse.delete(diskKey);
     pool.terminate();
     ch.usePool(null);
   }
@@ -269,6 +294,8 @@ interface SessionSetup {
 /** One push session, after its HELLO checked out: new or resumed, until DONE or failure. */
 async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { pool, wholeSha, started, disk, chunkSize, files, fail, activity }: SessionSetup): Promise<SessionEnd> {
   const root = new RootBuilder();
+  // progress lines name the sender: a receiver may serve several at once
+  const hostLabel = sanitizeName(hello.host?.hostname ?? "unknown");
   let created0: { id: string; dir: string } | null = null;
   let manifest0: Manifest | null = null;
   let writer0: ImageWriter | null = null;
@@ -471,7 +498,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
             })
             .finally(() => (syncing = null));
         }
-        if ((next & 15) === 0) opts.reporter.progress({ phase: "receive", bytes: writer.rawBytes, total: files ? 0 : disk.size, stored: writer.bytesWritten });
+        if ((next & 15) === 0) opts.reporter.progress({ phase: `receive from ${hostLabel}`, bytes: writer.rawBytes, total: files ? 0 : disk.size, stored: writer.bytesWritten });
       } else if (f.type === MsgType.END) {
         const end = decodeMessage(MsgType.END, f.payload);
         const want = files ? next : expectedChunks;

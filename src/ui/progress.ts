@@ -56,19 +56,28 @@ export interface ReporterOptions {
  * again after stop(), when the phase changes or when the count goes back.
  */
 class RateClock {
-  private base: { t: number; bytes: number; phase: string } | null = null;
+  /** one clock per phase: a receiver serving two cables reports two sessions in turn */
+  private bases = new Map<string, { t: number; bytes: number }>();
   constructor(private readonly now: () => number) {}
 
   line(p: ProgressInfo): string {
     const t = this.now();
-    if (!this.base || this.base.phase !== p.phase || p.bytes < this.base.bytes) this.base = { t, bytes: p.bytes, phase: p.phase };
-    return progressLine(p, (t - this.base.t) / 1000, p.bytes - this.base.bytes);
+    let base = this.bases.get(p.phase);
+    if (!base || p.bytes < base.bytes) {
+      base = { t, bytes: p.bytes };
+      this.bases.set(p.phase, base);
+      if (this.bases.size > MAX_PHASES) this.bases.delete(this.bases.keys().next().value!);
+    }
+    return progressLine(p, (t - base.t) / 1000, p.bytes - base.bytes);
   }
 
   reset(): void {
-    this.base = null;
+    this.bases.clear();
   }
 }
+
+/** phases whose rate is kept at once (sessions served at the same time) */
+const MAX_PHASES = 16;
 
 export function makeReporter(opts: ReporterOptions = {}): Reporter {
   const now = opts.now ?? Date.now;
@@ -135,18 +144,22 @@ export function makeReporter(opts: ReporterOptions = {}): Reporter {
       },
     };
   }
-  // Plain lines (serial console, journald, a pipe): one line per event, a progress line every 5 s, no spinner.
+  // Plain lines (serial console, journald, a pipe): one line per event, a
+  // progress line every 5 s (one per phase that moved: sessions served at once), no spinner.
   let last = now();
   let printed = false;
   let lastLine: string | null = null;
+  const moved = new Map<string, string>();
   return {
     progress(p) {
       lastLine = clock.line(p);
+      moved.set(p.phase, lastLine);
       const t = now();
       if (t - last >= PLAIN_EVERY_MS) {
         last = t;
         printed = true;
-        write(lastLine + "\n");
+        for (const line of moved.values()) write(line + "\n");
+        moved.clear();
       }
     },
     info(message) {
@@ -156,6 +169,7 @@ export function makeReporter(opts: ReporterOptions = {}): Reporter {
       if (lastLine && printed) write(lastLine + "\n");
       lastLine = null;
       printed = false;
+      moved.clear();
       clock.reset();
     },
   };

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { cleanup, makeExt4Image, oneLine, run, sha256File, start, tempDir, waitFor } from "../helpers/cli.ts";
+import { cleanup, makeExt4Image, oneLine, run, stockRoot, start, tempDir, waitFor } from "../helpers/cli.ts";
 
 let dir: string;
 let img: string;
@@ -101,7 +101,7 @@ describe("sessions with a key", () => {
 
       const ok = await run(["push", img, "--stream", `tcp:127.0.0.1:${p}`, "--key-file", key, "--json"]);
       expect(ok.code).toBe(0);
-      expect(JSON.parse(ok.stdout).sha256).toBe(sha256File(img));
+      expect(JSON.parse(ok.stdout).root).toBe(stockRoot(img));
       const l = await run(["list", "--stream", `tcp:127.0.0.1:${p}`, "--key-file", key, "--json"]);
       expect(l.code).toBe(0);
       expect((JSON.parse(l.stdout) as { id: string }[]).map((x) => x.id)).toContain(JSON.parse(ok.stdout).id);

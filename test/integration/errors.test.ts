@@ -507,7 +507,7 @@ describe("--help", () => {
   }, 90000);
 
   test("a usage mistake is one line that says what and points to --help (exit 2)", async () => {
-    for (const args of [["push", "--bogus"], ["receive"], ["bogus"], ["push", "x", "--level", "99"]]) {
+    for (const args of [["push", "--bogus"], ["receive", "--idle", "1"], ["bogus"], ["push", "x", "--level", "99"]]) {
       const r = await run(args);
       expect(r.code).toBe(2);
       expect(r.stderr.trim().split("\n").length).toBe(1);

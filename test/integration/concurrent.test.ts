@@ -1,0 +1,80 @@
+// A receiver on a socket serves several sessions at once (two machines on two
+// cables need not wait for each other), and never two pushes of the same disk.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { cleanup, finish, listBackups, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
+import { client } from "../helpers/raw-client.ts";
+import { MsgType } from "../../src/protocol/messages.ts";
+
+let dir: string;
+let imgA: string;
+let imgB: string;
+beforeAll(() => {
+  dir = tempDir("tbb-conc-");
+  imgA = makeExt4Image(dir, 16, "a.img");
+  imgB = makeExt4Image(dir, 20, "b.img");
+});
+afterAll(() => cleanup(dir));
+
+/** A push session opened by hand and left waiting after HELLO_ACK (a slow sender on another cable). */
+async function holdSession(sock: string, diskName: string) {
+  const c = await client(sock);
+  const disk = { path: `/dev/${diskName}`, kind: "file", name: diskName, size: 1 << 20, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null };
+  const hello = { protocol: "tbbackup", proto: 1, tool: "tbbackup/test", role: "push", session: crypto.randomUUID(), host: { hostname: os.hostname(), machineId: null, productUuid: null }, caps: ["status", "root"], disk, chunkSize: 1 << 20, level: 1, content: "image" };
+  await c.json(MsgType.HELLO, hello);
+  await c.expect(MsgType.HELLO_ACK);
+  return c;
+}
+
+describe("several sessions at once", () => {
+  test("a push completes while another session on the same receiver is still open; both are listed once", async () => {
+    const d = tempDir();
+    const out = path.join(d, "store");
+    const sock = path.join(d, "r.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--idle", "60"]);
+    try {
+      await waitFor(() => fs.existsSync(sock), "receiver socket");
+      const held = await holdSession(sock, "held.img");
+      // served one at a time, these would wait for the held session's --idle (60 s), then fail their --wait
+      const [a, b] = await Promise.all([run(["push", imgA, "--stream", `unix:${sock}`, "--wait", "20"]), run(["push", imgB, "--stream", `unix:${sock}`, "--wait", "20"])]);
+      expect(a.code).toBe(0);
+      expect(b.code).toBe(0);
+      held.close();
+      const rows = await listBackups(out);
+      const complete = rows.filter((r) => r.status === "complete").map((r) => r.id.split("/")[1]).sort();
+      expect(complete).toEqual(["a.img", "b.img"]);
+      for (const [img, name] of [[imgA, "a.img"], [imgB, "b.img"]] as const) {
+        const row = rows.find((r) => r.id.split("/")[1] === name && r.status === "complete")!;
+        expect(zstdSha(path.join(out, row.id, "image.zst"))).toBe(sha256File(img));
+      }
+    } finally {
+      recv.kill();
+      await finish(recv);
+      cleanup(d);
+    }
+  });
+
+  test("a second push of a disk whose push is in progress is refused (busy, exit 16), and the first is not disturbed", async () => {
+    const d = tempDir();
+    const out = path.join(d, "store");
+    const sock = path.join(d, "r.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--idle", "60"]);
+    try {
+      await waitFor(() => fs.existsSync(sock), "receiver socket");
+      const held = await holdSession(sock, path.basename(imgA));
+      const p = await run(["push", imgA, "--stream", `unix:${sock}`, "--wait", "20"]);
+      expect(p.code).toBe(16);
+      expect(p.stderr).toMatch(/another push of .*a\.img is in progress/);
+      held.close();
+      // once the first has gone, the disk can be pushed again
+      await Bun.sleep(500);
+      expect((await run(["push", imgA, "--stream", `unix:${sock}`, "--wait", "20"])).code).toBe(0);
+    } finally {
+      recv.kill();
+      await finish(recv);
+      cleanup(d);
+    }
+  });
+});
