@@ -8,4 +8,6 @@ export const TOOL = `${TOOL_NAME}/${TOOL_VERSION}`;
 export { PROTOCOL_VERSION };
 /** The integrity root of per-chunk SHA-256s (docs/PROTOCOL.md §5.4): END, DONE and RESTORE_INFO carry `root`. */
 export const ROOT_CAP = "root";
-export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", ROOT_CAP];
+/** A damaged chunk is asked for again (RESEND, docs/PROTOCOL.md §8.2a) instead of ending the push. */
+export const RESEND_CAP = "resend";
+export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", ROOT_CAP, RESEND_CAP];
