@@ -468,9 +468,14 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           await askAgain(retry.awaiting ?? next, `its ${typeName(e.frameType)} frame failed its checksum`);
           continue;
         }
+        // a chunk that failed its check is asked for first (the damaged frame may have been END)
+        if (retry?.failed && e instanceof CorruptFrame) {
+          await askAgain(retry.failed.index, retry.failed.why);
+          continue;
+        }
         // Every chunk is here and checked: a damaged frame now can only be END,
         // which a sender that knows STATUS sends again.
-        if (e instanceof TbError && e.code === "CORRUPT" && !files && next === expectedChunks && !retry?.failed) {
+        if (e instanceof TbError && e.code === "CORRUPT" && !files && next === expectedChunks) {
           opts.reporter.info(`session ${hello.session.slice(0, 8)}: a damaged frame after the last chunk; waiting for the sender to send END again`);
           continue;
         }

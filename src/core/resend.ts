@@ -36,22 +36,38 @@ export class DamageBudget {
 
 /** The sender's state before each of the last `keep` chunks it sent, to go back to when one is asked for again. */
 export class RewindPoints<T> {
+  /** kept from `first` on; the entries before it are dropped in batches (a shift per chunk would copy the lot) */
   private ring: { index: number; state: T }[] = [];
+  private first = 0;
 
   constructor(private readonly keep = REWIND_WINDOW) {}
 
   /** The state before chunk `index` is sent; any kept for it or later chunks is replaced (they are sent again). */
   save(index: number, state: T): void {
-    while (this.ring.length > 0 && this.ring[this.ring.length - 1]!.index >= index) this.ring.pop();
+    while (this.ring.length > this.first && this.ring[this.ring.length - 1]!.index >= index) this.ring.pop();
     this.ring.push({ index, state });
-    if (this.ring.length > this.keep) this.ring.shift();
+    if (this.ring.length - this.first > this.keep) this.first++;
+    if (this.first >= this.keep) {
+      this.ring.splice(0, this.first);
+      this.first = 0;
+    }
   }
 
   /** The state before chunk `index`, forgetting all later ones (it is kept: it may be asked for again); null when it is not kept. */
   take(index: number): T | null {
-    const i = this.ring.findIndex((p) => p.index === index);
-    if (i < 0) return null;
-    this.ring.length = i + 1;
-    return this.ring[i]!.state;
+    for (let i = this.ring.length - 1; i >= this.first; i--) {
+      const p = this.ring[i]!;
+      if (p.index < index) break;
+      if (p.index === index) {
+        this.ring.length = i + 1;
+        return p.state;
+      }
+    }
+    return null;
+  }
+
+  /** how many are kept */
+  get size(): number {
+    return this.ring.length - this.first;
   }
 }
