@@ -484,6 +484,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         throw e;
       }
       heardAt = Date.now();
+      askedLongAgo(); // whatever comes meanwhile (stale records, a sender's STATUS), the request is repeated in time
       activity.n++;
       if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
         const rec = decodeChunkRecord(f, chunkSize, zeroChecksum);
@@ -497,7 +498,6 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         if (retry && h.index !== next) {
           // sent before the sender heard our request (or again after a repeated one): dropped
           ch.release(f.payload.buffer);
-          askedLongAgo();
           // one that came before its turn: the one expected was lost on the way
           if (h.index > next && retry.awaiting === null) await askAgain(next, `chunk ${h.index} came in its place`);
           continue;

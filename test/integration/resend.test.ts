@@ -77,6 +77,19 @@ describe("a damaged chunk is sent again", () => {
     expect(zstdSha(path.join(out, b!.id, "image.zst"))).toBe(sha256File(img));
   }, 60000);
 
+  for (const drop of [false, true]) {
+    test(`the receiver's request ${drop ? "lost" : "damaged"} on the way back: it asks again, and the push completes`, async () => {
+      const { p, r, out, stored } = await throughProxy(`back-${drop}`, { damage: { type: MsgType.DATA, nth: 3, at: 5000, fixCrc: false }, damageBack: { type: MsgType.RESEND, drop } });
+      if (p.code !== 0) console.log("PUSH", p.stderr, "RECV", r.stderr);
+      expect(p.code).toBe(0);
+      expect(JSON.parse(p.stdout).resent).toBe(1);
+      expect(stored).toMatchObject({ ok: true, resent: 1 });
+      const [b] = await listBackups(out);
+      expect(b!.status).toBe("complete");
+      expect(zstdSha(path.join(out, b!.id, "image.zst"))).toBe(sha256File(img));
+    }, 60000);
+  }
+
   for (const fixCrc of [false, true]) {
     test(`every DATA frame damaged (${fixCrc ? "CRC recomputed" : "CRC fails"}): the push fails with exit 8 naming the reason, the receiver keeps a partial`, async () => {
       const { p, r, out, stored } = await throughProxy(`every-${fixCrc}`, { damage: { type: MsgType.DATA, nth: 2, at: 5000, fixCrc, every: true } });
