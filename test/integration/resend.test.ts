@@ -22,8 +22,8 @@ beforeAll(() => {
 });
 afterAll(() => cleanup(dir));
 
-/** Pushes `img` to a `receive --once --json` through a proxy that carries out `plan`. */
-async function throughProxy(tag: string, plan: ProxyPlan, pushArgs: string[] = []) {
+/** Pushes `source` to a `receive --once --json` through a proxy that carries out `plan`. */
+async function throughProxy(tag: string, plan: ProxyPlan, pushArgs: string[] = [], source = img) {
   const out = path.join(dir, `${tag}-store`);
   const sock = path.join(dir, `${tag}.sock`);
   const front = path.join(dir, `${tag}-front.sock`);
@@ -31,7 +31,7 @@ async function throughProxy(tag: string, plan: ProxyPlan, pushArgs: string[] = [
   await waitFor(() => fs.existsSync(sock), "socket");
   const proxy = await startProxy(front, sock, plan);
   try {
-    const p = await run(["push", img, "--stream", `unix:${front}`, "--json", ...pushArgs]);
+    const p = await run(["push", source, "--stream", `unix:${front}`, "--json", ...pushArgs]);
     const r = await finish(recv);
     // the session's result (on failure, the command's own error object follows it)
     const first = r.stdout.slice(0, r.stdout.indexOf("\n}\n") + 2);
@@ -67,6 +67,24 @@ describe("a damaged chunk is sent again", () => {
     }, 60000);
   }
 
+  test("without --json, the summary line says how many chunks were sent again", async () => {
+    const out = path.join(dir, "plain-store");
+    const sock = path.join(dir, "plain.sock");
+    const front = path.join(dir, "plain-front.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    const proxy = await startProxy(front, sock, { damage: { type: MsgType.DATA, nth: 5, at: 100, fixCrc: false } });
+    try {
+      const p = await run(["push", img, "--stream", `unix:${front}`]);
+      expect(p.code).toBe(0);
+      expect(p.stderr).toMatch(/^backup complete: .*, 1 damaged chunk sent again\)$/m);
+      expect((await finish(recv)).code).toBe(0);
+    } finally {
+      proxy.close();
+      if (recv.exitCode === null) recv.kill();
+    }
+  }, 60000);
+
   test("the last chunk damaged with its CRC recomputed (found only at the end): asked for after END, then END again", async () => {
     const { p, r, out } = await throughProxy("last", { damage: { type: MsgType.DATA, nth: 11, at: 5000, fixCrc: true } });
     if (p.code !== 0) console.log("PUSH", p.stderr, "RECV", r.stderr);
@@ -76,6 +94,23 @@ describe("a damaged chunk is sent again", () => {
     expect(b!.status).toBe("complete");
     expect(zstdSha(path.join(out, b!.id, "image.zst"))).toBe(sha256File(img));
   }, 60000);
+
+  for (const fixCrc of [false, true]) {
+    test(`a damaged ZERO record (${fixCrc ? "CRC recomputed: its checksum is wrong" : "frame CRC fails"}) is asked for again too`, async () => {
+      // random data, then zeros: chunks 4.. travel as ZERO records
+      const mixed = path.join(dir, `mixed-${fixCrc}.img`);
+      fs.writeFileSync(mixed, Buffer.concat([fs.readFileSync(img).subarray(0, 4 << 20), Buffer.alloc(8 << 20)]));
+      const { p, r, out, stored } = await throughProxy(`zero-${fixCrc}`, { damage: { type: MsgType.ZERO, nth: 2, at: 20, fixCrc } }, [], mixed);
+      if (p.code !== 0) console.log("PUSH", p.stderr, "RECV", r.stderr);
+      expect(p.code).toBe(0);
+      expect(JSON.parse(p.stdout)).toMatchObject({ resent: 1, zeroChunks: 8 });
+      expect(stored).toMatchObject({ ok: true, resent: 1 });
+      expect(r.stderr).toMatch(fixCrc ? /chunk 6 arrived damaged \(zero record for chunk 6 is malformed\)/ : /chunk 6 arrived damaged \(its ZERO frame failed its checksum\)/);
+      const [b] = await listBackups(out);
+      expect(b!.status).toBe("complete");
+      expect(zstdSha(path.join(out, b!.id, "image.zst"))).toBe(sha256File(mixed));
+    }, 60000);
+  }
 
   for (const drop of [false, true]) {
     test(`the receiver's request ${drop ? "lost" : "damaged"} on the way back: it asks again, and the push completes`, async () => {
