@@ -112,7 +112,7 @@ export function register(program: Command): void {
               // a file read in part is archived with zeros where reads failed: "PATH: stored with N bytes zeroed (EIO)"
               for (const u of files.unreadable) process.stderr.write(`${/: stored with \d+ bytes zeroed \([^()]*\)$/.test(u) ? "unreadable in part" : "unreadable, skipped"}: ${u}\n`);
             }
-            process.stderr.write(`backup complete: ${r.id} (${files ? `${files.count} entries, ` : ""}${bytes(r.bytes)} stored as ${bytes(r.storedBytes)}, ratio ${ratio(r.bytes, r.storedBytes)}, ${r.seconds.toFixed(1)} s)\n${r.root ? `root ${r.root}\n` : ""}${r.sha256 ? `sha256 ${r.sha256}\n` : ""}`);
+            process.stderr.write(`backup complete: ${r.id} (${files ? `${files.count} entries, ` : ""}${bytes(r.bytes)} stored as ${bytes(r.storedBytes)}, ratio ${ratio(r.bytes, r.storedBytes)}, ${r.seconds.toFixed(1)} s${r.resent ? `, ${r.resent} damaged chunk${r.resent === 1 ? "" : "s"} sent again` : ""})\n${r.root ? `root ${r.root}\n` : ""}${r.sha256 ? `sha256 ${r.sha256}\n` : ""}`);
           }
           if (unreadable > 0)
             return exitWith(new TbError("PARTIAL_FILES", `completed with ${unreadable} unreadable file${unreadable === 1 ? "" : "s"} (listed above)`, "the rest is stored; copy those files another way or use --strict to stop at the first one"));

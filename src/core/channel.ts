@@ -12,6 +12,13 @@ const MAX_QUEUED_FRAMES = 32;
 /** how long a frame may stay unfinished while we read (a whole frame takes well under a second) */
 const FRAME_STALL_MS = 10_000;
 
+/** A frame whose payload failed its CRC: its type is known (the header checked out), its content is not. */
+export class CorruptFrame extends TbError {
+  constructor(readonly frameType: number, description: string) {
+    super("CORRUPT", `a corrupt ${typeName(frameType)} frame arrived from ${description} (checksum mismatch)`, "the data was damaged in transit; check the cable and run the command again");
+  }
+}
+
 export class Channel {
   /** frames in arrival order; a damaged frame is queued as its error, reported once */
   private frames: (Frame | TbError)[] = [];
@@ -60,11 +67,7 @@ export class Channel {
           }
           else if (ev.kind === "garbage") this.garbageBytes += ev.bytes;
           else {
-            this.frames.push(new TbError(
-              "CORRUPT",
-              `a corrupt ${typeName(ev.type)} frame arrived from ${this.conn.description} (checksum mismatch)`,
-              "the data was damaged in transit; check the cable and run the command again",
-            ));
+            this.frames.push(new CorruptFrame(ev.type, this.conn.description));
           }
         }
         this.notify();

@@ -8,7 +8,8 @@ import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest } from "../store/root.ts";
-import { ROOT_CAP } from "./version.ts";
+import { CAPABILITIES, RESEND_CAP, ROOT_CAP } from "./version.ts";
+import { RewindPoints } from "./resend.ts";
 import { TbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
@@ -139,6 +140,8 @@ export interface PushResult {
   seconds: number;
   /** chunks already held by the receiver from an interrupted push (0: a full push) */
   resumedFrom: number;
+  /** how many times the receiver asked for a damaged chunk again (and it was sent again, with those after it) */
+  resent: number;
   files?: unknown;
   layout?: Layout;
 }
@@ -160,7 +163,9 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   const receiverDone = new Signal();
   try {
     pool.broadcast({ op: "level", level: opts.level });
-    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content, ...(opts.sha256 ? { sha256: true } : {}), ...(src.layout ? { layout: src.layout } : {}), ...(opts.mountedRw?.length ? { mountedRw: opts.mountedRw } : {}) });
+    // a file stream cannot be read again, nor a whole-image SHA-256 go back: no resend for those
+    const mayResend = src.content === "image" && !opts.sha256;
+    const hello = newHello("push", { caps: mayResend ? CAPABILITIES : CAPABILITIES.filter((c) => c !== RESEND_CAP), disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content, ...(opts.sha256 ? { sha256: true } : {}), ...(src.layout ? { layout: src.layout } : {}), ...(opts.mountedRw?.length ? { mountedRw: opts.mountedRw } : {}) });
     opts.reporter.info(`connecting to the receiver on ${conn.description}`);
     const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
     opts.reporter.info(`receiver ${ack.host.hostname} (${ack.tool}) will store ${ack.id ?? "the backup"}`);
@@ -177,6 +182,12 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     let askedAt = 0;
     let damagedAnswers = 0;
     let endSent: End | null = null;
+    // A receiver that lists the resend capability asks for a damaged chunk again
+    // (docs/PROTOCOL.md §8.2a): sending goes back to `rewindTo`.
+    const canResend = mayResend && Array.isArray(ack.caps) && ack.caps.includes(RESEND_CAP);
+    let rewindTo: number | null = null;
+    let lastRequest = 0;
+    const wake: { rewind: (() => void) | null } = { rewind: null };
     // END again first: if it was the frame lost (or damaged), the receiver still waits for it
     const ask = () => {
       askedAt = Date.now();
@@ -200,6 +211,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
               : new TbError("TIMEOUT", `the receiver has taken no data and said nothing for ${silent} s`, "the backup is incomplete; check the receiver (its disk, its messages), then push again");
             break;
           }
+          // a damaged frame from a receiver that asks again for what it lacks (it repeats a request that does not come through)
+          if (canResend && !finishedSending && e instanceof TbError && e.code === "CORRUPT") continue;
           // everything was sent: the receiver may well have stored it, and only its answer was lost
           if (finishedSending && e instanceof TbError && e.code === "CORRUPT") {
             // the first damaged frame after END is likely the DONE itself; later ones are answers
@@ -216,7 +229,14 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         }
         // PROGRESS (durable so far, or a keepalive) only keeps the silence timer fresh
         if (f.type !== MsgType.PROGRESS || !finishedSending) heard = Date.now();
-        if (f.type === MsgType.DONE) {
+        if (f.type === MsgType.RESEND && canResend) {
+          const r = decodeMessage(MsgType.RESEND, f.payload);
+          // a repeated request (the first came through) is not a new one
+          if (!r || r.session !== hello.session || r.seq <= lastRequest) continue;
+          lastRequest = r.seq;
+          rewindTo = r.from;
+          wake.rewind?.();
+        } else if (f.type === MsgType.DONE) {
           const d = decodeMessage(MsgType.DONE, f.payload);
           // on a shared device, a DONE meant for an earlier push may still be in flight
           // (receivers that know STATUS always name the session)
@@ -285,11 +305,23 @@ export async function push(opts: PushOptions): Promise<PushResult> {
 
     /** A chunk on its way out: a ZERO record needs no worker; a read chunk comes back from one. */
     type Out = { index: number; offset: number; rawLength: number; reply: WorkerReply | null };
+    // what sending chunk i changes, as it stood before it: to go back there when the receiver asks for i again
+    const points = canResend ? new RewindPoints<{ root: ReturnType<RootBuilder["save"]>; zeroChunks: number; stored: number }>() : null;
+    let resent = 0;
     const sendOne = async (o: Out) => {
       if (peerFailure) throw peerFailure;
       const r = o.reply;
       if (r && r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
       if (r && r.op !== "compressed") throw new TbError("INTERNAL", `unexpected worker reply ${r.op}`, "report this bug");
+      if (rewindTo !== null) {
+        // the receiver asked for an earlier chunk again: this one goes out after it
+        if (r) {
+          frames.give(r.frame);
+          spare.push(r.raw);
+        }
+        return;
+      }
+      points?.save(o.index, { root: root.save(), zeroChunks, stored });
       const zero = !r || r.zero;
       root.add(r ? r.digest : zeroDigest(o.rawLength));
       if (r) {
@@ -309,41 +341,73 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     };
     const out = new OrderedPipeline<Out>(maxInFlight, sendOne);
 
-    for (let i = start; src.size === null || offset < src.size; i++) {
-      if (peerFailure) throw peerFailure;
-      // A hole of a sparse image is zeros: no need to read it.
-      const holeLength = isHole && src.size !== null ? Math.min(opts.chunkSize, src.size - offset) : 0;
-      let rawLength: number;
-      if (holeLength > 0 && isHole!(offset, holeLength)) {
-        rawLength = holeLength;
-        await out.add(Promise.resolve({ index: i, offset, rawLength, reply: null }));
-      } else {
-        const raw = new Uint8Array(spare.pop() ?? new ArrayBuffer(opts.chunkSize), 0, opts.chunkSize);
-        rawLength = await src.read(raw, offset);
-        if (rawLength === 0) {
-          spare.push(raw.buffer as ArrayBuffer);
-          break;
+    /** Goes back to chunk `rewindTo`, asked for again: what was sent from there on is sent again. */
+    const rewind = () => {
+      const from = rewindTo!;
+      rewindTo = null;
+      const p = points!.take(from);
+      if (!p) throw new TbError("CORRUPT", `the receiver asked for chunk ${from} again, which this sender cannot send again (it has sent ${chunks})`, "check the cable, then push again; it continues from the last durable point");
+      root.restore(p.root);
+      zeroChunks = p.zeroChunks;
+      stored = p.stored;
+      chunks = from;
+      offset = from * opts.chunkSize;
+      resent++;
+      opts.reporter.info(`the receiver asked for chunk ${from} again (damaged on the way): sending from there`);
+    };
+    let end: End;
+    for (;;) {
+      for (let i = chunks; src.size === null || offset < src.size; i++) {
+        if (peerFailure) throw peerFailure;
+        if (rewindTo !== null) break;
+        // A hole of a sparse image is zeros: no need to read it.
+        const holeLength = isHole && src.size !== null ? Math.min(opts.chunkSize, src.size - offset) : 0;
+        let rawLength: number;
+        if (holeLength > 0 && isHole!(offset, holeLength)) {
+          rawLength = holeLength;
+          await out.add(Promise.resolve({ index: i, offset, rawLength, reply: null }));
+        } else {
+          const raw = new Uint8Array(spare.pop() ?? new ArrayBuffer(opts.chunkSize), 0, opts.chunkSize);
+          rawLength = await src.read(raw, offset);
+          if (rawLength === 0) {
+            spare.push(raw.buffer as ArrayBuffer);
+            break;
+          }
+          const buf = raw.buffer as ArrayBuffer;
+          const frameBuf = frames.takeBuffer();
+          const at = offset;
+          const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out: frameBuf }, [buf, frameBuf]);
+          await out.add(job.then((reply) => ({ index: i, offset: at, rawLength, reply })));
         }
-        const buf = raw.buffer as ArrayBuffer;
-        const frameBuf = frames.takeBuffer();
-        const at = offset;
-        const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out: frameBuf }, [buf, frameBuf]);
-        await out.add(job.then((reply) => ({ index: i, offset: at, rawLength, reply })));
+        chunks++;
+        offset += rawLength;
+        if ((i & 15) === 0) opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });
+        if (rawLength < opts.chunkSize) break;
       }
-      chunks++;
-      offset += rawLength;
-      if ((i & 15) === 0) opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });
-      if (rawLength < opts.chunkSize) break;
+      await out.drain();
+      if (rewindTo !== null) {
+        rewind();
+        continue;
+      }
+      const wholeSha = sha ? await sha.digest() : undefined;
+      end = { chunks, bytes: offset, ...(peerHasRoot ? { root: root.digest() } : {}), ...(wholeSha ? { sha256: wholeSha } : {}), ...(src.summary?.() ?? {}) };
+      await send(ch.sendJson(MsgType.END, end)); // END too can wait on a receiver that froze
+      endSent = end;
+      finishedSending = true;
+      heard = Date.now();
+      opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });
+      opts.reporter.info("all data sent; waiting for the receiver to confirm it is stored");
+      // a chunk found damaged at the end is asked for after END: send from there again, then END again
+      if (rewindTo === null) await Promise.race([listener, new Promise<void>((r) => (wake.rewind = r))]);
+      wake.rewind = null;
+      if (rewindTo !== null && !done && !peerFailure) {
+        finishedSending = false;
+        endSent = null;
+        rewind();
+        continue;
+      }
+      break;
     }
-    await out.drain();
-    const wholeSha = sha ? await sha.digest() : undefined;
-    const end: End = { chunks, bytes: offset, ...(peerHasRoot ? { root: root.digest() } : {}), ...(wholeSha ? { sha256: wholeSha } : {}), ...(src.summary?.() ?? {}) };
-    await send(ch.sendJson(MsgType.END, end)); // END too can wait on a receiver that froze
-    endSent = end;
-    finishedSending = true;
-    heard = Date.now();
-    opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });
-    opts.reporter.info("all data sent; waiting for the receiver to confirm it is stored");
     await listener;
     if (peerFailure) throw peerFailure;
     const d = done as Done | null;
@@ -363,6 +427,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       chunks,
       zeroChunks,
       resumedFrom: start,
+      resent,
       seconds: (Date.now() - started) / 1000,
       ...(src.layout ? { layout: src.layout } : {}),
       ...(src.summary?.() ?? {}),

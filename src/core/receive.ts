@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeJson, decodeMessage, layoutFrom, mountedRwOf, sessionOf, typeName, type Done, type Hello } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, decodeJson, decodeMessage, layoutFrom, mountedRwOf, sessionOf, typeName, type Done, type Hello, type Resend } from "../protocol/messages.ts";
 import { decodeChunkRecord } from "../protocol/chunk-record.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
@@ -14,14 +14,15 @@ import { DIGESTS_FILE, FILES_FILE, IMAGE_FILE, createBackupDir, fsyncDir, PARTIA
 import { ImageWriter, prefixDigest } from "../store/image-writer.ts";
 import { awaitResume, checkPrefix, findResumable, markNotResumable, readPrefix } from "./resume.ts";
 import { MANIFEST_FORMAT, writeManifest, type Manifest } from "../store/manifest.ts";
-import { Channel } from "./channel.ts";
+import { Channel, CorruptFrame } from "./channel.ts";
+import { DamageBudget, RESEND_REPEAT_MS } from "./resend.ts";
 import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, ROOT_ALGORITHM, isDigest, zeroDigest } from "../store/root.ts";
 import { TbError, asTbError, errnoCode, errnoText, isErrno } from "./errors.ts";
 import { checkPeer, newHelloAck } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
-import { PROTOCOL_VERSION, ROOT_CAP, TOOL } from "./version.ts";
+import { PROTOCOL_VERSION, RESEND_CAP, ROOT_CAP, TOOL } from "./version.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { serveRequest, type ServeOptions } from "./serve-restore.ts";
@@ -408,22 +409,65 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   let zero = prefixZero;
   let carried: Frame | null = null;
   let lastProgress = resumedFrom;
+  let heardAt = Date.now();
   if (!resumedFrom) {
     opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}`);
     if (!candidate) await ch.sendJson(MsgType.HELLO_ACK, newHelloAck(hello, created.id));
   }
 
   // Checked chunks come back in order: their digests go into the root and digests.txt.
+  // With the resend capability (docs/PROTOCOL.md §8.2a), a damaged chunk is
+  // asked for again: `retry` holds that state. A chunk that fails its check
+  // is noted in `retry.failed`, and it and the chunks after it are taken back.
+  const retry = resendState(hello, files || wholeSha);
   const checks = new OrderedPipeline<{ index: number; rawLength: number; reply: WorkerReply }>(MAX_CHECKS_IN_FLIGHT, ({ index, rawLength, reply: r }) => {
     if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
     if (r.op === "checked") ch.release(r.buf);
-    if (r.op === "checked" && !r.ok)
-      throw new TbError("CORRUPT", `chunk ${index} (offset ${index * chunkSize}) failed its check: ${r.error}`, "the data was damaged in transit; check the cable and push again");
+    if (retry && index >= retry.dropFrom) return; // taken back: it comes again
+    if (r.op === "checked" && !r.ok) {
+      const why = `chunk ${index} (offset ${index * chunkSize}) failed its check: ${r.error}`;
+      if (!retry) throw new TbError("CORRUPT", why, "the data was damaged in transit; check the cable and push again");
+      retry.failed = { index, why: `it failed its check: ${r.error}` };
+      retry.dropFrom = index;
+      return;
+    }
     if ((r.op === "checked" || r.op === "zeroed") && r.writeError) throw storeFailed("write", r.writeError);
     const digest = r.op === "checked" ? r.digest! : zeroDigest(rawLength);
     root.add(digest);
     writer.recordDigest(digest);
+    if (r.op === "zeroed") zero++;
   });
+  /**
+   * Asks the sender for chunk `from` again, and for every chunk after it
+   * (within the damage budget, else the session fails): a chunk already
+   * recorded from there on is taken back first.
+   */
+  const askAgain = async (from: number, why: string) => {
+    const r = retry!;
+    if (r.failed && r.failed.index < from) ({ index: from, why } = r.failed);
+    const over = r.budget.note(from, why);
+    if (over) throw over;
+    if (from < next) {
+      r.dropFrom = Math.min(r.dropFrom, from);
+      await checks.drain(); // the workers finish (their results are dropped) before the files are cut back
+      await syncing;
+      writer.truncateTo(from);
+      next = from;
+    }
+    r.dropFrom = Number.MAX_SAFE_INTEGER;
+    r.failed = null;
+    r.awaiting = from;
+    r.request = { session: hello.session, from, seq: ++r.count };
+    r.sentAt = Date.now();
+    opts.reporter.info(`session ${hello.session.slice(0, 8)}: chunk ${from} arrived damaged (${why}); asked the sender for it again`);
+    await ch.sendJson(MsgType.RESEND, r.request);
+  };
+  /** Repeats the last request while its chunk has not come (the request may have been lost). */
+  const askedLongAgo = () => {
+    if (!retry?.request || retry.awaiting === null || Date.now() - retry.sentAt < RESEND_REPEAT_MS) return;
+    retry.sentAt = Date.now();
+    void ch.sendJson(MsgType.RESEND, retry.request).catch(() => {});
+  };
   const track = (index: number, rawLength: number, p: Promise<WorkerReply>) => checks.add(p.then((reply) => ({ index, rawLength, reply })));
   // A write or sync of the backup failed (the workers report an errno code).
   const storeFailed = (doing: string, e: unknown) => {
@@ -443,21 +487,56 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     for (;;) {
       let f: Frame;
       try {
-        f = await ch.recv(opts.idleMs, "the sender");
+        // while a chunk asked for again has not come, the request is repeated now and then
+        f = await ch.recv(retry?.awaiting != null ? Math.min(opts.idleMs, RESEND_REPEAT_MS) : opts.idleMs, "the sender");
       } catch (e) {
+        if (retry?.awaiting != null && e instanceof TbError && e.code === "TIMEOUT" && Date.now() - heardAt < opts.idleMs) {
+          askedLongAgo();
+          continue;
+        }
+        if (retry?.awaiting != null && e instanceof TbError && e.code === "TIMEOUT")
+          throw new TbError("TIMEOUT", `no answer from the sender on ${ch.conn.description} within ${Math.round(opts.idleMs / 1000)} s of asking for chunk ${retry.awaiting} again`, "check that the sender still runs and the cable is plugged in, then push again");
+        // a damaged chunk record: asked for again
+        // (once all are here and none is awaited, it can only be a stale copy)
+        if (retry && e instanceof CorruptFrame && (e.frameType === MsgType.DATA || e.frameType === MsgType.ZERO) && (retry.awaiting !== null || next < expectedChunks)) {
+          await askAgain(retry.awaiting ?? next, `its ${typeName(e.frameType)} frame failed its checksum`);
+          continue;
+        }
+        // a chunk that failed its check is asked for first (the damaged frame may have been END)
+        if (retry?.failed && e instanceof CorruptFrame) {
+          await askAgain(retry.failed.index, retry.failed.why);
+          continue;
+        }
         // Every chunk is here and checked: a damaged frame now can only be END,
         // which a sender that knows STATUS sends again.
         if (e instanceof TbError && e.code === "CORRUPT" && !files && next === expectedChunks) {
           opts.reporter.info(`session ${hello.session.slice(0, 8)}: a damaged frame after the last chunk; waiting for the sender to send END again`);
           continue;
         }
+        // a damaged END while chunks are asked for again: the sender sends END again after them
+        if (retry?.awaiting != null && e instanceof CorruptFrame && e.frameType === MsgType.END) continue;
         throw e;
       }
+      heardAt = Date.now();
+      askedLongAgo(); // whatever comes meanwhile (stale records, a sender's STATUS), the request is repeated in time
       activity.n++;
       if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
         const rec = decodeChunkRecord(f, chunkSize, zeroChecksum);
+        if ("error" in rec && retry && rec.code === "CORRUPT") {
+          ch.release(f.payload.buffer);
+          await askAgain(retry.awaiting ?? next, rec.error);
+          continue;
+        }
         if ("error" in rec) throw new TbError(rec.code, rec.error, rec.code === "CORRUPT" ? "check the cable and push again" : "use the same tbbackup version on both sides");
         const h = rec.header;
+        if (retry && h.index !== next) {
+          // sent before the sender heard our request (or again after a repeated one): dropped
+          ch.release(f.payload.buffer);
+          // one that came before its turn: the one expected was lost on the way
+          if (h.index > next && retry.awaiting === null) await askAgain(next, `chunk ${h.index} came in its place`);
+          continue;
+        }
+        if (retry) retry.awaiting = null;
         const offset = h.index * chunkSize;
         const rawLength = files ? h.rawLength : Math.min(chunkSize, disk.size - offset);
         if (files && sawShort) throw new TbError("PROTOCOL", `chunk ${h.index} of the file stream follows a short one`, "use the same tbbackup version on both sides");
@@ -469,7 +548,6 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           const position = writer.record(zf, rawLength, offset, h.checksum);
           ch.release(f.payload.buffer);
           await track(h.index, rawLength, pool.run({ op: "zero", index: h.index, rawLength, hash: wholeSha, write: { fd: writer.imageFd, position, frame: zf.slice().buffer as ArrayBuffer } }, [], wholeSha ? 0 : undefined));
-          zero++;
         } else {
           const z = rec.zstd;
           const position = writer.record(z, rawLength, offset, h.checksum);
@@ -480,8 +558,16 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         next++;
         await checks.ready();
         if (syncFailure) throw syncFailure;
+        if (retry?.failed) {
+          await askAgain(retry.failed.index, retry.failed.why);
+          continue;
+        }
         if (next - lastProgress >= PROGRESS_EVERY_CHUNKS && !syncing) {
           await checks.drain();
+          if (retry?.failed) {
+            await askAgain(retry.failed.index, retry.failed.why);
+            continue;
+          }
           lastProgress = next;
           const progress = { chunks: next, bytes: writer.rawBytes };
           const durable = { chunks: next, rawBytes: writer.rawBytes, storedBytes: writer.bytesWritten, chunkListBytes: writer.chunkListBytes };
@@ -500,6 +586,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         }
         if ((next & 15) === 0) opts.reporter.progress({ phase: `receive from ${hostLabel}`, bytes: writer.rawBytes, total: files ? 0 : disk.size, stored: writer.bytesWritten });
       } else if (f.type === MsgType.END) {
+        // sent before the sender heard our request: it sends END again after the chunks
+        if (retry?.awaiting != null) continue;
         const end = decodeMessage(MsgType.END, f.payload);
         const want = files ? next : expectedChunks;
         if (!end || end.chunks !== want || next !== want || end.bytes !== (files ? writer.rawBytes : disk.size))
@@ -509,6 +597,10 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           throw new TbError("PROTOCOL", "the sender's END lacks its integrity root or SHA-256", "use the same tbbackup version on both sides");
         const size = end.bytes;
         await checks.drain();
+        if (retry?.failed) {
+          await askAgain(retry.failed.index, retry.failed.why);
+          continue;
+        }
         await syncing;
         if (syncFailure) throw syncFailure;
         const rootHex = root.digest();
@@ -544,9 +636,9 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         fsyncDir(path.dirname(finalDir));
         confirmation = { session: hello.session, id: created.id, path: finalDir, ...(hasRootCap(hello) ? { root: rootHex } : {}), ...(sha256 ? { sha256 } : {}), bytes: size, storedBytes };
         await ch.sendJson(MsgType.DONE, confirmation);
-        opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""})`);
+        opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""}${resentNote(retry)})`);
         return {
-          result: { ok: true, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, bytes: size, storedBytes, root: rootHex, sha256: sha256 ?? undefined, seconds: manifest.timings.seconds! },
+          result: { ok: true, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, bytes: size, storedBytes, root: rootHex, sha256: sha256 ?? undefined, seconds: manifest.timings.seconds!, ...(retry ? { resent: retry.count } : {}) },
           carried: null,
           done: confirmation,
         };
@@ -590,7 +682,39 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       await ch.sendJson(MsgType.ERROR, { session: hello.session, code: err.code, message: `receiver: ${err.oneLine()}` }).catch(() => {});
       if (!ch.conn.lossy) await ch.drain(3000);
     }
-    opts.reporter.info(`session ${hello.session.slice(0, 8)} failed, kept as ${created.id}${PARTIAL_SUFFIX}: ${err.oneLine()}`);
-    return { result: { ok: false, role: "push", id: created.id + PARTIAL_SUFFIX, path: created.dir, host: hello.host?.hostname, error: { code: err.code, message: err.message } }, carried };
+    opts.reporter.info(`session ${hello.session.slice(0, 8)} failed, kept as ${created.id}${PARTIAL_SUFFIX}${resentNote(retry)}: ${err.oneLine()}`);
+    return { result: { ok: false, role: "push", id: created.id + PARTIAL_SUFFIX, path: created.dir, host: hello.host?.hostname, error: { code: err.code, message: err.message }, ...(retry ? { resent: retry.count } : {}) }, carried };
   }
+}
+
+/** A push session's state for asking for damaged chunks again (docs/PROTOCOL.md §8.2a). */
+interface RetryState {
+  budget: DamageBudget;
+  /** the chunk asked for again; until it comes, other chunk records are dropped */
+  awaiting: number | null;
+  /** a chunk that failed its check on a worker, not yet asked for again */
+  failed: { index: number; why: string } | null;
+  /** checks of chunks from here on are dropped (taken back) */
+  dropFrom: number;
+  /** the last request, repeated while its chunk does not come */
+  request: Resend | null;
+  sentAt: number;
+  /** requests made */
+  count: number;
+}
+
+/**
+ * The retry state when the sender lists the resend capability; null keeps the
+ * behaviour of a receiver without it (a damaged chunk ends the session). A
+ * file stream cannot be read again, and a whole-image SHA-256 (one running
+ * hash on a worker) cannot go back: neither uses it.
+ */
+function resendState(hello: Hello, cannot: boolean): RetryState | null {
+  if (cannot || !Array.isArray(hello.caps) || !hello.caps.includes(RESEND_CAP)) return null;
+  return { budget: new DamageBudget(), awaiting: null, failed: null, dropFrom: Number.MAX_SAFE_INTEGER, request: null, sentAt: 0, count: 0 };
+}
+
+/** ", 2 chunks sent twice" for the log, when any was. */
+function resentNote(retry: RetryState | null): string {
+  return retry?.count ? `; ${retry.count} damaged chunk${retry.count === 1 ? " was" : "s were"} sent again` : "";
 }

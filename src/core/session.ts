@@ -16,6 +16,8 @@ export interface SessionResult {
   root?: string;
   sha256?: string;
   seconds?: number;
+  /** push with the resend capability: how many times a damaged chunk was asked for again */
+  resent?: number;
   error?: { code: string; message: string };
 }
 

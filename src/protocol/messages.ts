@@ -22,6 +22,7 @@ export const MsgType = {
   RESTORE_DONE: 0x25,
   RESUME: 0x15,
   STATUS: 0x16,
+  RESEND: 0x17,
   /** key authentication on tcp:, before HELLO (auth.ts) */
   AUTH: 0x30,
   AUTH_CHALLENGE: 0x31,
@@ -236,6 +237,17 @@ export interface PrefixKeepalive {
   of: number;
 }
 
+/**
+ * The receiver asks for chunk `from` again (it arrived damaged) and for every
+ * chunk after it; `seq` numbers the requests of a session (1, 2, ...), so a
+ * repeated request is told from a new one.
+ */
+export interface Resend {
+  session: string;
+  from: number;
+  seq: number;
+}
+
 /** After END: the sender asks again for its session's DONE. */
 export interface Status {
   session: string;
@@ -305,6 +317,7 @@ export interface Messages {
   [MsgType.DONE]: Done;
   [MsgType.RESUME]: Resume;
   [MsgType.STATUS]: Status;
+  [MsgType.RESEND]: Resend;
   [MsgType.LIST_RESULT]: ListResult;
   [MsgType.RESTORE]: RestoreGo;
   [MsgType.RESTORE_INFO]: RestoreInfo;
@@ -335,6 +348,7 @@ const validators: { [K in JsonMsgType]: (v: Fields) => boolean } = {
   [MsgType.DONE]: (v) => isStr(v.id) && isStr(v.path) && isCount(v.bytes) && isCount(v.storedBytes) && opt(v.session, isStr) && opt(v.root, isStr) && opt(v.sha256, isStr),
   [MsgType.RESUME]: (v) => isStr(v.session) && isCount(v.from),
   [MsgType.STATUS]: (v) => isStr(v.session),
+  [MsgType.RESEND]: (v) => isStr(v.session) && isCount(v.from) && isCount(v.seq),
   [MsgType.LIST_RESULT]: (v) => isStr(v.session) && Array.isArray(v.backups) && v.backups.every(isObj),
   [MsgType.RESTORE]: (v) => isStr(v.session) && v.go === true,
   [MsgType.RESTORE_INFO]: (v) =>

@@ -15,6 +15,17 @@ export function prefixDigest(lines: string): string {
   return new Bun.CryptoHasher("sha256").update(lines).digest("hex");
 }
 
+/** How many records back truncateTo() can go: well beyond the checks a receiver has in flight. */
+const MARKS_KEPT = 1024;
+
+/** Writes all of `text` at `position`; returns its length in bytes. */
+function writeAllAt(fd: number, text: string, position: number): number {
+  const bytes = Buffer.from(text);
+  let off = 0;
+  while (off < bytes.length) off += fs.writeSync(fd, bytes, off, bytes.length - off, position + off);
+  return bytes.length;
+}
+
 export class ImageWriter {
   private fd: number;
   private chunksFd: number;
@@ -29,6 +40,11 @@ export class ImageWriter {
   rawBytes = 0;
   /** bytes of chunks.txt so far (flushed or not) */
   chunkListBytes = 0;
+  /** bytes of chunks.txt and digests.txt written to their files (the rest is in `lines`, `digestLines`) */
+  private chunkListFlushed = 0;
+  private digestsFlushed = 0;
+  /** the state before each of the last MARKS_KEPT records: what truncateTo() can go back to */
+  private marks: { chunks: number; bytesWritten: number; rawBytes: number; chunkListBytes: number }[] = [];
   readonly tmpPath: string;
 
   /**
@@ -57,7 +73,7 @@ export class ImageWriter {
     fs.truncateSync(chunksPath, resume.chunkListBytes);
     this.chunksFd = fs.openSync(chunksPath, "a");
     this.entries = [...resume.entries];
-    this.chunkListBytes = resume.chunkListBytes;
+    this.chunkListBytes = this.chunkListFlushed = resume.chunkListBytes;
     this.bytesWritten = resume.storedBytes;
     this.rawBytes = resume.rawBytes;
   }
@@ -75,6 +91,8 @@ export class ImageWriter {
    */
   record(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): number {
     const position = this.bytesWritten;
+    this.marks.push({ chunks: this.entries.length, bytesWritten: position, rawBytes: this.rawBytes, chunkListBytes: this.chunkListBytes });
+    if (this.marks.length > MARKS_KEPT) this.marks.shift();
     this.entries.push({ compressedSize: frame.length, rawSize, checksum: frameChecksum(frame) });
     const line = chunkLine(this.entries.length - 1, offset, rawSize, checksum);
     this.lines.push(line);
@@ -104,13 +122,36 @@ export class ImageWriter {
     return this.fd;
   }
 
+  /**
+   * Forgets every chunk from `chunks` on, as if only the first `chunks` had
+   * been recorded (a chunk that arrived damaged, and those after it, are sent
+   * again): cuts image.zst.tmp and chunks.txt back. Only the last MARKS_KEPT
+   * records can be taken back, and only those whose digest was not recorded;
+   * nobody may be writing a frame meanwhile (wait for the workers first).
+   */
+  truncateTo(chunks: number): void {
+    if (chunks === this.entries.length) return;
+    const i = this.marks.findIndex((m) => m.chunks === chunks);
+    if (i < 0 || chunks < this.digests) throw new Error(`cannot take back the image to chunk ${chunks} (it holds ${this.entries.length})`);
+    const m = this.marks[i]!;
+    this.marks.length = i;
+    this.entries.length = chunks;
+    this.flushLines();
+    fs.ftruncateSync(this.chunksFd, m.chunkListBytes);
+    fs.ftruncateSync(this.fd, m.bytesWritten);
+    this.chunkListBytes = this.chunkListFlushed = m.chunkListBytes;
+    this.bytesWritten = m.bytesWritten;
+    this.rawBytes = m.rawBytes;
+  }
+
   private flushLines(): void {
+    // at explicit positions: truncateTo() may have cut the files back
     if (this.lines.length > 0) {
-      fs.writeSync(this.chunksFd, this.lines.join(""));
+      this.chunkListFlushed += writeAllAt(this.chunksFd, this.lines.join(""), this.chunkListFlushed);
       this.lines = [];
     }
     if (this.digestLines.length > 0) {
-      fs.writeSync(this.digestsFd, this.digestLines.join(""));
+      this.digestsFlushed += writeAllAt(this.digestsFd, this.digestLines.join(""), this.digestsFlushed);
       this.digestLines = [];
     }
   }

@@ -38,6 +38,17 @@ export class RootBuilder {
     this.count++;
   }
 
+  /** Where the root stands now, to go back to (restore). */
+  save(): { sha: Bun.CryptoHasher; count: number } {
+    return { sha: this.sha.copy(), count: this.count };
+  }
+
+  /** Goes back to a state save() returned: the digests added since then are forgotten. */
+  restore(s: { sha: Bun.CryptoHasher; count: number }): void {
+    this.sha = s.sha.copy();
+    this.count = s.count;
+  }
+
   /** Forgets every digest added. */
   reset(): void {
     this.sha = new Bun.CryptoHasher("sha256");

@@ -7,8 +7,8 @@ import { crc32 } from "../../src/protocol/frame.ts";
 export interface ProxyPlan {
   /** cut both connections after this many bytes from the pusher */
   cutAfterBytes?: number;
-  /** damage the payload of the Nth frame of this type from the pusher, or drop that frame */
-  damage?: { type: number; nth: number; at: number; fixCrc: boolean; drop?: boolean };
+  /** damage the payload of the Nth frame of this type from the pusher (or, with `every`, of it and every later one), or drop that frame */
+  damage?: { type: number; nth: number; at: number; fixCrc: boolean; drop?: boolean; every?: boolean };
   /**
    * damage the payload of the first frame of this type from the receiver (its
    * CRC then fails), or of every one; or drop that frame instead
@@ -66,7 +66,7 @@ export function startProxy(listenPath: string, targetPath: string, plan: ProxyPl
         const frame = Buffer.from(buf.subarray(0, total));
         buf = buf.subarray(total);
         const dmg = plan.damage;
-        if (dmg && frame[4] === dmg.type && seen++ === dmg.nth) {
+        if (dmg && frame[4] === dmg.type && (dmg.every ? seen++ >= dmg.nth : seen++ === dmg.nth)) {
           if (dmg.drop) continue;
           frame[16 + Math.min(dmg.at, len - 1)]! ^= 0x40;
           if (dmg.fixCrc) frame.writeUInt32LE(crc32(frame.subarray(16, 16 + len)), 16 + len);
