@@ -7,6 +7,7 @@
 // replay, unknown incompat features, another checksum than crc32c, damage) is
 // imaged whole. Rules and limits: docs/used-blocks-ntfs-btrfs.md.
 import { type FsAnalysis, type ReadAt, type UsedBlocks, MAX_READ, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
+import { u16, u32, u64 } from "./bytes.ts";
 
 const SUPER_OFFSET = 0x10000;
 const SUPER_SIZE = 4096;
@@ -51,20 +52,8 @@ function fail(what: string): never {
   throw new Damaged(what);
 }
 
-function u16(b: Uint8Array, o: number): number {
-  return b[o]! | (b[o + 1]! << 8);
-}
 
-function u32(b: Uint8Array, o: number): number {
-  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
-}
 
-/** An unsigned 64-bit field; values past 2^53 come back as Infinity so every cap rejects them. */
-function u64(b: Uint8Array, o: number): number {
-  const hi = u32(b, o + 4);
-  if (hi >= 0x200000) return Infinity;
-  return hi * 0x100000000 + u32(b, o);
-}
 
 /** The full 64-bit value as a bigint, for flag words. */
 function u64n(b: Uint8Array, o: number): bigint {
