@@ -1,6 +1,7 @@
 // Worker thread: the CPU-heavy per-chunk work, off the main thread so every
 // core stays busy. Compress (sender): raw chunk -> its SHA-256 and a complete
-// DATA wire frame (or word that it is all zeros). Check (receiver, restore,
+// DATA wire frame (or word that it is all zeros, or that it is the same as the
+// base backup's chunk). Check (receiver, restore,
 // verify): zstd frame -> raw, verify its checksum, its SHA-256 for the
 // integrity root (docs/FORMAT.md §4a); with a pool of one worker, also feed
 // the classic whole-image SHA-256 in order. Readhash: read a range of a file
@@ -108,6 +109,10 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
       }
       const digest = chunkDigest(raw);
       const checksum = Bun.hash.xxHash3(raw);
+      if (m.base === digest) {
+        reply({ op: "compressed", index: m.index, zero: false, same: true, checksum, digest, frame: m.out, frameLength: 0, raw: m.raw, compressedSize: 0 }, [m.out, m.raw]);
+        return;
+      }
       const need = dataFrameSize(zstd.compressBound(m.rawLength));
       // the caller's buffer normally fits; if not, a fresh one (handed back instead)
       const out = m.out.byteLength >= need ? new Uint8Array(m.out) : new Uint8Array(need);

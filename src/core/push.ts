@@ -2,13 +2,14 @@
 // and stream it to a receiver; done only when the receiver says it is durable
 // and its SHA-256 matches ours.
 import { MsgType, decodeMessage, sessionOf, type DiskIdentity, type Done, type End, type Layout } from "../protocol/messages.ts";
-import { dataFrameSize, zeroRecordFrame } from "../protocol/chunk-record.ts";
+import { dataFrameSize, sameRecordFrame, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest } from "../store/root.ts";
-import { ROOT_CAP } from "./version.ts";
+import { CAPABILITIES, INCREMENTAL_CAP, ROOT_CAP } from "./version.ts";
+import { receiveBaseDigests } from "./incremental.ts";
 import { TbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
@@ -63,6 +64,8 @@ export interface PushOptions {
   waitMs: number;
   /** continue an interrupted push of the same disk when the receiver offers it (default true) */
   resume?: boolean;
+  /** send every chunk even when the receiver holds a backup of this disk to send only changes against (push --full) */
+  full?: boolean;
   /** also compute the classic whole-image SHA-256 (off the chunk path, on a thread of its own) */
   sha256?: boolean;
   /** how long the receiver may stay silent before we give up */
@@ -137,6 +140,13 @@ export interface PushResult {
   seconds: number;
   /** chunks already held by the receiver from an interrupted push (0: a full push) */
   resumedFrom: number;
+  /** incremental push: the base backup, and how many chunks differed from it (README, "Incremental backups") */
+  base?: string;
+  changedChunks?: number;
+  /** bytes of chunk records sent (DATA, ZERO, SAME frames) */
+  sentBytes: number;
+  /** compressed bytes of the chunks sent as DATA: what the receiver stored anew */
+  newStoredBytes: number;
   files?: unknown;
   layout?: Layout;
 }
@@ -158,10 +168,24 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   const receiverDone = new Signal();
   try {
     pool.broadcast({ op: "level", level: opts.level });
-    const hello = newHello("push", { disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content, ...(opts.sha256 ? { sha256: true } : {}), ...(src.layout ? { layout: src.layout } : {}) });
+    const caps = opts.full ? CAPABILITIES.filter((c) => c !== INCREMENTAL_CAP) : CAPABILITIES;
+    const hello = newHello("push", { caps, disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content, ...(opts.sha256 ? { sha256: true } : {}), ...(src.layout ? { layout: src.layout } : {}) });
     opts.reporter.info(`connecting to the receiver on ${conn.description}`);
     const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
     opts.reporter.info(`receiver ${ack.host.hostname} (${ack.tool}) will store ${ack.id ?? "the backup"}`);
+    // Incremental push (docs/PROTOCOL.md §8.7): the base's digests come before anything else.
+    let base: Uint8Array | null = null;
+    let baseId: string | undefined;
+    if (ack.base && !opts.full && src.size !== null) {
+      const got = await receiveBaseDigests(ch, hello.session, ack.base.chunks, Math.ceil(src.size / opts.chunkSize), opts.idleMs);
+      if (typeof got === "string") opts.reporter.info(`not incremental against ${ack.base.id} (${got}): sending every chunk`);
+      else {
+        base = got;
+        baseId = ack.base.id;
+        opts.reporter.info(`reading the disk and sending only the chunks that differ from ${baseId}`);
+      }
+    }
+    const baseDigest = (i: number) => (base && i * 32 < base.length ? Buffer.from(base.buffer, base.byteOffset + i * 32, 32).toString("hex") : undefined);
 
     // Everything the receiver says from here on: progress, keepalives (every
     // 5 s while its work moves on), an error, or the final DONE. A write that
@@ -277,6 +301,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     // DATA frames are built by the workers in these and come back once written
     const frames = new BufferPool(dataFrameSize(compressBound(opts.chunkSize)), maxInFlight + 2);
     let zeroChunks = 0;
+    let changedChunks = 0;
+    let sentBytes = 0;
     let stored = 0;
     let offset = start * opts.chunkSize;
     let chunks = start;
@@ -289,7 +315,9 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       if (r && r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
       if (r && r.op !== "compressed") throw new TbError("INTERNAL", `unexpected worker reply ${r.op}`, "report this bug");
       const zero = !r || r.zero;
-      root.add(r ? r.digest : zeroDigest(o.rawLength));
+      const digest = r ? r.digest : zeroDigest(o.rawLength);
+      root.add(digest);
+      if (base && digest !== baseDigest(o.index)) changedChunks++;
       if (r) {
         if (sha) await sha.data(o.index, r.raw, o.rawLength);
         else spare.push(r.raw);
@@ -297,10 +325,21 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       if (zero) {
         zeroChunks++;
         if (r) frames.give(r.frame);
-        await send(ch.sendFrame(zeroRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: zeroChecksum(o.rawLength) })));
+        const rec = zeroRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: zeroChecksum(o.rawLength) });
+        sentBytes += rec.length;
+        await send(ch.sendFrame(rec));
+        return;
+      }
+      if (r.same) {
+        // the base holds this chunk: the receiver copies it from there
+        frames.give(r.frame);
+        const rec = sameRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: r.checksum! });
+        sentBytes += rec.length;
+        await send(ch.sendFrame(rec));
         return;
       }
       stored += r.compressedSize;
+      sentBytes += r.frameLength;
       // A receiver that failed may stop reading without closing: do not stay
       // blocked in the write once it has said why.
       if (await send(ch.sendFrame(new Uint8Array(r.frame, 0, r.frameLength)))) frames.give(r.frame);
@@ -325,7 +364,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         const buf = raw.buffer as ArrayBuffer;
         const frameBuf = frames.takeBuffer();
         const at = offset;
-        const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out: frameBuf }, [buf, frameBuf]);
+        const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out: frameBuf, base: baseDigest(i) }, [buf, frameBuf]);
         await out.add(job.then((reply) => ({ index: i, offset: at, rawLength, reply })));
       }
       chunks++;
@@ -361,6 +400,9 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       chunks,
       zeroChunks,
       resumedFrom: start,
+      ...(baseId !== undefined ? { base: baseId, changedChunks } : {}),
+      sentBytes,
+      newStoredBytes: stored,
       seconds: (Date.now() - started) / 1000,
       ...(src.layout ? { layout: src.layout } : {}),
       ...(src.summary?.() ?? {}),
