@@ -84,11 +84,12 @@ export function register(program: Command): void {
       .option("--yes", "do not ask before overwriting TARGET")
       .option("--force", "with --yes: also overwrite a disk that holds data and is not the one the backup was made from")
       .option("--no-verify", "skip reading the target back after writing")
+      .option("--no-delta", "write every chunk, even where the target already holds the same bytes")
       .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
       .option("--json", "print one JSON result on stdout"),
   )
     .action(
-      action(async (targetArg: string | undefined, o: { stream?: string; from?: string; backup?: string; yes?: boolean; force?: boolean; verify: boolean; wait: number; files?: string; overwrite?: boolean; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+      action(async (targetArg: string | undefined, o: { stream?: string; from?: string; backup?: string; yes?: boolean; force?: boolean; verify: boolean; delta: boolean; wait: number; files?: string; overwrite?: boolean; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         const { restore } = await import("../core/restore.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -125,6 +126,7 @@ export function register(program: Command): void {
             transport: stream ? transportFor(stream.spec, false) : undefined,
             backup: o.backup,
             verify: o.verify,
+            delta: o.delta,
             waitMs: o.wait * 1000,
             idleMs: 300_000,
             reporter,
@@ -139,7 +141,10 @@ export function register(program: Command): void {
           else if (r.extracted) {
             for (const sk of r.extracted.skipped) process.stderr.write(`not created: ${sk}\n`);
             process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${r.extracted.entries} entries, ${r.extracted.files} files, ${bytes(r.extracted.bytes)}; archive ${r.root ? "integrity root" : "sha256"} checked)\n`);
-          } else process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${bytes(r.bytes)}, ${r.seconds.toFixed(1)} s, ${r.verified ? "read back and verified" : "NOT read back (--no-verify)"})\n${r.root ? `root ${r.root}\n` : ""}${r.sha256 ? `sha256 ${r.sha256}\n` : ""}`);
+          } else {
+            if (r.delta) process.stderr.write(`the target already held ${r.bytes ? Math.floor((100 * r.delta.keptBytes) / r.bytes) : 100}% of this backup: wrote ${bytes(r.delta.writtenBytes)}\n`);
+            process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${bytes(r.bytes)}, ${r.seconds.toFixed(1)} s, ${r.verified ? "read back and verified" : "NOT read back (--no-verify)"})\n${r.root ? `root ${r.root}\n` : ""}${r.sha256 ? `sha256 ${r.sha256}\n` : ""}`);
+          }
         } finally {
           reporter.stop();
           await stream?.cleanup();

@@ -20,8 +20,20 @@ const cctx = new zstd.CCtx();
 const dctx = new zstd.DCtx();
 let sha = new Bun.CryptoHasher("sha256");
 let zeros = new Uint8Array(0);
-// Scratch buffer reused across chunks: decompress output.
+// Scratch buffers reused across chunks: decompress output, and what a delta restore's target holds.
 let scratchRaw = new Uint8Array(0);
+let scratchTarget = new Uint8Array(0);
+
+/** Whether fd already holds `raw` at position (a read error counts as "no": the chunk is written). */
+function holds(fd: number, raw: Uint8Array, position: number): boolean {
+  if (scratchTarget.length < raw.length) scratchTarget = new Uint8Array(raw.length);
+  try {
+    const n = preadAll(fd, scratchTarget.subarray(0, raw.length), position);
+    return n === raw.length && Buffer.from(scratchTarget.buffer, 0, n).equals(Buffer.from(raw.buffer, raw.byteOffset, raw.length));
+  } catch {
+    return false;
+  }
+}
 
 function setLevel(level: number): void {
   cctx.reset(zstd.ResetDirective.sessionAndParameters);
@@ -90,9 +102,10 @@ function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
   if (m.checksum >= 0n && Bun.hash.xxHash3(raw) !== m.checksum) return { op: "checked", index: m.index, ok: false, error: "raw data checksum mismatch" };
   if (m.hash) sha.update(raw);
   const digest = m.digest ? chunkDigest(raw) : undefined;
-  const writeError = m.write ? pwriteAll(m.write.fd, z, m.write.position) : m.writeRaw ? pwriteAll(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;
+  const unchanged = m.writeRaw !== undefined && m.onlyIfDiffers === true && holds(m.writeRaw.fd, raw, m.writeRaw.position);
+  const writeError = m.write ? pwriteAll(m.write.fd, z, m.write.position) : m.writeRaw && !unchanged ? pwriteAll(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;
   const rawBuf = m.wantRaw ? (raw.buffer as ArrayBuffer) : undefined;
-  return { op: "checked", index: m.index, ok: true, writeError, raw: rawBuf, digest };
+  return { op: "checked", index: m.index, ok: true, writeError, raw: rawBuf, digest, ...(unchanged ? { unchanged } : {}) };
 }
 
 self.onmessage = (ev: MessageEvent<WorkerRequest>) => {

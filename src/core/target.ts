@@ -71,9 +71,10 @@ export function notTheBackup(t: TargetInfo, backupFiles: string[]): void {
 
 /**
  * Opens the target for writing `size` bytes. A block device must be at least
- * that large and is opened exclusively; a file is (re)created sparse.
+ * that large and is opened exclusively; a file is (re)created sparse, or with
+ * `keep` (a delta restore) kept as it is, cut or extended to `size`.
  */
-export function openTarget(t: TargetInfo, size: number): number {
+export function openTarget(t: TargetInfo, size: number, keep = false): number {
   if (t.kind === "block") {
     if (t.size < size)
       throw new TbError("TARGET", `${t.path} holds ${t.size} bytes but the backup needs ${size}`, "restore onto a disk at least as large as the original");
@@ -87,8 +88,9 @@ export function openTarget(t: TargetInfo, size: number): number {
   }
   try {
     const fd = fs.openSync(t.path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
-    // Start from nothing so that skipped zero chunks read back as zeros (holes).
-    fs.ftruncateSync(fd, 0);
+    // Start from nothing so that skipped zero chunks read back as zeros (holes);
+    // a delta restore writes zeros where the file holds other data.
+    if (!keep) fs.ftruncateSync(fd, 0);
     fs.ftruncateSync(fd, size);
     return fd;
   } catch (e) {
