@@ -186,8 +186,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       if (src.files) notTheBackup(target, src.files);
       if (!(await opts.confirm(target, info))) throw new TbError("REFUSED", "restore cancelled", notIncomplete);
       opts.writing?.();
-      // a new or empty file holds nothing to compare with
-      delta = opts.delta !== false && target.exists && target.size > 0;
+      delta = deltaWanted(opts, target);
       sink = imageSink(target, info, opts.verify, pool, opts.reporter, delta);
       if (delta) opts.reporter.info(`comparing each chunk with what ${target.path} holds: only chunks that differ are written (--no-delta writes all)`);
     } else {
@@ -313,6 +312,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (idle) sink?.close();
     await src.close();
   }
+}
+
+/** Whether a restore compares each chunk with the target first: not with --no-delta, and not onto a new or empty file (nothing to compare with). */
+function deltaWanted(opts: RestoreOptions, target: TargetInfo | null): boolean {
+  return opts.delta !== false && target !== null && target.exists && target.size > 0;
 }
 
 function syncFailed(path: string, e: unknown): TbError {
@@ -456,10 +460,19 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
     // receiver waits for RESTORE_DONE: tell one that knows keepalives we are still at it.
     let keepalive: ReturnType<typeof setInterval> | undefined;
     const stopKeepalive = () => clearInterval(keepalive);
+    const startKeepalive = () => {
+      if (keepalive !== undefined || !Array.isArray(ack.caps) || !ack.caps.includes("status")) return;
+      const still = () => void ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {});
+      still();
+      keepalive = setInterval(still, KEEPALIVE_MS);
+    };
     async function* chunks(): AsyncGenerator<ChunkIn> {
       const go: RestoreGo = { session: hello.session, go: true };
       await ch.sendJson(MsgType.RESTORE, go);
       began = true;
+      // A delta restore reads the target as the data arrives, and can fall far
+      // behind a receiver that has sent it all and waits --idle for RESTORE_DONE.
+      if (deltaWanted(opts, target)) startKeepalive();
       // The offer said how many chunks come; after the last one RESTORE_END
       // says nothing new, and need not be waited for: it can be damaged or,
       // as the last frame, wake no reader on a device.
@@ -482,11 +495,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
           return;
         } else if (f.type === MsgType.ERROR) throw peerError(f.payload);
       }
-      if (Array.isArray(ack.caps) && ack.caps.includes("status")) {
-        const still = () => void ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {});
-        still();
-        keepalive = setInterval(still, KEEPALIVE_MS);
-      }
+      startKeepalive();
     }
     return {
       info: offer,
