@@ -160,7 +160,7 @@ export async function sendBaseDigests(ch: Channel, base: Base): Promise<void> {
 
 /**
  * Sender: takes in the base's digests after a HELLO_ACK that offered `chunks`
- * of them. Returns them (32 bytes each), or why the push goes on without a
+ * of them (waiting at most `waitMs` for each frame: they follow at once). Returns them (32 bytes each), or why the push goes on without a
  * base: a damaged or missing frame, a count that is not the disk's. An ERROR
  * from the receiver for this session ends the push.
  */
@@ -182,6 +182,8 @@ export async function receiveBaseDigests(ch: Channel, session: string, chunks: n
     }
     if (f.type !== MsgType.BASE_DIGESTS) continue; // a repeated HELLO_ACK, a keepalive
     const d = decodeBaseDigests(f.payload);
+    // first 0 again: the receiver sends them all again (our HELLO was repeated: its first answer may be lost)
+    if (d?.first === 0) have = 0;
     if (!d || d.first !== have || have + d.digests.length / 32 > chunks) return "the base's digests arrived out of order";
     out.set(d.digests, have * 32);
     have += d.digests.length / 32;

@@ -76,6 +76,8 @@ export interface PushOptions {
 /** The hint when all was sent but the receiver's confirmation did not come through. */
 const UNCONFIRMED = "the backup is not confirmed: if 'tbbackup list' on the receiver shows it complete, it is; otherwise check the receiver's disk and messages, then push again";
 
+/** The receiver sends the base's digests right after HELLO_ACK: a gap this long between them means they were lost. */
+const BASE_DIGESTS_WAIT_MS = 30_000;
 /** While re-reading a prefix, tell the receiver this often that we are still there (its --idle may be 5 s). */
 const KEEPALIVE_MS = 2000;
 /**
@@ -177,7 +179,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     let base: Uint8Array | null = null;
     let baseId: string | undefined;
     if (ack.base && !opts.full && src.size !== null) {
-      const got = await receiveBaseDigests(ch, hello.session, ack.base.chunks, Math.ceil(src.size / opts.chunkSize), opts.idleMs);
+      const got = await receiveBaseDigests(ch, hello.session, ack.base.chunks, Math.ceil(src.size / opts.chunkSize), Math.min(opts.idleMs, BASE_DIGESTS_WAIT_MS));
       if (typeof got === "string") opts.reporter.info(`not incremental against ${ack.base.id} (${got}): sending every chunk`);
       else {
         base = got;

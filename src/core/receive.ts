@@ -541,6 +541,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       } else if (f.type === MsgType.HELLO) {
         if (sessionOf(f.payload) === hello.session) {
           await ch.sendJson(MsgType.HELLO_ACK, ack);
+          // our first answer may be the one that was lost: the digests go again, from the first
+          if (base && next === 0) await sendBaseDigests(ch, base);
           continue;
         }
         carried = f;
