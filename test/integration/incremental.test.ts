@@ -14,6 +14,7 @@ import { FrameDecoder, encodeFrame, type Frame } from "../../src/protocol/frame.
 import { MsgType, encodeJson, decodeJson } from "../../src/protocol/messages.ts";
 import { CHUNK_HEADER_SIZE, writeChunkHeader } from "../../src/protocol/chunk-record.ts";
 import { ImageReader } from "../../src/store/image-reader.ts";
+import { startProxy, type ProxyPlan } from "../helpers/proxy.ts";
 import { zstd } from "../../src/util/zstd.ts";
 
 const MiB = 1024 * 1024;
@@ -91,6 +92,21 @@ async function pushCounted(out: string, args: string[] = []) {
   }
 }
 
+/** Pushes `disk.img` into `out` through the damaging proxy (test/helpers/proxy.ts). */
+async function pushViaProxy(out: string, plan: ProxyPlan) {
+  const sock = path.join(dir, `p-${crypto.randomUUID().slice(0, 8)}.sock`);
+  const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+  await waitFor(() => fs.existsSync(sock), "receiver socket");
+  const proxy = await startProxy(sock + ".proxy", sock, plan);
+  try {
+    const p = await run(["push", newImg, "--all-blocks", "--stream", `unix:${sock}.proxy`]);
+    return { push: p, recv: await finish(recv) };
+  } finally {
+    proxy.close();
+    recv.kill();
+  }
+}
+
 /** The complete backups under a store, oldest first. */
 function backups(out: string): string[] {
   const parent = path.join(out, fs.readdirSync(out)[0]!, "disk.img");
@@ -110,6 +126,30 @@ async function storeBase(out: string): Promise<string> {
 }
 
 describe("incremental push", () => {
+  test("a damaged BASE_DIGESTS frame: the push goes on without a base and completes", async () => {
+    const out = path.join(dir, "store-g");
+    await storeBase(out);
+    const r = await pushViaProxy(out, { damageBack: { type: MsgType.BASE_DIGESTS } });
+    expect(r.push.code, r.push.stderr).toBe(0);
+    expect(r.push.stderr).toContain("not incremental against");
+    expect(r.push.stderr).not.toContain("chunks changed");
+    const full = backups(out)[1]!;
+    expect(manifest(full).base).toBeUndefined();
+    expect(manifest(full).root).toBe(stockRoot(newImg));
+  });
+
+  test("a lost HELLO_ACK: the repeated HELLO gets the offer and the digests again; the push is incremental", async () => {
+    const out = path.join(dir, "store-h");
+    await storeBase(out);
+    const r = await pushViaProxy(out, { damageBack: { type: MsgType.HELLO_ACK, drop: true } });
+    expect(r.push.code, r.push.stderr).toBe(0);
+    expect(r.push.stderr).toContain(`${changed.length} of 64 chunks changed`);
+    const incr = backups(out)[1]!;
+    expect(manifest(incr).base).toBeDefined();
+    sh(`zstd -dcq ${incr}/image.zst > ${dir}/out-h.raw`);
+    expect(sameFile(`${dir}/out-h.raw`, newImg)).toBe("same");
+  });
+
   test("only the changed chunks travel; the new image alone is the whole new disk and outlives its base", async () => {
     expect(changed.length).toBeGreaterThan(0);
     expect(changed.length).toBeLessThan(16);
