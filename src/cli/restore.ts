@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import { sameHardware } from "../core/identity.ts";
 import { TbError } from "../errors.ts";
 import type { RestoreInfo } from "../protocol/messages.ts";
-import type { TargetInfo } from "../core/target.ts";
+import { isBlank, type TargetInfo } from "../core/target.ts";
 import { bytes } from "../ui/format.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
 import { resolveStream, withThunderboltOptions } from "./stream.ts";
@@ -14,22 +14,6 @@ function describeTarget(t: TargetInfo): string {
   const id = [t.identity.model, t.identity.serial && `serial ${t.identity.serial}`, t.identity.wwn && `wwn ${t.identity.wwn}`].filter(Boolean).join(", ");
   if (t.kind === "block") return `${t.path} (disk, ${bytes(t.size)}${id ? ", " + id : ""}${t.identity.partitionTable ? ", " + t.identity.partitionTable + " partition table" : ""})`;
   return t.exists ? `${t.path} (existing file of ${bytes(t.size)}, will be replaced)` : `${t.path} (new file)`;
-}
-
-/** True when the first MiB of the disk is all zeros (a new disk, the usual replacement). */
-function blank(p: string): boolean {
-  const head = new Uint8Array(1024 * 1024);
-  try {
-    const fd = fs.openSync(p, "r");
-    try {
-      const n = fs.readSync(fd, head, 0, head.length, 0);
-      return head.subarray(0, n).every((x) => x === 0);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    return false;
-  }
 }
 
 /**
@@ -41,7 +25,7 @@ function otherDisk(t: TargetInfo, b: RestoreInfo): string | null {
   if (t.kind !== "block") return null;
   const d = b.disk;
   const same = sameHardware(t.identity, d) ?? t.path === d.path;
-  if (same || blank(t.path)) return null;
+  if (same || isBlank(t.path)) return null;
   const was = [d.path, d.model, d.serial && `serial ${d.serial}`].filter(Boolean).join(", ");
   return `${describeTarget(t)} holds data and is not the disk backup ${b.id} was made from (${was})`;
 }

@@ -15,7 +15,7 @@ import { RootBuilder, zeroDigest } from "../store/root.ts";
 import { TbError, asTbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
-import { inspectTarget, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
+import { inspectTarget, isBlank, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
 import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
 import { isZeroFrame, zeroChecksum } from "./zero.ts";
@@ -171,7 +171,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   requireZstd(); // before any session: a clear line if this system cannot run it
   const started = Date.now();
   const target = opts.filesDest ? null : inspectTarget(opts.target);
-  const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target);
+  const compare = deltaWanted(opts, target);
+  const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target, compare);
   let sink: (Sink & { stats?: () => ExtractStats }) | null = null;
   const pool = new WorkerPool(workerCount());
   // the SHA-256 worker, when restore uses one (created once the sink is known)
@@ -186,7 +187,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       if (src.files) notTheBackup(target, src.files);
       if (!(await opts.confirm(target, info))) throw new TbError("REFUSED", "restore cancelled", notIncomplete);
       opts.writing?.();
-      delta = deltaWanted(opts, target);
+      delta = compare;
       sink = imageSink(target, info, opts.verify, pool, opts.reporter, delta);
       if (delta) opts.reporter.info(`comparing each chunk with what ${target.path} holds: only chunks that differ are written (--no-delta writes all)`);
     } else {
@@ -314,9 +315,13 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   }
 }
 
-/** Whether a restore compares each chunk with the target first: not with --no-delta, and not onto a new or empty file (nothing to compare with). */
+/**
+ * Whether a restore compares each chunk with the target first: not with
+ * --no-delta, and not onto a new or empty file or a blank disk (its first MiB
+ * all zeros): those hold nothing worth reading first.
+ */
 function deltaWanted(opts: RestoreOptions, target: TargetInfo | null): boolean {
-  return opts.delta !== false && target !== null && target.exists && target.size > 0;
+  return opts.delta !== false && target !== null && target.exists && target.size > 0 && !isBlank(target.path);
 }
 
 function syncFailed(path: string, e: unknown): TbError {
@@ -438,7 +443,7 @@ function fileSource(from: string): Source {
 }
 
 /** Chunks from a receiver started with --allow-restore. */
-async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Promise<Source> {
+async function streamSource(opts: RestoreOptions, target: TargetInfo | null, comparing: boolean): Promise<Source> {
   const ch = new Channel(await opts.transport!.connect(opts.waitMs));
   try {
     const hello = newHello("restore", { backup: opts.backup, target: target?.identity, content: target ? "image" : "files" });
@@ -472,7 +477,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
       began = true;
       // A delta restore reads the target as the data arrives, and can fall far
       // behind a receiver that has sent it all and waits --idle for RESTORE_DONE.
-      if (deltaWanted(opts, target)) startKeepalive();
+      if (comparing) startKeepalive();
       // The offer said how many chunks come; after the last one RESTORE_END
       // says nothing new, and need not be waited for: it can be damaged or,
       // as the last frame, wake no reader on a device.

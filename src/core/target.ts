@@ -48,6 +48,22 @@ export function inspectTarget(path: string): TargetInfo {
   throw new TbError("TARGET", `${path} is not a block device or a regular file`, "restore onto a disk (e.g. /dev/nvme0n1) or an image file");
 }
 
+/** True when the first MiB of a disk or file is all zeros (a new disk, the usual replacement). */
+export function isBlank(p: string): boolean {
+  const head = new Uint8Array(1024 * 1024);
+  try {
+    const fd = fs.openSync(p, "r");
+    try {
+      const n = fs.readSync(fd, head, 0, head.length, 0);
+      return head.subarray(0, n).every((x) => x === 0);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+}
+
 /** Whether a path (its directory resolved through symlinks) lies in /dev, outside /dev/shm (a tmpfs for files). */
 function underDev(p: string): boolean {
   let dir = path.dirname(path.resolve(p));

@@ -326,7 +326,7 @@ describe.skipIf(!canLoop)("delta restore (needs root and loop devices)", () => {
 });
 
 describe("delta restore onto files", () => {
-  test("an existing file holding other data everywhere (zero chunks included) becomes the backup; a new file skips the comparison", async () => {
+  test("an existing file holding other data everywhere (zero chunks included) becomes the backup; a new or blank file skips the comparison", async () => {
     const out = path.join(dir, "store-e");
     const base = await storeBase(out);
     // junk where the backup has zeros and data alike, and a tail beyond its end
@@ -339,6 +339,13 @@ describe("delta restore onto files", () => {
     // again onto the same file: nothing to write
     const again = await run(["restore", t, "--from", base, "--yes"]);
     expect(again.stderr).toContain("the target already held 100% of this backup: wrote 0 B");
+    // a blank one (its first MiB zeros, like a new disk) is written whole, without reading it first
+    const blankT = path.join(dir, "blank-target.img");
+    sh(`head -c 64M /dev/zero > ${blankT}`);
+    const bl = await run(["restore", blankT, "--from", base, "--yes"]);
+    expect(bl.code, bl.stderr).toBe(0);
+    expect(bl.stderr).not.toContain("already held");
+    expect(sameFile(blankT, oldImg)).toBe("same");
     const fresh = path.join(dir, "fresh-target.img");
     const f = await run(["restore", fresh, "--from", base, "--yes"]);
     expect(f.code, f.stderr).toBe(0);
