@@ -12,7 +12,9 @@ describe("SAME record", () => {
   test("literal bytes: type 0x17, the 24-byte chunk header, nothing after it", () => {
     const f = sameRecordFrame({ index: 2, rawLength: 1048576, offset: 2097152, checksum: 0x0123456789abcdefn });
     expect(f.length).toBe(44);
-    expect(hex(f.subarray(0, 12))).toBe("54424b311700000018000000");
+    // as docs/PROTOCOL.md §6.4 shows it
+    expect(hex(f.subarray(0, 16))).toBe("54424b311700000018000000b6684f76");
+    expect(hex(f.subarray(40))).toBe("c11f24b8");
     expect(hex(f.subarray(16, 40))).toBe("02000000" + "00001000" + "0000200000000000" + "efcdab8967452301");
     const frames = [...new FrameDecoder().push(f)].flatMap((e) => (e.kind === "frame" ? [e.frame] : []));
     expect(frames.length).toBe(1);
