@@ -55,11 +55,12 @@ beforeAll(() => {
 afterAll(() => cleanup(dir));
 
 /** A relay between a pusher and the receiver's socket that counts every byte both ways. */
-function countingRelay(listen: string, target: string): Promise<{ bytes: () => number; close: () => void }> {
+function countingRelay(listen: string, target: string, onSenderData?: (d: Buffer) => void): Promise<{ bytes: () => number; close: () => void }> {
   let bytes = 0;
   const server = net.createServer((c) => {
     const u = net.connect(target);
     c.on("data", (d: Buffer) => {
+      onSenderData?.(d);
       bytes += d.length;
       u.write(d);
     });
@@ -76,12 +77,12 @@ function countingRelay(listen: string, target: string): Promise<{ bytes: () => n
 }
 
 /** Pushes `disk.img` (all blocks: the stored image is then the disk itself) into `out` through a counting relay. */
-async function pushCounted(out: string, args: string[] = []) {
+async function pushCounted(out: string, args: string[] = [], onSenderData?: (d: Buffer) => void) {
   const sock = path.join(dir, `r-${crypto.randomUUID().slice(0, 8)}.sock`);
   const rel = sock + ".relay";
   const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
   await waitFor(() => fs.existsSync(sock), "receiver socket");
-  const relay = await countingRelay(rel, sock);
+  const relay = await countingRelay(rel, sock, onSenderData);
   try {
     const p = await run(["push", newImg, "--all-blocks", "--stream", `unix:${rel}`, ...args]);
     const r = await finish(recv);
@@ -217,6 +218,28 @@ describe("incremental push", () => {
     expect((await run(["verify", full])).code).toBe(0);
     // --full sent every chunk: about what zstd -1 makes of the whole disk
     expect(f.wire).toBeGreaterThan(0.9 * Number(sh(`zstd -1 -c ${newImg} | wc -c`).trim()));
+  });
+
+  test("a base deleted during the push: the receiver still copies it whole; the new backup is complete and right", async () => {
+    const out = path.join(dir, "store-i");
+    const base = await storeBase(out);
+    // the first SAME record on its way: by then the receiver has the base open
+    const sameFrame = Buffer.from([0x54, 0x42, 0x4b, 0x31, MsgType.SAME]);
+    let deleted = false;
+    const r = await pushCounted(out, [], (d) => {
+      if (!deleted && d.includes(sameFrame)) {
+        fs.rmSync(base, { recursive: true });
+        deleted = true;
+      }
+    });
+    expect(deleted).toBe(true);
+    expect(r.push.code, r.push.stderr).toBe(0);
+    expect(r.push.stderr).toContain("chunks changed");
+    const [incr] = backups(out);
+    expect(manifest(incr!).chunks.same).toBeGreaterThan(0);
+    sh(`zstd -dcq ${incr}/image.zst > ${dir}/out-i.raw`);
+    expect(sameFile(`${dir}/out-i.raw`, newImg)).toBe("same");
+    expect((await run(["verify", incr!])).code).toBe(0);
   });
 
   test("a sender without the capability gets a full session, though the store holds a base for its disk", async () => {
