@@ -17,8 +17,9 @@ function statusText(r: Omit<BackupEntry, "path">): string {
 
 export function formatTable(rows: Omit<BackupEntry, "path">[]): string {
   if (rows.length === 0) return "no backups\n";
-  const head = ["ID", "KIND", "STATUS", "SIZE", "STORED", "RATIO", "DATE", "LABEL"];
-  const body = rows.map((r) => [r.id, r.kind, statusText(r), bytes(r.size), bytes(r.storedBytes), r.ratio ? `${r.ratio.toFixed(2)}x` : "-", r.date.replace(/\.\d+Z$/, "Z"), r.label ?? ""]);
+  const head = ["ID", "KIND", "STATUS", "SIZE", "STORED", "NEW", "RATIO", "DATE", "LABEL"];
+  // NEW: stored bytes not copied from a base (an older receiver's rows lack sharedBytes)
+  const body = rows.map((r) => [r.id, r.kind, statusText(r), bytes(r.size), bytes(r.storedBytes), bytes(r.storedBytes - (r.sharedBytes ?? 0)), r.ratio ? `${r.ratio.toFixed(2)}x` : "-", r.date.replace(/\.\d+Z$/, "Z"), r.label ?? ""]);
   // labels and names come from the peer: no control characters reach the terminal
   for (const b of body) for (let i = 0; i < b.length; i++) b[i] = b[i]!.replace(/[\x00-\x1f\x7f-\x9f]/g, "?");
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i]!.length)));

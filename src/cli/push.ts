@@ -1,4 +1,4 @@
-// tbbackup push SOURCE: send a full image of a disk or image file to a receiver.
+// tbbackup push SOURCE: send an image (only the changes, against a base the receiver offers) of a disk or image file to a receiver.
 import type { Command } from "commander";
 import { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from "../core/limits.ts";
 import { TbError, isErrno } from "../errors.ts";
@@ -61,6 +61,7 @@ export function register(program: Command): void {
       .option("--cross-mounts", "with --files: also walk into file systems mounted inside the trees (/proc under /, say)")
       .option("--all-blocks", "image every byte of SOURCE, not only the blocks its file systems use")
       .option("--no-resume", "start a new backup even when the receiver holds an interrupted one of this disk")
+      .option("--full", "send every chunk, even when the receiver holds an earlier backup of this disk to send only the changes against")
       .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:HOST:PORT or -")
       .option("--name <label>", "a label stored with the backup")
       .option("--level <n>", "zstd level (1 fastest .. 19)", intOption(1, 19), 1)
@@ -71,7 +72,7 @@ export function register(program: Command): void {
       .option("--json", "print one JSON result on stdout")),
   )
     .action(
-      action(async (source: string | undefined, o: { keyFile?: string; stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; crossMounts?: boolean; resume: boolean; sha256?: boolean; allBlocks?: boolean } & GlobalOpts) => {
+      action(async (source: string | undefined, o: { keyFile?: string; stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; crossMounts?: boolean; resume: boolean; sha256?: boolean; allBlocks?: boolean; full?: boolean } & GlobalOpts) => {
         const { push } = await import("../core/push.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -98,7 +99,7 @@ export function register(program: Command): void {
             input = u.source;
             if (!o.json) process.stderr.write(formatLayout(u.source.disk.name, u.plan.size, u.source.layout!));
           }
-          const r = await push({ source: source ?? o.files!.join(" "), input, transport, mountedRw, label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume, sha256: o.sha256 === true });
+          const r = await push({ source: source ?? o.files!.join(" "), input, transport, mountedRw, label: o.name ?? null, level: o.level, chunkSize: o.chunkSize, waitMs: o.wait * 1000, idleMs: o.idle * 1000, reporter, resume: o.resume, sha256: o.sha256 === true, full: o.full === true });
           reporter.stop();
           const files = r.files as FilesSummary | undefined;
           const unreadable = files?.unreadable.length ?? 0;
@@ -112,6 +113,8 @@ export function register(program: Command): void {
               // a file read in part is archived with zeros where reads failed: "PATH: stored with N bytes zeroed (EIO)"
               for (const u of files.unreadable) process.stderr.write(`${/: stored with \d+ bytes zeroed \([^()]*\)$/.test(u) ? "unreadable in part" : "unreadable, skipped"}: ${u}\n`);
             }
+            if (r.base !== undefined) process.stderr.write(`incremental against ${r.base}: ${r.changedChunks} of ${r.chunks} chunks changed\n`);
+            process.stderr.write(`sent ${bytes(r.sentBytes)}, stored ${bytes(r.newStoredBytes)} new\n`);
             process.stderr.write(`backup complete: ${r.id} (${files ? `${files.count} entries, ` : ""}${bytes(r.bytes)} stored as ${bytes(r.storedBytes)}, ratio ${ratio(r.bytes, r.storedBytes)}, ${r.seconds.toFixed(1)} s${r.resent ? `, ${r.resent} damaged chunk${r.resent === 1 ? "" : "s"} sent again` : ""})\n${r.root ? `root ${r.root}\n` : ""}${r.sha256 ? `sha256 ${r.sha256}\n` : ""}`);
           }
           if (unreadable > 0)

@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import { sameHardware } from "../core/identity.ts";
 import { TbError } from "../errors.ts";
 import type { RestoreInfo } from "../protocol/messages.ts";
-import type { TargetInfo } from "../core/target.ts";
+import { isBlank, type TargetInfo } from "../core/target.ts";
 import { bytes } from "../ui/format.ts";
 import { ask } from "../ui/prompt.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
@@ -16,22 +16,6 @@ function describeTarget(t: TargetInfo): string {
   return t.exists ? `${t.path} (existing file of ${bytes(t.size)}, will be replaced)` : `${t.path} (new file)`;
 }
 
-/** True when the first MiB of the disk is all zeros (a new disk, the usual replacement). */
-function blank(p: string): boolean {
-  const head = new Uint8Array(1024 * 1024);
-  try {
-    const fd = fs.openSync(p, "r");
-    try {
-      const n = fs.readSync(fd, head, 0, head.length, 0);
-      return head.subarray(0, n).every((x) => x === 0);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Why the target disk is not one to overwrite without a word: it holds data and
  * is not the disk the backup was made from (by WWN, else serial, else path).
@@ -41,7 +25,7 @@ function otherDisk(t: TargetInfo, b: RestoreInfo): string | null {
   if (t.kind !== "block") return null;
   const d = b.disk;
   const same = sameHardware(t.identity, d) ?? t.path === d.path;
-  if (same || blank(t.path)) return null;
+  if (same || isBlank(t.path)) return null;
   const was = [d.path, d.model, d.serial && `serial ${d.serial}`].filter(Boolean).join(", ");
   return `${describeTarget(t)} holds data and is not the disk backup ${b.id} was made from (${was})`;
 }
@@ -83,11 +67,12 @@ export function register(program: Command): void {
       .option("--yes", "do not ask before overwriting TARGET")
       .option("--force", "with --yes: also overwrite a disk that holds data and is not the one the backup was made from")
       .option("--no-verify", "skip reading the target back after writing")
+      .option("--no-delta", "write every chunk, even where the target already holds the same bytes")
       .option("--wait <seconds>", "how long to wait for the receiver", intOption(1, 86400), 60)
       .option("--json", "print one JSON result on stdout")),
   )
     .action(
-      action(async (targetArg: string | undefined, o: { keyFile?: string; stream?: string; from?: string; backup?: string; yes?: boolean; force?: boolean; verify: boolean; wait: number; files?: string; overwrite?: boolean; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+      action(async (targetArg: string | undefined, o: { keyFile?: string; stream?: string; from?: string; backup?: string; yes?: boolean; force?: boolean; verify: boolean; delta: boolean; wait: number; files?: string; overwrite?: boolean; peer?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
         const { restore } = await import("../core/restore.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
@@ -126,6 +111,7 @@ export function register(program: Command): void {
             transport,
             backup: o.backup,
             verify: o.verify,
+            delta: o.delta,
             waitMs: o.wait * 1000,
             idleMs: 300_000,
             reporter,
@@ -140,7 +126,10 @@ export function register(program: Command): void {
           else if (r.extracted) {
             for (const sk of r.extracted.skipped) process.stderr.write(`not created: ${sk}\n`);
             process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${r.extracted.entries} entries, ${r.extracted.files} files, ${bytes(r.extracted.bytes)}; archive ${r.root ? "integrity root" : "sha256"} checked)\n`);
-          } else process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${bytes(r.bytes)}, ${r.seconds.toFixed(1)} s, ${r.verified ? "read back and verified" : "NOT read back (--no-verify)"})\n${r.root ? `root ${r.root}\n` : ""}${r.sha256 ? `sha256 ${r.sha256}\n` : ""}`);
+          } else {
+            if (r.delta) process.stderr.write(`the target already held ${r.bytes ? Math.floor((100 * r.delta.keptBytes) / r.bytes) : 100}% of this backup: wrote ${bytes(r.delta.writtenBytes)}\n`);
+            process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${bytes(r.bytes)}, ${r.seconds.toFixed(1)} s, ${r.verified ? "read back and verified" : "NOT read back (--no-verify)"})\n${r.root ? `root ${r.root}\n` : ""}${r.sha256 ? `sha256 ${r.sha256}\n` : ""}`);
+          }
         } finally {
           reporter.stop();
           await stream?.cleanup();

@@ -31,6 +31,9 @@ export interface BackupEntry {
    * are zeros in the image, and sha256 is of that image, not of the disk
    */
   unusedAsZeros: boolean;
+  /** incremental push (README, "Incremental backups and delta restore"): the backup unchanged chunks were copied from, and their stored bytes; null for a full backup */
+  base: string | null;
+  sharedBytes: number | null;
   /** file-level backups: files that could not be read (stored as zeros or left out), and files that changed while read */
   unreadableFiles?: number;
   changedFiles?: number;
@@ -95,6 +98,8 @@ export function entryFor(dir: string, id: string): BackupEntry {
     diskPath: m?.disk.path ?? null,
     diskKind: m?.disk.kind === "block" || m?.disk.kind === "file" ? m.disk.kind : null,
     unusedAsZeros: m?.layout !== undefined,
+    base: typeof m?.base === "string" ? m.base : null,
+    sharedBytes: typeof m?.sharedBytes === "number" ? m.sharedBytes : null,
     ...(m?.kind === "files" && m.files ? { unreadableFiles: m.files.unreadable?.length ?? 0, changedFiles: m.files.changed?.length ?? 0 } : {}),
   };
 }

@@ -7,7 +7,8 @@ import { availableParallelism } from "node:os";
 export type WorkerRequest =
   | { op: "level"; level: number }
   /** `out`: a buffer to build the DATA frame in (handed back as the reply's frame) */
-  | { op: "compress"; index: number; offset: number; rawLength: number; raw: ArrayBuffer; out: ArrayBuffer }
+  /** `base`: the base backup's SHA-256 of this chunk (incremental push): when the chunk's equals it, nothing is compressed */
+  | { op: "compress"; index: number; offset: number; rawLength: number; raw: ArrayBuffer; out: ArrayBuffer; base?: string }
   | {
       op: "check";
       index: number;
@@ -27,6 +28,8 @@ export type WorkerRequest =
       write?: { fd: number; position: number };
       /** after a good check, pwrite the raw data to this file at this position (restore) */
       writeRaw?: { fd: number; position: number };
+      /** with writeRaw (delta restore): first read what the file holds there, and write only when it differs */
+      onlyIfDiffers?: boolean;
     }
   /** `hash`: feed the zeros to the whole-image SHA-256 (default true) */
   | { op: "zero"; index: number; rawLength: number; hash?: boolean; write?: { fd: number; position: number; frame: ArrayBuffer } }
@@ -38,9 +41,11 @@ export type WorkerRequest =
 
 export type WorkerReply =
   /** zero: the chunk is all zeros (no frame was built; `frame` is the unused output buffer) */
-  | { op: "compressed"; index: number; zero: boolean; digest: string; frame: ArrayBuffer; frameLength: number; raw: ArrayBuffer; compressedSize: number }
+  /** same: the chunk's SHA-256 equals the request's `base` (no frame was built; `checksum` is its XXH3-64 for the SAME record) */
+  | { op: "compressed"; index: number; zero: boolean; digest: string; frame: ArrayBuffer; frameLength: number; raw: ArrayBuffer; compressedSize: number; same?: boolean; checksum?: bigint }
   /** `buf`: the request's input buffer, handed back */
-  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer; digest?: string }
+  /** `unchanged`: with onlyIfDiffers, the file already held the chunk and nothing was written */
+  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer; digest?: string; unchanged?: boolean }
   /** `length`: bytes read (fewer at the end of the file); `error`: the read's errno code */
   | { op: "readhashed"; index: number; digest: string; length: number; error?: string; buf: ArrayBuffer }
   | { op: "zeroed"; index: number; writeError?: string }

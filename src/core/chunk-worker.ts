@@ -1,6 +1,7 @@
 // Worker thread: the CPU-heavy per-chunk work, off the main thread so every
 // core stays busy. Compress (sender): raw chunk -> its SHA-256 and a complete
-// DATA wire frame (or word that it is all zeros). Check (receiver, restore,
+// DATA wire frame (or word that it is all zeros, or that it is the same as the
+// base backup's chunk). Check (receiver, restore,
 // verify): zstd frame -> raw, verify its checksum, its SHA-256 for the
 // integrity root (docs/FORMAT.md §4a); with a pool of one worker, also feed
 // the classic whole-image SHA-256 in order. Readhash: read a range of a file
@@ -19,8 +20,20 @@ const cctx = new zstd.CCtx();
 const dctx = new zstd.DCtx();
 let sha = new Bun.CryptoHasher("sha256");
 let zeros = new Uint8Array(0);
-// Scratch buffer reused across chunks: decompress output.
+// Scratch buffers reused across chunks: decompress output, and what a delta restore's target holds.
 let scratchRaw = new Uint8Array(0);
+let scratchTarget = new Uint8Array(0);
+
+/** Whether fd already holds `raw` at position (a read error counts as "no": the chunk is written). */
+function holds(fd: number, raw: Uint8Array, position: number): boolean {
+  if (scratchTarget.length < raw.length) scratchTarget = new Uint8Array(raw.length);
+  try {
+    const n = preadAll(fd, scratchTarget.subarray(0, raw.length), position);
+    return n === raw.length && Buffer.from(scratchTarget.buffer, 0, n).equals(Buffer.from(raw.buffer, raw.byteOffset, raw.length));
+  } catch {
+    return false;
+  }
+}
 
 function setLevel(level: number): void {
   cctx.reset(zstd.ResetDirective.sessionAndParameters);
@@ -89,9 +102,10 @@ function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
   if (m.checksum >= 0n && Bun.hash.xxHash3(raw) !== m.checksum) return { op: "checked", index: m.index, ok: false, error: "raw data checksum mismatch" };
   if (m.hash) sha.update(raw);
   const digest = m.digest ? chunkDigest(raw) : undefined;
-  const writeError = m.write ? pwriteAll(m.write.fd, z, m.write.position) : m.writeRaw ? pwriteAll(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;
+  const unchanged = m.writeRaw !== undefined && m.onlyIfDiffers === true && holds(m.writeRaw.fd, raw, m.writeRaw.position);
+  const writeError = m.write ? pwriteAll(m.write.fd, z, m.write.position) : m.writeRaw && !unchanged ? pwriteAll(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;
   const rawBuf = m.wantRaw ? (raw.buffer as ArrayBuffer) : undefined;
-  return { op: "checked", index: m.index, ok: true, writeError, raw: rawBuf, digest };
+  return { op: "checked", index: m.index, ok: true, writeError, raw: rawBuf, digest, ...(unchanged ? { unchanged } : {}) };
 }
 
 self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
@@ -108,6 +122,10 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
       }
       const digest = chunkDigest(raw);
       const checksum = Bun.hash.xxHash3(raw);
+      if (m.base === digest) {
+        reply({ op: "compressed", index: m.index, zero: false, same: true, checksum, digest, frame: m.out, frameLength: 0, raw: m.raw, compressedSize: 0 }, [m.out, m.raw]);
+        return;
+      }
       const need = dataFrameSize(zstd.compressBound(m.rawLength));
       // the caller's buffer normally fits; if not, a fresh one (handed back instead)
       const out = m.out.byteLength >= need ? new Uint8Array(m.out) : new Uint8Array(need);

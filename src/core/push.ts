@@ -2,14 +2,15 @@
 // and stream it to a receiver; done only when the receiver says it is durable
 // and its SHA-256 matches ours.
 import { MsgType, decodeMessage, sessionOf, type DiskIdentity, type Done, type End, type Layout, type MountedRw } from "../protocol/messages.ts";
-import { dataFrameSize, zeroRecordFrame } from "../protocol/chunk-record.ts";
+import { dataFrameSize, sameRecordFrame, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest } from "../store/root.ts";
-import { CAPABILITIES, RESEND_CAP, ROOT_CAP } from "./version.ts";
+import { CAPABILITIES, INCREMENTAL_CAP, RESEND_CAP, ROOT_CAP } from "./version.ts";
 import { RewindPoints } from "./resend.ts";
+import { receiveBaseDigests } from "./incremental.ts";
 import { TbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
@@ -64,6 +65,8 @@ export interface PushOptions {
   waitMs: number;
   /** continue an interrupted push of the same disk when the receiver offers it (default true) */
   resume?: boolean;
+  /** send every chunk even when the receiver holds a backup of this disk to send only changes against (push --full) */
+  full?: boolean;
   /** also compute the classic whole-image SHA-256 (off the chunk path, on a thread of its own) */
   sha256?: boolean;
   /** how long the receiver may stay silent before we give up */
@@ -76,6 +79,8 @@ export interface PushOptions {
 /** The hint when all was sent but the receiver's confirmation did not come through. */
 const UNCONFIRMED = "the backup is not confirmed: if 'tbbackup list' on the receiver shows it complete, it is; otherwise check the receiver's disk and messages, then push again";
 
+/** The receiver sends the base's digests right after HELLO_ACK: a gap this long between them means they were lost. */
+const BASE_DIGESTS_WAIT_MS = 30_000;
 /** While re-reading a prefix, tell the receiver this often that we are still there (its --idle may be 5 s). */
 const KEEPALIVE_MS = 2000;
 /**
@@ -142,6 +147,13 @@ export interface PushResult {
   resumedFrom: number;
   /** how many times the receiver asked for a damaged chunk again (and it was sent again, with those after it) */
   resent: number;
+  /** incremental push: the base backup, and how many chunks differed from it (README, "Incremental backups") */
+  base?: string;
+  changedChunks?: number;
+  /** bytes of chunk records sent (DATA, ZERO, SAME frames) */
+  sentBytes: number;
+  /** compressed bytes of the chunks sent as DATA: what the receiver stored anew */
+  newStoredBytes: number;
   files?: unknown;
   layout?: Layout;
 }
@@ -165,10 +177,26 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     pool.broadcast({ op: "level", level: opts.level });
     // a file stream cannot be read again, nor a whole-image SHA-256 go back: no resend for those
     const mayResend = src.content === "image" && !opts.sha256;
-    const hello = newHello("push", { caps: mayResend ? CAPABILITIES : CAPABILITIES.filter((c) => c !== RESEND_CAP), disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content, ...(opts.sha256 ? { sha256: true } : {}), ...(src.layout ? { layout: src.layout } : {}), ...(opts.mountedRw?.length ? { mountedRw: opts.mountedRw } : {}) });
+    const caps = CAPABILITIES.filter((c) => (c !== RESEND_CAP || mayResend) && (c !== INCREMENTAL_CAP || !opts.full));
+    const hello = newHello("push", { caps, disk: src.disk, label: opts.label ?? undefined, chunkSize: opts.chunkSize, level: opts.level, content: src.content, ...(opts.sha256 ? { sha256: true } : {}), ...(src.layout ? { layout: src.layout } : {}), ...(opts.mountedRw?.length ? { mountedRw: opts.mountedRw } : {}) });
     opts.reporter.info(`connecting to the receiver on ${conn.description}`);
     const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
     opts.reporter.info(`receiver ${ack.host.hostname} (${ack.tool}) will store ${ack.id ?? "the backup"}`);
+    // Incremental push (docs/PROTOCOL.md §8.7): the base's digests come before anything else.
+    let base: Uint8Array | null = null;
+    let baseId: string | undefined;
+    // (the offer is a peer's claim: its shape is checked before use, its count by receiveBaseDigests)
+    const baseOffer = typeof ack.base === "object" && ack.base !== null && typeof ack.base.id === "string" && Number.isSafeInteger(ack.base.chunks) ? ack.base : null;
+    if (baseOffer && !opts.full && src.size !== null) {
+      const got = await receiveBaseDigests(ch, hello.session, baseOffer.chunks, Math.ceil(src.size / opts.chunkSize), Math.min(opts.idleMs, BASE_DIGESTS_WAIT_MS));
+      if (typeof got === "string") opts.reporter.info(`not incremental against ${baseOffer.id} (${got}): sending every chunk`);
+      else {
+        base = got;
+        baseId = baseOffer.id;
+        opts.reporter.info(`reading the disk and sending only the chunks that differ from ${baseId}`);
+      }
+    }
+    const baseDigest = (i: number) => (base && i * 32 < base.length ? Buffer.from(base.buffer, base.byteOffset + i * 32, 32).toString("hex") : undefined);
 
     // Everything the receiver says from here on: progress, keepalives (every
     // 5 s while its work moves on), an error, or the final DONE. A write that
@@ -299,6 +327,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     // DATA frames are built by the workers in these and come back once written
     const frames = new BufferPool(dataFrameSize(compressBound(opts.chunkSize)), maxInFlight + 2);
     let zeroChunks = 0;
+    let changedChunks = 0;
+    let sentBytes = 0;
     let stored = 0;
     let offset = start * opts.chunkSize;
     let chunks = start;
@@ -306,7 +336,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     /** A chunk on its way out: a ZERO record needs no worker; a read chunk comes back from one. */
     type Out = { index: number; offset: number; rawLength: number; reply: WorkerReply | null };
     // what sending chunk i changes, as it stood before it: to go back there when the receiver asks for i again
-    const points = canResend ? new RewindPoints<{ root: ReturnType<RootBuilder["save"]>; zeroChunks: number; stored: number }>() : null;
+    const points = canResend ? new RewindPoints<{ root: ReturnType<RootBuilder["save"]>; zeroChunks: number; stored: number; changedChunks: number }>() : null;
     let resent = 0;
     const sendOne = async (o: Out) => {
       if (peerFailure) throw peerFailure;
@@ -321,9 +351,11 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         }
         return;
       }
-      points?.save(o.index, { root: root.save(), zeroChunks, stored });
+      points?.save(o.index, { root: root.save(), zeroChunks, stored, changedChunks });
       const zero = !r || r.zero;
-      root.add(r ? r.digest : zeroDigest(o.rawLength));
+      const digest = r ? r.digest : zeroDigest(o.rawLength);
+      root.add(digest);
+      if (base && digest !== baseDigest(o.index)) changedChunks++;
       if (r) {
         if (sha) await sha.data(o.index, r.raw, o.rawLength);
         else spare.push(r.raw);
@@ -331,10 +363,21 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       if (zero) {
         zeroChunks++;
         if (r) frames.give(r.frame);
-        await send(ch.sendFrame(zeroRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: zeroChecksum(o.rawLength) })));
+        const rec = zeroRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: zeroChecksum(o.rawLength) });
+        sentBytes += rec.length;
+        await send(ch.sendFrame(rec));
+        return;
+      }
+      if (r.same) {
+        // the base holds this chunk: the receiver copies it from there
+        frames.give(r.frame);
+        const rec = sameRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: r.checksum! });
+        sentBytes += rec.length;
+        await send(ch.sendFrame(rec));
         return;
       }
       stored += r.compressedSize;
+      sentBytes += r.frameLength;
       // A receiver that failed may stop reading without closing: do not stay
       // blocked in the write once it has said why.
       if (await send(ch.sendFrame(new Uint8Array(r.frame, 0, r.frameLength)))) frames.give(r.frame);
@@ -350,6 +393,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       root.restore(p.root);
       zeroChunks = p.zeroChunks;
       stored = p.stored;
+      changedChunks = p.changedChunks;
       chunks = from;
       offset = from * opts.chunkSize;
       resent++;
@@ -376,7 +420,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
           const buf = raw.buffer as ArrayBuffer;
           const frameBuf = frames.takeBuffer();
           const at = offset;
-          const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out: frameBuf }, [buf, frameBuf]);
+          const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out: frameBuf, base: baseDigest(i) }, [buf, frameBuf]);
           await out.add(job.then((reply) => ({ index: i, offset: at, rawLength, reply })));
         }
         chunks++;
@@ -428,6 +472,9 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       zeroChunks,
       resumedFrom: start,
       resent,
+      ...(baseId !== undefined ? { base: baseId, changedChunks } : {}),
+      sentBytes,
+      newStoredBytes: stored,
       seconds: (Date.now() - started) / 1000,
       ...(src.layout ? { layout: src.layout } : {}),
       ...(src.summary?.() ?? {}),

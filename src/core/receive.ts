@@ -6,7 +6,8 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeJson, decodeMessage, layoutFrom, mountedRwOf, sessionOf, typeName, type Done, type Hello, type Resend } from "../protocol/messages.ts";
-import { decodeChunkRecord } from "../protocol/chunk-record.ts";
+import { decodeChunkRecord, decodeSameRecord } from "../protocol/chunk-record.ts";
+import { baseDamaged, findBase, sendBaseDigests, type Base } from "./incremental.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import type { Transport } from "../transport/index.ts";
@@ -22,7 +23,7 @@ import { RootBuilder, ROOT_ALGORITHM, isDigest, zeroDigest } from "../store/root
 import { TbError, asTbError, errnoCode, errnoText, isErrno } from "./errors.ts";
 import { checkPeer, newHelloAck } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
-import { PROTOCOL_VERSION, RESEND_CAP, ROOT_CAP, TOOL } from "./version.ts";
+import { INCREMENTAL_CAP, PROTOCOL_VERSION, RESEND_CAP, ROOT_CAP, TOOL } from "./version.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { serveRequest, type ServeOptions } from "./serve-restore.ts";
@@ -410,9 +411,15 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   let carried: Frame | null = null;
   let lastProgress = resumedFrom;
   let heardAt = Date.now();
+  // Incremental push (docs/PROTOCOL.md §8.7): a complete backup of this disk to copy unchanged chunks from.
+  const base: Base | null = !candidate && !files && Array.isArray(hello.caps) && hello.caps.includes(INCREMENTAL_CAP) ? findBase(opts.out, hello) : null;
+  const ack = { ...newHelloAck(hello, created.id), ...(base ? { base: { id: base.id, chunks: base.chunks } } : {}) };
+  let same = 0;
+  let sharedBytes = 0;
   if (!resumedFrom) {
-    opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}`);
-    if (!candidate) await ch.sendJson(MsgType.HELLO_ACK, newHelloAck(hello, created.id));
+    opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}${base ? ` (incremental against ${base.id})` : ""}`);
+    if (!candidate) await ch.sendJson(MsgType.HELLO_ACK, ack);
+    if (base) await sendBaseDigests(ch, base);
   }
 
   // Checked chunks come back in order: their digests go into the root and digests.txt.
@@ -420,10 +427,13 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   // asked for again: `retry` holds that state. A chunk that fails its check
   // is noted in `retry.failed`, and it and the chunks after it are taken back.
   const retry = resendState(hello, files || wholeSha);
-  const checks = new OrderedPipeline<{ index: number; rawLength: number; reply: WorkerReply }>(MAX_CHECKS_IN_FLIGHT, ({ index, rawLength, reply: r }) => {
+  // `fromBase`: a frame copied from the base for a SAME record, and the SHA-256 it must decompress to
+  const checks = new OrderedPipeline<{ index: number; rawLength: number; reply: WorkerReply; fromBase?: string }>(MAX_CHECKS_IN_FLIGHT, ({ index, rawLength, reply: r, fromBase }) => {
     if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
     if (r.op === "checked") ch.release(r.buf);
     if (retry && index >= retry.dropFrom) return; // taken back: it comes again
+    // a stored frame of the base that does not check out is never copied into a new backup
+    if (fromBase !== undefined && r.op === "checked" && (!r.ok || r.digest !== fromBase)) throw baseDamaged(base!.id, index, r.ok ? "it decompresses to other data than its digest says" : r.error!);
     if (r.op === "checked" && !r.ok) {
       const why = `chunk ${index} (offset ${index * chunkSize}) failed its check: ${r.error}`;
       if (!retry) throw new TbError("CORRUPT", why, "the data was damaged in transit; check the cable and push again");
@@ -468,7 +478,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     retry.sentAt = Date.now();
     void ch.sendJson(MsgType.RESEND, retry.request).catch(() => {});
   };
-  const track = (index: number, rawLength: number, p: Promise<WorkerReply>) => checks.add(p.then((reply) => ({ index, rawLength, reply })));
+  const track = (index: number, rawLength: number, p: Promise<WorkerReply>, fromBase?: string) => checks.add(p.then((reply) => ({ index, rawLength, reply, fromBase })));
   // A write or sync of the backup failed (the workers report an errno code).
   const storeFailed = (doing: string, e: unknown) => {
     if ((DISK_FULL as readonly string[]).includes(errnoCode(e))) return new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
@@ -520,8 +530,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       heardAt = Date.now();
       askedLongAgo(); // whatever comes meanwhile (stale records, a sender's STATUS), the request is repeated in time
       activity.n++;
-      if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
-        const rec = decodeChunkRecord(f, chunkSize, zeroChecksum);
+      if (f.type === MsgType.DATA || f.type === MsgType.ZERO || (f.type === MsgType.SAME && base)) {
+        const rec = f.type === MsgType.SAME ? decodeSameRecord(f, chunkSize) : decodeChunkRecord(f, chunkSize, zeroChecksum);
         if ("error" in rec && retry && rec.code === "CORRUPT") {
           ch.release(f.payload.buffer);
           await askAgain(retry.awaiting ?? next, rec.error);
@@ -543,7 +553,16 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         sawShort = rawLength < chunkSize;
         if (h.index !== next || h.offset !== offset || h.rawLength !== rawLength || h.index >= expectedChunks)
           throw new TbError("PROTOCOL", `chunk ${h.index} at offset ${h.offset} arrived out of order (expected chunk ${next})`, "data was lost on the way; check the cable and push again");
-        if (rec.kind === "zero") {
+        if (rec.kind === "same") {
+          // the sender's chunk has the base's SHA-256: copy the base's frame, checked like one that arrived
+          ch.release(f.payload.buffer);
+          const frame = base!.frame(h.index, rawLength, h.checksum);
+          const position = writer.record(frame, rawLength, offset, h.checksum);
+          const buf = frame.buffer as ArrayBuffer;
+          sharedBytes += frame.length; // (before the buffer goes to the worker)
+          await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: frame.byteOffset, length: frame.length, hash: wholeSha, digest: true, wantRaw: false, write: { fd: writer.imageFd, position } }, [buf], wholeSha ? 0 : undefined), base!.digest(h.index));
+          same++;
+        } else if (rec.kind === "zero") {
           const zf = zeroFrame(rawLength);
           const position = writer.record(zf, rawLength, offset, h.checksum);
           ch.release(f.payload.buffer);
@@ -624,7 +643,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           status: "complete",
           size,
           ...(files && end.files ? { files: end.files } : {}),
-          chunks: { ...manifest.chunks, count: want, zero },
+          chunks: { ...manifest.chunks, count: want, zero, ...(same ? { same } : {}) },
+          ...(base && same ? { base: base.id, sharedBytes } : {}),
           storedBytes,
           sha256,
           root: rootHex,
@@ -634,9 +654,9 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         fs.renameSync(created.dir, finalDir);
         renamed = true;
         fsyncDir(path.dirname(finalDir));
-        confirmation = { session: hello.session, id: created.id, path: finalDir, ...(hasRootCap(hello) ? { root: rootHex } : {}), ...(sha256 ? { sha256 } : {}), bytes: size, storedBytes };
+        confirmation = { session: hello.session, id: created.id, path: finalDir, ...(hasRootCap(hello) ? { root: rootHex } : {}), ...(sha256 ? { sha256 } : {}), bytes: size, storedBytes, ...(base ? { base: base.id, sameChunks: same } : {}) };
         await ch.sendJson(MsgType.DONE, confirmation);
-        opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""}${resentNote(retry)})`);
+        opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes}${same ? ` (${same} of ${want} chunks, ${sharedBytes} bytes, copied from ${base!.id})` : ""} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""}${resentNote(retry)})`);
         return {
           result: { ok: true, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, bytes: size, storedBytes, root: rootHex, sha256: sha256 ?? undefined, seconds: manifest.timings.seconds!, ...(retry ? { resent: retry.count } : {}) },
           carried: null,
@@ -647,7 +667,9 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         throw new TbError("PEER", `the sender stopped: ${e?.message ?? "unknown reason"}`, "");
       } else if (f.type === MsgType.HELLO) {
         if (sessionOf(f.payload) === hello.session) {
-          await ch.sendJson(MsgType.HELLO_ACK, newHelloAck(hello, created.id));
+          await ch.sendJson(MsgType.HELLO_ACK, ack);
+          // our first answer may be the one that was lost: the digests go again, from the first
+          if (base && next === 0) await sendBaseDigests(ch, base);
           continue;
         }
         carried = f;
@@ -684,6 +706,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     }
     opts.reporter.info(`session ${hello.session.slice(0, 8)} failed, kept as ${created.id}${PARTIAL_SUFFIX}${resentNote(retry)}: ${err.oneLine()}`);
     return { result: { ok: false, role: "push", id: created.id + PARTIAL_SUFFIX, path: created.dir, host: hello.host?.hostname, error: { code: err.code, message: err.message }, ...(retry ? { resent: retry.count } : {}) }, carried };
+  } finally {
+    base?.close();
   }
 }
 

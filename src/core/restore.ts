@@ -1,6 +1,8 @@
 // restore: write a backup back onto a disk or into a file, from a stored
 // image (--from) or from a receiver (--stream). Every chunk is checked before
 // it is written; the target is fsynced and read back against the SHA-256.
+// A target that already holds data (a disk, an existing file) gets a delta
+// restore: each chunk is written only when the target holds other bytes there.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeMessage, sessionOf, type RestoreGo, type RestoreInfo } from "../protocol/messages.ts";
@@ -13,7 +15,7 @@ import { RootBuilder, zeroDigest } from "../store/root.ts";
 import { TbError, asTbError } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
 import type { Reporter } from "./report.ts";
-import { assertNotInUse, inspectTarget, notTheBackup, openTarget, targetWriteError, type TargetInfo } from "./target.ts";
+import { assertNotInUse, inspectTarget, isBlank, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
 import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
 import { isZeroFrame, zeroChecksum } from "./zero.ts";
@@ -34,6 +36,8 @@ export interface RestoreOptions {
   transport?: Transport;
   backup?: string;
   verify: boolean;
+  /** compare each chunk with what an existing target holds and write only those that differ (default true; --no-delta) */
+  delta?: boolean;
   waitMs: number;
   idleMs: number;
   reporter: Reporter;
@@ -52,6 +56,8 @@ export interface RestoreResult {
   verified: boolean;
   seconds: number;
   extracted?: ExtractStats;
+  /** a delta restore: raw bytes the target already held (not written) and raw bytes written */
+  delta?: { keptBytes: number; writtenBytes: number };
 }
 
 /** One chunk on its way to the target. `frame` is a zstd frame; zero chunks have none. */
@@ -98,15 +104,22 @@ interface Sink {
   close(): void;
 }
 
-function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, pool: WorkerPool, reporter: Reporter): Sink {
-  const fd = openTarget(target, info.size);
+function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, pool: WorkerPool, reporter: Reporter, keep: boolean): Sink {
+  const fd = openTarget(target, info.size, keep);
   const zeros = target.kind === "block" ? zeroWriter(fd, target.path, info.chunkSize) : null;
+  let zeroBuf: Uint8Array | null = null;
   return {
     path: target.path,
     hashInPass: !verify,
     fd,
-    // A file target was created sparse: its holes are already zeros.
-    zero: async (c) => zeros?.zero(c.offset, c.rawLength),
+    // A new file target was created sparse: its holes are already zeros. A kept
+    // one (delta restore) is asked to zero only where it holds other data.
+    zero: async (c) => {
+      if (zeros) return zeros.zero(c.offset, c.rawLength);
+      if (!keep) return;
+      zeroBuf ??= new Uint8Array(info.chunkSize);
+      writeAt(fd, zeroBuf.subarray(0, c.rawLength), c.offset, target.path);
+    },
     finish: async () => {
       await zeros?.flush();
       reporter.info(`all data written${zeros?.how() === "write-zeroes" ? " (zero chunks by the disk's write-zeroes)" : ""}; syncing the target`);
@@ -161,11 +174,13 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const target = opts.filesDest ? null : inspectTarget(opts.target);
   // before the receiver is asked and before any question or "overwriting" line
   if (target) assertNotInUse(target);
-  const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target);
+  const compare = deltaWanted(opts, target);
+  const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target, compare);
   let sink: (Sink & { stats?: () => ExtractStats; untouched?: () => boolean }) | null = null;
   const pool = new WorkerPool(workerCount());
   // the SHA-256 worker, when restore uses one (created once the sink is known)
   let hasher: Hasher | null = null;
+  let delta = false;
   try {
     const info = src.info;
     if (target) {
@@ -175,7 +190,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       if (src.files) notTheBackup(target, src.files);
       if (!(await opts.confirm(target, info))) throw new TbError("REFUSED", "restore cancelled", notIncomplete);
       opts.writing?.();
-      sink = imageSink(target, info, opts.verify, pool, opts.reporter);
+      delta = compare;
+      sink = imageSink(target, info, opts.verify, pool, opts.reporter, delta);
+      if (delta) opts.reporter.info(`comparing each chunk with what ${target.path} holds: only chunks that differ are written (--no-delta writes all)`);
     } else {
       if (info.kind !== "files") throw new TbError("USAGE", `backup ${info.id} is a disk image`, "restore it onto a disk or image file: tbbackup restore TARGET");
       opts.writing?.();
@@ -198,10 +215,24 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     let syncError: unknown = null;
     let written = 0;
     let count = 0;
+    // delta restore: raw bytes the target already held, and raw bytes written
+    let keptBytes = 0;
+    const zeroChunk = async (c: ChunkIn) => {
+      root?.add(zeroDigest(c.rawLength));
+      sha?.update(zeroes(c.rawLength));
+      if (hasher) await hasher.zero(c.index, c.rawLength);
+    };
     const pending = new OrderedPipeline<{ c: ChunkIn; r: WorkerReply | null }>(4 * pool.size, async ({ c, r }) => {
-      if (r) {
+      if (r && r.op === "readhashed") {
+        // a zero chunk of a delta restore: what the target holds there
+        spare.push(r.buf);
+        await zeroChunk(c);
+        if (!r.error && r.length === c.rawLength && r.digest === zeroDigest(c.rawLength)) keptBytes += c.rawLength;
+        else await out.zero(c);
+      } else if (r) {
         if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
         if (r.op === "checked") {
+          if (r.unchanged) keptBytes += c.rawLength;
           src.release(r.buf);
           if (!r.ok) throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.offset}) of backup ${info.id} is bad: ${r.error}`, "the target is now incomplete; run 'tbbackup verify' on the backup, or restore another one");
           if (r.writeError) throw targetWriteError(out.path, c.offset, r.writeError);
@@ -213,9 +244,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
           else spare.push(r.raw!);
         }
       } else {
-        root?.add(zeroDigest(c.rawLength));
-        sha?.update(zeroes(c.rawLength));
-        if (hasher) await hasher.zero(c.index, c.rawLength);
+        await zeroChunk(c);
         await out.zero(c);
       }
       written += c.rawLength;
@@ -226,11 +255,16 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         throw new TbError("CORRUPT", `chunk ${c.index} at offset ${c.offset} does not fit the backup's layout`, "the target is now incomplete; restore again");
       expected++;
       const p = c.zero
-        ? Promise.resolve(null)
+        ? delta && out.fd !== undefined
+          ? (() => {
+              const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
+              return pool.run({ op: "readhash", index: c.index, fd: out.fd, position: c.offset, length: c.rawLength, buf }, [buf]);
+            })()
+          : Promise.resolve(null)
         : (() => {
             const outBuf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
             const writeRaw = out.fd !== undefined ? { fd: out.fd, position: c.offset } : undefined;
-            return pool.run({ op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: false, digest: root !== null, wantRaw: true, out: outBuf, writeRaw }, [c.buf!, outBuf]);
+            return pool.run({ op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: false, digest: root !== null, wantRaw: true, out: outBuf, writeRaw, onlyIfDiffers: delta }, [c.buf!, outBuf]);
           })();
       await pending.add(p.then((r) => ({ c, r })));
       count++;
@@ -265,6 +299,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       verified,
       seconds: (Date.now() - started) / 1000,
       ...(out.stats ? { extracted: out.stats() } : {}),
+      ...(delta ? { delta: { keptBytes, writtenBytes: info.size - keptBytes } } : {}),
     };
   } catch (e) {
     await src.finish(false, e instanceof Error ? e.message : String(e)).catch(() => {});
@@ -283,6 +318,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (idle) sink?.close();
     await src.close();
   }
+}
+
+/**
+ * Whether a restore compares each chunk with the target first: not with
+ * --no-delta, and not onto a new or empty file or a blank disk (its first MiB
+ * all zeros): those hold nothing worth reading first.
+ */
+function deltaWanted(opts: RestoreOptions, target: TargetInfo | null): boolean {
+  return opts.delta !== false && target !== null && target.exists && target.size > 0 && !isBlank(target.path);
 }
 
 function syncFailed(path: string, e: unknown): TbError {
@@ -404,7 +448,7 @@ function fileSource(from: string): Source {
 }
 
 /** Chunks from a receiver started with --allow-restore. */
-async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Promise<Source> {
+async function streamSource(opts: RestoreOptions, target: TargetInfo | null, comparing: boolean): Promise<Source> {
   const ch = new Channel(await opts.transport!.connect(opts.waitMs));
   try {
     const hello = newHello("restore", { backup: opts.backup, target: target?.identity, content: target ? "image" : "files" });
@@ -426,10 +470,19 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
     // receiver waits for RESTORE_DONE: tell one that knows keepalives we are still at it.
     let keepalive: ReturnType<typeof setInterval> | undefined;
     const stopKeepalive = () => clearInterval(keepalive);
+    const startKeepalive = () => {
+      if (keepalive !== undefined || !Array.isArray(ack.caps) || !ack.caps.includes("status")) return;
+      const still = () => void ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {});
+      still();
+      keepalive = setInterval(still, KEEPALIVE_MS);
+    };
     async function* chunks(): AsyncGenerator<ChunkIn> {
       const go: RestoreGo = { session: hello.session, go: true };
       await ch.sendJson(MsgType.RESTORE, go);
       began = true;
+      // A delta restore reads the target as the data arrives, and can fall far
+      // behind a receiver that has sent it all and waits --idle for RESTORE_DONE.
+      if (comparing) startKeepalive();
       // The offer said how many chunks come; after the last one RESTORE_END
       // says nothing new, and need not be waited for: it can be damaged or,
       // as the last frame, wake no reader on a device.
@@ -452,11 +505,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null): Pr
           return;
         } else if (f.type === MsgType.ERROR) throw peerError(f.payload);
       }
-      if (Array.isArray(ack.caps) && ack.caps.includes("status")) {
-        const still = () => void ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {});
-        still();
-        keepalive = setInterval(still, KEEPALIVE_MS);
-      }
+      startKeepalive();
     }
     return {
       info: offer,

@@ -21,6 +21,26 @@ export interface Resumable {
   manifest: Manifest;
 }
 
+/**
+ * Whether a stored image backup is of the disk this push HELLO sends: the same
+ * host (hostname and machine-id), disk (path, size, serial, WWN) and chunk
+ * size. Resume (§8.4) and incremental push (§8.7) use this one rule.
+ */
+export function sameDisk(m: Manifest, hello: Hello): boolean {
+  const disk = hello.disk;
+  return (
+    disk !== undefined &&
+    m.kind === "image" &&
+    m.chunkSize === hello.chunkSize &&
+    m.host?.hostname === hello.host?.hostname &&
+    m.host?.machineId === hello.host?.machineId &&
+    m.disk?.path === disk.path &&
+    m.disk?.size === disk.size &&
+    m.disk?.serial === disk.serial &&
+    m.disk?.wwn === disk.wwn
+  );
+}
+
 /** The newest partial backup of this sender's disk that can be continued, if any. */
 export function findResumable(out: string, hello: Hello): Resumable | null {
   const disk = hello.disk;
@@ -48,19 +68,7 @@ export function findResumable(out: string, hello: Hello): Resumable | null {
       continue;
     }
     const d = m.durable;
-    const same =
-      m.status === "partial" &&
-      m.kind === "image" &&
-      d !== undefined &&
-      d.chunks > 0 &&
-      m.chunkSize === hello.chunkSize &&
-      m.host?.hostname === hello.host?.hostname &&
-      m.host?.machineId === hello.host?.machineId &&
-      m.disk?.path === disk.path &&
-      m.disk?.size === disk.size &&
-      m.disk?.serial === disk.serial &&
-      m.disk?.wwn === disk.wwn &&
-      fs.existsSync(path.join(dir, m.data + ".tmp"));
+    const same = m.status === "partial" && d !== undefined && d.chunks > 0 && sameDisk(m, hello) && fs.existsSync(path.join(dir, m.data + ".tmp"));
     if (same) return { id: `${host}/${diskName}/${name.slice(0, -PARTIAL_SUFFIX.length)}`, dir, manifest: m };
   }
   return null;

@@ -76,6 +76,22 @@ export function assertNotInUse(t: TargetInfo): void {
   fs.closeSync(fd);
 }
 
+/** True when the first MiB of a disk or file is all zeros (a new disk, the usual replacement). */
+export function isBlank(p: string): boolean {
+  const head = new Uint8Array(1024 * 1024);
+  try {
+    const fd = fs.openSync(p, "r");
+    try {
+      const n = fs.readSync(fd, head, 0, head.length, 0);
+      return head.subarray(0, n).every((x) => x === 0);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+}
+
 /** Whether a path (its directory resolved through symlinks) lies in /dev, outside /dev/shm (a tmpfs for files). */
 function underDev(p: string): boolean {
   let dir = path.dirname(path.resolve(p));
@@ -99,9 +115,10 @@ export function notTheBackup(t: TargetInfo, backupFiles: string[]): void {
 
 /**
  * Opens the target for writing `size` bytes. A block device must be at least
- * that large and is opened exclusively; a file is (re)created sparse.
+ * that large and is opened exclusively; a file is (re)created sparse, or with
+ * `keep` (a delta restore) kept as it is, cut or extended to `size`.
  */
-export function openTarget(t: TargetInfo, size: number): number {
+export function openTarget(t: TargetInfo, size: number, keep = false): number {
   if (t.kind === "block") {
     if (t.size < size)
       throw new TbError("TARGET", `${t.path} holds ${t.size} bytes but the backup needs ${size}`, "restore onto a disk at least as large as the original");
@@ -115,8 +132,9 @@ export function openTarget(t: TargetInfo, size: number): number {
   }
   try {
     const fd = fs.openSync(t.path, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o644);
-    // Start from nothing so that skipped zero chunks read back as zeros (holes).
-    fs.ftruncateSync(fd, 0);
+    // Start from nothing so that skipped zero chunks read back as zeros (holes);
+    // a delta restore writes zeros where the file holds other data.
+    if (!keep) fs.ftruncateSync(fd, 0);
     fs.ftruncateSync(fd, size);
     return fd;
   } catch (e) {

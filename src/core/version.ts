@@ -8,7 +8,9 @@ export const TOOL = `${TOOL_NAME}/${TOOL_VERSION}`;
 export { PROTOCOL_VERSION };
 /** The integrity root of per-chunk SHA-256s (docs/PROTOCOL.md §5.4a): END, DONE and RESTORE_INFO carry `root`. */
 export const ROOT_CAP = "root";
-/** "key-auth": can authenticate a tcp: connection with a key before HELLO (docs/PROTOCOL.md §7.1) */
 /** A damaged chunk is asked for again (RESEND, docs/PROTOCOL.md §8.2a) instead of ending the push. */
 export const RESEND_CAP = "resend";
-export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", ROOT_CAP, RESEND_CAP, "key-auth"];
+/** Incremental push (docs/PROTOCOL.md §8.7): HELLO_ACK may offer a base, BASE_DIGESTS and SAME records follow. */
+export const INCREMENTAL_CAP = "incremental";
+/** "key-auth": can authenticate a tcp: connection with a key before HELLO (docs/PROTOCOL.md §7.1) */
+export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", ROOT_CAP, RESEND_CAP, INCREMENTAL_CAP, "key-auth"];

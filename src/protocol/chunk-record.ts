@@ -66,3 +66,39 @@ export function decodeChunkRecord(f: Frame, chunkSize: number, zeroChecksum: (ra
   if (!frameHasChecksum(zstd)) return { error: `chunk ${h.index} is not a zstd frame with a content checksum`, code: "PROTOCOL" };
   return { kind: "data", header: h, zstd };
 }
+
+/**
+ * A complete SAME frame (incremental push, docs/PROTOCOL.md §6.4): the chunk's
+ * header (its XXH3-64 as the sender read it) and nothing else; the chunk's
+ * SHA-256 equals the base backup's for that index.
+ */
+export function sameRecordFrame(h: ChunkHeader): Uint8Array {
+  const payload = new Uint8Array(CHUNK_HEADER_SIZE);
+  writeChunkHeader(payload, 0, h);
+  return encodeFrame(MsgType.SAME, payload);
+}
+
+/** Checks a SAME frame on its own: exactly a header, with a raw length of 1..chunkSize. */
+export function decodeSameRecord(f: Frame, chunkSize: number): { kind: "same"; header: ChunkHeader } | ChunkRecordError {
+  const h = readChunkHeader(f.payload);
+  if (!h || f.payload.length !== CHUNK_HEADER_SIZE) return { error: "a SAME record is not exactly a chunk header", code: "PROTOCOL" };
+  if (h.rawLength === 0 || h.rawLength > chunkSize) return { error: `chunk ${h.index} has a bad length ${h.rawLength}`, code: "PROTOCOL" };
+  return { kind: "same", header: h };
+}
+
+/** Most digests in one BASE_DIGESTS frame: 2 MiB of payload, well under MAX_PAYLOAD. */
+export const BASE_DIGESTS_PER_FRAME = 65536;
+
+/** A BASE_DIGESTS payload: u32 LE index of the first digest, then 32 bytes per digest. */
+export function encodeBaseDigests(first: number, digests: Uint8Array): Uint8Array {
+  const out = new Uint8Array(4 + digests.length);
+  new DataView(out.buffer).setUint32(0, first, true);
+  out.set(digests, 4);
+  return out;
+}
+
+/** A BASE_DIGESTS payload's parts, or null when it is not one. */
+export function decodeBaseDigests(payload: Uint8Array): { first: number; digests: Uint8Array } | null {
+  if (payload.length < 4 + 32 || (payload.length - 4) % 32 !== 0 || (payload.length - 4) / 32 > BASE_DIGESTS_PER_FRAME) return null;
+  return { first: new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true), digests: payload.subarray(4) };
+}

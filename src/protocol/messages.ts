@@ -23,6 +23,10 @@ export const MsgType = {
   RESUME: 0x15,
   STATUS: 0x16,
   RESEND: 0x17,
+  /** incremental push: the base's per-chunk SHA-256s, binary (docs/PROTOCOL.md §8.7) */
+  BASE_DIGESTS: 0x18,
+  /** incremental push: "chunk i is the same as the base's" (docs/PROTOCOL.md §6.4) */
+  SAME: 0x19,
   /** key authentication on tcp:, before HELLO (auth.ts) */
   AUTH: 0x30,
   AUTH_CHALLENGE: 0x31,
@@ -179,6 +183,12 @@ export interface HelloAck {
    * must answer with RESUME.
    */
   resume?: { id: string; chunks: number; digest: string };
+  /**
+   * Incremental push (capability `incremental`): a complete backup of the same
+   * disk the sender may send SAME records against; its `chunks` digests follow
+   * in BASE_DIGESTS frames (docs/PROTOCOL.md §8.7).
+   */
+  base?: { id: string; chunks: number };
 }
 
 /** The sender's answer to a resume offer: continue at chunk `from` (0: start afresh). */
@@ -274,6 +284,9 @@ export interface Done {
   sha256?: string;
   bytes: number;
   storedBytes: number;
+  /** incremental push: the base and how many chunks were copied from it */
+  base?: string;
+  sameChunks?: number;
 }
 
 /** Sent by the receiver before a restore's data: what will be written. */
@@ -341,11 +354,11 @@ const isStrs = (v: unknown) => Array.isArray(v) && v.every(isStr);
  */
 const validators: { [K in JsonMsgType]: (v: Fields) => boolean } = {
   [MsgType.HELLO]: (v) => isStr(v.session) && isStr(v.role) && isObj(v.host),
-  [MsgType.HELLO_ACK]: (v) => isStr(v.session) && isObj(v.host) && opt(v.id, isStr) && opt(v.resume, (r) => isObj(r) && isStr(r.id) && isCount(r.chunks) && isStr(r.digest)),
+  [MsgType.HELLO_ACK]: (v) => isStr(v.session) && isObj(v.host) && opt(v.id, isStr) && opt(v.resume, (r) => isObj(r) && isStr(r.id) && isCount(r.chunks) && isStr(r.digest)) && opt(v.base, (b) => isObj(b) && isStr(b.id) && isCount(b.chunks)),
   [MsgType.ERROR]: (v) => isStr(v.code) && isStr(v.message) && opt(v.session, isStr) && opt(v.candidates, isStrs),
   [MsgType.END]: (v) => isCount(v.chunks) && isCount(v.bytes) && opt(v.root, isStr) && opt(v.sha256, isStr) && opt(v.files, isObj),
   [MsgType.PROGRESS]: (v) => isStr(v.session) || (isCount(v.chunks) && isCount(v.bytes)),
-  [MsgType.DONE]: (v) => isStr(v.id) && isStr(v.path) && isCount(v.bytes) && isCount(v.storedBytes) && opt(v.session, isStr) && opt(v.root, isStr) && opt(v.sha256, isStr),
+  [MsgType.DONE]: (v) => isStr(v.id) && isStr(v.path) && isCount(v.bytes) && isCount(v.storedBytes) && opt(v.session, isStr) && opt(v.root, isStr) && opt(v.sha256, isStr) && opt(v.base, isStr) && opt(v.sameChunks, isCount),
   [MsgType.RESUME]: (v) => isStr(v.session) && isCount(v.from),
   [MsgType.STATUS]: (v) => isStr(v.session),
   [MsgType.RESEND]: (v) => isStr(v.session) && isCount(v.from) && isCount(v.seq),

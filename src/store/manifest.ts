@@ -32,7 +32,11 @@ export interface Manifest {
   session: string;
   chunkSize: number;
   compression: { algorithm: "zstd"; level: number; format: "zstd-seekable" };
-  chunks: { count: number; zero: number; checksum: "xxh3-64"; file: string };
+  /** `same`: chunks copied from the base backup (incremental push) */
+  chunks: { count: number; zero: number; same?: number; checksum: "xxh3-64"; file: string };
+  /** incremental push: the backup unchanged chunks were copied from, and their stored bytes (docs/FORMAT.md §5) */
+  base?: string;
+  sharedBytes?: number;
   /** raw bytes of the image (or tar stream) */
   size: number;
   storedBytes: number;

@@ -1,0 +1,192 @@
+// Incremental push (docs/PROTOCOL.md §8.7, README "Incremental backups and
+// delta restore"). The receiver offers the newest complete backup of the same
+// disk as a base and sends its per-chunk SHA-256s; the sender sends a SAME
+// record for a chunk whose SHA-256 equals the base's, and the receiver copies
+// the base's stored frame for it into the new image after checking it. Every
+// backup stays a whole image of its own: deleting the base never breaks it.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { MsgType, sessionOf, type Hello } from "../protocol/messages.ts";
+import { encodeFrame } from "../protocol/frame.ts";
+import { BASE_DIGESTS_PER_FRAME, decodeBaseDigests, encodeBaseDigests } from "../protocol/chunk-record.ts";
+import { PARTIAL_SUFFIX, sanitizeName, within } from "../store/layout.ts";
+import { readManifest, type Manifest } from "../store/manifest.ts";
+import { ChunkList, ImageReader, type ChunkLine } from "../store/image-reader.ts";
+import { DIGEST_LINE_BYTES, isDigest } from "../store/root.ts";
+import { compressBound } from "../util/buffer-pool.ts";
+import type { Channel } from "./channel.ts";
+import { TbError } from "./errors.ts";
+import { peerError } from "./handshake.ts";
+import { sameDisk } from "./resume.ts";
+
+/**
+ * The most chunks a base may have: its digests are held in memory on both
+ * sides (32 bytes each, 256 MiB at this limit: 8 TiB of disk at 1 MiB chunks).
+ * A larger disk gets full pushes.
+ */
+export const MAX_BASE_CHUNKS = 8 * 1024 * 1024;
+
+/** A stored backup a push may send SAME records against, opened for the session. */
+export class Base {
+  private listAt = 0;
+
+  private constructor(
+    readonly id: string,
+    readonly dir: string,
+    readonly manifest: Manifest,
+    /** the base's per-chunk SHA-256s, 32 bytes each, in chunk order */
+    readonly digests: Uint8Array,
+    private readonly reader: ImageReader,
+    private readonly list: ChunkList,
+  ) {}
+
+  get chunks(): number {
+    return this.digests.length / 32;
+  }
+
+  /**
+   * Opens a complete backup as a base, or says why it cannot be one. Its
+   * digests.txt must hash to the manifest's root and its image must hold one
+   * frame per chunk. The files stay open for the session: a base deleted
+   * meanwhile is still read whole.
+   */
+  static open(dir: string, id: string, m: Manifest): Base | string {
+    const count = m.chunks?.count;
+    if (m.status !== "complete" || m.kind !== "image" || m.format < 2 || !isDigest(m.root) || !m.digests) return "it has no integrity root";
+    if (!Number.isSafeInteger(count) || count <= 0 || count > MAX_BASE_CHUNKS || count !== Math.ceil(m.size / m.chunkSize)) return "its chunk count does not fit";
+    let reader: ImageReader | null = null;
+    let list: ChunkList | null = null;
+    try {
+      const file = path.join(dir, m.digests.file);
+      if (fs.statSync(file).size !== count * DIGEST_LINE_BYTES) return "its digest list has the wrong size";
+      const text = fs.readFileSync(file);
+      if (new Bun.CryptoHasher("sha256").update(text).digest("hex") !== m.root) return "its digest list does not match its root";
+      const digests = new Uint8Array(count * 32);
+      const hex = text.toString("latin1");
+      for (let i = 0; i < count; i++) {
+        const line = hex.slice(i * DIGEST_LINE_BYTES, i * DIGEST_LINE_BYTES + 64);
+        if (!isDigest(line) || hex[i * DIGEST_LINE_BYTES + 64] !== "\n") return `its digest list is malformed at line ${i + 1}`;
+        digests.set(Buffer.from(line, "hex"), i * 32);
+      }
+      reader = ImageReader.open(path.join(dir, m.data));
+      if (reader.entries.length !== count) throw new Error(`its image has ${reader.entries.length} frames, the manifest says ${count}`);
+      list = new ChunkList(path.join(dir, m.chunks.file));
+      return new Base(id, dir, m, digests, reader, list);
+    } catch (e) {
+      reader?.close();
+      list?.close();
+      return (e as Error).message;
+    }
+  }
+
+  /** The hex SHA-256 of chunk i of the base. */
+  digest(i: number): string {
+    return Buffer.from(this.digests.buffer, this.digests.byteOffset + i * 32, 32).toString("hex");
+  }
+
+  /**
+   * The stored frame of chunk i, for a SAME record of that chunk (indices
+   * increase from call to call), after the cheap checks: its raw length and
+   * its chunk-list line's XXH3-64 must be the sender's. The caller decompresses
+   * it and compares its SHA-256 with digest(i) before storing it.
+   */
+  frame(i: number, rawLength: number, checksum: bigint): Uint8Array {
+    const damaged = (why: string) => baseDamaged(this.id, i, why);
+    const e = this.reader.entries[i];
+    if (!e || e.rawSize !== rawLength) throw damaged("its stored length differs from the chunk's");
+    if (e.compressedSize > compressBound(this.manifest.chunkSize) + 64) throw damaged("its stored frame is too large");
+    let line: ChunkLine | null = null;
+    try {
+      while (this.listAt <= i) {
+        line = this.list.next();
+        this.listAt++;
+        if (!line) break;
+      }
+      if (!line || line.index !== i) throw new Error("its chunk list does not match its image");
+      if (line.checksum !== checksum) throw new Error("its chunk-list checksum differs from the data's");
+      return this.reader.readFrame(i);
+    } catch (err) {
+      throw damaged((err as Error).message);
+    }
+  }
+
+  close(): void {
+    this.reader.close();
+    this.list.close();
+  }
+}
+
+/** The error for a base whose stored chunk fails a check: the new backup is not made from it. */
+export function baseDamaged(id: string, i: number, why: string): TbError {
+  return new TbError("VERIFY", `chunk ${i} of the base backup ${id} is damaged (${why}); nothing damaged was stored`, "push again with --full, and run 'tbbackup verify' on that base");
+}
+
+/** The newest complete backup of the sender's disk that can serve as a base, if any. */
+export function findBase(out: string, hello: Hello): Base | null {
+  const disk = hello.disk;
+  if (!disk || disk.kind === "files" || hello.content === "files") return null;
+  const host = sanitizeName(hello.host?.hostname ?? "unknown");
+  const diskName = sanitizeName(disk.name ?? "disk");
+  let names: string[];
+  let parent: string;
+  try {
+    parent = within(out, host, diskName);
+    names = fs.readdirSync(parent).filter((n) => !n.endsWith(PARTIAL_SUFFIX) && !n.startsWith(".")).sort().reverse();
+  } catch {
+    return null;
+  }
+  for (const name of names) {
+    const dir = path.join(parent, name);
+    let m: Manifest;
+    try {
+      m = readManifest(dir);
+    } catch {
+      continue;
+    }
+    if (m.status !== "complete" || !sameDisk(m, hello)) continue;
+    const b = Base.open(dir, `${host}/${diskName}/${name}`, m);
+    if (typeof b !== "string") return b;
+  }
+  return null;
+}
+
+/** Sends the base's digests, BASE_DIGESTS_PER_FRAME at a time (§8.7). */
+export async function sendBaseDigests(ch: Channel, base: Base): Promise<void> {
+  for (let first = 0; first < base.chunks; first += BASE_DIGESTS_PER_FRAME) {
+    const n = Math.min(BASE_DIGESTS_PER_FRAME, base.chunks - first);
+    await ch.sendFrame(encodeFrame(MsgType.BASE_DIGESTS, encodeBaseDigests(first, base.digests.subarray(first * 32, (first + n) * 32))));
+  }
+}
+
+/**
+ * Sender: takes in the base's digests after a HELLO_ACK that offered `chunks`
+ * of them (waiting at most `waitMs` for each frame: they follow at once). Returns them (32 bytes each), or why the push goes on without a
+ * base: a damaged or missing frame, a count that is not the disk's. An ERROR
+ * from the receiver for this session ends the push.
+ */
+export async function receiveBaseDigests(ch: Channel, session: string, chunks: number, expected: number, waitMs: number): Promise<Uint8Array | string> {
+  if (chunks !== expected || chunks <= 0 || chunks > MAX_BASE_CHUNKS) return `the receiver's base has ${chunks} chunks, this disk ${expected}`;
+  const out = new Uint8Array(chunks * 32);
+  let have = 0;
+  while (have < chunks) {
+    let f;
+    try {
+      f = await ch.recv(waitMs, "the base backup's digests");
+    } catch (e) {
+      return e instanceof TbError ? e.message : String(e);
+    }
+    if (f.type === MsgType.ERROR) {
+      const s = sessionOf(f.payload);
+      if (s === undefined || s === session) throw peerError(f.payload);
+      continue;
+    }
+    if (f.type !== MsgType.BASE_DIGESTS) continue; // a repeated HELLO_ACK, a keepalive
+    const d = decodeBaseDigests(f.payload);
+    // first 0 again: the receiver sends them all again (our HELLO was repeated: its first answer may be lost)
+    if (d?.first === 0) have = 0;
+    if (!d || d.first !== have || have + d.digests.length / 32 > chunks) return "the base's digests arrived out of order";
+    out.set(d.digests, have * 32);
+    have += d.digests.length / 32;
+  }
+  return out;
+}
