@@ -427,13 +427,13 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   // asked for again: `retry` holds that state. A chunk that fails its check
   // is noted in `retry.failed`, and it and the chunks after it are taken back.
   const retry = resendState(hello, files || wholeSha);
-  // `fromBase`: a frame copied from the base for a SAME record, and the SHA-256 it must decompress to
-  const checks = new OrderedPipeline<{ index: number; rawLength: number; reply: WorkerReply; fromBase?: string }>(MAX_CHECKS_IN_FLIGHT, ({ index, rawLength, reply: r, fromBase }) => {
+  // `fromBase`: a frame copied from the base for a SAME record: the SHA-256 it must decompress to, and its size
+  const checks = new OrderedPipeline<{ index: number; rawLength: number; reply: WorkerReply; fromBase?: { digest: string; bytes: number } }>(MAX_CHECKS_IN_FLIGHT, ({ index, rawLength, reply: r, fromBase }) => {
     if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
     if (r.op === "checked") ch.release(r.buf);
     if (retry && index >= retry.dropFrom) return; // taken back: it comes again
     // a stored frame of the base that does not check out is never copied into a new backup
-    if (fromBase !== undefined && r.op === "checked" && (!r.ok || r.digest !== fromBase)) throw baseDamaged(base!.id, index, r.ok ? "it decompresses to other data than its digest says" : r.error!);
+    if (fromBase !== undefined && r.op === "checked" && (!r.ok || r.digest !== fromBase.digest)) throw baseDamaged(base!.id, index, r.ok ? "it decompresses to other data than its digest says" : r.error!);
     if (r.op === "checked" && !r.ok) {
       const why = `chunk ${index} (offset ${index * chunkSize}) failed its check: ${r.error}`;
       if (!retry) throw new TbError("CORRUPT", why, "the data was damaged in transit; check the cable and push again");
@@ -446,6 +446,11 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     root.add(digest);
     writer.recordDigest(digest);
     if (r.op === "zeroed") zero++;
+    // counted once accepted: a chunk taken back for a resend is counted when it comes again
+    if (fromBase) {
+      same++;
+      sharedBytes += fromBase.bytes;
+    }
   });
   /**
    * Asks the sender for chunk `from` again, and for every chunk after it
@@ -478,7 +483,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     retry.sentAt = Date.now();
     void ch.sendJson(MsgType.RESEND, retry.request).catch(() => {});
   };
-  const track = (index: number, rawLength: number, p: Promise<WorkerReply>, fromBase?: string) => checks.add(p.then((reply) => ({ index, rawLength, reply, fromBase })));
+  const track = (index: number, rawLength: number, p: Promise<WorkerReply>, fromBase?: { digest: string; bytes: number }) => checks.add(p.then((reply) => ({ index, rawLength, reply, fromBase })));
   // A write or sync of the backup failed (the workers report an errno code).
   const storeFailed = (doing: string, e: unknown) => {
     if ((DISK_FULL as readonly string[]).includes(errnoCode(e))) return new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
@@ -559,9 +564,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           const frame = base!.frame(h.index, rawLength, h.checksum);
           const position = writer.record(frame, rawLength, offset, h.checksum);
           const buf = frame.buffer as ArrayBuffer;
-          sharedBytes += frame.length; // (before the buffer goes to the worker)
-          await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: frame.byteOffset, length: frame.length, hash: wholeSha, digest: true, wantRaw: false, write: { fd: writer.imageFd, position } }, [buf], wholeSha ? 0 : undefined), base!.digest(h.index));
-          same++;
+          const bytes = frame.length; // (before the buffer goes to the worker)
+          await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: frame.byteOffset, length: frame.length, hash: wholeSha, digest: true, wantRaw: false, write: { fd: writer.imageFd, position } }, [buf], wholeSha ? 0 : undefined), { digest: base!.digest(h.index), bytes });
         } else if (rec.kind === "zero") {
           const zf = zeroFrame(rawLength);
           const position = writer.record(zf, rawLength, offset, h.checksum);
