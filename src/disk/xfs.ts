@@ -6,7 +6,7 @@
 // device is imaged: a log replay may write into blocks the tree calls free.
 // Pure: reads only through ReadAt. Rules and limits: docs/used-blocks-xfs-fat.md.
 
-import { type FsAnalysis, type ReadAt, type UsedBlocks, MAX_READ, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
+import { type FsAnalysis, type ReadAt, type UsedBlocks, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
 
 const XFS_SB_MAGIC = 0x58465342; // "XFSB"
 const XFS_AGF_MAGIC = 0x58414746; // "XAGF"
@@ -30,7 +30,10 @@ const MIN_AG_BLOCKS = 64;
 const MAX_BTREE_LEVELS = 9;
 /** The largest internal log XFS makes is 2 GiB. */
 const MAX_LOG_BYTES = 2 * 1024 * 1024 * 1024;
-const LOG_READ = 4 * 1024 * 1024;
+/** Unfinished log writes lie within this many 512-byte blocks before the head (the kernel's 8 iclogs of 256 KiB, doubled). */
+const HOLE_WINDOW = 8192;
+/** The most 512-byte blocks one log record spans (256 KiB of data plus its header blocks). */
+const MAX_RECORD_BBS = 520;
 const BBSIZE = 512;
 
 /** A structure on disk that cannot be trusted: the analysis ends with method "whole". */
@@ -274,49 +277,66 @@ function walkBnoBt(r: ReadAt, sb: Superblock, ag: number, agLength: number, head
 }
 
 /**
- * The internal log is clean when its newest record (the last block carrying the
- * highest cycle number) is an unmount record that ends exactly there. Reads the
- * whole log once, in pieces. Anything else, including a layout this check does
- * not follow (a record wrapping the log's end), counts as not clean.
+ * The internal log is clean when its newest record is an unmount record that
+ * ends where the newest writes end. Every 512-byte log block carries the cycle
+ * number of the pass that wrote it; the blocks of the highest cycle M run from
+ * the log's start to its head, with at most a few unfinished writes (holes of
+ * an older cycle) in the last HOLE_WINDOW blocks before the head. So: read the
+ * first window, find M, binary-search the last block of cycle M, then read on
+ * window by window while more blocks of cycle M turn up (as the kernel's
+ * xlog_find_head does). Reads a few MiB, not the whole log. Anything this check
+ * does not follow (a record wrapping the log's end, a missing header) counts as
+ * not clean.
  */
 function checkLogClean(r: ReadAt, sb: Superblock): void {
   const logByte = sb.logStart * sb.blockSize;
-  const logBBs = (sb.logBlocks * sb.blockSize) / BBSIZE;
-  let maxCycle = -1;
-  let lastIdx = -1;
-  let lastHdr = -1;
-  const step = Math.min(LOG_READ, MAX_READ);
-  for (let off = 0; off < logBBs * BBSIZE; off += step) {
-    const len = Math.min(step, logBBs * BBSIZE - off);
-    const b = r(logByte + off, len);
-    for (let p = 0; p < len; p += BBSIZE) {
-      const w0 = be32(b, p);
-      const header = w0 === XLOG_HEADER_MAGIC;
-      const cycle = header ? be32(b, p + 4) : w0;
-      const i = (off + p) / BBSIZE;
-      if (cycle > maxCycle) {
-        maxCycle = cycle;
-        lastHdr = -1;
-      }
-      if (cycle === maxCycle) {
-        lastIdx = i;
-        if (header) lastHdr = i;
-      }
+  const n = (sb.logBlocks * sb.blockSize) / BBSIZE;
+  const blocks = (from: number, count: number): Uint8Array => r(logByte + from * BBSIZE, count * BBSIZE);
+  const cycleIn = (b: Uint8Array, i: number): number => (be32(b, i * BBSIZE) === XLOG_HEADER_MAGIC ? be32(b, i * BBSIZE + 4) : be32(b, i * BBSIZE));
+  const cycleOf = (i: number): number => cycleIn(blocks(i, 1), 0);
+  const w = Math.min(n, HOLE_WINDOW);
+  const first = blocks(0, w);
+  let m = 0;
+  for (let i = 0; i < w; i++) m = Math.max(m, cycleIn(first, i));
+  if (m === 0) throw new XfsDamage("log state unknown: no log record found");
+  if (cycleOf(n - 1) > m) throw new XfsDamage("log state unknown: the log's newest blocks are not at its start");
+  let last = -1;
+  for (let i = 0; i < w; i++) if (cycleIn(first, i) === m) last = i;
+  if (cycleOf(n - 1) === m) last = n - 1;
+  else if (last === w - 1) {
+    let lo = w - 1;
+    let hi = n - 1;
+    while (hi - lo > 1) {
+      const mid = lo + Math.floor((hi - lo) / 2);
+      if (cycleOf(mid) === m) lo = mid;
+      else hi = mid;
     }
+    last = lo;
   }
-  if (maxCycle <= 0 || lastHdr < 0) throw new XfsDamage("log state unknown: no log record found");
-  const h = r(logByte + lastHdr * BBSIZE, BBSIZE);
+  // Later blocks of cycle M within a window after the last one found: the head is past them.
+  let upto = Math.max(w, last + 1);
+  while (upto < Math.min(n, last + 1 + HOLE_WINDOW)) {
+    const count = Math.min(n, last + 1 + HOLE_WINDOW) - upto;
+    const b = blocks(upto, count);
+    for (let i = 0; i < count; i++) if (cycleIn(b, i) === m) last = upto + i;
+    upto += count;
+  }
+  // The newest record's header: the last header of cycle M at or before `last`.
+  const from = Math.max(0, last - MAX_RECORD_BBS);
+  const tail = blocks(from, last + 1 - from);
+  let hdr = -1;
+  for (let i = last - from; i >= 0 && hdr < 0; i--) if (be32(tail, i * BBSIZE) === XLOG_HEADER_MAGIC && be32(tail, i * BBSIZE + 4) === m) hdr = from + i;
+  if (hdr < 0) throw new XfsDamage("log state unknown: no header for the newest log record");
+  const h = blocks(hdr, 1);
   const hLen = be32(h, 12);
   const version = be32(h, 8);
   const hSize = be32(h, 320);
   const numOps = be32(h, 40);
   const hblks = sb.logV2 && version & 2 && hSize > 32768 ? Math.ceil(hSize / 32768) : 1;
-  if (hLen > 8 * 1024 * 1024 || hblks > 8) throw new XfsDamage("log state unknown: the last log record header is damaged");
-  const after = lastHdr + hblks + Math.ceil(hLen / BBSIZE);
-  if (after !== lastIdx + 1) throw new XfsDamage("log needs recovery (not cleanly unmounted)");
-  if (numOps !== 1 || hLen < 12) throw new XfsDamage("log needs recovery (not cleanly unmounted)");
-  const op = r(logByte + (lastHdr + hblks) * BBSIZE, BBSIZE);
-  if ((op[9]! & XLOG_UNMOUNT_TRANS) === 0) throw new XfsDamage("log needs recovery (not cleanly unmounted)");
+  if (hLen > 8 * 1024 * 1024 || hblks > 8) throw new XfsDamage("log state unknown: the newest log record header is damaged");
+  const dirty = new XfsDamage("log needs recovery (not cleanly unmounted)");
+  if (hdr + hblks + Math.ceil(hLen / BBSIZE) !== last + 1 || numOps !== 1 || hLen < 12 || hdr + hblks > last) throw dirty;
+  if ((blocks(hdr + hblks, 1)[9]! & XLOG_UNMOUNT_TRANS) === 0) throw dirty;
 }
 
 // ---- small helpers ----
