@@ -33,6 +33,7 @@ interface Bpb {
   clusters: number;
   rootCluster: number;
   activeFat: number; // FAT32 with mirroring off: the one FAT in use; else 0
+  media: number;
   label?: string;
   uuid?: string;
   bootDirty: boolean;
@@ -135,6 +136,7 @@ function parseBpb(b: Uint8Array, size: number): Bpb {
     clusters,
     rootCluster,
     activeFat,
+    media: b[21]!,
     label,
     uuid,
     bootDirty: (b[ext + 1]! & 1) !== 0,
@@ -172,7 +174,10 @@ function usedMap(r: ReadAt, bpb: Bpb): { used: UsedBlocks; notes: string[] } {
   const notes: string[] = [];
   const fats: Uint32Array[] = [];
   for (let c = 0; c < bpb.numFats; c++) fats.push(readFat(r, bpb, c));
-  checkChains(fats[bpb.activeFat]!, bpb);
+  for (let c = 0; c < fats.length; c++)
+    if ((fats[c]![0]! & 0xff) !== bpb.media) throw new FatDamage(`FAT copy ${c + 1} does not start with the media byte: it is not where the boot sector puts it`);
+  const heads = checkChains(fats[bpb.activeFat]!, bpb);
+  checkDirectories(r, bpb, fats[bpb.activeFat]!, heads);
   const bps = bpb.bytesPerSector;
   const clusterBytes = bpb.sectorsPerCluster * bps;
   // One bitmap at one granularity: the largest power of two up to the cluster size that the data area's start is a multiple of.
@@ -205,7 +210,7 @@ function usedMap(r: ReadAt, bpb: Bpb): { used: UsedBlocks; notes: string[] } {
  * loop). A failure means the FAT is damaged: clusters it calls free might hold
  * data, so the volume is imaged whole.
  */
-function checkChains(fat: Uint32Array, bpb: Bpb): void {
+function checkChains(fat: Uint32Array, bpb: Bpb): Uint8Array {
   const n = bpb.clusters + 2;
   const mask = bpb.type === 32 ? 0x0fffffff : bpb.type === 16 ? 0xffff : 0xfff;
   const bad = mask - 8; // 0xFF7, 0xFFF7, 0x0FFFFFF7
@@ -235,6 +240,75 @@ function checkChains(fat: Uint32Array, bpb: Bpb): void {
     }
   }
   if (walked !== links) throw new FatDamage("FAT: a cluster chain loops");
+  return target;
+}
+
+/**
+ * Walks the directory tree from the root. Every entry's first cluster must be
+ * in use and the start of a chain, a file's chain must be long enough for its
+ * size, and every subdirectory must begin with its "." and ".." entries (which
+ * also shows the data area is where the boot sector puts it). `linked` marks
+ * the clusters that are the target of a link (not chain starts).
+ */
+function checkDirectories(r: ReadAt, bpb: Bpb, fat: Uint32Array, linked: Uint8Array): void {
+  const n = bpb.clusters + 2;
+  const mask = bpb.type === 32 ? 0x0fffffff : bpb.type === 16 ? 0xffff : 0xfff;
+  const bad = mask - 8;
+  const bps = bpb.bytesPerSector;
+  const clusterBytes = bpb.sectorsPerCluster * bps;
+  const clusterAt = (c: number): number => (bpb.firstDataSector + (c - 2) * bpb.sectorsPerCluster) * bps;
+  const chain = (first: number): number[] => {
+    const out = [first];
+    for (let at = first; ; ) {
+      const v = fat[at]! & mask;
+      if (v < 2 || v >= bad) return out; // checkChains made every link valid and every chain finite
+      out.push(v);
+      at = v;
+    }
+  };
+  const seen = new Set<number>();
+  const queue: { where: string; clusters: number[]; root: boolean }[] = [];
+  if (bpb.type === 32) queue.push({ where: "/", clusters: chain(bpb.rootCluster), root: true });
+  else queue.push({ where: "/", clusters: [], root: true });
+  while (queue.length) {
+    const d = queue.shift()!;
+    const data =
+      bpb.type !== 32 && d.root
+        ? r(bpb.reserved * bps + bpb.numFats * bpb.fatSectors * bps, bpb.rootDirSectors * bps)
+        : concat(d.clusters.map((c) => r(clusterAt(c), clusterBytes)));
+    if (!d.root) {
+      const dot = String.fromCharCode(...data.subarray(0, 11));
+      const dotdot = String.fromCharCode(...data.subarray(32, 43));
+      if (dot !== ".          " || dotdot !== "..         ") throw new FatDamage(`directory ${d.where} does not start with "." and "..": the data area is not where the boot sector puts it`);
+    }
+    for (let o = 0; o + 32 <= data.length; o += 32) {
+      const first = data[o]!;
+      if (first === 0) break;
+      const attr = data[o + 11]!;
+      if (first === 0xe5 || first === 0x2e || (attr & 0x3f) === 0x0f || attr & 0x08) continue;
+      const cl = (bpb.type === 32 ? le16(data, o + 20) * 65536 : 0) + le16(data, o + 26);
+      const name = `${d.where}${String.fromCharCode(...data.subarray(o, o + 11)).trim()}`;
+      if (cl === 0) continue; // an empty file
+      if (cl < 2 || cl >= n) throw new FatDamage(`${name}: first cluster ${cl} is outside the volume`);
+      if (fat[cl] === 0) throw new FatDamage(`${name}: first cluster ${cl} is marked free`);
+      if (linked[cl]) throw new FatDamage(`${name}: first cluster ${cl} lies inside another chain`);
+      if (seen.has(cl)) throw new FatDamage(`${name}: cluster ${cl} is the start of two directory entries`);
+      seen.add(cl);
+      const clusters = chain(cl);
+      if (attr & 0x10) queue.push({ where: `${name}/`, clusters, root: false });
+      else if (clusters.length * clusterBytes < le32(data, o + 28)) throw new FatDamage(`${name}: the file is longer than its cluster chain`);
+    }
+  }
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 /** The volume label entry of the root directory (first sector of the FAT12/16 root, or the FAT32 root's first cluster). */
