@@ -63,9 +63,9 @@ function garbageImage(img: string): void {
  * v5: mkfs.xfs (no discard, so old bytes stay), then files through a loop
  * mount, a big random file written and deleted; returns the files' sums.
  */
-function makeXfsV5(img: string): string {
+function makeXfsV5(img: string, label: string, opts = ""): string {
   garbageImage(img);
-  sh(`mkfs.xfs -q -f -K -d agcount=4 -L tbbv5 ${img} 2>&1`);
+  sh(`mkfs.xfs -q -f -K -d agcount=4 -L ${label} ${opts} ${img} 2>&1`);
   const m = path.join(dir, "m-" + path.basename(img));
   mount(img, m, "rw");
   try {
@@ -117,6 +117,33 @@ function garbageInUnused(img: string, u: UsedBlocks): number {
   return n;
 }
 
+/** The internal log's cycle numbers, read by the test itself: the first block's, and the head (after the last block of the highest cycle). */
+function logCycles(img: string): { first: number; head: number; blocks: number } {
+  const fd = fs.openSync(img, "r");
+  const sb = Buffer.alloc(512);
+  fs.readSync(fd, sb, 0, 512, 0);
+  const bs = sb.readUInt32BE(4);
+  const agBlocks = sb.readUInt32BE(84);
+  const agBlkLog = sb[124]!;
+  const fsb = Number(sb.readBigUInt64BE(48));
+  const blocks = (sb.readUInt32BE(96) * bs) / 512;
+  const b = Buffer.alloc(blocks * 512);
+  fs.readSync(fd, b, 0, b.length, (Math.floor(fsb / 2 ** agBlkLog) * agBlocks + (fsb % 2 ** agBlkLog)) * bs);
+  fs.closeSync(fd);
+  const cycle = (i: number): number => {
+    const o = i * 512;
+    return b.readUInt32BE(o) === 0xfeedbabe ? b.readUInt32BE(o + 4) : b.readUInt32BE(o);
+  };
+  let max = 0;
+  let head = 0;
+  for (let i = 0; i < blocks; i++) {
+    const c = cycle(i);
+    if (c > max) max = c;
+    if (c === max) head = i + 1;
+  }
+  return { first: cycle(0), head, blocks };
+}
+
 function be32(img: string, off: number): number {
   const b = Buffer.alloc(4);
   const fd = fs.openSync(img, "r");
@@ -126,13 +153,13 @@ function be32(img: string, off: number): number {
 }
 
 describe.skipIf(!canMount)(`XFS used blocks${canMount ? "" : ` (skipped: ${skipWhy})`}`, () => {
-  const img: Record<"v5" | "v4", { file: string; sums: string; a: FsAnalysis }> = {} as never;
+  const img: Record<"v5" | "v4" | "v5-4k", { file: string; sums: string; a: FsAnalysis }> = {} as never;
 
   beforeAll(() => {
     dir = tempDir("tbb-xfs-");
-    for (const v of ["v5", "v4"] as const) {
+    for (const v of ["v5", "v4", "v5-4k"] as const) {
       const file = path.join(dir, `${v}.img`);
-      const s = v === "v5" ? makeXfsV5(file) : (makeXfsV4(file), "");
+      const s = v === "v5" ? makeXfsV5(file, "tbbv5") : v === "v5-4k" ? makeXfsV5(file, "tbbv5-4k", "-s size=4096") : (makeXfsV4(file), "");
       img[v] = { file, sums: s, a: analyze(file)! };
     }
   });
@@ -150,7 +177,7 @@ describe.skipIf(!canMount)(`XFS used blocks${canMount ? "" : ` (skipped: ${skipW
     forget(f);
   });
 
-  for (const v of ["v5", "v4"] as const) {
+  for (const v of ["v5", "v4", "v5-4k"] as const) {
     test(`${v}: label, UUID, used map at the block size`, () => {
       const { a, file } = img[v];
       expect(a.method).toBe("used-blocks");
@@ -211,6 +238,45 @@ describe.skipIf(!canMount)(`XFS used blocks${canMount ? "" : ` (skipped: ${skipW
     umount(m);
     expect(analyze(f)!.method).toBe("used-blocks");
     forget(f);
+    fs.rmSync(f);
+  });
+
+  test("a log that has wrapped round (the head found by binary search): clean gives used blocks, dirty gives whole", () => {
+    const f = path.join(dir, "wrapped.img");
+    fs.copyFileSync(img.v5.file, f);
+    const m = path.join(dir, "m-wrapped");
+    mount(f, m, "rw,nouuid");
+    try {
+      // Each round logs about a tenth of the 64 MiB log; go on until the log's first block has the second cycle, and a bit more.
+      for (let round = 0; round < 30 && logCycles(f).first < 2; round++) sh(`cd ${m} && mkdir d && (cd d && seq 1 20000 | xargs touch) && rm -rf d && sync`);
+      sh(`cd ${m} && mkdir d && (cd d && seq 1 20000 | xargs touch) && rm -rf d`);
+    } finally {
+      umount(m);
+    }
+    const log = logCycles(f);
+    expect(log.first).toBeGreaterThan(1);
+    expect(log.head).toBeGreaterThan(0);
+    expect(log.head).toBeLessThan(log.blocks - 8192);
+    const r = imageReader(f);
+    let bytesRead = 0;
+    const a = analyzeXfs((o, l) => ((bytesRead += l), r.read(o, l)), r.size)!;
+    r.close();
+    expect(a.method).toBe("used-blocks");
+    // The log head is found without reading the 64 MiB log whole.
+    expect(bytesRead).toBeLessThan(16 * MiB);
+    const cmp = compareWithPartclone(a.used!, domainUsed(sh(`partclone.xfs -q -D -s ${f} -o - -L ${dir}/partclone-wrapped.log 2>/dev/null`)), a.size);
+    expect(cmp.missing).toBe(0);
+    mount(f, m, "rw,nouuid");
+    try {
+      sh(`cd ${m} && mkdir e && (cd e && seq 1 3000 | xargs touch) && sync && xfs_io -x -c shutdown ${m}`);
+    } finally {
+      umount(m);
+    }
+    expect(logCycles(f).first).toBe(log.first);
+    const dirty = analyze(f)!;
+    forget(f);
+    expect(dirty.method).toBe("whole");
+    expect(dirty.reason).toMatch(/log needs recovery/);
     fs.rmSync(f);
   });
 
@@ -279,7 +345,7 @@ describe.skipIf(!canMount)(`XFS used blocks${canMount ? "" : ` (skipped: ${skipW
         if (v === "v5") expect(subsetOf(a.used!, r.used!)).toBe(true);
         else if (!subsetOf(a.used!, r.used!)) lost++;
       }
-      console.log(`xfs ${v} fuzz: ${rounds} rounds, ${whole} whole, ${used} used-blocks${v === "v4" ? ` (${lost} of them miss a block: v4 has no checksums)` : ""}`);
+      console.log(`xfs ${v} fuzz: ${rounds} rounds, ${whole} whole, ${used} used-blocks${v === "v4" ? ` (${lost} of them miss a block)` : ""}`);
       expect(whole).toBeGreaterThan(v === "v5" ? rounds / 2 : rounds / 10);
       // v4 has no checksums: the cross-checks (record order, AG bounds, the AGF's free count) caught every flip that would have cost a block, with this seed.
       expect(lost).toBe(0);
