@@ -7,11 +7,13 @@
 // damage, and a damaged volume is imaged whole. Pure: reads only through
 // ReadAt. Rules and limits: docs/used-blocks-xfs-fat.md.
 
-import { type FsAnalysis, type ReadAt, type UsedBlocks, MAX_READ, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
+import { type FsAnalysis, type ReadAt, type UsedBlocks, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
 
 /** The most FAT (one copy) this reader holds in memory: a FAT32 of 16 Mi clusters. */
 const MAX_FAT_BYTES = 64 * 1024 * 1024;
 const MAX_FATS = 4;
+/** FAT bytes read at once: 12 MiB (under MAX_READ), a whole number of FAT12 (3-byte), FAT16 and FAT32 entry groups. */
+const FAT_PIECE = 12 * 1024 * 1024;
 
 /** A structure on disk that cannot be trusted: the analysis ends with method "whole". */
 export class FatDamage extends Error {
@@ -143,41 +145,60 @@ function parseBpb(b: Uint8Array, size: number): Bpb {
   };
 }
 
-/** The FAT's entries as numbers (cluster 0 .. clusters + 1). */
-function readFat(r: ReadAt, bpb: Bpb, copy: number): Uint32Array {
+/**
+ * Calls `each(first, entries)` for the entries of one FAT copy (cluster 0 to
+ * clusters + 1), read in pieces of at most FAT_PIECE bytes so a large FAT is
+ * never held twice.
+ */
+function readFat(r: ReadAt, bpb: Bpb, copy: number, each: (first: number, entries: Uint32Array) => void): void {
   const n = bpb.clusters + 2;
   const bytes = Math.ceil((n * bpb.type) / 8);
   if (bytes > MAX_FAT_BYTES) throw new FatDamage(`FAT of ${bytes} bytes is larger than this reader handles (${MAX_FAT_BYTES})`);
-  const raw = new Uint8Array(bytes);
   const start = (bpb.reserved + copy * bpb.fatSectors) * bpb.bytesPerSector;
-  for (let off = 0; off < bytes; off += MAX_READ) {
-    const len = Math.min(MAX_READ, bytes - off);
-    raw.set(r(start + off, len), off);
-  }
-  const e = new Uint32Array(n);
-  if (bpb.type === 12) {
-    for (let i = 0; i < n; i++) {
-      const o = (i * 3) >> 1;
-      const v = raw[o]! | ((raw[o + 1] ?? 0) << 8);
-      e[i] = i & 1 ? v >> 4 : v & 0xfff;
+  const perPiece = (FAT_PIECE * 8) / bpb.type; // FAT_PIECE is a multiple of 3 and 4 bytes: whole entries, even for FAT12
+  for (let first = 0; first < n; first += perPiece) {
+    const count = Math.min(perPiece, n - first);
+    const off = (first * bpb.type) / 8;
+    const raw = r(start + off, Math.min(Math.ceil((count * bpb.type) / 8), bytes - off));
+    const e = new Uint32Array(count);
+    if (bpb.type === 12) {
+      for (let i = 0; i < count; i++) {
+        const o = (i * 3) >> 1;
+        const v = raw[o]! | ((raw[o + 1] ?? 0) << 8);
+        e[i] = i & 1 ? v >> 4 : v & 0xfff;
+      }
+    } else if (bpb.type === 16) {
+      for (let i = 0; i < count; i++) e[i] = raw[2 * i]! | (raw[2 * i + 1]! << 8);
+    } else {
+      // The top 4 bits of a FAT32 entry are reserved; a non-zero entry is kept as used whatever they hold.
+      for (let i = 0; i < count; i++) e[i] = le32(raw, 4 * i);
     }
-  } else if (bpb.type === 16) {
-    for (let i = 0; i < n; i++) e[i] = raw[2 * i]! | (raw[2 * i + 1]! << 8);
-  } else {
-    // The top 4 bits of a FAT32 entry are reserved; a non-zero entry is kept as used whatever they hold.
-    for (let i = 0; i < n; i++) e[i] = le32(raw, 4 * i);
+    each(first, e);
   }
-  return e;
 }
 
 function usedMap(r: ReadAt, bpb: Bpb): { used: UsedBlocks; notes: string[] } {
   const notes: string[] = [];
-  const fats: Uint32Array[] = [];
-  for (let c = 0; c < bpb.numFats; c++) fats.push(readFat(r, bpb, c));
-  for (let c = 0; c < fats.length; c++)
-    if ((fats[c]![0]! & 0xff) !== bpb.media) throw new FatDamage(`FAT copy ${c + 1} does not start with the media byte: it is not where the boot sector puts it`);
-  const heads = checkChains(fats[bpb.activeFat]!, bpb);
-  checkDirectories(r, bpb, fats[bpb.activeFat]!, heads);
+  const n = bpb.clusters + 2;
+  // The active FAT whole (its chains are checked); the other copies piece by piece, only to mark what they call used.
+  const fat = new Uint32Array(n);
+  readFat(r, bpb, bpb.activeFat, (first, e) => fat.set(e, first));
+  const firstEntries: number[] = [];
+  const extra = new Uint8Array(Math.ceil(n / 8)); // clusters only another copy marks
+  for (let c = 0; c < bpb.numFats; c++) {
+    if (c === bpb.activeFat) {
+      firstEntries.push(fat[0]!);
+      continue;
+    }
+    readFat(r, bpb, c, (first, e) => {
+      if (first === 0) firstEntries.push(e[0]!);
+      for (let i = 0; i < e.length; i++) if (e[i] !== 0 && fat[first + i] === 0) extra[(first + i) >> 3]! |= 1 << ((first + i) & 7);
+    });
+  }
+  for (let c = 0; c < firstEntries.length; c++)
+    if ((firstEntries[c]! & 0xff) !== bpb.media) throw new FatDamage(`FAT copy ${c + 1} does not start with the media byte: it is not where the boot sector puts it`);
+  const linked = checkChains(fat, bpb);
+  checkDirectories(r, bpb, fat, linked);
   const bps = bpb.bytesPerSector;
   const clusterBytes = bpb.sectorsPerCluster * bps;
   // One bitmap at one granularity: the largest power of two up to the cluster size that the data area's start is a multiple of.
@@ -188,16 +209,12 @@ function usedMap(r: ReadAt, bpb: Bpb): { used: UsedBlocks; notes: string[] } {
   const dataStart = (bpb.firstDataSector * bps) / blockSize;
   markBlocks(used, 0, dataStart);
   const perCluster = clusterBytes / blockSize;
-  const n = bpb.clusters + 2;
-  for (let cl = 2; cl < n; cl++) {
-    let any = false;
-    for (const f of fats) if (f[cl] !== 0) any = true;
-    if (any) markBlocks(used, dataStart + (cl - 2) * perCluster, dataStart + (cl - 1) * perCluster);
-  }
+  for (let cl = 2; cl < n; cl++)
+    if (fat[cl] !== 0 || extra[cl >> 3]! & (1 << (cl & 7))) markBlocks(used, dataStart + (cl - 2) * perCluster, dataStart + (cl - 1) * perCluster);
   // Sectors after the last whole cluster belong to no cluster: kept.
   markBlocks(used, dataStart + bpb.clusters * perCluster, blocks);
   // The clean-shutdown bits in FAT[1] (FAT16: bit 15, FAT32: bit 27; 0 means dirty).
-  const f1 = fats[bpb.activeFat]![1]!;
+  const f1 = fat[1]!;
   if ((bpb.type === 16 && !(f1 & 0x8000)) || (bpb.type === 32 && !(f1 & 0x08000000)) || bpb.bootDirty)
     notes.push("volume dirty flag set (not cleanly unmounted): free clusters are still unused");
   return { used, notes };
@@ -268,10 +285,11 @@ function checkDirectories(r: ReadAt, bpb: Bpb, fat: Uint32Array, linked: Uint8Ar
   };
   const seen = new Set<number>();
   const queue: { where: string; clusters: number[]; root: boolean }[] = [];
+  let next = 0;
   if (bpb.type === 32) queue.push({ where: "/", clusters: chain(bpb.rootCluster), root: true });
   else queue.push({ where: "/", clusters: [], root: true });
-  while (queue.length) {
-    const d = queue.shift()!;
+  while (next < queue.length) {
+    const d = queue[next++]!;
     const data =
       bpb.type !== 32 && d.root
         ? r(bpb.reserved * bps + bpb.numFats * bpb.fatSectors * bps, bpb.rootDirSectors * bps)
