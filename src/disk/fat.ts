@@ -48,13 +48,17 @@ export function analyzeFat(read: ReadAt, size: number): FsAnalysis | null {
   } catch {
     return null;
   }
+  if (b.length < 512) return null;
   if (!looksLikeFat(b)) return null;
   const r: ReadAt = (offset, length) => {
+    let b: Uint8Array;
     try {
-      return read(offset, length);
+      b = read(offset, length);
     } catch (e) {
       throw new FatDamage(`cannot read ${length} bytes at ${offset}: ${e instanceof Error ? e.message : String(e)}`);
     }
+    if (b.length !== length) throw new FatDamage(`cannot read ${length} bytes at ${offset}: short read`);
+    return b;
   };
   let bpb: Bpb | undefined;
   try {

@@ -48,14 +48,18 @@ export function analyzeXfs(read: ReadAt, size: number): FsAnalysis | null {
   } catch {
     return null;
   }
+  if (head.length < 512) return null;
   if (be32(head, 0) !== XFS_SB_MAGIC) return null;
   const whole = (reason: string, label?: string, uuid?: string): FsAnalysis => ({ fs: "xfs", label, uuid, method: "whole", reason, usedBytes: size, size });
   const r: ReadAt = (offset, length) => {
+    let b: Uint8Array;
     try {
-      return read(offset, length);
+      b = read(offset, length);
     } catch (e) {
       throw new XfsDamage(`cannot read ${length} bytes at ${offset}: ${e instanceof Error ? e.message : String(e)}`);
     }
+    if (b.length !== length) throw new XfsDamage(`cannot read ${length} bytes at ${offset}: short read`);
+    return b;
   };
   let sb: Superblock;
   try {

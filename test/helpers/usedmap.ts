@@ -48,10 +48,16 @@ export function imageReader(file: string): ImageReader {
   return { read, size, close: () => fs.closeSync(fd) };
 }
 
-/** `read` with bytes replaced (offset -> byte), and reads past `limit` failing like a short device. */
-export function patched(read: ReadAt, patches?: Map<number, number>, limit?: number): ReadAt {
+/**
+ * `read` with bytes replaced (offset -> byte), and past `limit` reads that
+ * fail like a short device, or with `short`, that return fewer bytes than asked.
+ */
+export function patched(read: ReadAt, patches?: Map<number, number>, limit?: number, short = false): ReadAt {
   return (offset, length) => {
-    if (limit !== undefined && offset + length > limit) throw new Error(`read past the end (${offset}+${length} > ${limit})`);
+    if (limit !== undefined && offset + length > limit) {
+      if (!short) throw new Error(`read past the end (${offset}+${length} > ${limit})`);
+      return read(offset, Math.max(0, limit - offset)).slice();
+    }
     const hits = [...(patches ?? [])].filter(([o]) => o >= offset && o < offset + length);
     if (!hits.length) return read(offset, length);
     const out = read(offset, length).slice(); // never write into the shared pages
