@@ -92,7 +92,7 @@ describe.skipIf(missing.length > 0)(`FAT used blocks${missing.length ? ` (skippe
 
   beforeAll(() => {
     dir = tempDir("tbb-fat-");
-    vols.push(makeFat(12, 8), makeFat(16, 64), makeFat(32, 128, "-s 1"), makeFat(16, 64, "-S 4096 -s 1"));
+    vols.push(makeFat(12, 8), makeFat(16, 64), makeFat(32, 128, "-s 1"), makeFat(16, 64, "-S 4096 -s 1"), makeFat(16, 64, "-a -R 3 -s 8"));
   });
 
   afterAll(() => {
@@ -117,7 +117,8 @@ describe.skipIf(missing.length > 0)(`FAT used blocks${missing.length ? ` (skippe
     readers.delete(f);
   });
 
-  for (const [i, name] of ["FAT12", "FAT16", "FAT32 (512-byte clusters)", "FAT16 (4096-byte sectors)"].entries()) {
+  const names = ["FAT12", "FAT16", "FAT32 (512-byte clusters)", "FAT16 (4096-byte sectors)", "FAT16 (data area not cluster-aligned)"];
+  for (const [i, name] of names.entries()) {
     test(`${name}: label, volume ID, type`, () => {
       const v = vols[i]!;
       expect(v.a.method).toBe("used-blocks");
@@ -126,6 +127,8 @@ describe.skipIf(missing.length > 0)(`FAT used blocks${missing.length ? ` (skippe
       expect(v.a.label).toBe(`TBB${v.type}`);
       expect(v.a.uuid).toBe(sh(`blkid -o value -s UUID ${v.file}`).trim());
       expect(v.a.usedBytes).toBeLessThan(v.a.size * 0.8);
+      // The map's block: the cluster size, or less when the data area does not start on a cluster boundary.
+      expect(v.a.used!.blockSize).toBe([2048, 2048, 512, 4096, 512][i]!);
     });
 
     test(`${name}: every cluster mtools lists for each file and directory is in the map`, () => {
@@ -230,6 +233,27 @@ describe.skipIf(missing.length > 0)(`FAT used blocks${missing.length ? ` (skippe
       expect(subsetOf(v.a.used!, a.used!)).toBe(true);
       expect(a.usedBytes - v.a.usedBytes).toBe(clusterBytesOf(v.file));
     }
+  });
+
+  test("FAT32 with mirroring off: the active copy's chains are checked, a cluster only the other copy marks is still kept", () => {
+    const v = vols[2]!;
+    const { entries, entryOffset, eoc, fatBytes } = fatEntries(v);
+    let c = 2;
+    while (c < entries.length && !(entries[c]! >= 2 && entries[c]! < eoc - 8 && entries[entries[c]!]! >= eoc)) c++;
+    const d = entries[c]!;
+    const free = entries.indexOf(0, 3);
+    const mirrorOff = (active: number): Map<number, number> => new Map([[40, 0x80 | active], [41, 0]]);
+    // Active copy 2: a loop in copy 1 is not looked at, and what copy 1 marks is kept.
+    const inactiveLoop = setEntry(v, entryOffset(free), eoc, setEntry(v, entryOffset(d), c, mirrorOff(1)));
+    const a = analyze(v.file, inactiveLoop)!;
+    expect(a.method).toBe("used-blocks");
+    expect(subsetOf(v.a.used!, a.used!)).toBe(true);
+    expect(a.usedBytes - v.a.usedBytes).toBe(clusterBytesOf(v.file));
+    // The same loop in the active copy: whole.
+    const activeLoop = setEntry(v, entryOffset(d) + fatBytes, c, mirrorOff(1));
+    expect(analyze(v.file, activeLoop)!.reason).toMatch(/loops|two chains/);
+    // An active FAT that does not exist.
+    expect(analyze(v.file, mirrorOff(5))!.reason).toMatch(/active FAT does not exist/);
   });
 
   test("damaged boot sector and a short partition: whole or null, never a crash", () => {
