@@ -124,10 +124,11 @@ function parseBpb(b: Uint8Array, size: number): Bpb {
   if (type === 32 && (rootCluster < 2 || rootCluster >= clusters + 2)) throw new FatDamage("boot sector: root directory cluster out of range");
   let label: string | undefined;
   let uuid: string | undefined;
-  if (b[ext + 2] === 0x29) {
+  // Extended boot signature 0x29: volume ID and label; the older 0x28: the ID only.
+  if (b[ext + 2] === 0x29 || b[ext + 2] === 0x28) {
     const id = le32(b, ext + 3);
     uuid = `${hex4(id >>> 16)}-${hex4(id & 0xffff)}`;
-    label = cleanLabel(b.subarray(ext + 7, ext + 18));
+    if (b[ext + 2] === 0x29) label = cleanLabel(b.subarray(ext + 7, ext + 18));
   }
   return {
     type,
