@@ -5,10 +5,12 @@
 // stored as zeros). Pure: it reads through a ReadAt.
 import { analyzeBtrfs } from "./btrfs.ts";
 import { analyzeExt } from "./ext.ts";
+import { analyzeFat } from "./fat.ts";
 import { analyzeNtfs } from "./ntfs.ts";
 import { readPartitionTable } from "./partitions.ts";
 import { identifyWhole } from "./signatures.ts";
 import { analyzeSwap } from "./swap.ts";
+import { analyzeXfs } from "./xfs.ts";
 import { DiskFormatError, type FsAnalysis, type Partition, type PartitionTable, type ReadAt, type UsedBlocks } from "./types.ts";
 
 export type Analyzer = (read: ReadAt, size: number) => FsAnalysis | null;
@@ -21,8 +23,10 @@ export type Analyzer = (read: ReadAt, size: number) => FsAnalysis | null;
 export const ANALYZERS: Analyzer[] = [
   analyzeExt,
   analyzeSwap,
+  analyzeXfs,
   // NTFS before FAT: its boot sector has a BIOS parameter block too
   analyzeNtfs,
+  analyzeFat,
   analyzeBtrfs,
 ];
 
