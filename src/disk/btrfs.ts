@@ -5,7 +5,7 @@
 // all reads go through a ReadAt. Single-device file systems with single or DUP
 // profiles only; anything else (more devices, RAID profiles, a log tree to
 // replay, unknown incompat features, another checksum than crc32c, damage) is
-// imaged whole. Rules and limits: docs/used-blocks-ntfs-btrfs.md.
+// imaged whole. Rules and limits: docs/USED-BLOCKS.md.
 import { type FsAnalysis, type ReadAt, type UsedBlocks, MAX_READ, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
 import { u16, u32, u64 } from "./bytes.ts";
 

@@ -5,7 +5,7 @@
 // mark). The chains of the active FAT are checked first (links in range, no
 // link into a free cluster, no cross-links, no loops): a FAT that fails means
 // damage, and a damaged volume is imaged whole. Pure: reads only through
-// ReadAt. Rules and limits: docs/used-blocks-xfs-fat.md.
+// ReadAt. Rules and limits: docs/USED-BLOCKS.md.
 
 import { type FsAnalysis, type ReadAt, type UsedBlocks, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
 

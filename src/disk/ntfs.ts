@@ -5,7 +5,7 @@
 // its $LogFile holds unreplayed changes, when Windows is hibernated on it
 // (hiberfil.sys starts with "hibr"), or when any structure on the way is
 // damaged. Every number read from the disk is capped before use. Rules and
-// limits: docs/used-blocks-ntfs-btrfs.md.
+// limits: docs/USED-BLOCKS.md.
 import { type FsAnalysis, type ReadAt, type UsedBlocks, MAX_READ, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
 import { u16, u32, u64 } from "./bytes.ts";
 

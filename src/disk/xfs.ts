@@ -4,7 +4,7 @@
 // every other block (AG headers, btrees, inodes, the internal log, data) is
 // used. The log must be clean (last record an unmount record), else the whole
 // device is imaged: a log replay may write into blocks the tree calls free.
-// Pure: reads only through ReadAt. Rules and limits: docs/used-blocks-xfs-fat.md.
+// Pure: reads only through ReadAt. Rules and limits: docs/USED-BLOCKS.md.
 
 import { type FsAnalysis, type ReadAt, type UsedBlocks, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
 
