@@ -57,12 +57,12 @@ describe("shellcheck", () => {
     expect(SHELL_FILES.filter((f) => !existsSync(path.join(ROOT, f)))).toEqual([]);
   });
   // .ci/run installs shellcheck; elsewhere `apt-get install shellcheck`
-  test.skipIf(!hasShellcheck)("all shell code passes shellcheck", () => {
+  test.skipIf(!hasShellcheck)("all shell code passes shellcheck (needs shellcheck: scripts/test-deps.sh installs it)", () => {
     const r = sh(["shellcheck", "-x", ...SHELL_FILES]);
     expect(r.out).toBe("");
     expect(r.code).toBe(0);
   }, 60_000);
-  test.skipIf(!hasShellcheck)("boot-time scripts pass shellcheck as POSIX sh", () => {
+  test.skipIf(!hasShellcheck)("boot-time scripts pass shellcheck as POSIX sh (needs shellcheck)", () => {
     const r = sh(["shellcheck", "-s", "sh", ...BOOT_TIME]);
     expect(r.out).toBe("");
     expect(r.code).toBe(0);

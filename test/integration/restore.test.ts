@@ -179,7 +179,7 @@ const BLKIO = "/sys/fs/cgroup/blkio";
 
 describe("a slow read-back", () => {
   test.skipIf(!fs.existsSync(`${BLKIO}/blkio.throttle.read_bps_device`))(
-    "takes longer than the receiver's --idle: the restorer keeps it informed, both exit 0",
+    "takes longer than the receiver's --idle: the restorer keeps it informed, both exit 0 (needs cgroup v1 blkio throttling to slow the read-back)",
     async () => {
       const backing = path.join(dir, "slow-backing.img");
       sh(`truncate -s 32M ${backing}`);

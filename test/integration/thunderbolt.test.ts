@@ -36,7 +36,7 @@ function stored(out: string): string {
   return path.join(out, found[0]!);
 }
 
-describe.skipIf(skip)("Thunderbolt stream set up by tbbackup (emulated driver)", () => {
+describe.skipIf(skip)("Thunderbolt stream set up by tbbackup (emulated driver; needs root, /dev/fuse and python3)", () => {
   beforeAll(() => {
     dir = tempDir();
     img = makeExt4Image(dir, 16);
