@@ -22,22 +22,34 @@
 #     (ext4, xfs, vfat, swap), default and --all-blocks, vs partclone | zstd
 #   NBD: nbdcopy of a backup's export vs zstd -dc, and 10,000 random 4 KiB
 #     reads through nbdsh
+#   incremental: a full push, then the image with ~8 MiB of new files
+#     (debugfs -w write) pushed again (incremental by default): time, bytes
+#     sent, store growth (du), vs the full push and vs push --full of the
+#     same; the pair once more through scripts/bench-relay.ts at 25 MB/s;
+#     and (as root) restore of the new backup onto a loop device over a copy
+#     of the old image, delta vs --no-delta: time and bytes written (the
+#     device's stat)
+#   sessions: 128 MiB of random data pushed alone, then two such pushes at
+#     once, each through its own scripts/bench-relay.ts held to 25 MB/s,
+#     into one receiver (receive without --once)
 # and ends with a table of every ratio against its budget.
 #
 # Knobs (environment):
 #   BENCH_SIZE_MB=1024  size of the ext4 image (the files fill ~400/1024 of
 #                       it, the used-disk ext4 is that size too); use 256
 #                       while working on this script
-#   BENCH_ROUNDS=3      interleaved rounds of the main lines (medians printed)
+#   BENCH_ROUNDS=3      interleaved rounds of the main lines, and of the
+#                       incremental and sessions lines (medians printed)
 #   BENCH_SKIP=a,b      sections to leave out: big (3 GiB of holes), loop,
 #                       pipe, stock (the one-core CPU yardsticks), scaling,
-#                       files, used, nbd
+#                       files, used, nbd, incr, sessions
 #   BENCH_DIR=/tmp/tbbackup-bench  work directory (images are kept there and
 #                       reused by the next run)
 #   BENCH_BIN=dist/tbbackup  the executable to measure
-# The loop-device and used-disk lines need root (loop devices, mounts). The
-# full run (defaults) should take 5-10 minutes on a 2-core machine (estimated
-# from BENCH_SIZE_MB=256 runs); run it on a quiet machine only.
+# The loop-device, used-disk and delta-restore lines need root (loop devices,
+# mounts). The full run (defaults) should take 7-12 minutes on a 2-core
+# machine (estimated from BENCH_SIZE_MB=256 runs; the sessions lines take
+# about 35 s at any size); run it on a quiet machine only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # the tools of every section (partclone and the rest are only used as root, by the used-disk lines)
@@ -391,6 +403,191 @@ if ! skip files; then
   printf '%-44s %8.2f s   ratio to tar | zstd: %.2fx   peak RSS %s MiB push, %s MiB receive\n' "tbbackup push --files -> receive (unix:)" "$PRF" "$(div "$PRF" "$TZ")" "$(rss push-files)" "$(rss recv-files)"
   printf '%-44s %8s bytes stored (tar | zstd: %s)\n' "stored files.tar.zst" "$(stat -c %s "$(find "$W/store-files" -name files.tar.zst)")" "$(stat -c %s "$W/ref-tree.tar.zst")"
   rm -rf "$W/store-files" "$W/ref-tree.tar.zst"
+fi
+
+if ! skip incr; then
+  # One disk in two states, pushed from one path ($W/incr.img: a file's
+  # identity is its path), the states swapped in by rename so each keeps its
+  # cached pages: the image, then the same with ~8 MiB of new files written
+  # into it by debugfs (no mount needed).
+  echo
+  echo "== incremental: the $LABEL image, then the same with ~8 MiB of new files; median of $ROUNDS interleaved runs"
+  rm -f "$W/incr.img" "$W/incr-old.img" "$W/incr-new.img"
+  cp --sparse=always "$IMG" "$W/incr-old.img"
+  cp --sparse=always "$IMG" "$W/incr-new.img"
+  {
+    echo "mkdir /bench-incr"
+    echo "cd /bench-incr"
+    find /usr/bin /usr/sbin -type f -size -4M -printf '%s %p\n' 2>/dev/null | sort -k2 |
+      awk -v limit=$((8 * 1048576)) '{ total += $1; if (total > limit) exit; print "write " $2 " f" NR }'
+  } > "$W/incr.debugfs"
+  debugfs -w -f "$W/incr.debugfs" "$W/incr-new.img" > /dev/null 2>&1
+  sync "$W/incr-new.img"
+  jnum() { sed -n "s/^  \"$1\": \([0-9.]*\).*/\1/p" "$2" | head -1; } # a top-level number of push --json
+  jstr() { sed -n "s/^  \"$1\": \"\(.*\)\".*/\1/p" "$2" | head -1; }
+  INCR_VIA="unix:$W/i.sock" # the push's way to the receiver (or a relay to it)
+  INCR_STORE="$W/store-incr"
+  incr_push() { # $1 = tag, $2... = push options; prints seconds, leaves push --json in $W/incr-$1.json
+    rm -f "$W/i.sock"
+    "$BIN" receive --out "$INCR_STORE" --stream "unix:$W/i.sock" --once > /dev/null 2>&1 &
+    local r=$! s e
+    while [ ! -S "$W/i.sock" ]; do sleep 0.02; done
+    s=$(date +%s.%N)
+    "$BIN" push "$W/incr.img" "${@:2}" --json --stream "$INCR_VIA" > "$W/incr-$1.json" 2>/dev/null || echo "bench: push ($1) failed" >&2
+    wait "$r" || true
+    e=$(date +%s.%N)
+    echo "$e - $s" | bc
+  }
+  : > "$W/iruns"
+  for _ in $(seq "$ROUNDS"); do
+    rm -rf "$W/store-incr"
+    mv "$W/incr-old.img" "$W/incr.img"
+    echo "ifull $(incr_push full)" >> "$W/iruns"
+    mv "$W/incr.img" "$W/incr-old.img"
+    mv "$W/incr-new.img" "$W/incr.img"
+    echo "iinc $(incr_push inc)" >> "$W/iruns"
+    echo "ifullnew $(incr_push fullnew --full)" >> "$W/iruns"
+    mv "$W/incr.img" "$W/incr-new.img"
+  done
+  imed() { awk -v k="$1" '$1 == k {print $2}' "$W/iruns" | median; }
+  iall() { awk -v k="$1" '$1 == k {printf "%s%.2f", sep, $2; sep=" "}' "$W/iruns"; }
+  IF=$(imed ifull)
+  II=$(imed iinc)
+  IFN=$(imed ifullnew)
+  mib() { printf '%.1f' "$(echo "$1 / 1048576" | bc -l)"; }
+  dub() { du -sk "$1" | awk '{print $1 * 1024}'; } # what a directory takes on disk, in bytes
+  IB=$(jstr path "$W/incr-inc.json")
+  printf '%-44s %8.2f s   sent %s MiB, the store grew by %s MiB (du)   (runs: %s)\n' "push -> receive, full (the first backup)" "$IF" "$(mib "$(jnum sentBytes "$W/incr-full.json")")" "$(mib "$(dub "$(jstr path "$W/incr-full.json")")")" "$(iall ifull)"
+  if [ -n "$(jstr base "$W/incr-inc.json")" ]; then
+    printf '%-44s %8.2f s   sent %s MiB, the store grew by %s MiB (du; newStoredBytes %s MiB); %s of %s chunks changed   (runs: %s)\n' "push -> receive again, incremental" "$II" "$(mib "$(jnum sentBytes "$W/incr-inc.json")")" "$(mib "$(dub "$IB")")" "$(mib "$(jnum newStoredBytes "$W/incr-inc.json")")" "$(jnum changedChunks "$W/incr-inc.json")" "$(jnum chunks "$W/incr-inc.json")" "$(iall iinc)"
+  else
+    printf '%-44s %8.2f s   NOT incremental: the receiver offered no base   (runs: %s)\n' "push -> receive again, incremental" "$II" "$(iall iinc)"
+  fi
+  printf '%-44s %8.2f s   sent %s MiB   (runs: %s)\n' "  the same with push --full" "$IFN" "$(mib "$(jnum sentBytes "$W/incr-fullnew.json")")" "$(iall ifullnew)"
+  printf '%-44s %8.2fx  (budget 0.6x, goal 0.4x); %.2fx push --full of the same\n' "incremental vs the full push, time" "$(div "$II" "$IF")" "$(div "$II" "$IFN")"
+  row "incremental push time vs the full push" "$(div "$II" "$IF")" 0.6 0.4
+  row "incremental push time vs push --full of the same" "$(div "$II" "$IFN")" -
+
+  # The same two pushes where the cable is the limit, as incremental pushes
+  # are meant for: through scripts/bench-relay.ts held to 25 MB/s (one run).
+  rm -rf "$W/store-incr-relay" "$W/ir.sock"
+  INCR_STORE="$W/store-incr-relay"
+  "$BUN" scripts/bench-relay.ts "unix:$W/ir.sock" "unix:$W/i.sock" 25 2>/dev/null &
+  irelay=$!
+  while [ ! -S "$W/ir.sock" ]; do sleep 0.02; done
+  INCR_VIA="unix:$W/ir.sock"
+  mv "$W/incr-old.img" "$W/incr.img"
+  IRF=$(incr_push rfull)
+  mv "$W/incr.img" "$W/incr-old.img"
+  mv "$W/incr-new.img" "$W/incr.img"
+  IRI=$(incr_push rinc)
+  mv "$W/incr.img" "$W/incr-new.img"
+  kill "$irelay" 2>/dev/null || true
+  wait "$irelay" 2>/dev/null || true
+  printf '%-44s %8.2f s   full, sent %s MiB; then %.2f s incremental, sent %s MiB: %.2fx (one run)\n' "the same over a 25 MB/s relay" "$IRF" "$(mib "$(jnum sentBytes "$W/incr-rfull.json")")" "$IRI" "$(mib "$(jnum sentBytes "$W/incr-rinc.json")")" "$(div "$IRI" "$IRF")"
+  row "incremental push time vs full, over a 25 MB/s relay" "$(div "$IRI" "$IRF")" -
+  rm -rf "$W/store-incr-relay" "$W/ir.sock"
+
+  # Delta restore: the incremental backup onto a loop device over a copy of
+  # the old image, against --no-delta onto another copy. Bytes written are
+  # the device's own count (sectors written, field 7 of its stat).
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "delta restore: n/a (needs root: loop devices)"
+    row "delta restore time vs --no-delta (loop device)" n/a 0.6
+  else
+    written() { echo $(($(awk '{print $7}' "/sys/block/$(basename "$1")/stat") * 512)); }
+    ok=1
+    for _ in $(seq "$ROUNDS"); do
+      cp --sparse=always "$W/incr-old.img" "$W/incr-t1.img"
+      cp --sparse=always "$W/incr-old.img" "$W/incr-t2.img"
+      sync "$W/incr-t1.img" "$W/incr-t2.img" # neither restore pays for the copies' writeback
+      if loop "$W/incr-t1.img" 2>/dev/null && L1=$LOOPDEV && loop "$W/incr-t2.img" 2>/dev/null && L2=$LOOPDEV; then
+        w=$(written "$L1")
+        t rdelta "$BIN" restore "$L1" --from "$IB" --yes --force --no-verify 2>/dev/null || echo "bench: the delta restore failed"
+        echo "rdelta $(wall rdelta) $(($(written "$L1") - w))" >> "$W/iruns"
+        w=$(written "$L2")
+        t rnodelta "$BIN" restore "$L2" --from "$IB" --yes --force --no-verify --no-delta 2>/dev/null || echo "bench: the --no-delta restore failed"
+        echo "rnodelta $(wall rnodelta) $(($(written "$L2") - w))" >> "$W/iruns"
+        cmp -s "$L1" "$W/incr-new.img" || echo "bench: the delta-restored device differs from the new image"
+        unloop "$L1"
+        unloop "$L2"
+      else
+        ok=0
+      fi
+      rm -f "$W/incr-t1.img" "$W/incr-t2.img"
+    done
+    if [ "$ok" -eq 1 ]; then
+      RD=$(imed rdelta)
+      RND=$(imed rnodelta)
+      RDB=$(awk '$1 == "rdelta" {print $3}' "$W/iruns" | median)
+      RNDB=$(awk '$1 == "rnodelta" {print $3}' "$W/iruns" | median)
+      echo "restore the incremental backup onto a loop device over a copy of the old image (--no-verify):"
+      printf '%-44s %8.2f s   %s MiB written to the device   (runs: %s)\n' "  delta restore (the default)" "$RD" "$(mib "$RDB")" "$(iall rdelta)"
+      printf '%-44s %8.2f s   %s MiB written (zeroed ranges count)   (runs: %s)\n' "  restore --no-delta" "$RND" "$(mib "$RNDB")" "$(iall rnodelta)"
+      printf '%-44s %8.2fx  (budget 0.6x); %.2fx the bytes written\n' "delta restore vs --no-delta, time" "$(div "$RD" "$RND")" "$(div "$RDB" "$RNDB")"
+      row "delta restore time vs --no-delta (loop device)" "$(div "$RD" "$RND")" 0.6
+      row "delta restore bytes written vs --no-delta" "$(div "$RDB" "$RNDB")" -
+    else
+      echo "delta restore: n/a (no loop device here)"
+      row "delta restore time vs --no-delta (loop device)" n/a 0.6
+    fi
+  fi
+
+  rm -rf "$W/store-incr" "$W/incr-old.img" "$W/incr-new.img" "$W/incr.img" "$W"/incr-*.json "$W/incr.debugfs" "$W/iruns"
+else
+  row "incremental push time vs the full push" n/a 0.6 0.4
+  row "delta restore time vs --no-delta (loop device)" n/a 0.6
+fi
+
+if ! skip sessions; then
+  # Several sessions into one receiver (README "receive"): each push goes
+  # through its own relay held to 25 MB/s (scripts/bench-relay.ts), a slow
+  # cable each, so two at once should take about as long as one alone. The
+  # data is random: compression would otherwise hide the throttle. --full, so
+  # that no push is sent as changes against the one before.
+  SESS_MB=128
+  SESS_RATE=25
+  echo
+  echo "== sessions: pushes of $SESS_MB MiB of random data, each over its own relay held to $SESS_RATE MB/s, into one receiver; median of $ROUNDS interleaved runs"
+  for x in a b; do
+    [ -f "$W/rand-$x" ] || head -c "${SESS_MB}M" /dev/urandom > "$W/rand-$x"
+    cat "$W/rand-$x" > /dev/null
+  done
+  rm -rf "$W/store-sess" "$W/sr.sock" "$W/sa.sock" "$W/sb.sock"
+  "$BIN" receive --out "$W/store-sess" --stream "unix:$W/sr.sock" > /dev/null 2>&1 &
+  sessrecv=$!
+  "$BUN" scripts/bench-relay.ts "unix:$W/sa.sock" "unix:$W/sr.sock" "$SESS_RATE" 2>/dev/null &
+  relaya=$!
+  "$BUN" scripts/bench-relay.ts "unix:$W/sb.sock" "unix:$W/sr.sock" "$SESS_RATE" 2>/dev/null &
+  relayb=$!
+  while [ ! -S "$W/sr.sock" ] || [ ! -S "$W/sa.sock" ] || [ ! -S "$W/sb.sock" ]; do sleep 0.02; done
+  : > "$W/sruns"
+  for _ in $(seq "$ROUNDS"); do
+    t sess1 "$BIN" push "$W/rand-a" --full --stream "unix:$W/sa.sock" 2>/dev/null || echo "bench: the push alone failed"
+    echo "one $(wall sess1)" >> "$W/sruns"
+    s=$(date +%s.%N)
+    t sessa "$BIN" push "$W/rand-a" --full --stream "unix:$W/sa.sock" 2>/dev/null &
+    pa=$!
+    t sessb "$BIN" push "$W/rand-b" --full --stream "unix:$W/sb.sock" 2>/dev/null &
+    pb=$!
+    wait "$pa" || echo "bench: a push of the two at once failed"
+    wait "$pb" || echo "bench: a push of the two at once failed"
+    e=$(date +%s.%N)
+    echo "two $(printf '%.2f' "$(echo "$e - $s" | bc)") $(wall sessa) $(wall sessb)" >> "$W/sruns"
+    # the finished backups, so the store does not grow round by round
+    find "$W/store-sess" -mindepth 3 -maxdepth 3 -type d -exec rm -rf {} +
+  done
+  kill "$relaya" "$relayb" "$sessrecv" 2>/dev/null || true
+  wait "$relaya" "$relayb" "$sessrecv" 2>/dev/null || true
+  S1=$(awk '$1 == "one" {print $2}' "$W/sruns" | median)
+  S2=$(awk '$1 == "two" {print $2}' "$W/sruns" | median)
+  printf '%-44s %8.2f s   %.1f MB/s of data   (runs: %s)\n' "one push alone" "$S1" "$(echo "$SESS_MB * 1.048576 / $S1" | bc -l)" "$(awk '$1 == "one" {printf "%s%s", sep, $2; sep=" "}' "$W/sruns")"
+  printf '%-44s %8.2f s   until both were done   (runs: %s; each push: %s)\n' "two pushes at once, each over its own relay" "$S2" "$(awk '$1 == "two" {printf "%s%s", sep, $2; sep=" "}' "$W/sruns")" "$(awk '$1 == "two" {printf "%s%s and %s", sep, $3, $4; sep=", "}' "$W/sruns")"
+  printf '%-44s %8.2fx  (budget 1.3x)\n' "two at once vs one alone" "$(div "$S2" "$S1")"
+  row "two pushes at once vs one alone (25 MB/s relays)" "$(div "$S2" "$S1")" 1.3
+  rm -rf "$W/store-sess" "$W/sruns" "$W"/s[rab].sock
+else
+  row "two pushes at once vs one alone (25 MB/s relays)" n/a 1.3
 fi
 
 echo
