@@ -419,7 +419,7 @@ if ! skip incr; then
     echo "mkdir /bench-incr"
     echo "cd /bench-incr"
     find /usr/bin /usr/sbin -type f -size -4M -printf '%s %p\n' 2>/dev/null | sort -k2 |
-      awk -v limit=$((8 * 1048576)) '{ total += $1; if (total > limit) exit; print "write " $2 " f" NR }'
+      awk -v limit=$((8 * 1048576)) '!full { total += $1; if (total > limit) full = 1; else print "write " $2 " f" NR }'
   } > "$W/incr.debugfs"
   debugfs -w -f "$W/incr.debugfs" "$W/incr-new.img" > /dev/null 2>&1
   sync "$W/incr-new.img"
@@ -431,7 +431,7 @@ if ! skip incr; then
     rm -f "$W/i.sock"
     "$BIN" receive --out "$INCR_STORE" --stream "unix:$W/i.sock" --once > /dev/null 2>&1 &
     local r=$! s e
-    while [ ! -S "$W/i.sock" ]; do sleep 0.02; done
+    while [ ! -S "$W/i.sock" ] && kill -0 "$r" 2>/dev/null; do sleep 0.02; done
     s=$(date +%s.%N)
     "$BIN" push "$W/incr.img" "${@:2}" --json --stream "$INCR_VIA" > "$W/incr-$1.json" 2>/dev/null || echo "bench: push ($1) failed" >&2
     wait "$r" || true
@@ -474,7 +474,7 @@ if ! skip incr; then
   INCR_STORE="$W/store-incr-relay"
   "$BUN" scripts/bench-relay.ts "unix:$W/ir.sock" "unix:$W/i.sock" 25 2>/dev/null &
   irelay=$!
-  while [ ! -S "$W/ir.sock" ]; do sleep 0.02; done
+  while [ ! -S "$W/ir.sock" ] && kill -0 "$irelay" 2>/dev/null; do sleep 0.02; done
   INCR_VIA="unix:$W/ir.sock"
   mv "$W/incr-old.img" "$W/incr.img"
   IRF=$(incr_push rfull)
@@ -560,7 +560,7 @@ if ! skip sessions; then
   relaya=$!
   "$BUN" scripts/bench-relay.ts "unix:$W/sb.sock" "unix:$W/sr.sock" "$SESS_RATE" 2>/dev/null &
   relayb=$!
-  while [ ! -S "$W/sr.sock" ] || [ ! -S "$W/sa.sock" ] || [ ! -S "$W/sb.sock" ]; do sleep 0.02; done
+  while { [ ! -S "$W/sr.sock" ] || [ ! -S "$W/sa.sock" ] || [ ! -S "$W/sb.sock" ]; } && kill -0 "$sessrecv" "$relaya" "$relayb" 2>/dev/null; do sleep 0.02; done
   : > "$W/sruns"
   for _ in $(seq "$ROUNDS"); do
     t sess1 "$BIN" push "$W/rand-a" --full --stream "unix:$W/sa.sock" 2>/dev/null || echo "bench: the push alone failed"
