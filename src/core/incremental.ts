@@ -9,9 +9,9 @@ import * as path from "node:path";
 import { MsgType, sessionOf, type Hello } from "../protocol/messages.ts";
 import { encodeFrame } from "../protocol/frame.ts";
 import { BASE_DIGESTS_PER_FRAME, decodeBaseDigests, encodeBaseDigests } from "../protocol/chunk-record.ts";
-import { PARTIAL_SUFFIX, sanitizeName, within } from "../store/layout.ts";
+import { DELETING_SUFFIX, PARTIAL_SUFFIX, sanitizeName, within } from "../store/layout.ts";
 import { readManifest, type Manifest } from "../store/manifest.ts";
-import { ChunkList, ImageReader, type ChunkLine } from "../store/image-reader.ts";
+import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { DIGEST_LINE_BYTES, isDigest } from "../store/root.ts";
 import { compressBound } from "../util/buffer-pool.ts";
 import type { Channel } from "./channel.ts";
@@ -28,8 +28,6 @@ export const MAX_BASE_CHUNKS = 8 * 1024 * 1024;
 
 /** A stored backup a push may send SAME records against, opened for the session. */
 export class Base {
-  private listAt = 0;
-
   private constructor(
     readonly id: string,
     readonly dir: string,
@@ -37,7 +35,8 @@ export class Base {
     /** the base's per-chunk SHA-256s, 32 bytes each, in chunk order */
     readonly digests: Uint8Array,
     private readonly reader: ImageReader,
-    private readonly list: ChunkList,
+    /** each chunk's XXH3-64 from the base's chunks.txt, read whole at open (a resend goes back to earlier chunks) */
+    private readonly checksums: BigUint64Array,
   ) {}
 
   get chunks(): number {
@@ -71,7 +70,15 @@ export class Base {
       reader = ImageReader.open(path.join(dir, m.data));
       if (reader.entries.length !== count) throw new Error(`its image has ${reader.entries.length} frames, the manifest says ${count}`);
       list = new ChunkList(path.join(dir, m.chunks.file));
-      return new Base(id, dir, m, digests, reader, list);
+      const checksums = new BigUint64Array(count);
+      for (let i = 0; i < count; i++) {
+        const line = list.next();
+        if (!line || line.index !== i || line.length !== reader.entries[i]!.rawSize) throw new Error(`its chunk list does not match its image at chunk ${i}`);
+        checksums[i] = line.checksum;
+      }
+      list.close();
+      list = null;
+      return new Base(id, dir, m, digests, reader, checksums);
     } catch (e) {
       reader?.close();
       list?.close();
@@ -85,8 +92,8 @@ export class Base {
   }
 
   /**
-   * The stored frame of chunk i, for a SAME record of that chunk (indices
-   * increase from call to call), after the cheap checks: its raw length and
+   * The stored frame of chunk i, for a SAME record of that chunk (in any
+   * order: a resend goes back), after the cheap checks: its raw length and
    * its chunk-list line's XXH3-64 must be the sender's. The caller decompresses
    * it and compares its SHA-256 with digest(i) before storing it.
    */
@@ -95,15 +102,8 @@ export class Base {
     const e = this.reader.entries[i];
     if (!e || e.rawSize !== rawLength) throw damaged("its stored length differs from the chunk's");
     if (e.compressedSize > compressBound(this.manifest.chunkSize) + 64) throw damaged("its stored frame is too large");
-    let line: ChunkLine | null = null;
     try {
-      while (this.listAt <= i) {
-        line = this.list.next();
-        this.listAt++;
-        if (!line) break;
-      }
-      if (!line || line.index !== i) throw new Error("its chunk list does not match its image");
-      if (line.checksum !== checksum) throw new Error("its chunk-list checksum differs from the data's");
+      if (this.checksums[i] !== checksum) throw new Error("its chunk-list checksum differs from the data's");
       return this.reader.readFrame(i);
     } catch (err) {
       throw damaged((err as Error).message);
@@ -112,7 +112,6 @@ export class Base {
 
   close(): void {
     this.reader.close();
-    this.list.close();
   }
 }
 
@@ -131,7 +130,7 @@ export function findBase(out: string, hello: Hello): Base | null {
   let parent: string;
   try {
     parent = within(out, host, diskName);
-    names = fs.readdirSync(parent).filter((n) => !n.endsWith(PARTIAL_SUFFIX) && !n.startsWith(".")).sort().reverse();
+    names = fs.readdirSync(parent).filter((n) => !n.endsWith(PARTIAL_SUFFIX) && !n.endsWith(DELETING_SUFFIX) && !n.startsWith(".")).sort().reverse();
   } catch {
     return null;
   }

@@ -89,6 +89,8 @@ const KEEPALIVE_MS = 2000;
  * that came last; a fresh one brings both.)
  */
 const STATUS_EVERY_MS = 5000;
+/** RESEND requests a sender follows in one push: far more than a receiver's own budget allows, but bounded. */
+const MAX_RESEND_REQUESTS = 1000;
 /** Damaged answers to STATUS before giving up on hearing a good one. */
 const MAX_DAMAGED_ANSWERS = 3;
 /** After END, wait at least this long for DONE (an answer to STATUS needs time), whatever --idle says. */
@@ -214,6 +216,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     // (docs/PROTOCOL.md §8.2a): sending goes back to `rewindTo`.
     const canResend = mayResend && Array.isArray(ack.caps) && ack.caps.includes(RESEND_CAP);
     let rewindTo: number | null = null;
+    let requests = 0;
     let lastRequest = 0;
     const wake: { rewind: (() => void) | null } = { rewind: null };
     // END again first: if it was the frame lost (or damaged), the receiver still waits for it
@@ -261,6 +264,11 @@ export async function push(opts: PushOptions): Promise<PushResult> {
           const r = decodeMessage(MsgType.RESEND, f.payload);
           // a repeated request (the first came through) is not a new one
           if (!r || r.session !== hello.session || r.seq <= lastRequest) continue;
+          // a receiver keeps its own budget (3 a chunk, 10 a minute); one that asks without end is not believed
+          if (++requests > MAX_RESEND_REQUESTS) {
+            peerFailure ??= new TbError("CORRUPT", `the receiver asked for damaged chunks again ${MAX_RESEND_REQUESTS} times`, "the link damages too much data; check the cable, then push again (it continues from the last durable point)");
+            break;
+          }
           lastRequest = r.seq;
           rewindTo = r.from;
           wake.rewind?.();

@@ -418,8 +418,6 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   let sharedBytes = 0;
   if (!resumedFrom) {
     opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}${base ? ` (incremental against ${base.id})` : ""}`);
-    if (!candidate) await ch.sendJson(MsgType.HELLO_ACK, ack);
-    if (base) await sendBaseDigests(ch, base);
   }
 
   // Checked chunks come back in order: their digests go into the root and digests.txt.
@@ -499,6 +497,15 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   let syncFailure: unknown = null;
 
   try {
+    // (inside the session's try: a sender that leaves or stops reading here
+    // ends the session like any other, its partial and the base closed)
+    if (!resumedFrom) {
+      if (!candidate) await ch.sendJson(MsgType.HELLO_ACK, ack);
+      if (base) {
+        const sent = await Promise.race([sendBaseDigests(ch, base).then(() => true), Bun.sleep(opts.idleMs).then(() => false)]);
+        if (!sent) throw new TbError("TIMEOUT", `the sender took none of the base's digests for ${Math.round(opts.idleMs / 1000)} s`, "check that the sender still runs, then push again");
+      }
+    }
     for (;;) {
       let f: Frame;
       try {
@@ -513,7 +520,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           throw new TbError("TIMEOUT", `no answer from the sender on ${ch.conn.description} within ${Math.round(opts.idleMs / 1000)} s of asking for chunk ${retry.awaiting} again`, "check that the sender still runs and the cable is plugged in, then push again");
         // a damaged chunk record: asked for again
         // (once all are here and none is awaited, it can only be a stale copy)
-        if (retry && e instanceof CorruptFrame && (e.frameType === MsgType.DATA || e.frameType === MsgType.ZERO) && (retry.awaiting !== null || next < expectedChunks)) {
+        if (retry && e instanceof CorruptFrame && (e.frameType === MsgType.DATA || e.frameType === MsgType.ZERO || e.frameType === MsgType.SAME) && (retry.awaiting !== null || next < expectedChunks)) {
           await askAgain(retry.awaiting ?? next, `its ${typeName(e.frameType)} frame failed its checksum`);
           continue;
         }

@@ -10,7 +10,7 @@ import type { Layout } from "../protocol/messages.ts";
 import { holeTest, openSource, readFully } from "./source.ts";
 import { blockSysDir } from "./identity.ts";
 import type { PushSource } from "./push.ts";
-import { sysPath } from "../util/sysroot.ts";
+import { mountsOn } from "../util/mounts.ts";
 
 /** The layout a push reports and the receiver stores. */
 export function planLayout(plan: DiskPlan): Layout {
@@ -37,57 +37,33 @@ export function planLayout(plan: DiskPlan): Layout {
   };
 }
 
-/** "major:minor" of every file system mounted read-write, from /proc/self/mountinfo. */
-function readWriteMounts(): Map<string, string> {
-  const out = new Map<string, string>();
-  let text: string;
-  try {
-    text = fs.readFileSync(sysPath("/proc/self/mountinfo"), "utf8");
-  } catch {
-    return out;
-  }
-  for (const line of text.split("\n")) {
-    // id parent major:minor root mountpoint options ... - fstype source superoptions
-    const f = line.split(" ");
-    if (f.length < 6) continue;
-    const opts = f[5]!.split(",");
-    const sep = f.indexOf("-");
-    const superOpts = sep > 0 && f[sep + 3] ? f[sep + 3]!.split(",") : [];
-    if (opts.includes("rw") && !superOpts.includes("ro")) out.set(f[2]!, f[4]!.replace(/\\040/g, " "));
-  }
-  return out;
-}
-
-/** For a block device: which of its partitions (by number; 0 = the disk) are mounted read-write. */
+/**
+ * For a block device: which of its partitions (by number; 0 = the disk) hold
+ * a file system mounted read-write now, directly or under a device built on
+ * them (src/util/mounts.ts finds them by device number, and by the source's
+ * name where the kernel reports an anonymous one, as btrfs does). A mount
+ * that cannot be tied to one partition makes them all count as mounted.
+ */
 function mountInfoFor(devPath: string): MountInfo | undefined {
   const dir = blockSysDir(devPath);
   if (!dir) return undefined; // an image file: a loop device over it is not looked for
-  const rw = readWriteMounts();
   const byIndex = new Map<number, string>();
-  const devOf = (d: string) => {
-    try {
-      return fs.readFileSync(path.join(d, "dev"), "utf8").trim();
-    } catch {
-      return null;
-    }
-  };
-  const own = devOf(dir);
-  if (own && rw.has(own)) byIndex.set(0, rw.get(own)!);
-  let children: string[] = [];
-  try {
-    children = fs.readdirSync(dir);
-  } catch {}
-  for (const c of children) {
-    let n: number;
-    try {
-      n = Number(fs.readFileSync(path.join(dir, c, "partition"), "utf8").trim());
-    } catch {
+  let anywhere: string | null = null;
+  for (const m of mountsOn(devPath)) {
+    if (m.readOnly) continue;
+    const name = m.on ?? path.basename(m.device);
+    if (name === path.basename(dir)) {
+      byIndex.set(0, m.mountpoint);
       continue;
     }
-    const d = devOf(path.join(dir, c));
-    if (d && rw.has(d) && Number.isSafeInteger(n)) byIndex.set(n, rw.get(d)!);
+    let n = NaN;
+    try {
+      n = Number(fs.readFileSync(path.join(dir, name, "partition"), "utf8").trim());
+    } catch {}
+    if (Number.isSafeInteger(n) && n > 0) byIndex.set(n, m.mountpoint);
+    else anywhere ??= m.mountpoint;
   }
-  return { readWrite: (i) => byIndex.get(i) ?? null };
+  return { readWrite: (i) => byIndex.get(i) ?? anywhere };
 }
 
 /** A push source for `devPath` that images only the used blocks; the plan is made when it is opened. */

@@ -8,7 +8,7 @@ import { analyzeExt } from "./ext.ts";
 import { analyzeFat } from "./fat.ts";
 import { analyzeNtfs } from "./ntfs.ts";
 import { readPartitionTable } from "./partitions.ts";
-import { identifyWhole } from "./signatures.ts";
+import { identifyContainer, identifyWhole } from "./signatures.ts";
 import { analyzeSwap } from "./swap.ts";
 import { analyzeXfs } from "./xfs.ts";
 import { DiskFormatError, type FsAnalysis, type Partition, type PartitionTable, type ReadAt, type UsedBlocks } from "./types.ts";
@@ -67,6 +67,13 @@ function wholeBecause(size: number, fs: string, reason: string): FsAnalysis {
 
 /** One region's analysis; any failure makes it whole, with the reason. */
 export function analyzeRegion(read: ReadAt, size: number, analyzers: Analyzer[] = ANALYZERS): FsAnalysis {
+  // a container (LUKS, LVM, md, ...) first: an old file system's superblock left inside it must not win
+  try {
+    const c = identifyContainer(read, size);
+    if (c) return c;
+  } catch (e) {
+    return wholeBecause(size, "unknown", e instanceof Error ? e.message : String(e));
+  }
   for (const analyze of analyzers) {
     try {
       const a = analyze(read, size);

@@ -204,11 +204,21 @@ export function readPartitionTable(read: ReadAt, size: number, sectorSize: numbe
   const sizes = sectorSize === 4096 ? [4096, 512] : [512, 4096];
   const s0 = readChecked(read, 0, 512, "the first sector");
   const protective = s0[510] === 0x55 && s0[511] === 0xaa && mbrEntries(s0).some((e) => e.type === 0xee);
+  const mbr = () => readMbr(read, size, sizes[0] === 4096 && size >= 4096 ? 4096 : 512, s0);
   for (const sector of sizes) {
     const g = readGpt(read, size, sector);
-    if (g) return g;
+    if (!g) continue;
+    if (protective) return g;
+    // A GPT with no protective MBR in front of it is not what the kernel
+    // reads: it is left over from an earlier table (often only its backup
+    // header, at the end of the disk, survives a new MBR or a file system
+    // made on the whole disk). Its partitions would put the wrong maps at
+    // the wrong places: the MBR is the table, if there is one; else nothing
+    // can be trusted.
+    const m = mbr();
+    if (m) return { ...m, note: "a GPT without a protective MBR (left over from an earlier table) was ignored" };
+    throw new DiskFormatError("a GPT header without a protective MBR (left over from an earlier table?)");
   }
   if (protective) throw new DiskFormatError("a protective MBR but no GPT header");
-  const m = readMbr(read, size, sizes[0] === 4096 && size >= 4096 ? 4096 : 512, s0);
-  return m ?? { type: "none", sectorSize: sizes[0]!, partitions: [] };
+  return mbr() ?? { type: "none", sectorSize: sizes[0]!, partitions: [] };
 }

@@ -17,9 +17,17 @@ function w(fs: string, size: number, reason: string, uuid?: string): FsAnalysis 
 }
 
 /** What the region holds when it is one of the things we image whole; "unknown" (whole) otherwise. */
-export function identifyWhole(read: ReadAt, size: number): FsAnalysis {
+/**
+ * Containers whose content must never be read as a file system: encrypted
+ * volumes, LVM, md RAID members, bcache, ZFS. Looked for before any
+ * file-system analyser, since a container made over an old file system can
+ * leave that file system's superblock in place (md 1.2 writes at 4 KiB and
+ * leaves an old ext4's superblock at 1 KiB), and its allocation map would then
+ * drop the container's data. null when none is there.
+ */
+export function identifyContainer(read: ReadAt, size: number): FsAnalysis | null {
   const head = at(read, size, 0, Math.min(size, 8192));
-  if (!head || head.length < 512) return w("unknown", size, "too small to hold a file system");
+  if (!head || head.length < 512) return null;
   if (ascii(head, 0, 6) === "LUKS\xba\xbe" || ascii(head, 0, 6) === "SKUL\xba\xbe")
     return w("luks", size, "encrypted (LUKS): content cannot be read");
   if (ascii(head, 3, 8) === "-FVE-FS-") return w("bitlocker", size, "encrypted (BitLocker): content cannot be read");
@@ -36,6 +44,14 @@ export function identifyWhole(read: ReadAt, size: number): FsAnalysis {
   // ZFS: an uberblock magic in label 0's uberblock array (128 KiB in)
   const ub = at(read, size, 128 * 1024, 8);
   if (ub && (u32(ub, 0) === 0x00bab10c || u32(ub, 4) === 0x0cb1ba00)) return w("zfs_member", size, "ZFS pool member: imaged whole");
+  return null;
+}
+
+export function identifyWhole(read: ReadAt, size: number): FsAnalysis {
+  const head = at(read, size, 0, Math.min(size, 8192));
+  if (!head || head.length < 512) return w("unknown", size, "too small to hold a file system");
+  const container = identifyContainer(read, size);
+  if (container) return container;
   const sb = at(read, size, 1024, 1024);
   if (sb && u32(sb, 0) === 0xf2f52010) return w("f2fs", size, "F2FS: not analysed, imaged whole", uuidBytes(sb, 0x6c));
   if (sb && (ascii(sb, 0, 2) === "H+" || ascii(sb, 0, 2) === "HX")) return w("hfsplus", size, "HFS+: not analysed, imaged whole");

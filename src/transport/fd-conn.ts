@@ -10,6 +10,8 @@ import type { Conn } from "./types.ts";
 
 const READ_SIZE = 256 * 1024;
 const MAX_QUEUED = 32;
+/** the longest sleep between reads of a silent non-blocking descriptor */
+const MAX_POLL_MS = 10;
 
 // Raw fds, not FileHandle: FileHandle.close() waits for pending operations,
 // and a read is always pending here.
@@ -23,6 +25,15 @@ export interface FdConnOptions {
   lossy: boolean;
   /** the error for a failed read or write */
   gone(e: unknown): TbError;
+  /**
+   * The descriptor is non-blocking: a read with nothing to read returns at
+   * once and is tried again after a short sleep (1 ms, growing to 10 ms while
+   * the peer is silent). A blocking read would hold one of the fs thread
+   * pool's few threads (as many as cores) for as long as the peer is silent,
+   * and a receiver serving several connections would starve (no thread left
+   * for another session's reads, writes and syncs).
+   */
+  polled?: boolean;
   /** runs on close() before the descriptor is closed (unlock, shutdown) */
   beforeClose?(): void;
 }
@@ -54,6 +65,7 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
     w?.();
   };
 
+  let idleMs = 1;
   (async () => {
     while (!closed) {
       if (queue.length >= MAX_QUEUED) {
@@ -64,7 +76,14 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
       let n: number;
       try {
         n = await io(readAsync(fd, buf));
+        idleMs = 1;
       } catch (e) {
+        if (o.polled && isErrno(e, "EAGAIN", "EWOULDBLOCK") && !closed) {
+          spare.push(buf.buffer as ArrayBuffer);
+          await Bun.sleep(idleMs);
+          idleMs = Math.min(MAX_POLL_MS, idleMs * 2);
+          continue;
+        }
         if (!closed) failure = o.gone(e);
         break;
       }

@@ -56,10 +56,12 @@ export class UnixTransport implements Transport {
     return `unix:${this.path}`;
   }
 
-  private conn(libc: Libc, fd: number): Conn {
+  /** `polled`: a receiver's connection, read without blocking (see FdConnOptions.polled) */
+  private conn(libc: Libc, fd: number, polled = false): Conn {
     return fdConn(fd, {
       description: this.description,
       lossy: false,
+      polled,
       gone: (e) =>
         isErrno(e, "EPIPE", "ECONNRESET")
           ? new TbError("CLOSED", `the other side closed ${this.description}`, "the backup is incomplete; check the other side's message and run again")
@@ -133,7 +135,9 @@ export class UnixTransport implements Transport {
       accept: async () => {
         for (let tries = 0; !closed; tries++) {
           const c = libc.accept(fd);
-          if (c >= 0) return this.conn(libc, c);
+          // a receiver serves several connections at once: none may hold a thread of the pool while it is silent
+          if (c >= 0 && libc.makeNonBlocking(c) === 0) return this.conn(libc, c, true);
+          if (c >= 0) fs.closeSync(c);
           const e = errnoError(libc.errno(), "accept");
           if (!isErrno(e, "EAGAIN", "EWOULDBLOCK", "EINTR", "ECONNABORTED")) throw new TbError("DEST", `cannot accept on ${desc}: ${errnoText(e)}`, "restart the receiver");
           await Bun.sleep(ACCEPT_POLL_MS[Math.min(tries, ACCEPT_POLL_MS.length - 1)]!);

@@ -20,6 +20,8 @@ export interface Libc {
   shutdown(fd: number, how: number): number;
   /** clears O_NONBLOCK on a descriptor */
   makeBlocking(fd: number): number;
+  /** sets O_NONBLOCK on a descriptor */
+  makeNonBlocking(fd: number): number;
   /** BLKZEROOUT: the block device zeroes [offset, offset + length) itself; 0, or -1 (errno) */
   blkZeroOut(fd: number, offset: number, length: number): number;
   /** errno of the last failed call on this thread */
@@ -85,6 +87,10 @@ export async function loadLibc(): Promise<Libc | null> {
           makeBlocking: (fd) => {
             const flags = lib.symbols.fcntl(fd, F_GETFL, 0) as number;
             return flags < 0 ? flags : (lib.symbols.fcntl(fd, F_SETFL, flags & ~SOCK_NONBLOCK) as number);
+          },
+          makeNonBlocking: (fd) => {
+            const flags = lib.symbols.fcntl(fd, F_GETFL, 0) as number;
+            return flags < 0 ? flags : (lib.symbols.fcntl(fd, F_SETFL, flags | SOCK_NONBLOCK) as number);
           },
           blkZeroOut: (fd, offset, length) => lib.symbols.ioctl(fd, BigInt(BLKZEROOUT), new BigUint64Array([BigInt(offset), BigInt(length)])) as number,
           errno: () => read.i32(lib.symbols.__errno_location()!, 0),

@@ -2,6 +2,7 @@
 // cables need not wait for each other), and never two pushes of the same disk.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
+import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
 import { cleanup, finish, listBackups, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
@@ -72,6 +73,25 @@ describe("several sessions at once", () => {
       await Bun.sleep(500);
       expect((await run(["push", imgA, "--stream", `unix:${sock}`, "--wait", "20"])).code).toBe(0);
     } finally {
+      recv.kill();
+      await finish(recv);
+      cleanup(d);
+    }
+  });
+  test("connections that say nothing do not hold up a push (review finding: each held a thread of the fs pool)", async () => {
+    const d = tempDir();
+    const out = path.join(d, "store");
+    const sock = path.join(d, "r.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--idle", "60"]);
+    const silent: net.Socket[] = [];
+    try {
+      await waitFor(() => fs.existsSync(sock), "receiver socket");
+      for (let i = 0; i < 3; i++) silent.push(net.createConnection(sock));
+      await Bun.sleep(500);
+      const p = await run(["push", imgA, "--stream", `unix:${sock}`, "--wait", "15"]);
+      expect(p.code).toBe(0);
+    } finally {
+      for (const c of silent) c.destroy();
       recv.kill();
       await finish(recv);
       cleanup(d);

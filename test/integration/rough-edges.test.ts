@@ -310,8 +310,8 @@ describe("progress on a basic terminal (under script(1))", () => {
     const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
     await waitFor(() => fs.existsSync(sock), "socket");
     const started = Date.now();
-    // (env -u: the locale variables of the test's own environment must not decide)
-    const t = onTerminal(`stty cols 80 rows 24; env -u LC_ALL -u LC_CTYPE -u LANG ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(" ")} ${BIN} push ${big} --stream unix:${sock} --level 19`, { TERM: env.TERM ?? "xterm" });
+    // (env -u: the locale variables of the test's own environment must not decide, nor CI, which turns ora's spinner off)
+    const t = onTerminal(`stty cols 80 rows 24; env -u LC_ALL -u LC_CTYPE -u LANG -u CI ${Object.entries(env).map(([k, v]) => `${k}=${v}`).join(" ")} ${BIN} push ${big} --stream unix:${sock} --level 19`, { TERM: env.TERM ?? "xterm" });
     const r = await t.done();
     expect(r.code).toBe(0);
     expect((await finish(recv)).code).toBe(0);

@@ -218,4 +218,23 @@ describe.skipIf(!tools)("used-block imaging (needs mkfs.ext4, e2fsck, debugfs, s
       Bun.spawnSync(["losetup", "-d", loop]);
     }
   });
+  test.skipIf(process.getuid?.() !== 0 || !has("losetup") || !has("mkfs.btrfs"))("a btrfs mounted read-write (the kernel reports an anonymous 0:N device for it) is imaged whole (needs root, losetup, mkfs.btrfs)", async () => {
+    const disk = path.join(dir, "btrfs-mounted.img");
+    sh(`truncate -s 160M ${disk} && mkfs.btrfs -q -f ${disk}`);
+    const loop = sh(`losetup -f --show ${disk}`).trim();
+    const mnt = path.join(dir, "mnt-btrfs");
+    fs.mkdirSync(mnt, { recursive: true });
+    let mounted = false;
+    try {
+      const m = Bun.spawnSync(["mount", loop, mnt]);
+      if (m.exitCode !== 0) return; // no btrfs driver in this kernel: nothing to show
+      mounted = true;
+      const r = await pushTo(loop, path.join(dir, "store-btrfs-mounted"), ["--json"]);
+      const l = (JSON.parse(r.push.stdout) as { layout: Layout }).layout;
+      expect(l.partitions[0]).toMatchObject({ fs: "btrfs", method: "whole", reason: `mounted read-write on ${mnt}` });
+    } finally {
+      if (mounted) Bun.spawnSync(["umount", mnt]);
+      Bun.spawnSync(["losetup", "-d", loop]);
+    }
+  });
 });

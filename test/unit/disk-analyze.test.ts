@@ -112,3 +112,23 @@ describe("layoutFrom (a peer's layout)", () => {
     expect(layoutFrom({ ...good, note: "n".repeat(10000) })!.note!.length).toBe(256);
   });
 });
+
+describe("a container over an old file system (review finding: an md member's data was zeroed)", () => {
+  test("an md superblock at 4 KiB wins over an ext4 superblock left at 1 KiB: the partition is imaged whole", () => {
+    const { mkdtempSync, rmSync, readFileSync } = require("node:fs") as typeof import("node:fs");
+    const d = mkdtempSync("/tmp/tbb-md-");
+    try {
+      const img = `${d}/ext.img`;
+      expect(Bun.spawnSync(["bash", "-c", `truncate -s 32M ${img} && mkfs.ext4 -q -F ${img}`]).exitCode).toBe(0);
+      const data = new Uint8Array(readFileSync(img));
+      const read = (o: number, n: number) => data.subarray(o, o + n);
+      expect(analyzeRegion(read, data.length).method).toBe("used-blocks");
+      new DataView(data.buffer).setUint32(4096, 0xa92b4efc, true); // md 1.2 magic
+      const a = analyzeRegion(read, data.length);
+      expect(a.method).toBe("whole");
+      expect(a.fs).toBe("linux_raid_member");
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+});

@@ -129,3 +129,24 @@ describe.skipIf(!hasSfdisk)("partition tables (needs sfdisk)", () => {
     expect(() => table(img)).toThrow(/protective/);
   });
 });
+
+describe.skipIf(!hasSfdisk)("a GPT left over from an earlier table (review finding: data was zeroed)", () => {
+  test("a new MBR over an old GPT disk: the MBR is the table (the kernel's view), the leftover backup GPT is ignored with a note", () => {
+    const img = path.join(dir, "leftover.img");
+    sh(`truncate -s 64M ${img} && printf 'label: gpt\\nsize=8M\\nsize=20M\\nsize=20M\\n' | sfdisk -q ${img}`);
+    // what "zero the start, make a new MBR" leaves: the backup GPT header at the end survives
+    sh(`dd if=/dev/zero of=${img} bs=1M count=1 conv=notrunc status=none && printf 'label: dos\\nstart=2048, type=83\\n' | sfdisk -q --wipe never ${img}`);
+    const t = table(img);
+    expect(t.type).toBe("mbr");
+    expect(t.partitions.length).toBe(1);
+    expect(t.partitions[0]!.start).toBe(2048 * 512);
+    expect(t.note).toMatch(/GPT without a protective MBR/);
+  });
+
+  test("no MBR at all and only a leftover backup GPT: nothing is trusted (the disk is imaged whole)", () => {
+    const img = path.join(dir, "leftover2.img");
+    sh(`truncate -s 64M ${img} && printf 'label: gpt\\nsize=8M\\nsize=20M\\n' | sfdisk -q ${img}`);
+    sh(`dd if=/dev/zero of=${img} bs=1M count=1 conv=notrunc status=none`);
+    expect(() => table(img)).toThrow(DiskFormatError);
+  });
+});
