@@ -5,7 +5,7 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as os from "node:os";
 import * as path from "node:path";
-import { cleanup, finish, listBackups, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
+import { BIN, cleanup, finish, listBackups, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
 import { client } from "../helpers/raw-client.ts";
 import { MsgType } from "../../src/protocol/messages.ts";
 
@@ -94,6 +94,30 @@ describe("several sessions at once", () => {
       for (const c of silent) c.destroy();
       recv.kill();
       await finish(recv);
+      cleanup(d);
+    }
+  });
+});
+
+describe("memory stays bounded", () => {
+  test.skipIf(!fs.existsSync("/usr/bin/time"))("a 16 GiB image of holes (16,384 ZERO records in bursts): the receiver's peak RSS stays under 256 MiB (needs GNU time)", async () => {
+    const d = tempDir();
+    try {
+      const img = path.join(d, "holes.img");
+      fs.writeFileSync(img, "");
+      fs.truncateSync(img, 16 * 1024 ** 3);
+      const sock = path.join(d, "r.sock");
+      const rss = path.join(d, "rss");
+      const recv = Bun.spawn(["/usr/bin/time", "-f", "%M", "-o", rss, BIN, "receive", "--out", path.join(d, "store"), "--stream", `unix:${sock}`, "--once"], { stdout: "ignore", stderr: "ignore" });
+      await waitFor(() => fs.existsSync(sock), "receiver socket");
+      const p = await run(["push", img, "--stream", `unix:${sock}`, "--all-blocks"]);
+      expect(p.code).toBe(0);
+      expect(await recv.exited).toBe(0);
+      const kib = Number(fs.readFileSync(rss, "utf8").trim().split("\n").pop());
+      console.log(`receiver peak RSS for 16 GiB of holes: ${Math.round(kib / 1024)} MiB`);
+      expect(kib).toBeGreaterThan(0);
+      expect(kib).toBeLessThan(256 * 1024);
+    } finally {
       cleanup(d);
     }
   });
