@@ -33,6 +33,9 @@ echo "== verify $BACKUP"
 echo "== plain zstd -dc | sha256sum (no tbbackup needed) vs the disk"
 zstd -dcq "$BACKUP/image.zst" | sha256sum
 sha256sum "$DEMO/disk.img"
+echo "== the integrity root by stock tools (split + sha256sum), vs the manifest's"
+zstd -dcq "$BACKUP/image.zst" | split -b 1M --filter='sha256sum | cut -c1-64' | sha256sum
+grep '"root"' "$BACKUP/manifest.json"
 echo "== restore into a new file: tbbackup restore $DEMO/restored.img --from $BACKUP --yes"
 "$BIN" restore "$DEMO/restored.img" --from "$BACKUP" --yes
 cmp "$DEMO/disk.img" "$DEMO/restored.img" && echo "restored image is identical to the original"
