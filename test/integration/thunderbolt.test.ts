@@ -155,7 +155,7 @@ describe.skipIf(skip)("Thunderbolt stream set up by tbbackup (emulated driver; n
   test("a restore that fails on its side stops the receiver's sending at once (writes into a left device succeed)", async () => {
     emu = await startEmu();
     // incompressible, so every chunk is a long run of device frames
-    const big = randomImage(dir, 24);
+    const big = randomImage(dir, 48);
     const out = path.join(dir, "out-rs");
     const recv = start(["receive", "--out", out, "--once"], { env: env("A") });
     await waitFor(() => emu!.state().hosts.A.devs["0"]?.users === 1, "receive to open");
@@ -163,7 +163,7 @@ describe.skipIf(skip)("Thunderbolt stream set up by tbbackup (emulated driver; n
     expect((await finish(recv)).code).toBe(0);
     const id = path.relative(out, path.dirname(stored(out)));
 
-    // the target fills up after 4 of the 24 MiB: the restoring side says so and closes
+    // the target fills up after 4 of the 48 MiB: the restoring side says so and closes
     const mnt = path.join(dir, "tiny-tb");
     fs.mkdirSync(mnt);
     Bun.spawnSync(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", mnt]);
@@ -177,8 +177,10 @@ describe.skipIf(skip)("Thunderbolt stream set up by tbbackup (emulated driver; n
       const r = await finish(recv2);
       expect(r.stderr).toMatch(new RegExp(`restore of ${id} failed: the other side reports: restore stopped: .*full`));
       // what the receiver sent after the restoring side had gone is lost on the
-      // cable: at most the chunks in flight, not the other ~20 MiB (5000+ frames)
-      expect(dropped() - before).toBeLessThan((24 * 256) / 4);
+      // cable: at most the chunks in flight (the restorer's queues hold up to
+      // 32 frames of a chunk each; 2508 device frames were seen on a loaded
+      // machine), not the other ~44 MiB (11,000+ frames)
+      expect(dropped() - before).toBeLessThan((48 * 256) / 2);
     } finally {
       Bun.spawnSync(["umount", mnt]);
     }
