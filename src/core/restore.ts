@@ -320,7 +320,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       throw new TbError("CLOSED", `only ${written} of ${info.size} bytes arrived`, "the target is now incomplete; restore again");
     if (root) {
       const got = root.digest();
-      if (got !== info.root) throw new TbError("CORRUPT", `the restored data makes integrity root ${got}, the backup says ${info.root}`, "the target is now incomplete; restore again");
+      if (got !== info.root)
+        throw new TbError("CORRUPT", `the restored data makes integrity root ${got}, the backup says ${info.root}`, plan ? "the target is now incomplete; the receiver's digests of the backup may be damaged: restore again with --no-delta" : "the target is now incomplete; restore again");
     } else {
       const digest = hasher ? await hasher.digest() : sha?.digest("hex");
       if (digest !== undefined && digest !== info.sha256)
@@ -576,8 +577,8 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
         while (asked && from < offer.chunks && !wants(asked, from)) from++;
         return from;
       };
-      let records = offer.chunks;
-      if (asked) for (let i = (records = 0); i < offer.chunks; i++) if (wants(asked, i)) records++;
+      let records = asked ? 0 : offer.chunks;
+      for (let i = 0; asked && i < offer.chunks; i++) if (wants(asked, i)) records++;
       let next = nextAsked(0);
       began = true;
       // A delta restore reads the target as the data arrives, and can fall far

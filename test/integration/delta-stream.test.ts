@@ -180,6 +180,39 @@ describe("delta restore over a stream", () => {
     }
   });
 
+  test("digests that do not arrive whole (one out of order): every chunk is sent, and the target still becomes the backup", async () => {
+    const t = path.join(dir, "t-bad-digests.img");
+    fs.copyFileSync(oldImg, t);
+    const outOfOrder: Rewrite = (type, payload) => {
+      if (type !== MsgType.BASE_DIGESTS) return null;
+      const p = new Uint8Array(payload);
+      p[0] = 1; // first = 1, not 0
+      return p;
+    };
+    const { res, bytes } = await restoreCounted(t, [], { toRestorer: outOfOrder });
+    expect(res.code, res.stderr).toBe(0);
+    expect(res.stderr).toContain("every chunk will be sent: the backup's digests did not arrive whole");
+    expect(JSON.parse(res.stdout).delta.askedChunks).toBeUndefined();
+    expect(bytes).toBeGreaterThan(59 * MiB);
+    expect(same(t, newImg)).toBe(true);
+  });
+
+  test("a receiver whose digests lie (chunk 3 claimed to be what the target holds): the restore fails, it never reports success", async () => {
+    const t = path.join(dir, "t-lie.img");
+    fs.copyFileSync(oldImg, t);
+    const old3 = new Bun.CryptoHasher("sha256").update(fs.readFileSync(oldImg).subarray(3 * MiB, 4 * MiB)).digest();
+    const lie: Rewrite = (type, payload) => {
+      if (type !== MsgType.BASE_DIGESTS) return null;
+      const p = new Uint8Array(payload);
+      p.set(old3, 4 + 3 * 32);
+      return p;
+    };
+    const { res } = await restoreCounted(t, [], { toRestorer: lie });
+    expect(res.code).not.toBe(0);
+    expect(res.stderr).toMatch(/integrity root .*restore again with --no-delta/);
+    expect(same(t, newImg)).toBe(false);
+  });
+
   test.skipIf(!canLoop)("onto a loop device holding the old version (needs root and loop devices)", async () => {
     const backing = path.join(dir, "loop-backing.img");
     fs.copyFileSync(oldImg, backing);
