@@ -127,7 +127,7 @@ export function register(program: Command): void {
             for (const sk of r.extracted.skipped) process.stderr.write(`not created: ${sk}\n`);
             process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${r.extracted.entries} entries, ${r.extracted.files} files, ${bytes(r.extracted.bytes)}; archive ${r.root ? "integrity root" : "sha256"} checked)\n`);
           } else {
-            if (r.delta) process.stderr.write(`the target already held ${r.bytes ? Math.floor((100 * r.delta.keptBytes) / r.bytes) : 100}% of this backup: wrote ${bytes(r.delta.writtenBytes)}\n`);
+            if (r.delta) process.stderr.write(`the target already held ${r.bytes ? Math.floor((100 * r.delta.keptBytes) / r.bytes) : 100}% of this backup: wrote ${bytes(r.delta.writtenBytes)}${r.delta.askedBytes !== undefined ? `, received ${bytes(r.delta.askedBytes)} (only the chunks that differ were sent)` : ""}\n`);
             process.stderr.write(`restore complete: ${r.id} -> ${r.target} (${bytes(r.bytes)}, ${r.seconds.toFixed(1)} s, ${r.verified ? "read back and verified" : "NOT read back (--no-verify)"})\n${r.root ? `root ${r.root}\n` : ""}${r.sha256 ? `sha256 ${r.sha256}\n` : ""}`);
           }
         } finally {

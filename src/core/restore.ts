@@ -6,7 +6,9 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeMessage, sessionOf, type RestoreGo, type RestoreInfo } from "../protocol/messages.ts";
-import { decodeChunkRecord } from "../protocol/chunk-record.ts";
+import { decodeChunkRecord, encodeWant, wants } from "../protocol/chunk-record.ts";
+import { DELTA_RESTORE_CAP } from "./version.ts";
+import { MAX_BASE_CHUNKS, receiveBaseDigests } from "./incremental.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
@@ -56,8 +58,12 @@ export interface RestoreResult {
   verified: boolean;
   seconds: number;
   extracted?: ExtractStats;
-  /** a delta restore: raw bytes the target already held (not written) and raw bytes written */
-  delta?: { keptBytes: number; writtenBytes: number };
+  /**
+   * a delta restore: raw bytes the target already held (not written) and raw
+   * bytes written; over a stream that sent the backup's digests, also the
+   * chunks and raw bytes asked for (the rest never crossed the stream)
+   */
+  delta?: { keptBytes: number; writtenBytes: number; askedChunks?: number; askedBytes?: number };
 }
 
 /** One chunk on its way to the target. `frame` is a zstd frame; zero chunks have none. */
@@ -78,6 +84,12 @@ interface Source {
   chunks: AsyncGenerator<ChunkIn>;
   /** a stored backup on this machine: its files, which the target must not be */
   files?: string[];
+  /** a stream's delta restore (docs/PROTOCOL.md §8.6a): the backup's per-chunk SHA-256s, 32 bytes each */
+  digests?: Uint8Array;
+  /** before chunks() with digests: the target is being compared (keep the receiver waiting) */
+  comparing?(): void;
+  /** before chunks() with digests: bit i set = ask for chunk i; only those come */
+  want?(bits: Uint8Array): void;
   /** takes back a chunk's buffer once the workers are done with it */
   release(buf: ArrayBuffer | undefined): void;
   /** called once every chunk is written (stream: tell the receiver) */
@@ -204,6 +216,18 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // a backup older than the root has its whole-image SHA-256 computed in chunk
     // order, on a thread of its own when the workers write the target themselves, else here.
     const root = info.root ? new RootBuilder() : null;
+    // A stream that sent the backup's digests (§8.6a): the whole target is
+    // compared first and only the chunks it lacks are asked for; the others
+    // never travel. The read-back at the end proves they matched.
+    let plan: { want: Uint8Array; askedChunks: number; askedBytes: number } | null = null;
+    if (delta && root && src.digests && out.fd !== undefined && target) {
+      src.comparing?.();
+      opts.reporter.info(`reading ${target.path} to find the chunks it already holds`);
+      plan = await planDelta(out.fd, target, info, src.digests, pool, opts.reporter);
+      src.want?.(plan.want);
+      const held = info.size ? Math.floor((100 * (info.size - plan.askedBytes)) / info.size) : 100;
+      opts.reporter.info(`the target already holds ${held}% of this backup: asking the receiver for ${plan.askedChunks} of ${info.chunks} chunks (${(plan.askedBytes / 1048576).toFixed(1)} MiB)`);
+    }
     hasher = !root && out.hashInPass && out.fd !== undefined ? new Hasher((buf) => spare.push(buf)) : null;
     const sha = !root && out.hashInPass && !hasher ? new Bun.CryptoHasher("sha256") : null;
     let zeroBuf = new Uint8Array(0);
@@ -222,8 +246,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       sha?.update(zeroes(c.rawLength));
       if (hasher) await hasher.zero(c.index, c.rawLength);
     };
-    const pending = new OrderedPipeline<{ c: ChunkIn; r: WorkerReply | null }>(4 * pool.size, async ({ c, r }) => {
-      if (r && r.op === "readhashed") {
+    const pending = new OrderedPipeline<{ c: ChunkIn; r: WorkerReply | null; kept?: string }>(4 * pool.size, async ({ c, r, kept }) => {
+      if (kept !== undefined) {
+        // not asked for: the target's own chunk, which hashed to the backup's digest
+        root?.add(kept);
+        keptBytes += c.rawLength;
+      } else if (r && r.op === "readhashed") {
         // a zero chunk of a delta restore: what the target holds there
         spare.push(r.buf);
         await zeroChunk(c);
@@ -250,12 +278,21 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       written += c.rawLength;
     });
     let expected = 0;
+    // chunks the target already holds, up to (not including) chunk `upTo`
+    const keepUpTo = async (upTo: number) => {
+      for (; plan && expected < upTo && !wants(plan.want, expected); expected++) {
+        const offset = expected * info.chunkSize;
+        const c: ChunkIn = { index: expected, offset, rawLength: Math.min(info.chunkSize, info.size - offset), checksum: -1n, zero: false };
+        await pending.add(Promise.resolve({ c, r: null, kept: Buffer.from(src.digests!.subarray(expected * 32, expected * 32 + 32)).toString("hex") }));
+      }
+    };
     for await (const c of src.chunks) {
+      await keepUpTo(c.index);
       if (c.index !== expected || c.offset !== expected * info.chunkSize || c.offset + c.rawLength > info.size)
         throw new TbError("CORRUPT", `chunk ${c.index} at offset ${c.offset} does not fit the backup's layout`, "the target is now incomplete; restore again");
       expected++;
       const p = c.zero
-        ? delta && out.fd !== undefined
+        ? delta && !plan && out.fd !== undefined
           ? (() => {
               const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
               return pool.run({ op: "readhash", index: c.index, fd: out.fd, position: c.offset, length: c.rawLength, buf }, [buf]);
@@ -264,7 +301,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         : (() => {
             const outBuf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
             const writeRaw = out.fd !== undefined ? { fd: out.fd, position: c.offset } : undefined;
-            return pool.run({ op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: false, digest: root !== null, wantRaw: true, out: outBuf, writeRaw, onlyIfDiffers: delta }, [c.buf!, outBuf]);
+            return pool.run({ op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: false, digest: root !== null, wantRaw: true, out: outBuf, writeRaw, onlyIfDiffers: delta && !plan }, [c.buf!, outBuf]);
           })();
       await pending.add(p.then((r) => ({ c, r })));
       count++;
@@ -275,6 +312,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       }
       if ((count & 15) === 0) opts.reporter.progress({ phase: "restore", bytes: written, total: info.size });
     }
+    await keepUpTo(info.chunks);
     await pending.drain();
     await syncing;
     if (syncError) throw syncError;
@@ -282,7 +320,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       throw new TbError("CLOSED", `only ${written} of ${info.size} bytes arrived`, "the target is now incomplete; restore again");
     if (root) {
       const got = root.digest();
-      if (got !== info.root) throw new TbError("CORRUPT", `the restored data makes integrity root ${got}, the backup says ${info.root}`, "the target is now incomplete; restore again");
+      if (got !== info.root)
+        throw new TbError("CORRUPT", `the restored data makes integrity root ${got}, the backup says ${info.root}`, plan ? "the target is now incomplete; the receiver's digests of the backup may be damaged: restore again with --no-delta" : "the target is now incomplete; restore again");
     } else {
       const digest = hasher ? await hasher.digest() : sha?.digest("hex");
       if (digest !== undefined && digest !== info.sha256)
@@ -299,7 +338,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       verified,
       seconds: (Date.now() - started) / 1000,
       ...(out.stats ? { extracted: out.stats() } : {}),
-      ...(delta ? { delta: { keptBytes, writtenBytes: info.size - keptBytes } } : {}),
+      ...(delta ? { delta: { keptBytes, writtenBytes: info.size - keptBytes, ...(plan ? { askedChunks: plan.askedChunks, askedBytes: plan.askedBytes } : {}) } } : {}),
     };
   } catch (e) {
     await src.finish(false, e instanceof Error ? e.message : String(e)).catch(() => {});
@@ -327,6 +366,49 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
  */
 function deltaWanted(opts: RestoreOptions, target: TargetInfo | null): boolean {
   return opts.delta !== false && target !== null && target.exists && target.size > 0 && !isBlank(target.path);
+}
+
+/**
+ * A delta restore over a stream (§8.6a): hashes every chunk of the target on
+ * the workers and compares it with the backup's digest for that index. Bit i
+ * of `want` is set when chunk i differs (or cannot be read): only those are
+ * asked for. The holes of a sparse file target are zeros and not read.
+ */
+async function planDelta(fd: number, target: TargetInfo, info: RestoreInfo, digests: Uint8Array, pool: WorkerPool, reporter: Reporter): Promise<{ want: Uint8Array; askedChunks: number; askedBytes: number }> {
+  const want = new Uint8Array(Math.ceil(info.chunks / 8));
+  const isHole = target.kind === "file" ? await holeTest(fd, info.size, target.path) : null;
+  const spare: ArrayBuffer[] = [];
+  let askedChunks = 0;
+  let askedBytes = 0;
+  const reads = new OrderedPipeline<{ i: number; length: number; digest: string | null }>(2 * pool.size, ({ i, length, digest }) => {
+    const backup = Buffer.from(digests.subarray(i * 32, i * 32 + 32)).toString("hex");
+    if (digest !== backup) {
+      want[i >> 3]! |= 1 << (i & 7);
+      askedChunks++;
+      askedBytes += length;
+    }
+    reporter.progress({ phase: "compare", bytes: i * info.chunkSize + length, total: info.size });
+  });
+  for (let i = 0; i < info.chunks; i++) {
+    const offset = i * info.chunkSize;
+    const length = Math.min(info.chunkSize, info.size - offset);
+    if (isHole?.(offset, length)) {
+      await reads.add(Promise.resolve({ i, length, digest: zeroDigest(length) }));
+      continue;
+    }
+    const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
+    const job = pool.run({ op: "readhash", index: i, fd, position: offset, length, buf }, [buf]);
+    await reads.add(
+      job.then((r) => {
+        if (r.op !== "readhashed") throw new TbError("INTERNAL", r.op === "failed" ? r.error : `unexpected worker reply ${r.op}`, "report this bug");
+        spare.push(r.buf);
+        // unreadable or short: asked for, and written
+        return { i, length, digest: r.error || r.length !== length ? null : r.digest };
+      }),
+    );
+  }
+  await reads.drain();
+  return { want, askedChunks, askedBytes };
 }
 
 function syncFailed(path: string, e: unknown): TbError {
@@ -451,7 +533,7 @@ function fileSource(from: string): Source {
 async function streamSource(opts: RestoreOptions, target: TargetInfo | null, comparing: boolean): Promise<Source> {
   const ch = new Channel(await opts.transport!.connect(opts.waitMs));
   try {
-    const hello = newHello("restore", { backup: opts.backup, target: target?.identity, content: target ? "image" : "files" });
+    const hello = newHello("restore", { backup: opts.backup, target: target?.identity, content: target ? "image" : "files", ...(comparing ? { delta: true } : {}) });
     const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
     let info: RestoreInfo | null = null;
     while (!info) {
@@ -464,6 +546,16 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
       }
     }
     const offer = info;
+    // A delta restore (§8.6a): the backup's per-chunk SHA-256s follow the offer.
+    // Any trouble with them: every chunk is sent, as to a restorer without them.
+    let digests: Uint8Array | undefined;
+    let want: Uint8Array | null = null;
+    if (comparing && offer.digests === true && Array.isArray(ack.caps) && ack.caps.includes(DELTA_RESTORE_CAP)) {
+      const chunks = offer.chunkSize > 0 ? Math.ceil(offer.size / offer.chunkSize) : -1;
+      const got = offer.root && offer.chunks <= MAX_BASE_CHUNKS ? await receiveBaseDigests(ch, hello.session, offer.chunks, chunks, Math.min(30_000, opts.idleMs)) : "the backup has no integrity root or too many chunks";
+      if (typeof got === "string") opts.reporter.info(`every chunk will be sent: the backup's digests did not arrive whole (${got})`);
+      else digests = got;
+    }
     ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(offer.chunkSize) + TRAILER_SIZE, 64));
     let began = false;
     // While the target is synced and read back (minutes for a big disk), the
@@ -477,8 +569,17 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
       keepalive = setInterval(still, KEEPALIVE_MS);
     };
     async function* chunks(): AsyncGenerator<ChunkIn> {
-      const go: RestoreGo = { session: hello.session, go: true };
+      const go: RestoreGo = { session: hello.session, go: true, ...(want ? { want: encodeWant(want) } : {}) };
       await ch.sendJson(MsgType.RESTORE, go);
+      // with a `want`: only the chunks asked for come, in order
+      const asked = want;
+      const nextAsked = (from: number) => {
+        while (asked && from < offer.chunks && !wants(asked, from)) from++;
+        return from;
+      };
+      let records = asked ? 0 : offer.chunks;
+      for (let i = 0; asked && i < offer.chunks; i++) if (wants(asked, i)) records++;
+      let next = nextAsked(0);
       began = true;
       // A delta restore reads the target as the data arrives, and can fall far
       // behind a receiver that has sent it all and waits --idle for RESTORE_DONE.
@@ -486,12 +587,16 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
       // The offer said how many chunks come; after the last one RESTORE_END
       // says nothing new, and need not be waited for: it can be damaged or,
       // as the last frame, wake no reader on a device.
-      for (let received = 0; received < offer.chunks; ) {
+      for (let received = 0; received < records; ) {
         const f = await ch.recv(opts.idleMs, "backup data from the receiver");
         if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
           const rec = decodeChunkRecord(f, offer.chunkSize, zeroChecksum);
           if ("error" in rec) throw new TbError(rec.code, rec.error, rec.code === "CORRUPT" ? "the target is now incomplete; restore again" : "use the same tbbackup version on both sides");
           const h = rec.header;
+          if (asked) {
+            if (h.index !== next) throw new TbError("CORRUPT", `the receiver sent chunk ${h.index}, not chunk ${next} as asked`, "the target is now incomplete; restore again");
+            next = nextAsked(next + 1);
+          }
           if (rec.kind === "zero") {
             ch.release(f.payload.buffer);
             yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: true };
@@ -509,6 +614,9 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
     }
     return {
       info: offer,
+      digests,
+      comparing: startKeepalive,
+      want: (bits) => (want = bits),
       chunks: chunks(),
       release: (buf) => ch.release(buf),
       finish: async (ok, message) => {

@@ -4,8 +4,9 @@
 import * as path from "node:path";
 import { MsgType, decodeMessage, type DiskIdentity, type Hello, type HostIdentity, type RestoreInfo } from "../protocol/messages.ts";
 import type { Frame } from "../protocol/frame.ts";
-import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame, zeroRecordFrame } from "../protocol/chunk-record.ts";
-import { ROOT_CAP } from "./version.ts";
+import { DATA_PAYLOAD_AT, dataFrameSize, decodeWant, sealDataFrame, wants, zeroRecordFrame } from "../protocol/chunk-record.ts";
+import { DELTA_RESTORE_CAP, ROOT_CAP } from "./version.ts";
+import { Base, sendBaseDigests } from "./incremental.ts";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { resolveBackupId } from "../store/layout.ts";
 import { sameHardware } from "./identity.ts";
@@ -151,6 +152,16 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
   }
   const started = Date.now();
   let forgetLeaving = () => {};
+  // A delta restore (§8.6a): a restorer that will compare with its target gets
+  // the backup's per-chunk SHA-256s (format 2 only: digests.txt, checked
+  // against the root) and then asks only for the chunks its target lacks.
+  let digests: Base | null = null;
+  if (hello.delta === true && Array.isArray(hello.caps) && hello.caps.includes(DELTA_RESTORE_CAP) && "root" in check) {
+    const b = Base.open(dir, manifest.id, manifest);
+    if (typeof b === "string") opts.reporter.info(`restore of ${manifest.id}: every chunk is sent (no delta: ${b})`);
+    else if (b.chunks !== reader.entries.length) b.close();
+    else digests = b;
+  }
   try {
     const info: RestoreInfo = {
       session: hello.session,
@@ -164,12 +175,23 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
       chunkSize: manifest.chunkSize,
       chunks: reader.entries.length,
       ...check,
+      ...(digests ? { digests: true } : {}),
     };
     await ch.sendJson(MsgType.RESTORE_INFO, info);
+    if (digests) await sendBaseDigests(ch, digests);
     // The other side confirms (a person may be reading a prompt) or gives up.
+    // A delta restorer first reads its whole target (PROGRESS keepalives meanwhile).
+    let want: Uint8Array | null = null;
     for (;;) {
       const f = await ch.recv(opts.idleMs, "the restoring side's go-ahead");
-      if (f.type === MsgType.RESTORE && decodeMessage(MsgType.RESTORE, f.payload)?.session === hello.session) break;
+      const go = f.type === MsgType.RESTORE ? decodeMessage(MsgType.RESTORE, f.payload) : null;
+      if (go?.session === hello.session) {
+        if (go.want !== undefined) {
+          want = digests ? decodeWant(go.want, reader.entries.length) : null;
+          if (!want) throw new TbError("PROTOCOL", digests ? `the restoring side's list of wanted chunks is malformed (${go.want.length} characters for ${reader.entries.length} chunks)` : "the restoring side asked for some chunks only, but was sent no digests", "use the same tbbackup version on both sides");
+        }
+        break;
+      }
       if (f.type === MsgType.ERROR) {
         const m = decodeMessage(MsgType.ERROR, f.payload)?.message ?? "cancelled";
         opts.reporter.info(`restore of ${manifest.id} to ${hello.host?.hostname} not started: ${m}`);
@@ -186,19 +208,31 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
       if (!(await left.race(sending))) throw await whyLeft(ch);
     };
     let offset = 0;
+    let sent = 0;
+    let sentBytes = 0;
     // one frame buffer, refilled for every chunk: the stored frame is read straight into its payload
     let frame = new Uint8Array(dataFrameSize(compressBound(manifest.chunkSize)));
     for (let i = 0; i < reader.entries.length; i++) {
       const e = reader.entries[i]!;
+      if (want && !wants(want, i)) {
+        // the restorer's target already holds this chunk: keep the chunk list in step
+        const line = list.next();
+        if (!line || line.index !== i || line.length !== e.rawSize) throw new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: the chunk list does not match the image`, "the stored backup is damaged");
+        offset += e.rawSize;
+        continue;
+      }
       if (frame.length < dataFrameSize(e.compressedSize)) frame = new Uint8Array(dataFrameSize(e.compressedSize));
       const { line, frame: z } = readStoredChunk(reader, list, i, frame.subarray(DATA_PAYLOAD_AT), (why) => new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: ${why}`, "the stored backup is damaged"));
       const header = { index: i, rawLength: e.rawSize, offset, checksum: line!.checksum };
       if (isZeroFrame(z, e.rawSize, header.checksum)) await send(ch.sendFrame(zeroRecordFrame(header)));
       else await send(ch.sendFrame(frame.subarray(0, sealDataFrame(frame, header, z.length))));
       offset += e.rawSize;
+      sent++;
+      sentBytes += e.rawSize;
       if ((i & 15) === 0) opts.reporter.progress({ phase: "serve restore", bytes: offset, total: manifest.size });
     }
-    await ch.sendJson(MsgType.RESTORE_END, { chunks: reader.entries.length, bytes: manifest.size, ...check });
+    await ch.sendJson(MsgType.RESTORE_END, { chunks: reader.entries.length, bytes: manifest.size, ...check, ...(want ? { sent } : {}) });
+    if (want) opts.reporter.info(`restore of ${manifest.id}: the target already held ${reader.entries.length - sent} of ${reader.entries.length} chunks; sent ${sent} (${sentBytes} bytes)`);
     // Wait for the other side's word: written, synced and read back (or why not).
     // It reads a big disk back for minutes, saying PROGRESS every few seconds.
     let f: { type: number; payload: Uint8Array };
@@ -218,6 +252,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     return { result: { ok: false, role: "restore", id: manifest.id, error: { code: err.code, message: err.message } }, carried: null };
   } finally {
     forgetLeaving();
+    digests?.close();
     reader.close();
     list.close();
   }

@@ -12,5 +12,7 @@ export const ROOT_CAP = "root";
 export const RESEND_CAP = "resend";
 /** Incremental push (docs/PROTOCOL.md §8.7): HELLO_ACK may offer a base, BASE_DIGESTS and SAME records follow. */
 export const INCREMENTAL_CAP = "incremental";
+/** Delta restore over a stream (docs/PROTOCOL.md §8.6a): RESTORE_INFO may be followed by the backup's digests, and RESTORE names the chunks wanted. */
+export const DELTA_RESTORE_CAP = "delta-restore";
 /** "key-auth": can authenticate a tcp: connection with a key before HELLO (docs/PROTOCOL.md §7.1) */
-export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", ROOT_CAP, RESEND_CAP, INCREMENTAL_CAP, "key-auth"];
+export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", ROOT_CAP, RESEND_CAP, INCREMENTAL_CAP, DELTA_RESTORE_CAP, "key-auth"];

@@ -102,3 +102,26 @@ export function decodeBaseDigests(payload: Uint8Array): { first: number; digests
   if (payload.length < 4 + 32 || (payload.length - 4) % 32 !== 0 || (payload.length - 4) / 32 > BASE_DIGESTS_PER_FRAME) return null;
   return { first: new DataView(payload.buffer, payload.byteOffset, 4).getUint32(0, true), digests: payload.subarray(4) };
 }
+
+/**
+ * The `want` of a delta restore's RESTORE (docs/PROTOCOL.md §8.6a): one bit
+ * per chunk, bit i of byte i >> 3 (least significant first) set = send chunk
+ * i, exactly ceil(chunks / 8) bytes, in base64.
+ */
+export function encodeWant(bits: Uint8Array): string {
+  return Buffer.from(bits.buffer, bits.byteOffset, bits.length).toString("base64");
+}
+
+/** A `want` for `chunks` chunks, or null when it is not one (wrong length, not base64). */
+export function decodeWant(want: string, chunks: number): Uint8Array | null {
+  const bytes = Math.ceil(chunks / 8);
+  // checked before decoding: a peer's string is a claim, not a size
+  if (want.length !== 4 * Math.ceil(bytes / 3) || !/^[A-Za-z0-9+/]*={0,2}$/.test(want)) return null;
+  const bits = new Uint8Array(Buffer.from(want, "base64"));
+  return bits.length === bytes ? bits : null;
+}
+
+/** Whether chunk i is set in a `want` bitmap. */
+export function wants(bits: Uint8Array, i: number): boolean {
+  return ((bits[i >> 3] ?? 0) & (1 << (i & 7))) !== 0;
+}

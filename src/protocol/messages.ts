@@ -83,6 +83,8 @@ export interface Hello {
   /** restore only: the backup asked for (an ID), and the disk it will be written to */
   backup?: string;
   target?: DiskIdentity;
+  /** restore only, with capability `delta-restore`: the restorer will compare with its target and wants the backup's digests (docs/PROTOCOL.md §8.6a) */
+  delta?: boolean;
 }
 
 /** One partition of a layout (or, with no partition table, the whole disk as index 0). */
@@ -304,17 +306,23 @@ export interface RestoreInfo {
   /** what the restored data must check out against: the integrity root, or for a backup older than it, its SHA-256 */
   root?: string;
   sha256?: string;
+  /** delta restore (§8.6a): BASE_DIGESTS frames with every chunk's SHA-256 follow this message */
+  digests?: boolean;
 }
 
 /** The restoring side's go-ahead (after confirmation and size checks). */
 export interface RestoreGo {
   session: string;
   go: true;
+  /** delta restore (§8.6a), only after digests were sent: base64 of a bitmap, bit i (LSB first) set = send chunk i */
+  want?: string;
 }
 
 export interface RestoreEnd {
   chunks: number;
   bytes: number;
+  /** delta restore: how many chunk records were sent */
+  sent?: number;
   /** as RESTORE_INFO said */
   root?: string;
   sha256?: string;
@@ -341,6 +349,7 @@ export type JsonMsgType = keyof Messages;
 
 type Fields = Record<string, unknown>;
 const isStr = (v: unknown): v is string => typeof v === "string";
+const isBool = (v: unknown): v is boolean => typeof v === "boolean";
 const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 const isObj = (v: unknown): v is Fields => typeof v === "object" && v !== null && !Array.isArray(v);
 const opt = (v: unknown, is: (x: unknown) => boolean) => v === undefined || is(v);
@@ -363,10 +372,10 @@ const validators: { [K in JsonMsgType]: (v: Fields) => boolean } = {
   [MsgType.STATUS]: (v) => isStr(v.session),
   [MsgType.RESEND]: (v) => isStr(v.session) && isCount(v.from) && isCount(v.seq),
   [MsgType.LIST_RESULT]: (v) => isStr(v.session) && Array.isArray(v.backups) && v.backups.every(isObj),
-  [MsgType.RESTORE]: (v) => isStr(v.session) && v.go === true,
+  [MsgType.RESTORE]: (v) => isStr(v.session) && v.go === true && opt(v.want, isStr),
   [MsgType.RESTORE_INFO]: (v) =>
-    isStr(v.session) && isStr(v.id) && isStr(v.kind) && isObj(v.host) && isObj(v.disk) && isCount(v.size) && isCount(v.chunkSize) && isCount(v.chunks) && opt(v.root, isStr) && opt(v.sha256, isStr),
-  [MsgType.RESTORE_END]: (v) => isCount(v.chunks) && isCount(v.bytes) && opt(v.root, isStr) && opt(v.sha256, isStr),
+    isStr(v.session) && isStr(v.id) && isStr(v.kind) && isObj(v.host) && isObj(v.disk) && isCount(v.size) && isCount(v.chunkSize) && isCount(v.chunks) && opt(v.root, isStr) && opt(v.sha256, isStr) && opt(v.digests, isBool),
+  [MsgType.RESTORE_END]: (v) => isCount(v.chunks) && isCount(v.bytes) && opt(v.root, isStr) && opt(v.sha256, isStr) && opt(v.sent, isCount),
   [MsgType.RESTORE_DONE]: (v) => isStr(v.session) && v.ok === true,
 };
 

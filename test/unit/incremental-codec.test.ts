@@ -2,7 +2,7 @@
 // records and BASE_DIGESTS payloads, as literal bytes, and what a decoder
 // refuses (a peer's lengths and counts are claims).
 import { describe, expect, test } from "bun:test";
-import { BASE_DIGESTS_PER_FRAME, decodeBaseDigests, decodeSameRecord, encodeBaseDigests, sameRecordFrame } from "../../src/protocol/chunk-record.ts";
+import { BASE_DIGESTS_PER_FRAME, decodeBaseDigests, decodeSameRecord, decodeWant, encodeBaseDigests, encodeWant, sameRecordFrame, wants } from "../../src/protocol/chunk-record.ts";
 import { FrameDecoder } from "../../src/protocol/frame.ts";
 import { MsgType } from "../../src/protocol/messages.ts";
 
@@ -53,5 +53,23 @@ describe("BASE_DIGESTS payload", () => {
     expect(decodeBaseDigests(new Uint8Array(3))).toBeNull();
     expect(decodeBaseDigests(new Uint8Array(4 + 32 * (BASE_DIGESTS_PER_FRAME + 1)))).toBeNull();
     expect(decodeBaseDigests(new Uint8Array(4 + 32 * BASE_DIGESTS_PER_FRAME))).not.toBeNull();
+  });
+});
+
+describe("a delta restore's want bitmap (§8.6a)", () => {
+  test("literal: chunks 0, 9 and 10 of 11 are two bytes, LSB first", () => {
+    const bits = new Uint8Array([0x01, 0x06]);
+    expect(encodeWant(bits)).toBe("AQY=");
+    const back = decodeWant("AQY=", 11)!;
+    expect([...Array(11).keys()].filter((i) => wants(back, i))).toEqual([0, 9, 10]);
+  });
+  test("exactly ceil(chunks / 8) bytes, else refused before decoding", () => {
+    expect(decodeWant("AQY=", 16)).not.toBeNull();
+    expect(decodeWant("AQY=", 17)).toBeNull();
+    expect(decodeWant("AQY=", 8)).toBeNull();
+    expect(decodeWant("AQ==", 11)).toBeNull();
+    expect(decodeWant("AQ!=", 11)).toBeNull();
+    expect(decodeWant("A".repeat(1 << 20), 11)).toBeNull();
+    expect(decodeWant("", 0)).toEqual(new Uint8Array(0));
   });
 });
