@@ -3,7 +3,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import type { DiskIdentity, HostIdentity } from "../protocol/messages.ts";
-import { sysPath } from "../util/sysroot.ts";
+import { blockSysDir, sysPath } from "../util/sysroot.ts";
 
 function readTrim(p: string): string | null {
   try {
@@ -42,26 +42,7 @@ export function partitionTableType(head: Uint8Array): string | null {
   return null;
 }
 
-/** The sysfs directory of a block device node, e.g. /sys/class/block/nvme0n1. */
-export function blockSysDir(devPath: string): string | null {
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(devPath);
-  } catch {
-    return null;
-  }
-  if (!st.isBlockDevice()) return null;
-  const major = Math.floor(st.rdev / 256) & 0xfff;
-  const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
-  const byDev = sysPath(`/sys/dev/block/${major}:${minor}`);
-  try {
-    return fs.realpathSync(byDev);
-  } catch {
-    const name = path.basename(fs.realpathSync(devPath));
-    const d = sysPath(`/sys/class/block/${name}`);
-    return fs.existsSync(d) ? d : null;
-  }
-}
+export { blockSysDir };
 
 export function blockDeviceSize(devPath: string): number | null {
   const dir = blockSysDir(devPath);

@@ -7,7 +7,7 @@
 // All paths go through sysPath (TBBACKUP_SYSROOT).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { sysPath } from "./sysroot.ts";
+import { blockSysDir, sysPath } from "./sysroot.ts";
 
 export interface MountOnDisk {
   /** the block device mounted, e.g. /dev/sda2, /dev/mapper/vg-root */
@@ -48,24 +48,6 @@ interface BlockDev {
 /** Device-mapper and RAID layers followed up from a disk, and devices looked at, at most. */
 const MAX_DEPTH = 8;
 const MAX_DEVS = 256;
-
-/** The sysfs directory of a block device node (/sys/dev/block/M:m resolved), or null. */
-function sysDirOf(devPath: string): string | null {
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(devPath);
-  } catch {
-    return null;
-  }
-  if (!st.isBlockDevice()) return null;
-  const major = Math.floor(st.rdev / 256) & 0xfff;
-  const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
-  try {
-    return fs.realpathSync(sysPath(`/sys/dev/block/${major}:${minor}`));
-  } catch {
-    return null;
-  }
-}
 
 /** A disk's sysfs directory and its partitions' (those with a `partition` file). */
 function diskAndPartitions(sysDir: string): BlockDev[] {
@@ -131,7 +113,7 @@ function loopsBacking(file: string): string[] {
 
 /** The block devices (with their partitions) that hold `p`: itself if a disk, the loop devices of an image file. */
 function devicesOf(p: string): BlockDev[] {
-  const own = sysDirOf(p);
+  const own = blockSysDir(p);
   if (own) return diskAndPartitions(own);
   let st: fs.Stats | null = null;
   try {
@@ -189,7 +171,7 @@ export function describeDevice(m: MountOnDisk): string {
 }
 
 export function stackedOn(devPath: string): string[] {
-  const own = sysDirOf(devPath);
+  const own = blockSysDir(devPath);
   if (!own) return [];
   const out: string[] = [];
   for (const d of diskAndPartitions(own)) {
