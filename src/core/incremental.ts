@@ -9,15 +9,15 @@ import * as path from "node:path";
 import { MsgType, sessionOf, type Hello } from "../protocol/messages.ts";
 import { encodeFrame } from "../protocol/frame.ts";
 import { BASE_DIGESTS_PER_FRAME, decodeBaseDigests, encodeBaseDigests } from "../protocol/chunk-record.ts";
-import { DELETING_SUFFIX, PARTIAL_SUFFIX, sanitizeName, within } from "../store/layout.ts";
-import { readManifest, type Manifest } from "../store/manifest.ts";
+import { DELETING_SUFFIX, PARTIAL_SUFFIX } from "../store/layout.ts";
+import type { Manifest } from "../store/manifest.ts";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { DIGEST_LINE_BYTES, isDigest } from "../store/root.ts";
 import { compressBound } from "../util/buffer-pool.ts";
 import type { Channel } from "./channel.ts";
 import { TbError } from "./errors.ts";
 import { peerError } from "./handshake.ts";
-import { sameDisk } from "./resume.ts";
+import { diskBackups, sameDisk } from "./resume.ts";
 
 /**
  * The most chunks a base may have: its digests are held in memory on both
@@ -122,28 +122,10 @@ export function baseDamaged(id: string, i: number, why: string): TbError {
 
 /** The newest complete backup of the sender's disk that can serve as a base, if any. */
 export function findBase(out: string, hello: Hello): Base | null {
-  const disk = hello.disk;
-  if (!disk || disk.kind === "files" || hello.content === "files") return null;
-  const host = sanitizeName(hello.host?.hostname ?? "unknown");
-  const diskName = sanitizeName(disk.name ?? "disk");
-  let names: string[];
-  let parent: string;
-  try {
-    parent = within(out, host, diskName);
-    names = fs.readdirSync(parent).filter((n) => !n.endsWith(PARTIAL_SUFFIX) && !n.endsWith(DELETING_SUFFIX) && !n.startsWith(".")).sort().reverse();
-  } catch {
-    return null;
-  }
-  for (const name of names) {
-    const dir = path.join(parent, name);
-    let m: Manifest;
-    try {
-      m = readManifest(dir);
-    } catch {
-      continue;
-    }
+  const complete = (n: string) => !n.endsWith(PARTIAL_SUFFIX) && !n.endsWith(DELETING_SUFFIX) && !n.startsWith(".");
+  for (const { id, dir, manifest: m } of diskBackups(out, hello, complete)) {
     if (m.status !== "complete" || !sameDisk(m, hello)) continue;
-    const b = Base.open(dir, `${host}/${diskName}/${name}`, m);
+    const b = Base.open(dir, id, m);
     if (typeof b !== "string") return b;
   }
   return null;

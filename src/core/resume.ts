@@ -41,35 +41,41 @@ export function sameDisk(m: Manifest, hello: Hello): boolean {
   );
 }
 
-/** The newest partial backup of this sender's disk that can be continued, if any. */
-export function findResumable(out: string, hello: Hello): Resumable | null {
+/**
+ * The backups of the sender's disk in the store, newest first, whose
+ * directory names pass `keep`, with their readable manifests (the others
+ * are passed over); nothing for a file-level push.
+ */
+export function* diskBackups(out: string, hello: Hello, keep: (name: string) => boolean): Generator<{ id: string; dir: string; name: string; manifest: Manifest }> {
   const disk = hello.disk;
-  if (!disk || disk.kind === "files") return null;
+  if (!disk || disk.kind === "files" || hello.content === "files") return;
   const host = sanitizeName(hello.host?.hostname ?? "unknown");
   const diskName = sanitizeName(disk.name ?? "disk");
   let parent: string;
-  try {
-    parent = within(out, host, diskName);
-  } catch {
-    return null;
-  }
   let names: string[];
   try {
-    names = fs.readdirSync(parent).filter((n) => n.endsWith(PARTIAL_SUFFIX)).sort().reverse();
+    parent = within(out, host, diskName);
+    names = fs.readdirSync(parent).filter(keep).sort().reverse();
   } catch {
-    return null;
+    return;
   }
   for (const name of names) {
     const dir = path.join(parent, name);
-    let m: Manifest;
+    let manifest: Manifest;
     try {
-      m = readManifest(dir);
+      manifest = readManifest(dir);
     } catch {
       continue;
     }
+    yield { id: `${host}/${diskName}/${name.endsWith(PARTIAL_SUFFIX) ? name.slice(0, -PARTIAL_SUFFIX.length) : name}`, dir, name, manifest };
+  }
+}
+
+/** The newest partial backup of this sender's disk that can be continued, if any. */
+export function findResumable(out: string, hello: Hello): Resumable | null {
+  for (const { id, dir, manifest: m } of diskBackups(out, hello, (n) => n.endsWith(PARTIAL_SUFFIX))) {
     const d = m.durable;
-    const same = m.status === "partial" && d !== undefined && d.chunks > 0 && sameDisk(m, hello) && fs.existsSync(path.join(dir, m.data + ".tmp"));
-    if (same) return { id: `${host}/${diskName}/${name.slice(0, -PARTIAL_SUFFIX.length)}`, dir, manifest: m };
+    if (m.status === "partial" && d !== undefined && d.chunks > 0 && sameDisk(m, hello) && fs.existsSync(path.join(dir, m.data + ".tmp"))) return { id, dir, manifest: m };
   }
   return null;
 }
