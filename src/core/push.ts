@@ -13,6 +13,7 @@ import { RewindPoints } from "./resend.ts";
 import { receiveBaseDigests } from "./incremental.ts";
 import { TbError, outcome } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
+import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { holeTest, openSource, readFully } from "./source.ts";
 import { zeroChecksum } from "./zero.ts";
@@ -101,29 +102,33 @@ const MIN_END_WAIT_MS = 2 * STATUS_EVERY_MS;
  * `sha` when the whole-image SHA-256 is wanted), and compares
  * their chunk-list lines with the receiver's digest. A large prefix on a slow
  * disk takes longer than the receiver waits for an answer: `keepalive` is
- * called every KEEPALIVE_MS with the chunks read so far.
+ * called every KEEPALIVE_MS with the chunks read so far; if it fails (the
+ * receiver gave up), so does the re-read.
  */
 async function prefixMatches(src: PushSource, chunks: number, digest: string, chunkSize: number, root: RootBuilder, sha: Hasher | null, keepalive: (done: number) => Promise<void>): Promise<boolean> {
   if (!Number.isSafeInteger(chunks) || chunks <= 0 || (src.size !== null && chunks * chunkSize > src.size)) return false;
   const lines = new Bun.CryptoHasher("sha256");
   const buf = new Uint8Array(chunkSize);
-  let told = Date.now();
-  for (let i = 0; i < chunks; i++) {
-    if (Date.now() - told >= KEEPALIVE_MS) {
-      await keepalive(i);
-      told = Date.now();
+  let i = 0;
+  const alive = startKeepalive(() => keepalive(i), KEEPALIVE_MS);
+  try {
+    for (; i < chunks; i++) {
+      if (alive.failed) throw alive.error;
+      const n = await src.read(buf, i * chunkSize);
+      if (n === 0) return false;
+      const data = buf.subarray(0, n);
+      root.add(new Bun.CryptoHasher("sha256").update(data).digest("hex"));
+      if (sha) {
+        const copy = new ArrayBuffer(chunkSize);
+        new Uint8Array(copy).set(data);
+        await sha.data(i, copy, n);
+      }
+      lines.update(chunkLine(i, i * chunkSize, n, Bun.hash.xxHash3(data)));
     }
-    const n = await src.read(buf, i * chunkSize);
-    if (n === 0) return false;
-    const data = buf.subarray(0, n);
-    root.add(new Bun.CryptoHasher("sha256").update(data).digest("hex"));
-    if (sha) {
-      const copy = new ArrayBuffer(chunkSize);
-      new Uint8Array(copy).set(data);
-      await sha.data(i, copy, n);
-    }
-    lines.update(chunkLine(i, i * chunkSize, n, Bun.hash.xxHash3(data)));
+  } finally {
+    await alive.stop();
   }
+  if (alive.failed) throw alive.error;
   return lines.digest("hex") === digest;
 }
 

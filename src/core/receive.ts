@@ -22,6 +22,7 @@ import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, ROOT_ALGORITHM, isDigest, zeroDigest } from "../store/root.ts";
 import { TbError, asTbError, errnoCode, errnoText, isErrno, outcome } from "./errors.ts";
 import { checkPeer, newHelloAck } from "./handshake.ts";
+import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { INCREMENTAL_CAP, PROTOCOL_VERSION, RESEND_CAP, ROOT_CAP, TOOL } from "./version.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
@@ -264,16 +265,11 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   // sender hears from us every KEEPALIVE_MS; when it stops moving (host hung,
   // disk stalled) so do these, and a sender blocked on us gives up after --idle.
   const activity = { n: 0 };
-  let seen = activity.n;
-  const keepalive = setInterval(() => {
-    if (activity.n === seen) return;
-    seen = activity.n;
-    void ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {});
-  }, KEEPALIVE_MS);
+  const keepalive = startKeepalive(() => ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {}), KEEPALIVE_MS, { moved: () => activity.n });
   try {
     return await receiveSession(ch, hello, opts, { pool, wholeSha, started, disk, chunkSize, files, fail, activity });
   } finally {
-    clearInterval(keepalive);
+    void keepalive.stop();
     disksInUse.delete(diskKey);
     pool.terminate();
     ch.usePool(null);

@@ -14,6 +14,7 @@ import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest } from "../store/root.ts";
 import { TbError, asTbError, outcome, saysUnfinished } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
+import { type Keepalive, startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { assertNotInUse, inspectTarget, isBlank, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
 import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
@@ -469,13 +470,11 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
     let began = false;
     // While the target is synced and read back (minutes for a big disk), the
     // receiver waits for RESTORE_DONE: tell one that knows keepalives we are still at it.
-    let keepalive: ReturnType<typeof setInterval> | undefined;
-    const stopKeepalive = () => clearInterval(keepalive);
-    const startKeepalive = () => {
+    let keepalive: Keepalive | undefined;
+    const stopKeepalive = () => void keepalive?.stop();
+    const keepSaying = () => {
       if (keepalive !== undefined || !Array.isArray(ack.caps) || !ack.caps.includes("status")) return;
-      const still = () => void ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {});
-      still();
-      keepalive = setInterval(still, KEEPALIVE_MS);
+      keepalive = startKeepalive(() => ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {}), KEEPALIVE_MS, { now: true });
     };
     async function* chunks(): AsyncGenerator<ChunkIn> {
       const go: RestoreGo = { session: hello.session, go: true };
@@ -483,7 +482,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
       began = true;
       // A delta restore reads the target as the data arrives, and can fall far
       // behind a receiver that has sent it all and waits --idle for RESTORE_DONE.
-      if (comparing) startKeepalive();
+      if (comparing) keepSaying();
       // The offer said how many chunks come; after the last one RESTORE_END
       // says nothing new, and need not be waited for: it can be damaged or,
       // as the last frame, wake no reader on a device.
@@ -506,7 +505,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
           return;
         } else if (f.type === MsgType.ERROR) throw peerError(f.payload);
       }
-      startKeepalive();
+      keepSaying();
     }
     return {
       info: offer,
