@@ -24,16 +24,54 @@ export const ErrorCodes = {
 
 export type ErrorCode = keyof typeof ErrorCodes;
 
+/**
+ * What a failure left behind, when its hint says so first: "the backup is
+ * incomplete", "the target PATH is now incomplete", "nothing was written...".
+ * Callers that add such words (cli push, restore) decide on `kind`, never on
+ * the hint's text.
+ */
+export type OutcomeKind = "incomplete" | "target-incomplete" | "unconfirmed" | "unchanged" | "removed";
+export interface Outcome {
+  readonly kind: OutcomeKind;
+  /** the words that lead the hint */
+  readonly said: string;
+}
+
+export const outcome = {
+  /** "the backup is incomplete" (also the transfer, the extraction) */
+  incomplete: (what: "backup" | "transfer" | "extraction"): Outcome => ({ kind: "incomplete", said: `the ${what} is incomplete` }),
+  /** "the target [PATH] is now incomplete": a restore wrote part of it */
+  target: (path?: string): Outcome => ({ kind: "target-incomplete", said: `the target ${path ? `${path} ` : ""}is now incomplete` }),
+  /** all was sent, the receiver's confirmation did not come through */
+  unconfirmed: (said: string): Outcome => ({ kind: "unconfirmed", said }),
+  /** nothing was written (e.g. "nothing was written under DEST") */
+  unchanged: (said: string): Outcome => ({ kind: "unchanged", said }),
+  /** a restore's unfinished new image file was removed */
+  removed: (path: string): Outcome => ({ kind: "removed", said: `the unfinished ${path} was removed` }),
+};
+
+/** Whether an outcome already tells the user that something is left incomplete or unconfirmed. */
+export function saysUnfinished(o: Outcome | undefined): boolean {
+  return o?.kind === "incomplete" || o?.kind === "target-incomplete" || o?.kind === "unconfirmed";
+}
+
 export class TbError extends Error {
+  /** what to do next: the outcome's words (if any), then the advice */
+  readonly hint: string;
+
   constructor(
     readonly code: ErrorCode,
     message: string,
-    readonly hint: string = "",
+    /** what to do next, without the outcome's words */
+    readonly advice: string = "",
     /** lines worth showing before the error line (e.g. candidates to choose from) */
     readonly details: string[] = [],
+    /** what the failure left behind; its words lead the hint */
+    readonly outcome?: Outcome,
   ) {
     super(message);
     this.name = "TbError";
+    this.hint = outcome ? (advice ? `${outcome.said}; ${advice}` : outcome.said) : advice;
   }
 
   get exitCode(): number {

@@ -1,7 +1,7 @@
 // tbbackup push SOURCE: send an image (only the changes, against a base the receiver offers) of a disk or image file to a receiver.
 import type { Command } from "commander";
 import { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from "../core/limits.ts";
-import { TbError, isErrno } from "../errors.ts";
+import { TbError, isErrno, outcome, saysUnfinished } from "../errors.ts";
 import { bytes, ratio } from "../ui/format.ts";
 import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
 import type { FilesSummary, Layout, MountedRw } from "../protocol/messages.ts";
@@ -122,7 +122,7 @@ export function register(program: Command): void {
         } catch (e) {
           reporter.stop();
           // (a usage mistake, e.g. a --stream that cannot be used, started no backup)
-          if (e instanceof TbError && e.code !== "USAGE" && !/incomplete|not confirmed/.test(e.hint)) throw new TbError(e.code, `${e.message}`, `the backup is incomplete${e.hint ? "; " + e.hint : ""}`);
+          if (e instanceof TbError && e.code !== "USAGE" && !saysUnfinished(e.outcome)) throw new TbError(e.code, e.message, e.hint, [], outcome.incomplete("backup"));
           throw e;
         } finally {
           await stream.cleanup();

@@ -2,7 +2,7 @@
 import type { Command } from "commander";
 import * as fs from "node:fs";
 import { sameHardware } from "../core/identity.ts";
-import { TbError } from "../errors.ts";
+import { TbError, outcome } from "../errors.ts";
 import type { RestoreInfo } from "../protocol/messages.ts";
 import { isBlank, type TargetInfo } from "../core/target.ts";
 import { bytes } from "../ui/format.ts";
@@ -118,7 +118,7 @@ export function register(program: Command): void {
             confirm: confirmer(o.yes === true, o.force === true),
             writing: () => (writing = true),
           }).catch((e: unknown) => {
-            if (e instanceof TbError && removeUnfinished()) throw new TbError(e.code, e.message, e.hint.replace(/the target (.+? )?is now incomplete/, removed), e.details);
+            if (e instanceof TbError && removeUnfinished()) throw e.outcome?.kind === "target-incomplete" ? new TbError(e.code, e.message, e.advice, e.details, outcome.removed(target)) : e;
             throw e;
           });
           reporter.stop();

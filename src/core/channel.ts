@@ -5,7 +5,7 @@ import { FrameDecoder, encodeFrame, type Frame } from "../protocol/frame.ts";
 import { MsgType, encodeJson, typeName, type JsonMsgType, type Messages } from "../protocol/messages.ts";
 import type { Conn } from "../transport/index.ts";
 import type { BufferPool } from "../util/buffer-pool.ts";
-import { TbError } from "./errors.ts";
+import { TbError, outcome } from "./errors.ts";
 import { Signal } from "../util/signal.ts";
 
 const MAX_QUEUED_FRAMES = 32;
@@ -121,7 +121,7 @@ export class Channel {
       }
       if (this.failure) throw this.failure;
       if (this.ended)
-        throw new TbError("CLOSED", `the other side closed the stream ${this.conn.description} while waiting for ${waitingFor}`, "the transfer is incomplete; check the other side's message and run again");
+        throw new TbError("CLOSED", `the other side closed the stream ${this.conn.description} while waiting for ${waitingFor}`, "check the other side's message and run again", [], outcome.incomplete("transfer"));
       const left = deadline - Date.now();
       if (left <= 0) throw new TbError("TIMEOUT", `no answer from ${waitingFor} on ${this.conn.description} within ${Math.round(timeoutMs / 1000)} s`, "check that tbbackup runs on the other side and the cable is plugged in");
       await new Promise<void>((resolve) => {

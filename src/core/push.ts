@@ -11,8 +11,9 @@ import { RootBuilder, zeroDigest } from "../store/root.ts";
 import { CAPABILITIES, INCREMENTAL_CAP, RESEND_CAP, ROOT_CAP } from "./version.ts";
 import { RewindPoints } from "./resend.ts";
 import { receiveBaseDigests } from "./incremental.ts";
-import { TbError } from "./errors.ts";
+import { TbError, outcome } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
+import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { holeTest, openSource, readFully } from "./source.ts";
 import { zeroChecksum } from "./zero.ts";
@@ -101,29 +102,33 @@ const MIN_END_WAIT_MS = 2 * STATUS_EVERY_MS;
  * `sha` when the whole-image SHA-256 is wanted), and compares
  * their chunk-list lines with the receiver's digest. A large prefix on a slow
  * disk takes longer than the receiver waits for an answer: `keepalive` is
- * called every KEEPALIVE_MS with the chunks read so far.
+ * called every KEEPALIVE_MS with the chunks read so far; if it fails (the
+ * receiver gave up), so does the re-read.
  */
 async function prefixMatches(src: PushSource, chunks: number, digest: string, chunkSize: number, root: RootBuilder, sha: Hasher | null, keepalive: (done: number) => Promise<void>): Promise<boolean> {
   if (!Number.isSafeInteger(chunks) || chunks <= 0 || (src.size !== null && chunks * chunkSize > src.size)) return false;
   const lines = new Bun.CryptoHasher("sha256");
   const buf = new Uint8Array(chunkSize);
-  let told = Date.now();
-  for (let i = 0; i < chunks; i++) {
-    if (Date.now() - told >= KEEPALIVE_MS) {
-      await keepalive(i);
-      told = Date.now();
+  let i = 0;
+  const alive = startKeepalive(() => keepalive(i), KEEPALIVE_MS);
+  try {
+    for (; i < chunks; i++) {
+      if (alive.failed) throw alive.error;
+      const n = await src.read(buf, i * chunkSize);
+      if (n === 0) return false;
+      const data = buf.subarray(0, n);
+      root.add(new Bun.CryptoHasher("sha256").update(data).digest("hex"));
+      if (sha) {
+        const copy = new ArrayBuffer(chunkSize);
+        new Uint8Array(copy).set(data);
+        await sha.data(i, copy, n);
+      }
+      lines.update(chunkLine(i, i * chunkSize, n, Bun.hash.xxHash3(data)));
     }
-    const n = await src.read(buf, i * chunkSize);
-    if (n === 0) return false;
-    const data = buf.subarray(0, n);
-    root.add(new Bun.CryptoHasher("sha256").update(data).digest("hex"));
-    if (sha) {
-      const copy = new ArrayBuffer(chunkSize);
-      new Uint8Array(copy).set(data);
-      await sha.data(i, copy, n);
-    }
-    lines.update(chunkLine(i, i * chunkSize, n, Bun.hash.xxHash3(data)));
+  } finally {
+    await alive.stop();
   }
+  if (alive.failed) throw alive.error;
   return lines.digest("hex") === digest;
 }
 
@@ -238,8 +243,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
             if (now - heard < limit || (!finishedSending && (writingSince === null || now - writingSince < opts.idleMs))) continue;
             const silent = Math.round(opts.idleMs / 1000);
             peerFailure ??= finishedSending
-              ? new TbError("TIMEOUT", `the receiver did not confirm the backup within ${silent} s of the end`, UNCONFIRMED)
-              : new TbError("TIMEOUT", `the receiver has taken no data and said nothing for ${silent} s`, "the backup is incomplete; check the receiver (its disk, its messages), then push again");
+              ? new TbError("TIMEOUT", `the receiver did not confirm the backup within ${silent} s of the end`, "", [], outcome.unconfirmed(UNCONFIRMED))
+              : new TbError("TIMEOUT", `the receiver has taken no data and said nothing for ${silent} s`, "check the receiver (its disk, its messages), then push again", [], outcome.incomplete("backup"));
             break;
           }
           // a damaged frame from a receiver that asks again for what it lacks (it repeats a request that does not come through)
@@ -251,10 +256,10 @@ export async function push(opts: PushOptions): Promise<PushResult> {
               ask();
               continue;
             }
-            peerFailure ??= new TbError("CORRUPT", "the receiver's answer to the end of the backup arrived damaged", UNCONFIRMED);
+            peerFailure ??= new TbError("CORRUPT", "the receiver's answer to the end of the backup arrived damaged", "", [], outcome.unconfirmed(UNCONFIRMED));
           }
           // (all was handed to the transport, not necessarily taken in by the receiver)
-          if (finishedSending && e instanceof TbError && e.code === "CLOSED") peerFailure ??= new TbError("CLOSED", "the connection closed after all data was sent, before the receiver confirmed the backup", UNCONFIRMED);
+          if (finishedSending && e instanceof TbError && e.code === "CLOSED") peerFailure ??= new TbError("CLOSED", "the connection closed after all data was sent, before the receiver confirmed the backup", "", [], outcome.unconfirmed(UNCONFIRMED));
           peerFailure ??= e instanceof TbError ? e : new TbError("CLOSED", String(e), "run again");
           break;
         }
@@ -284,7 +289,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
           if (typeof session === "string" && session !== hello.session) continue; // an earlier session's
           const err = peerError(f.payload);
           // the answer to our STATUS: this receiver (restarted?) does not know the session
-          peerFailure = finishedSending && err.code === "NOT_FOUND" ? new TbError("CLOSED", "the receiver has no record of this push (was it restarted?)", UNCONFIRMED) : err;
+          peerFailure = finishedSending && err.code === "NOT_FOUND" ? new TbError("CLOSED", "the receiver has no record of this push (was it restarted?)", "", [], outcome.unconfirmed(UNCONFIRMED)) : err;
           break;
         }
       }
@@ -463,11 +468,11 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     await listener;
     if (peerFailure) throw peerFailure;
     const d = done as Done | null;
-    if (!d) throw new TbError("CLOSED", "the receiver never confirmed the backup", "the backup is incomplete; run the command again");
+    if (!d) throw new TbError("CLOSED", "the receiver never confirmed the backup", "run the command again", [], outcome.incomplete("backup"));
     if (end.root !== undefined && d.root !== end.root)
-      throw new TbError("CORRUPT", `the receiver stored integrity root ${d.root ?? "(none)"}, but the source has ${end.root}`, "the backup is incomplete; check the cable and run again");
+      throw new TbError("CORRUPT", `the receiver stored integrity root ${d.root ?? "(none)"}, but the source has ${end.root}`, "check the cable and run again", [], outcome.incomplete("backup"));
     if (end.sha256 !== undefined && d.sha256 !== end.sha256)
-      throw new TbError("CORRUPT", `the receiver stored SHA-256 ${d.sha256 ?? "(none)"}, but the source has ${end.sha256}`, "the backup is incomplete; check the cable and run again");
+      throw new TbError("CORRUPT", `the receiver stored SHA-256 ${d.sha256 ?? "(none)"}, but the source has ${end.sha256}`, "check the cable and run again", [], outcome.incomplete("backup"));
     return {
       id: d.id,
       path: d.path,

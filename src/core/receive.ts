@@ -20,8 +20,9 @@ import { DamageBudget, RESEND_REPEAT_MS } from "./resend.ts";
 import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, ROOT_ALGORITHM, isDigest, zeroDigest } from "../store/root.ts";
-import { TbError, asTbError, errnoCode, errnoText, isErrno } from "./errors.ts";
+import { TbError, asTbError, errnoCode, errnoText, isErrno, outcome } from "./errors.ts";
 import { checkPeer, newHelloAck } from "./handshake.ts";
+import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { INCREMENTAL_CAP, PROTOCOL_VERSION, RESEND_CAP, ROOT_CAP, TOOL } from "./version.ts";
 import { zeroChecksum, zeroFrame } from "./zero.ts";
@@ -264,16 +265,11 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   // sender hears from us every KEEPALIVE_MS; when it stops moving (host hung,
   // disk stalled) so do these, and a sender blocked on us gives up after --idle.
   const activity = { n: 0 };
-  let seen = activity.n;
-  const keepalive = setInterval(() => {
-    if (activity.n === seen) return;
-    seen = activity.n;
-    void ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {});
-  }, KEEPALIVE_MS);
+  const keepalive = startKeepalive(() => ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {}), KEEPALIVE_MS, { moved: () => activity.n });
   try {
     return await receiveSession(ch, hello, opts, { pool, wholeSha, started, disk, chunkSize, files, fail, activity });
   } finally {
-    clearInterval(keepalive);
+    void keepalive.stop();
     disksInUse.delete(diskKey);
     pool.terminate();
     ch.usePool(null);
@@ -621,7 +617,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         const end = decodeMessage(MsgType.END, f.payload);
         const want = files ? next : expectedChunks;
         if (!end || end.chunks !== want || next !== want || end.bytes !== (files ? writer.rawBytes : disk.size))
-          throw new TbError("PROTOCOL", `the sender ended after ${next} of ${end?.chunks ?? "?"} chunks`, "the backup is incomplete; push again");
+          throw new TbError("PROTOCOL", `the sender ended after ${next} of ${end?.chunks ?? "?"} chunks`, "push again", [], outcome.incomplete("backup"));
         // a sender with the root capability sends its root; one without, its whole-image SHA-256
         if (hasRootCap(hello) ? !isDigest(end.root) : !isDigest(end.sha256))
           throw new TbError("PROTOCOL", "the sender's END lacks its integrity root or SHA-256", "use the same tbbackup version on both sides");
@@ -635,13 +631,13 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         if (syncFailure) throw syncFailure;
         const rootHex = root.digest();
         if (end.root !== undefined && rootHex !== end.root)
-          throw new TbError("CORRUPT", `integrity root mismatch: received data makes ${rootHex}, the sender read ${end.root}`, "the backup is incomplete; check the cable and push again");
+          throw new TbError("CORRUPT", `integrity root mismatch: received data makes ${rootHex}, the sender read ${end.root}`, "check the cable and push again", [], outcome.incomplete("backup"));
         let sha256: string | null = null;
         if (wholeSha) {
           const digest = await pool.run({ op: "digest" }, [], 0);
           sha256 = digest.op === "digest" ? digest.sha256 : "";
           if (end.sha256 !== undefined && sha256 !== end.sha256)
-            throw new TbError("CORRUPT", `whole-image SHA-256 mismatch: received data hashes to ${sha256}, the sender read ${end.sha256}`, "the backup is incomplete; check the cable and push again");
+            throw new TbError("CORRUPT", `whole-image SHA-256 mismatch: received data hashes to ${sha256}, the sender read ${end.sha256}`, "check the cable and push again", [], outcome.incomplete("backup"));
         }
         let storedBytes: number;
         try {

@@ -14,8 +14,9 @@ import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest } from "../store/root.ts";
-import { TbError, asTbError } from "./errors.ts";
+import { TbError, asTbError, outcome, saysUnfinished } from "./errors.ts";
 import { handshake, newHello, peerError } from "./handshake.ts";
+import { type Keepalive, startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { assertNotInUse, inspectTarget, isBlank, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
 import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
@@ -262,7 +263,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         if (r.op === "checked") {
           if (r.unchanged) keptBytes += c.rawLength;
           src.release(r.buf);
-          if (!r.ok) throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.offset}) of backup ${info.id} is bad: ${r.error}`, "the target is now incomplete; run 'tbbackup verify' on the backup, or restore another one");
+          if (!r.ok) throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.offset}) of backup ${info.id} is bad: ${r.error}`, "run 'tbbackup verify' on the backup, or restore another one", [], outcome.target());
           if (r.writeError) throw targetWriteError(out.path, c.offset, r.writeError);
           root?.add(r.digest!);
           const raw = new Uint8Array(r.raw!, 0, c.rawLength);
@@ -289,7 +290,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for await (const c of src.chunks) {
       await keepUpTo(c.index);
       if (c.index !== expected || c.offset !== expected * info.chunkSize || c.offset + c.rawLength > info.size)
-        throw new TbError("CORRUPT", `chunk ${c.index} at offset ${c.offset} does not fit the backup's layout`, "the target is now incomplete; restore again");
+        throw new TbError("CORRUPT", `chunk ${c.index} at offset ${c.offset} does not fit the backup's layout`, "restore again", [], outcome.target());
       expected++;
       const p = c.zero
         ? delta && !plan && out.fd !== undefined
@@ -317,15 +318,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     await syncing;
     if (syncError) throw syncError;
     if (expected !== info.chunks || written !== info.size)
-      throw new TbError("CLOSED", `only ${written} of ${info.size} bytes arrived`, "the target is now incomplete; restore again");
+      throw new TbError("CLOSED", `only ${written} of ${info.size} bytes arrived`, "restore again", [], outcome.target());
     if (root) {
       const got = root.digest();
       if (got !== info.root)
-        throw new TbError("CORRUPT", `the restored data makes integrity root ${got}, the backup says ${info.root}`, plan ? "the target is now incomplete; the receiver's digests of the backup may be damaged: restore again with --no-delta" : "the target is now incomplete; restore again");
+        throw new TbError("CORRUPT", `the restored data makes integrity root ${got}, the backup says ${info.root}`, plan ? "the receiver's digests of the backup may be damaged: restore again with --no-delta" : "restore again", [], outcome.target());
     } else {
       const digest = hasher ? await hasher.digest() : sha?.digest("hex");
       if (digest !== undefined && digest !== info.sha256)
-        throw new TbError("CORRUPT", `the restored data hashes to ${digest}, the backup says ${info.sha256}`, "the target is now incomplete; restore again");
+        throw new TbError("CORRUPT", `the restored data hashes to ${digest}, the backup says ${info.sha256}`, "restore again", [], outcome.target());
     }
     const verified = await out.finish(info);
     await src.finish(true);
@@ -346,9 +347,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (!sink) throw e;
     const err = asTbError(e);
     // an extraction that stopped before it created anything left DEST as it was
-    if (sink.untouched?.()) throw new TbError(err.code, err.message, [`nothing was written under ${sink.path}`, ...err.hint.split("; ").filter((h) => h && !/incomplete/.test(h))].join("; "), err.details);
-    if (/incomplete/.test(err.hint)) throw err;
-    throw new TbError(err.code, err.message, `the target ${sink.path} is now incomplete${err.hint ? "; " + err.hint : ""}`, err.details);
+    const unfinished = saysUnfinished(err.outcome) && err.outcome?.kind !== "unconfirmed";
+    if (sink.untouched?.()) throw new TbError(err.code, err.message, unfinished ? err.advice : err.hint, err.details, outcome.unchanged(`nothing was written under ${sink.path}`));
+    if (unfinished) throw err;
+    throw new TbError(err.code, err.message, err.hint, err.details, outcome.target(sink.path));
   } finally {
     // workers may still be writing to the target: wait before closing it (a stalled one keeps it open)
     const idle = await pool.idle();
@@ -412,7 +414,7 @@ async function planDelta(fd: number, target: TargetInfo, info: RestoreInfo, dige
 }
 
 function syncFailed(path: string, e: unknown): TbError {
-  return new TbError("TARGET", `syncing ${path} failed: ${(e as Error).message}`, "the target is now incomplete; check the disk and restore again");
+  return new TbError("TARGET", `syncing ${path} failed: ${(e as Error).message}`, "check the disk and restore again", [], outcome.target());
 }
 
 /**
@@ -560,13 +562,11 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
     let began = false;
     // While the target is synced and read back (minutes for a big disk), the
     // receiver waits for RESTORE_DONE: tell one that knows keepalives we are still at it.
-    let keepalive: ReturnType<typeof setInterval> | undefined;
-    const stopKeepalive = () => clearInterval(keepalive);
-    const startKeepalive = () => {
+    let keepalive: Keepalive | undefined;
+    const stopKeepalive = () => void keepalive?.stop();
+    const keepSaying = () => {
       if (keepalive !== undefined || !Array.isArray(ack.caps) || !ack.caps.includes("status")) return;
-      const still = () => void ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {});
-      still();
-      keepalive = setInterval(still, KEEPALIVE_MS);
+      keepalive = startKeepalive(() => ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {}), KEEPALIVE_MS, { now: true });
     };
     async function* chunks(): AsyncGenerator<ChunkIn> {
       const go: RestoreGo = { session: hello.session, go: true, ...(want ? { want: encodeWant(want) } : {}) };
@@ -583,7 +583,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
       began = true;
       // A delta restore reads the target as the data arrives, and can fall far
       // behind a receiver that has sent it all and waits --idle for RESTORE_DONE.
-      if (comparing) startKeepalive();
+      if (comparing) keepSaying();
       // The offer said how many chunks come; after the last one RESTORE_END
       // says nothing new, and need not be waited for: it can be damaged or,
       // as the last frame, wake no reader on a device.
@@ -591,10 +591,10 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
         const f = await ch.recv(opts.idleMs, "backup data from the receiver");
         if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
           const rec = decodeChunkRecord(f, offer.chunkSize, zeroChecksum);
-          if ("error" in rec) throw new TbError(rec.code, rec.error, rec.code === "CORRUPT" ? "the target is now incomplete; restore again" : "use the same tbbackup version on both sides");
+          if ("error" in rec) throw rec.code === "CORRUPT" ? new TbError(rec.code, rec.error, "restore again", [], outcome.target()) : new TbError(rec.code, rec.error, "use the same tbbackup version on both sides");
           const h = rec.header;
           if (asked) {
-            if (h.index !== next) throw new TbError("CORRUPT", `the receiver sent chunk ${h.index}, not chunk ${next} as asked`, "the target is now incomplete; restore again");
+            if (h.index !== next) throw new TbError("CORRUPT", `the receiver sent chunk ${h.index}, not chunk ${next} as asked`, "restore again", [], outcome.target());
             next = nextAsked(next + 1);
           }
           if (rec.kind === "zero") {
@@ -610,12 +610,12 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
           return;
         } else if (f.type === MsgType.ERROR) throw peerError(f.payload);
       }
-      startKeepalive();
+      keepSaying();
     }
     return {
       info: offer,
       digests,
-      comparing: startKeepalive,
+      comparing: keepSaying,
       want: (bits) => (want = bits),
       chunks: chunks(),
       release: (buf) => ch.release(buf),

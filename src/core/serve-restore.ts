@@ -11,6 +11,7 @@ import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { resolveBackupId } from "../store/layout.ts";
 import { sameHardware } from "./identity.ts";
 import { readManifest } from "../store/manifest.ts";
+import { storeKind } from "../store/errors.ts";
 import { Channel } from "./channel.ts";
 import { TbError, asTbError } from "./errors.ts";
 import type { Reporter } from "./report.ts";
@@ -132,6 +133,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
   try {
     manifest = readManifest(dir);
   } catch (e) {
+    if (storeKind(e) === "NEWER_FORMAT") return refuse("PROTOCOL", `the backup at ${path.relative(opts.out, dir)} needs a newer tbbackup on the receiver: ${(e as Error).message}`);
     return refuse("NOT_FOUND", `the backup at ${path.relative(opts.out, dir)} has no readable manifest: ${(e as Error).message}`);
   }
   if (manifest.status !== "complete" || (!manifest.sha256 && !manifest.root)) return refuse("NOT_FOUND", `backup ${manifest.id} is ${manifest.status}, not complete`);

@@ -2,7 +2,7 @@
 // disk is refused) or a regular file (created sparse).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { TbError, errnoCode, errnoText, isErrno } from "./errors.ts";
+import { TbError, errnoCode, errnoText, isErrno, outcome } from "./errors.ts";
 import { blockDeviceSize, diskIdentity } from "./identity.ts";
 import type { DiskIdentity } from "../protocol/messages.ts";
 import { describeDevice, mountsOn, stackedOn } from "../util/mounts.ts";
@@ -158,6 +158,6 @@ export function writeAt(fd: number, buf: Uint8Array, position: number, path: str
 /** A write to the target failed (`e`: the error, or the errno code a worker reported). */
 export function targetWriteError(path: string, position: number, e: unknown): TbError {
   if (["ENOSPC", "EDQUOT", "EFBIG"].includes(errnoCode(e)))
-    return new TbError("TARGET", `${path} is full at byte ${position}`, "the target is now incomplete; free space or use a larger target, then restore again");
-  return new TbError("TARGET", `write error on ${path} at byte ${position}: ${errnoText(e)}`, "the target is now incomplete; check the disk and restore again");
+    return new TbError("TARGET", `${path} is full at byte ${position}`, "free space or use a larger target, then restore again", [], outcome.target());
+  return new TbError("TARGET", `write error on ${path} at byte ${position}: ${errnoText(e)}`, "check the disk and restore again", [], outcome.target());
 }

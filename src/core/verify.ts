@@ -6,6 +6,7 @@ import * as path from "node:path";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { CHUNKS_FILE, IMAGE_FILE, MANIFEST_FILE } from "../store/layout.ts";
 import { readManifest, type Manifest } from "../store/manifest.ts";
+import { storeKind } from "../store/errors.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
@@ -57,6 +58,7 @@ export function locateBackup(p: string): { dir: string; image: string; manifest:
     try {
       manifest = readManifest(dir);
     } catch (e) {
+      if (storeKind(e) === "NEWER_FORMAT") throw new TbError("PROTOCOL", `${path.join(dir, MANIFEST_FILE)}: ${(e as Error).message}`, "upgrade tbbackup to read this backup");
       throw new TbError("VERIFY", `${path.join(dir, MANIFEST_FILE)} is unreadable: ${(e as Error).message}`, "the backup's manifest is damaged");
     }
   }

@@ -1,6 +1,7 @@
 // Reads a stored image.zst: its seek table, and its frames one at a time.
 import * as fs from "node:fs";
 import { FOOTER_SIZE, parseFooter, parseSeekTable, type SeekEntry } from "./seekable.ts";
+import { StoreError } from "./errors.ts";
 
 export class ImageReader {
   readonly entries: SeekEntry[];
@@ -29,17 +30,17 @@ export class ImageReader {
     const fd = fs.openSync(path, "r");
     try {
       const size = fs.fstatSync(fd).size;
-      if (size < FOOTER_SIZE + 8) throw new Error(`${path} is too small to be a seekable image`);
+      if (size < FOOTER_SIZE + 8) throw new StoreError("DAMAGED", `${path} is too small to be a seekable image`);
       const footer = new Uint8Array(FOOTER_SIZE);
       fs.readSync(fd, footer, 0, FOOTER_SIZE, size - FOOTER_SIZE);
       const { tableSize } = parseFooter(footer);
-      if (tableSize > size) throw new Error(`${path}: seek table larger than the file`);
+      if (tableSize > size) throw new StoreError("DAMAGED", `${path}: seek table larger than the file`);
       const table = new Uint8Array(tableSize);
       fs.readSync(fd, table, 0, tableSize, size - tableSize);
       const entries = parseSeekTable(table);
       const framesBytes = entries.reduce((a, e) => a + e.compressedSize, 0);
       if (framesBytes + tableSize !== size)
-        throw new Error(`${path}: the seek table accounts for ${framesBytes + tableSize} bytes but the file has ${size}`);
+        throw new StoreError("DAMAGED", `${path}: the seek table accounts for ${framesBytes + tableSize} bytes but the file has ${size}`);
       return new ImageReader(path, fd, entries);
     } catch (e) {
       fs.closeSync(fd);
@@ -54,7 +55,7 @@ export class ImageReader {
     let off = 0;
     while (off < buf.length) {
       const n = fs.readSync(this.fd, buf, off, buf.length - off, this.offsets[i]! + off);
-      if (n === 0) throw new Error(`${this.path} ended inside frame ${i}`);
+      if (n === 0) throw new StoreError("DAMAGED", `${this.path} ended inside frame ${i}`);
       off += n;
     }
     return buf;
@@ -76,7 +77,7 @@ export interface ChunkLine {
 /** One line of the chunk list (`index offset length xxh3hex`, no newline); throws on anything else. */
 export function parseChunkLine(line: string): ChunkLine {
   const m = /^(\d+) (\d+) (\d+) ([0-9a-f]{16})$/.exec(line);
-  if (!m) throw new Error(`malformed line in chunk list: ${line.slice(0, 60)}`);
+  if (!m) throw new StoreError("DAMAGED", `malformed line in chunk list: ${line.slice(0, 60)}`);
   return { index: Number(m[1]), offset: Number(m[2]), length: Number(m[3]), checksum: BigInt("0x" + m[4]) };
 }
 

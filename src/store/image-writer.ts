@@ -4,6 +4,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { encodeSeekTable, frameChecksum, type SeekEntry } from "./seekable.ts";
 import { CHUNKS_FILE, DIGESTS_FILE, FILE_MODE, fsyncDir } from "./layout.ts";
+import { StoreError } from "./errors.ts";
 
 /** One line of chunks.txt: "index offset length xxh3hex". Both ends build it (resume compares them). */
 export function chunkLine(index: number, offset: number, length: number, checksum: bigint): string {
@@ -132,7 +133,7 @@ export class ImageWriter {
   truncateTo(chunks: number): void {
     if (chunks === this.entries.length) return;
     const i = this.marks.findIndex((m) => m.chunks === chunks);
-    if (i < 0 || chunks < this.digests) throw new Error(`cannot take back the image to chunk ${chunks} (it holds ${this.entries.length})`);
+    if (i < 0 || chunks < this.digests) throw new StoreError("MISUSE", `cannot take back the image to chunk ${chunks} (it holds ${this.entries.length})`);
     const m = this.marks[i]!;
     this.marks.length = i;
     this.entries.length = chunks;

@@ -2,6 +2,7 @@
 // come from a peer are sanitised so nothing is ever written outside DIR.
 import * as path from "node:path";
 import * as fs from "node:fs";
+import { StoreError } from "./errors.ts";
 
 export const PARTIAL_SUFFIX = ".partial";
 export const IMAGE_FILE = "image.zst";
@@ -36,7 +37,7 @@ export function timestampName(d: Date): string {
 export function within(root: string, ...parts: string[]): string {
   const base = path.resolve(root);
   const p = path.resolve(base, ...parts);
-  if (p !== base && !p.startsWith(base + path.sep)) throw new Error(`path ${p} leaves ${base}`);
+  if (p !== base && !p.startsWith(base + path.sep)) throw new StoreError("LAYOUT", `path ${p} leaves ${base}`);
   return p;
 }
 
@@ -67,7 +68,7 @@ export function createBackupDir(root: string, host: string, disk: string, when: 
     fsyncDir(parent); // the new directory's entry must survive a crash: a resume looks for it
     return { id: `${h}/${d}/${name}`, dir: partial };
   }
-  throw new Error(`too many backups named ${ts} under ${parent}`);
+  throw new StoreError("LAYOUT", `too many backups named ${ts} under ${parent}`);
 }
 
 /**

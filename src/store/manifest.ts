@@ -3,6 +3,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { DiskIdentity, FilesSummary, HostIdentity, Layout, MountedRw } from "../protocol/messages.ts";
 import { FILE_MODE, MANIFEST_FILE, fsyncDir } from "./layout.ts";
+import { StoreError } from "./errors.ts";
 import type { ROOT_ALGORITHM } from "./root.ts";
 
 /**
@@ -71,8 +72,13 @@ export function writeManifest(dir: string, m: Manifest): void {
 
 export function readManifest(dir: string): Manifest {
   const text = fs.readFileSync(path.join(dir, MANIFEST_FILE), "utf8");
-  const m = JSON.parse(text) as Manifest;
-  if (typeof m !== "object" || m === null || typeof m.format !== "number") throw new Error("not a tbbackup manifest");
-  if (m.format > MANIFEST_FORMAT) throw new Error(`manifest format ${m.format} is newer than this tbbackup understands`);
+  let m: Manifest;
+  try {
+    m = JSON.parse(text) as Manifest;
+  } catch (e) {
+    throw new StoreError("DAMAGED", (e as Error).message);
+  }
+  if (typeof m !== "object" || m === null || typeof m.format !== "number") throw new StoreError("NOT_A_BACKUP", "not a tbbackup manifest");
+  if (m.format > MANIFEST_FORMAT) throw new StoreError("NEWER_FORMAT", `manifest format ${m.format} is newer than this tbbackup understands`);
   return m;
 }

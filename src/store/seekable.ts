@@ -1,5 +1,6 @@
 // The zstd seekable format's seek table (a skippable frame at the end of the
 // image). Pure encode/parse. Spec: zstd contrib/seekable_format, see docs/FORMAT.md.
+import { StoreError } from "./errors.ts";
 
 export const SKIPPABLE_MAGIC = 0x184d2a5e;
 export const SEEKABLE_MAGIC = 0x8f92eab1;
@@ -34,14 +35,14 @@ export function encodeSeekTable(entries: readonly SeekEntry[]): Uint8Array {
 
 /** Reads the footer (last 9 bytes of the file): how many bytes the whole seek table frame takes. */
 export function parseFooter(footer: Uint8Array): { frames: number; checksums: boolean; tableSize: number } {
-  if (footer.length !== FOOTER_SIZE) throw new Error("seek table footer must be 9 bytes");
+  if (footer.length !== FOOTER_SIZE) throw new StoreError("DAMAGED", "seek table footer must be 9 bytes");
   const v = new DataView(footer.buffer, footer.byteOffset, FOOTER_SIZE);
-  if (v.getUint32(5, true) !== SEEKABLE_MAGIC) throw new Error("no zstd seek table at the end of the file (not a seekable image)");
+  if (v.getUint32(5, true) !== SEEKABLE_MAGIC) throw new StoreError("DAMAGED", "no zstd seek table at the end of the file (not a seekable image)");
   const frames = v.getUint32(0, true);
   const descriptor = v.getUint8(4);
-  if (descriptor & 0x7c) throw new Error("seek table descriptor has reserved bits set");
+  if (descriptor & 0x7c) throw new StoreError("DAMAGED", "seek table descriptor has reserved bits set");
   const checksums = (descriptor & 0x80) !== 0;
-  if (frames > MAX_FRAMES) throw new Error("seek table claims too many frames");
+  if (frames > MAX_FRAMES) throw new StoreError("DAMAGED", "seek table claims too many frames");
   const tableSize = 8 + frames * (checksums ? 12 : 8) + FOOTER_SIZE;
   return { frames, checksums, tableSize };
 }
@@ -49,10 +50,10 @@ export function parseFooter(footer: Uint8Array): { frames: number; checksums: bo
 /** Parses a whole seek table frame (as located by parseFooter). */
 export function parseSeekTable(table: Uint8Array): SeekEntry[] {
   const footer = parseFooter(table.subarray(table.length - FOOTER_SIZE));
-  if (table.length !== footer.tableSize) throw new Error("seek table size does not match its footer");
+  if (table.length !== footer.tableSize) throw new StoreError("DAMAGED", "seek table size does not match its footer");
   const v = new DataView(table.buffer, table.byteOffset, table.length);
-  if (v.getUint32(0, true) !== SKIPPABLE_MAGIC) throw new Error("seek table is not in a skippable frame");
-  if (v.getUint32(4, true) !== table.length - 8) throw new Error("seek table frame size is wrong");
+  if (v.getUint32(0, true) !== SKIPPABLE_MAGIC) throw new StoreError("DAMAGED", "seek table is not in a skippable frame");
+  if (v.getUint32(4, true) !== table.length - 8) throw new StoreError("DAMAGED", "seek table frame size is wrong");
   const entries: SeekEntry[] = [];
   const step = footer.checksums ? 12 : 8;
   for (let i = 0, at = 8; i < footer.frames; i++, at += step) {

@@ -6,7 +6,7 @@
 // frames), so we refuse one another process holds open and take an flock.
 import * as fs from "node:fs";
 import { LOCK_EX, LOCK_NB, LOCK_UN, loadLibc } from "../util/libc.ts";
-import { TbError, errnoText, isErrno } from "../errors.ts";
+import { TbError, errnoText, isErrno, outcome } from "../errors.ts";
 import { describeHolders, holdersOf } from "../util/holders.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 import { fdConn } from "./fd-conn.ts";
@@ -114,8 +114,8 @@ export async function openDevice(path: string, timeoutMs: number | null = null):
 
 function gone(path: string, e: unknown): TbError {
   if (isErrno(e, "ENXIO", "EIO", "ENODEV", "EPIPE"))
-    return new TbError("CLOSED", `${path}: cable unplugged or peer gone (${(e as NodeJS.ErrnoException).code})`, "the transfer is incomplete; reconnect the cable and run the command again");
-  return new TbError("CLOSED", `${path}: ${errnoText(e)}`, "the transfer is incomplete; run the command again");
+    return new TbError("CLOSED", `${path}: cable unplugged or peer gone (${(e as NodeJS.ErrnoException).code})`, "reconnect the cable and run the command again", [], outcome.incomplete("transfer"));
+  return new TbError("CLOSED", `${path}: ${errnoText(e)}`, "run the command again", [], outcome.incomplete("transfer"));
 }
 
 function deviceConn(fd: number, path: string, flock: FlockFn | null): Conn {

@@ -1,6 +1,6 @@
 // Adapts a node Readable/Writable pair (sockets, stdio) to Conn.
 import type { Readable, Writable } from "node:stream";
-import { TbError, errnoText } from "../errors.ts";
+import { TbError, errnoText, outcome } from "../errors.ts";
 import type { Conn } from "./types.ts";
 
 export function streamConn(
@@ -41,7 +41,7 @@ export function streamConn(
   if ((output as unknown) !== input) output.on("error", onError);
 
   const cut = (e: Error) =>
-    new TbError("CLOSED", `the stream ${description} was cut (${errnoText(e)})`, "the backup is incomplete; check the connection and run the command again");
+    new TbError("CLOSED", `the stream ${description} was cut (${errnoText(e)})`, "check the connection and run the command again", [], outcome.incomplete("backup"));
 
   return {
     description,
@@ -62,7 +62,7 @@ export function streamConn(
     // callers reuse the buffer afterwards.
     async write(data) {
       if (failure) throw cut(failure);
-      if (closed || output.destroyed || output.writableEnded) throw new TbError("CLOSED", `the stream ${description} is closed`, "the backup is incomplete; run the command again");
+      if (closed || output.destroyed || output.writableEnded) throw new TbError("CLOSED", `the stream ${description} is closed`, "run the command again", [], outcome.incomplete("backup"));
       await new Promise<void>((resolve, reject) => {
         const off = () => {
           output.off("close", closed_);
@@ -70,7 +70,7 @@ export function streamConn(
         };
         const closed_ = () => {
           off();
-          reject(new TbError("CLOSED", `the other side closed ${description}`, "the backup is incomplete; check the other side's message and run again"));
+          reject(new TbError("CLOSED", `the other side closed ${description}`, "check the other side's message and run again", [], outcome.incomplete("backup")));
         };
         const err = (e: Error) => {
           off();

@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { constants } from "node:os";
-import { TbError, errnoText, isErrno } from "../errors.ts";
+import { TbError, errnoText, isErrno, outcome } from "../errors.ts";
 import { AF_UNIX, SHUT_RDWR, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM, loadLibc, type Libc } from "../util/libc.ts";
 import { fdConn } from "./fd-conn.ts";
 import { NetTransport, connectRetrying, inUse, removeStaleSocket } from "./net.ts";
@@ -64,8 +64,8 @@ export class UnixTransport implements Transport {
       polled,
       gone: (e) =>
         isErrno(e, "EPIPE", "ECONNRESET")
-          ? new TbError("CLOSED", `the other side closed ${this.description}`, "the backup is incomplete; check the other side's message and run again")
-          : new TbError("CLOSED", `the stream ${this.description} was cut (${errnoText(e)})`, "the backup is incomplete; check the connection and run the command again"),
+          ? new TbError("CLOSED", `the other side closed ${this.description}`, "check the other side's message and run again", [], outcome.incomplete("backup"))
+          : new TbError("CLOSED", `the stream ${this.description} was cut (${errnoText(e)})`, "check the connection and run the command again", [], outcome.incomplete("backup")),
       // wakes our own pending read, and tells the peer we are gone
       beforeClose: () => libc.shutdown(fd, SHUT_RDWR),
     });

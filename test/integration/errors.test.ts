@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
-import { BIN, cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor, oneLine, listBackups, randomImage, sha256File, ptyPair } from "../helpers/cli.ts";
+import { BIN, cleanup, finish, makeExt4Image, run, sh, start, tempDir, waitFor, oneLine, listBackups, randomImage, sha256File, ptyPair, storeBackup } from "../helpers/cli.ts";
 import { startProxy, type ProxyPlan } from "../helpers/proxy.ts";
 import { FrameDecoder, encodeFrame } from "../../src/protocol/frame.ts";
 import { MsgType, decodeJson, encodeJson, type Hello } from "../../src/protocol/messages.ts";
@@ -141,6 +141,24 @@ describe("errors", () => {
     } finally {
       server.close();
     }
+  });
+
+  test("a backup whose manifest is of a newer format: verify and restore say to upgrade tbbackup (exit 6), nothing is written", async () => {
+    const out = path.join(dir, "newer-store");
+    await storeBackup(img, out, path.join(dir, "newer.sock"));
+    const [b] = await listBackups(out);
+    const bdir = path.join(out, b!.id);
+    const manifest = path.join(bdir, "manifest.json");
+    const m = JSON.parse(fs.readFileSync(manifest, "utf8")) as { format: number };
+    fs.writeFileSync(manifest, JSON.stringify({ ...m, format: 99 }));
+    const v = await run(["verify", bdir]);
+    expect(v.code).toBe(6);
+    expect(oneLine(v.stderr)).toMatch(/manifest\.json: manifest format 99 is newer than this tbbackup understands; upgrade tbbackup to read this backup$/);
+    const target = path.join(dir, "newer-target.img");
+    const r = await run(["restore", target, "--from", bdir, "--yes"]);
+    expect(r.code).toBe(6);
+    expect(oneLine(r.stderr)).toMatch(/upgrade tbbackup/);
+    expect(fs.existsSync(target)).toBe(false);
   });
 
   test("receiver's disk full: both sides exit 5, nothing listed as complete", async () => {

@@ -5,7 +5,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { extract as tarExtract, type Header } from "tar-stream";
-import { TbError, errnoText, isErrno } from "../errors.ts";
+import { TbError, errnoText, isErrno, outcome } from "../errors.ts";
 import { loadLibc } from "../../util/libc.ts";
 import { PAX_RAW_LINKPATH, PAX_RAW_PATH, byteString, bytes, entryName, shown } from "./names.ts";
 
@@ -43,8 +43,8 @@ function brief(p: string): string {
  */
 function targetError(e: unknown, doing: string, p: string): unknown {
   if (e instanceof TbError || !isErrno(e)) return e;
-  if (isErrno(e, "ENOSPC", "EDQUOT")) return new TbError("TARGET", `the destination is full while ${doing} ${brief(p)}`, "the extraction is incomplete; free space and restore again");
-  return new TbError("TARGET", `${doing} ${brief(p)} failed: ${errnoText(e)}`, "the extraction is incomplete; check the destination");
+  if (isErrno(e, "ENOSPC", "EDQUOT")) return new TbError("TARGET", `the destination is full while ${doing} ${brief(p)}`, "free space and restore again", [], outcome.incomplete("extraction"));
+  return new TbError("TARGET", `${doing} ${brief(p)} failed: ${errnoText(e)}`, "check the destination", [], outcome.incomplete("extraction"));
 }
 
 /** Linux's dev_t from major and minor (glibc gnu_dev_makedev). */
@@ -122,7 +122,7 @@ export class Extractor {
       this.ex.on("close", () => resolve());
       this.ex.on("error", (e: Error) => {
         // tar-stream's own errors mean the archive itself is not a valid tar stream
-        this.failure ??= e instanceof TbError ? e : new TbError("CORRUPT", `the backup's tar stream is damaged: ${e.message}`, "the extraction is incomplete; check the backup with 'tbbackup verify'");
+        this.failure ??= e instanceof TbError ? e : new TbError("CORRUPT", `the backup's tar stream is damaged: ${e.message}`, "check the backup with 'tbbackup verify'", [], outcome.incomplete("extraction"));
         reject(this.failure);
       });
     });
@@ -274,7 +274,7 @@ export class Extractor {
           fs.linkSync(bytes(target), bytes(p));
         } catch (e) {
           if (isErrno(e, "ENOSPC", "EDQUOT")) throw targetError(e, "creating", p);
-          throw new TbError("TARGET", `cannot hard-link ${brief(name)} to ${brief(linkname)}: ${errnoText(e)}`, "the extraction is incomplete");
+          throw new TbError("TARGET", `cannot hard-link ${brief(name)} to ${brief(linkname)}: ${errnoText(e)}`, "", [], outcome.incomplete("extraction"));
         }
         break;
       }
@@ -290,7 +290,7 @@ export class Extractor {
         if (rc !== 0) {
           // a full file system is not a kind of entry this system cannot make
           const errno = px?.errno();
-          if (errno === ENOSPC || errno === EDQUOT) throw new TbError("TARGET", `the destination is full while creating ${brief(p)}`, "the extraction is incomplete; free space and restore again");
+          if (errno === ENOSPC || errno === EDQUOT) throw new TbError("TARGET", `the destination is full while creating ${brief(p)}`, "free space and restore again", [], outcome.incomplete("extraction"));
           this.stats.skipped.push(`${brief(name)} (${type})`);
           return;
         }
@@ -338,7 +338,7 @@ export class Extractor {
       fd = fs.openSync(bytes(p), fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
     } catch (e) {
       if (isErrno(e, "ENOSPC", "EDQUOT")) throw targetError(e, "creating", p);
-      throw new TbError("TARGET", `cannot create ${brief(p)}: ${errnoText(e)}`, "the extraction is incomplete; check the destination");
+      throw new TbError("TARGET", `cannot create ${brief(p)}: ${errnoText(e)}`, "check the destination", [], outcome.incomplete("extraction"));
     }
     let off = 0;
     try {
@@ -357,8 +357,8 @@ export class Extractor {
       this.stats.bytes += off;
     } catch (e) {
       if (e instanceof TbError) throw e;
-      if (isErrno(e, "ENOSPC", "EDQUOT")) throw new TbError("TARGET", `the destination is full while writing ${brief(p)}`, "the extraction is incomplete; free space and restore again");
-      throw new TbError("TARGET", `writing ${brief(p)} failed: ${errnoText(e)}`, "the extraction is incomplete");
+      if (isErrno(e, "ENOSPC", "EDQUOT")) throw new TbError("TARGET", `the destination is full while writing ${brief(p)}`, "free space and restore again", [], outcome.incomplete("extraction"));
+      throw new TbError("TARGET", `writing ${brief(p)} failed: ${errnoText(e)}`, "", [], outcome.incomplete("extraction"));
     } finally {
       fs.closeSync(fd);
     }
