@@ -7,7 +7,8 @@
 // replay, unknown incompat features, another checksum than crc32c, damage) is
 // imaged whole. Rules and limits: docs/USED-BLOCKS.md.
 import { type FsAnalysis, type ReadAt, type UsedBlocks, MAX_READ, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
-import { u16, u32, u64 } from "./bytes.ts";
+import { u16, u32, u64, uuidBytes } from "./bytes.ts";
+import { crc32cRaw } from "./crc.ts";
 
 const SUPER_OFFSET = 0x10000;
 const SUPER_SIZE = 4096;
@@ -69,25 +70,13 @@ function hex(b: Uint8Array): string {
 }
 
 function uuid(b: Uint8Array): string {
-  const h = hex(b);
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  return uuidBytes(b, 0) ?? "00000000-0000-0000-0000-000000000000";
 }
 
-const CRC32C = (() => {
-  const t = new Uint32Array(256);
-  for (let i = 0; i < 256; i++) {
-    let c = i;
-    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
-    t[i] = c >>> 0;
-  }
-  return t;
-})();
 
 /** CRC-32C (Castagnoli), as btrfs stores it in the first 4 bytes of a checksum field. */
 function crc32c(b: Uint8Array): number {
-  let c = 0xffffffff;
-  for (let i = 0; i < b.length; i++) c = CRC32C[(c ^ b[i]!) & 0xff]! ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
+  return (crc32cRaw(0xffffffff, b) ^ 0xffffffff) >>> 0;
 }
 
 interface Chunk {

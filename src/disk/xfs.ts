@@ -7,6 +7,7 @@
 // Pure: reads only through ReadAt. Rules and limits: docs/USED-BLOCKS.md.
 
 import { type FsAnalysis, type ReadAt, type UsedBlocks, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
+import { crc32cRaw } from "./crc.ts";
 
 const XFS_SB_MAGIC = 0x58465342; // "XFSB"
 const XFS_AGF_MAGIC = 0x58414746; // "XAGF"
@@ -395,23 +396,11 @@ function uuidString(b: Uint8Array): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-const CRC32C_TABLE = (() => {
-  const t = new Uint32Array(256);
-  for (let i = 0; i < 256; i++) {
-    let c = i;
-    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
-    t[i] = c >>> 0;
-  }
-  return t;
-})();
 
 /** XFS metadata checksum: CRC-32C of the buffer with its 4-byte checksum field counted as zeros, stored little-endian. */
 function crcOk(b: Uint8Array, at: number): boolean {
-  let c = 0xffffffff;
-  for (let i = 0; i < b.length; i++) {
-    const byte = i >= at && i < at + 4 ? 0 : b[i]!;
-    c = CRC32C_TABLE[(c ^ byte) & 0xff]! ^ (c >>> 8);
-  }
-  c = ~c >>> 0;
+  let c = crc32cRaw(0xffffffff, b.subarray(0, at));
+  c = crc32cRaw(c, new Uint8Array(4));
+  c = ~crc32cRaw(c, b.subarray(at + 4)) >>> 0;
   return c === ((b[at]! | (b[at + 1]! << 8) | (b[at + 2]! << 16) | (b[at + 3]! << 24)) >>> 0);
 }
