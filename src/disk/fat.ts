@@ -7,7 +7,7 @@
 // damage, and a damaged volume is imaged whole. Pure: reads only through
 // ReadAt. Rules and limits: docs/USED-BLOCKS.md.
 
-import { type FsAnalysis, type ReadAt, type UsedBlocks, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
+import { DiskFormatError, type FsAnalysis, type ReadAt, type UsedBlocks, countUsed, markBlocks, newUsedBlocks, readChecked } from "./types.ts";
 
 /** The most FAT (one copy) this reader holds in memory: a FAT32 of 16 Mi clusters. */
 const MAX_FAT_BYTES = 64 * 1024 * 1024;
@@ -16,7 +16,7 @@ const MAX_FATS = 4;
 const FAT_PIECE = 12 * 1024 * 1024;
 
 /** A structure on disk that cannot be trusted: the analysis ends with method "whole". */
-export class FatDamage extends Error {
+export class FatDamage extends DiskFormatError {
   override name = "FatDamage";
 }
 
@@ -50,16 +50,7 @@ export function analyzeFat(read: ReadAt, size: number): FsAnalysis | null {
   }
   if (b.length < 512) return null;
   if (!looksLikeFat(b)) return null;
-  const r: ReadAt = (offset, length) => {
-    let b: Uint8Array;
-    try {
-      b = read(offset, length);
-    } catch (e) {
-      throw new FatDamage(`cannot read ${length} bytes at ${offset}: ${e instanceof Error ? e.message : String(e)}`);
-    }
-    if (b.length !== length) throw new FatDamage(`cannot read ${length} bytes at ${offset}: short read`);
-    return b;
-  };
+  const r: ReadAt = (offset, length) => readChecked(read, offset, length, `${length} bytes at ${offset}`);
   let bpb: Bpb | undefined;
   try {
     bpb = parseBpb(b, size);
@@ -75,7 +66,7 @@ export function analyzeFat(read: ReadAt, size: number): FsAnalysis | null {
       size,
     };
   } catch (e) {
-    if (e instanceof FatDamage) return { fs: "vfat", label: bpb?.label, uuid: bpb?.uuid, method: "whole", reason: e.message, usedBytes: size, size };
+    if (e instanceof DiskFormatError) return { fs: "vfat", label: bpb?.label, uuid: bpb?.uuid, method: "whole", reason: e.message, usedBytes: size, size };
     throw e;
   }
 }

@@ -6,7 +6,7 @@
 // device is imaged: a log replay may write into blocks the tree calls free.
 // Pure: reads only through ReadAt. Rules and limits: docs/USED-BLOCKS.md.
 
-import { type FsAnalysis, type ReadAt, type UsedBlocks, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
+import { DiskFormatError, type FsAnalysis, type ReadAt, type UsedBlocks, countUsed, markBlocks, newUsedBlocks, readChecked } from "./types.ts";
 import { crc32cRaw } from "./crc.ts";
 
 const XFS_SB_MAGIC = 0x58465342; // "XFSB"
@@ -38,7 +38,7 @@ const MAX_RECORD_BBS = 520;
 const BBSIZE = 512;
 
 /** A structure on disk that cannot be trusted: the analysis ends with method "whole". */
-export class XfsDamage extends Error {
+export class XfsDamage extends DiskFormatError {
   override name = "XfsDamage";
 }
 
@@ -52,28 +52,19 @@ export function analyzeXfs(read: ReadAt, size: number): FsAnalysis | null {
   if (head.length < 512) return null;
   if (be32(head, 0) !== XFS_SB_MAGIC) return null;
   const whole = (reason: string, label?: string, uuid?: string): FsAnalysis => ({ fs: "xfs", label, uuid, method: "whole", reason, usedBytes: size, size });
-  const r: ReadAt = (offset, length) => {
-    let b: Uint8Array;
-    try {
-      b = read(offset, length);
-    } catch (e) {
-      throw new XfsDamage(`cannot read ${length} bytes at ${offset}: ${e instanceof Error ? e.message : String(e)}`);
-    }
-    if (b.length !== length) throw new XfsDamage(`cannot read ${length} bytes at ${offset}: short read`);
-    return b;
-  };
+  const r: ReadAt = (offset, length) => readChecked(read, offset, length, `${length} bytes at ${offset}`);
   let sb: Superblock;
   try {
     sb = readSuperblock(r, size);
   } catch (e) {
-    if (e instanceof XfsDamage) return whole(e.message);
+    if (e instanceof DiskFormatError) return whole(e.message);
     throw e;
   }
   try {
     const used = usedMap(r, sb);
     return { fs: "xfs", label: sb.label, uuid: sb.uuid, method: "used-blocks", used, usedBytes: countUsed(used) * used.blockSize + (size - used.blocks * used.blockSize), size };
   } catch (e) {
-    if (e instanceof XfsDamage) return whole(e.message, sb.label, sb.uuid);
+    if (e instanceof DiskFormatError) return whole(e.message, sb.label, sb.uuid);
     throw e;
   }
 }
