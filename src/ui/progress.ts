@@ -95,10 +95,10 @@ export function makeReporter(opts: ReporterOptions = {}): Reporter {
       if (text === null) return;
       const line = `${ASCII_FRAMES[frame++ % ASCII_FRAMES.length]} ${text}`;
       // one line, never wrapped: \r, the text, then erase to the end of the line
-      process.stderr.write(`\r${line.slice(0, Math.max(1, (process.stderr.columns ?? 80) - 1))}\x1b[K`);
+      write(`\r${line.slice(0, Math.max(1, (process.stderr.columns ?? 80) - 1))}\x1b[K`);
     };
     const clear = () => {
-      if (text !== null) process.stderr.write("\r\x1b[K");
+      if (text !== null) write("\r\x1b[K");
     };
     return {
       progress(p) {
@@ -111,13 +111,14 @@ export function makeReporter(opts: ReporterOptions = {}): Reporter {
       },
       info(message) {
         clear();
-        process.stderr.write(message + "\n");
+        write(message + "\n");
         draw();
       },
       stop() {
         clearInterval(timer);
         clear();
         text = null;
+        clock.reset();
       },
     };
   }

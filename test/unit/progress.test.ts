@@ -34,6 +34,31 @@ describe("progress clock", () => {
     expect(lines[lines.length - 1]).toMatch(/  20 MB\/s  ETA 10s$/);
   });
 
+  test("on a basic terminal (the ASCII spinner) too, the next session counts from its own start", () => {
+    const saved = process.env.TERM;
+    process.env.TERM = "vt100";
+    try {
+      let t = 0;
+      const out: string[] = [];
+      const r = makeReporter({ tty: true, now: () => t, write: (s) => out.push(s) });
+      r.progress({ phase: "receive", bytes: 0, total: 100_000_000 });
+      t = 10_000;
+      r.progress({ phase: "receive", bytes: 100_000_000, total: 100_000_000 });
+      r.stop();
+      t = 300_000;
+      r.progress({ phase: "receive", bytes: 600_000_000, total: 1_000_000_000 });
+      t = 310_000;
+      r.progress({ phase: "receive", bytes: 800_000_000, total: 1_000_000_000 });
+      r.info("redraw"); // draws the current line again
+      r.stop();
+      const last = out.filter((s) => s.includes("receive")).pop() ?? "";
+      expect(last).toMatch(/^\r[|/\\-] receive .*  20 MB\/s  ETA 10s/);
+    } finally {
+      if (saved === undefined) delete process.env.TERM;
+      else process.env.TERM = saved;
+    }
+  });
+
   test("plain lines only: one line per event, no terminal control characters", () => {
     const { r, lines, at } = fakeReporter();
     r.info("session started");
