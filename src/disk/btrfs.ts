@@ -6,8 +6,8 @@
 // profiles only; anything else (more devices, RAID profiles, a log tree to
 // replay, unknown incompat features, another checksum than crc32c, damage) is
 // imaged whole. Rules and limits: docs/USED-BLOCKS.md.
-import { type FsAnalysis, type ReadAt, type UsedBlocks, MAX_READ, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
-import { u16, u32, u64, uuidBytes } from "./bytes.ts";
+import { DiskFormatError, type FsAnalysis, type ReadAt, type UsedBlocks, MAX_READ, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
+import { u16, u32, u64, uuidBytes, isPow2 } from "./bytes.ts";
 import { crc32cRaw } from "./crc.ts";
 
 const SUPER_OFFSET = 0x10000;
@@ -47,7 +47,7 @@ const KNOWN_COMPAT_RO = 0x1 | 0x2 | 0x4 | 0x8;
 /** Superblock flags of a normal file system: written, seeding. Anything else (error, metadump, an interrupted fsid or checksum change) is imaged whole. */
 const NORMAL_FLAGS = 1n | (1n << 32n);
 
-class Damaged extends Error {}
+class Damaged extends DiskFormatError {}
 
 function fail(what: string): never {
   throw new Damaged(what);
@@ -61,9 +61,6 @@ function u64n(b: Uint8Array, o: number): bigint {
   return (BigInt(u32(b, o + 4)) << 32n) | BigInt(u32(b, o));
 }
 
-function isPow2(n: number): boolean {
-  return n > 0 && (n & (n - 1)) === 0;
-}
 
 function hex(b: Uint8Array): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");

@@ -53,3 +53,7 @@ export function equal(a: Uint8Array, b: Uint8Array): boolean {
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
 }
+
+export function isPow2(n: number): boolean {
+  return n > 0 && (n & (n - 1)) === 0;
+}

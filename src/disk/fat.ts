@@ -8,6 +8,7 @@
 // ReadAt. Rules and limits: docs/USED-BLOCKS.md.
 
 import { DiskFormatError, type FsAnalysis, type ReadAt, type UsedBlocks, countUsed, markBlocks, newUsedBlocks, readChecked } from "./types.ts";
+import { isPow2 } from "./bytes.ts";
 
 /** The most FAT (one copy) this reader holds in memory: a FAT32 of 16 Mi clusters. */
 const MAX_FAT_BYTES = 64 * 1024 * 1024;
@@ -76,8 +77,8 @@ function looksLikeFat(b: Uint8Array): boolean {
   if (b[510] !== 0x55 || b[511] !== 0xaa) return false;
   if (!(b[0] === 0xeb && b[2] === 0x90) && b[0] !== 0xe9) return false;
   const bps = le16(b, 11);
-  if (!pow2(bps) || bps < 512 || bps > 4096) return false;
-  if (!pow2(b[13]!)) return false;
+  if (!isPow2(bps) || bps < 512 || bps > 4096) return false;
+  if (!isPow2(b[13]!)) return false;
   if (le16(b, 14) === 0 || b[16] === 0) return false; // NTFS and exFAT have no reserved sectors and no FATs here
   const media = b[21]!;
   return media === 0xf0 || media >= 0xf8;
@@ -363,6 +364,3 @@ function le32(b: Uint8Array, o: number): number {
   return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
 }
 
-function pow2(n: number): boolean {
-  return n > 0 && (n & (n - 1)) === 0;
-}

@@ -6,8 +6,8 @@
 // (hiberfil.sys starts with "hibr"), or when any structure on the way is
 // damaged. Every number read from the disk is capped before use. Rules and
 // limits: docs/USED-BLOCKS.md.
-import { type FsAnalysis, type ReadAt, type UsedBlocks, MAX_READ, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
-import { u16, u32, u64 } from "./bytes.ts";
+import { DiskFormatError, type FsAnalysis, type ReadAt, type UsedBlocks, MAX_READ, countUsed, markBlocks, newUsedBlocks } from "./types.ts";
+import { u16, u32, u64, isPow2 } from "./bytes.ts";
 
 /** Fixups are applied per 512-byte stride, whatever the sector size. */
 const STRIDE = 512;
@@ -46,7 +46,7 @@ const RESTART_VOLUME_IS_CLEAN = 0x0002;
 const LOGFILE_NO_CLIENT = 0xffff;
 
 /** A structure on the disk is not what NTFS says it must be: the volume is imaged whole. */
-class Damaged extends Error {}
+class Damaged extends DiskFormatError {}
 
 function fail(what: string): never {
   throw new Damaged(what);
@@ -63,9 +63,6 @@ function s64(b: Uint8Array, o: number): number {
   return Number(v);
 }
 
-function isPow2(n: number): boolean {
-  return n > 0 && (n & (n - 1)) === 0;
-}
 
 function utf16(b: Uint8Array, o: number, chars: number): string {
   let s = "";

@@ -8,6 +8,7 @@
 
 import { DiskFormatError, type FsAnalysis, type ReadAt, type UsedBlocks, countUsed, markBlocks, newUsedBlocks, readChecked } from "./types.ts";
 import { crc32cRaw } from "./crc.ts";
+import { isPow2, equal, uuidBytes } from "./bytes.ts";
 
 const XFS_SB_MAGIC = 0x58465342; // "XFSB"
 const XFS_AGF_MAGIC = 0x58414746; // "XAGF"
@@ -82,15 +83,15 @@ interface Superblock {
   logV2: boolean;
   metaUuid: Uint8Array;
   label?: string;
-  uuid: string;
+  uuid: string | undefined;
 }
 
 function readSuperblock(r: ReadAt, size: number): Superblock {
   const b = r(0, 512);
   const blockSize = be32(b, 4);
   const sectSize = be16(b, 102);
-  if (!pow2(blockSize) || blockSize < 512 || blockSize > 65536) throw new XfsDamage(`superblock: block size ${blockSize} is not a power of two from 512 to 65536`);
-  if (!pow2(sectSize) || sectSize < 512 || sectSize > 32768 || sectSize > blockSize) throw new XfsDamage(`superblock: sector size ${sectSize} is invalid`);
+  if (!isPow2(blockSize) || blockSize < 512 || blockSize > 65536) throw new XfsDamage(`superblock: block size ${blockSize} is not a power of two from 512 to 65536`);
+  if (!isPow2(sectSize) || sectSize < 512 || sectSize > 32768 || sectSize > blockSize) throw new XfsDamage(`superblock: sector size ${sectSize} is invalid`);
   if (b[120] !== Math.log2(blockSize)) throw new XfsDamage("superblock: block size and its log disagree");
   const version = be16(b, 100) & 0x000f;
   if (version !== 4 && version !== 5) throw new XfsDamage(`superblock: version ${version} is not 4 or 5`);
@@ -141,7 +142,7 @@ function readSuperblock(r: ReadAt, size: number): Superblock {
     logV2: v5 || (be16(sector, 100) & SB_VERSION_LOGV2) !== 0,
     metaUuid,
     label: label || undefined,
-    uuid: uuidString(sector.subarray(32, 48)),
+    uuid: uuidBytes(sector, 32),
   };
 }
 
@@ -189,7 +190,7 @@ function readAgf(b: Uint8Array, sb: Superblock, ag: number, agLength: number, he
   if (be32(b, 12) !== agLength) throw new XfsDamage(`${where} length ${be32(b, 12)} is not ${agLength}`);
   if (sb.v5) {
     if (!crcOk(b, 216)) throw new XfsDamage(`${where} checksum is wrong`);
-    if (!equalBytes(b.subarray(64, 80), sb.metaUuid)) throw new XfsDamage(`${where} belongs to another file system`);
+    if (!equal(b.subarray(64, 80), sb.metaUuid)) throw new XfsDamage(`${where} belongs to another file system`);
   }
   const a: Agf = { bnoRoot: be32(b, 16), bnoLevels: be32(b, 28), flFirst: be32(b, 40), flLast: be32(b, 44), flCount: be32(b, 48), freeBlocks: be32(b, 52) };
   if (a.bnoRoot < headerBlocks || a.bnoRoot >= agLength) throw new XfsDamage(`${where} free-space root ${a.bnoRoot} is out of range`);
@@ -248,7 +249,7 @@ function walkBnoBt(r: ReadAt, sb: Superblock, ag: number, agLength: number, head
     const n = be16(b, 6);
     if (sb.v5) {
       if (be64(b, 16) !== (linear * sb.blockSize) / BBSIZE) throw new XfsDamage(`${where} block ${bno} says it lives elsewhere`);
-      if (!equalBytes(b.subarray(32, 48), sb.metaUuid)) throw new XfsDamage(`${where} block ${bno} belongs to another file system`);
+      if (!equal(b.subarray(32, 48), sb.metaUuid)) throw new XfsDamage(`${where} block ${bno} belongs to another file system`);
       if (be32(b, 48) !== ag) throw new XfsDamage(`${where} block ${bno} belongs to AG ${be32(b, 48)}`);
       if (!crcOk(b, 52)) throw new XfsDamage(`${where} block ${bno} checksum is wrong`);
     }
@@ -368,24 +369,11 @@ function be64(b: Uint8Array, o: number): number {
   return hi * 2 ** 32 + be32(b, o + 4);
 }
 
-function pow2(n: number): boolean {
-  return n > 0 && (n & (n - 1)) === 0;
-}
-
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
 
 function latin1(b: Uint8Array): string {
   return String.fromCharCode(...b);
 }
 
-function uuidString(b: Uint8Array): string {
-  const h = Buffer.from(b).toString("hex");
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
-}
 
 
 /** XFS metadata checksum: CRC-32C of the buffer with its 4-byte checksum field counted as zeros, stored little-endian. */
