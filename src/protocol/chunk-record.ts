@@ -27,18 +27,16 @@ export function sealDataFrame(out: Uint8Array, h: ChunkHeader, zstdLength: numbe
   return HEADER_SIZE + payloadLength + TRAILER_SIZE;
 }
 
-/** A complete ZERO frame: the chunk's header and nothing else. */
-export function zeroRecordFrame(h: ChunkHeader): Uint8Array {
-  const payload = new Uint8Array(CHUNK_HEADER_SIZE);
-  writeChunkHeader(payload, 0, h);
-  return encodeFrame(MsgType.ZERO, payload);
-}
-
-/** The ZERO payload alone (for tests and tools that frame it themselves). */
-export function encodeChunkRecord(h: ChunkHeader): Uint8Array {
+/** A record that is its header alone (ZERO, SAME): the payload, for tests and tools that frame it themselves. */
+export function headerOnlyPayload(h: ChunkHeader): Uint8Array {
   const payload = new Uint8Array(CHUNK_HEADER_SIZE);
   writeChunkHeader(payload, 0, h);
   return payload;
+}
+
+/** A complete ZERO frame: the chunk's header and nothing else. */
+export function zeroRecordFrame(h: ChunkHeader): Uint8Array {
+  return encodeFrame(MsgType.ZERO, headerOnlyPayload(h));
 }
 
 export type ChunkRecord =
@@ -73,9 +71,7 @@ export function decodeChunkRecord(f: Frame, chunkSize: number, zeroChecksum: (ra
  * SHA-256 equals the base backup's for that index.
  */
 export function sameRecordFrame(h: ChunkHeader): Uint8Array {
-  const payload = new Uint8Array(CHUNK_HEADER_SIZE);
-  writeChunkHeader(payload, 0, h);
-  return encodeFrame(MsgType.SAME, payload);
+  return encodeFrame(MsgType.SAME, headerOnlyPayload(h));
 }
 
 /** Checks a SAME frame on its own: exactly a header, with a raw length of 1..chunkSize. */

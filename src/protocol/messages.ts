@@ -437,9 +437,3 @@ export function readChunkHeader(payload: Uint8Array): ChunkHeader | null {
     checksum: v.getBigUint64(16, true),
   };
 }
-
-export function encodeZero(h: ChunkHeader): Uint8Array {
-  const out = new Uint8Array(CHUNK_HEADER_SIZE);
-  writeChunkHeader(out, 0, h);
-  return out;
-}

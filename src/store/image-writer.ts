@@ -44,7 +44,7 @@ export class ImageWriter {
   /** bytes of chunks.txt and digests.txt written to their files (the rest is in `lines`, `digestLines`) */
   private chunkListFlushed = 0;
   private digestsFlushed = 0;
-  /** the state before each of the last MARKS_KEPT records: what truncateTo() can go back to */
+  /** the state before each of the last MARKS_KEPT (up to twice as many) records: what truncateTo() can go back to */
   private marks: { chunks: number; bytesWritten: number; rawBytes: number; chunkListBytes: number }[] = [];
   readonly tmpPath: string;
 
@@ -93,7 +93,8 @@ export class ImageWriter {
   record(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): number {
     const position = this.bytesWritten;
     this.marks.push({ chunks: this.entries.length, bytesWritten: position, rawBytes: this.rawBytes, chunkListBytes: this.chunkListBytes });
-    if (this.marks.length > MARKS_KEPT) this.marks.shift();
+    // trimmed in batches: a shift per chunk would copy the lot each time
+    if (this.marks.length > 2 * MARKS_KEPT) this.marks.splice(0, this.marks.length - MARKS_KEPT);
     this.entries.push({ compressedSize: frame.length, rawSize, checksum: frameChecksum(frame) });
     const line = chunkLine(this.entries.length - 1, offset, rawSize, checksum);
     this.lines.push(line);

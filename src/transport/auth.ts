@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { FrameDecoder, HEADER_SIZE, TRAILER_SIZE, encodeFrame } from "../protocol/frame.ts";
 import { MsgType, decodeJson, encodeJson, typeName, type Hello } from "../protocol/messages.ts";
 import { AUTH_METHOD, AUTH_VERSION, MAX_AUTH_PAYLOAD, authMac, isConnId, isNonce, macMatches, type AuthChallenge, type AuthHello, type AuthProof } from "../protocol/auth.ts";
-import { TbError } from "../core/errors.ts";
+import { TbError } from "../errors.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 import { sealKeys, sealedConn } from "./seal.ts";
 

@@ -4,7 +4,7 @@
 // nonce, so a changed, dropped, replayed or reordered record stops the
 // connection, and what is sent cannot be read on the way.
 import { createCipheriv, createDecipheriv, createHmac } from "node:crypto";
-import { TbError } from "../core/errors.ts";
+import { TbError } from "../errors.ts";
 import type { Conn } from "./types.ts";
 
 /** record header: ciphertext length, u32 LE */

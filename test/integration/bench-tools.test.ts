@@ -7,7 +7,8 @@ import * as path from "node:path";
 import { connect } from "node:net";
 import { ROOT, cleanup, existsSync, finish, makeExt4Image, run, sh, sha256File, start, tempDir, waitFor, zstdSha, stockRoot } from "../helpers/cli.ts";
 import { FrameDecoder, encodeFrame } from "../../src/protocol/frame.ts";
-import { MsgType, decodeJson, encodeJson, encodeZero } from "../../src/protocol/messages.ts";
+import { MsgType, decodeJson, encodeJson } from "../../src/protocol/messages.ts";
+import { headerOnlyPayload } from "../../src/protocol/chunk-record.ts";
 
 const dir = tempDir("tbb-bench-tools-");
 afterAll(() => cleanup(dir));
@@ -78,7 +79,7 @@ describe("bench sink and replay", () => {
     await waitFor(() => got(MsgType.HELLO_ACK) !== undefined, "HELLO_ACK", 10000);
     expect(got(MsgType.HELLO_ACK)!.body!.session).toBe(session);
     expect(got(MsgType.HELLO_ACK)!.body!.caps).toEqual(["zstd", "root-sha256"]);
-    send(MsgType.ZERO, encodeZero({ index: 0, rawLength: 4096, offset: 0, checksum: 0n }));
+    send(MsgType.ZERO, headerOnlyPayload({ index: 0, rawLength: 4096, offset: 0, checksum: 0n }));
     send(MsgType.END, encodeJson({ chunks: 1, bytes: 4096, sha256: "ab".repeat(32), root: "cd".repeat(32) }));
     await waitFor(() => got(MsgType.DONE) !== undefined, "DONE", 10000);
     const done = got(MsgType.DONE)!.body!;
