@@ -28,6 +28,11 @@ export function newHello(role: Hello["role"], extra: Partial<Hello> = {}): Hello
   };
 }
 
+/** Whether a peer's HELLO or HELLO_ACK lists capability `cap` (a peer's `caps` is a claim: any non-array lists nothing). */
+export function hasCap(msg: { caps?: unknown } | null | undefined, cap: string): boolean {
+  return Array.isArray(msg?.caps) && msg.caps.includes(cap);
+}
+
 /** Checks that a HELLO or HELLO_ACK speaks our protocol and version, with the fields every side relies on. */
 export function checkPeer(msg: { protocol?: unknown; proto?: unknown; tool?: unknown; session?: unknown; host?: unknown } | null): TbError | null {
   if (!msg || msg.protocol !== PROTOCOL_NAME)

@@ -8,11 +8,11 @@ import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest } from "../store/root.ts";
-import { CAPABILITIES, INCREMENTAL_CAP, RESEND_CAP, ROOT_CAP } from "./version.ts";
+import { CAPABILITIES, INCREMENTAL_CAP, RESEND_CAP, ROOT_CAP, STATUS_CAP } from "./version.ts";
 import { RewindPoints } from "./resend.ts";
 import { receiveBaseDigests } from "./incremental.ts";
 import { TbError, outcome } from "./errors.ts";
-import { handshake, newHello, peerError } from "./handshake.ts";
+import { handshake, newHello, peerError, hasCap } from "./handshake.ts";
 import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { holeTest, openSource, readFully } from "./source.ts";
@@ -213,13 +213,13 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     let heard = Date.now();
     let writingSince: number | null = null;
     // After END: a receiver that offers STATUS is asked again for a DONE that does not come.
-    const canAsk = Array.isArray(ack.caps) && ack.caps.includes("status");
+    const canAsk = hasCap(ack, STATUS_CAP);
     let askedAt = 0;
     let damagedAnswers = 0;
     let endSent: End | null = null;
     // A receiver that lists the resend capability asks for a damaged chunk again
     // (docs/PROTOCOL.md §8.2a): sending goes back to `rewindTo`.
-    const canResend = mayResend && Array.isArray(ack.caps) && ack.caps.includes(RESEND_CAP);
+    const canResend = mayResend && hasCap(ack, RESEND_CAP);
     let rewindTo: number | null = null;
     let requests = 0;
     let lastRequest = 0;
@@ -311,7 +311,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     // per-chunk digests; the classic whole-image SHA-256 only when asked for
     // (--sha256) or when the receiver predates the root, on a thread of its own.
     const root = new RootBuilder();
-    const peerHasRoot = Array.isArray(ack.caps) && ack.caps.includes(ROOT_CAP);
+    const peerHasRoot = hasCap(ack, ROOT_CAP);
     const spare: ArrayBuffer[] = [];
     let sha: Hasher | null = opts.sha256 || !peerHasRoot ? new Hasher((buf) => spare.push(buf)) : null;
     hasher = sha;

@@ -21,7 +21,7 @@ import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, ROOT_ALGORITHM, isDigest, zeroDigest } from "../store/root.ts";
 import { TbError, asTbError, errnoCode, errnoText, isErrno, outcome } from "./errors.ts";
-import { checkPeer, newHelloAck } from "./handshake.ts";
+import { checkPeer, newHelloAck, hasCap } from "./handshake.ts";
 import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { INCREMENTAL_CAP, PROTOCOL_VERSION, RESEND_CAP, ROOT_CAP, TOOL } from "./version.ts";
@@ -231,7 +231,7 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, outcomes: Map<
 
 /** Whether the peer's HELLO lists the integrity-root capability. */
 function hasRootCap(hello: Hello): boolean {
-  return Array.isArray(hello.caps) && hello.caps.includes(ROOT_CAP);
+  return hasCap(hello, ROOT_CAP);
 }
 
 async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Promise<SessionEnd> {
@@ -408,7 +408,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   let lastProgress = resumedFrom;
   let heardAt = Date.now();
   // Incremental push (docs/PROTOCOL.md §8.7): a complete backup of this disk to copy unchanged chunks from.
-  const base: Base | null = !candidate && !files && Array.isArray(hello.caps) && hello.caps.includes(INCREMENTAL_CAP) ? findBase(opts.out, hello) : null;
+  const base: Base | null = !candidate && !files && hasCap(hello, INCREMENTAL_CAP) ? findBase(opts.out, hello) : null;
   const ack = { ...newHelloAck(hello, created.id), ...(base ? { base: { id: base.id, chunks: base.chunks } } : {}) };
   let same = 0;
   let sharedBytes = 0;
@@ -741,7 +741,7 @@ interface RetryState {
  * hash on a worker) cannot go back: neither uses it.
  */
 function resendState(hello: Hello, cannot: boolean): RetryState | null {
-  if (cannot || !Array.isArray(hello.caps) || !hello.caps.includes(RESEND_CAP)) return null;
+  if (cannot || !hasCap(hello, RESEND_CAP)) return null;
   return { budget: new DamageBudget(), awaiting: null, failed: null, dropFrom: Number.MAX_SAFE_INTEGER, request: null, sentAt: 0, count: 0 };
 }
 

@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeMessage, sessionOf, type RestoreGo, type RestoreInfo } from "../protocol/messages.ts";
 import { decodeChunkRecord, encodeWant, wants } from "../protocol/chunk-record.ts";
-import { DELTA_RESTORE_CAP } from "./version.ts";
+import { DELTA_RESTORE_CAP, STATUS_CAP } from "./version.ts";
 import { MAX_BASE_CHUNKS, receiveBaseDigests } from "./incremental.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
@@ -15,7 +15,7 @@ import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest } from "../store/root.ts";
 import { TbError, asTbError, outcome, saysUnfinished } from "./errors.ts";
-import { handshake, newHello, peerError } from "./handshake.ts";
+import { handshake, newHello, peerError, hasCap } from "./handshake.ts";
 import { type Keepalive, startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { assertNotInUse, inspectTarget, isBlank, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
@@ -552,7 +552,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
     // Any trouble with them: every chunk is sent, as to a restorer without them.
     let digests: Uint8Array | undefined;
     let want: Uint8Array | null = null;
-    if (comparing && offer.digests === true && Array.isArray(ack.caps) && ack.caps.includes(DELTA_RESTORE_CAP)) {
+    if (comparing && offer.digests === true && hasCap(ack, DELTA_RESTORE_CAP)) {
       const chunks = offer.chunkSize > 0 ? Math.ceil(offer.size / offer.chunkSize) : -1;
       const got = offer.root && offer.chunks <= MAX_BASE_CHUNKS ? await receiveBaseDigests(ch, hello.session, offer.chunks, chunks, Math.min(30_000, opts.idleMs)) : "the backup has no integrity root or too many chunks";
       if (typeof got === "string") opts.reporter.info(`every chunk will be sent: the backup's digests did not arrive whole (${got})`);
@@ -565,7 +565,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
     let keepalive: Keepalive | undefined;
     const stopKeepalive = () => void keepalive?.stop();
     const keepSaying = () => {
-      if (keepalive !== undefined || !Array.isArray(ack.caps) || !ack.caps.includes("status")) return;
+      if (keepalive !== undefined || !hasCap(ack, STATUS_CAP)) return;
       keepalive = startKeepalive(() => ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {}), KEEPALIVE_MS, { now: true });
     };
     async function* chunks(): AsyncGenerator<ChunkIn> {

@@ -15,7 +15,7 @@ import { storeKind } from "../store/errors.ts";
 import { Channel } from "./channel.ts";
 import { TbError, asTbError } from "./errors.ts";
 import type { Reporter } from "./report.ts";
-import { newHelloAck, peerError } from "./handshake.ts";
+import { newHelloAck, peerError, hasCap } from "./handshake.ts";
 import { listBackups, type BackupEntry } from "./catalogue.ts";
 import type { SessionResult } from "./session.ts";
 import { isZeroFrame } from "./zero.ts";
@@ -138,7 +138,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
   }
   if (manifest.status !== "complete" || (!manifest.sha256 && !manifest.root)) return refuse("NOT_FOUND", `backup ${manifest.id} is ${manifest.status}, not complete`);
   // a restorer older than the integrity root can only check a whole-image SHA-256
-  const restorerHasRoot = Array.isArray(hello.caps) && hello.caps.includes(ROOT_CAP);
+  const restorerHasRoot = hasCap(hello, ROOT_CAP);
   if (!restorerHasRoot && !manifest.sha256) return refuse("PROTOCOL", `backup ${manifest.id} is checked by its integrity root, which this tbbackup (${String(hello.tool)}) does not know`, );
   const check = restorerHasRoot && manifest.root ? { root: manifest.root } : { sha256: manifest.sha256! };
   const wanted = hello.content === "files" ? "files" : "image";
@@ -158,7 +158,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
   // the backup's per-chunk SHA-256s (format 2 only: digests.txt, checked
   // against the root) and then asks only for the chunks its target lacks.
   let digests: Base | null = null;
-  if (hello.delta === true && Array.isArray(hello.caps) && hello.caps.includes(DELTA_RESTORE_CAP) && "root" in check) {
+  if (hello.delta === true && hasCap(hello, DELTA_RESTORE_CAP) && "root" in check) {
     const b = Base.open(dir, manifest.id, manifest);
     if (typeof b === "string") opts.reporter.info(`restore of ${manifest.id}: every chunk is sent (no delta: ${b})`);
     else if (b.chunks !== reader.entries.length) b.close();

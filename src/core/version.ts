@@ -6,6 +6,8 @@ export const TOOL_NAME = "tbbackup";
 export const TOOL_VERSION: string = pkg.version;
 export const TOOL = `${TOOL_NAME}/${TOOL_VERSION}`;
 export { PROTOCOL_VERSION };
+/** The sender may ask again for a DONE that did not come (STATUS, docs/PROTOCOL.md §8.2). */
+export const STATUS_CAP = "status";
 /** The integrity root of per-chunk SHA-256s (docs/PROTOCOL.md §5.4a): END, DONE and RESTORE_INFO carry `root`. */
 export const ROOT_CAP = "root";
 /** A damaged chunk is asked for again (RESEND, docs/PROTOCOL.md §8.2a) instead of ending the push. */
@@ -15,4 +17,4 @@ export const INCREMENTAL_CAP = "incremental";
 /** Delta restore over a stream (docs/PROTOCOL.md §8.6a): RESTORE_INFO may be followed by the backup's digests, and RESTORE names the chunks wanted. */
 export const DELTA_RESTORE_CAP = "delta-restore";
 /** "key-auth": can authenticate a tcp: connection with a key before HELLO (docs/PROTOCOL.md §7.1) */
-export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", ROOT_CAP, RESEND_CAP, INCREMENTAL_CAP, DELTA_RESTORE_CAP, "key-auth"];
+export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", STATUS_CAP, ROOT_CAP, RESEND_CAP, INCREMENTAL_CAP, DELTA_RESTORE_CAP, "key-auth"];
