@@ -9,7 +9,7 @@
 import * as fs from "node:fs";
 import { zstd as loadZstd } from "../util/zstd.ts";
 import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame } from "../protocol/chunk-record.ts";
-import { zeroDigest } from "../store/root.ts";
+import { chunkDigest, zeroDigest } from "../store/root.ts";
 import type { WorkerReply, WorkerRequest } from "./chunk-jobs.ts";
 
 declare const self: Worker;
@@ -52,11 +52,6 @@ function pwriteAll(fd: number, data: Uint8Array, position: number): string | und
   } catch (e) {
     return (e as NodeJS.ErrnoException).code ?? String(e);
   }
-}
-
-/** SHA-256 (hex) of one chunk. */
-function chunkDigest(raw: Uint8Array): string {
-  return new Bun.CryptoHasher("sha256").update(raw).digest("hex");
 }
 
 function isZero(raw: Uint8Array): boolean {

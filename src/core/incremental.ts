@@ -12,7 +12,7 @@ import { BASE_DIGESTS_PER_FRAME, decodeBaseDigests, encodeBaseDigests } from "..
 import { DELETING_SUFFIX, PARTIAL_SUFFIX } from "../store/layout.ts";
 import type { Manifest } from "../store/manifest.ts";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
-import { DIGEST_LINE_BYTES, isDigest } from "../store/root.ts";
+import { DIGEST_LINE_BYTES, isDigest, digestAt } from "../store/root.ts";
 import { compressBound } from "../util/buffer-pool.ts";
 import type { Channel } from "./channel.ts";
 import { TbError } from "./errors.ts";
@@ -88,7 +88,7 @@ export class Base {
 
   /** The hex SHA-256 of chunk i of the base. */
   digest(i: number): string {
-    return Buffer.from(this.digests.buffer, this.digests.byteOffset + i * 32, 32).toString("hex");
+    return digestAt(this.digests, i);
   }
 
   /**

@@ -7,7 +7,7 @@ import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
-import { RootBuilder, zeroDigest } from "../store/root.ts";
+import { RootBuilder, zeroDigest, chunkDigest, digestAt } from "../store/root.ts";
 import { CAPABILITIES, INCREMENTAL_CAP, RESEND_CAP, ROOT_CAP, STATUS_CAP } from "./version.ts";
 import { RewindPoints } from "./resend.ts";
 import { receiveBaseDigests } from "./incremental.ts";
@@ -117,7 +117,7 @@ async function prefixMatches(src: PushSource, chunks: number, digest: string, ch
       const n = await src.read(buf, i * chunkSize);
       if (n === 0) return false;
       const data = buf.subarray(0, n);
-      root.add(new Bun.CryptoHasher("sha256").update(data).digest("hex"));
+      root.add(chunkDigest(data));
       if (sha) {
         const copy = new ArrayBuffer(chunkSize);
         new Uint8Array(copy).set(data);
@@ -203,7 +203,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         opts.reporter.info(`reading the disk and sending only the chunks that differ from ${baseId}`);
       }
     }
-    const baseDigest = (i: number) => (base && i * 32 < base.length ? Buffer.from(base.buffer, base.byteOffset + i * 32, 32).toString("hex") : undefined);
+    const baseDigest = (i: number) => (base && i * 32 < base.length ? digestAt(base, i) : undefined);
 
     // Everything the receiver says from here on: progress, keepalives (every
     // 5 s while its work moves on), an error, or the final DONE. A write that

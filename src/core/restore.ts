@@ -13,7 +13,7 @@ import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
-import { RootBuilder, zeroDigest } from "../store/root.ts";
+import { RootBuilder, zeroDigest, digestAt } from "../store/root.ts";
 import { TbError, asTbError, outcome, saysUnfinished } from "./errors.ts";
 import { handshake, newHello, peerError, hasCap } from "./handshake.ts";
 import { type Keepalive, startKeepalive } from "./keepalive.ts";
@@ -284,7 +284,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       for (; plan && expected < upTo && !wants(plan.want, expected); expected++) {
         const offset = expected * info.chunkSize;
         const c: ChunkIn = { index: expected, offset, rawLength: Math.min(info.chunkSize, info.size - offset), checksum: -1n, zero: false };
-        await pending.add(Promise.resolve({ c, r: null, kept: Buffer.from(src.digests!.subarray(expected * 32, expected * 32 + 32)).toString("hex") }));
+        await pending.add(Promise.resolve({ c, r: null, kept: digestAt(src.digests!, expected) }));
       }
     };
     for await (const c of src.chunks) {
@@ -383,7 +383,7 @@ async function planDelta(fd: number, target: TargetInfo, info: RestoreInfo, dige
   let askedChunks = 0;
   let askedBytes = 0;
   const reads = new OrderedPipeline<{ i: number; length: number; digest: string | null }>(2 * pool.size, ({ i, length, digest }) => {
-    const backup = Buffer.from(digests.subarray(i * 32, i * 32 + 32)).toString("hex");
+    const backup = digestAt(digests, i);
     if (digest !== backup) {
       want[i >> 3]! |= 1 << (i & 7);
       askedChunks++;

@@ -22,6 +22,16 @@ export function zeroDigest(rawLength: number): string {
   return d;
 }
 
+/** SHA-256 (hex) of one raw chunk: its digest in the integrity root. */
+export function chunkDigest(raw: Uint8Array): string {
+  return new Bun.CryptoHasher("sha256").update(raw).digest("hex");
+}
+
+/** Digest `i` (hex) of a packed list of 32-byte digests (BASE_DIGESTS, a base's or a backup's digests). */
+export function digestAt(packed: Uint8Array, i: number): string {
+  return Buffer.from(packed.buffer, packed.byteOffset + i * 32, 32).toString("hex");
+}
+
 const HEX64 = /^[0-9a-f]{64}$/;
 
 export function isDigest(s: unknown): s is string {
