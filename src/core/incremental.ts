@@ -11,7 +11,7 @@ import { encodeFrame } from "../protocol/frame.ts";
 import { BASE_DIGESTS_PER_FRAME, decodeBaseDigests, encodeBaseDigests } from "../protocol/chunk-record.ts";
 import { DELETING_SUFFIX, PARTIAL_SUFFIX } from "../store/layout.ts";
 import type { Manifest } from "../store/manifest.ts";
-import { ChunkList, ImageReader } from "../store/image-reader.ts";
+import { ChunkList, ImageReader, readChecksums } from "../store/image-reader.ts";
 import { DIGEST_LINE_BYTES, isDigest, digestAt } from "../store/root.ts";
 import { compressBound } from "../util/buffer-pool.ts";
 import type { Channel } from "./channel.ts";
@@ -70,12 +70,7 @@ export class Base {
       reader = ImageReader.open(path.join(dir, m.data));
       if (reader.entries.length !== count) throw new Error(`its image has ${reader.entries.length} frames, the manifest says ${count}`);
       list = new ChunkList(path.join(dir, m.chunks.file));
-      const checksums = new BigUint64Array(count);
-      for (let i = 0; i < count; i++) {
-        const line = list.next();
-        if (!line || line.index !== i || line.length !== reader.entries[i]!.rawSize) throw new Error(`its chunk list does not match its image at chunk ${i}`);
-        checksums[i] = line.checksum;
-      }
+      const checksums = readChecksums(list, reader.entries);
       list.close();
       list = null;
       return new Base(id, dir, m, digests, reader, checksums);

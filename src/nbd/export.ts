@@ -6,7 +6,7 @@
 // push/restore/verify), so the server's own thread only moves bytes.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { ChunkList, ImageReader } from "../store/image-reader.ts";
+import { ChunkList, ImageReader, readChecksums } from "../store/image-reader.ts";
 import { CHUNKS_FILE, FILES_FILE, resolveBackupId } from "../store/layout.ts";
 import type { Manifest } from "../store/manifest.ts";
 import { TbError } from "../core/errors.ts";
@@ -172,19 +172,11 @@ export class ImageExport {
       let checksums: BigUint64Array | null = null;
       const listPath = path.join(dir, manifest?.chunks.file ?? CHUNKS_FILE);
       if (manifest && fs.existsSync(listPath)) {
-        checksums = new BigUint64Array(n);
         const list = new ChunkList(listPath);
         try {
-          for (let i = 0; i < n; i++) {
-            let line;
-            try {
-              line = list.next();
-            } catch (e) {
-              throw bad((e as Error).message);
-            }
-            if (!line || line.index !== i || line.length !== reader.entries[i]!.rawSize) throw bad(`${path.basename(listPath)} does not match the image at chunk ${i}`);
-            checksums[i] = line.checksum;
-          }
+          checksums = readChecksums(list, reader.entries);
+        } catch (e) {
+          throw bad(`${path.basename(listPath)}: ${(e as Error).message}`);
         } finally {
           list.close();
         }

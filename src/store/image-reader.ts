@@ -111,3 +111,18 @@ export class ChunkList {
     fs.closeSync(this.fd);
   }
 }
+
+/**
+ * Every chunk's XXH3-64 from a chunk list, read whole: each line must name
+ * chunk i with the seek table's raw length. Throws DAMAGED naming the first
+ * chunk that does not match (a malformed line throws as the list does).
+ */
+export function readChecksums(list: ChunkList, entries: SeekEntry[]): BigUint64Array {
+  const checksums = new BigUint64Array(entries.length);
+  for (let i = 0; i < entries.length; i++) {
+    const line = list.next();
+    if (!line || line.index !== i || line.length !== entries[i]!.rawSize) throw new StoreError("DAMAGED", `the chunk list does not match the image at chunk ${i}`);
+    checksums[i] = line.checksum;
+  }
+  return checksums;
+}
