@@ -5,7 +5,7 @@ import { TbError, isErrno, outcome, saysUnfinished } from "../errors.ts";
 import { bytes, ratio } from "../ui/format.ts";
 import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
 import type { FilesSummary, Layout, MountedRw } from "../protocol/messages.ts";
-import { describeDevice, mountsOn } from "../util/mounts.ts";
+import { describeDevice, mountsOn, type MountOnDisk } from "../util/mounts.ts";
 import * as fs from "node:fs";
 import { keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 
@@ -32,9 +32,10 @@ export function formatLayout(diskName: string, size: number, l: Layout): string 
 /**
  * What can be said about SOURCE before any backup starts: that it is missing,
  * or a directory (a file-level backup is --files), and which of its file
- * systems are mounted read-write (a warning, or with --strict a refusal).
+ * systems are mounted read-write (a warning, or with --strict a refusal):
+ * those, which the used-block plan then takes instead of looking again.
  */
-function checkSource(source: string, strict: boolean): MountedRw[] {
+function checkSource(source: string, strict: boolean): MountOnDisk[] {
   let st: fs.Stats;
   try {
     st = fs.statSync(source);
@@ -48,7 +49,7 @@ function checkSource(source: string, strict: boolean): MountedRw[] {
   if (rw.length && strict)
     throw new TbError("REFUSED", `${source} has a file system mounted read-write (${list}): its image could be inconsistent`, "unmount it or remount it read-only (mount -o remount,ro MOUNTPOINT), then push again; without --strict push warns and goes on; no backup was started");
   for (const m of rw) process.stderr.write(`warning: ${describeDevice(m)} is mounted read-write on ${m.mountpoint}: what is written there during the push can leave the image inconsistent (unmount it, or remount it read-only, for a consistent backup); the manifest records it\n`);
-  return rw.map(({ device, mountpoint }) => ({ device, mountpoint }));
+  return rw;
 }
 
 export function register(program: Command): void {
@@ -82,7 +83,8 @@ export function register(program: Command): void {
           throw new TbError("USAGE", `--chunk-size ${o.chunkSize} is not allowed`, "use a multiple of 4K from 4K to 4M");
         // before anything starts, and outside the 'backup is incomplete' wording below
         (await import("../util/zstd.ts")).requireZstd();
-        const mountedRw = source ? checkSource(source, o.strict === true) : [];
+        const readWrite = source ? checkSource(source, o.strict === true) : [];
+        const mountedRw: MountedRw[] = readWrite.map(({ device, mountpoint }) => ({ device, mountpoint }));
         const key = await keyFor(o.stream, false, o);
         const reporter = makeReporter();
         onInterrupt("the backup is incomplete; run push again");
@@ -95,7 +97,7 @@ export function register(program: Command): void {
         try {
           if (!input && !o.allBlocks) {
             const { usedBlocksSource } = await import("../core/used-source.ts");
-            const u = await usedBlocksSource(source!);
+            const u = await usedBlocksSource(source!, readWrite);
             input = u.source;
             if (!o.json) process.stderr.write(formatLayout(u.source.disk.name, u.plan.size, u.source.layout!));
           }

@@ -10,7 +10,7 @@ import type { Layout } from "../protocol/messages.ts";
 import { holeTest, openSource, readFully } from "./source.ts";
 import { blockSysDir } from "./identity.ts";
 import type { PushSource } from "./push.ts";
-import { mountsOn } from "../util/mounts.ts";
+import { mountsOn, type MountOnDisk } from "../util/mounts.ts";
 
 /** The layout a push reports and the receiver stores. */
 export function planLayout(plan: DiskPlan): Layout {
@@ -44,12 +44,12 @@ export function planLayout(plan: DiskPlan): Layout {
  * name where the kernel reports an anonymous one, as btrfs does). A mount
  * that cannot be tied to one partition makes them all count as mounted.
  */
-function mountInfoFor(devPath: string): MountInfo | undefined {
+function mountInfoFor(devPath: string, readWrite?: MountOnDisk[]): MountInfo | undefined {
   const dir = blockSysDir(devPath);
   if (!dir) return undefined; // an image file: a loop device over it is not looked for
   const byIndex = new Map<number, string>();
   let anywhere: string | null = null;
-  for (const m of mountsOn(devPath)) {
+  for (const m of readWrite ?? mountsOn(devPath)) {
     if (m.readOnly) continue;
     const name = m.on ?? path.basename(m.device);
     if (name === path.basename(dir)) {
@@ -66,8 +66,12 @@ function mountInfoFor(devPath: string): MountInfo | undefined {
   return { readWrite: (i) => byIndex.get(i) ?? anywhere };
 }
 
-/** A push source for `devPath` that images only the used blocks; the plan is made when it is opened. */
-export async function usedBlocksSource(devPath: string): Promise<{ source: PushSource; plan: DiskPlan }> {
+/**
+ * A push source for `devPath` that images only the used blocks; the plan is
+ * made when it is opened. `readWrite`: its file systems mounted read-write,
+ * when the caller has looked already (util/mounts.ts mountsOn).
+ */
+export async function usedBlocksSource(devPath: string, readWrite?: MountOnDisk[]): Promise<{ source: PushSource; plan: DiskPlan }> {
   const src = openSource(devPath);
   try {
     const read: ReadAt = (offset, length) => {
@@ -76,7 +80,7 @@ export async function usedBlocksSource(devPath: string): Promise<{ source: PushS
       readFully(src.fd, b, offset, devPath);
       return b;
     };
-    const plan = analyzeDisk(read, src.size, src.disk.logicalBlockSize ?? 512, mountInfoFor(devPath));
+    const plan = analyzeDisk(read, src.size, src.disk.logicalBlockSize ?? 512, mountInfoFor(devPath, readWrite));
     const q = planQueries(plan);
     const source: PushSource = {
       size: src.size,
