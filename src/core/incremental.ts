@@ -50,23 +50,12 @@ export class Base {
    * meanwhile is still read whole.
    */
   static open(dir: string, id: string, m: Manifest): Base | string {
-    const count = m.chunks?.count;
-    if (m.status !== "complete" || m.kind !== "image" || m.format < 2 || !isDigest(m.root) || !m.digests) return "it has no integrity root";
-    if (!Number.isSafeInteger(count) || count <= 0 || count > MAX_BASE_CHUNKS || count !== Math.ceil(m.size / m.chunkSize)) return "its chunk count does not fit";
+    const digests = readDigests(dir, m);
+    if (typeof digests === "string") return digests;
+    const count = digests.length / 32;
     let reader: ImageReader | null = null;
     let list: ChunkList | null = null;
     try {
-      const file = path.join(dir, m.digests.file);
-      if (fs.statSync(file).size !== count * DIGEST_LINE_BYTES) return "its digest list has the wrong size";
-      const text = fs.readFileSync(file);
-      if (new Bun.CryptoHasher("sha256").update(text).digest("hex") !== m.root) return "its digest list does not match its root";
-      const digests = new Uint8Array(count * 32);
-      const hex = text.toString("latin1");
-      for (let i = 0; i < count; i++) {
-        const line = hex.slice(i * DIGEST_LINE_BYTES, i * DIGEST_LINE_BYTES + 64);
-        if (!isDigest(line) || hex[i * DIGEST_LINE_BYTES + 64] !== "\n") return `its digest list is malformed at line ${i + 1}`;
-        digests.set(Buffer.from(line, "hex"), i * 32);
-      }
       reader = ImageReader.open(path.join(dir, m.data));
       if (reader.entries.length !== count) throw new Error(`its image has ${reader.entries.length} frames, the manifest says ${count}`);
       list = new ChunkList(path.join(dir, m.chunks.file));
@@ -110,6 +99,34 @@ export class Base {
   }
 }
 
+/**
+ * A complete backup's per-chunk SHA-256s, 32 bytes each, from its
+ * digests.txt, which must hash to the manifest's root; or why there are none
+ * to trust (a backup older than the root, a count that does not fit, a list
+ * that is damaged).
+ */
+export function readDigests(dir: string, m: Manifest): Uint8Array | string {
+  const count = m.chunks?.count;
+  if (m.status !== "complete" || m.kind !== "image" || m.format < 2 || !isDigest(m.root) || !m.digests) return "it has no integrity root";
+  if (!Number.isSafeInteger(count) || count <= 0 || count > MAX_BASE_CHUNKS || count !== Math.ceil(m.size / m.chunkSize)) return "its chunk count does not fit";
+  try {
+    const file = path.join(dir, m.digests.file);
+    if (fs.statSync(file).size !== count * DIGEST_LINE_BYTES) return "its digest list has the wrong size";
+    const text = fs.readFileSync(file);
+    if (new Bun.CryptoHasher("sha256").update(text).digest("hex") !== m.root) return "its digest list does not match its root";
+    const digests = new Uint8Array(count * 32);
+    const hex = text.toString("latin1");
+    for (let i = 0; i < count; i++) {
+      const line = hex.slice(i * DIGEST_LINE_BYTES, i * DIGEST_LINE_BYTES + 64);
+      if (!isDigest(line) || hex[i * DIGEST_LINE_BYTES + 64] !== "\n") return `its digest list is malformed at line ${i + 1}`;
+      digests.set(Buffer.from(line, "hex"), i * 32);
+    }
+    return digests;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
 /** The error for a base whose stored chunk fails a check: the new backup is not made from it. */
 export function baseDamaged(id: string, i: number, why: string): TbError {
   return new TbError("VERIFY", `chunk ${i} of the base backup ${id} is damaged (${why}); nothing damaged was stored`, "push again with --full, and run 'tbbackup verify' on that base");
@@ -127,10 +144,11 @@ export function findBase(out: string, hello: Hello): Base | null {
 }
 
 /** Sends the base's digests, BASE_DIGESTS_PER_FRAME at a time (§8.7). */
-export async function sendBaseDigests(ch: Channel, base: Base): Promise<void> {
-  for (let first = 0; first < base.chunks; first += BASE_DIGESTS_PER_FRAME) {
-    const n = Math.min(BASE_DIGESTS_PER_FRAME, base.chunks - first);
-    await ch.sendFrame(encodeFrame(MsgType.BASE_DIGESTS, encodeBaseDigests(first, base.digests.subarray(first * 32, (first + n) * 32))));
+export async function sendBaseDigests(ch: Channel, digests: Uint8Array): Promise<void> {
+  const chunks = digests.length / 32;
+  for (let first = 0; first < chunks; first += BASE_DIGESTS_PER_FRAME) {
+    const n = Math.min(BASE_DIGESTS_PER_FRAME, chunks - first);
+    await ch.sendFrame(encodeFrame(MsgType.BASE_DIGESTS, encodeBaseDigests(first, digests.subarray(first * 32, (first + n) * 32))));
   }
 }
 

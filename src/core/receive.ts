@@ -498,7 +498,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     if (!resumedFrom) {
       if (!candidate) await ch.sendJson(MsgType.HELLO_ACK, ack);
       if (base) {
-        const sent = await Promise.race([sendBaseDigests(ch, base).then(() => true), Bun.sleep(opts.idleMs).then(() => false)]);
+        const sent = await Promise.race([sendBaseDigests(ch, base.digests).then(() => true), Bun.sleep(opts.idleMs).then(() => false)]);
         if (!sent) throw new TbError("TIMEOUT", `the sender took none of the base's digests for ${Math.round(opts.idleMs / 1000)} s`, "check that the sender still runs, then push again");
       }
     }
@@ -676,7 +676,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         if (sessionOf(f.payload) === hello.session) {
           await ch.sendJson(MsgType.HELLO_ACK, ack);
           // our first answer may be the one that was lost: the digests go again, from the first
-          if (base && next === 0) await sendBaseDigests(ch, base);
+          if (base && next === 0) await sendBaseDigests(ch, base.digests);
           continue;
         }
         carried = f;

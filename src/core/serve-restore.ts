@@ -6,7 +6,7 @@ import { MsgType, decodeMessage, type DiskIdentity, type Hello, type HostIdentit
 import type { Frame } from "../protocol/frame.ts";
 import { DATA_PAYLOAD_AT, dataFrameSize, decodeWant, sealDataFrame, wants, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import { DELTA_RESTORE_CAP, ROOT_CAP } from "./version.ts";
-import { Base, sendBaseDigests } from "./incremental.ts";
+import { readDigests, sendBaseDigests } from "./incremental.ts";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { resolveBackupId } from "../store/layout.ts";
 import { sameHardware } from "./identity.ts";
@@ -157,12 +157,11 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
   // A delta restore (§8.6a): a restorer that will compare with its target gets
   // the backup's per-chunk SHA-256s (format 2 only: digests.txt, checked
   // against the root) and then asks only for the chunks its target lacks.
-  let digests: Base | null = null;
+  let digests: Uint8Array | null = null;
   if (hello.delta === true && hasCap(hello, DELTA_RESTORE_CAP) && "root" in check) {
-    const b = Base.open(dir, manifest.id, manifest);
-    if (typeof b === "string") opts.reporter.info(`restore of ${manifest.id}: every chunk is sent (no delta: ${b})`);
-    else if (b.chunks !== reader.entries.length) b.close();
-    else digests = b;
+    const d = readDigests(dir, manifest);
+    if (typeof d === "string") opts.reporter.info(`restore of ${manifest.id}: every chunk is sent (no delta: ${d})`);
+    else if (d.length / 32 === reader.entries.length) digests = d;
   }
   try {
     const info: RestoreInfo = {
@@ -254,7 +253,6 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
     return { result: { ok: false, role: "restore", id: manifest.id, error: { code: err.code, message: err.message } }, carried: null };
   } finally {
     forgetLeaving();
-    digests?.close();
     reader.close();
     list.close();
   }
