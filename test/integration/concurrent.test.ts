@@ -29,14 +29,25 @@ async function holdSession(sock: string, diskName: string) {
   return c;
 }
 
+/** Runs `body` against a receiver (not --once, --idle 60) on a unix socket of a fresh directory, and stops it after. */
+async function withReceiver(body: (r: { out: string; sock: string }) => Promise<void>): Promise<void> {
+  const d = tempDir();
+  const out = path.join(d, "store");
+  const sock = path.join(d, "r.sock");
+  const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--idle", "60"]);
+  try {
+    await waitFor(() => fs.existsSync(sock), "receiver socket");
+    await body({ out, sock });
+  } finally {
+    recv.kill();
+    await finish(recv);
+    cleanup(d);
+  }
+}
+
 describe("several sessions at once", () => {
   test("a push completes while another session on the same receiver is still open; both are listed once", async () => {
-    const d = tempDir();
-    const out = path.join(d, "store");
-    const sock = path.join(d, "r.sock");
-    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--idle", "60"]);
-    try {
-      await waitFor(() => fs.existsSync(sock), "receiver socket");
+    await withReceiver(async ({ out, sock }) => {
       const held = await holdSession(sock, "held.img");
       // served one at a time, these would wait for the held session's --idle (60 s), then fail their --wait
       const [a, b] = await Promise.all([run(["push", imgA, "--stream", `unix:${sock}`, "--wait", "20"]), run(["push", imgB, "--stream", `unix:${sock}`, "--wait", "20"])]);
@@ -50,20 +61,11 @@ describe("several sessions at once", () => {
         const row = rows.find((r) => r.id.split("/")[1] === name && r.status === "complete")!;
         expect(zstdSha(path.join(out, row.id, "image.zst"))).toBe(sha256File(img));
       }
-    } finally {
-      recv.kill();
-      await finish(recv);
-      cleanup(d);
-    }
+    });
   });
 
   test("a second push of a disk whose push is in progress is refused (busy, exit 16), and the first is not disturbed", async () => {
-    const d = tempDir();
-    const out = path.join(d, "store");
-    const sock = path.join(d, "r.sock");
-    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--idle", "60"]);
-    try {
-      await waitFor(() => fs.existsSync(sock), "receiver socket");
+    await withReceiver(async ({ sock }) => {
       const held = await holdSession(sock, path.basename(imgA));
       const p = await run(["push", imgA, "--stream", `unix:${sock}`, "--wait", "20"]);
       expect(p.code).toBe(16);
@@ -72,30 +74,20 @@ describe("several sessions at once", () => {
       // once the first has gone, the disk can be pushed again
       await Bun.sleep(500);
       expect((await run(["push", imgA, "--stream", `unix:${sock}`, "--wait", "20"])).code).toBe(0);
-    } finally {
-      recv.kill();
-      await finish(recv);
-      cleanup(d);
-    }
+    });
   });
   test("connections that say nothing do not hold up a push (review finding: each held a thread of the fs pool)", async () => {
-    const d = tempDir();
-    const out = path.join(d, "store");
-    const sock = path.join(d, "r.sock");
-    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--idle", "60"]);
-    const silent: net.Socket[] = [];
-    try {
-      await waitFor(() => fs.existsSync(sock), "receiver socket");
-      for (let i = 0; i < 3; i++) silent.push(net.createConnection(sock));
-      await Bun.sleep(500);
-      const p = await run(["push", imgA, "--stream", `unix:${sock}`, "--wait", "15"]);
-      expect(p.code).toBe(0);
-    } finally {
-      for (const c of silent) c.destroy();
-      recv.kill();
-      await finish(recv);
-      cleanup(d);
-    }
+    await withReceiver(async ({ sock }) => {
+      const silent: net.Socket[] = [];
+      try {
+        for (let i = 0; i < 3; i++) silent.push(net.createConnection(sock));
+        await Bun.sleep(500);
+        const p = await run(["push", imgA, "--stream", `unix:${sock}`, "--wait", "15"]);
+        expect(p.code).toBe(0);
+      } finally {
+        for (const c of silent) c.destroy();
+      }
+    });
   });
 });
 
