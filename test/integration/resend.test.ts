@@ -4,14 +4,12 @@
 // old behaviour (the session ends at the first damaged chunk).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
-import * as net from "node:net";
 import * as path from "node:path";
 import { cleanup, finish, listBackups, oneLine, randomImage, run, sha256File, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
 import { startProxy, type ProxyPlan } from "../helpers/proxy.ts";
-import { FrameDecoder, encodeFrame, type Frame } from "../../src/protocol/frame.ts";
-import { MsgType, decodeJson, encodeJson } from "../../src/protocol/messages.ts";
-import { CHUNK_HEADER_SIZE, writeChunkHeader } from "../../src/protocol/chunk-record.ts";
-import { zstd } from "../../src/util/zstd.ts";
+import { client, dataPayload } from "../helpers/raw-client.ts";
+import { encodeFrame } from "../../src/protocol/frame.ts";
+import { MsgType, encodeJson } from "../../src/protocol/messages.ts";
 
 let dir: string;
 let img: string;
@@ -145,43 +143,6 @@ describe("a damaged chunk is sent again", () => {
   }, 60000);
 });
 
-/** A frame-level client on a unix socket: send frames, wait for one of a type. */
-async function client(sock: string) {
-  let conn: net.Socket;
-  // the socket file appears just before the receiver listens on it
-  for (let tries = 0; ; tries++) {
-    const c = net.createConnection(sock);
-    const ok = await new Promise<boolean>((resolve) => c.once("connect", () => resolve(true)).once("error", () => resolve(false)));
-    if (ok) {
-      conn = c;
-      break;
-    }
-    if (tries > 50) throw new Error(`cannot connect to ${sock}`);
-    await Bun.sleep(100);
-  }
-  const decoder = new FrameDecoder();
-  const frames: Frame[] = [];
-  conn.on("data", (d: Buffer) => {
-    for (const ev of decoder.push(new Uint8Array(d))) if (ev.kind === "frame") frames.push(ev.frame);
-  });
-  conn.on("error", () => {});
-  return {
-    write: (frame: Uint8Array) => new Promise<void>((resolve) => conn.write(frame, () => resolve())),
-    /** the first frame of one of `types`, with its JSON body */
-    async next(types: number[], ms = 15_000): Promise<{ type: number; body: Record<string, unknown> }> {
-      for (const until = Date.now() + ms; Date.now() < until; await Bun.sleep(20)) {
-        const i = frames.findIndex((f) => types.includes(f.type));
-        if (i >= 0) {
-          const f = frames.splice(i, 1)[0]!;
-          return { type: f.type, body: decodeJson<Record<string, unknown>>(f.payload)! };
-        }
-      }
-      throw new Error(`no frame of types ${types}`);
-    },
-    close: () => conn.destroy(),
-  };
-}
-
 describe("peers without the resend capability", () => {
   const base = { protocol: "tbbackup", proto: 1, tool: "tbbackup/0.0.9", host: { hostname: "oldhost", machineId: null, productUuid: null } };
   // what a sender before the resend capability lists, and the same with it
@@ -202,17 +163,8 @@ describe("peers without the resend capability", () => {
         const disk = { path: "/x/old.img", kind: "file", name: "old.img", size: data.length, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null };
         await c.write(encodeFrame(MsgType.HELLO, encodeJson({ ...base, role: "push", session, caps, disk, chunkSize, level: 1, content: "image" })));
         expect((await c.next([MsgType.HELLO_ACK])).body.caps).toContain("resend");
-        const z = zstd();
-        const cctx = new z.CCtx();
-        cctx.setParameter(z.CParameter.checksumFlag, 1);
-        cctx.setParameter(z.CParameter.contentSizeFlag, 1);
         for (let i = 0; i < 2; i++) {
-          const raw = data.subarray(i * chunkSize, (i + 1) * chunkSize);
-          const zbuf = new Uint8Array(z.compressBound(raw.length));
-          const n = cctx.compress2(zbuf, raw);
-          const payload = new Uint8Array(CHUNK_HEADER_SIZE + n);
-          writeChunkHeader(payload, 0, { index: i, rawLength: raw.length, offset: i * chunkSize, checksum: Bun.hash.xxHash3(raw) });
-          payload.set(zbuf.subarray(0, n), CHUNK_HEADER_SIZE);
+          const payload = dataPayload(i, i * chunkSize, data.subarray(i * chunkSize, (i + 1) * chunkSize));
           const frame = encodeFrame(MsgType.DATA, payload);
           if (i === 1) frame[16 + 5000]! ^= 0x40; // chunk 1 damaged on the way: its CRC fails
           await c.write(frame);

@@ -7,9 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { cleanup, finish, makeExt4Image, run, sha256File, start, stockRoot, storeBackup, tempDir, waitFor, zstdRoot } from "../helpers/cli.ts";
 import { MsgType, decodeJson } from "../../src/protocol/messages.ts";
-import { client } from "../helpers/raw-client.ts";
-import { CHUNK_HEADER_SIZE, writeChunkHeader } from "../../src/protocol/chunk-record.ts";
-import { zstd } from "../../src/util/zstd.ts";
+import { client, dataPayload } from "../helpers/raw-client.ts";
 
 let dir: string;
 let img: string;
@@ -38,20 +36,8 @@ describe("integrity root with older peers and stores", () => {
       const disk = { path: img, kind: "file", name: "old.img", size: data.length, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null };
       await c.json(MsgType.HELLO, { ...base, role: "push", session, caps: OLD_CAPS, disk, chunkSize, level: 1, content: "image" });
       await c.expect(MsgType.HELLO_ACK);
-      const z = zstd();
-      const cctx = new z.CCtx();
-      cctx.setParameter(z.CParameter.checksumFlag, 1);
-      cctx.setParameter(z.CParameter.contentSizeFlag, 1);
       let i = 0;
-      for (let offset = 0; offset < data.length; offset += chunkSize, i++) {
-        const raw = data.subarray(offset, Math.min(offset + chunkSize, data.length));
-        const out = new Uint8Array(z.compressBound(raw.length));
-        const n = cctx.compress2(out, raw);
-        const payload = new Uint8Array(CHUNK_HEADER_SIZE + n);
-        writeChunkHeader(payload, 0, { index: i, rawLength: raw.length, offset, checksum: Bun.hash.xxHash3(raw) });
-        payload.set(out.subarray(0, n), CHUNK_HEADER_SIZE);
-        await c.send(MsgType.DATA, payload);
-      }
+      for (let offset = 0; offset < data.length; offset += chunkSize, i++) await c.send(MsgType.DATA, dataPayload(i, offset, data.subarray(offset, Math.min(offset + chunkSize, data.length))));
       const sha256 = sha256File(img);
       await c.json(MsgType.END, { chunks: i, bytes: data.length, sha256 });
       const done = await c.expect(MsgType.DONE);
