@@ -379,23 +379,36 @@ function deltaWanted(opts: RestoreOptions, target: TargetInfo | null): boolean {
 async function planDelta(fd: number, target: TargetInfo, info: RestoreInfo, digests: Uint8Array, pool: WorkerPool, reporter: Reporter): Promise<{ want: Uint8Array; askedChunks: number; askedBytes: number }> {
   const want = new Uint8Array(Math.ceil(info.chunks / 8));
   const isHole = target.kind === "file" ? await holeTest(fd, info.size, target.path) : null;
-  const spare: ArrayBuffer[] = [];
   let askedChunks = 0;
   let askedBytes = 0;
-  const reads = new OrderedPipeline<{ i: number; length: number; digest: string | null }>(2 * pool.size, ({ i, length, digest }) => {
-    const backup = digestAt(digests, i);
-    if (digest !== backup) {
+  await hashTarget(fd, info, info.chunks, pool, isHole, (i, length, c) => {
+    // unreadable or short: asked for, and written
+    if (!("digest" in c) || c.digest !== digestAt(digests, i)) {
       want[i >> 3]! |= 1 << (i & 7);
       askedChunks++;
       askedBytes += length;
     }
     reporter.progress({ phase: "compare", bytes: i * info.chunkSize + length, total: info.size });
   });
-  for (let i = 0; i < info.chunks; i++) {
+  return { want, askedChunks, askedBytes };
+}
+
+/** What reading and hashing one chunk of the target gave: its SHA-256, the read's errno code, or that it came short. */
+type TargetChunk = { digest: string } | { error: string } | { short: true };
+
+/**
+ * Reads and hashes the target's first `count` chunks on the workers, in
+ * parallel, and hands each result on in chunk order. The holes of a sparse
+ * file target are zeros by definition and are not read.
+ */
+async function hashTarget(fd: number, info: RestoreInfo, count: number, pool: WorkerPool, isHole: ((offset: number, length: number) => boolean) | null, each: (i: number, length: number, c: TargetChunk) => void): Promise<void> {
+  const spare: ArrayBuffer[] = [];
+  const reads = new OrderedPipeline<{ i: number; length: number; c: TargetChunk }>(2 * pool.size, ({ i, length, c }) => each(i, length, c));
+  for (let i = 0; i < count; i++) {
     const offset = i * info.chunkSize;
     const length = Math.min(info.chunkSize, info.size - offset);
     if (isHole?.(offset, length)) {
-      await reads.add(Promise.resolve({ i, length, digest: zeroDigest(length) }));
+      await reads.add(Promise.resolve({ i, length, c: { digest: zeroDigest(length) } }));
       continue;
     }
     const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
@@ -404,13 +417,12 @@ async function planDelta(fd: number, target: TargetInfo, info: RestoreInfo, dige
       job.then((r) => {
         if (r.op !== "readhashed") throw new TbError("INTERNAL", r.op === "failed" ? r.error : `unexpected worker reply ${r.op}`, "report this bug");
         spare.push(r.buf);
-        // unreadable or short: asked for, and written
-        return { i, length, digest: r.error || r.length !== length ? null : r.digest };
+        const c: TargetChunk = r.error ? { error: r.error } : r.length !== length ? { short: true } : { digest: r.digest };
+        return { i, length, c };
       }),
     );
   }
   await reads.drain();
-  return { want, askedChunks, askedBytes };
 }
 
 function syncFailed(path: string, e: unknown): TbError {
@@ -457,30 +469,13 @@ async function readBackSha(fd: number, size: number, reporter: Reporter, isHole:
  */
 async function readBackRoot(fd: number, info: RestoreInfo, pool: WorkerPool, reporter: Reporter, isHole: ((offset: number, length: number) => boolean) | null): Promise<string> {
   const root = new RootBuilder();
-  const spare: ArrayBuffer[] = [];
-  let done = 0;
-  const reads = new OrderedPipeline<{ offset: number; length: number; r: WorkerReply | null }>(2 * pool.size, ({ offset, length, r }) => {
-    if (r && r.op === "readhashed") {
-      spare.push(r.buf);
-      if (r.error) throw new TbError("VERIFY", `reading the target back at byte ${offset} failed: ${r.error}`, "the target does not hold the backup; check the disk and restore again");
-      // a short target: its root cannot match
-      root.add(r.length === length ? r.digest : "short");
-    } else if (r) throw new TbError("INTERNAL", r.op === "failed" ? r.error : `unexpected worker reply ${r.op}`, "report this bug");
-    else root.add(zeroDigest(length));
-    done = offset + length;
-    reporter.progress({ phase: "read-back", bytes: done, total: info.size });
+  await hashTarget(fd, info, Math.ceil(info.size / info.chunkSize), pool, isHole, (i, length, c) => {
+    const offset = i * info.chunkSize;
+    if ("error" in c) throw new TbError("VERIFY", `reading the target back at byte ${offset} failed: ${c.error}`, "the target does not hold the backup; check the disk and restore again");
+    // a short target: its root cannot match
+    root.add("digest" in c ? c.digest : "short");
+    reporter.progress({ phase: "read-back", bytes: offset + length, total: info.size });
   });
-  for (let offset = 0; offset < info.size; offset += info.chunkSize) {
-    const length = Math.min(info.chunkSize, info.size - offset);
-    if (isHole?.(offset, length)) {
-      await reads.add(Promise.resolve({ offset, length, r: null }));
-      continue;
-    }
-    const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
-    const job = pool.run({ op: "readhash", index: offset / info.chunkSize, fd, position: offset, length, buf }, [buf]);
-    await reads.add(job.then((r) => ({ offset, length, r })));
-  }
-  await reads.drain();
   return root.digest();
 }
 
