@@ -206,6 +206,44 @@ describe("a slow read-back", () => {
   );
 });
 
+describe("the read-back proves the target", () => {
+  test.skipIf(!fs.existsSync(`${BLKIO}/blkio.throttle.read_bps_device`))(
+    "a target changed under the restore, after it was written and before it was read back: exit 10, the read-back names the mismatch (needs cgroup v1 blkio throttling to slow the read-back)",
+    async () => {
+      const backing = path.join(dir, "changed-backing.img");
+      sh(`truncate -s 32M ${backing}`);
+      const loop = sh(`losetup -f --show ${backing}`).trim();
+      const group = fs.mkdtempSync(`${BLKIO}/tbbackup-test-`);
+      try {
+        // 2 MiB/s: the read-back of 24 MiB takes about 12 s, ample time to change its last MiB first
+        fs.writeFileSync(`${group}/blkio.throttle.read_bps_device`, `${sh(`lsblk -dno MAJ:MIN ${loop}`).trim()} 2097152`);
+        const p = Bun.spawn(["sh", "-c", `echo $$ > ${group}/cgroup.procs && exec ${BIN} restore ${loop} --from ${backupDir} --yes`], { stdout: "ignore", stderr: "pipe", env: { ...process.env, NO_COLOR: "1" } });
+        let stderr = "";
+        const reader = p.stderr.getReader();
+        while (!stderr.includes("reading the target back")) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          stderr += new TextDecoder().decode(value);
+        }
+        expect(stderr).toContain("reading the target back");
+        // what a failing disk or another program could do: the last MiB is not what was written
+        sh(`head -c 1048576 /dev/urandom | dd of=${loop} bs=1M seek=23 oflag=direct conv=notrunc status=none`);
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          stderr += new TextDecoder().decode(value);
+        }
+        expect(await p.exited).toBe(10);
+        expect(oneLine(stderr)).toMatch(/read-back of .* makes integrity root [0-9a-f]{64}, the backup says [0-9a-f]{64}/);
+      } finally {
+        sh(`losetup -d ${loop}`);
+        fs.rmdirSync(group);
+      }
+    },
+    60000,
+  );
+});
+
 describe("refusals", () => {
   test("no matching backup: candidates listed, exit 11, nothing created", async () => {
     const sock = path.join(dir, "nm.sock");
