@@ -315,9 +315,7 @@ export class ImageExport {
 
   /** the tiny frame the store writes for an all-zero chunk: zeros, without decompressing */
   private isZeroFrame(i: number, frame: Uint8Array): boolean {
-    const raw = this.reader.entries[i]!.rawSize;
-    const expected = this.expected(i);
-    return (expected < 0n || expected === zeroChecksum(raw)) && frame.length === zeroFrame(raw).length && isZeroFrame(frame, raw, expected);
+    return isZeroFrame(frame, this.reader.entries[i]!.rawSize, this.expected(i));
   }
 
   /** A buffer to decompress a chunk into: a recycled one when it fits. */

@@ -164,12 +164,12 @@ export function mountsOn(p: string): MountOnDisk[] {
   return found;
 }
 
-/** Devices stacked on the disk at `devPath` or its partitions (sysfs holders), as "dm-0 (on sda2)". */
 /** "/dev/sda2", or "/dev/mapper/vg-root (on sda2)" for a device built on the disk. */
 export function describeDevice(m: MountOnDisk): string {
   return m.on ? `${m.device} (on ${m.on})` : m.device;
 }
 
+/** Devices stacked on the disk at `devPath` or its partitions (sysfs holders), as "dm-0 (on sda2)". */
 export function stackedOn(devPath: string): string[] {
   const own = blockSysDir(devPath);
   if (!own) return [];
