@@ -128,14 +128,4 @@ export function subsetOf(a: UsedBlocks, b: UsedBlocks): boolean {
   return true;
 }
 
-/** A small deterministic generator (mulberry32), so a fuzz failure repeats. */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng } from "./prng.ts";

@@ -10,6 +10,7 @@ import * as path from "node:path";
 import { analyzeBtrfs } from "../../src/disk/btrfs.ts";
 import type { FsAnalysis, ReadAt } from "../../src/disk/types.ts";
 import { cleanup, tempDir } from "../helpers/cli.ts";
+import { xorshift as prng } from "../helpers/prng.ts";
 
 const have = (cmd: string) => Bun.spawnSync(["sh", "-c", `command -v ${cmd}`]).exitCode === 0;
 const TOOLS = ["mkfs.btrfs", "btrfs", "partclone.btrfs", "blkid"].filter((t) => !have(t));
@@ -66,17 +67,6 @@ function hashTree(root: string): Map<string, string> {
   return out;
 }
 
-function prng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
 
 const CRC = (() => {
   const t = new Uint32Array(256);

@@ -12,6 +12,7 @@ import { analyzeSwap } from "../../src/disk/swap.ts";
 import { identifyWhole } from "../../src/disk/signatures.ts";
 import { readPartitionTable } from "../../src/disk/partitions.ts";
 import { DiskFormatError, type FsAnalysis, type ReadAt } from "../../src/disk/types.ts";
+import { rng as prng } from "../helpers/prng.ts";
 import { cleanup, sh, tempDir } from "../helpers/cli.ts";
 
 const has = (cmd: string) => Bun.spawnSync(["sh", "-c", `command -v ${cmd}`]).exitCode === 0;
@@ -20,17 +21,6 @@ afterAll(() => cleanup(dir));
 
 const ROUNDS = 2500;
 
-/** mulberry32: the same sequence on every run */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Budget {
   bytes: number;

@@ -9,6 +9,7 @@ import * as path from "node:path";
 import { analyzeNtfs } from "../../src/disk/ntfs.ts";
 import type { FsAnalysis, ReadAt } from "../../src/disk/types.ts";
 import { cleanup, tempDir } from "../helpers/cli.ts";
+import { xorshift as prng } from "../helpers/prng.ts";
 
 const have = (cmd: string) => Bun.spawnSync(["sh", "-c", `command -v ${cmd}`]).exitCode === 0;
 const TOOLS = ["mkfs.ntfs", "ntfs-3g", "partclone.ntfs", "ntfsfix", "ntfsinfo"].filter((t) => !have(t));
@@ -72,18 +73,6 @@ function tryMount(img: string, dir: string, opts: string[]): { code: number; std
   return { code: r.exitCode, stderr: r.stderr.toString(), ro: /\bro\b/.test(line.split(" ")[3] ?? "") };
 }
 
-/** A deterministic byte stream (xorshift), so failures reproduce. */
-function prng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
 
 function bytes(n: number, seed: number): Uint8Array {
   const r = prng(seed);
