@@ -102,6 +102,15 @@ TREE="$W/tree-${SIZE_MB}m"
 cat "$IMG" > /dev/null # warm the page cache, as for every line below
 
 t() { /usr/bin/time -f "%e %M %U %S" -o "$W/time.$1" "${@:2}"; }
+# waits until the socket $1 exists; stops the bench with a line if its server ($2) died or 60 s went by
+wait_sock() {
+  local n=0
+  until [ -S "$1" ]; do
+    if ! kill -0 "$2" 2>/dev/null; then echo "bench: the server for $1 exited before it listened" >&2; exit 1; fi
+    if [ $((n += 1)) -gt 3000 ]; then echo "bench: no socket $1 after 60 s" >&2; exit 1; fi
+    sleep 0.02
+  done
+}
 wall() { awk '{print $1}' "$W/time.$1"; }
 rss() { awk '{printf "%.0f", $2/1024}' "$W/time.$1"; }
 cpu() { awk '{printf "%.2f", $3 + $4}' "$W/time.$1"; } # user + system seconds
@@ -112,7 +121,7 @@ push_receive() { # $1 = image (or --files DIR), $2 = tag, $3... = push options
   rm -rf "$W/store-$2" "$W/b.sock"
   t "recv-$2" "$BIN" receive --out "$W/store-$2" --stream "unix:$W/b.sock" --once 2>/dev/null &
   local r=$!
-  while [ ! -S "$W/b.sock" ]; do sleep 0.02; done
+  wait_sock "$W/b.sock" "$r"
   local s e
   s=$(date +%s.%N)
   # shellcheck disable=SC2086 # "--files DIR" splits into two words
@@ -125,7 +134,7 @@ restore_unix() { # restore the main backup from a receiver over unix:
   rm -f "$W/restored.img" "$W/r.sock"
   t "rrecv" "$BIN" receive --out "$W/store-1g" --stream "unix:$W/r.sock" --once --allow-restore 2>/dev/null &
   local r=$!
-  while [ ! -S "$W/r.sock" ]; do sleep 0.02; done
+  wait_sock "$W/r.sock" "$r"
   local id
   id=$("$BIN" list --out "$W/store-1g" --json | sed -n 's/.*"id": "\(.*\)".*/\1/p' | head -1)
   t rnet "$BIN" restore "$W/restored.img" --stream "unix:$W/r.sock" --backup "$id" --yes --no-verify 2>/dev/null
@@ -354,7 +363,7 @@ if ! skip scaling; then
   rm -f "$W/s.sock" "$W/push.rec"
   "$BUN" scripts/bench-sink.ts "unix:$W/s.sock" --record "$W/push.rec" 2>/dev/null &
   sink=$!
-  while [ ! -S "$W/s.sock" ]; do sleep 0.02; done
+  wait_sock "$W/s.sock" "$sink"
   "$BIN" push "$IMG" --stream "unix:$W/s.sock" 2>/dev/null
   wait "$sink"
   for cores in 1 2; do
@@ -363,7 +372,7 @@ if ! skip scaling; then
     rm -f "$W/s.sock"
     "${peer[@]}" "$BUN" scripts/bench-sink.ts "unix:$W/s.sock" 2>/dev/null &
     sink=$!
-    while [ ! -S "$W/s.sock" ]; do sleep 0.02; done
+    wait_sock "$W/s.sock" "$sink"
     taskset -c "$mine" /usr/bin/time -f "%e %M %U %S" -o "$W/time.spush" "$BIN" push "$IMG" --stream "unix:$W/s.sock" 2>/dev/null &
     p=$!
     sample_threads "$p" "$W/threads.push" &
@@ -376,7 +385,7 @@ if ! skip scaling; then
     rm -rf "$W/store-scale" "$W/b.sock"
     taskset -c "$mine" /usr/bin/time -f "%e %M %U %S" -o "$W/time.srecv" "$BIN" receive --out "$W/store-scale" --stream "unix:$W/b.sock" --once 2>/dev/null &
     r=$!
-    while [ ! -S "$W/b.sock" ]; do sleep 0.02; done
+    wait_sock "$W/b.sock" "$r"
     s=$(date +%s.%N)
     "${peer[@]}" "$BUN" scripts/bench-replay.ts "$W/push.rec" "unix:$W/b.sock" 2>/dev/null &
     replay=$!
@@ -431,7 +440,7 @@ if ! skip incr; then
     rm -f "$W/i.sock"
     "$BIN" receive --out "$INCR_STORE" --stream "unix:$W/i.sock" --once > /dev/null 2>&1 &
     local r=$! s e
-    while [ ! -S "$W/i.sock" ] && kill -0 "$r" 2>/dev/null; do sleep 0.02; done
+    wait_sock "$W/i.sock" "$r"
     s=$(date +%s.%N)
     "$BIN" push "$W/incr.img" "${@:2}" --json --stream "$INCR_VIA" > "$W/incr-$1.json" 2>/dev/null || echo "bench: push ($1) failed" >&2
     wait "$r" || true
@@ -474,7 +483,7 @@ if ! skip incr; then
   INCR_STORE="$W/store-incr-relay"
   "$BUN" scripts/bench-relay.ts "unix:$W/ir.sock" "unix:$W/i.sock" 25 2>/dev/null &
   irelay=$!
-  while [ ! -S "$W/ir.sock" ] && kill -0 "$irelay" 2>/dev/null; do sleep 0.02; done
+  wait_sock "$W/ir.sock" "$irelay"
   INCR_VIA="unix:$W/ir.sock"
   mv "$W/incr-old.img" "$W/incr.img"
   IRF=$(incr_push rfull)
@@ -714,7 +723,7 @@ if ! skip nbd; then
     rm -f "$W/n.sock"
     "$BIN" nbd "$NB" --listen "unix:$W/n.sock" > /dev/null 2>&1 &
     nbdpid=$!
-    while [ ! -S "$W/n.sock" ] && kill -0 "$nbdpid" 2>/dev/null; do sleep 0.02; done
+    wait_sock "$W/n.sock" "$nbdpid"
     URI="nbd+unix:///?socket=$W/n.sock"
     : > "$W/nruns"
     for _ in $(seq "$ROUNDS"); do
