@@ -12,6 +12,7 @@ import * as path from "node:path";
 import { spawn } from "node:child_process";
 import { TbError, errnoText } from "../core/errors.ts";
 import { ImageExport, findImageBackup } from "./export.ts";
+import { mountPoints } from "../util/mounts.ts";
 
 export const STATE_DIR = ".tbbackup";
 export const STATE_FILE = "state.json";
@@ -107,18 +108,6 @@ export function readState(dir: string): MountState | null {
   } catch (e) {
     throw new TbError("VERIFY", `${statePath(dir)} is unreadable: ${(e as Error).message}`, "undo the mounts by hand (umount, losetup -d, fusermount3 -u) and remove it");
   }
-}
-
-/** Mount points in /proc/self/mountinfo (unescaped). */
-function mountPoints(): Set<string> {
-  const out = new Set<string>();
-  try {
-    for (const line of fs.readFileSync("/proc/self/mountinfo", "utf8").split("\n")) {
-      const f = line.split(" ");
-      if (f[4]) out.add(f[4].replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))));
-    }
-  } catch {}
-  return out;
 }
 
 async function waitUntil(cond: () => boolean, ms: number): Promise<boolean> {

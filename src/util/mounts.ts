@@ -164,6 +164,17 @@ export function mountsOn(p: string): MountOnDisk[] {
   return found;
 }
 
+/** Every mount point of this mount namespace (mountinfo's fifth field, unescaped). */
+export function mountPoints(): Set<string> {
+  const out = new Set<string>();
+  const text = read(sysPath("/proc/self/mountinfo")) ?? "";
+  for (const line of text.split("\n").slice(0, MAX_LINES)) {
+    const f = line.split(" ");
+    if (f[4]) out.add(unescape(f[4]));
+  }
+  return out;
+}
+
 /** "/dev/sda2", or "/dev/mapper/vg-root (on sda2)" for a device built on the disk. */
 export function describeDevice(m: MountOnDisk): string {
   return m.on ? `${m.device} (on ${m.on})` : m.device;
