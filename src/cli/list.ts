@@ -3,7 +3,7 @@ import type { Command } from "commander";
 import type { BackupEntry } from "../core/catalogue.ts";
 import { TbError } from "../errors.ts";
 import { bytes } from "../ui/format.ts";
-import { action, intOption, printJson, type GlobalOpts } from "./common.ts";
+import { action, existingStore, intOption, printJson, type GlobalOpts } from "./common.ts";
 import * as fs from "node:fs";
 import { keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 import { sysPath } from "../util/sysroot.ts";
@@ -62,8 +62,7 @@ export function register(program: Command): void {
             throw new TbError("USAGE", `list needs --out DIR (a store; there is none at ${defaultStore()}) or --stream SPEC (a receiver)`, "run 'tbbackup list --help' for usage");
         }
         if (local) {
-          if (!fs.existsSync(local)) throw new TbError("NOT_FOUND", `${local} does not exist`, "give the directory passed to 'tbbackup receive --out'");
-          rows = listBackups(local);
+          rows = listBackups(await existingStore(local, "list"));
         } else {
           const stream = await resolveStream(o.stream, "list", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
           try {

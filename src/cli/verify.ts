@@ -1,10 +1,10 @@
 // tbbackup verify PATH: re-read a stored backup and check everything.
 import type { Command } from "commander";
 import { bytes } from "../ui/format.ts";
-import { action, exitWith, printJson, type GlobalOpts } from "./common.ts";
+import { action, existingStore, exitWith, printJson, type GlobalOpts } from "./common.ts";
 import { TbError } from "../errors.ts";
 import * as fs from "node:fs";
-import { FILES_FILE, IMAGE_FILE, MANIFEST_FILE, defaultStore } from "../store/layout.ts";
+import { FILES_FILE, IMAGE_FILE, MANIFEST_FILE } from "../store/layout.ts";
 
 export function register(program: Command): void {
   program
@@ -20,10 +20,7 @@ export function register(program: Command): void {
         const { listBackups } = await import("../core/catalogue.ts");
         if (p && o.out) throw new TbError("USAGE", "verify takes a PATH or --out DIR, not both", "run 'tbbackup verify --help' for usage");
         // neither: the default store, when there is one
-        if (!p && !o.out) {
-          if (!fs.existsSync(defaultStore())) throw new TbError("USAGE", `verify needs a PATH or --out DIR (there is no store at ${defaultStore()})`, "e.g. tbbackup verify /srv/backups/host/disk/20260101T000000Z");
-          o.out = defaultStore();
-        }
+        if (!p) o.out = await existingStore(o.out, "verify");
         const reporter = makeReporter();
         try {
           if (p) {
@@ -33,7 +30,6 @@ export function register(program: Command): void {
             else process.stdout.write(`ok: ${r.path}: ${r.chunks} chunks, ${bytes(r.bytes)}, root ${r.root}${r.sha256 ? `, sha256 ${r.sha256}` : ""}\n`);
             return 0;
           }
-          if (!fs.existsSync(o.out!)) throw new TbError("NOT_FOUND", `${o.out} does not exist`, "give the directory passed to 'tbbackup receive --out'");
           const results: { id: string; ok: boolean; error?: string }[] = [];
           // (a directory three levels down with none of a backup's files is not one: verify --out /etc)
           const all = listBackups(o.out!).filter((b) => b.status !== "unreadable" || [MANIFEST_FILE, IMAGE_FILE, FILES_FILE].some((f) => fs.existsSync(`${b.path}/${f}`)));
