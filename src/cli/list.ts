@@ -11,6 +11,7 @@ import { BUS_DIR } from "../thunderbolt/sysfs.ts";
 
 /** A file-level backup that left files out or caught them changing says so beside its status. */
 function statusText(r: Omit<BackupEntry, "path">): string {
+  if (r.status === "unreadable" && typeof r.why === "string") return `unreadable (${r.why})`;
   const notes = [r.unreadableFiles ? `${r.unreadableFiles} unreadable` : "", r.changedFiles ? `${r.changedFiles} changed` : ""].filter(Boolean);
   return notes.length ? `${r.status} (${notes.join(", ")})` : r.status;
 }

@@ -3,6 +3,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { PARTIAL_SUFFIX, IMAGE_FILE, FILES_FILE, DELETING_SUFFIX } from "../store/layout.ts";
 import { readManifest, type Manifest } from "../store/manifest.ts";
+import { storeKind } from "../store/errors.ts";
 
 export interface BackupEntry {
   id: string;
@@ -10,6 +11,8 @@ export interface BackupEntry {
   disk: string;
   kind: "image" | "files";
   status: "complete" | "partial" | "failed" | "unreadable";
+  /** for an unreadable one, why, when that is known (a newer format, a damaged manifest) */
+  why?: string;
   size: number;
   storedBytes: number;
   ratio: number | null;
@@ -68,9 +71,13 @@ export function diskUsage(dir: string): number {
 export function entryFor(dir: string, id: string): BackupEntry {
   const [host = "", disk = ""] = id.split("/");
   let m: Manifest | null = null;
+  // why an unreadable one is: a newer tbbackup's backup is not a damaged one
+  let why: string | undefined;
   try {
     m = readManifest(dir);
-  } catch {}
+  } catch (e) {
+    why = storeKind(e) === "NEWER_FORMAT" ? "written by a newer tbbackup: upgrade to read it" : storeKind(e) === "DAMAGED" ? "its manifest is damaged" : undefined;
+  }
   const partial = dir.endsWith(PARTIAL_SUFFIX);
   const dataFile = m ? path.join(dir, m.data) : path.join(dir, IMAGE_FILE);
   let status: BackupEntry["status"] = !m ? "unreadable" : partial ? "partial" : m.status;
@@ -81,6 +88,7 @@ export function entryFor(dir: string, id: string): BackupEntry {
     disk,
     kind: m?.kind ?? (fs.existsSync(path.join(dir, FILES_FILE)) ? "files" : "image"),
     status,
+    ...(status === "unreadable" && why ? { why } : {}),
     size: m?.size ?? 0,
     // a partial's manifest is written before its data: what it holds is what its files take
     storedBytes: partial || !m ? diskUsage(dir) : m.storedBytes,

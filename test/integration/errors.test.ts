@@ -159,6 +159,12 @@ describe("errors", () => {
     expect(r.code).toBe(6);
     expect(oneLine(r.stderr)).toMatch(/upgrade tbbackup/);
     expect(fs.existsSync(target)).toBe(false);
+    // list says why it cannot read it, in the table and in JSON
+    const l = await run(["list", "--out", out]);
+    expect(l.code).toBe(0);
+    expect(l.stdout).toContain("unreadable (written by a newer tbbackup: upgrade to read it)");
+    const lj = await run(["list", "--out", out, "--json"]);
+    expect(JSON.parse(lj.stdout)[0]).toMatchObject({ status: "unreadable", why: "written by a newer tbbackup: upgrade to read it" });
   });
 
   test("receiver's disk full: both sides exit 5, nothing listed as complete", async () => {
