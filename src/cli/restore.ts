@@ -1,7 +1,7 @@
 // tbbackup restore TARGET: write a backup back onto a disk or into an image file.
 import type { Command } from "commander";
 import * as fs from "node:fs";
-import { sameHardware } from "../core/identity.ts";
+import { sameDisk } from "../core/identity.ts";
 import { TbError, outcome } from "../errors.ts";
 import type { RestoreInfo } from "../protocol/messages.ts";
 import { isBlank, type TargetInfo } from "../core/target.ts";
@@ -24,8 +24,7 @@ function describeTarget(t: TargetInfo): string {
 function otherDisk(t: TargetInfo, b: RestoreInfo): string | null {
   if (t.kind !== "block") return null;
   const d = b.disk;
-  const same = sameHardware(t.identity, d) ?? t.path === d.path;
-  if (same || isBlank(t.path)) return null;
+  if (sameDisk(d, t.identity, { by: "hardware", strictPath: false }) || isBlank(t.path)) return null;
   const was = [d.path, d.model, d.serial && `serial ${d.serial}`].filter(Boolean).join(", ");
   return `${describeTarget(t)} holds data and is not the disk backup ${b.id} was made from (${was})`;
 }

@@ -15,14 +15,68 @@ function readTrim(p: string): string | null {
 }
 
 /**
- * Whether two disks are the same by their hardware names: WWN when both have
- * one, else serial when both have one; null when that cannot tell (then the
- * caller decides by path).
+ * The names that say which disk a backup or a target is, as a HELLO's `disk`,
+ * a manifest and RESTORE_INFO record them (a catalogue entry maps onto it).
+ * Each is a claim read from a disk or a peer: compared, never trusted further.
  */
-export function sameHardware(a: { wwn: string | null; serial: string | null }, b: { wwn: string | null; serial: string | null }): boolean | null {
-  if (a.wwn && b.wwn) return a.wwn === b.wwn;
-  if (a.serial && b.serial) return a.serial === b.serial;
-  return null;
+export interface DiskNames {
+  path: string | null;
+  kind?: string | null;
+  size: number | null;
+  serial: string | null;
+  wwn: string | null;
+}
+
+/**
+ * How two disks' names compare: the one comparison every "same disk" question
+ * (push resume and incremental base, the restore choice and target check) is
+ * answered from. `a` is the one recorded (a backup), `b` the one at hand.
+ */
+export interface DiskComparison {
+  /**
+   * By the hardware's own names: WWN when both have one, else serial when
+   * both have one; null when neither pair is there to tell.
+   */
+  hardware: boolean | null;
+  /** each name exactly as recorded (two absent names are alike) */
+  alike: { path: boolean; kind: boolean; size: boolean; serial: boolean; wwn: boolean };
+  /** `a`'s data fits on `b`: `b` is a file (it grows) or holds at least `a.size` bytes */
+  fits: boolean;
+}
+
+export function compareDisks(a: DiskNames, b: DiskNames): DiskComparison {
+  const hardware = a.wwn && b.wwn ? a.wwn === b.wwn : a.serial && b.serial ? a.serial === b.serial : null;
+  return {
+    hardware,
+    alike: { path: a.path === b.path, kind: a.kind === b.kind, size: a.size === b.size, serial: a.serial === b.serial, wwn: a.wwn === b.wwn },
+    fits: b.kind === "file" || (a.size !== null && b.size !== null && a.size <= b.size),
+  };
+}
+
+/**
+ * Which "same disk" question is asked; each is the one rule below, read from
+ * the one comparison above:
+ *
+ * - `recorded`: every name as recorded: path, size, serial and WWN all equal
+ *   (a name neither has counts as equal, one only one of them has does not).
+ *   For continuing or building on a backup (resume §8.4, incremental base
+ *   §8.7 of docs/PROTOCOL.md): the data must line up chunk for chunk, so a
+ *   disk that moved to another path, or another disk at that path, is not it.
+ * - `hardware`: the hardware's names decide (WWN, else serial), so a disk
+ *   that moved to another path is still the same; only when they cannot
+ *   tell, the path, and with `strictPath` also the kind (an image file never
+ *   stands for a disk that was not found) and room for `a`'s data on `b`.
+ *   For restore: the backup chosen for a target (§8.6, `strictPath`) and
+ *   whether a target is the disk its backup was made from.
+ */
+export type SameDiskRule = { by: "recorded" } | { by: "hardware"; strictPath: boolean };
+
+/** Whether `a` (recorded with a backup) and `b` are the same disk, by `rule`. */
+export function sameDisk(a: DiskNames, b: DiskNames, rule: SameDiskRule): boolean {
+  const c = compareDisks(a, b);
+  if (rule.by === "recorded") return c.alike.path && c.alike.size && c.alike.serial && c.alike.wwn;
+  if (c.hardware !== null) return c.hardware;
+  return c.alike.path && (!rule.strictPath || (c.alike.kind && c.fits));
 }
 
 export function hostIdentity(): HostIdentity {

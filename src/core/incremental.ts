@@ -17,7 +17,7 @@ import { compressBound } from "../util/buffer-pool.ts";
 import type { Channel } from "./channel.ts";
 import { TbError } from "./errors.ts";
 import { peerError } from "./handshake.ts";
-import { diskBackups, sameDisk } from "./resume.ts";
+import { backupOfThisDisk, diskBackups } from "./resume.ts";
 
 /**
  * The most chunks a base may have: its digests are held in memory on both
@@ -136,7 +136,7 @@ export function baseDamaged(id: string, i: number, why: string): TbError {
 export function findBase(out: string, hello: Hello): Base | null {
   const complete = (n: string) => !n.endsWith(PARTIAL_SUFFIX) && !n.endsWith(DELETING_SUFFIX) && !n.startsWith(".");
   for (const { id, dir, manifest: m } of diskBackups(out, hello, complete)) {
-    if (m.status !== "complete" || !sameDisk(m, hello)) continue;
+    if (m.status !== "complete" || !backupOfThisDisk(m, hello)) continue;
     const b = Base.open(dir, id, m);
     if (typeof b !== "string") return b;
   }

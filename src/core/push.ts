@@ -1,7 +1,7 @@
 // push: read a disk or image in chunks, hash it, compress it on worker threads,
 // and stream it to a receiver; done only when the receiver says it is durable
 // and its SHA-256 matches ours.
-import { MsgType, decodeMessage, sessionOf, type DiskIdentity, type Done, type End, type Layout, type MountedRw } from "../protocol/messages.ts";
+import { MsgType, type DiskIdentity, type End, type Layout, type MountedRw } from "../protocol/messages.ts";
 import { dataFrameSize, sameRecordFrame, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
@@ -12,7 +12,8 @@ import { CAPABILITIES, INCREMENTAL_CAP, RESEND_CAP, ROOT_CAP, STATUS_CAP } from 
 import { RewindPoints } from "./resend.ts";
 import { receiveBaseDigests } from "./incremental.ts";
 import { TbError, outcome } from "./errors.ts";
-import { handshake, newHello, peerError, hasCap } from "./handshake.ts";
+import { handshake, newHello, hasCap } from "./handshake.ts";
+import { PushSession, type PushAction, type PushEvent } from "./push-session.ts";
 import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { holeTest, openSource, readFully } from "./source.ts";
@@ -77,25 +78,10 @@ export interface PushOptions {
   mountedRw?: MountedRw[];
 }
 
-/** The hint when all was sent but the receiver's confirmation did not come through. */
-const UNCONFIRMED = "the backup is not confirmed: if 'tbbackup list' on the receiver shows it complete, it is; otherwise check the receiver's disk and messages, then push again";
-
 /** The receiver sends the base's digests right after HELLO_ACK: a gap this long between them means they were lost. */
 const BASE_DIGESTS_WAIT_MS = 30_000;
 /** While re-reading a prefix, tell the receiver this often that we are still there (its --idle may be 5 s). */
 const KEEPALIVE_MS = 2000;
-/**
- * After END, with no DONE for this long, ask the receiver for it (STATUS): a
- * damaged or lost DONE is sent again. (The driver wakes no reader for a frame
- * that came last; a fresh one brings both.)
- */
-const STATUS_EVERY_MS = 5000;
-/** RESEND requests a sender follows in one push: far more than a receiver's own budget allows, but bounded. */
-const MAX_RESEND_REQUESTS = 1000;
-/** Damaged answers to STATUS before giving up on hearing a good one. */
-const MAX_DAMAGED_ANSWERS = 3;
-/** After END, wait at least this long for DONE (an answer to STATUS needs time), whatever --idle says. */
-const MIN_END_WAIT_MS = 2 * STATUS_EVERY_MS;
 
 /**
  * Re-reads the first `chunks` chunks, folding their digests into `root` (and
@@ -175,9 +161,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   const ch = new Channel(conn);
   const pool = new WorkerPool(workerCount());
   let hasher: Hasher | null = null;
-  let done: Done | null = null;
-  let peerFailure: TbError | null = null;
-  let finishedSending = false;
+  // what the receiver said so far (created after the handshake)
+  let session: PushSession | null = null;
   // fired when the receiver has had its last word (DONE, an error, or silence)
   const receiverDone = new Signal();
   try {
@@ -205,106 +190,45 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     }
     const baseDigest = (i: number) => (base && i * 32 < base.length ? digestAt(base, i) : undefined);
 
-    // Everything the receiver says from here on: progress, keepalives (every
-    // 5 s while its work moves on), an error, or the final DONE. A write that
-    // has waited idleMs on a receiver silent as long means it froze (host hung,
-    // disk stalled): end the push instead of a progress line that never moves.
-    // Once all is sent, only DONE or ERROR count, within idleMs.
-    let heard = Date.now();
-    let writingSince: number | null = null;
-    // After END: a receiver that offers STATUS is asked again for a DONE that does not come.
-    const canAsk = hasCap(ack, STATUS_CAP);
-    let askedAt = 0;
-    let damagedAnswers = 0;
-    let endSent: End | null = null;
-    // A receiver that lists the resend capability asks for a damaged chunk again
-    // (docs/PROTOCOL.md §8.2a): sending goes back to `rewindTo`.
+    // Everything the receiver says from here on (progress, keepalives every
+    // 5 s while its work moves on, a request for a damaged chunk, an error, the
+    // final DONE) and its silences go to the session's state machine
+    // (push-session.ts); this listener only reads and does what it says.
+    // After END, a receiver that lists STATUS is asked again for a DONE that
+    // does not come; a receiver that lists resend asks for a damaged chunk
+    // again (docs/PROTOCOL.md §8.2a): sending goes back there.
     const canResend = mayResend && hasCap(ack, RESEND_CAP);
-    let rewindTo: number | null = null;
-    let requests = 0;
-    let lastRequest = 0;
+    const ps = new PushSession({ session: hello.session, canAsk: hasCap(ack, STATUS_CAP), canResend, idleMs: opts.idleMs }, Date.now());
+    session = ps;
     const wake: { rewind: (() => void) | null } = { rewind: null };
-    // END again first: if it was the frame lost (or damaged), the receiver still waits for it
-    const ask = () => {
-      askedAt = Date.now();
-      if (endSent) void ch.sendJson(MsgType.END, endSent).catch(() => {});
+    const act = (a: PushAction) => {
+      if (a.type === "rewind") return wake.rewind?.();
+      // END again first: if it was the frame lost (or damaged), the receiver still waits for it
+      void ch.sendJson(MsgType.END, a.end).catch(() => {});
       void ch.sendJson(MsgType.STATUS, { session: hello.session }).catch(() => {});
     };
     const listener = (async () => {
-      for (;;) {
-        let f;
+      while (!ps.over) {
+        let ev: PushEvent;
         try {
-          f = await ch.recv(1000, "the receiver");
+          ev = { type: "frame", frame: await ch.recv(1000, "the receiver") };
         } catch (e) {
-          if (e instanceof TbError && e.code === "TIMEOUT") {
-            const now = Date.now();
-            if (finishedSending && canAsk && now - Math.max(heard, askedAt) >= STATUS_EVERY_MS) ask();
-            const limit = finishedSending && canAsk ? Math.max(opts.idleMs, MIN_END_WAIT_MS) : opts.idleMs;
-            if (now - heard < limit || (!finishedSending && (writingSince === null || now - writingSince < opts.idleMs))) continue;
-            const silent = Math.round(opts.idleMs / 1000);
-            peerFailure ??= finishedSending
-              ? new TbError("TIMEOUT", `the receiver did not confirm the backup within ${silent} s of the end`, "", [], outcome.unconfirmed(UNCONFIRMED))
-              : new TbError("TIMEOUT", `the receiver has taken no data and said nothing for ${silent} s`, "check the receiver (its disk, its messages), then push again", [], outcome.incomplete("backup"));
-            break;
-          }
-          // a damaged frame from a receiver that asks again for what it lacks (it repeats a request that does not come through)
-          if (canResend && !finishedSending && e instanceof TbError && e.code === "CORRUPT") continue;
-          // everything was sent: the receiver may well have stored it, and only its answer was lost
-          if (finishedSending && e instanceof TbError && e.code === "CORRUPT") {
-            // the first damaged frame after END is likely the DONE itself; later ones are answers
-            if (canAsk && (askedAt === 0 || ++damagedAnswers < MAX_DAMAGED_ANSWERS)) {
-              ask();
-              continue;
-            }
-            peerFailure ??= new TbError("CORRUPT", "the receiver's answer to the end of the backup arrived damaged", "", [], outcome.unconfirmed(UNCONFIRMED));
-          }
-          // (all was handed to the transport, not necessarily taken in by the receiver)
-          if (finishedSending && e instanceof TbError && e.code === "CLOSED") peerFailure ??= new TbError("CLOSED", "the connection closed after all data was sent, before the receiver confirmed the backup", "", [], outcome.unconfirmed(UNCONFIRMED));
-          peerFailure ??= e instanceof TbError ? e : new TbError("CLOSED", String(e), "run again");
-          break;
+          ev = e instanceof TbError && e.code === "TIMEOUT" ? { type: "quiet" } : { type: "broken", error: e };
         }
-        // PROGRESS (durable so far, or a keepalive) only keeps the silence timer fresh
-        if (f.type !== MsgType.PROGRESS || !finishedSending) heard = Date.now();
-        if (f.type === MsgType.RESEND && canResend) {
-          const r = decodeMessage(MsgType.RESEND, f.payload);
-          // a repeated request (the first came through) is not a new one
-          if (!r || r.session !== hello.session || r.seq <= lastRequest) continue;
-          // a receiver keeps its own budget (3 a chunk, 10 a minute); one that asks without end is not believed
-          if (++requests > MAX_RESEND_REQUESTS) {
-            peerFailure ??= new TbError("CORRUPT", `the receiver asked for damaged chunks again ${MAX_RESEND_REQUESTS} times`, "the link damages too much data; check the cable, then push again (it continues from the last durable point)");
-            break;
-          }
-          lastRequest = r.seq;
-          rewindTo = r.from;
-          wake.rewind?.();
-        } else if (f.type === MsgType.DONE) {
-          const d = decodeMessage(MsgType.DONE, f.payload);
-          // on a shared device, a DONE meant for an earlier push may still be in flight
-          // (receivers that know STATUS always name the session)
-          if ((canAsk || typeof d?.session === "string") && d?.session !== hello.session) continue;
-          done = d;
-          break;
-        } else if (f.type === MsgType.ERROR) {
-          const session = sessionOf(f.payload);
-          if (typeof session === "string" && session !== hello.session) continue; // an earlier session's
-          const err = peerError(f.payload);
-          // the answer to our STATUS: this receiver (restarted?) does not know the session
-          peerFailure = finishedSending && err.code === "NOT_FOUND" ? new TbError("CLOSED", "the receiver has no record of this push (was it restarted?)", "", [], outcome.unconfirmed(UNCONFIRMED)) : err;
-          break;
-        }
+        for (const a of ps.step(ev, Date.now())) act(a);
       }
       receiverDone.fire();
     })();
 
     // Every write waits on the receiver: it is watched like the data (see the listener).
     const send = async (sending: Promise<void>): Promise<boolean> => {
-      writingSince = Date.now();
+      ps.writing(Date.now());
       try {
         const written = await receiverDone.race(sending);
-        if (!written && peerFailure) throw peerFailure;
+        if (!written && ps.failure) throw ps.failure;
         return written;
       } finally {
-        writingSince = null;
+        ps.writing(null);
       }
     };
     // The integrity root (docs/FORMAT.md §4a) is folded here from the workers'
@@ -321,7 +245,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     if (ack.resume) {
       const offer = ack.resume;
       const keepalive = async (done: number) => {
-        if (peerFailure) throw peerFailure; // the receiver gave up: no need to read the rest
+        if (ps.failure) throw ps.failure; // the receiver gave up: no need to read the rest
         await send(ch.sendJson(MsgType.PROGRESS, { session: hello.session, checking: done, of: offer.chunks }));
       };
       if (opts.resume !== false && (await prefixMatches(src, offer.chunks, offer.digest, opts.chunkSize, root, sha, keepalive))) start = offer.chunks;
@@ -352,11 +276,11 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     const points = canResend ? new RewindPoints<{ root: ReturnType<RootBuilder["save"]>; zeroChunks: number; stored: number; changedChunks: number }>() : null;
     let resent = 0;
     const sendOne = async (o: Out) => {
-      if (peerFailure) throw peerFailure;
+      if (ps.failure) throw ps.failure;
       const r = o.reply;
       if (r && r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
       if (r && r.op !== "compressed") throw new TbError("INTERNAL", `unexpected worker reply ${r.op}`, "report this bug");
-      if (rewindTo !== null) {
+      if (ps.rewindTo !== null) {
         // the receiver asked for an earlier chunk again: this one goes out after it
         if (r) {
           frames.give(r.frame);
@@ -399,8 +323,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
 
     /** Goes back to chunk `rewindTo`, asked for again: what was sent from there on is sent again. */
     const rewind = () => {
-      const from = rewindTo!;
-      rewindTo = null;
+      const from = ps.rewindTo!;
+      ps.step({ type: "rewound" }, Date.now());
       const p = points!.take(from);
       if (!p) throw new TbError("CORRUPT", `the receiver asked for chunk ${from} again, which this sender cannot send again (it has sent ${chunks})`, "check the cable, then push again; it continues from the last durable point");
       root.restore(p.root);
@@ -415,8 +339,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     let end: End;
     for (;;) {
       for (let i = chunks; src.size === null || offset < src.size; i++) {
-        if (peerFailure) throw peerFailure;
-        if (rewindTo !== null) break;
+        if (ps.failure) throw ps.failure;
+        if (ps.rewindTo !== null) break;
         // A hole of a sparse image is zeros: no need to read it.
         const holeLength = isHole && src.size !== null ? Math.min(opts.chunkSize, src.size - offset) : 0;
         let rawLength: number;
@@ -442,32 +366,29 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         if (rawLength < opts.chunkSize) break;
       }
       await out.drain();
-      if (rewindTo !== null) {
+      if (ps.rewindTo !== null) {
         rewind();
         continue;
       }
       const wholeSha = sha ? await sha.digest() : undefined;
       end = { chunks, bytes: offset, ...(peerHasRoot ? { root: root.digest() } : {}), ...(wholeSha ? { sha256: wholeSha } : {}), ...(src.summary?.() ?? {}) };
+      ps.step({ type: "end-writing", end }, Date.now());
       await send(ch.sendJson(MsgType.END, end)); // END too can wait on a receiver that froze
-      endSent = end;
-      finishedSending = true;
-      heard = Date.now();
+      ps.step({ type: "end-written" }, Date.now());
       opts.reporter.progress({ phase: "push", bytes: offset, total, stored, ...progressExtra(src) });
       opts.reporter.info("all data sent; waiting for the receiver to confirm it is stored");
       // a chunk found damaged at the end is asked for after END: send from there again, then END again
-      if (rewindTo === null) await Promise.race([listener, new Promise<void>((r) => (wake.rewind = r))]);
+      if (ps.rewindTo === null) await Promise.race([listener, new Promise<void>((r) => (wake.rewind = r))]);
       wake.rewind = null;
-      if (rewindTo !== null && !done && !peerFailure) {
-        finishedSending = false;
-        endSent = null;
+      if (ps.rewindTo !== null) {
         rewind();
         continue;
       }
       break;
     }
     await listener;
-    if (peerFailure) throw peerFailure;
-    const d = done as Done | null;
+    if (ps.failure) throw ps.failure;
+    const d = ps.done;
     if (!d) throw new TbError("CLOSED", "the receiver never confirmed the backup", "run the command again", [], outcome.incomplete("backup"));
     if (end.root !== undefined && d.root !== end.root)
       throw new TbError("CORRUPT", `the receiver stored integrity root ${d.root ?? "(none)"}, but the source has ${end.root}`, "check the cable and run again", [], outcome.incomplete("backup"));
@@ -495,8 +416,9 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   } catch (e) {
     // A write that failed because the receiver hung up usually means it said
     // why first (disk full, corrupt data): give its message a moment to arrive.
-    if (e instanceof TbError && e.code === "CLOSED" && !peerFailure) await receiverDone.race(Bun.sleep(2000));
-    if (peerFailure && (peerFailure as TbError).code !== "CLOSED" && peerFailure !== e) throw peerFailure;
+    if (e instanceof TbError && e.code === "CLOSED" && session && !session.failure) await receiverDone.race(Bun.sleep(2000));
+    const peerFailure = session?.failure;
+    if (peerFailure && peerFailure.code !== "CLOSED" && peerFailure !== e) throw peerFailure;
     if (!(e instanceof TbError && (e.code === "CLOSED" || e.code === "PEER" || e.code === "NO_SPACE"))) {
       const msg = e instanceof TbError ? e.message : String(e);
       const code = e instanceof TbError ? e.code : "INTERNAL";

@@ -5,8 +5,8 @@
 // restore: each chunk is written only when the target holds other bytes there.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, decodeMessage, sessionOf, type RestoreGo, type RestoreInfo } from "../protocol/messages.ts";
-import { decodeChunkRecord, encodeWant, wants } from "../protocol/chunk-record.ts";
+import { CHUNK_HEADER_SIZE, MsgType, type RestoreInfo } from "../protocol/messages.ts";
+import { wants } from "../protocol/chunk-record.ts";
 import { DELTA_RESTORE_CAP, STATUS_CAP } from "./version.ts";
 import { MAX_BASE_CHUNKS, receiveBaseDigests } from "./incremental.ts";
 import type { Transport } from "../transport/index.ts";
@@ -15,13 +15,14 @@ import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest, digestAt } from "../store/root.ts";
 import { TbError, asTbError, outcome, saysUnfinished } from "./errors.ts";
-import { handshake, newHello, peerError, hasCap } from "./handshake.ts";
+import { handshake, newHello, hasCap } from "./handshake.ts";
+import { RestoreSession, type RestorerMessage } from "./restore-session.ts";
 import { type Keepalive, startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { assertNotInUse, inspectTarget, isBlank, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
 import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
-import { isZeroFrame, zeroChecksum } from "./zero.ts";
+import { isZeroFrame } from "./zero.ts";
 import { zeroWriter } from "./zero-out.ts";
 import { Extractor, type ExtractStats } from "./files/extract.ts";
 import { POSIX_FADV_DONTNEED, loadLibc } from "../util/libc.ts";
@@ -532,17 +533,15 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
   try {
     const hello = newHello("restore", { backup: opts.backup, target: target?.identity, content: target ? "image" : "files", ...(comparing ? { delta: true } : {}) });
     const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
-    let info: RestoreInfo | null = null;
-    while (!info) {
-      const f = await ch.recv(opts.waitMs, "the receiver's restore offer");
-      if (f.type === MsgType.ERROR) throw restoreError(f.payload);
-      if (f.type === MsgType.RESTORE_INFO) {
-        const i = decodeMessage(MsgType.RESTORE_INFO, f.payload);
-        if (i?.session === hello.session) info = i;
-        else if (!i && sessionOf(f.payload) === hello.session) throw new TbError("PROTOCOL", "the receiver's restore offer is malformed", "use the same tbbackup version on both sides");
-      }
+    // The session's states and what each accepts: restore-session.ts.
+    const rs = new RestoreSession(hello.session);
+    const say = (m: RestorerMessage) => (m.type === MsgType.RESTORE ? ch.sendJson(m.type, m.body) : m.type === MsgType.RESTORE_DONE ? ch.sendJson(m.type, m.body) : ch.sendJson(m.type, m.body));
+    let offer: RestoreInfo | null = null;
+    while (!offer) {
+      rs.step({ type: "frame", frame: await ch.recv(opts.waitMs, "the receiver's restore offer") });
+      if (rs.failure) throw rs.failure;
+      offer = rs.info;
     }
-    const offer = info;
     // A delta restore (§8.6a): the backup's per-chunk SHA-256s follow the offer.
     // Any trouble with them: every chunk is sent, as to a restorer without them.
     let digests: Uint8Array | undefined;
@@ -554,7 +553,6 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
       else digests = got;
     }
     ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(offer.chunkSize) + TRAILER_SIZE, 64));
-    let began = false;
     // While the target is synced and read back (minutes for a big disk), the
     // receiver waits for RESTORE_DONE: tell one that knows keepalives we are still at it.
     let keepalive: Keepalive | undefined;
@@ -564,46 +562,26 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
       keepalive = startKeepalive(() => ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {}), KEEPALIVE_MS, { now: true });
     };
     async function* chunks(): AsyncGenerator<ChunkIn> {
-      const go: RestoreGo = { session: hello.session, go: true, ...(want ? { want: encodeWant(want) } : {}) };
-      await ch.sendJson(MsgType.RESTORE, go);
-      // with a `want`: only the chunks asked for come, in order
-      const asked = want;
-      const nextAsked = (from: number) => {
-        while (asked && from < offer.chunks && !wants(asked, from)) from++;
-        return from;
-      };
-      let records = asked ? 0 : offer.chunks;
-      for (let i = 0; asked && i < offer.chunks; i++) if (wants(asked, i)) records++;
-      let next = nextAsked(0);
-      began = true;
+      const go = rs.step({ type: "go", want });
+      if (go.type === "send") await say(go.msg);
       // A delta restore reads the target as the data arrives, and can fall far
       // behind a receiver that has sent it all and waits --idle for RESTORE_DONE.
       if (comparing) keepSaying();
-      // The offer said how many chunks come; after the last one RESTORE_END
-      // says nothing new, and need not be waited for: it can be damaged or,
-      // as the last frame, wake no reader on a device.
-      for (let received = 0; received < records; ) {
+      // (the session leaves "receiving" after the last record the offer and the
+      // `want` said would come, or on an early RESTORE_END)
+      while (rs.state.name === "receiving") {
         const f = await ch.recv(opts.idleMs, "backup data from the receiver");
-        if (f.type === MsgType.DATA || f.type === MsgType.ZERO) {
-          const rec = decodeChunkRecord(f, offer.chunkSize, zeroChecksum);
-          if ("error" in rec) throw rec.code === "CORRUPT" ? new TbError(rec.code, rec.error, "restore again", [], outcome.target()) : new TbError(rec.code, rec.error, "use the same tbbackup version on both sides");
-          const h = rec.header;
-          if (asked) {
-            if (h.index !== next) throw new TbError("CORRUPT", `the receiver sent chunk ${h.index}, not chunk ${next} as asked`, "restore again", [], outcome.target());
-            next = nextAsked(next + 1);
-          }
-          if (rec.kind === "zero") {
-            ch.release(f.payload.buffer);
-            yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: true };
-          } else {
-            yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: false, buf: f.payload.buffer as ArrayBuffer, at: rec.zstd.byteOffset, length: rec.zstd.length };
-          }
-          received++;
-        } else if (f.type === MsgType.RESTORE_END) {
-          const end = decodeMessage(MsgType.RESTORE_END, f.payload);
-          if (!end || end.root !== offer.root || end.sha256 !== offer.sha256 || end.bytes !== offer.size) throw new TbError("PROTOCOL", "the receiver ended the restore with different totals than it offered", "restore again");
-          return;
-        } else if (f.type === MsgType.ERROR) throw peerError(f.payload);
+        const out = rs.step({ type: "frame", frame: f });
+        if (rs.failure) throw rs.failure;
+        if (out.type !== "record") continue;
+        const rec = out.record;
+        const h = rec.header;
+        if (rec.kind === "zero") {
+          ch.release(f.payload.buffer);
+          yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: true };
+        } else {
+          yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: false, buf: f.payload.buffer as ArrayBuffer, at: rec.zstd.byteOffset, length: rec.zstd.length };
+        }
       }
       keepSaying();
     }
@@ -616,10 +594,11 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
       release: (buf) => ch.release(buf),
       finish: async (ok, message) => {
         stopKeepalive();
+        const out = rs.step(ok ? { type: "finished", ok } : { type: "finished", ok, message: message ?? "" });
+        if (out.type !== "send") return;
         // the target is complete and verified whether or not the receiver still hears it
-        if (ok)
-          await ch.sendJson(MsgType.RESTORE_DONE, { session: hello.session, ok: true }).catch(() => opts.reporter.info("the receiver left before hearing that the restore is done (its log will say it failed)"));
-        else await ch.sendJson(MsgType.ERROR, { session: hello.session, code: "CLOSED", message: `restore stopped: ${message ?? ""}${began ? "" : " (nothing written)"}` });
+        if (ok) await say(out.msg).catch(() => opts.reporter.info("the receiver left before hearing that the restore is done (its log will say it failed)"));
+        else await say(out.msg);
       },
       close: () => {
         stopKeepalive();
@@ -630,12 +609,4 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
     await ch.close();
     throw e;
   }
-}
-
-/** A receiver's refusal; a choice it could not make comes with candidates to list. */
-function restoreError(payload: Uint8Array): TbError {
-  const e = decodeMessage(MsgType.ERROR, payload);
-  const err = peerError(payload);
-  if (e?.candidates?.length) return new TbError(err.code, err.message, "pass --backup ID with one of the IDs above (at boot: rd.tbbackup.backup=ID)", e.candidates);
-  return err;
 }

@@ -14,6 +14,7 @@ import type { Channel } from "./channel.ts";
 import type { WorkerPool } from "./chunk-jobs.ts";
 import { zeroChecksum } from "./zero.ts";
 import { TbError } from "./errors.ts";
+import { sameDisk } from "./identity.ts";
 
 export interface Resumable {
   id: string;
@@ -22,22 +23,21 @@ export interface Resumable {
 }
 
 /**
- * Whether a stored image backup is of the disk this push HELLO sends: the same
- * host (hostname and machine-id), disk (path, size, serial, WWN) and chunk
- * size. Resume (§8.4) and incremental push (§8.7) use this one rule.
+ * Whether a stored image backup is of the disk this push HELLO sends, so that
+ * it can be continued (resume, §8.4) or built upon (incremental base, §8.7):
+ * the same host (hostname and machine-id) and chunk size, and the same disk
+ * by the `recorded` rule of identity.ts (path, size, serial, WWN as recorded).
  */
-export function sameDisk(m: Manifest, hello: Hello): boolean {
+export function backupOfThisDisk(m: Manifest, hello: Hello): boolean {
   const disk = hello.disk;
   return (
     disk !== undefined &&
+    m.disk !== undefined &&
     m.kind === "image" &&
     m.chunkSize === hello.chunkSize &&
     m.host?.hostname === hello.host?.hostname &&
     m.host?.machineId === hello.host?.machineId &&
-    m.disk?.path === disk.path &&
-    m.disk?.size === disk.size &&
-    m.disk?.serial === disk.serial &&
-    m.disk?.wwn === disk.wwn
+    sameDisk(m.disk, disk, { by: "recorded" })
   );
 }
 
@@ -75,7 +75,7 @@ export function* diskBackups(out: string, hello: Hello, keep: (name: string) => 
 export function findResumable(out: string, hello: Hello): Resumable | null {
   for (const { id, dir, manifest: m } of diskBackups(out, hello, (n) => n.endsWith(PARTIAL_SUFFIX))) {
     const d = m.durable;
-    if (m.status === "partial" && d !== undefined && d.chunks > 0 && sameDisk(m, hello) && fs.existsSync(path.join(dir, m.data + ".tmp"))) return { id, dir, manifest: m };
+    if (m.status === "partial" && d !== undefined && d.chunks > 0 && backupOfThisDisk(m, hello) && fs.existsSync(path.join(dir, m.data + ".tmp"))) return { id, dir, manifest: m };
   }
   return null;
 }

@@ -9,7 +9,7 @@ import { DELTA_RESTORE_CAP, ROOT_CAP } from "./version.ts";
 import { readDigests, sendBaseDigests } from "./incremental.ts";
 import { ChunkList, ImageReader } from "../store/image-reader.ts";
 import { resolveBackupId } from "../store/layout.ts";
-import { sameHardware } from "./identity.ts";
+import { compareDisks, sameDisk, type DiskNames } from "./identity.ts";
 import { readManifest } from "../store/manifest.ts";
 import { storeKind } from "../store/errors.ts";
 import { Channel } from "./channel.ts";
@@ -77,12 +77,9 @@ function diskKey(b: BackupEntry): string {
   return b.diskWwn ?? b.diskSerial ?? `${b.diskPath}:${b.size}`;
 }
 
-function sameDisk(b: BackupEntry, t: DiskIdentity | undefined): boolean {
-  if (!t) return false;
-  const byHardware = sameHardware(t, { wwn: b.diskWwn, serial: b.diskSerial });
-  if (byHardware !== null) return byHardware;
-  // by path only for the same kind: an image file never stands for a disk that was not found
-  return b.diskPath === t.path && b.diskKind === t.kind && (t.kind === "file" || b.size <= t.size);
+/** A catalogue entry's disk, as the same-disk rule reads it. */
+function diskOf(b: BackupEntry): DiskNames {
+  return { path: b.diskPath, kind: b.diskKind, size: b.size, serial: b.diskSerial, wwn: b.diskWwn };
 }
 
 /**
@@ -92,13 +89,13 @@ function sameDisk(b: BackupEntry, t: DiskIdentity | undefined): boolean {
 export function chooseBackup(all: BackupEntry[], host: HostIdentity | undefined, target: DiskIdentity | undefined): { entry: BackupEntry } | { error: string; candidates: string[] } {
   const complete = all.filter((b) => b.status === "complete" && b.kind === "image");
   const mine = complete.filter((b) => sameHost(b, host));
-  const matches = mine.filter((b) => sameDisk(b, target));
+  const matches = target ? mine.filter((b) => sameDisk(diskOf(b), target, { by: "hardware", strictPath: true })) : [];
   const disks = new Set(matches.map(diskKey));
   if (matches.length === 0) {
     // Backups of a disk with the same WWN or serial, from any host (a rescue system
     // without an identity, or a reinstalled one with a new machine-id): when they
     // are all of one disk, the newest is offered by name, never restored unasked.
-    const sameHw = target ? complete.filter((b) => sameHardware(target, { wwn: b.diskWwn, serial: b.diskSerial }) === true).sort((a, b) => a.date.localeCompare(b.date)) : [];
+    const sameHw = target ? complete.filter((b) => compareDisks(diskOf(b), target).hardware === true).sort((a, b) => a.date.localeCompare(b.date)) : [];
     const newest = sameHw[sameHw.length - 1];
     const by = newest?.diskWwn && target?.wwn ? `WWN ${newest.diskWwn}` : `serial ${newest?.diskSerial}`;
     const offer =

@@ -1,0 +1,81 @@
+// A message a session's state does not allow (docs/PROTOCOL.md §8.2b, §8.6b)
+// ends it with PROTOCOL (exit 6) and one clear line, run as a user runs it
+// against a receiver that breaks the protocol (a hand-made one on a unix socket).
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as net from "node:net";
+import * as path from "node:path";
+import { cleanup, oneLine, randomImage, run, tempDir } from "../helpers/cli.ts";
+import { FrameDecoder, encodeFrame, type Frame } from "../../src/protocol/frame.ts";
+import { MsgType, decodeJson, encodeJson, type Hello, type RestoreInfo } from "../../src/protocol/messages.ts";
+import { zeroRecordFrame } from "../../src/protocol/chunk-record.ts";
+import { newHelloAck } from "../../src/core/handshake.ts";
+import { zeroChecksum } from "../../src/core/zero.ts";
+
+let dir: string;
+beforeAll(() => {
+  dir = tempDir("tbb-sessions-");
+});
+afterAll(() => cleanup(dir));
+
+/** A receiver on `sock` that answers each frame with what `answer` gives. */
+async function fakeReceiver(sock: string, answer: (f: Frame, hello: Hello | null) => Uint8Array[]): Promise<{ close: () => void }> {
+  const server = net.createServer((c) => {
+    const decoder = new FrameDecoder();
+    let hello: Hello | null = null;
+    c.on("data", (d: Buffer) => {
+      for (const ev of decoder.push(new Uint8Array(d))) {
+        if (ev.kind !== "frame") continue;
+        if (ev.frame.type === MsgType.HELLO) {
+          if (hello) continue; // a repeated HELLO
+          hello = decodeJson<Hello>(ev.frame.payload)!;
+        }
+        for (const out of answer(ev.frame, hello)) c.write(out);
+      }
+    });
+    c.on("error", () => {});
+  });
+  await new Promise<void>((r) => server.listen(sock, () => r()));
+  return { close: () => server.close() };
+}
+
+const json = (type: number, v: unknown) => encodeFrame(type, encodeJson(v));
+
+describe("a message the session's state does not allow", () => {
+  test("push: a DONE before the sender's END is refused (PROTOCOL, exit 6), not taken as the confirmation", async () => {
+    const img = randomImage(dir, 4);
+    const sock = path.join(dir, "early-done.sock");
+    const server = await fakeReceiver(sock, (f, hello) =>
+      f.type === MsgType.HELLO
+        ? [json(MsgType.HELLO_ACK, newHelloAck(hello!, "h/d/t")), json(MsgType.DONE, { session: hello!.session, id: "h/d/t", path: "/x", bytes: 0, storedBytes: 0 })]
+        : [],
+    );
+    try {
+      const r = await run(["push", img, "--stream", `unix:${sock}`, "--chunk-size", "64K"]);
+      expect(oneLine(r.stderr)).toMatch(/the receiver sent DONE before the sender's END/);
+      expect(r.code).toBe(6);
+    } finally {
+      server.close();
+    }
+  });
+
+  test("restore: a second RESTORE_INFO while the data comes is refused (PROTOCOL, exit 6); the new target file is removed", async () => {
+    const sock = path.join(dir, "twice-offered.sock");
+    const target = path.join(dir, "restored.img");
+    const offer = (session: string): RestoreInfo => ({ session, id: "h/d/t", kind: "image", host: { hostname: "h", machineId: null, productUuid: null }, disk: { path: "/dev/sda", kind: "block", name: "sda", size: 4096, model: null, serial: null, wwn: null, logicalBlockSize: 512, partitionTable: null }, label: null, date: "2026-01-01T00:00:00Z", size: 4096, chunkSize: 4096, chunks: 1, sha256: "0".repeat(64) });
+    const server = await fakeReceiver(sock, (f, hello) => {
+      if (f.type === MsgType.HELLO) return [json(MsgType.HELLO_ACK, newHelloAck(hello!)), json(MsgType.RESTORE_INFO, offer(hello!.session))];
+      // the go-ahead: the offer again, then the data (which the restorer must not take after that)
+      if (f.type === MsgType.RESTORE) return [json(MsgType.RESTORE_INFO, offer(hello!.session)), zeroRecordFrame({ index: 0, offset: 0, rawLength: 4096, checksum: zeroChecksum(4096) }), json(MsgType.RESTORE_END, { chunks: 1, bytes: 4096, sha256: "0".repeat(64) })];
+      return [];
+    });
+    try {
+      const r = await run(["restore", target, "--stream", `unix:${sock}`, "--yes", "--wait", "10"]);
+      expect(oneLine(r.stderr)).toMatch(/the receiver sent RESTORE_INFO again while sending the backup/);
+      expect(r.code).toBe(6);
+      expect(fs.existsSync(target)).toBe(false);
+    } finally {
+      server.close();
+    }
+  });
+});
