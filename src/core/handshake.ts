@@ -77,11 +77,13 @@ export async function handshake(ch: Channel, hello: Hello, waitMs: number, repor
         throw new TbError("TIMEOUT", `no answer from a receiver on ${ch.conn.description} within ${Math.round(waitMs / 1000)} s`, "start 'tbbackup receive' on the other machine, check the cable, or raise --wait");
       }
       if (f.type === MsgType.HELLO_ACK) {
-        const ack = decodeJson<HelloAck>(f.payload); // checked field by field by checkPeer
-        const bad = checkPeer(ack);
+        // protocol and version first (their own lines), then every field by the message's validator
+        const bad = checkPeer(decodeJson<HelloAck>(f.payload));
         if (bad) throw bad;
-        if (ack!.session !== hello.session) continue; // an answer to an earlier session
-        return ack!;
+        const ack = decodeMessage(MsgType.HELLO_ACK, f.payload);
+        if (!ack) throw new TbError("PROTOCOL", "the receiver's HELLO_ACK is malformed (a field of the wrong shape)", "install the same tbbackup version on both machines");
+        if (ack.session !== hello.session) continue; // an answer to an earlier session
+        return ack;
       }
       if (f.type === MsgType.ERROR) {
         const e = decodeMessage(MsgType.ERROR, f.payload);

@@ -177,8 +177,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     // Incremental push (docs/PROTOCOL.md §8.7): the base's digests come before anything else.
     let base: Uint8Array | null = null;
     let baseId: string | undefined;
-    // (the offer is a peer's claim: its shape is checked before use, its count by receiveBaseDigests)
-    const baseOffer = typeof ack.base === "object" && ack.base !== null && typeof ack.base.id === "string" && Number.isSafeInteger(ack.base.chunks) ? ack.base : null;
+    // (the offer is a peer's claim: its shape was checked by handshake's validator, its count is by receiveBaseDigests)
+    const baseOffer = ack.base ?? null;
     if (baseOffer && !opts.full && src.size !== null) {
       const got = await receiveBaseDigests(ch, hello.session, baseOffer.chunks, Math.ceil(src.size / opts.chunkSize), Math.min(opts.idleMs, BASE_DIGESTS_WAIT_MS));
       if (typeof got === "string") opts.reporter.info(`not incremental against ${baseOffer.id} (${got}): sending every chunk`);

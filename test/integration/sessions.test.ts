@@ -59,6 +59,24 @@ describe("a message the session's state does not allow", () => {
     }
   });
 
+  test("push: a HELLO_ACK with a field of the wrong shape (a base offer that is a string) is refused (PROTOCOL, exit 6) before anything is sent", async () => {
+    const img = randomImage(dir, 4);
+    const sock = path.join(dir, "bad-ack.sock");
+    let frames = 0;
+    const server = await fakeReceiver(sock, (f, hello) => {
+      if (f.type !== MsgType.HELLO && f.type !== MsgType.ERROR) frames++; // (an ERROR telling it why is fine)
+      return f.type === MsgType.HELLO ? [json(MsgType.HELLO_ACK, { ...newHelloAck(hello!, "h/d/t"), base: "h/d/older" })] : [];
+    });
+    try {
+      const r = await run(["push", img, "--stream", `unix:${sock}`, "--chunk-size", "64K"]);
+      expect(oneLine(r.stderr)).toMatch(/the receiver's HELLO_ACK is malformed/);
+      expect(r.code).toBe(6);
+      expect(frames).toBe(0);
+    } finally {
+      server.close();
+    }
+  });
+
   test("restore: a second RESTORE_INFO while the data comes is refused (PROTOCOL, exit 6); the new target file is removed", async () => {
     const sock = path.join(dir, "twice-offered.sock");
     const target = path.join(dir, "restored.img");
