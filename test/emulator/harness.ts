@@ -39,6 +39,8 @@ export interface EmuDev {
   attached: boolean;
   /** the peer XDomain it is attached to (e.g. 0-3), or null */
   xdomain: string | null;
+  /** data bytes delivered to it, ever */
+  rx_bytes: number;
 }
 export interface EmuPeer {
   peer: HostName;

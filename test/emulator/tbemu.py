@@ -140,6 +140,7 @@ class Dev:
         self.rx = collections.deque()  # [kind, bytearray, offset]
         self.tx = collections.deque()  # [kind, bytes]
         self.opens = 0
+        self.rx_bytes = 0     # data bytes delivered into its RX ring, ever (tests watch traffic by it)
 
     @property
     def attached(self):
@@ -375,6 +376,8 @@ class Emu:
                             self.flip_left -= 1
                             self.flips_done += 1
                     r.rx.append([kind, buf, 0])
+                    if kind == DATA:
+                        r.rx_bytes += len(buf)
                     moved = True
         if moved:
             COND.notify_all()
@@ -439,7 +442,8 @@ class Emu:
             return dict(name=d.name, service=d.svc, index=d.index, in_hopid=d.in_hopid, out_hopid=d.out_hopid,
                         ring_size=d.ring_size, throttling=d.throttling, attached=d.attached, users=d.users,
                         xdomain=d.end.xd_name() if d.end else None,
-                        removed=d.removed, closed=d.closed, rx_frames=len(d.rx), tx_frames=len(d.tx), opens=d.opens)
+                        removed=d.removed, closed=d.closed, rx_frames=len(d.rx), tx_frames=len(d.tx), opens=d.opens,
+                        rx_bytes=d.rx_bytes)
 
         def end_state(e):
             return dict(peer=e.other().host.name, plugged=e.link.plugged, probed=e.probed,

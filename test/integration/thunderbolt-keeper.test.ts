@@ -132,4 +132,41 @@ describe.skipIf(skip)("a keeper with several Thunderbolt peers (emulated driver;
     expect(r.stderr).toContain("peer host-a 0-1 is gone");
     expect(groupsLeft()).toEqual([]);
   }, 120000);
+
+  test("--max-sessions 1: a second peer's session waits while the first holds the only one, then completes", async () => {
+    emu = await startEmu(["--topology", "A-K,B-K"]);
+    const imgA = randomImage(dir, 24, "a.img");
+    const imgB = randomImage(dir, 8, "b.img");
+    const out = path.join(dir, "out-max");
+    const recv = start(["receive", "--out", out, "--max-sessions", "1"], { env: env("K") });
+    const toB = () => Object.values(emu!.state().hosts.K!.devs).find((d) => d.xdomain === "0-3")!.rx_bytes;
+    try {
+      await waitFor(() => kOpen() === 2, "receive to open a stream to each peer");
+      const pushA = start(["push", imgA], { env: env("A") });
+      await waitFor(() => partialManifest(out, "a.img") !== null, "A's session to start");
+      pushA.kill("SIGSTOP");
+      let b;
+      try {
+        const before = toB();
+        const pushB = start(["push", imgB, "--wait", "60"], { env: env("B") });
+        await waitFor(() => toB() > before, "B's HELLO to reach the keeper");
+        const first = toB();
+        // B had no answer and says HELLO again: its session has not started
+        await waitFor(() => toB() > first, "B to repeat its HELLO");
+        expect(partialManifest(out, "b.img")).toBeNull();
+        pushA.kill("SIGCONT");
+        b = await finish(pushB);
+      } finally {
+        pushA.kill("SIGCONT");
+      }
+      expect((await finish(pushA)).code).toBe(0);
+      expect(b.code).toBe(0);
+      expect(zstdSha(path.join(out, complete(out, "b.img")[0]!))).toBe(sha256File(imgB));
+    } finally {
+      recv.kill("SIGTERM");
+    }
+    const r = await finish(recv);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/push from \S+ on \S+tbstream\d \(host-b 0-3\) waits: 1 sessions are in progress \(--max-sessions\)/);
+  }, 120000);
 });
