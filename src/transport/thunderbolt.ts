@@ -67,7 +67,8 @@ class PeersListener implements Listener {
   private wake: (() => void) | null = null;
   private failure: TbError | null = null;
   private closed = false;
-  private saidWaiting = false;
+  /** the last "waiting for ..." line, said once until it changes */
+  private saidWaiting = "";
   private readonly timer: ReturnType<typeof setInterval>;
   private readonly onExit = () => this.teardownAll();
 
@@ -115,12 +116,13 @@ class PeersListener implements Listener {
   /** Sets up new peers and tears down the streams of peers that went. */
   private scan(): void {
     if (this.closed) return;
-    let peers: Peer[];
+    let all: Peer[];
     try {
-      peers = readTopology().peers.filter((p) => streamServiceOf(p) && (!this.opts.peer || matches(p, this.opts.peer)));
+      all = readTopology().peers.filter((p) => !this.opts.peer || matches(p, this.opts.peer));
     } catch {
       return; // read again at the next tick
     }
+    const peers = all.filter((p) => streamServiceOf(p));
     const offered = new Map(peers.map((p) => [streamServiceOf(p)!.id, p]));
     for (const [service, s] of this.served) {
       if (offered.has(service)) continue;
@@ -137,13 +139,15 @@ class PeersListener implements Listener {
       void this.setUp(service, p).finally(() => this.starting.delete(service));
     }
     const none = offered.size === 0 && this.served.size === 0 && this.starting.size === 0;
-    if (none && !this.saidWaiting)
-      this.opts.log(
-        this.opts.peer
+    const waiting = !none
+      ? ""
+      : all.length
+        ? `peer ${all.map(label).join("; ")} is connected but offers no stream service yet: start tbbackup on the other machine (it loads thunderbolt_stream)`
+        : this.opts.peer
           ? `waiting for peer '${this.opts.peer}': plug its USB4/Thunderbolt cable and start tbbackup on it`
-          : "waiting for Thunderbolt peers: plug a USB4/Thunderbolt cable and start tbbackup on the other machine",
-      );
-    this.saidWaiting = none;
+          : "waiting for Thunderbolt peers: plug a USB4/Thunderbolt cable and start tbbackup on the other machine";
+    if (waiting && waiting !== this.saidWaiting) this.opts.log(waiting);
+    this.saidWaiting = waiting;
   }
 
   private async setUp(service: string, p: Peer): Promise<void> {
