@@ -169,4 +169,23 @@ describe.skipIf(skip)("a keeper with several Thunderbolt peers (emulated driver;
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/push from \S+ on \S+tbstream\d \(host-b 0-3\) waits: 1 sessions are in progress \(--max-sessions\)/);
   }, 120000);
+
+  test("four peers, three of them idle: a push completes (an idle peer's device is polled, it holds no thread of the fs pool)", async () => {
+    emu = await startEmu(["--topology", "A-K,B-K,C-K,D-K"]);
+    const img = randomImage(dir, 8, "a.img");
+    const out = path.join(dir, "out-four");
+    const recv = start(["receive", "--out", out], { env: env("K") });
+    try {
+      await waitFor(() => kOpen() === 4, "receive to open a stream to each of the four peers");
+      const p = await run(["push", img, "--wait", "30"], { env: env("A") });
+      expect(p.code).toBe(0);
+      expect(zstdSha(path.join(out, complete(out, "a.img")[0]!))).toBe(sha256File(img));
+    } finally {
+      recv.kill("SIGTERM");
+    }
+    const r = await finish(recv);
+    expect(r.code).toBe(0);
+    for (const [name, xd] of [["host-a", "0-1"], ["host-b", "0-3"], ["host-c", "0-5"], ["host-d", "0-7"]]) expect(r.stderr).toContain(`with ${name} (${xd},`);
+    expect(groupsLeft()).toEqual([]);
+  }, 120000);
 });
