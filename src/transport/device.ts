@@ -18,6 +18,9 @@ export const CONNECT_OPEN_TIMEOUT_MS = 60_000;
 
 type FlockFn = (fd: number, op: number) => number;
 
+/** polled devices: the longest sleep between reads while the peer is silent */
+const IDLE_POLL_MS = 100;
+
 /** libc flock(); null where it cannot be loaded (the /proc scan still guards). */
 async function loadFlock(): Promise<FlockFn | null> {
   const libc = await loadLibc();
@@ -134,6 +137,9 @@ function deviceConn(fd: number, path: string, flock: FlockFn | null, polled: boo
     description: path,
     lossy: true,
     polled,
+    // an idle peer's device (a keeper has several) is looked at 10 times a second, not 100;
+    // the backoff reaches that only after 127 ms of silence, never inside a busy session
+    maxPollMs: IDLE_POLL_MS,
     gone: (e) => gone(path, e),
     // The pending read keeps the file open until it returns; drop the lock
     // now so this process can open the device again for the next session.

@@ -9,11 +9,13 @@
 // (or the process exiting) tears down every stream it made.
 import { TbError, asTbError } from "../errors.ts";
 import { AutoStream, ensurePlatform, label, matches } from "../thunderbolt/setup.ts";
-import { readTopology, streamServiceOf, type Peer } from "../thunderbolt/sysfs.ts";
+import { deviceNames, readTopology, streamServiceOf, type Peer } from "../thunderbolt/sysfs.ts";
 import { openDevice } from "./device.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 
 const POLL_MS = 500;
+/** peers are read in full when the device list changes, and at least this often */
+const FULL_SCAN_EVERY = 20;
 /** how long one peer's set-up may wait for its device node and attributes */
 const SETUP_WAIT_MS = 10_000;
 
@@ -69,6 +71,9 @@ class PeersListener implements Listener {
   private closed = false;
   /** the last "waiting for ..." line, said once until it changes */
   private saidWaiting = "";
+  /** the device list at the last full read, and ticks since */
+  private lastNames: string | null = null;
+  private quietTicks = 0;
   private readonly timer: ReturnType<typeof setInterval>;
   private readonly onExit = () => this.teardownAll();
 
@@ -116,11 +121,17 @@ class PeersListener implements Listener {
   /** Sets up new peers and tears down the streams of peers that went. */
   private scan(): void {
     if (this.closed) return;
+    // one directory read per tick; every peer's attributes only when it changed
+    const names = deviceNames().join(" ");
+    if (names === this.lastNames && ++this.quietTicks < FULL_SCAN_EVERY) return;
+    this.lastNames = names;
+    this.quietTicks = 0;
     let all: Peer[];
     try {
       all = readTopology().peers.filter((p) => !this.opts.peer || matches(p, this.opts.peer));
     } catch {
-      return; // read again at the next tick
+      this.lastNames = null; // read again at the next tick
+      return;
     }
     const peers = all.filter((p) => streamServiceOf(p));
     const offered = new Map(peers.map((p) => [streamServiceOf(p)!.id, p]));
