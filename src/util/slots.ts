@@ -14,16 +14,18 @@ export class Slots {
 
   /** Runs `fn` in a slot; `onWait` is called once when it has to wait for one. */
   async run<T>(fn: () => Promise<T>, onWait?: () => void): Promise<T> {
-    if (this.used >= this.size) {
+    if (this.used < this.size) this.used++;
+    else {
       onWait?.();
-      while (this.used >= this.size) await new Promise<void>((r) => this.waiting.push(r));
+      // the run that ends hands its slot over: nobody arriving meanwhile takes it first
+      await new Promise<void>((r) => this.waiting.push(r));
     }
-    this.used++;
     try {
       return await fn();
     } finally {
-      this.used--;
-      this.waiting.shift()?.();
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.used--;
     }
   }
 }
