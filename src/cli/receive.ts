@@ -7,6 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { DIR_MODE, defaultStore } from "../store/layout.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
+import type { Transport } from "../transport/index.ts";
 import { THUNDERBOLT_GROUP, keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 
 /** A group name (or number) as a gid. */
@@ -77,6 +78,13 @@ function prepareOut(out: string): string | null {
   return `created ${abs} (it did not exist; ${parent} did)`;
 }
 
+/** The transport of a receiver without --stream: every Thunderbolt peer's stream (src/transport/thunderbolt.ts). */
+async function thunderboltPeers(o: { peer?: string; hopids?: string; ringSize?: number; throttling?: number }, log: (m: string) => void): Promise<Transport> {
+  const { ThunderboltPeers } = await import("../transport/thunderbolt.ts");
+  const { parseHopIds } = await import("../thunderbolt/setup.ts");
+  return new ThunderboltPeers({ peer: o.peer, hopids: o.hopids ? parseHopIds(o.hopids) : undefined, ringSize: o.ringSize, throttling: o.throttling, log });
+}
+
 export function register(program: Command): void {
   withThunderboltOptions(
     withKeyOptions(program.command("receive")
@@ -84,7 +92,7 @@ export function register(program: Command): void {
       .option("--out <dir>", "where backups are stored (default: /var/lib/tbbackup, or $TBBACKUP_STORE)")
       .option("--stream <spec>", "transport: /dev/tbstreamX, unix:PATH, tcp:[HOST:]PORT (loopback unless HOST) or -")
       .option("--once", "exit after one session (exit status = that session's)")
-      .option("--max-sessions <n>", "sessions served at once on a unix:/tcp: listener (default: 2..8 by memory)", intOption(1, 64))
+      .option("--max-sessions <n>", "sessions served at once: unix:/tcp: connections, or Thunderbolt peers without --stream (default: 2..8 by memory)", intOption(1, 64))
       .option("--allow-restore", "also serve list and restore requests")
       .option("--idle <seconds>", "abandon a session silent for this long", intOption(5, 86400), 300)
       .option("--group <name>", "unix: let this group connect to the socket too (0660; default 0600, this user only)")
@@ -117,8 +125,11 @@ export function register(program: Command): void {
                 : "receiver stopped between sessions; nothing was lost",
           0,
         );
-        const stream = await resolveStream(o.stream, "receive", { peer: o.peer, hopids: o.hopids, ringSize: o.ringSize, throttling: o.throttling });
-        const transport = await withKey(transportFor(stream.spec, true, { watch: stream.watch }, { gid }), key, (m) => reporter.info(m));
+        // without --stream: every Thunderbolt peer, each on its own stream, served side by side
+        const stream = o.stream ? await resolveStream(o.stream, "receive", { peer: o.peer, hopids: o.hopids, ringSize: o.ringSize, throttling: o.throttling }) : null;
+        const transport = stream
+          ? await withKey(transportFor(stream.spec, true, { watch: stream.watch }, { gid }), key, (m) => reporter.info(m))
+          : await thunderboltPeers(o, (m) => reporter.info(m));
         const results = await serve({
           out,
           transport,
@@ -138,7 +149,7 @@ export function register(program: Command): void {
             if (serving.length === 0) reporter.stop();
             if (o.json) printJson(r);
           },
-        }).finally(() => stream.cleanup());
+        }).finally(() => stream?.cleanup());
         reporter.stop();
         const last = results[results.length - 1];
         if (o.once && last && !last.ok) {

@@ -32,6 +32,7 @@ import type { SessionEnd, SessionResult } from "./session.ts";
 
 export type { SessionResult } from "./session.ts";
 import { requireZstd } from "../util/zstd.ts";
+import { Slots } from "../util/slots.ts";
 
 export interface ReceiveOptions {
   out: string;
@@ -105,25 +106,30 @@ export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
     // one connection at a time (a second reader would steal its frames).
     const max = opts.once ? 1 : Math.max(1, opts.maxSessions ?? defaultMaxSessions());
     const active = new Set<Promise<void>>();
+    // Thunderbolt peers' devices (conn.concurrent) stay open from one session
+    // to the next: they are served side by side and counted by session.
+    const peers = new Set<Promise<void>>();
+    const sessions = new Slots(max);
     while (!opts.signal?.aborted) {
       while (active.size >= max) await Promise.race(active);
       const conn = await listener.accept();
       if (!conn) break;
       const ch = new Channel(conn);
+      const held = conn.concurrent && !opts.once ? peers : active;
       const job: Promise<void> = serveConnection(ch, opts, outcomes, (r) => {
         results.push(r);
         opts.onSession?.(r);
-      })
+      }, conn.concurrent ? sessions : null)
         .catch((e: unknown) => opts.reporter.info(`a connection failed: ${asTbError(e).oneLine()}`))
         .finally(async () => {
           await ch.close();
-          active.delete(job);
+          held.delete(job);
         });
-      active.add(job);
-      if (conn.lossy || opts.once) await job;
+      held.add(job);
+      if ((conn.lossy && held !== peers) || opts.once) await job;
       if (opts.once && results.length > 0) break;
     }
-    await Promise.all(active);
+    await Promise.all([...active, ...peers]);
   } finally {
     opts.signal?.removeEventListener("abort", stop);
     await listener.close();
@@ -170,8 +176,11 @@ async function linger(ch: Channel, outcomes: Map<string, Outcome>, reporter: Rep
   }
 }
 
-/** Serves sessions on one connection until it ends (a device carries many in turn). */
-async function serveConnection(ch: Channel, opts: ReceiveOptions, outcomes: Map<string, Outcome>, done: (r: SessionResult) => void): Promise<void> {
+/**
+ * Serves sessions on one connection until it ends (a device carries many in
+ * turn). `sessions`: a slot per session (one Thunderbolt peer of several).
+ */
+async function serveConnection(ch: Channel, opts: ReceiveOptions, outcomes: Map<string, Outcome>, done: (r: SessionResult) => void, sessions: Slots | null): Promise<void> {
   let carried: Frame | null = null;
   while (!opts.signal?.aborted) {
     let f: Frame;
@@ -204,7 +213,8 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, outcomes: Map<
     opts.onSessionStart?.(h.role);
     let r: SessionEnd;
     try {
-      r = h.role === "push" ? await receiveImage(ch, h, opts) : await serveRequest(ch, h, opts as ServeOptions);
+      const session = () => (h.role === "push" ? receiveImage(ch, h, opts) : serveRequest(ch, h, opts as ServeOptions));
+      r = sessions ? await sessions.run(session, () => opts.reporter.info(`${h.role} from ${h.host?.hostname ?? "?"} on ${ch.conn.description} waits: ${sessions.size} sessions are in progress (--max-sessions)`)) : await session();
     } catch (e) {
       // A session that broke outside its own error handling (the sender gone
       // before our answer, a damaged partial) ends this connection, never the receiver.
@@ -293,7 +303,7 @@ interface SessionSetup {
 async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { pool, wholeSha, started, disk, chunkSize, files, fail, activity }: SessionSetup): Promise<SessionEnd> {
   const root = new RootBuilder();
   // progress lines name the sender: a receiver may serve several at once
-  const hostLabel = sanitizeName(hello.host?.hostname ?? "unknown");
+  const hostLabel = sanitizeName(hello.host?.hostname ?? "unknown") + (ch.conn.peer ? ` via ${ch.conn.peer}` : "");
   let created0: { id: string; dir: string } | null = null;
   let manifest0: Manifest | null = null;
   let writer0: ImageWriter | null = null;
@@ -413,7 +423,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   let same = 0;
   let sharedBytes = 0;
   if (!resumedFrom) {
-    opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}${base ? ` (incremental against ${base.id})` : ""}`);
+    opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname}${ch.conn.peer ? ` via ${ch.conn.peer}` : ""} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}${base ? ` (incremental against ${base.id})` : ""}`);
   }
 
   // Checked chunks come back in order: their digests go into the root and digests.txt.

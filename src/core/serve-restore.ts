@@ -196,7 +196,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
         return { result: { ok: false, role: "restore", id: manifest.id, host: hello.host?.hostname, error: { code: "REFUSED", message: m } }, carried: null };
       }
     }
-    opts.reporter.info(`restoring ${manifest.id} to ${hello.host?.hostname} (${manifest.size} bytes)`);
+    opts.reporter.info(`restoring ${manifest.id} to ${hello.host?.hostname}${ch.conn.peer ? ` via ${ch.conn.peer}` : ""} (${manifest.size} bytes)`);
     // The restoring side may stop (a bad target, Ctrl-C) while we send: on a
     // device our writes would go on succeeding into the void for the rest of
     // the backup. Every send races its leaving; then recv() tells why.
@@ -227,7 +227,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
       offset += e.rawSize;
       sent++;
       sentBytes += e.rawSize;
-      if ((i & 15) === 0) opts.reporter.progress({ phase: "serve restore", bytes: offset, total: manifest.size });
+      if ((i & 15) === 0) opts.reporter.progress({ phase: `serve restore${ch.conn.peer ? ` via ${ch.conn.peer}` : ""}`, bytes: offset, total: manifest.size });
     }
     await ch.sendJson(MsgType.RESTORE_END, { chunks: reader.entries.length, bytes: manifest.size, ...check, ...(want ? { sent } : {}) });
     if (want) opts.reporter.info(`restore of ${manifest.id}: the target already held ${reader.entries.length - sent} of ${reader.entries.length} chunks; sent ${sent} (${sentBytes} bytes)`);

@@ -106,12 +106,12 @@ export function ensurePlatform(): void {
   );
 }
 
-function matches(p: Peer, sel: string): boolean {
+export function matches(p: Peer, sel: string): boolean {
   const s = sel.toLowerCase();
   return [p.uniqueId, p.deviceName, p.id].some((v) => v !== null && v.toLowerCase() === s);
 }
 
-function label(p: Peer): string {
+export function label(p: Peer): string {
   return `${p.deviceName ?? p.id} (${p.id}, unique_id ${p.uniqueId ?? "?"})`;
 }
 

@@ -91,6 +91,11 @@ export function exists(p: string): boolean {
   }
 }
 
+/** The names under /sys/bus/thunderbolt/devices, sorted: one directory read, to notice that something came or went. */
+export function deviceNames(): string[] {
+  return listDir(sysPath(DEVICES_DIR));
+}
+
 /** Domains and XDomain peers (other hosts) with their services. */
 export function readTopology(): { domains: Domain[]; peers: Peer[] } {
   const base = sysPath(DEVICES_DIR);

@@ -18,6 +18,9 @@ export const CONNECT_OPEN_TIMEOUT_MS = 60_000;
 
 type FlockFn = (fd: number, op: number) => number;
 
+/** polled devices: the longest sleep between reads while the peer is silent */
+const IDLE_POLL_MS = 100;
+
 /** libc flock(); null where it cannot be loaded (the /proc scan still guards). */
 async function loadFlock(): Promise<FlockFn | null> {
   const libc = await loadLibc();
@@ -52,8 +55,11 @@ function openError(path: string, e: unknown): TbError {
 /**
  * Opens `path` once (never close-and-reopen to retry: README "Thunderbolt stream setup"). With
  * `timeoutMs`, an open that blocks longer (no peer attached) gives TIMEOUT.
+ * `polled`: once open, the descriptor is made non-blocking and read without
+ * holding a thread (FdConnOptions.polled): a receiver serving several
+ * peers' devices would otherwise have every fs thread waiting in a read.
  */
-export async function openDevice(path: string, timeoutMs: number | null = null): Promise<Conn> {
+export async function openDevice(path: string, timeoutMs: number | null = null, polled = false): Promise<Conn> {
   // A stream is a character device (tbstream, a serial port, a pty) or a FIFO.
   // Anything else - a disk given by mistake - would get protocol frames written into it.
   let st: fs.Stats | null = null;
@@ -109,7 +115,15 @@ export async function openDevice(path: string, timeoutMs: number | null = null):
     }
     await Bun.sleep(200);
   }
-  return deviceConn(fd, path, flock);
+  if (polled) {
+    const libc = await loadLibc();
+    if (!libc || libc.makeNonBlocking(fd) !== 0) {
+      flock?.(fd, LOCK_UN);
+      fs.closeSync(fd);
+      throw new TbError("STREAM_SETUP", `cannot make ${path} non-blocking (fcntl failed)`, "pass --stream to serve that one device alone");
+    }
+  }
+  return deviceConn(fd, path, flock, polled);
 }
 
 function gone(path: string, e: unknown): TbError {
@@ -118,10 +132,14 @@ function gone(path: string, e: unknown): TbError {
   return new TbError("CLOSED", `${path}: ${errnoText(e)}`, "run the command again", [], outcome.incomplete("transfer"));
 }
 
-function deviceConn(fd: number, path: string, flock: FlockFn | null): Conn {
+function deviceConn(fd: number, path: string, flock: FlockFn | null, polled: boolean): Conn {
   return fdConn(fd, {
     description: path,
     lossy: true,
+    polled,
+    // an idle peer's device (a keeper has several) is looked at 10 times a second, not 100;
+    // the backoff reaches that only after 127 ms of silence, never inside a busy session
+    maxPollMs: IDLE_POLL_MS,
     gone: (e) => gone(path, e),
     // The pending read keeps the file open until it returns; drop the lock
     // now so this process can open the device again for the next session.

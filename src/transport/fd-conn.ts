@@ -34,6 +34,8 @@ export interface FdConnOptions {
    * for another session's reads, writes and syncs).
    */
   polled?: boolean;
+  /** polled: the longest sleep between reads of a silent descriptor (default MAX_POLL_MS) */
+  maxPollMs?: number;
   /** runs on close() before the descriptor is closed (unlock, shutdown) */
   beforeClose?(): void;
 }
@@ -81,7 +83,7 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
         if (o.polled && isErrno(e, "EAGAIN", "EWOULDBLOCK") && !closed) {
           spare.push(buf.buffer as ArrayBuffer);
           await Bun.sleep(idleMs);
-          idleMs = Math.min(MAX_POLL_MS, idleMs * 2);
+          idleMs = Math.min(o.maxPollMs ?? MAX_POLL_MS, idleMs * 2);
           continue;
         }
         if (!closed) failure = o.gone(e);

@@ -13,6 +13,14 @@ export interface Conn {
   readonly description: string;
   /** True for transports that can lose bytes written before the peer opened (devices). */
   readonly lossy: boolean;
+  /**
+   * A lossy connection that may be served alongside others: one Thunderbolt
+   * peer's device of several (its transport opens it again only once this
+   * one is closed). Its sessions count against --max-sessions one by one.
+   */
+  readonly concurrent?: boolean;
+  /** The peer at the other end, when the transport knows it (a Thunderbolt peer's name and XDomain) */
+  readonly peer?: string;
 }
 
 export interface Listener {

@@ -324,3 +324,74 @@ describe.skipIf(skip)("tbemu: the thunderbolt_stream boundary", () => {
     fs.rmdirSync(b);
   });
 });
+
+describe.skipIf(skip)("tbemu --topology A-K,B-K: a keeper with two peers, one XDomain and one stream per cable", () => {
+  let k: Emu;
+  beforeAll(async () => {
+    k = await startEmu(["--topology", "A-K,B-K"]);
+  });
+  afterAll(async () => {
+    await k?.stop();
+  });
+  const devices = (h: string) => path.join(k.host(h), "sys/bus/thunderbolt/devices");
+  const kgroup = (svc: string) => {
+    const s = path.join(cfgDir(k, "K"), svc);
+    if (!fs.existsSync(s)) fs.mkdirSync(s);
+    fs.mkdirSync(path.join(s, "tbbackup"));
+    return path.join(s, "tbbackup");
+  };
+  const adopt = (h: string) => {
+    const s = path.join(cfgDir(k, h), k.state().hosts[h]!.stream_service!);
+    fs.mkdirSync(s, { recursive: true });
+    fs.mkdirSync(path.join(s, "tbbackup"));
+    return path.join(s, "tbbackup");
+  };
+  const kdev = (g: string) => path.join(k.host("K"), "dev", `tbstream${attr(g, "index")}`);
+
+  test("each peer is its own XDomain with its own services, HopIDs, announcement and device; one unplug leaves the other stream alone", async () => {
+    // K sees A on its first port (A runs thunderbolt_net: stream is .1) and B on its second
+    expect(fs.readdirSync(devices("K")).sort()).toEqual(["0-0", "0-1", "0-1.0", "0-1.1", "0-3", "0-3.0", "domain0"]);
+    expect(attr(path.join(devices("K"), "0-1"), "device_name")).toBe("host-a");
+    expect(attr(path.join(devices("K"), "0-3"), "device_name")).toBe("host-b");
+    expect(attr(path.join(devices("K"), "0-1.1"), "key")).toBe("stream");
+    expect(fs.readdirSync(devices("A")).sort()).toEqual(["0-0", "0-1", "0-1.0", "domain0"]);
+    expect(attr(path.join(devices("A"), "0-1"), "device_name")).toBe("host-k");
+    expect(fs.readdirSync(devices("B")).sort()).toEqual(["0-0", "0-503", "0-503.0", "domain0"]);
+    // the same group name under each peer's service: one device index per host, HopIDs per XDomain
+    const ka = kgroup("0-1.1");
+    const kb = kgroup("0-3.0");
+    expect([attr(ka, "index"), attr(kb, "index")]).toEqual(["0", "1"]);
+    for (const g of [ka, kb]) {
+      put(g, "in_hopid", 10); // 10 on both: each XDomain has its own IDA
+      put(g, "out_hopid", 11);
+    }
+    expect(k.state().hosts.K!.peers).toMatchObject({ "0-1": { peer: "A", announced: { tbbackup: [10, 11] } }, "0-3": { peer: "B", announced: { tbbackup: [10, 11] } } });
+    const a = adopt("A");
+    const b = adopt("B");
+    expect([attr(a, "in_hopid"), attr(a, "out_hopid"), attr(b, "in_hopid"), attr(b, "out_hopid")]).toEqual(["11", "10", "11", "10"]);
+    const fka = await openAsync(kdev(ka));
+    const fkb = await openAsync(kdev(kb));
+    const fa = await openAsync(path.join(k.host("A"), "dev", `tbstream${attr(a, "index")}`));
+    const fb = await openAsync(path.join(k.host("B"), "dev", `tbstream${attr(b, "index")}`));
+    // what A sends reaches K's device for A only, and B's K's device for B
+    fs.writeSync(fa, "from A");
+    fs.writeSync(fb, "from B");
+    expect((await readAsync(fka, 100)).toString()).toBe("from A");
+    expect((await readAsync(fkb, 100)).toString()).toBe("from B");
+    // unplug A's cable: K's stream to A fails, the one to B carries on
+    const pending = codeAsync(readAsync(fka, 100));
+    await Bun.sleep(100);
+    k.ctl("unplug A-K");
+    expect(await pending).toBe("ENXIO");
+    expect(fs.readdirSync(devices("K")).sort()).toEqual(["0-0", "0-3", "0-3.0", "domain0"]);
+    expect(k.state().hosts.K!.peers["0-1"]!.announced).toEqual({});
+    expect(k.state().hosts.K!.devs["0"]!.attached).toBe(false);
+    fs.writeSync(fb, "still B");
+    expect((await readAsync(fkb, 100)).toString()).toBe("still B");
+    for (const fd of [fka, fkb, fa, fb]) fs.closeSync(fd);
+    // plugged again: the group under 0-1.1 attaches again (the driver finds groups by service name)
+    k.ctl("plug A-K");
+    expect(k.state().hosts.K!.devs["0"]).toMatchObject({ attached: true, xdomain: "0-1", in_hopid: 10, out_hopid: 11 });
+    for (const g of [ka, kb, a, b]) rmGroup(g);
+  });
+});

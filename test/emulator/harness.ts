@@ -1,4 +1,5 @@
-// Starts test/emulator/tbemu.py (two emulated hosts joined by one cable) on a
+// Starts test/emulator/tbemu.py (emulated hosts joined by cables: A-B, or a
+// keeper K with several peers, --topology A-K,B-K) on a
 // temporary mount point for a test file, and stops it. Tests that need it use
 // test.skipIf(!fuseAvailable()) so a machine without FUSE reports them skipped.
 import * as fs from "node:fs";
@@ -16,13 +17,16 @@ export function fuseAvailable(): boolean {
 export interface Emu {
   mount: string;
   root: string;
-  /** sysroot of host A or B */
-  host(h: "A" | "B"): string;
+  /** sysroot of host A, B (or K, C ... with --topology) */
+  host(h: HostName): string;
   ctl(cmd: string): void;
   state(): EmuState;
   stop(): Promise<void>;
   proc: Subprocess;
 }
+
+/** a host of the emulator: A and B, and the ones --topology adds (K, C, ...) */
+export type HostName = string;
 
 export interface EmuDev {
   name: string;
@@ -33,11 +37,23 @@ export interface EmuDev {
   users: number;
   opens: number;
   attached: boolean;
+  /** the peer XDomain it is attached to (e.g. 0-3), or null */
+  xdomain: string | null;
+  /** data bytes delivered to it, ever */
+  rx_bytes: number;
+}
+export interface EmuPeer {
+  peer: HostName;
+  plugged: boolean;
+  probed: boolean;
+  stream_service: string | null;
+  announced: Record<string, number[]>;
 }
 export interface EmuState {
   plugged: boolean;
   flips_done: number;
-  hosts: Record<"A" | "B", { groups: Record<string, string[]>; devs: Record<string, EmuDev>; stream_service: string | null; announced: Record<string, number[]>; stats: Record<string, number> }>;
+  /** per host; stream_service and announced are those of its first cable, peers has every cable by XDomain name */
+  hosts: Record<HostName, { groups: Record<string, string[]>; devs: Record<string, EmuDev>; stream_service: string | null; announced: Record<string, number[]>; peers: Record<string, EmuPeer>; stats: Record<string, number> }>;
 }
 
 export async function startEmu(args: string[] = []): Promise<Emu> {
@@ -62,4 +78,4 @@ export async function startEmu(args: string[] = []): Promise<Emu> {
   };
 }
 
-export const cfgDir = (emu: Emu, h: "A" | "B") => path.join(emu.host(h), "sys/kernel/config/thunderbolt/stream");
+export const cfgDir = (emu: Emu, h: HostName) => path.join(emu.host(h), "sys/kernel/config/thunderbolt/stream");

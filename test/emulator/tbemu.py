@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """tbemu: an emulator of the thunderbolt_stream (USB4STREAM, Linux v7.2) driver's
-user-space boundary, for tests. One FUSE file system serves two hosts' trees
-(A and B) joined by one emulated cable:
+user-space boundary, for tests. One FUSE file system serves the trees of
+hosts joined by emulated cables: A and B on one cable by default, or e.g. a
+keeper K with a cable to each of A and B (--topology A-K,B-K), where each
+cable is its own XDomain with its own services, HopIDs and stream devices:
 
     MOUNT/A/sys/bus/thunderbolt/devices/...   domain, host router, peer XDomain, services
     MOUNT/A/sys/kernel/config/thunderbolt/stream/<service>/<name>/{index,in_hopid,...}
@@ -75,25 +77,19 @@ def kstrtoint(text, unsigned=False):
 
 
 class Host:
-    def __init__(self, name, device_name, unique_id, route, max_hopid, net, loaded, mounted):
+    def __init__(self, name, device_name, unique_id, max_hopid, net, loaded, mounted):
         self.name = name
         self.device_name = device_name
         self.vendor_name = "tbemu"
         self.unique_id = unique_id
-        self.route = route            # how the OTHER host's XDomain appears here: 0-<route>
         self.max_hopid = max_hopid    # this host's own (local) maximum HopID
         self.net = net                # thunderbolt_net loaded: offers a network service, holds HopID 8
         self.loaded = loaded          # thunderbolt_stream loaded
         self.mounted = mounted        # configfs mounted at /sys/kernel/config
         self.svc_groups = {}          # configfs stream/<service> -> {name: Dev}
-        self.devs = {}                # index -> Dev (alive, i.e. /dev node present or still open)
-        self.announced = {}           # local XDomain properties: name -> (in, out)
-        self.in_ida, self.out_ida = set(), set()
-        self.probed = False
+        self.devs = {}                # index -> Dev (alive, i.e. /dev node present or still open); one IDA per host
+        self.ends = []                # this host's side of each cable, in port order
         self.stats = collections.Counter()
-
-    def xd_name(self):
-        return "0-%x" % self.route
 
     def alloc_index(self):
         i = 0
@@ -102,12 +98,41 @@ class Host:
         return i
 
 
+class End:
+    """One host's side of one cable: the peer's XDomain as this host sees it,
+    with the per-XDomain HopID IDAs (tb_xdomain_alloc_in/out_hopid) and this
+    host's local properties for that service (the announcements)."""
+    def __init__(self, host, link, route):
+        self.host, self.link, self.route = host, link, route
+        self.in_ida, self.out_ida = set(), set()
+        self.announced = {}           # local XDomain properties on this service: name -> (in, out)
+        self.probed = False           # the stream service is bound to thunderbolt_stream here
+
+    def xd_name(self):
+        return "0-%x" % self.route
+
+    def other(self):
+        return self.link.b if self is self.link.a else self.link.a
+
+
+class Link:
+    """One cable between two hosts."""
+    def __init__(self, a, a_route, b, b_route, plugged):
+        self.a, self.b = End(a, self, a_route), End(b, self, b_route)
+        self.plugged = plugged
+        a.ends.append(self.a)
+        b.ends.append(self.b)
+
+    def name(self):
+        return "%s-%s" % (self.a.host.name, self.b.host.name)
+
+
 class Dev:
     def __init__(self, host, svc, name, index):
         self.host, self.svc, self.name, self.index = host, svc, name, index
         self.in_hopid = self.out_hopid = 0
         self.ring_size, self.throttling = RING_DEFAULT, THROTTLE_DEFAULT
-        self.attached = False
+        self.end = None       # the cable end (XDomain) it is attached to; None = no stream
         self.gen = 0          # bumps at each attach; fds from an older attach are dead
         self.users = 0
         self.closed = False
@@ -115,16 +140,50 @@ class Dev:
         self.rx = collections.deque()  # [kind, bytearray, offset]
         self.tx = collections.deque()  # [kind, bytes]
         self.opens = 0
+        self.rx_bytes = 0     # data bytes delivered into its RX ring, ever (tests watch traffic by it)
+
+    @property
+    def attached(self):
+        return self.end is not None
+
+
+# Hosts A and B keep the identities the two-host tests pin; others are made up
+# from their letter. Routes: a host's ports in order (A sees its peer at 0-1,
+# B at 0-503, a keeper K at 0-1, 0-3, 0-5, ...).
+IDS = {"A": "a1a1a1a1-0000-4000-8000-00000000000a", "B": "b2b2b2b2-0000-4000-8000-00000000000b"}
+ROUTE_BASE = {"B": 0x503}
+
+
+def parse_topology(text):
+    """'A-B' (the default: one cable) or 'A-K,B-K,...': cables between hosts named by one capital letter."""
+    links = []
+    for item in text.split(","):
+        m = re.fullmatch(r"([A-Z])-([A-Z])", item.strip())
+        if not m or m.group(1) == m.group(2):
+            raise SystemExit("tbemu: --topology wants cables like A-B or A-K,B-K (one capital letter per host)")
+        links.append((m.group(1), m.group(2)))
+    return links
 
 
 class Emu:
     def __init__(self, args):
-        self.plugged = not args.unplugged
-        self.a = Host("A", args.a_name, "a1a1a1a1-0000-4000-8000-00000000000a", 0x1, args.a_max_hopid,
-                      args.a_net, "A" not in args.unloaded, "A" not in args.unmounted)
-        self.b = Host("B", args.b_name, "b2b2b2b2-0000-4000-8000-00000000000b", 0x503, args.b_max_hopid,
-                      args.b_net, "B" not in args.unloaded, "B" not in args.unmounted)
-        self.hosts = {"A": self.a, "B": self.b}
+        self.hosts = {}
+        self.links = []
+        unplugged = set((args.unplugged or "").split(",")) if args.unplugged else set()
+        for x, y in parse_topology(args.topology):
+            for n in (x, y):
+                if n not in self.hosts:
+                    name = {"A": args.a_name, "B": args.b_name}.get(n, "host-" + n.lower())
+                    uid = IDS.get(n, "%08x-0000-4000-8000-%012x" % (ord(n) * 0x01010101, ord(n)))
+                    max_hopid = {"A": args.a_max_hopid, "B": args.b_max_hopid}.get(n, 19)
+                    net = {"A": args.a_net, "B": args.b_net}.get(n, False)
+                    self.hosts[n] = Host(n, name, uid, max_hopid, net, n not in args.unloaded, n not in args.unmounted)
+            hx, hy = self.hosts[x], self.hosts[y]
+            rx = ROUTE_BASE.get(x, 0x1) + 2 * len(hx.ends)
+            ry = ROUTE_BASE.get(y, 0x1) + 2 * len(hy.ends)
+            name = "%s-%s" % (x, y)
+            plugged = not ("all" in unplugged or name in unplugged or "%s-%s" % (y, x) in unplugged)
+            self.links.append(Link(hx, rx, hy, ry, plugged))
         self.flip_left = 0
         self.flip_skip = 0
         self.flip_from = None
@@ -133,31 +192,46 @@ class Emu:
         with LOCK:
             self.resync()
 
-    def peer(self, h):
-        return self.b if h is self.a else self.a
-
-    # --- the peer's services as this host sees them ----------------------------
-    def services(self, h):
-        """[(name, key)] of the OTHER host's services, as XDomain service devices here."""
-        if not self.plugged:
-            return []
-        p = self.peer(h)
-        out, n = [], 0
-        if p.net:
-            out.append(("%s.%d" % (h.xd_name(), n), "network"))
-            n += 1
-        if p.loaded:
-            out.append(("%s.%d" % (h.xd_name(), n), "stream"))
+    def links_named(self, word):
+        """The cables a plug/unplug argument names: all (none given), one ('A-K' or 'K-A'), or a host's."""
+        if word is None:
+            return list(self.links)
+        out = [l for l in self.links if word in (l.name(), "%s-%s" % (l.b.host.name, l.a.host.name))]
+        if not out and word in self.hosts:
+            out = [e.link for e in self.hosts[word].ends]
+        if not out:
+            raise err(errno.EINVAL)
         return out
 
-    def stream_service(self, h):
-        for name, key in self.services(h):
+    # --- the peer's services as this host sees them ----------------------------
+    def services(self, end):
+        """[(name, key)] of the OTHER host's services, as service devices of that XDomain here."""
+        if not end.link.plugged:
+            return []
+        p = end.other().host
+        out, n = [], 0
+        if p.net:
+            out.append(("%s.%d" % (end.xd_name(), n), "network"))
+            n += 1
+        if p.loaded:
+            out.append(("%s.%d" % (end.xd_name(), n), "stream"))
+        return out
+
+    def stream_service(self, end):
+        for name, key in self.services(end):
             if key == "stream":
                 return name
         return None
 
+    def end_for_service(self, h, svc):
+        """The cable end whose bound stream service is named `svc` on host h (tbstream_group_find)."""
+        for end in h.ends:
+            if end.probed and self.stream_service(end) == svc:
+                return end
+        return None
+
     # --- HopIDs (tb_xdomain_alloc_in/out_hopid: per-XDomain IDAs) ---------------
-    def xd_alloc(self, h, ida, hopid, maximum):
+    def xd_alloc(self, ida, hopid, maximum):
         if hopid < 0:
             hopid = MIN_HOPID
         if hopid < MIN_HOPID or hopid > maximum:
@@ -169,17 +243,17 @@ class Emu:
         return -errno.ENOSPC
 
     def alloc(self, dev, which, hopid):
-        """tbstream_dev_alloc_in_hopid / _out_hopid."""
-        h = dev.host
-        ida = h.in_ida if which == "in" else h.out_ida
-        maximum = h.max_hopid if which == "in" else self.peer(h).max_hopid
+        """tbstream_dev_alloc_in_hopid / _out_hopid, on the XDomain the device is attached to."""
+        end = dev.end
+        ida = end.in_ida if which == "in" else end.out_ida
+        maximum = dev.host.max_hopid if which == "in" else end.other().host.max_hopid
         cur = dev.in_hopid if which == "in" else dev.out_hopid
         if cur > 0 and cur != hopid:
             ida.discard(cur)
         if hopid == 0:
             setattr(dev, which + "_hopid", 0)
             return 0
-        ret = self.xd_alloc(h, ida, hopid, maximum)
+        ret = self.xd_alloc(ida, hopid, maximum)
         if ret < 0:
             return ret
         if hopid > 0 and hopid != ret:
@@ -188,19 +262,19 @@ class Emu:
         setattr(dev, which + "_hopid", ret)
         return 0
 
-    def update_properties(self, h, name, in_hopid, out_hopid):
+    def update_properties(self, end, name, in_hopid, out_hopid):
+        """service_update_properties: per service, i.e. per peer."""
         if in_hopid < MIN_HOPID or out_hopid < MIN_HOPID:
-            h.announced.pop(name, None)
+            end.announced.pop(name, None)
         else:
-            h.announced[name] = (in_hopid, out_hopid)
+            end.announced[name] = (in_hopid, out_hopid)
 
     # --- attach / detach (tbstream_dev_attach_stream / _detach_stream) ---------
-    def attach(self, dev):
-        h = dev.host
-        dev.attached = True
+    def attach(self, dev, end):
+        dev.end = end
         dev.gen += 1
         if dev.in_hopid <= 0 and dev.out_hopid <= 0:
-            ann = self.peer(h).announced.get(dev.name)  # remote properties
+            ann = end.other().announced.get(dev.name)  # remote properties of this service
             if ann:
                 if ann[0] >= MIN_HOPID:
                     dev.out_hopid = ann[0]
@@ -210,63 +284,64 @@ class Emu:
             self.alloc(dev, "in", dev.in_hopid)      # errors ignored, as in the driver
         if dev.out_hopid:
             self.alloc(dev, "out", dev.out_hopid)
-        self.update_properties(h, dev.name, dev.in_hopid, dev.out_hopid)
+        self.update_properties(end, dev.name, dev.in_hopid, dev.out_hopid)
         COND.notify_all()
 
     def detach(self, dev):
-        if not dev.attached:
+        end = dev.end
+        if end is None:
             return
-        dev.attached = False
-        h = dev.host
+        dev.end = None
         if dev.out_hopid > 0:
-            h.out_ida.discard(dev.out_hopid)
+            end.out_ida.discard(dev.out_hopid)
         if dev.in_hopid > 0:
-            h.in_ida.discard(dev.in_hopid)
-        self.update_properties(h, dev.name, 0, 0)
+            end.in_ida.discard(dev.in_hopid)
+        self.update_properties(end, dev.name, 0, 0)
         dev.rx.clear()   # unplug: unread data is dropped
         dev.tx.clear()
         COND.notify_all()
 
     def resync(self):
-        """Applies plug/unplug/module changes: probe or remove the stream service."""
-        for h in (self.a, self.b):
-            p = self.peer(h)
-            probed = self.plugged and h.loaded and p.loaded
-            if probed == h.probed:
-                continue
-            h.probed = probed
-            if probed:
-                h.in_ida, h.out_ida = set(), set()
-                if h.net:  # thunderbolt_net took the first HopIDs on this XDomain
-                    h.in_ida.add(MIN_HOPID)
-                    h.out_ida.add(MIN_HOPID)
-                svc = self.stream_service(h)
-                for dev in h.svc_groups.get(svc, {}).values():
-                    self.attach(dev)
-            else:
-                for devs in h.svc_groups.values():
-                    for dev in reversed(list(devs.values())):
-                        self.detach(dev)
-                for dev in h.devs.values():
-                    self.detach(dev)
-                h.announced.clear()
-                h.in_ida, h.out_ida = set(), set()
+        """Applies plug/unplug/module changes: probe or remove each stream service."""
+        for link in self.links:
+            for end in (link.a, link.b):
+                h, p = end.host, end.other().host
+                probed = link.plugged and h.loaded and p.loaded
+                if probed == end.probed:
+                    continue
+                end.probed = probed
+                if probed:
+                    end.in_ida, end.out_ida = set(), set()
+                    if h.net:  # thunderbolt_net took the first HopIDs on this XDomain
+                        end.in_ida.add(MIN_HOPID)
+                        end.out_ida.add(MIN_HOPID)
+                    svc = self.stream_service(end)
+                    for dev in h.svc_groups.get(svc, {}).values():
+                        self.attach(dev, end)
+                else:
+                    # tbstream_remove: only the devices of this service; other peers' streams go on
+                    for dev in reversed(list(h.devs.values())):
+                        if dev.end is end:
+                            self.detach(dev)
+                    end.announced.clear()
+                    end.in_ida, end.out_ida = set(), set()
         COND.notify_all()
 
     # --- the cable -------------------------------------------------------------
     def valid(self, dev, fd_gen=None):
         """tbstream_dev_valid: ENXIO without a live stream, EINVAL without HopIDs."""
-        if not dev.attached or not self.plugged or (fd_gen is not None and fd_gen != dev.gen):
+        if not dev.attached or not dev.end.link.plugged or (fd_gen is not None and fd_gen != dev.gen):
             return errno.ENXIO
         if dev.in_hopid <= 0 or dev.out_hopid <= 0:
             return errno.EINVAL
         return 0
 
     def receiver(self, dev):
-        """The peer device whose path receives what `dev` sends (its in HopID = our out HopID)."""
-        p = self.peer(dev.host)
-        for d in p.devs.values():
-            if d.attached and d.users > 0 and d.in_hopid == dev.out_hopid and d.in_hopid > 0:
+        """The device on the other end of dev's cable whose path receives what `dev`
+        sends (its in HopID = our out HopID on that XDomain)."""
+        o = dev.end.other()
+        for d in o.host.devs.values():
+            if d.end is o and d.users > 0 and d.in_hopid == dev.out_hopid and d.in_hopid > 0:
                 return d
         return None
 
@@ -275,10 +350,10 @@ class Emu:
         the other side (not open, not paired): the frame is lost. RX full: it
         waits in TX (end-to-end flow control)."""
         moved = False
-        for h in (self.a, self.b):
+        for h in self.hosts.values():
             for dev in h.devs.values():
                 while dev.tx:
-                    if not dev.attached or not self.plugged:
+                    if not dev.attached or not dev.end.link.plugged:
                         dev.tx.clear()
                         break
                     r = self.receiver(dev)
@@ -301,6 +376,8 @@ class Emu:
                             self.flip_left -= 1
                             self.flips_done += 1
                     r.rx.append([kind, buf, 0])
+                    if kind == DATA:
+                        r.rx_bytes += len(buf)
                     moved = True
         if moved:
             COND.notify_all()
@@ -312,10 +389,9 @@ class Emu:
             return
         c = w[0]
         self.log.append(line)
-        if c == "plug":
-            self.plugged = True
-        elif c == "unplug":
-            self.plugged = False
+        if c in ("plug", "unplug") and len(w) <= 2:
+            for link in self.links_named(w[1] if len(w) == 2 else None):
+                link.plugged = c == "plug"
         elif c in ("load", "unload", "mount", "umount", "net-on", "net-off") and len(w) == 2 and w[1] in self.hosts:
             h = self.hosts[w[1]]
             if c == "load":
@@ -335,7 +411,7 @@ class Emu:
             else:
                 h.net = False
         elif c == "flip":
-            # flip [COUNT] [from A|B] [after N]: flip one bit in each of the next
+            # flip [COUNT] [from HOST] [after N]: flip one bit in each of the next
             # COUNT data frames (sent by that host), after letting N pass.
             self.flip_left = int(w[1]) if len(w) > 1 and w[1].isdigit() else 1
             self.flip_from, self.flip_skip = None, 0
@@ -348,10 +424,14 @@ class Emu:
                 else:
                     raise err(errno.EINVAL)
                 rest = rest[2:]
-        elif c == "announce" and len(w) == 5 and w[1] in self.hosts:
-            # announce HOST NAME IN OUT: a peer that announces a stream without
+        elif c == "announce" and len(w) in (5, 6) and w[1] in self.hosts:
+            # announce HOST NAME IN OUT [PEER]: a peer that announces a stream without
             # a device (e.g. another tool); tests use it to stage stale state.
-            self.update_properties(self.hosts[w[1]], w[2], int(w[3]), int(w[4]))
+            h = self.hosts[w[1]]
+            ends = [e for e in h.ends if len(w) == 5 or e.other().host.name == w[5]]
+            if not ends:
+                raise err(errno.EINVAL)
+            self.update_properties(ends[0], w[2], int(w[3]), int(w[4]))
         else:
             raise err(errno.EINVAL)
         self.resync()
@@ -361,17 +441,24 @@ class Emu:
         def dev_state(d):
             return dict(name=d.name, service=d.svc, index=d.index, in_hopid=d.in_hopid, out_hopid=d.out_hopid,
                         ring_size=d.ring_size, throttling=d.throttling, attached=d.attached, users=d.users,
-                        removed=d.removed, closed=d.closed, rx_frames=len(d.rx), tx_frames=len(d.tx), opens=d.opens)
+                        xdomain=d.end.xd_name() if d.end else None,
+                        removed=d.removed, closed=d.closed, rx_frames=len(d.rx), tx_frames=len(d.tx), opens=d.opens,
+                        rx_bytes=d.rx_bytes)
+
+        def end_state(e):
+            return dict(peer=e.other().host.name, plugged=e.link.plugged, probed=e.probed,
+                        stream_service=self.stream_service(e), announced={k: list(v) for k, v in e.announced.items()})
         hosts = {}
         for n, h in self.hosts.items():
-            hosts[n] = dict(loaded=h.loaded, mounted=h.mounted, net=h.net, probed=h.probed,
-                            xdomain=h.xd_name(), stream_service=self.stream_service(h),
+            first = h.ends[0]  # the fields of the two-host layout: its one cable
+            hosts[n] = dict(loaded=h.loaded, mounted=h.mounted, net=h.net, probed=first.probed,
+                            xdomain=first.xd_name(), stream_service=self.stream_service(first),
                             groups={s: sorted(g.keys()) for s, g in h.svc_groups.items()},
                             devs={str(i): dev_state(d) for i, d in h.devs.items()},
-                            announced={k: list(v) for k, v in h.announced.items()},
+                            announced={k: list(v) for k, v in first.announced.items()},
+                            peers={e.xd_name(): end_state(e) for e in h.ends},
                             stats=dict(h.stats))
-        return dict(plugged=self.plugged, flips_done=self.flips_done, flips_pending=self.flip_left, hosts=hosts)
-
+        return dict(plugged=all(l.plugged for l in self.links), flips_done=self.flips_done, flips_pending=self.flip_left, hosts=hosts)
 
 class FD:
     def __init__(self, kind, **kw):
@@ -425,37 +512,40 @@ class TbEmuFS:
     def sysfs_attrs(self, h, entry):
         """Attributes of /sys/bus/thunderbolt/devices/<entry> on host h, or None."""
         e = self.emu
-        p = e.peer(h)
         if entry == "domain0":
             return {"uevent": "DEVTYPE=thunderbolt_domain\n", "security": "user\n"}
         if entry == "0-0":
             return {"uevent": "DEVTYPE=thunderbolt_device\n", "device_name": h.device_name + "\n",
                     "vendor_name": h.vendor_name + "\n", "unique_id": h.unique_id + "\n"}
-        if e.plugged and entry == h.xd_name():
+        for end in h.ends:
+            if not end.link.plugged or entry != end.xd_name():
+                continue
+            p = end.other().host
             return {"uevent": "DEVTYPE=thunderbolt_xdomain\n", "device_name": p.device_name + "\n",
                     "vendor_name": p.vendor_name + "\n", "unique_id": p.unique_id + "\n",
                     "maxhopid": "%d\n" % p.max_hopid, "rx_speed": "20.0 Gb/s\n", "tx_speed": "20.0 Gb/s\n",
                     "rx_lanes": "2\n", "tx_lanes": "2\n"}
-        for name, key in e.services(h):
-            if entry == name:
-                a = {"uevent": "DEVTYPE=thunderbolt_service\n", "key": key + "\n", "prtcid": "1\n",
-                     "prtcvers": "1\n", "prtcrevs": "0\n", "prtcstns": "0\n"}
-                return a
+        for end in h.ends:
+            for name, key in e.services(end):
+                if entry == name:
+                    return {"uevent": "DEVTYPE=thunderbolt_service\n", "key": key + "\n", "prtcid": "1\n",
+                            "prtcvers": "1\n", "prtcrevs": "0\n", "prtcstns": "0\n"}
         return None
 
     def sysfs_entries(self, h):
         e = self.emu
         out = ["domain0", "0-0"]
-        if e.plugged:
-            out.append(h.xd_name())
-            out += [n for n, _ in e.services(h)]
+        for end in h.ends:
+            if end.link.plugged:
+                out.append(end.xd_name())
+                out += [n for n, _ in e.services(end)]
         return out
 
     def resolve(self, path):
         """Returns (kind, info) for a path, or raises ENOENT."""
         parts = [p for p in path.split("/") if p]
         if not parts:
-            return ("dir", ["A", "B", "ctl", "state"])
+            return ("dir", sorted(self.emu.hosts) + ["ctl", "state"])
         if parts == ["ctl"]:
             return ("ctl", None)
         if parts == ["state"]:
@@ -589,8 +679,9 @@ class TbEmuFS:
                 h.svc_groups[svc][name] = dev
                 h.devs[dev.index] = dev
                 h.stats["mkdir:" + name] += 1
-                if h.probed and svc == self.emu.stream_service(h):
-                    self.emu.attach(dev)
+                end = self.emu.end_for_service(h, svc)
+                if end is not None:
+                    self.emu.attach(dev, end)
                 return 0
             raise err(errno.EPERM)
 
@@ -620,13 +711,13 @@ class TbEmuFS:
 
     def release_dev(self, dev):
         """tbstream_dev_release: the last reference went; HopIDs and index are freed."""
-        h = dev.host
-        if dev.attached:
+        h, end = dev.host, dev.end
+        if end is not None:
             if dev.out_hopid > 0:
-                h.out_ida.discard(dev.out_hopid)
+                end.out_ida.discard(dev.out_hopid)
             if dev.in_hopid > 0:
-                h.in_ida.discard(dev.in_hopid)
-            dev.attached = False
+                end.in_ida.discard(dev.in_hopid)
+            dev.end = None
         h.devs.pop(dev.index, None)
 
 
@@ -696,11 +787,13 @@ class TbEmuFS:
         e.pump()
         return FD("device", dev=dev, gen=dev.gen, nonblock=nonblock)
 
-    def read(self, fh, size, offset):
+    def read(self, fh, size, offset, flags=None):
         with LOCK:
             fd = self.fds.get(fh)
             if fd is None:
                 raise err(errno.EBADF)
+            if flags is not None and fd.kind == "device":
+                fd.nonblock = bool(flags & os.O_NONBLOCK)
             if fd.kind == "text":
                 return fd.text.encode()[offset:offset + size]
             if fd.kind == "cfgattr":
@@ -746,11 +839,13 @@ class TbEmuFS:
         debug("read %s/%s -> %d (asked %d, rx left %d)" % (dev.host.name, dev.name, len(out), size, len(dev.rx)))
         return bytes(out)
 
-    def write(self, fh, data, offset):
+    def write(self, fh, data, offset, flags=None):
         with LOCK:
             fd = self.fds.get(fh)
             if fd is None:
                 raise err(errno.EBADF)
+            if flags is not None and fd.kind == "device":
+                fd.nonblock = bool(flags & os.O_NONBLOCK)
             if fd.kind == "ctl":
                 for line in data.decode("utf-8", "replace").splitlines():
                     self.emu.command(line.strip())
@@ -773,7 +868,7 @@ class TbEmuFS:
                 r = e.alloc(dev, which, v)
                 if r < 0:
                     raise err(-r)
-                e.update_properties(dev.host, dev.name, dev.in_hopid, dev.out_hopid)
+                e.update_properties(dev.end, dev.name, dev.in_hopid, dev.out_hopid)
             else:
                 setattr(dev, attr, v)
         elif attr == "ring_size":
@@ -985,11 +1080,12 @@ class FuseServer:
             fh, device = fs.open(path, flags)
             return struct.pack("<QII", fh, FOPEN_DIRECT_IO | ((FOPEN_STREAM | FOPEN_NONSEEKABLE) if device else 0), 0)
         if op == FUSE_READ:
-            fh, offset, size = struct.unpack_from("<QQI", body)
-            return fs.read(fh, size, offset)
+            # fuse_read_in: fh, offset, size, read_flags, lock_owner, flags (the file's f_flags now)
+            fh, offset, size, _, _, flags = struct.unpack_from("<QQIIQI", body)
+            return fs.read(fh, size, offset, flags)
         if op == FUSE_WRITE:
-            fh, offset, size = struct.unpack_from("<QQI", body)
-            n = fs.write(fh, body[40:40 + size], offset)
+            fh, offset, size, _, _, flags = struct.unpack_from("<QQIIQI", body)
+            n = fs.write(fh, body[40:40 + size], offset, flags)
             return struct.pack("<II", n, 0)
         if op == FUSE_RELEASE:
             fs.release(struct.unpack_from("<Q", body)[0])
@@ -1028,9 +1124,10 @@ def main():
         with open(os.path.join(sys.argv[2], "ctl"), "w") as f:
             f.write(" ".join(sys.argv[3:]) + "\n")
         return
-    ap = argparse.ArgumentParser(description="Emulate two hosts joined by a USB4/Thunderbolt cable with thunderbolt_stream (v7.2).")
+    ap = argparse.ArgumentParser(description="Emulate hosts joined by USB4/Thunderbolt cables with thunderbolt_stream (v7.2).")
     ap.add_argument("mountpoint")
-    ap.add_argument("--unplugged", action="store_true", help="start with the cable unplugged")
+    ap.add_argument("--topology", default="A-B", help="the cables: A-B (default), or e.g. A-K,B-K (a keeper K with two peers)")
+    ap.add_argument("--unplugged", nargs="?", const="all", default=None, help="start with every cable (or the ones named, e.g. B-K) unplugged")
     ap.add_argument("--unloaded", default="", help="hosts (A, B, AB) without thunderbolt_stream loaded")
     ap.add_argument("--unmounted", default="", help="hosts (A, B, AB) without configfs mounted")
     ap.add_argument("--a-name", default="host-a")
