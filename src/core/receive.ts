@@ -573,7 +573,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           const frame = base!.frame(h.index, rawLength, h.checksum);
           const write = writer.record(frame, rawLength, offset, h.checksum, base!.extent(h.index));
           const buf = frame.buffer as ArrayBuffer;
-          const bytes = frame.length; // (before the buffer goes to the worker)
+          const bytes = write.clone?.length ?? frame.length; // (before the buffer goes to the worker; with the base's padding when laid out alike)
           await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: frame.byteOffset, length: frame.length, hash: wholeSha, digest: true, wantRaw: false, write }, [buf], wholeSha ? 0 : undefined), { digest: base!.digest(h.index), bytes });
         } else if (rec.kind === "zero") {
           const zf = zeroFrame(rawLength);

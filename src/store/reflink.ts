@@ -44,10 +44,17 @@ export function writeFrame(w: FrameWrite, frame: Uint8Array, clone?: Libc["clone
  * The block size frames are aligned to in `dir`, when its file system can
  * clone ranges between files (checked by cloning a block of a scratch file);
  * 0 where it cannot (ext4, tmpfs, ...): then nothing is padded.
- * TBBACKUP_REFLINK=0 in the environment turns it off.
+ * TBBACKUP_REFLINK in the environment: 0 turns it off; a power of two from
+ * 4096 to 65536 pads to that whatever the file system (clones that fail are
+ * copies), to test the layout on any store.
  */
 export async function reflinkAlignment(dir: string): Promise<number> {
-  if (process.env.TBBACKUP_REFLINK === "0") return 0;
+  const forced = process.env.TBBACKUP_REFLINK;
+  if (forced === "0") return 0;
+  if (forced && /^\d+$/.test(forced)) {
+    const n = Number(forced);
+    if (n >= 4096 && n <= MAX_ALIGN && (n & (n - 1)) === 0) return n;
+  }
   let bsize: number;
   try {
     bsize = Number(fs.statfsSync(dir).bsize);
