@@ -9,7 +9,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { cleanup, run, sh, storeBackup, tempDir } from "../helpers/cli.ts";
+import { cleanup, finish, randomImage, run, sh, start, storeBackup, tempDir, waitFor, zstdSha, sha256File } from "../helpers/cli.ts";
+import { startProxy } from "../helpers/proxy.ts";
 import { ImageReader } from "../../src/store/image-reader.ts";
 import { zstd } from "../../src/util/zstd.ts";
 
@@ -234,5 +235,75 @@ describe("a store on a file system without reflink", () => {
     expect(sharedExtents(path.join(b, "image.zst")).shared).toBe(0);
     await checkWhole(a, b);
     fs.rmSync(path.join(dir, "store"), { recursive: true, force: true });
+  });
+});
+
+describe("the padded layout on any store (TBBACKUP_REFLINK=4096 forces it)", () => {
+  const env = { TBBACKUP_REFLINK: "4096" };
+
+  test("an interrupted push of a padded image is resumed after its durable prefix; the result is whole and aligned", async () => {
+    // 4 KiB chunks of random data: every frame is a little over a block, so every one is padded
+    const img = randomImage(dir, 6, "resume.img");
+    const out = path.join(dir, "store-resume");
+    const sock = path.join(dir, "resume.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`], { env });
+    try {
+      await waitFor(() => fs.existsSync(sock), "socket");
+      const proxy = await startProxy(`${sock}.cut`, sock, { cutAfterBytes: 3_000_000 });
+      const first = await run(["push", img, "--stream", `unix:${sock}.cut`, "--chunk-size", "4K"]);
+      proxy.close();
+      expect(first.code).toBe(7);
+      const partialManifest = () => {
+        const p = fs.readdirSync(out, { recursive: true }).map(String).find((x) => x.endsWith(".partial"));
+        try {
+          return p ? JSON.parse(fs.readFileSync(path.join(out, p, "manifest.json"), "utf8")) : null;
+        } catch {
+          return null;
+        }
+      };
+      await waitFor(() => typeof partialManifest()?.reason === "string", "the receiver to record the partial");
+      const pm = partialManifest();
+      expect(pm.format).toBe(3);
+      expect(pm.durable.chunks).toBeGreaterThan(0);
+      const second = await run(["push", img, "--stream", `unix:${sock}`, "--chunk-size", "4K", "--json"]);
+      expect(second.code, second.stderr).toBe(0);
+      const j = JSON.parse(second.stdout);
+      expect(j.resumedFrom).toBe(pm.durable.chunks);
+      const b = path.join(out, j.id);
+      expect(manifest(b).align).toBe(4096);
+      expect(zstdSha(path.join(b, "image.zst"))).toBe(sha256File(img));
+      const pad = checkAligned(path.join(b, "image.zst"), 4096);
+      expect(pad.padded).toBeGreaterThan(pad.frames * 3000);
+      const v = await run(["verify", b]);
+      expect(v.code, v.stderr).toBe(0);
+    } finally {
+      recv.kill();
+      await finish(recv);
+    }
+  });
+
+  test("padding that is not a skippable frame makes verify fail on that chunk", async () => {
+    const img = randomImage(dir, 2, "pad.img");
+    const out = path.join(dir, "store-pad");
+    const sock = path.join(dir, "pad.sock");
+    const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"], { env });
+    await waitFor(() => fs.existsSync(sock), "socket");
+    const p = await run(["push", img, "--stream", `unix:${sock}`, "--chunk-size", "64K", "--json"]);
+    await finish(recv);
+    expect(p.code, p.stderr).toBe(0);
+    const b = path.join(out, JSON.parse(p.stdout).id);
+    const image = path.join(b, "image.zst");
+    expect((await run(["verify", b])).code).toBe(0);
+    // the padding after chunk 5's frame: its magic's last byte changed (0x184D2A5x are all skippable)
+    const r = ImageReader.open(image);
+    const at = r.offsets[5]! + r.readFrame(5).length;
+    expect(r.entries[5]!.compressedSize).toBeGreaterThan(r.readFrame(5).length);
+    r.close();
+    const fd = fs.openSync(image, "r+");
+    fs.writeSync(fd, Buffer.from([0x19]), 0, 1, at + 3);
+    fs.closeSync(fd);
+    const v = await run(["verify", b]);
+    expect(v.code).toBe(10);
+    expect(v.stderr).toMatch(/chunk 5\b.*not exactly one zstd frame/);
   });
 });
