@@ -418,6 +418,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   const ack = { ...newHelloAck(hello, created.id), ...(base ? { base: { id: base.id, chunks: base.chunks } } : {}) };
   let same = 0;
   let sharedBytes = 0;
+  /** of sharedBytes, those cloned from the base's file (blocks shared on disk, docs/FORMAT.md §3.5) */
+  let clonedBytes = 0;
   if (!resumedFrom) {
     opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}${base ? ` (incremental against ${base.id})` : ""}`);
   }
@@ -450,6 +452,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     if (fromBase) {
       same++;
       sharedBytes += fromBase.bytes;
+      if (r.op === "checked" && r.cloned) clonedBytes += fromBase.bytes;
     }
   });
   /**
@@ -669,7 +672,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         fsyncDir(path.dirname(finalDir));
         confirmation = { session: hello.session, id: created.id, path: finalDir, ...(hasRootCap(hello) ? { root: rootHex } : {}), ...(sha256 ? { sha256 } : {}), bytes: size, storedBytes, ...(base ? { base: base.id, sameChunks: same } : {}) };
         await ch.sendJson(MsgType.DONE, confirmation);
-        opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes}${same ? ` (${same} of ${want} chunks, ${sharedBytes} bytes, copied from ${base!.id})` : ""} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""}${resentNote(retry)})`);
+        opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes}${same ? ` (${same} of ${want} chunks, ${sharedBytes} bytes, copied from ${base!.id}${clonedBytes ? `, ${clonedBytes} of them as blocks shared with it` : ""})` : ""} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""}${resentNote(retry)})`);
         return {
           result: { ok: true, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, bytes: size, storedBytes, root: rootHex, sha256: sha256 ?? undefined, seconds: manifest.timings.seconds!, ...(retry ? { resent: retry.count } : {}) },
           carried: null,

@@ -116,10 +116,16 @@ async function twoPushes(mnt: string, tag: string) {
   for (let at = 0; at < rnd.length; at += 65536) crypto.getRandomValues(rnd.subarray(at, at + 65536));
   fs.writeSync(fd, rnd, 0, rnd.length, 7 * MiB + 12345);
   fs.closeSync(fd);
-  await storeBackup(disk, out, path.join(dir, `${tag}-2.sock`), ["--all-blocks"]);
+  const sock = path.join(dir, `${tag}-2.sock`);
+  const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
+  await waitFor(() => fs.existsSync(sock), "receiver socket");
+  const p = await run(["push", disk, "--stream", `unix:${sock}`, "--all-blocks"]);
+  const r = await finish(recv);
+  expect(p.code, p.stderr).toBe(0);
+  expect(r.code, r.stderr).toBe(0);
   const u2 = used(mnt);
   const [a, b] = backups(out);
-  return { out, a: a!, b: b!, grewFirst: u1 - u0, grewSecond: u2 - u1 };
+  return { out, a: a!, b: b!, grewFirst: u1 - u0, grewSecond: u2 - u1, log: r.stderr };
 }
 
 /** What every store must show, whatever its file system does: each image alone is its disk, checks, and outlives the other. */
@@ -158,7 +164,8 @@ function checkAligned(image: string, align: number): { padded: number; frames: n
 describe.skipIf(!canLoop || !has("mkfs.btrfs") || !has("filefrag"))("a store on btrfs", () => {
   test("the second backup shares all but the changed chunks' blocks with the first; each stays whole; deleting the first leaves the second", async () => {
     await withLoopFs("btrfs", "mkfs.btrfs -f", async (mnt) => {
-      const { out, a, b, grewFirst, grewSecond } = await twoPushes(mnt, "btrfs");
+      const { out, a, b, grewFirst, grewSecond, log } = await twoPushes(mnt, "btrfs");
+      expect(log).toMatch(/copied from \S+, \d+ of them as blocks shared with it\)/);
       for (const d of [a, b]) {
         expect(manifest(d).format).toBe(3);
         expect(manifest(d).align).toBe(4096);
@@ -220,7 +227,9 @@ describe.skipIf(!canLoop || !has("mkfs.xfs") || !has("filefrag"))("a store on XF
 describe("a store on a file system without reflink", () => {
   test("ext4: nothing is padded, the manifest stays format 2, and the second backup is a plain copy", async () => {
     expect(sh(`stat -f -c %T ${dir}`).trim()).not.toMatch(/btrfs|xfs/);
-    const { a, b } = await twoPushes(dir, "ext4");
+    const { a, b, log } = await twoPushes(dir, "ext4");
+    expect(log).toContain("copied from");
+    expect(log).not.toContain("blocks shared");
     for (const d of [a, b]) {
       const m = manifest(d);
       expect(m.format).toBe(2);
