@@ -123,7 +123,15 @@ void loadLibc().then((l) => {
   libc = l;
   const jobs = waiting!;
   waiting = null;
-  for (const m of jobs) handle(m);
+  for (const m of jobs) {
+    try {
+      handle(m);
+    } catch (e) {
+      setTimeout(() => {
+        throw e; // as from onmessage: the worker's error, and the jobs after it still run
+      });
+    }
+  }
 });
 
 self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
