@@ -4,8 +4,9 @@
 // shares almost all its image's blocks with the first (FICLONERANGE), the
 // file system grows by little more than the change, every image alone is the
 // whole disk for `zstd -dc` and `tbbackup verify`, and deleting the first
-// leaves the second whole. On ext4 (a loop device too) nothing is padded: the image is laid out as
-// before. Run with the compiled binary over a unix socket.
+// leaves the second whole. On ext4 (a loop device too) nothing is padded:
+// the image is laid out as before. Run with the compiled binary over a unix
+// socket.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
