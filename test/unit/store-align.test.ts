@@ -200,3 +200,29 @@ describe("ImageWriter with align", () => {
     plain.abort();
   });
 });
+
+describe("reflinkAlignment", () => {
+  test("0 on a file system that cannot clone (this test's ext4 or tmpfs); TBBACKUP_REFLINK forces a valid block size or turns it off", async () => {
+    const { reflinkAlignment } = await import("../../src/store/reflink.ts");
+    const saved = process.env.TBBACKUP_REFLINK;
+    try {
+      delete process.env.TBBACKUP_REFLINK;
+      const fsType = sh(`stat -f -c %T ${dir}`).trim();
+      if (!/btrfs|xfs/.test(fsType)) expect(await reflinkAlignment(dir)).toBe(0);
+      process.env.TBBACKUP_REFLINK = "8192";
+      expect(await reflinkAlignment(dir)).toBe(8192);
+      process.env.TBBACKUP_REFLINK = "0";
+      expect(await reflinkAlignment(dir)).toBe(0);
+      // not a power of two in range: probed as without it
+      for (const bad of ["4097", "2048", "131072"]) {
+        process.env.TBBACKUP_REFLINK = bad;
+        if (!/btrfs|xfs/.test(fsType)) expect(await reflinkAlignment(dir)).toBe(0);
+      }
+      // the scratch file is gone
+      expect(fs.readdirSync(dir).filter((n) => n.startsWith(".tbbackup-reflink"))).toEqual([]);
+    } finally {
+      if (saved === undefined) delete process.env.TBBACKUP_REFLINK;
+      else process.env.TBBACKUP_REFLINK = saved;
+    }
+  });
+});
