@@ -16,6 +16,7 @@ import { ImageWriter, prefixDigest } from "../store/image-writer.ts";
 import { awaitResume, checkPrefix, findResumable, markNotResumable, readPrefix } from "./resume.ts";
 import { MANIFEST_FORMAT, UNALIGNED_FORMAT, writeManifest, type Manifest } from "../store/manifest.ts";
 import { reflinkAlignment } from "../store/reflink.ts";
+import { isAlignment } from "../store/seekable.ts";
 import { Channel, CorruptFrame } from "./channel.ts";
 import { DamageBudget, RESEND_REPEAT_MS } from "./resend.ts";
 import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
@@ -327,9 +328,10 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     }
     if (from === d.chunks) {
       try {
-        const prefix = await checkPrefix(candidate.dir, candidate.manifest, lines, pool, wholeSha, () => activity.n++);
         // (aligned as it was begun: the prefix's layout stays)
         const align = candidate.manifest.align ?? 0;
+        if (align !== 0 && !isAlignment(align)) throw new Error(`its manifest's align ${String(align).slice(0, 20)} is not a block size`);
+        const prefix = await checkPrefix(candidate.dir, candidate.manifest, lines, pool, wholeSha, () => activity.n++);
         writer0 = new ImageWriter(candidate.dir, candidate.manifest.data, { entries: prefix.entries, storedBytes: d.storedBytes, rawBytes: d.rawBytes, chunkListBytes: d.chunkListBytes }, align);
         for (const digest of prefix.digests) {
           root.add(digest);

@@ -6,7 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { loadLibc, type Libc } from "../util/libc.ts";
-import { MAX_ALIGN, paddingFrame } from "./seekable.ts";
+import { isAlignment, paddingFrame } from "./seekable.ts";
 
 /** Where a recorded frame goes, and the padding around it; handed to whoever writes the frame. */
 export interface FrameWrite {
@@ -51,17 +51,14 @@ export function writeFrame(w: FrameWrite, frame: Uint8Array, clone?: Libc["clone
 export async function reflinkAlignment(dir: string): Promise<number> {
   const forced = process.env.TBBACKUP_REFLINK;
   if (forced === "0") return 0;
-  if (forced && /^\d+$/.test(forced)) {
-    const n = Number(forced);
-    if (n >= 4096 && n <= MAX_ALIGN && (n & (n - 1)) === 0) return n;
-  }
+  if (forced && /^\d+$/.test(forced) && isAlignment(Number(forced))) return Number(forced);
   let bsize: number;
   try {
     bsize = Number(fs.statfsSync(dir).bsize);
   } catch {
     return 0;
   }
-  if (!(bsize >= 4096 && bsize <= MAX_ALIGN && (bsize & (bsize - 1)) === 0)) return 0;
+  if (!isAlignment(bsize)) return 0;
   const libc = await loadLibc();
   if (!libc) return 0;
   const probe = path.join(dir, `.tbbackup-reflink-${process.pid}-${Math.random().toString(36).slice(2)}`);

@@ -91,6 +91,11 @@ export const MAX_ALIGN = 65536;
 /** the most padding one entry carries: one before a large frame, one after it */
 export const MAX_PADDING = 2 * (MAX_ALIGN + 8);
 
+/** Whether n is an alignment a store may use: a power of two from 4096 to MAX_ALIGN. */
+export function isAlignment(n: unknown): n is number {
+  return typeof n === "number" && Number.isInteger(n) && n >= 4096 && n <= MAX_ALIGN && (n & (n - 1)) === 0;
+}
+
 /** Bytes of padding that take `position` to the next multiple of `align`: 0, or at least 8 (a skippable frame's header). */
 export function paddingTo(position: number, align: number): number {
   const gap = (align - (position % align)) % align;

@@ -257,28 +257,35 @@ describe.skipIf(!canLoop || !has("mkfs.ext4") || !has("filefrag"))("a store on a
 describe("the padded layout on any store (TBBACKUP_REFLINK=4096 forces it)", () => {
   const env = { TBBACKUP_REFLINK: "4096" };
 
-  test("an interrupted push of a padded image is resumed after its durable prefix; the result is whole and aligned", async () => {
-    // 4 KiB chunks of random data: every frame is a little over a block, so every one is padded
-    const img = randomImage(dir, 6, "resume.img");
-    const out = path.join(dir, "store-resume");
-    const sock = path.join(dir, "resume.sock");
+  /** A receiver (padding forced) holding the partial of a push of a 6 MiB random image cut after 3 MB, in 4 KiB chunks (every frame a little over a block: every one padded). */
+  async function interrupted(tag: string) {
+    const img = randomImage(dir, 6, `${tag}.img`);
+    const out = path.join(dir, `store-${tag}`);
+    const sock = path.join(dir, `${tag}.sock`);
     const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`], { env });
+    await waitFor(() => fs.existsSync(sock), "socket");
+    const proxy = await startProxy(`${sock}.cut`, sock, { cutAfterBytes: 3_000_000 });
+    const first = await run(["push", img, "--stream", `unix:${sock}.cut`, "--chunk-size", "4K"]);
+    proxy.close();
+    expect(first.code).toBe(7);
+    const partialDir = () => {
+      const p = fs.readdirSync(out, { recursive: true }).map(String).find((x) => x.endsWith(".partial"));
+      return p ? path.join(out, p) : null;
+    };
+    const partialManifest = () => {
+      try {
+        return JSON.parse(fs.readFileSync(path.join(partialDir()!, "manifest.json"), "utf8"));
+      } catch {
+        return null;
+      }
+    };
+    await waitFor(() => typeof partialManifest()?.reason === "string", "the receiver to record the partial");
+    return { img, out, sock, recv, partial: partialDir()!, pm: partialManifest() };
+  }
+
+  test("an interrupted push of a padded image is resumed after its durable prefix; the result is whole and aligned", async () => {
+    const { img, out, sock, recv, pm } = await interrupted("resume");
     try {
-      await waitFor(() => fs.existsSync(sock), "socket");
-      const proxy = await startProxy(`${sock}.cut`, sock, { cutAfterBytes: 3_000_000 });
-      const first = await run(["push", img, "--stream", `unix:${sock}.cut`, "--chunk-size", "4K"]);
-      proxy.close();
-      expect(first.code).toBe(7);
-      const partialManifest = () => {
-        const p = fs.readdirSync(out, { recursive: true }).map(String).find((x) => x.endsWith(".partial"));
-        try {
-          return p ? JSON.parse(fs.readFileSync(path.join(out, p, "manifest.json"), "utf8")) : null;
-        } catch {
-          return null;
-        }
-      };
-      await waitFor(() => typeof partialManifest()?.reason === "string", "the receiver to record the partial");
-      const pm = partialManifest();
       expect(pm.format).toBe(3);
       expect(pm.durable.chunks).toBeGreaterThan(0);
       const second = await run(["push", img, "--stream", `unix:${sock}`, "--chunk-size", "4K", "--json"]);
@@ -292,6 +299,24 @@ describe("the padded layout on any store (TBBACKUP_REFLINK=4096 forces it)", () 
       expect(pad.padded).toBeGreaterThan(pad.frames * 3000);
       const v = await run(["verify", b]);
       expect(v.code, v.stderr).toBe(0);
+    } finally {
+      recv.kill();
+      await finish(recv);
+    }
+  });
+
+  test("a partial whose manifest claims an align that is no block size is not continued; the next push makes a whole backup", async () => {
+    const { img, out, sock, recv, partial, pm } = await interrupted("badalign");
+    try {
+      fs.writeFileSync(path.join(partial, "manifest.json"), JSON.stringify({ ...pm, align: 3 }, null, 2) + "\n");
+      const second = await run(["push", img, "--stream", `unix:${sock}`, "--chunk-size", "4K"]);
+      expect(second.code).toBe(10);
+      expect(second.stderr).toContain("align 3 is not a block size");
+      const third = await run(["push", img, "--stream", `unix:${sock}`, "--chunk-size", "4K", "--json"]);
+      expect(third.code, third.stderr).toBe(0);
+      const j = JSON.parse(third.stdout);
+      expect(j.resumedFrom).toBe(0);
+      expect(zstdSha(path.join(out, j.id, "image.zst"))).toBe(sha256File(img));
     } finally {
       recv.kill();
       await finish(recv);
