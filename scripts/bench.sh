@@ -26,6 +26,8 @@
 #     (debugfs -w write) pushed again (incremental by default): time, bytes
 #     sent, store growth (du), vs the full push and vs push --full of the
 #     same; the pair once more through scripts/bench-relay.ts at 25 MB/s;
+#     (as root) the pair into a store on btrfs and on XFS with reflink (loop
+#     files): how much each file system grew;
 #     and (as root) restore of the new backup onto a loop device over a copy
 #     of the old image, delta vs --no-delta: time and bytes written (the
 #     device's stat)
@@ -496,6 +498,45 @@ if ! skip incr; then
   printf '%-44s %8.2f s   full, sent %s MiB; then %.2f s incremental, sent %s MiB: %.2fx (one run)\n' "the same over a 25 MB/s relay" "$IRF" "$(mib "$(jnum sentBytes "$W/incr-rfull.json")")" "$IRI" "$(mib "$(jnum sentBytes "$W/incr-rinc.json")")" "$(div "$IRI" "$IRF")"
   row "incremental push time vs full, over a 25 MB/s relay" "$(div "$IRI" "$IRF")" -
   rm -rf "$W/store-incr-relay" "$W/ir.sock"
+
+  # The same two pushes into a store on a file system that shares blocks
+  # between files (btrfs, and XFS made with reflink=1, each on a loop file):
+  # how much the file system grew with each (its used blocks, after sync),
+  # against the du of the incremental backup (du counts shared blocks again).
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "the store on btrfs / XFS (reflink): n/a (needs root: loop devices, mounts)"
+  else
+    fsused() { sync; stat -f -c '%b %f %S' "$1" | awk '{print ($1 - $2) * $3}'; }
+    INCR_VIA="unix:$W/i.sock"
+    for fs in btrfs xfs; do
+      case $fs in btrfs) mk=(mkfs.btrfs -f -q) ;; xfs) mk=(mkfs.xfs -f -q -m reflink=1) ;; esac
+      if ! command -v "${mk[0]}" >/dev/null 2>&1; then echo "the store on $fs (reflink): n/a (no ${mk[0]})"; continue; fi
+      rm -f "$W/rl-$fs.fs" && truncate -s "$((SIZE_MB * 2 + 512))M" "$W/rl-$fs.fs"
+      mkdir -p "$W/rl-$fs.mnt"
+      LOOPDEV=""
+      if loop "$W/rl-$fs.fs" 2>/dev/null && "${mk[@]}" "$LOOPDEV" >/dev/null 2>&1 && mount "$LOOPDEV" "$W/rl-$fs.mnt"; then
+        MOUNTS+=("$W/rl-$fs.mnt")
+        INCR_STORE="$W/rl-$fs.mnt/store"
+        u0=$(fsused "$W/rl-$fs.mnt")
+        mv "$W/incr-old.img" "$W/incr.img"
+        incr_push "rl$fs-full" > /dev/null
+        mv "$W/incr.img" "$W/incr-old.img"
+        u1=$(fsused "$W/rl-$fs.mnt")
+        mv "$W/incr-new.img" "$W/incr.img"
+        incr_push "rl$fs-inc" > /dev/null
+        mv "$W/incr.img" "$W/incr-new.img"
+        u2=$(fsused "$W/rl-$fs.mnt")
+        printf '%-44s the full push grew it by %s MiB, the incremental one by %s MiB (du of that backup: %s MiB)\n' "the store on $fs (reflink), used blocks" "$(mib $((u1 - u0)))" "$(mib $((u2 - u1)))" "$(mib "$(dub "$(jstr path "$W/incr-rl$fs-inc.json")")")"
+        umount "$W/rl-$fs.mnt"
+      else
+        echo "the store on $fs (reflink): n/a (cannot make or mount it here)"
+      fi
+      [ -n "$LOOPDEV" ] && unloop "$LOOPDEV"
+      rm -f "$W/rl-$fs.fs" "$W"/incr-rl*.json
+      rmdir "$W/rl-$fs.mnt" 2>/dev/null || true
+    done
+    INCR_STORE="$W/store-incr"
+  fi
 
   # Delta restore: the incremental backup onto a loop device over a copy of
   # the old image, against --no-delta onto another copy. Bytes written are

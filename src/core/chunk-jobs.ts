@@ -3,6 +3,7 @@
 // its own FIFO of promises gets results in chunk order.
 
 import { availableParallelism } from "node:os";
+import type { FrameWrite } from "../store/reflink.ts";
 
 export type WorkerRequest =
   | { op: "level"; level: number }
@@ -24,15 +25,15 @@ export type WorkerRequest =
       wantRaw: boolean;
       /** with wantRaw: a buffer to decompress into (handed back as raw), to avoid fresh allocations */
       out?: ArrayBuffer;
-      /** after a good check, pwrite the zstd frame to this file at this position */
-      write?: { fd: number; position: number };
+      /** after a good check, write the zstd frame (and its padding) where the image writer recorded it, or clone it when offered */
+      write?: FrameWrite;
       /** after a good check, pwrite the raw data to this file at this position (restore) */
       writeRaw?: { fd: number; position: number };
       /** with writeRaw (delta restore): first read what the file holds there, and write only when it differs */
       onlyIfDiffers?: boolean;
     }
   /** `hash`: feed the zeros to the whole-image SHA-256 (default true) */
-  | { op: "zero"; index: number; rawLength: number; hash?: boolean; write?: { fd: number; position: number; frame: ArrayBuffer } }
+  | { op: "zero"; index: number; rawLength: number; hash?: boolean; write?: FrameWrite & { frame: ArrayBuffer } }
   /** feed `length` bytes of `buf` to the whole-image SHA-256 (handed back) */
   | { op: "hash"; index: number; buf: ArrayBuffer; length: number }
   | { op: "digest" }
@@ -45,7 +46,8 @@ export type WorkerReply =
   | { op: "compressed"; index: number; zero: boolean; digest: string; frame: ArrayBuffer; frameLength: number; raw: ArrayBuffer; compressedSize: number; same?: boolean; checksum?: bigint }
   /** `buf`: the request's input buffer, handed back */
   /** `unchanged`: with onlyIfDiffers, the file already held the chunk and nothing was written */
-  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer; digest?: string; unchanged?: boolean }
+  /** `cloned`: the frame was cloned from the write's `clone` source (shared blocks), not written */
+  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer; digest?: string; unchanged?: boolean; cloned?: boolean }
   /** `length`: bytes read (fewer at the end of the file); `error`: the read's errno code */
   | { op: "readhashed"; index: number; digest: string; length: number; error?: string; buf: ArrayBuffer }
   | { op: "zeroed"; index: number; writeError?: string }

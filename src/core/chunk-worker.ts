@@ -11,6 +11,8 @@ import { zstd as loadZstd } from "../util/zstd.ts";
 import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame } from "../protocol/chunk-record.ts";
 import { chunkDigest, zeroDigest } from "../store/root.ts";
 import type { WorkerReply, WorkerRequest } from "./chunk-jobs.ts";
+import { writeFrame, type FrameWrite } from "../store/reflink.ts";
+import { loadLibc, type Libc } from "../util/libc.ts";
 
 declare const self: Worker;
 
@@ -51,6 +53,15 @@ function pwriteAll(fd: number, data: Uint8Array, position: number): string | und
     return undefined;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code ?? String(e);
+  }
+}
+
+/** Writes a recorded frame (cloned when offered and possible); the errno code on failure. */
+function storeFrame(w: FrameWrite, frame: Uint8Array): { error?: string; cloned?: boolean } {
+  try {
+    return writeFrame(w, frame, libc?.cloneRange) ? { cloned: true } : {};
+  } catch (e) {
+    return { error: (e as NodeJS.ErrnoException).code ?? String(e) };
   }
 }
 
@@ -98,13 +109,37 @@ function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
   if (m.hash) sha.update(raw);
   const digest = m.digest ? chunkDigest(raw) : undefined;
   const unchanged = m.writeRaw !== undefined && m.onlyIfDiffers === true && holds(m.writeRaw.fd, raw, m.writeRaw.position);
-  const writeError = m.write ? pwriteAll(m.write.fd, z, m.write.position) : m.writeRaw && !unchanged ? pwriteAll(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;
+  const stored = m.write ? storeFrame(m.write, z) : undefined;
+  const writeError = m.write ? stored!.error : m.writeRaw && !unchanged ? pwriteAll(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;
   const rawBuf = m.wantRaw ? (raw.buffer as ArrayBuffer) : undefined;
-  return { op: "checked", index: m.index, ok: true, writeError, raw: rawBuf, digest, ...(unchanged ? { unchanged } : {}) };
+  return { op: "checked", index: m.index, ok: true, writeError, raw: rawBuf, digest, ...(unchanged ? { unchanged } : {}), ...(stored?.cloned ? { cloned: true } : {}) };
 }
 
+// libc (for cloning frames) loads asynchronously: jobs that come before it are
+// kept, and run in order once it is there (a worker answers in order).
+let libc: Libc | null | undefined;
+let waiting: WorkerRequest[] | null = [];
+void loadLibc().then((l) => {
+  libc = l;
+  const jobs = waiting!;
+  waiting = null;
+  for (const m of jobs) {
+    try {
+      handle(m);
+    } catch (e) {
+      setTimeout(() => {
+        throw e; // as from onmessage: the worker's error, and the jobs after it still run
+      });
+    }
+  }
+});
+
 self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
-  const m = ev.data;
+  if (waiting) waiting.push(ev.data);
+  else handle(ev.data);
+};
+
+function handle(m: WorkerRequest): void {
   switch (m.op) {
     case "level":
       setLevel(m.level);
@@ -142,7 +177,7 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
         if (zeros.length < m.rawLength) zeros = new Uint8Array(m.rawLength);
         sha.update(zeros.subarray(0, m.rawLength));
       }
-      const writeError = m.write ? pwriteAll(m.write.fd, new Uint8Array(m.write.frame), m.write.position) : undefined;
+      const writeError = m.write ? storeFrame(m.write, new Uint8Array(m.write.frame)).error : undefined;
       reply({ op: "zeroed", index: m.index, writeError });
       return;
     }
@@ -168,4 +203,4 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
       return;
     }
   }
-};
+}

@@ -14,6 +14,7 @@ import type { Manifest } from "../store/manifest.ts";
 import { ChunkList, ImageReader, readChecksums } from "../store/image-reader.ts";
 import { DIGEST_LINE_BYTES, isDigest, digestAt } from "../store/root.ts";
 import { compressBound } from "../util/buffer-pool.ts";
+import { MAX_PADDING } from "../store/seekable.ts";
 import type { Channel } from "./channel.ts";
 import { TbError } from "./errors.ts";
 import { peerError } from "./handshake.ts";
@@ -85,13 +86,18 @@ export class Base {
     const damaged = (why: string) => baseDamaged(this.id, i, why);
     const e = this.reader.entries[i];
     if (!e || e.rawSize !== rawLength) throw damaged("its stored length differs from the chunk's");
-    if (e.compressedSize > compressBound(this.manifest.chunkSize) + 64) throw damaged("its stored frame is too large");
+    if (e.compressedSize > compressBound(this.manifest.chunkSize) + 64 + MAX_PADDING) throw damaged("its stored frame is too large");
     try {
       if (this.checksums[i] !== checksum) throw new Error("its chunk-list checksum differs from the data's");
       return this.reader.readFrame(i);
     } catch (err) {
       throw damaged((err as Error).message);
     }
+  }
+
+  /** Where chunk i's stored entry (frame and padding) lies in the base's image: what a new image may clone (docs/FORMAT.md §3.5). */
+  extent(i: number): { fd: number; offset: number; length: number } {
+    return this.reader.extent(i);
   }
 
   close(): void {

@@ -14,7 +14,9 @@ import type { Transport } from "../transport/index.ts";
 import { DIGESTS_FILE, FILES_FILE, IMAGE_FILE, createBackupDir, fsyncDir, PARTIAL_SUFFIX, sanitizeName } from "../store/layout.ts";
 import { ImageWriter, prefixDigest } from "../store/image-writer.ts";
 import { awaitResume, checkPrefix, findResumable, markNotResumable, readPrefix } from "./resume.ts";
-import { MANIFEST_FORMAT, writeManifest, type Manifest } from "../store/manifest.ts";
+import { MANIFEST_FORMAT, UNALIGNED_FORMAT, writeManifest, type Manifest } from "../store/manifest.ts";
+import { reflinkAlignment } from "../store/reflink.ts";
+import { isAlignment } from "../store/seekable.ts";
 import { Channel, CorruptFrame } from "./channel.ts";
 import { DamageBudget, RESEND_REPEAT_MS } from "./resend.ts";
 import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
@@ -336,8 +338,11 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     }
     if (from === d.chunks) {
       try {
+        // (aligned as it was begun: the prefix's layout stays)
+        const align = candidate.manifest.align ?? 0;
+        if (align !== 0 && !isAlignment(align)) throw new Error(`its manifest's align ${String(align).slice(0, 20)} is not a block size`);
         const prefix = await checkPrefix(candidate.dir, candidate.manifest, lines, pool, wholeSha, () => activity.n++);
-        writer0 = new ImageWriter(candidate.dir, candidate.manifest.data, { entries: prefix.entries, storedBytes: d.storedBytes, rawBytes: d.rawBytes, chunkListBytes: d.chunkListBytes });
+        writer0 = new ImageWriter(candidate.dir, candidate.manifest.data, { entries: prefix.entries, storedBytes: d.storedBytes, rawBytes: d.rawBytes, chunkListBytes: d.chunkListBytes }, align);
         for (const digest of prefix.digests) {
           root.add(digest);
           writer0.recordDigest(digest);
@@ -346,7 +351,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         created0 = { id: candidate.id, dir: candidate.dir };
         const m = candidate.manifest;
         m.session = hello.session;
-        m.format = MANIFEST_FORMAT;
+        m.format = align ? MANIFEST_FORMAT : UNALIGNED_FORMAT;
         m.digests = { algorithm: ROOT_ALGORITHM, file: DIGESTS_FILE };
         m.resumed = [...(m.resumed ?? []), { at: started.toISOString(), fromChunk: from }];
         // a new --name is taken; read-write mounts seen by either push are kept
@@ -372,8 +377,10 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     } catch (e) {
       return fail(isErrno(e, ...DISK_FULL) ? "NO_SPACE" : "DEST", `receiver cannot create a backup directory under ${opts.out}: ${errnoText(e)}`);
     }
+    // on a file system that can share blocks between files, frames are aligned so later backups can (docs/FORMAT.md §3.5)
+    const align = files ? 0 : await reflinkAlignment(created0.dir);
     const m: Manifest = {
-      format: MANIFEST_FORMAT,
+      format: align ? MANIFEST_FORMAT : UNALIGNED_FORMAT,
       id: created0.id,
       kind: files ? "files" : "image",
       status: "partial",
@@ -392,6 +399,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       root: null,
       digests: { algorithm: ROOT_ALGORITHM, file: DIGESTS_FILE },
       data: files ? FILES_FILE : IMAGE_FILE,
+      ...(align ? { align } : {}),
       timings: { started: started.toISOString(), finished: null, seconds: null },
     };
     const layout = files ? undefined : layoutFrom(hello.layout);
@@ -401,7 +409,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     manifest0 = m;
     try {
       writeManifest(created0.dir, m);
-      writer0 = new ImageWriter(created0.dir, m.data);
+      writer0 = new ImageWriter(created0.dir, m.data, undefined, align);
     } catch (e) {
       return fail(isErrno(e, ...DISK_FULL) ? "NO_SPACE" : "DEST", `receiver cannot write under ${opts.out}: ${errnoText(e)}`);
     }
@@ -422,6 +430,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   const ack = { ...newHelloAck(hello, created.id), ...(base ? { base: { id: base.id, chunks: base.chunks } } : {}) };
   let same = 0;
   let sharedBytes = 0;
+  /** of sharedBytes, those cloned from the base's file (blocks shared on disk, docs/FORMAT.md §3.5) */
+  let clonedBytes = 0;
   if (!resumedFrom) {
     opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname}${ch.conn.peer ? ` via ${ch.conn.peer}` : ""} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}${base ? ` (incremental against ${base.id})` : ""}`);
   }
@@ -454,6 +464,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     if (fromBase) {
       same++;
       sharedBytes += fromBase.bytes;
+      if (r.op === "checked" && r.cloned) clonedBytes += fromBase.bytes;
     }
   });
   /**
@@ -575,21 +586,21 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           // the sender's chunk has the base's SHA-256: copy the base's frame, checked like one that arrived
           ch.release(f.payload.buffer);
           const frame = base!.frame(h.index, rawLength, h.checksum);
-          const position = writer.record(frame, rawLength, offset, h.checksum);
+          const write = writer.record(frame, rawLength, offset, h.checksum, base!.extent(h.index));
           const buf = frame.buffer as ArrayBuffer;
-          const bytes = frame.length; // (before the buffer goes to the worker)
-          await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: frame.byteOffset, length: frame.length, hash: wholeSha, digest: true, wantRaw: false, write: { fd: writer.imageFd, position } }, [buf], wholeSha ? 0 : undefined), { digest: base!.digest(h.index), bytes });
+          const bytes = write.clone?.length ?? frame.length; // (before the buffer goes to the worker; with the base's padding when laid out alike)
+          await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: frame.byteOffset, length: frame.length, hash: wholeSha, digest: true, wantRaw: false, write }, [buf], wholeSha ? 0 : undefined), { digest: base!.digest(h.index), bytes });
         } else if (rec.kind === "zero") {
           const zf = zeroFrame(rawLength);
-          const position = writer.record(zf, rawLength, offset, h.checksum);
+          const write = writer.record(zf, rawLength, offset, h.checksum);
           ch.release(f.payload.buffer);
-          await track(h.index, rawLength, pool.run({ op: "zero", index: h.index, rawLength, hash: wholeSha, write: { fd: writer.imageFd, position, frame: zf.slice().buffer as ArrayBuffer } }, [], wholeSha ? 0 : undefined));
+          await track(h.index, rawLength, pool.run({ op: "zero", index: h.index, rawLength, hash: wholeSha, write: { ...write, frame: zf.slice().buffer as ArrayBuffer } }, [], wholeSha ? 0 : undefined));
         } else {
           const z = rec.zstd;
-          const position = writer.record(z, rawLength, offset, h.checksum);
+          const write = writer.record(z, rawLength, offset, h.checksum);
           const buf = f.payload.buffer as ArrayBuffer;
           // the worker checks the chunk, then writes it at its position
-          await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: z.byteOffset, length: z.length, hash: wholeSha, digest: true, wantRaw: false, write: { fd: writer.imageFd, position } }, [buf], wholeSha ? 0 : undefined));
+          await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: z.byteOffset, length: z.length, hash: wholeSha, digest: true, wantRaw: false, write }, [buf], wholeSha ? 0 : undefined));
         }
         next++;
         await checks.ready();
@@ -673,7 +684,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         fsyncDir(path.dirname(finalDir));
         confirmation = { session: hello.session, id: created.id, path: finalDir, ...(hasRootCap(hello) ? { root: rootHex } : {}), ...(sha256 ? { sha256 } : {}), bytes: size, storedBytes, ...(base ? { base: base.id, sameChunks: same } : {}) };
         await ch.sendJson(MsgType.DONE, confirmation);
-        opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes}${same ? ` (${same} of ${want} chunks, ${sharedBytes} bytes, copied from ${base!.id})` : ""} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""}${resentNote(retry)})`);
+        opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes}${same ? ` (${same} of ${want} chunks, ${sharedBytes} bytes, copied from ${base!.id}${clonedBytes ? `, ${clonedBytes} of them as blocks shared with it` : ""})` : ""} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""}${resentNote(retry)})`);
         return {
           result: { ok: true, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, bytes: size, storedBytes, root: rootHex, sha256: sha256 ?? undefined, seconds: manifest.timings.seconds!, ...(retry ? { resent: retry.count } : {}) },
           carried: null,

@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { MsgType, decodeMessage, sessionOf, type Hello } from "../protocol/messages.ts";
 import { PARTIAL_SUFFIX, sanitizeName, within } from "../store/layout.ts";
 import { readManifest, writeManifest, type Manifest } from "../store/manifest.ts";
-import { frameChecksum, type SeekEntry } from "../store/seekable.ts";
+import { MAX_PADDING, PADDING_MAGIC, frameChecksum, type SeekEntry } from "../store/seekable.ts";
 import { parseChunkLine } from "../store/image-reader.ts";
 import { zstd } from "../util/zstd.ts";
 import type { Channel } from "./channel.ts";
@@ -142,15 +142,29 @@ export async function checkPrefix(dir: string, m: Manifest, lines: string, pool:
       if (r.op !== "checked" || !r.ok) throw new Error(`chunk ${i}: ${r.op === "checked" ? r.error : "worker failed"}`);
       digests.push(r.digest!);
       onChunk();
-      entries.push({ compressedSize: size, rawSize: rawLength, checksum: frameChecksum(window.subarray(0, size)) });
+      // an aligned image (docs/FORMAT.md §3.5): the padding after the frame is part of its entry
+      const padding = m.align ? paddingAt(fd, position + size, d.storedBytes) : 0;
+      entries.push({ compressedSize: size + padding, rawSize: rawLength, checksum: frameChecksum(window.subarray(0, size)) });
       if (checksum === zeroChecksum(rawLength)) zero++;
-      position += size;
+      position += size + padding;
     }
     if (position !== d.storedBytes) throw new Error(`the durable frames end at ${position}, the manifest says ${d.storedBytes}`);
   } finally {
     fs.closeSync(fd);
   }
   return { entries, zero, digests };
+}
+
+/** Bytes of padding (skippable frames, at most MAX_PADDING) at `position` of a partial image, before `end`. */
+function paddingAt(fd: number, position: number, end: number): number {
+  const header = new Uint8Array(8);
+  const v = new DataView(header.buffer);
+  let at = position;
+  while (at < end && fs.readSync(fd, header, 0, 8, at) === 8 && (v.getUint32(0, true) & 0xfffffff0) === PADDING_MAGIC) {
+    at += 8 + v.getUint32(4, true);
+    if (at - position > MAX_PADDING || at > end) throw new Error(`the padding at ${position} is malformed`);
+  }
+  return at - position;
 }
 
 /** Marks a partial as one that will not be offered again (kept for inspection). */

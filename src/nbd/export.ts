@@ -8,6 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { ChunkList, ImageReader, readChecksums } from "../store/image-reader.ts";
 import { CHUNKS_FILE, FILES_FILE, resolveBackupId } from "../store/layout.ts";
+import { MAX_PADDING } from "../store/seekable.ts";
 import type { Manifest } from "../store/manifest.ts";
 import { TbError } from "../core/errors.ts";
 import { locateBackup } from "../core/verify.ts";
@@ -167,7 +168,7 @@ export class ImageExport {
       for (const e of reader.entries) {
         if (e.rawSize > 64 * 1024 * 1024 || e.rawSize === 0) throw bad(`a chunk of ${e.rawSize} bytes in the seek table`);
         // (a frame larger than zstd's bound for its chunk is not a frame: it would only cost memory)
-        if (e.compressedSize > zstd().compressBound(e.rawSize) + 64) throw bad(`a frame of ${e.compressedSize} bytes for a chunk of ${e.rawSize}`);
+        if (e.compressedSize > zstd().compressBound(e.rawSize) + 64 + MAX_PADDING) throw bad(`a frame of ${e.compressedSize} bytes for a chunk of ${e.rawSize}`);
       }
       let checksums: BigUint64Array | null = null;
       const listPath = path.join(dir, manifest?.chunks.file ?? CHUNKS_FILE);
@@ -340,14 +341,15 @@ export class ImageExport {
 
   /**
    * Whether chunk i is all zeros by the backup's metadata: its chunks.txt
-   * checksum is that of zeros and its frame has the zero frame's size (the
+   * checksum is that of zeros and its entry has the zero frame's size (the
    * frame itself is checked when the chunk is read). Without a chunk list,
    * nothing is known to be zero.
    */
   isZero(i: number): boolean {
     if (!this.checksums) return false;
     const e = this.reader.entries[i]!;
-    return this.checksums[i] === zeroChecksum(e.rawSize) && e.compressedSize === zeroFrame(e.rawSize).length;
+    const pad = e.compressedSize - zeroFrame(e.rawSize).length; // (an aligned store may pad it, docs/FORMAT.md §3.5)
+    return this.checksums[i] === zeroChecksum(e.rawSize) && (pad === 0 || (pad >= 8 && pad <= MAX_PADDING));
   }
 
   /**

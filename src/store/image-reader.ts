@@ -1,6 +1,7 @@
 // Reads a stored image.zst: its seek table, and its frames one at a time.
 import * as fs from "node:fs";
-import { FOOTER_SIZE, parseFooter, parseSeekTable, type SeekEntry } from "./seekable.ts";
+import { FOOTER_SIZE, isPadding, parseFooter, parseSeekTable, type SeekEntry } from "./seekable.ts";
+import { zstd } from "../util/zstd.ts";
 import { StoreError } from "./errors.ts";
 
 export class ImageReader {
@@ -48,8 +49,23 @@ export class ImageReader {
     }
   }
 
-  /** The compressed bytes of frame i, read into the start of `into` when it is large enough, else into a fresh buffer. */
+  /**
+   * The compressed bytes of frame i, read into the start of `into` when it is
+   * large enough, else into a fresh buffer. Padding after the frame in its
+   * entry (skippable frames, docs/FORMAT.md §3.5) is left off; an entry that
+   * holds anything else is returned whole (its check then fails).
+   */
   readFrame(i: number, into?: Uint8Array): Uint8Array {
+    return frameOfEntry(this.readEntry(i, into));
+  }
+
+  /** Where entry i lies in the file (frame and padding), for cloning it into another image. */
+  extent(i: number): { fd: number; offset: number; length: number } {
+    return { fd: this.fd, offset: this.offsets[i]!, length: this.entries[i]!.compressedSize };
+  }
+
+  /** Every byte of entry i (its frame and any padding). */
+  readEntry(i: number, into?: Uint8Array): Uint8Array {
     const e = this.entries[i]!;
     const buf = into && into.length >= e.compressedSize ? into.subarray(0, e.compressedSize) : new Uint8Array(e.compressedSize);
     let off = 0;
@@ -65,6 +81,17 @@ export class ImageReader {
     if (this.fd >= 0) fs.closeSync(this.fd);
     this.fd = -1;
   }
+}
+
+/** The zstd frame at the start of a seek-table entry, without the padding after it (the entry unchanged when it is not frame + padding). */
+export function frameOfEntry(entry: Uint8Array): Uint8Array {
+  let size: number;
+  try {
+    size = zstd().findFrameCompressedSize(entry);
+  } catch {
+    return entry;
+  }
+  return size < entry.length && isPadding(entry, size) ? entry.subarray(0, size) : entry;
 }
 
 export interface ChunkLine {

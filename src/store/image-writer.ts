@@ -1,8 +1,10 @@
 // Writes image.zst: one zstd frame per chunk, appended in order, then the seek
-// table; under a temporary name, fsynced, renamed only when complete.
+// table; under a temporary name, fsynced, renamed only when complete. On a
+// store that can reflink, large frames are aligned (docs/FORMAT.md §3.5).
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { encodeSeekTable, frameChecksum, type SeekEntry } from "./seekable.ts";
+import { encodeSeekTable, frameChecksum, paddingTo, type SeekEntry } from "./seekable.ts";
+import { writeFrame, type FrameWrite } from "./reflink.ts";
 import { CHUNKS_FILE, DIGESTS_FILE, FILE_MODE, fsyncDir } from "./layout.ts";
 import { StoreError } from "./errors.ts";
 
@@ -45,18 +47,22 @@ export class ImageWriter {
   private chunkListFlushed = 0;
   private digestsFlushed = 0;
   /** the state before each of the last MARKS_KEPT (up to twice as many) records: what truncateTo() can go back to */
-  private marks: { chunks: number; bytesWritten: number; rawBytes: number; chunkListBytes: number }[] = [];
+  private marks: { chunks: number; bytesWritten: number; rawBytes: number; chunkListBytes: number; prevSize?: number }[] = [];
   readonly tmpPath: string;
 
   /**
    * A new image under `dir`; or, with `resume`, the partial one already there,
    * cut back to its first `resume.entries.length` chunks (a durable prefix
    * whose frames the caller has checked) so that writing continues after them.
+   * `align` > 0 (a file-system block size, a power of two ≤ MAX_ALIGN): a frame
+   * of at least that many bytes starts at a multiple of it and its entry ends
+   * on one, with padding (docs/FORMAT.md §3.5); 0 writes frames back to back.
    */
   constructor(
     readonly dir: string,
     readonly fileName: string,
     resume?: { entries: SeekEntry[]; storedBytes: number; rawBytes: number; chunkListBytes: number },
+    readonly align = 0,
   ) {
     this.tmpPath = path.join(dir, fileName + ".tmp");
     const chunksPath = path.join(dir, CHUNKS_FILE);
@@ -73,7 +79,7 @@ export class ImageWriter {
     fs.ftruncateSync(this.fd, resume.storedBytes);
     fs.truncateSync(chunksPath, resume.chunkListBytes);
     this.chunksFd = fs.openSync(chunksPath, "a");
-    this.entries = [...resume.entries];
+    this.entries = resume.entries.map((e) => ({ ...e })); // (the last one may grow by padding)
     this.chunkListBytes = this.chunkListFlushed = resume.chunkListBytes;
     this.bytesWritten = resume.storedBytes;
     this.rawBytes = resume.rawBytes;
@@ -86,23 +92,39 @@ export class ImageWriter {
 
   /**
    * Records one chunk's zstd frame (it must carry a content checksum) and
-   * returns the file position it goes to. The bytes themselves are written by
-   * whoever checks the chunk (a worker thread: pwrite at that position), so the
-   * main thread never blocks on the disk.
+   * returns where it goes: its file position and the padding around it. The
+   * bytes themselves are written by whoever checks the chunk (a worker thread:
+   * writeFrame()), so the main thread never blocks on the disk.
+   *
+   * `source`: the same frame stored in another image (a base backup's entry:
+   * the frame and its padding). When both are aligned alike the write offers
+   * to clone it from there (shared blocks) instead of writing it.
    */
-  record(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): number {
-    const position = this.bytesWritten;
-    this.marks.push({ chunks: this.entries.length, bytesWritten: position, rawBytes: this.rawBytes, chunkListBytes: this.chunkListBytes });
+  record(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint, source?: { fd: number; offset: number; length: number }): FrameWrite {
+    const before = this.bytesWritten;
+    const big = this.align > 0 && frame.length >= this.align;
+    // a large frame starts on a block: the previous entry ends with padding up to it
+    const last = this.entries[this.entries.length - 1];
+    const lead = big && last ? paddingTo(before, this.align) : 0;
+    this.marks.push({ chunks: this.entries.length, bytesWritten: before, rawBytes: this.rawBytes, chunkListBytes: this.chunkListBytes, prevSize: last?.compressedSize });
     // trimmed in batches: a shift per chunk would copy the lot each time
     if (this.marks.length > 2 * MARKS_KEPT) this.marks.splice(0, this.marks.length - MARKS_KEPT);
-    this.entries.push({ compressedSize: frame.length, rawSize, checksum: frameChecksum(frame) });
+    if (last) last.compressedSize += lead;
+    const position = before + lead;
+    // ... and its own entry ends on one
+    const trail = big ? paddingTo(position + frame.length, this.align) : 0;
+    this.entries.push({ compressedSize: frame.length + trail, rawSize, checksum: frameChecksum(frame) });
     const line = chunkLine(this.entries.length - 1, offset, rawSize, checksum);
     this.lines.push(line);
     this.chunkListBytes += line.length;
     if (this.lines.length >= 1024) this.flushLines();
-    this.bytesWritten += frame.length;
+    this.bytesWritten = position + frame.length + trail;
     this.rawBytes += rawSize;
-    return position;
+    const w: FrameWrite = { fd: this.fd, position };
+    if (lead) w.lead = lead;
+    if (trail) w.trail = trail;
+    if (big && source && source.offset % this.align === 0 && source.length === frame.length + trail) w.clone = source;
+    return w;
   }
 
   /** Records the next chunk's SHA-256 (in chunk order, once the chunk is checked). */
@@ -114,9 +136,7 @@ export class ImageWriter {
 
   /** Records and writes a frame here, synchronously (for tools and tests). */
   append(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): void {
-    const position = this.record(frame, rawSize, offset, checksum);
-    let off = 0;
-    while (off < frame.length) off += fs.writeSync(this.fd, frame, off, frame.length - off, position + off);
+    writeFrame(this.record(frame, rawSize, offset, checksum), frame);
   }
 
   /** The image file's descriptor, for the workers that write recorded frames. */
@@ -138,6 +158,7 @@ export class ImageWriter {
     const m = this.marks[i]!;
     this.marks.length = i;
     this.entries.length = chunks;
+    if (chunks > 0 && m.prevSize !== undefined) this.entries[chunks - 1]!.compressedSize = m.prevSize; // its padding goes too
     this.flushLines();
     fs.ftruncateSync(this.chunksFd, m.chunkListBytes);
     fs.ftruncateSync(this.fd, m.bytesWritten);

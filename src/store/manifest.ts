@@ -7,10 +7,15 @@ import { StoreError } from "./errors.ts";
 import type { ROOT_ALGORITHM } from "./root.ts";
 
 /**
- * 2: the integrity root (`root`, `digests`) and an optional `sha256`. Format 1
- * manifests (a `sha256`, no root) are still read, verified and restored.
+ * The newest format this version reads, and writes for an aligned image
+ * (`align`: frames padded to file-system blocks, docs/FORMAT.md §3.5): 3.
+ * 2: the integrity root (`root`, `digests`) and an optional `sha256`; what an
+ * image without padding is still written as. Format 1 manifests (a `sha256`,
+ * no root) are still read, verified and restored.
  */
-export const MANIFEST_FORMAT = 2;
+export const MANIFEST_FORMAT = 3;
+/** the format of a backup whose image has no padding (an older tbbackup reads it) */
+export const UNALIGNED_FORMAT = 2;
 
 export type BackupStatus = "complete" | "partial" | "failed";
 
@@ -48,6 +53,8 @@ export interface Manifest {
   /** format 2: how the root is made and where the per-chunk digests are */
   digests?: { algorithm: typeof ROOT_ALGORITHM; file: string };
   data: string;
+  /** format 3: large frames start on multiples of this many bytes (the store's file-system block), docs/FORMAT.md §3.5 */
+  align?: number;
   timings: { started: string; finished: string | null; seconds: number | null };
   files?: FilesSummary;
   /** an image pushed with used-block imaging: the partitions and how each was imaged (docs/FORMAT.md) */

@@ -78,3 +78,46 @@ export function frameHasChecksum(frame: Uint8Array): boolean {
   if (v.getUint32(0, true) !== 0xfd2fb528) return false;
   return (frame[4]! & 0x04) !== 0;
 }
+
+/**
+ * Padding (docs/FORMAT.md §3.5): a zstd skippable frame (magic 0x184D2A50,
+ * 4-byte little-endian size, that many zero bytes) after a frame, counted in
+ * that frame's seek-table entry. zstd decoders skip it; the seekable format's
+ * readers decode an entry from its start and stop at the end of its frame.
+ */
+export const PADDING_MAGIC = 0x184d2a50;
+/** the largest alignment a store uses (a file-system block of up to 64 KiB) */
+export const MAX_ALIGN = 65536;
+/** the most padding one entry carries: one before a large frame, one after it */
+export const MAX_PADDING = 2 * (MAX_ALIGN + 8);
+
+/** Whether n is an alignment a store may use: a power of two from 4096 to MAX_ALIGN. */
+export function isAlignment(n: unknown): n is number {
+  return typeof n === "number" && Number.isInteger(n) && n >= 4096 && n <= MAX_ALIGN && (n & (n - 1)) === 0;
+}
+
+/** Bytes of padding that take `position` to the next multiple of `align`: 0, or at least 8 (a skippable frame's header). */
+export function paddingTo(position: number, align: number): number {
+  const gap = (align - (position % align)) % align;
+  return gap === 0 || gap >= 8 ? gap : gap + align;
+}
+
+/** A skippable frame of exactly `length` bytes (≥ 8): its header, then zeros. */
+export function paddingFrame(length: number): Uint8Array {
+  const out = new Uint8Array(length);
+  const v = new DataView(out.buffer);
+  v.setUint32(0, PADDING_MAGIC, true);
+  v.setUint32(4, length - 8, true);
+  return out;
+}
+
+/** Whether bytes[from..] is exactly a run of zero or more zstd skippable frames. */
+export function isPadding(bytes: Uint8Array, from: number): boolean {
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  let at = from;
+  while (at < bytes.length) {
+    if (bytes.length - at < 8 || (v.getUint32(at, true) & 0xfffffff0) !== 0x184d2a50) return false;
+    at += 8 + v.getUint32(at + 4, true);
+  }
+  return at === bytes.length;
+}

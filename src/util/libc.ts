@@ -1,5 +1,5 @@
 // The few libc calls Node's fs lacks (flock, mknod, mkfifo, posix_fadvise,
-// lseek, the BLKZEROOUT ioctl, and unix sockets as plain descriptors),
+// lseek, the BLKZEROOUT and FICLONERANGE ioctls, and unix sockets as plain descriptors),
 // through bun:ffi, loaded once on first use. null where libc cannot be loaded:
 // callers fall back or report what they could not do.
 export interface Libc {
@@ -24,6 +24,8 @@ export interface Libc {
   makeNonBlocking(fd: number): number;
   /** BLKZEROOUT: the block device zeroes [offset, offset + length) itself; 0, or -1 (errno) */
   blkZeroOut(fd: number, offset: number, length: number): number;
+  /** FICLONERANGE: dest shares src's blocks [srcOffset, srcOffset + length) at destOffset (btrfs, XFS with reflink); 0, or -1 (errno) */
+  cloneRange(destFd: number, srcFd: number, srcOffset: number, length: number, destOffset: number): number;
   /** errno of the last failed call on this thread */
   errno(): number;
 }
@@ -43,6 +45,8 @@ export const SOCK_CLOEXEC = 0o2000000;
 export const SHUT_RDWR = 2;
 /** _IO(0x12, 127) */
 const BLKZEROOUT = 0x127f;
+/** _IOW(0x94, 13, struct file_clone_range): 32 bytes, {s64 src_fd, u64 src_offset, u64 src_length, u64 dest_offset} */
+const FICLONERANGE = 0x4020940d;
 const F_GETFL = 3;
 const F_SETFL = 4; // O_NONBLOCK has the value of SOCK_NONBLOCK
 
@@ -93,6 +97,8 @@ export async function loadLibc(): Promise<Libc | null> {
             return flags < 0 ? flags : (lib.symbols.fcntl(fd, F_SETFL, flags | SOCK_NONBLOCK) as number);
           },
           blkZeroOut: (fd, offset, length) => lib.symbols.ioctl(fd, BigInt(BLKZEROOUT), new BigUint64Array([BigInt(offset), BigInt(length)])) as number,
+          cloneRange: (destFd, srcFd, srcOffset, length, destOffset) =>
+            lib.symbols.ioctl(destFd, BigInt(FICLONERANGE), new BigUint64Array([BigInt(srcFd), BigInt(srcOffset), BigInt(length), BigInt(destOffset)])) as number,
           errno: () => read.i32(lib.symbols.__errno_location()!, 0),
         };
         break;

@@ -1,0 +1,76 @@
+// Shared frames (docs/FORMAT.md §3.5): on a file system that can reflink
+// (btrfs, XFS made with reflink=1), large frames start on file-system block
+// boundaries and an unchanged chunk's stored frame is cloned from the base
+// backup's image (FICLONERANGE) instead of copied, so the two files share
+// those blocks. Elsewhere frames are written as they always were.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { loadLibc, type Libc } from "../util/libc.ts";
+import { isAlignment, paddingFrame } from "./seekable.ts";
+
+/** Where a recorded frame goes, and the padding around it; handed to whoever writes the frame. */
+export interface FrameWrite {
+  fd: number;
+  /** where the frame starts */
+  position: number;
+  /** padding that ends the previous entry, written just before `position` */
+  lead?: number;
+  /** padding after the frame, in its own entry */
+  trail?: number;
+  /** the same bytes (frame and trailing padding) in another image, block-aligned: cloned instead of written where the file system can */
+  clone?: { fd: number; offset: number; length: number };
+}
+
+function pwriteAll(fd: number, data: Uint8Array, position: number): void {
+  let off = 0;
+  while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off, position + off);
+}
+
+/**
+ * Writes a recorded frame and its padding (throws the write's error). Its
+ * bytes and trailing padding are cloned instead when the write offers a clone
+ * and `clone` (FICLONERANGE) succeeds; a file system that refuses gets a copy.
+ * Returns whether they were cloned.
+ */
+export function writeFrame(w: FrameWrite, frame: Uint8Array, clone?: Libc["cloneRange"] | null): boolean {
+  if (w.lead) pwriteAll(w.fd, paddingFrame(w.lead), w.position - w.lead);
+  if (w.clone && clone && clone(w.fd, w.clone.fd, w.clone.offset, w.clone.length, w.position) === 0) return true;
+  pwriteAll(w.fd, frame, w.position);
+  if (w.trail) pwriteAll(w.fd, paddingFrame(w.trail), w.position + frame.length);
+  return false;
+}
+
+/**
+ * The block size frames are aligned to in `dir`, when its file system can
+ * clone ranges between files (checked by cloning a block of a scratch file);
+ * 0 where it cannot (ext4, tmpfs, ...): then nothing is padded.
+ * TBBACKUP_REFLINK in the environment: 0 turns it off; a power of two from
+ * 4096 to 65536 pads to that whatever the file system (clones that fail are
+ * copies), to test the layout on any store.
+ */
+export async function reflinkAlignment(dir: string): Promise<number> {
+  const forced = process.env.TBBACKUP_REFLINK;
+  if (forced === "0") return 0;
+  if (forced && /^\d+$/.test(forced) && isAlignment(Number(forced))) return Number(forced);
+  let bsize: number;
+  try {
+    bsize = Number(fs.statfsSync(dir).bsize);
+  } catch {
+    return 0;
+  }
+  if (!isAlignment(bsize)) return 0;
+  const libc = await loadLibc();
+  if (!libc) return 0;
+  const probe = path.join(dir, `.tbbackup-reflink-${process.pid}-${Math.random().toString(36).slice(2)}`);
+  let fd = -1;
+  try {
+    fd = fs.openSync(probe, "wx+", 0o600);
+    pwriteAll(fd, new Uint8Array(bsize).fill(0x5a), 0);
+    return libc.cloneRange(fd, fd, 0, bsize, bsize) === 0 ? bsize : 0;
+  } catch {
+    return 0;
+  } finally {
+    if (fd >= 0) fs.closeSync(fd);
+    fs.rmSync(probe, { force: true });
+  }
+}
