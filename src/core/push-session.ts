@@ -79,6 +79,8 @@ export class PushSession {
   /** RESEND requests followed, and the last one's `seq` (a repeated request is not a new one) */
   private requests = 0;
   private lastRequest = 0;
+  /** END has gone out once: a DONE may answer it even while a resend is under way */
+  private endBegun = false;
 
   constructor(
     private readonly cfg: PushSessionConfig,
@@ -122,6 +124,7 @@ export class PushSession {
       case "broken":
         return this.broken(s, ev.error, now);
       case "end-writing":
+        this.endBegun = true;
         // a rewind asked for meanwhile: END still goes out, the rewind follows it
         if (s.name === "sending" && s.rewindTo === null) this.s = { name: "ending", end: ev.end };
         return [];
@@ -174,7 +177,8 @@ export class PushSession {
         // (receivers that know STATUS always name the session)
         if ((this.cfg.canAsk || typeof d?.session === "string") && d?.session !== this.cfg.session) return [];
         if (!d) return this.fail(new TbError("PROTOCOL", "the receiver's DONE is malformed", sameVersion, [], outcome.unconfirmed(UNCONFIRMED)));
-        if (s.name === "sending") return this.fail(new TbError("PROTOCOL", `the receiver sent ${typeName(f.type)} before the sender's END: it confirmed a backup not yet sent whole`, sameVersion, [], outcome.incomplete("backup")));
+        // (once END has gone out, a DONE may pass a later RESEND on the wire: the roots are compared after)
+        if (s.name === "sending" && !this.endBegun) return this.fail(new TbError("PROTOCOL", `the receiver sent ${typeName(f.type)} before the sender's END: it confirmed a backup not yet sent whole`, sameVersion, [], outcome.incomplete("backup")));
         this.s = { name: "done", done: d };
         return [];
       }

@@ -137,10 +137,13 @@ export class RestoreSession {
       }
       case MsgType.ERROR:
         return this.fail(peerError(f.payload));
-      case MsgType.RESTORE_INFO:
-        // the receiver offers once per session: a second offer of this one while it sends the data is not the protocol
-        if (decodeMessage(MsgType.RESTORE_INFO, f.payload)?.session === this.session) return this.fail(new TbError("PROTOCOL", `the receiver sent ${typeName(f.type)} again while sending the backup`, sameVersion, [], outcome.target()));
-        return NONE;
+      case MsgType.RESTORE_INFO: {
+        // The same offer again (an answer to a HELLO repeated on a lossy link) is passed over;
+        // a different one for this session while its data comes is not the protocol.
+        const again = decodeMessage(MsgType.RESTORE_INFO, f.payload);
+        if (again?.session !== this.session || sameOffer(again, info)) return NONE;
+        return this.fail(new TbError("PROTOCOL", `the receiver sent ${typeName(f.type)} again, for another backup, while sending the backup`, sameVersion, [], outcome.target()));
+      }
       default:
         // late BASE_DIGESTS (§8.6a), a repeated HELLO_ACK, leftovers of an earlier session on a shared device
         return NONE;
@@ -178,4 +181,9 @@ export function restoreError(payload: Uint8Array): TbError {
   const err = peerError(payload);
   if (e?.candidates?.length) return new TbError(err.code, err.message, "pass --backup ID with one of the IDs above (at boot: rd.tbbackup.backup=ID)", e.candidates);
   return err;
+}
+
+/** Whether two offers describe the same backup (what the data is checked against). */
+function sameOffer(a: RestoreInfo, b: RestoreInfo): boolean {
+  return a.id === b.id && a.size === b.size && a.chunks === b.chunks && a.chunkSize === b.chunkSize && a.root === b.root && a.sha256 === b.sha256;
 }

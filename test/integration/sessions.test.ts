@@ -77,19 +77,19 @@ describe("a message the session's state does not allow", () => {
     }
   });
 
-  test("restore: a second RESTORE_INFO while the data comes is refused (PROTOCOL, exit 6); the new target file is removed", async () => {
+  test("restore: a second RESTORE_INFO, for another backup, while the data comes is refused (PROTOCOL, exit 6); the new target file is removed", async () => {
     const sock = path.join(dir, "twice-offered.sock");
     const target = path.join(dir, "restored.img");
     const offer = (session: string): RestoreInfo => ({ session, id: "h/d/t", kind: "image", host: { hostname: "h", machineId: null, productUuid: null }, disk: { path: "/dev/sda", kind: "block", name: "sda", size: 4096, model: null, serial: null, wwn: null, logicalBlockSize: 512, partitionTable: null }, label: null, date: "2026-01-01T00:00:00Z", size: 4096, chunkSize: 4096, chunks: 1, sha256: "0".repeat(64) });
     const server = await fakeReceiver(sock, (f, hello) => {
       if (f.type === MsgType.HELLO) return [json(MsgType.HELLO_ACK, newHelloAck(hello!)), json(MsgType.RESTORE_INFO, offer(hello!.session))];
       // the go-ahead: the offer again, then the data (which the restorer must not take after that)
-      if (f.type === MsgType.RESTORE) return [json(MsgType.RESTORE_INFO, offer(hello!.session)), zeroRecordFrame({ index: 0, offset: 0, rawLength: 4096, checksum: zeroChecksum(4096) }), json(MsgType.RESTORE_END, { chunks: 1, bytes: 4096, sha256: "0".repeat(64) })];
+      if (f.type === MsgType.RESTORE) return [json(MsgType.RESTORE_INFO, { ...offer(hello!.session), id: "h/d/u" }), zeroRecordFrame({ index: 0, offset: 0, rawLength: 4096, checksum: zeroChecksum(4096) }), json(MsgType.RESTORE_END, { chunks: 1, bytes: 4096, sha256: "0".repeat(64) })];
       return [];
     });
     try {
       const r = await run(["restore", target, "--stream", `unix:${sock}`, "--yes", "--wait", "10"]);
-      expect(oneLine(r.stderr)).toMatch(/the receiver sent RESTORE_INFO again while sending the backup/);
+      expect(oneLine(r.stderr)).toMatch(/the receiver sent RESTORE_INFO again, for another backup, while sending the backup/);
       expect(r.code).toBe(6);
       expect(fs.existsSync(target)).toBe(false);
     } finally {

@@ -172,4 +172,16 @@ describe("push session: ending and confirming", () => {
     p.step(done(), 5);
     expect(p.state.name).toBe("done");
   });
+
+  test("a DONE that passes a second RESEND on the wire (END went out once) ends the session: the roots are compared after", () => {
+    const p = confirming();
+    p.step(resend(0, 1), 1);
+    p.step({ type: "rewound" }, 2);
+    p.step({ type: "end-writing", end }, 3);
+    p.step({ type: "end-written" }, 4);
+    p.step(resend(0, 2), 5);
+    expect(p.state.name).toBe("sending");
+    p.step(done(), 6);
+    expect(p.state.name).toBe("done");
+  });
 });

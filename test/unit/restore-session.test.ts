@@ -105,14 +105,16 @@ describe("restore session: receiving", () => {
     expect(q.failure?.code).toBe("PROTOCOL");
   });
 
-  test("a second offer of this session while the data comes is refused with PROTOCOL; another session's is passed over", () => {
+  test("a different offer of this session while the data comes is refused with PROTOCOL; the same one again, or another session's, is passed over", () => {
     const r = offered();
     r.step({ type: "go", want: null });
     r.step(json(MsgType.RESTORE_INFO, { ...info, session: "another" }));
     expect(r.state.name).toBe("receiving");
     r.step(json(MsgType.RESTORE_INFO, info));
+    expect(r.state.name).toBe("receiving");
+    r.step(json(MsgType.RESTORE_INFO, { ...info, id: "h/d/other" }));
     expect(r.failure?.code).toBe("PROTOCOL");
-    expect(r.failure?.message).toMatch(/RESTORE_INFO again/);
+    expect(r.failure?.message).toMatch(/RESTORE_INFO again, for another backup/);
   });
 
   test("a malformed record: PROTOCOL; a bad ZERO checksum: CORRUPT; the receiver's ERROR: its code", () => {
