@@ -128,7 +128,7 @@ export function register(program: Command): void {
         // without --stream: every Thunderbolt peer, each on its own stream, served side by side
         const stream = o.stream ? await resolveStream(o.stream, "receive", { peer: o.peer, hopids: o.hopids, ringSize: o.ringSize, throttling: o.throttling }) : null;
         const transport = stream
-          ? await withKey(transportFor(stream.spec, true, { watch: stream.watch }, { gid }), key, (m) => reporter.info(m))
+          ? await withKey(transportFor(stream.spec, true, { gid }), key, (m) => reporter.info(m))
           : await thunderboltPeers(o, (m) => reporter.info(m));
         const results = await serve({
           out,

@@ -21,8 +21,6 @@ export interface ResolvedStream {
   spec: string;
   /** removes what this run created (idempotent) */
   cleanup: () => Promise<void>;
-  /** set up here: why the stream can no longer attach (see DeviceOptions.watch) */
-  watch?: () => TbError | null;
 }
 
 export async function resolveStream(spec: string | undefined, role: StreamRole, opts: AutoStreamOptions = {}): Promise<ResolvedStream> {
@@ -56,7 +54,7 @@ export async function resolveStream(spec: string | undefined, role: StreamRole, 
   try {
     const device = await auto.setup();
     process.stderr.write(`tbbackup: stream ready: ${device} with ${auto.peer?.deviceName ?? auto.peer?.id}\n`);
-    return { spec: device, cleanup, watch: () => auto.moved() };
+    return { spec: device, cleanup };
   } catch (e) {
     await cleanup();
     throw e;

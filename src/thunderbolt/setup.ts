@@ -198,27 +198,6 @@ export class AutoStream {
     return dev;
   }
 
-  /**
-   * After setup: the stream group hangs under the service the peer offered
-   * then. A peer that comes back offering its stream under another service
-   * (another port, or `.1` once its thunderbolt_net registers first), or
-   * another peer, never attaches to it: the driver finds groups by service
-   * name. Returns why, or null while the peer's service is ours (or absent).
-   */
-  moved(): TbError | null {
-    if (!this.serviceDir) return null;
-    const ours = path.basename(this.serviceDir);
-    // with --peer, only that peer counts: another one staying connected is no reason
-    const peers = readTopology().peers.filter((p) => !this.cfg.peer || matches(p, this.cfg.peer));
-    const offered = peers.flatMap((p) => streamServiceOf(p)?.id ?? []);
-    if (offered.length === 0 || offered.includes(ours)) return null;
-    return new TbError(
-      "STREAM_SETUP",
-      `the peer now offers its stream as ${offered.join(", ")}, but this receiver's stream is set up for ${ours}, which the driver will not attach again`,
-      "restart 'tbbackup receive': it sets the stream up afresh",
-    );
-  }
-
   /** A group we did not create: refuse it when another process has its device open. */
   private checkFoundGroup(): void {
     const index = readInt(this.groupDir!, "index");

@@ -10,7 +10,6 @@ import { TbError, errnoText, isErrno, outcome } from "../errors.ts";
 import { describeHolders, holdersOf } from "../util/holders.ts";
 import type { Conn, Listener, Transport } from "./types.ts";
 import { fdConn } from "./fd-conn.ts";
-import { Signal } from "../util/signal.ts";
 import { inEmulatedTree } from "../util/sysroot.ts";
 
 /** How long a connecting side waits for open() (it blocks until the peer is attached). */
@@ -147,22 +146,8 @@ function deviceConn(fd: number, path: string, flock: FlockFn | null, polled: boo
   });
 }
 
-export interface DeviceOptions {
-  /**
-   * While receive waits in open() for the peer, asked every WATCH_MS: why the
-   * open can never succeed (the stream was set up for a service the peer no
-   * longer offers), or null. An error ends the wait with it.
-   */
-  watch?: () => TbError | null;
-}
-
-const WATCH_MS = 2000;
-
 export class DeviceTransport implements Transport {
-  constructor(
-    readonly path: string,
-    private readonly opts: DeviceOptions = {},
-  ) {}
+  constructor(readonly path: string) {}
   /** `waitMs` (--wait, rd.tbbackup.timeout): how long open() may block while the peer is not attached */
   connect(waitMs?: number): Promise<Conn> {
     return openDevice(this.path, waitMs && waitMs > 0 ? waitMs : CONNECT_OPEN_TIMEOUT_MS);
@@ -171,25 +156,7 @@ export class DeviceTransport implements Transport {
     let stopped = false;
     return {
       description: this.path,
-      accept: async () => {
-        if (stopped) return null;
-        const opening = openDevice(this.path);
-        const watch = this.opts.watch;
-        if (!watch) return opening;
-        // open() blocks until the peer attaches; it cannot be called off, so one
-        // open is left waiting (never a reopen loop) while the watch looks on
-        const opened = new Signal();
-        opening.then(() => opened.fire(), () => opened.fire());
-        for (;;) {
-          await opened.race(Bun.sleep(WATCH_MS));
-          if (opened.isFired) return opening;
-          const never = watch();
-          if (never) {
-            opening.then((c) => c.close(), () => {});
-            throw never;
-          }
-        }
-      },
+      accept: async () => (stopped ? null : openDevice(this.path)),
       close: async () => {
         stopped = true;
       },

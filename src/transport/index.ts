@@ -1,6 +1,6 @@
 // Chooses a transport by the --stream SPEC's scheme (README "Commands", --stream).
 import { TbError } from "../errors.ts";
-import { DeviceTransport, type DeviceOptions } from "./device.ts";
+import { DeviceTransport } from "./device.ts";
 import { NetTransport } from "./net.ts";
 import { StdioTransport } from "./stdio.ts";
 import { UnixTransport, type SocketAccess } from "./unix.ts";
@@ -17,7 +17,7 @@ export interface StreamSpec {
  * Parses SPEC. `listening` matters for tcp: a listener with no host binds to
  * loopback only; a connector with no host goes to localhost.
  */
-export function transportFor(spec: string, listening: boolean, device: DeviceOptions = {}, socket: SocketAccess = {}): Transport {
+export function transportFor(spec: string, listening: boolean, socket: SocketAccess = {}): Transport {
   if (spec === "-") return new StdioTransport();
   if (spec.startsWith("unix:")) {
     const path = spec.slice(5);
@@ -34,7 +34,7 @@ export function transportFor(spec: string, listening: boolean, device: DeviceOpt
     const host = m[1] ?? m[2] ?? "";
     return new NetTransport({ kind: "tcp", host: host || (listening ? "127.0.0.1" : "localhost"), port });
   }
-  if (spec.startsWith("/") || spec.startsWith("./") || spec.startsWith("../")) return new DeviceTransport(spec, device);
+  if (spec.startsWith("/") || spec.startsWith("./") || spec.startsWith("../")) return new DeviceTransport(spec);
   throw usage(spec);
 }
 
