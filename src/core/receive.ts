@@ -10,10 +10,8 @@ import { baseDamaged, findBase, sendBaseDigests, type Base } from "./incremental
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import type { Transport } from "../transport/index.ts";
-import { idPart, openRepository, type BackupWriter, type NewManifest, type Repository } from "../store/repository.ts";
-import { prefixDigest } from "../store/image-writer.ts";
+import { MANIFEST_FORMAT, idPart, openRepository, prefixDigest, type BackupWriter, type NewManifest, type Repository } from "../store/repository.ts";
 import { awaitResume, checkPrefix, findResumable, markNotResumable } from "./resume.ts";
-import { MANIFEST_FORMAT } from "../store/manifest.ts";
 import { Channel, CorruptFrame } from "./channel.ts";
 import { DamageBudget, RESEND_REPEAT_MS } from "./resend.ts";
 import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";

@@ -3,9 +3,7 @@
 // same disk is offered that prefix, and the sender re-reads its own prefix to
 // check that its chunk list hashes the same before continuing after it.
 import { MsgType, decodeMessage, sessionOf, type Hello } from "../protocol/messages.ts";
-import type { Manifest, PartialBackup, Repository, StoredBackup } from "../store/repository.ts";
-import { frameChecksum, type SeekEntry } from "../store/seekable.ts";
-import { parseChunkLine } from "../store/image-reader.ts";
+import { frameChecksum, parseChunkLine, type Manifest, type PartialBackup, type Repository, type SeekEntry, type StoredBackup } from "../store/repository.ts";
 import { zstd } from "../util/zstd.ts";
 import type { Channel } from "./channel.ts";
 import type { WorkerPool } from "./chunk-jobs.ts";

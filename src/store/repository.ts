@@ -16,8 +16,14 @@ export { defaultStore } from "./layout.ts";
 export { DIR_MODE } from "./layout.ts";
 /** How a name from a peer (a host, a disk) appears in backup IDs. */
 export { sanitizeName as idPart } from "./layout.ts";
-export type { ChunkLine } from "./image-reader.ts";
 export type { Manifest } from "./manifest.ts";
+// the format's pure pieces core needs beside the interface: a chunk list's
+// lines (both ends build them; a resume compares their digest), the frames'
+// checksums, the manifest's format number
+export { parseChunkLine, type ChunkLine } from "./image-reader.ts";
+export { chunkLine, prefixDigest } from "./image-writer.ts";
+export { frameChecksum, type SeekEntry } from "./seekable.ts";
+export { MANIFEST_FORMAT } from "./manifest.ts";
 
 /** One backup as a listing sees it. */
 export interface StoredBackup {
