@@ -25,6 +25,7 @@ import { INCREMENTAL_CAP, PROTOCOL_VERSION, RESEND_CAP, ROOT_CAP, TOOL } from ".
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { serveRequest, type ServeOptions } from "./serve-restore.ts";
+import { ReceiveSessionState } from "./receive-state.ts";
 import type { SessionEnd, SessionResult } from "./session.ts";
 
 export type { SessionResult } from "./session.ts";
@@ -282,6 +283,8 @@ interface SessionSetup {
 
 /** One push session, after its HELLO checked out: new or resumed, until DONE or failure. */
 async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { repo, pool, wholeSha, started, disk, chunkSize, files, fail, activity }: SessionSetup): Promise<SessionEnd> {
+  // where the session is (receive-state.ts): every step below is a checked move
+  const session = new ReceiveSessionState();
   const root = new RootBuilder();
   // progress lines name the sender: a receiver may serve several at once
   const hostLabel = idPart(hello.host?.hostname ?? "unknown");
@@ -301,11 +304,13 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     }
   }
   if (candidate) {
+    session.to("offering");
     const d = candidate.manifest.durable!;
     const offer = { ...newHelloAck(hello, candidate.id), resume: { id: candidate.id, chunks: d.chunks, digest: prefixDigest(lines) } };
     await ch.sendJson(MsgType.HELLO_ACK, offer);
     const from = await awaitResume(ch, hello, opts.idleMs, () => ch.sendJson(MsgType.HELLO_ACK, offer));
     if (from instanceof TbError) {
+      session.to("refused");
       // the partial stays as it was: a later push may still continue it
       const timedOut = from.code === "TIMEOUT";
       const message = timedOut ? `the sender did not answer the resume offer within ${Math.round(opts.idleMs / 1000)} s` : "the sender left before answering the resume offer";
@@ -314,6 +319,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       return { result: { ok: false, role: "push", host: hello.host?.hostname, error: { code: timedOut ? "TIMEOUT" : "CLOSED", message } }, carried: null };
     }
     if (from === d.chunks) {
+      session.to("checking");
       try {
         const prefix = await checkPrefix(repo.openPartial(candidate.backup), candidate.manifest, lines, pool, wholeSha, () => activity.n++);
         writer0 = repo.resume(candidate.backup, candidate.manifest, prefix.entries);
@@ -336,10 +342,12 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname}: resuming ${candidate.id} at chunk ${from} of ${Math.ceil(disk.size / chunkSize)}`);
       } catch (e) {
         markNotResumable(repo, candidate, `its stored prefix failed a check: ${(e as Error).message}`);
+        session.to("refused");
         return fail("VERIFY", `the interrupted backup ${candidate.id} cannot be continued (${(e as Error).message}); push again to start a new one`);
       }
     } else {
       markNotResumable(repo, candidate, "the sender's disk no longer matches it (a new backup was started)");
+      session.to("opening");
     }
   }
   if (!writer0) {
@@ -347,6 +355,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     try {
       slot = repo.create(hello.host?.hostname ?? "unknown", disk.name ?? "disk", started);
     } catch (e) {
+      session.to("refused");
       return fail(isErrno(e, ...DISK_FULL) ? "NO_SPACE" : "DEST", `receiver cannot create a backup directory under ${opts.out}: ${errnoText(e)}`);
     }
     const m: NewManifest = {
@@ -376,11 +385,13 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     try {
       writer0 = slot.start(m);
     } catch (e) {
+      session.to("refused");
       return fail(isErrno(e, ...DISK_FULL) ? "NO_SPACE" : "DEST", `receiver cannot write under ${opts.out}: ${errnoText(e)}`);
     }
   }
   const writer = writer0;
   const manifest = writer.manifest;
+  session.to("receiving");
   const expectedChunks = files ? Number.MAX_SAFE_INTEGER : Math.ceil(disk.size / chunkSize);
   let sawShort = false;
   let next = resumedFrom;
@@ -447,6 +458,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     r.dropFrom = Number.MAX_SAFE_INTEGER;
     r.failed = null;
     r.awaiting = from;
+    session.to("resending");
     r.request = { session: hello.session, from, seq: ++r.count };
     r.sentAt = Date.now();
     opts.reporter.info(`session ${hello.session.slice(0, 8)}: chunk ${from} arrived damaged (${why}); asked the sender for it again`);
@@ -454,7 +466,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   };
   /** Repeats the last request while its chunk has not come (the request may have been lost). */
   const askedLongAgo = () => {
-    if (!retry?.request || retry.awaiting === null || Date.now() - retry.sentAt < RESEND_REPEAT_MS) return;
+    if (!retry?.request || !session.is("resending") || Date.now() - retry.sentAt < RESEND_REPEAT_MS) return;
     retry.sentAt = Date.now();
     void ch.sendJson(MsgType.RESEND, retry.request).catch(() => {});
   };
@@ -486,17 +498,17 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       let f: Frame;
       try {
         // while a chunk asked for again has not come, the request is repeated now and then
-        f = await ch.recv(retry?.awaiting != null ? Math.min(opts.idleMs, RESEND_REPEAT_MS) : opts.idleMs, "the sender");
+        f = await ch.recv(session.is("resending") ? Math.min(opts.idleMs, RESEND_REPEAT_MS) : opts.idleMs, "the sender");
       } catch (e) {
-        if (retry?.awaiting != null && e instanceof TbError && e.code === "TIMEOUT" && Date.now() - heardAt < opts.idleMs) {
+        if (session.is("resending") && e instanceof TbError && e.code === "TIMEOUT" && Date.now() - heardAt < opts.idleMs) {
           askedLongAgo();
           continue;
         }
-        if (retry?.awaiting != null && e instanceof TbError && e.code === "TIMEOUT")
-          throw new TbError("TIMEOUT", `no answer from the sender on ${ch.conn.description} within ${Math.round(opts.idleMs / 1000)} s of asking for chunk ${retry.awaiting} again`, "check that the sender still runs and the cable is plugged in, then push again");
+        if (session.is("resending") && e instanceof TbError && e.code === "TIMEOUT")
+          throw new TbError("TIMEOUT", `no answer from the sender on ${ch.conn.description} within ${Math.round(opts.idleMs / 1000)} s of asking for chunk ${retry!.awaiting} again`, "check that the sender still runs and the cable is plugged in, then push again");
         // a damaged chunk record: asked for again
         // (once all are here and none is awaited, it can only be a stale copy)
-        if (retry && e instanceof CorruptFrame && (e.frameType === MsgType.DATA || e.frameType === MsgType.ZERO || e.frameType === MsgType.SAME) && (retry.awaiting !== null || next < expectedChunks)) {
+        if (retry && e instanceof CorruptFrame && (e.frameType === MsgType.DATA || e.frameType === MsgType.ZERO || e.frameType === MsgType.SAME) && (session.is("resending") || next < expectedChunks)) {
           await askAgain(retry.awaiting ?? next, `its ${typeName(e.frameType)} frame failed its checksum`);
           continue;
         }
@@ -512,7 +524,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           continue;
         }
         // a damaged END while chunks are asked for again: the sender sends END again after them
-        if (retry?.awaiting != null && e instanceof CorruptFrame && e.frameType === MsgType.END) continue;
+        if (session.is("resending") && e instanceof CorruptFrame && e.frameType === MsgType.END) continue;
         throw e;
       }
       heardAt = Date.now();
@@ -531,10 +543,13 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           // sent before the sender heard our request (or again after a repeated one): dropped
           ch.release(f.payload.buffer);
           // one that came before its turn: the one expected was lost on the way
-          if (h.index > next && retry.awaiting === null) await askAgain(next, `chunk ${h.index} came in its place`);
+          if (h.index > next && !session.is("resending")) await askAgain(next, `chunk ${h.index} came in its place`);
           continue;
         }
-        if (retry) retry.awaiting = null;
+        if (session.is("resending")) {
+          retry!.awaiting = null;
+          session.to("receiving");
+        }
         const offset = h.index * chunkSize;
         const rawLength = files ? h.rawLength : Math.min(chunkSize, disk.size - offset);
         if (files && sawShort) throw new TbError("PROTOCOL", `chunk ${h.index} of the file stream follows a short one`, "use the same tbbackup version on both sides");
@@ -588,7 +603,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         if ((next & 15) === 0) opts.reporter.progress({ phase: `receive from ${hostLabel}`, bytes: writer.rawBytes, total: files ? 0 : disk.size, stored: writer.storedBytes });
       } else if (f.type === MsgType.END) {
         // sent before the sender heard our request: it sends END again after the chunks
-        if (retry?.awaiting != null) continue;
+        if (session.is("resending")) continue;
         const end = decodeMessage(MsgType.END, f.payload);
         const want = files ? next : expectedChunks;
         if (!end || end.chunks !== want || next !== want || end.bytes !== (files ? writer.rawBytes : disk.size))
@@ -596,6 +611,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         // a sender with the root capability sends its root; one without, its whole-image SHA-256
         if (hasRootCap(hello) ? !isDigest(end.root) : !isDigest(end.sha256))
           throw new TbError("PROTOCOL", "the sender's END lacks its integrity root or SHA-256", "use the same tbbackup version on both sides");
+        session.to("sealing");
         const size = end.bytes;
         await checks.drain();
         if (retry?.failed) {
@@ -633,6 +649,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           timings: { started: started.toISOString(), finished: finished.toISOString(), seconds: (finished.getTime() - started.getTime()) / 1000 },
         });
         const finalDir = writer.commit();
+        session.to("stored");
         confirmation = { session: hello.session, id: writer.id, path: finalDir, ...(hasRootCap(hello) ? { root: rootHex } : {}), ...(sha256 ? { sha256 } : {}), bytes: size, storedBytes, ...(base ? { base: base.id, sameChunks: same } : {}) };
         await ch.sendJson(MsgType.DONE, confirmation);
         opts.reporter.info(`stored ${writer.id}: ${size} bytes as ${storedBytes}${same ? ` (${same} of ${want} chunks, ${sharedBytes} bytes, copied from ${base!.id})` : ""} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""}${resentNote(retry)})`);
@@ -669,11 +686,14 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     await syncing;
     if (idle) writer.close();
     else opts.reporter.info(`the receiver's disk stalled: ${writer.dataLocation} stays open until tbbackup exits`);
-    if (writer.committed !== null) {
+    // (committed but a step after its rename failed: stored all the same)
+    if (writer.committed !== null && !session.is("stored")) session.to("stored");
+    if (session.is("stored")) {
       const message = `stored complete as ${writer.id}, but the sender may not have received the confirmation: ${err.message}`;
       opts.reporter.info(message);
-      return { result: { ok: false, role: "push", id: writer.id, path: writer.committed, host: hello.host?.hostname, error: { code: err.code, message } }, carried, done: confirmation };
+      return { result: { ok: false, role: "push", id: writer.id, path: writer.committed!, host: hello.host?.hostname, error: { code: err.code, message } }, carried, done: confirmation };
     }
+    session.to("failed");
     Object.assign(manifest, { status: "partial", reason: err.message, chunks: { ...manifest.chunks, count: next, zero }, storedBytes: writer.storedBytes });
     try {
       writer.saveManifest();
