@@ -14,7 +14,7 @@ import { Channel } from "./channel.ts";
 import { TbError, asTbError } from "./errors.ts";
 import type { Reporter } from "./report.ts";
 import { newHelloAck, peerError, hasCap } from "./handshake.ts";
-import { listBackups, type BackupEntry } from "./catalogue.ts";
+import { entryFor, listBackups, type BackupEntry } from "./catalogue.ts";
 import type { SessionResult } from "./session.ts";
 import { isZeroFrame } from "./zero.ts";
 import { readStoredChunk } from "./verify.ts";
@@ -50,11 +50,10 @@ export async function serveRequest(ch: Channel, hello: Hello, opts: ServeOptions
     if (!b) return refuse("NOT_FOUND", `no backup ${JSON.stringify(hello.backup)} in this store (IDs look like host/disk/timestamp)`, candidatesFor(opts.out, hello.host));
     backup = b;
   } else {
-    const choice = chooseBackup(listBackups(opts.out), hello.host, hello.target);
+    const all = repo.list();
+    const choice = chooseBackup(all.map((b) => entryFor(repo, b)), hello.host, hello.target);
     if ("error" in choice) return refuse("NOT_FOUND", choice.error, choice.candidates);
-    const b = repo.find(choice.entry.id);
-    if (!b) return refuse("NOT_FOUND", `backup ${choice.entry.id} is no longer in this store`);
-    backup = b;
+    backup = all.find((b) => b.id === choice.entry.id)!;
   }
   return sendBackup(ch, hello, repo, backup, opts, refuse);
 }
