@@ -93,7 +93,7 @@ export function onInterrupt(what: string | (() => string), termExit = 143): void
  * or TBBACKUP_STORE). It must exist: a mistyped DIR is not an empty store.
  */
 export async function existingStore(out: string | undefined, command: string): Promise<string> {
-  const { defaultStore } = await import("../store/layout.ts");
+  const { defaultStore } = await import("../store/repository.ts");
   const fs = await import("node:fs");
   const dir = out ?? defaultStore();
   if (!fs.existsSync(dir))

@@ -12,13 +12,13 @@ export function register(program: Command): void {
     .option("--json", "print JSON")
     .action(
       action(async (ids: string[], o: { out?: string } & GlobalOpts) => {
-        const { resolveForDelete, removeBackupDir } = await import("../core/housekeeping.ts");
+        const { resolveForDelete, deleteResolved } = await import("../core/housekeeping.ts");
         const root = await existingStore(o.out, "delete");
         // every ID is checked before anything is deleted
         const targets = resolveForDelete(root, ids);
         const deleted: { id: string; storedBytes: number }[] = [];
         for (const t of targets) {
-          removeBackupDir(t.dir);
+          deleteResolved(root, t.backup);
           deleted.push({ id: t.id, storedBytes: t.storedBytes });
           if (!o.json) process.stdout.write(`deleted ${t.id} (${bytes(t.storedBytes)})\n`);
         }

@@ -50,7 +50,7 @@ export function register(program: Command): void {
         const { listRemote } = await import("../core/remote.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
-        const { defaultStore } = await import("../store/layout.ts");
+        const { defaultStore } = await import("../store/repository.ts");
         if (o.out && o.stream) throw new TbError("USAGE", "use either --out (a local store) or --stream (a receiver), not both", "run 'tbbackup list --help' for usage");
         const key = await keyFor(o.stream, false, o);
         let rows: Omit<BackupEntry, "path">[];

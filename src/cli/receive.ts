@@ -5,7 +5,7 @@ import type { Hello } from "../protocol/messages.ts";
 import { TbError, errnoText, isErrno } from "../errors.ts";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { DIR_MODE, defaultStore } from "../store/layout.ts";
+import { DIR_MODE, defaultStore } from "../store/repository.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
 import type { Transport } from "../transport/index.ts";
 import { THUNDERBOLT_GROUP, keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";

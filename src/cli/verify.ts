@@ -3,8 +3,7 @@ import type { Command } from "commander";
 import { bytes } from "../ui/format.ts";
 import { action, existingStore, exitWith, printJson, type GlobalOpts } from "./common.ts";
 import { TbError } from "../errors.ts";
-import * as fs from "node:fs";
-import { FILES_FILE, IMAGE_FILE, MANIFEST_FILE } from "../store/layout.ts";
+import { dataFileName } from "../store/repository.ts";
 
 export function register(program: Command): void {
   program
@@ -17,7 +16,7 @@ export function register(program: Command): void {
       action(async (p: string | undefined, o: { out?: string } & GlobalOpts) => {
         const { verify } = await import("../core/verify.ts");
         const { makeReporter } = await import("../ui/progress.ts");
-        const { listBackups } = await import("../core/catalogue.ts");
+        const { listVerifiable } = await import("../core/catalogue.ts");
         if (p && o.out) throw new TbError("USAGE", "verify takes a PATH or --out DIR, not both", "run 'tbbackup verify --help' for usage");
         // neither: the default store, when there is one
         if (!p) o.out = await existingStore(o.out, "verify");
@@ -32,13 +31,13 @@ export function register(program: Command): void {
           }
           const results: { id: string; ok: boolean; error?: string }[] = [];
           // (a directory three levels down with none of a backup's files is not one: verify --out /etc)
-          const all = listBackups(o.out!).filter((b) => b.status !== "unreadable" || [MANIFEST_FILE, IMAGE_FILE, FILES_FILE].some((f) => fs.existsSync(`${b.path}/${f}`)));
+          const all = listVerifiable(o.out!);
           if (all.length === 0) throw new TbError("NOT_FOUND", `no backups found in ${o.out}`, "give the directory passed to 'tbbackup receive --out'");
           const partial = all.filter((b) => b.status === "partial" || b.status === "failed").length;
           // a complete backup whose data file or manifest is gone or unreadable is a bad one
           for (const b of all.filter((b) => b.status === "complete" || b.status === "unreadable")) {
             if (b.status === "unreadable") {
-              results.push({ id: b.id, ok: false, error: `its manifest or ${b.kind === "files" ? FILES_FILE : IMAGE_FILE} is missing or unreadable` });
+              results.push({ id: b.id, ok: false, error: `its manifest or ${dataFileName(b.kind)} is missing or unreadable` });
               if (!o.json) process.stdout.write(`BAD: ${b.id}: ${results[results.length - 1]!.error}\n`);
               continue;
             }

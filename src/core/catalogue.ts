@@ -1,9 +1,5 @@
 // The catalogue: what backups a store directory holds.
-import * as fs from "node:fs";
-import * as path from "node:path";
-import { PARTIAL_SUFFIX, IMAGE_FILE, FILES_FILE, DELETING_SUFFIX } from "../store/layout.ts";
-import { readManifest, type Manifest } from "../store/manifest.ts";
-import { storeKind } from "../store/errors.ts";
+import { openRepository, type Repository, type StoredBackup } from "../store/repository.ts";
 
 export interface BackupEntry {
   id: string;
@@ -42,63 +38,30 @@ export interface BackupEntry {
   changedFiles?: number;
 }
 
-function dirs(p: string): string[] {
-  try {
-    return fs.readdirSync(p, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name).sort();
-  } catch {
-    return [];
-  }
-}
-
-/** Bytes a directory's files take on disk (what du counts), not descending further. */
-export function diskUsage(dir: string): number {
-  let total = 0;
-  let names: string[];
-  try {
-    names = fs.readdirSync(dir);
-  } catch {
-    return 0;
-  }
-  for (const n of names) {
-    try {
-      const st = fs.lstatSync(path.join(dir, n));
-      if (st.isFile()) total += st.blocks * 512;
-    } catch {}
-  }
-  return total;
-}
-
-export function entryFor(dir: string, id: string): BackupEntry {
-  const [host = "", disk = ""] = id.split("/");
-  let m: Manifest | null = null;
+/** A listed backup as list, prune and serve-restore show it. */
+export function entryFor(repo: Repository, b: StoredBackup): BackupEntry {
+  const m = b.manifest;
+  let status: BackupEntry["status"] = !m ? "unreadable" : b.partial ? "partial" : m.status;
+  if (status === "complete" && !b.hasData) status = "unreadable";
   // why an unreadable one is: a newer tbbackup's backup is not a damaged one
-  let why: string | undefined;
-  try {
-    m = readManifest(dir);
-  } catch (e) {
-    why = storeKind(e) === "NEWER_FORMAT" ? "written by a newer tbbackup: upgrade to read it" : storeKind(e) === "DAMAGED" ? "its manifest is damaged" : undefined;
-  }
-  const partial = dir.endsWith(PARTIAL_SUFFIX);
-  const dataFile = m ? path.join(dir, m.data) : path.join(dir, IMAGE_FILE);
-  let status: BackupEntry["status"] = !m ? "unreadable" : partial ? "partial" : m.status;
-  if (status === "complete" && !fs.existsSync(dataFile)) status = "unreadable";
+  const why = b.manifestTrouble === "NEWER_FORMAT" ? "written by a newer tbbackup: upgrade to read it" : b.manifestTrouble === "DAMAGED" ? "its manifest is damaged" : undefined;
   return {
-    id,
-    host,
-    disk,
-    kind: m?.kind ?? (fs.existsSync(path.join(dir, FILES_FILE)) ? "files" : "image"),
+    id: b.id,
+    host: b.host,
+    disk: b.disk,
+    kind: m?.kind ?? (b.looksLikeFiles ? "files" : "image"),
     status,
     ...(status === "unreadable" && why ? { why } : {}),
     size: m?.size ?? 0,
     // a partial's manifest is written before its data: what it holds is what its files take
-    storedBytes: partial || !m ? diskUsage(dir) : m.storedBytes,
+    storedBytes: b.partial || !m ? repo.storedBytes(b) : m.storedBytes,
     // (a partial's stored bytes cover only part of its size)
     ratio: m && status === "complete" && m.storedBytes > 0 ? m.size / m.storedBytes : null,
     date: m?.timings.started ?? "",
     label: m?.label ?? null,
     sha256: m?.sha256 ?? null,
     root: m?.root ?? null,
-    path: dir,
+    path: b.location,
     machineId: m?.host.machineId ?? null,
     productUuid: m?.host.productUuid ?? null,
     diskSerial: m?.disk.serial ?? null,
@@ -114,16 +77,15 @@ export function entryFor(dir: string, id: string): BackupEntry {
 
 /** Every backup under root, oldest first within each host/disk. */
 export function listBackups(root: string): BackupEntry[] {
-  const out: BackupEntry[] = [];
-  for (const host of dirs(root)) {
-    if (host.startsWith(".")) continue;
-    for (const disk of dirs(path.join(root, host))) {
-      for (const b of dirs(path.join(root, host, disk))) {
-        // being deleted (or left half-deleted by a crash): no longer a backup
-        if (b.endsWith(DELETING_SUFFIX) || b.startsWith(".")) continue;
-        out.push(entryFor(path.join(root, host, disk, b), `${host}/${disk}/${b}`));
-      }
-    }
-  }
-  return out;
+  const repo = openRepository(root);
+  return repo.list().map((b) => entryFor(repo, b));
+}
+
+/** The backups verify --all checks: every one with anything of a backup in it (a manifest or its data). */
+export function listVerifiable(root: string): BackupEntry[] {
+  const repo = openRepository(root);
+  return repo
+    .list()
+    .filter((b) => b.manifest || b.hasAnyFile)
+    .map((b) => entryFor(repo, b));
 }

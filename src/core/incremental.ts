@@ -4,17 +4,12 @@
 // record for a chunk whose SHA-256 equals the base's, and the receiver copies
 // the base's stored frame for it into the new image after checking it. Every
 // backup stays a whole image of its own: deleting the base never breaks it.
-import * as fs from "node:fs";
-import * as path from "node:path";
 import { MsgType, sessionOf, type Hello } from "../protocol/messages.ts";
 import { encodeFrame } from "../protocol/frame.ts";
 import { BASE_DIGESTS_PER_FRAME, decodeBaseDigests, encodeBaseDigests } from "../protocol/chunk-record.ts";
-import { DELETING_SUFFIX, PARTIAL_SUFFIX } from "../store/layout.ts";
-import type { Manifest } from "../store/manifest.ts";
-import { ChunkList, ImageReader, readChecksums } from "../store/image-reader.ts";
+import { MAX_PADDING, type BackupReader, type Manifest, type Repository, type StoredBackup } from "../store/repository.ts";
 import { DIGEST_LINE_BYTES, isDigest, digestAt } from "../store/root.ts";
 import { compressBound } from "../util/buffer-pool.ts";
-import { MAX_PADDING } from "../store/seekable.ts";
 import type { Channel } from "./channel.ts";
 import { TbError } from "./errors.ts";
 import { peerError } from "./handshake.ts";
@@ -31,11 +26,10 @@ export const MAX_BASE_CHUNKS = 8 * 1024 * 1024;
 export class Base {
   private constructor(
     readonly id: string,
-    readonly dir: string,
     readonly manifest: Manifest,
     /** the base's per-chunk SHA-256s, 32 bytes each, in chunk order */
     readonly digests: Uint8Array,
-    private readonly reader: ImageReader,
+    private readonly reader: BackupReader,
     /** each chunk's XXH3-64 from the base's chunks.txt, read whole at open (a resend goes back to earlier chunks) */
     private readonly checksums: BigUint64Array,
   ) {}
@@ -50,23 +44,20 @@ export class Base {
    * frame per chunk. The files stay open for the session: a base deleted
    * meanwhile is still read whole.
    */
-  static open(dir: string, id: string, m: Manifest): Base | string {
-    const digests = readDigests(dir, m);
-    if (typeof digests === "string") return digests;
-    const count = digests.length / 32;
-    let reader: ImageReader | null = null;
-    let list: ChunkList | null = null;
+  static open(repo: Repository, b: StoredBackup, id: string, m: Manifest): Base | string {
+    let reader: BackupReader | null = null;
     try {
-      reader = ImageReader.open(path.join(dir, m.data));
-      if (reader.entries.length !== count) throw new Error(`its image has ${reader.entries.length} frames, the manifest says ${count}`);
-      list = new ChunkList(path.join(dir, m.chunks.file));
-      const checksums = readChecksums(list, reader.entries);
-      list.close();
-      list = null;
-      return new Base(id, dir, m, digests, reader, checksums);
+      reader = repo.open(b);
+      const digests = readDigests(reader, m);
+      if (typeof digests === "string") {
+        reader.close();
+        return digests;
+      }
+      const count = digests.length / 32;
+      if (reader.chunks !== count) throw new Error(`its image has ${reader.chunks} frames, the manifest says ${count}`);
+      return new Base(id, m, digests, reader, reader.checksums(true)!);
     } catch (e) {
       reader?.close();
-      list?.close();
       return (e as Error).message;
     }
   }
@@ -89,7 +80,7 @@ export class Base {
     if (e.compressedSize > compressBound(this.manifest.chunkSize) + 64 + MAX_PADDING) throw damaged("its stored frame is too large");
     try {
       if (this.checksums[i] !== checksum) throw new Error("its chunk-list checksum differs from the data's");
-      return this.reader.readFrame(i);
+      return this.reader.frame(i);
     } catch (err) {
       throw damaged((err as Error).message);
     }
@@ -111,14 +102,13 @@ export class Base {
  * to trust (a backup older than the root, a count that does not fit, a list
  * that is damaged).
  */
-export function readDigests(dir: string, m: Manifest): Uint8Array | string {
+export function readDigests(reader: BackupReader, m: Manifest): Uint8Array | string {
   const count = m.chunks?.count;
   if (m.status !== "complete" || m.kind !== "image" || m.format < 2 || !isDigest(m.root) || !m.digests) return "it has no integrity root";
   if (!Number.isSafeInteger(count) || count <= 0 || count > MAX_BASE_CHUNKS || count !== Math.ceil(m.size / m.chunkSize)) return "its chunk count does not fit";
   try {
-    const file = path.join(dir, m.digests.file);
-    if (fs.statSync(file).size !== count * DIGEST_LINE_BYTES) return "its digest list has the wrong size";
-    const text = fs.readFileSync(file);
+    if (reader.digestListSize() !== count * DIGEST_LINE_BYTES) return "its digest list has the wrong size";
+    const text = reader.digestList();
     if (new Bun.CryptoHasher("sha256").update(text).digest("hex") !== m.root) return "its digest list does not match its root";
     const digests = new Uint8Array(count * 32);
     const hex = text.toString("latin1");
@@ -139,11 +129,10 @@ export function baseDamaged(id: string, i: number, why: string): TbError {
 }
 
 /** The newest complete backup of the sender's disk that can serve as a base, if any. */
-export function findBase(out: string, hello: Hello): Base | null {
-  const complete = (n: string) => !n.endsWith(PARTIAL_SUFFIX) && !n.endsWith(DELETING_SUFFIX) && !n.startsWith(".");
-  for (const { id, dir, manifest: m } of diskBackups(out, hello, complete)) {
+export function findBase(repo: Repository, hello: Hello): Base | null {
+  for (const { id, backup, manifest: m } of diskBackups(repo, hello, "complete")) {
     if (m.status !== "complete" || !backupOfThisDisk(m, hello)) continue;
-    const b = Base.open(dir, id, m);
+    const b = Base.open(repo, backup, id, m);
     if (typeof b !== "string") return b;
   }
   return null;

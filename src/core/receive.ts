@@ -2,7 +2,6 @@
 // each pushed image as DIR/<host>/<disk>/<timestamp>; every chunk is
 // decompressed and checked against the sender's checksum and the whole-image
 // SHA-256 before the sender is told the backup is done.
-import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeJson, decodeMessage, layoutFrom, mountedRwOf, sessionOf, typeName, type Done, type Hello, type Resend } from "../protocol/messages.ts";
@@ -11,12 +10,8 @@ import { baseDamaged, findBase, sendBaseDigests, type Base } from "./incremental
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import type { Transport } from "../transport/index.ts";
-import { DIGESTS_FILE, FILES_FILE, IMAGE_FILE, createBackupDir, fsyncDir, PARTIAL_SUFFIX, sanitizeName } from "../store/layout.ts";
-import { ImageWriter, prefixDigest } from "../store/image-writer.ts";
-import { awaitResume, checkPrefix, findResumable, markNotResumable, readPrefix } from "./resume.ts";
-import { MANIFEST_FORMAT, UNALIGNED_FORMAT, writeManifest, type Manifest } from "../store/manifest.ts";
-import { reflinkAlignment } from "../store/reflink.ts";
-import { isAlignment } from "../store/seekable.ts";
+import { MANIFEST_FORMAT, idPart, openRepository, prefixDigest, type BackupWriter, type NewManifest, type Repository } from "../store/repository.ts";
+import { awaitResume, checkPrefix, findResumable, markNotResumable } from "./resume.ts";
 import { Channel, CorruptFrame } from "./channel.ts";
 import { DamageBudget, RESEND_REPEAT_MS } from "./resend.ts";
 import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
@@ -30,6 +25,7 @@ import { INCREMENTAL_CAP, PROTOCOL_VERSION, RESEND_CAP, ROOT_CAP, TOOL } from ".
 import { zeroChecksum, zeroFrame } from "./zero.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { serveRequest, type ServeOptions } from "./serve-restore.ts";
+import { ReceiveSessionState } from "./receive-state.ts";
 import type { SessionEnd, SessionResult } from "./session.ts";
 
 export type { SessionResult } from "./session.ts";
@@ -72,25 +68,17 @@ const DISK_FULL = ["ENOSPC", "EDQUOT"] as const;
 
 /** Checks DIR is a writable directory (creating it if needed) before serving anyone. */
 export function prepareStore(out: string): boolean {
-  const created = !fs.existsSync(out);
   try {
-    fs.mkdirSync(out, { recursive: true });
-    const probe = path.join(out, `.tbbackup-probe-${process.pid}`);
-    fs.writeFileSync(probe, "");
-    fs.rmSync(probe);
+    return openRepository(out).prepare();
   } catch (e) {
     throw new TbError("DEST", `cannot write to ${out}: ${errnoText(e)}`, "choose a writable directory for --out (and check free space and permissions)");
   }
-  return created;
 }
 
 /** Sessions served at once unless --max-sessions says otherwise: each holds up to about 70 MiB of buffers and its own worker threads. */
 export function defaultMaxSessions(): number {
   return Math.min(8, Math.max(2, Math.floor(os.totalmem() / (1024 * 1024 * 1024))));
 }
-
-/** The disks a push session is writing now ("host/disk"): two sessions never write or resume the same one. */
-const disksInUse = new Set<string>();
 
 export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
   requireZstd(); // before any session: a clear line if this system cannot run it
@@ -267,9 +255,10 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   // order: when the sender asks for it, or predates the root, one worker does it all.
   const wholeSha = !hasRootCap(hello) || hello.sha256 === true;
   // one session per disk at a time: a second push of it would resume or write the same partial
-  const diskKey = `${sanitizeName(hello.host?.hostname ?? "unknown")}/${sanitizeName(disk.name ?? "disk")}`;
-  if (disksInUse.has(diskKey)) return fail("BUSY", `another push of ${diskKey} is in progress on this receiver`);
-  disksInUse.add(diskKey);
+  // one session per disk at a time (the store's lock on it)
+  const repo = openRepository(opts.out);
+  const lock = repo.lock(hello.host?.hostname ?? "unknown", disk.name ?? "disk");
+  if (!lock) return fail("BUSY", `another push of ${repo.diskKey(hello.host?.hostname ?? "unknown", disk.name ?? "disk")} is in progress on this receiver`);
   const pool = new WorkerPool(wholeSha ? 1 : workerCount());
   // chunk payloads arrive in these and come back from the worker once written
   ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(chunkSize) + TRAILER_SIZE, 64));
@@ -279,16 +268,17 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   const activity = { n: 0 };
   const keepalive = startKeepalive(() => ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {}), KEEPALIVE_MS, { moved: () => activity.n });
   try {
-    return await receiveSession(ch, hello, opts, { pool, wholeSha, started, disk, chunkSize, files, fail, activity });
+    return await receiveSession(ch, hello, opts, { repo, pool, wholeSha, started, disk, chunkSize, files, fail, activity });
   } finally {
     void keepalive.stop();
-    disksInUse.delete(diskKey);
+    lock.release();
     pool.terminate();
     ch.usePool(null);
   }
 }
 
 interface SessionSetup {
+  repo: Repository;
   pool: WorkerPool;
   /** also compute the whole-image SHA-256 (a pool of one worker) */
   wholeSha: boolean;
@@ -302,33 +292,35 @@ interface SessionSetup {
 }
 
 /** One push session, after its HELLO checked out: new or resumed, until DONE or failure. */
-async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { pool, wholeSha, started, disk, chunkSize, files, fail, activity }: SessionSetup): Promise<SessionEnd> {
+async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { repo, pool, wholeSha, started, disk, chunkSize, files, fail, activity }: SessionSetup): Promise<SessionEnd> {
+  // where the session is (receive-state.ts): every step below is a checked move
+  const session = new ReceiveSessionState();
   const root = new RootBuilder();
   // progress lines name the sender: a receiver may serve several at once
-  const hostLabel = sanitizeName(hello.host?.hostname ?? "unknown") + (ch.conn.peer ? ` via ${ch.conn.peer}` : "");
-  let created0: { id: string; dir: string } | null = null;
-  let manifest0: Manifest | null = null;
-  let writer0: ImageWriter | null = null;
+  const hostLabel = idPart(hello.host?.hostname ?? "unknown") + (ch.conn.peer ? ` via ${ch.conn.peer}` : "");
+  let writer0: BackupWriter | null = null;
   let resumedFrom = 0;
   let prefixZero = 0;
 
   // An interrupted push of this same disk can continue where it became durable.
-  let candidate = files ? null : findResumable(opts.out, hello);
+  let candidate = files ? null : findResumable(repo, hello);
   let lines = "";
   if (candidate) {
     try {
-      lines = readPrefix(path.join(candidate.dir, candidate.manifest.chunks.file), candidate.manifest.durable!.chunkListBytes);
+      lines = repo.openPartial(candidate.backup).chunkListPrefix(candidate.manifest.durable!.chunkListBytes);
     } catch (e) {
-      markNotResumable(candidate, `its chunk list cannot be read back: ${(e as Error).message}`);
+      markNotResumable(repo, candidate, `its chunk list cannot be read back: ${(e as Error).message}`);
       candidate = null;
     }
   }
   if (candidate) {
+    session.to("offering");
     const d = candidate.manifest.durable!;
     const offer = { ...newHelloAck(hello, candidate.id), resume: { id: candidate.id, chunks: d.chunks, digest: prefixDigest(lines) } };
     await ch.sendJson(MsgType.HELLO_ACK, offer);
     const from = await awaitResume(ch, hello, opts.idleMs, () => ch.sendJson(MsgType.HELLO_ACK, offer));
     if (from instanceof TbError) {
+      session.to("refused");
       // the partial stays as it was: a later push may still continue it
       const timedOut = from.code === "TIMEOUT";
       const message = timedOut ? `the sender did not answer the resume offer within ${Math.round(opts.idleMs / 1000)} s` : "the sender left before answering the resume offer";
@@ -337,22 +329,17 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       return { result: { ok: false, role: "push", host: hello.host?.hostname, error: { code: timedOut ? "TIMEOUT" : "CLOSED", message } }, carried: null };
     }
     if (from === d.chunks) {
+      session.to("checking");
       try {
-        // (aligned as it was begun: the prefix's layout stays)
-        const align = candidate.manifest.align ?? 0;
-        if (align !== 0 && !isAlignment(align)) throw new Error(`its manifest's align ${String(align).slice(0, 20)} is not a block size`);
-        const prefix = await checkPrefix(candidate.dir, candidate.manifest, lines, pool, wholeSha, () => activity.n++);
-        writer0 = new ImageWriter(candidate.dir, candidate.manifest.data, { entries: prefix.entries, storedBytes: d.storedBytes, rawBytes: d.rawBytes, chunkListBytes: d.chunkListBytes }, align);
+        const prefix = await checkPrefix(repo.openPartial(candidate.backup), candidate.manifest, lines, pool, wholeSha, () => activity.n++);
+        writer0 = repo.resume(candidate.backup, candidate.manifest, prefix.entries);
         for (const digest of prefix.digests) {
           root.add(digest);
           writer0.recordDigest(digest);
         }
         prefixZero = prefix.zero;
-        created0 = { id: candidate.id, dir: candidate.dir };
         const m = candidate.manifest;
         m.session = hello.session;
-        m.format = align ? MANIFEST_FORMAT : UNALIGNED_FORMAT;
-        m.digests = { algorithm: ROOT_ALGORITHM, file: DIGESTS_FILE };
         m.resumed = [...(m.resumed ?? []), { at: started.toISOString(), fromChunk: from }];
         // a new --name is taken; read-write mounts seen by either push are kept
         if (typeof hello.label === "string") m.label = hello.label;
@@ -360,28 +347,29 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         const rwKept = mountedRwOf(rw.filter((x, i) => rw.findIndex((y) => y.device === x.device && y.mountpoint === x.mountpoint) === i));
         if (rwKept) m.mountedRw = rwKept;
         delete m.reason;
-        manifest0 = m;
         resumedFrom = from;
         opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname}: resuming ${candidate.id} at chunk ${from} of ${Math.ceil(disk.size / chunkSize)}`);
       } catch (e) {
-        markNotResumable(candidate, `its stored prefix failed a check: ${(e as Error).message}`);
+        markNotResumable(repo, candidate, `its stored prefix failed a check: ${(e as Error).message}`);
+        session.to("refused");
         return fail("VERIFY", `the interrupted backup ${candidate.id} cannot be continued (${(e as Error).message}); push again to start a new one`);
       }
     } else {
-      markNotResumable(candidate, "the sender's disk no longer matches it (a new backup was started)");
+      markNotResumable(repo, candidate, "the sender's disk no longer matches it (a new backup was started)");
+      session.to("opening");
     }
   }
-  if (!created0) {
+  if (!writer0) {
+    let slot;
     try {
-      created0 = createBackupDir(opts.out, hello.host?.hostname ?? "unknown", disk.name ?? "disk", started);
+      slot = repo.create(hello.host?.hostname ?? "unknown", disk.name ?? "disk", started);
     } catch (e) {
+      session.to("refused");
       return fail(isErrno(e, ...DISK_FULL) ? "NO_SPACE" : "DEST", `receiver cannot create a backup directory under ${opts.out}: ${errnoText(e)}`);
     }
-    // on a file system that can share blocks between files, frames are aligned so later backups can (docs/FORMAT.md §3.5)
-    const align = files ? 0 : await reflinkAlignment(created0.dir);
-    const m: Manifest = {
-      format: align ? MANIFEST_FORMAT : UNALIGNED_FORMAT,
-      id: created0.id,
+    // (the store sets format and, on a file system that can share blocks, align: docs/FORMAT.md §3.5)
+    const m: NewManifest = {
+      format: MANIFEST_FORMAT,
       kind: files ? "files" : "image",
       status: "partial",
       label: typeof hello.label === "string" ? hello.label : null,
@@ -392,32 +380,28 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       session: hello.session,
       chunkSize,
       compression: { algorithm: "zstd", level: hello.level ?? 1, format: "zstd-seekable" },
-      chunks: { count: 0, zero: 0, checksum: "xxh3-64", file: "chunks.txt" },
+      chunks: { count: 0, zero: 0, checksum: "xxh3-64" },
       size: disk.size,
       storedBytes: 0,
       sha256: null,
       root: null,
-      digests: { algorithm: ROOT_ALGORITHM, file: DIGESTS_FILE },
-      data: files ? FILES_FILE : IMAGE_FILE,
-      ...(align ? { align } : {}),
+      digests: { algorithm: ROOT_ALGORITHM },
       timings: { started: started.toISOString(), finished: null, seconds: null },
     };
     const layout = files ? undefined : layoutFrom(hello.layout);
     if (layout) m.layout = layout;
     const rw = mountedRwOf(hello.mountedRw);
     if (rw) m.mountedRw = rw;
-    manifest0 = m;
     try {
-      writeManifest(created0.dir, m);
-      writer0 = new ImageWriter(created0.dir, m.data, undefined, align);
+      writer0 = await slot.start(m);
     } catch (e) {
+      session.to("refused");
       return fail(isErrno(e, ...DISK_FULL) ? "NO_SPACE" : "DEST", `receiver cannot write under ${opts.out}: ${errnoText(e)}`);
     }
   }
-  const created = created0;
-  const manifest = manifest0!;
-  const writer = writer0!;
-  const finalDir = created.dir.slice(0, -PARTIAL_SUFFIX.length);
+  const writer = writer0;
+  const manifest = writer.manifest;
+  session.to("receiving");
   const expectedChunks = files ? Number.MAX_SAFE_INTEGER : Math.ceil(disk.size / chunkSize);
   let sawShort = false;
   let next = resumedFrom;
@@ -426,14 +410,14 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   let lastProgress = resumedFrom;
   let heardAt = Date.now();
   // Incremental push (docs/PROTOCOL.md §8.7): a complete backup of this disk to copy unchanged chunks from.
-  const base: Base | null = !candidate && !files && hasCap(hello, INCREMENTAL_CAP) ? findBase(opts.out, hello) : null;
-  const ack = { ...newHelloAck(hello, created.id), ...(base ? { base: { id: base.id, chunks: base.chunks } } : {}) };
+  const base: Base | null = !candidate && !files && hasCap(hello, INCREMENTAL_CAP) ? findBase(repo, hello) : null;
+  const ack = { ...newHelloAck(hello, writer.id), ...(base ? { base: { id: base.id, chunks: base.chunks } } : {}) };
   let same = 0;
   let sharedBytes = 0;
   /** of sharedBytes, those cloned from the base's file (blocks shared on disk, docs/FORMAT.md §3.5) */
   let clonedBytes = 0;
   if (!resumedFrom) {
-    opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname}${ch.conn.peer ? ` via ${ch.conn.peer}` : ""} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${created.id}${base ? ` (incremental against ${base.id})` : ""}`);
+    opts.reporter.info(`session ${hello.session.slice(0, 8)} from ${hello.host?.hostname}${ch.conn.peer ? ` via ${ch.conn.peer}` : ""} (${hello.tool}): ${disk.path}, ${disk.size} bytes -> ${writer.id}${base ? ` (incremental against ${base.id})` : ""}`);
   }
 
   // Checked chunks come back in order: their digests go into the root and digests.txt.
@@ -487,6 +471,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     r.dropFrom = Number.MAX_SAFE_INTEGER;
     r.failed = null;
     r.awaiting = from;
+    session.to("resending");
     r.request = { session: hello.session, from, seq: ++r.count };
     r.sentAt = Date.now();
     opts.reporter.info(`session ${hello.session.slice(0, 8)}: chunk ${from} arrived damaged (${why}); asked the sender for it again`);
@@ -494,7 +479,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   };
   /** Repeats the last request while its chunk has not come (the request may have been lost). */
   const askedLongAgo = () => {
-    if (!retry?.request || retry.awaiting === null || Date.now() - retry.sentAt < RESEND_REPEAT_MS) return;
+    if (!retry?.request || !session.is("resending") || Date.now() - retry.sentAt < RESEND_REPEAT_MS) return;
     retry.sentAt = Date.now();
     void ch.sendJson(MsgType.RESEND, retry.request).catch(() => {});
   };
@@ -502,13 +487,12 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   // A write or sync of the backup failed (the workers report an errno code).
   const storeFailed = (doing: string, e: unknown) => {
     if ((DISK_FULL as readonly string[]).includes(errnoCode(e))) return new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
-    return e instanceof TbError ? e : new TbError("DEST", `the receiver cannot ${doing} ${writer.tmpPath}: ${errnoText(e)}`, "check the receiver's disk");
+    return e instanceof TbError ? e : new TbError("DEST", `the receiver cannot ${doing} ${writer.dataLocation}: ${errnoText(e)}`, "check the receiver's disk");
   };
   // Durable-progress syncs run in the thread pool while data keeps arriving.
   let syncing: Promise<void> | null = null;
-  // once the complete backup has its final name, a later failure (the DONE not
-  // getting through) must not be reported as a partial
-  let renamed = false;
+  // once the complete backup has its final name (writer.committed), a later
+  // failure (the DONE not getting through) must not be reported as a partial
   // what DONE says, once the backup is stored complete (a STATUS gets it again)
   let confirmation: Done | undefined;
   let syncFailure: unknown = null;
@@ -527,17 +511,17 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       let f: Frame;
       try {
         // while a chunk asked for again has not come, the request is repeated now and then
-        f = await ch.recv(retry?.awaiting != null ? Math.min(opts.idleMs, RESEND_REPEAT_MS) : opts.idleMs, "the sender");
+        f = await ch.recv(session.is("resending") ? Math.min(opts.idleMs, RESEND_REPEAT_MS) : opts.idleMs, "the sender");
       } catch (e) {
-        if (retry?.awaiting != null && e instanceof TbError && e.code === "TIMEOUT" && Date.now() - heardAt < opts.idleMs) {
+        if (session.is("resending") && e instanceof TbError && e.code === "TIMEOUT" && Date.now() - heardAt < opts.idleMs) {
           askedLongAgo();
           continue;
         }
-        if (retry?.awaiting != null && e instanceof TbError && e.code === "TIMEOUT")
-          throw new TbError("TIMEOUT", `no answer from the sender on ${ch.conn.description} within ${Math.round(opts.idleMs / 1000)} s of asking for chunk ${retry.awaiting} again`, "check that the sender still runs and the cable is plugged in, then push again");
+        if (session.is("resending") && e instanceof TbError && e.code === "TIMEOUT")
+          throw new TbError("TIMEOUT", `no answer from the sender on ${ch.conn.description} within ${Math.round(opts.idleMs / 1000)} s of asking for chunk ${retry!.awaiting} again`, "check that the sender still runs and the cable is plugged in, then push again");
         // a damaged chunk record: asked for again
         // (once all are here and none is awaited, it can only be a stale copy)
-        if (retry && e instanceof CorruptFrame && (e.frameType === MsgType.DATA || e.frameType === MsgType.ZERO || e.frameType === MsgType.SAME) && (retry.awaiting !== null || next < expectedChunks)) {
+        if (retry && e instanceof CorruptFrame && (e.frameType === MsgType.DATA || e.frameType === MsgType.ZERO || e.frameType === MsgType.SAME) && (session.is("resending") || next < expectedChunks)) {
           await askAgain(retry.awaiting ?? next, `its ${typeName(e.frameType)} frame failed its checksum`);
           continue;
         }
@@ -553,7 +537,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           continue;
         }
         // a damaged END while chunks are asked for again: the sender sends END again after them
-        if (retry?.awaiting != null && e instanceof CorruptFrame && e.frameType === MsgType.END) continue;
+        if (session.is("resending") && e instanceof CorruptFrame && e.frameType === MsgType.END) continue;
         throw e;
       }
       heardAt = Date.now();
@@ -572,10 +556,13 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           // sent before the sender heard our request (or again after a repeated one): dropped
           ch.release(f.payload.buffer);
           // one that came before its turn: the one expected was lost on the way
-          if (h.index > next && retry.awaiting === null) await askAgain(next, `chunk ${h.index} came in its place`);
+          if (h.index > next && !session.is("resending")) await askAgain(next, `chunk ${h.index} came in its place`);
           continue;
         }
-        if (retry) retry.awaiting = null;
+        if (session.is("resending")) {
+          retry!.awaiting = null;
+          session.to("receiving");
+        }
         const offset = h.index * chunkSize;
         const rawLength = files ? h.rawLength : Math.min(chunkSize, disk.size - offset);
         if (files && sawShort) throw new TbError("PROTOCOL", `chunk ${h.index} of the file stream follows a short one`, "use the same tbbackup version on both sides");
@@ -617,24 +604,19 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           }
           lastProgress = next;
           const progress = { chunks: next, bytes: writer.rawBytes };
-          const durable = { chunks: next, rawBytes: writer.rawBytes, storedBytes: writer.bytesWritten, chunkListBytes: writer.chunkListBytes };
+          // what a later push may continue from: made durable and noted in the manifest
           syncing = writer
-            .sync()
-            .then(() => {
-              // what a later push may continue from
-              manifest.durable = durable;
-              writeManifest(created.dir, manifest);
-              return ch.sendJson(MsgType.PROGRESS, progress);
-            })
+            .checkpoint()
+            .then(() => ch.sendJson(MsgType.PROGRESS, progress))
             .catch((e: unknown) => {
               syncFailure ??= storeFailed("sync", e);
             })
             .finally(() => (syncing = null));
         }
-        if ((next & 15) === 0) opts.reporter.progress({ phase: `receive from ${hostLabel}`, bytes: writer.rawBytes, total: files ? 0 : disk.size, stored: writer.bytesWritten });
+        if ((next & 15) === 0) opts.reporter.progress({ phase: `receive from ${hostLabel}`, bytes: writer.rawBytes, total: files ? 0 : disk.size, stored: writer.storedBytes });
       } else if (f.type === MsgType.END) {
         // sent before the sender heard our request: it sends END again after the chunks
-        if (retry?.awaiting != null) continue;
+        if (session.is("resending")) continue;
         const end = decodeMessage(MsgType.END, f.payload);
         const want = files ? next : expectedChunks;
         if (!end || end.chunks !== want || next !== want || end.bytes !== (files ? writer.rawBytes : disk.size))
@@ -642,6 +624,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         // a sender with the root capability sends its root; one without, its whole-image SHA-256
         if (hasRootCap(hello) ? !isDigest(end.root) : !isDigest(end.sha256))
           throw new TbError("PROTOCOL", "the sender's END lacks its integrity root or SHA-256", "use the same tbbackup version on both sides");
+        session.to("sealing");
         const size = end.bytes;
         await checks.drain();
         if (retry?.failed) {
@@ -678,15 +661,13 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           root: rootHex,
           timings: { started: started.toISOString(), finished: finished.toISOString(), seconds: (finished.getTime() - started.getTime()) / 1000 },
         });
-        writeManifest(created.dir, manifest);
-        fs.renameSync(created.dir, finalDir);
-        renamed = true;
-        fsyncDir(path.dirname(finalDir));
-        confirmation = { session: hello.session, id: created.id, path: finalDir, ...(hasRootCap(hello) ? { root: rootHex } : {}), ...(sha256 ? { sha256 } : {}), bytes: size, storedBytes, ...(base ? { base: base.id, sameChunks: same } : {}) };
+        const finalDir = writer.commit();
+        session.to("stored");
+        confirmation = { session: hello.session, id: writer.id, path: finalDir, ...(hasRootCap(hello) ? { root: rootHex } : {}), ...(sha256 ? { sha256 } : {}), bytes: size, storedBytes, ...(base ? { base: base.id, sameChunks: same } : {}) };
         await ch.sendJson(MsgType.DONE, confirmation);
-        opts.reporter.info(`stored ${created.id}: ${size} bytes as ${storedBytes}${same ? ` (${same} of ${want} chunks, ${sharedBytes} bytes, copied from ${base!.id}${clonedBytes ? `, ${clonedBytes} of them as blocks shared with it` : ""})` : ""} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""}${resentNote(retry)})`);
+        opts.reporter.info(`stored ${writer.id}: ${size} bytes as ${storedBytes}${same ? ` (${same} of ${want} chunks, ${sharedBytes} bytes, copied from ${base!.id}${clonedBytes ? `, ${clonedBytes} of them as blocks shared with it` : ""})` : ""} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""}${resentNote(retry)})`);
         return {
-          result: { ok: true, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, bytes: size, storedBytes, root: rootHex, sha256: sha256 ?? undefined, seconds: manifest.timings.seconds!, ...(retry ? { resent: retry.count } : {}) },
+          result: { ok: true, role: "push", id: writer.id, path: finalDir, host: hello.host?.hostname, bytes: size, storedBytes, root: rootHex, sha256: sha256 ?? undefined, seconds: manifest.timings.seconds!, ...(retry ? { resent: retry.count } : {}) },
           carried: null,
           done: confirmation,
         };
@@ -716,24 +697,27 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     // A worker stuck on a stalled disk keeps them open (a leak, not a garbled file).
     const idle = await pool.idle();
     await syncing;
-    if (idle) writer.abort();
-    else opts.reporter.info(`the receiver's disk stalled: ${writer.tmpPath} stays open until tbbackup exits`);
-    if (renamed) {
-      const message = `stored complete as ${created.id}, but the sender may not have received the confirmation: ${err.message}`;
+    if (idle) writer.close();
+    else opts.reporter.info(`the receiver's disk stalled: ${writer.dataLocation} stays open until tbbackup exits`);
+    // (committed but a step after its rename failed: stored all the same)
+    if (writer.committed !== null && !session.is("stored")) session.to("stored");
+    if (session.is("stored")) {
+      const message = `stored complete as ${writer.id}, but the sender may not have received the confirmation: ${err.message}`;
       opts.reporter.info(message);
-      return { result: { ok: false, role: "push", id: created.id, path: finalDir, host: hello.host?.hostname, error: { code: err.code, message } }, carried, done: confirmation };
+      return { result: { ok: false, role: "push", id: writer.id, path: writer.committed!, host: hello.host?.hostname, error: { code: err.code, message } }, carried, done: confirmation };
     }
-    Object.assign(manifest, { status: "partial", reason: err.message, chunks: { ...manifest.chunks, count: next, zero }, storedBytes: writer.bytesWritten });
+    session.to("failed");
+    Object.assign(manifest, { status: "partial", reason: err.message, chunks: { ...manifest.chunks, count: next, zero }, storedBytes: writer.storedBytes });
     try {
-      writeManifest(created.dir, manifest);
+      writer.saveManifest();
     } catch {}
     if (err.code !== "CLOSED" && err.code !== "PEER" && err.code !== "TIMEOUT") {
       // with its hint: what to do next is often on the receiver's side (free space there)
       await ch.sendJson(MsgType.ERROR, { session: hello.session, code: err.code, message: `receiver: ${err.oneLine()}` }).catch(() => {});
       if (!ch.conn.lossy) await ch.drain(3000);
     }
-    opts.reporter.info(`session ${hello.session.slice(0, 8)} failed, kept as ${created.id}${PARTIAL_SUFFIX}${resentNote(retry)}: ${err.oneLine()}`);
-    return { result: { ok: false, role: "push", id: created.id + PARTIAL_SUFFIX, path: created.dir, host: hello.host?.hostname, error: { code: err.code, message: err.message }, ...(retry ? { resent: retry.count } : {}) }, carried };
+    opts.reporter.info(`session ${hello.session.slice(0, 8)} failed, kept as ${writer.partialId}${resentNote(retry)}: ${err.oneLine()}`);
+    return { result: { ok: false, role: "push", id: writer.partialId, path: writer.location, host: hello.host?.hostname, error: { code: err.code, message: err.message }, ...(retry ? { resent: retry.count } : {}) }, carried };
   } finally {
     base?.close();
   }

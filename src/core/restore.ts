@@ -20,7 +20,7 @@ import { RestoreSession, type RestorerMessage } from "./restore-session.ts";
 import { type Keepalive, startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { assertNotInUse, inspectTarget, isBlank, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
-import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
+import { locateBackup, openLocated, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
 import { isZeroFrame } from "./zero.ts";
 import { zeroWriter } from "./zero-out.ts";
@@ -482,9 +482,11 @@ async function readBackRoot(fd: number, info: RestoreInfo, pool: WorkerPool, rep
 
 /** Chunks from a stored backup on this machine. */
 function fileSource(from: string): Source {
-  const { manifest: m } = locateBackup(from);
+  const located = locateBackup(from);
+  const m = located.manifest;
   if (m && m.status !== "complete") throw new TbError("NOT_FOUND", `${from} is not a complete backup (${m.status})`, "choose a complete backup (tbbackup list)");
-  const { dir, image, manifest, reader, list } = openBackup(from, "choose another backup; nothing was written");
+  const { dir, image, manifest } = located;
+  const { reader, list } = openLocated(located, "choose another backup; nothing was written");
   const chunkSize = manifest?.chunkSize ?? reader.entries[0]?.rawSize ?? 0;
   const info: RestoreInfo = {
     session: "",
@@ -516,7 +518,7 @@ function fileSource(from: string): Source {
   }
   return {
     info,
-    files: fs.readdirSync(dir).map((f) => path.join(dir, f)),
+    files: reader.members(),
     chunks: chunks(),
     release: (buf) => frames.give(buf),
     finish: async () => {},

@@ -2,13 +2,8 @@
 // partial's manifest what was durable at the last PROGRESS; a later push of the
 // same disk is offered that prefix, and the sender re-reads its own prefix to
 // check that its chunk list hashes the same before continuing after it.
-import * as fs from "node:fs";
-import * as path from "node:path";
 import { MsgType, decodeMessage, sessionOf, type Hello } from "../protocol/messages.ts";
-import { PARTIAL_SUFFIX, sanitizeName, within } from "../store/layout.ts";
-import { readManifest, writeManifest, type Manifest } from "../store/manifest.ts";
-import { MAX_PADDING, PADDING_MAGIC, frameChecksum, type SeekEntry } from "../store/seekable.ts";
-import { parseChunkLine } from "../store/image-reader.ts";
+import { frameChecksum, parseChunkLine, type Manifest, type PartialBackup, type Repository, type SeekEntry, type StoredBackup } from "../store/repository.ts";
 import { zstd } from "../util/zstd.ts";
 import type { Channel } from "./channel.ts";
 import type { WorkerPool } from "./chunk-jobs.ts";
@@ -17,8 +12,9 @@ import { TbError } from "./errors.ts";
 import { sameDisk } from "./identity.ts";
 
 export interface Resumable {
+  /** its ID once complete (host/disk/timestamp) */
   id: string;
-  dir: string;
+  backup: StoredBackup;
   manifest: Manifest;
 }
 
@@ -42,55 +38,25 @@ export function backupOfThisDisk(m: Manifest, hello: Hello): boolean {
 }
 
 /**
- * The backups of the sender's disk in the store, newest first, whose
- * directory names pass `keep`, with their readable manifests (the others
- * are passed over); nothing for a file-level push.
+ * The backups of the sender's disk in the store, newest first (partials or
+ * complete ones), with their readable manifests (the others are passed
+ * over); nothing for a file-level push.
  */
-export function* diskBackups(out: string, hello: Hello, keep: (name: string) => boolean): Generator<{ id: string; dir: string; name: string; manifest: Manifest }> {
+export function* diskBackups(repo: Repository, hello: Hello, which: "partial" | "complete"): Generator<{ id: string; backup: StoredBackup; manifest: Manifest }> {
   const disk = hello.disk;
   if (!disk || disk.kind === "files" || hello.content === "files") return;
-  const host = sanitizeName(hello.host?.hostname ?? "unknown");
-  const diskName = sanitizeName(disk.name ?? "disk");
-  let parent: string;
-  let names: string[];
-  try {
-    parent = within(out, host, diskName);
-    names = fs.readdirSync(parent).filter(keep).sort().reverse();
-  } catch {
-    return;
-  }
-  for (const name of names) {
-    const dir = path.join(parent, name);
-    let manifest: Manifest;
-    try {
-      manifest = readManifest(dir);
-    } catch {
-      continue;
-    }
-    yield { id: `${host}/${diskName}/${name.endsWith(PARTIAL_SUFFIX) ? name.slice(0, -PARTIAL_SUFFIX.length) : name}`, dir, name, manifest };
+  for (const b of repo.backupsOf(hello.host?.hostname ?? "unknown", disk.name ?? "disk", which)) {
+    yield { id: `${b.host}/${b.disk}/${b.partial ? b.name.slice(0, b.name.lastIndexOf(".")) : b.name}`, backup: b, manifest: b.manifest! };
   }
 }
 
 /** The newest partial backup of this sender's disk that can be continued, if any. */
-export function findResumable(out: string, hello: Hello): Resumable | null {
-  for (const { id, dir, manifest: m } of diskBackups(out, hello, (n) => n.endsWith(PARTIAL_SUFFIX))) {
+export function findResumable(repo: Repository, hello: Hello): Resumable | null {
+  for (const { id, backup, manifest: m } of diskBackups(repo, hello, "partial")) {
     const d = m.durable;
-    if (m.status === "partial" && d !== undefined && d.chunks > 0 && backupOfThisDisk(m, hello) && fs.existsSync(path.join(dir, m.data + ".tmp"))) return { id, dir, manifest: m };
+    if (m.status === "partial" && d !== undefined && d.chunks > 0 && backupOfThisDisk(m, hello) && backup.hasData) return { id, backup, manifest: m };
   }
   return null;
-}
-
-/** The first `bytes` of a chunk list, as text. */
-export function readPrefix(file: string, bytes: number): string {
-  const fd = fs.openSync(file, "r");
-  try {
-    const buf = Buffer.alloc(bytes);
-    const n = fs.readSync(fd, buf, 0, bytes, 0);
-    if (n !== bytes) throw new Error(`chunk list is shorter than its recorded durable part`);
-    return buf.toString("latin1");
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 /**
@@ -120,56 +86,35 @@ export async function awaitResume(ch: Channel, hello: Hello, idleMs: number, res
  * to the length and XXH3 its chunk-list line gives. Returns the seek entries
  * to continue with and the chunks' digests (for the integrity root).
  */
-export async function checkPrefix(dir: string, m: Manifest, lines: string, pool: WorkerPool, wholeSha: boolean, onChunk: () => void): Promise<{ entries: SeekEntry[]; zero: number; digests: string[] }> {
+export async function checkPrefix(partial: PartialBackup, m: Manifest, lines: string, pool: WorkerPool, wholeSha: boolean, onChunk: () => void): Promise<{ entries: SeekEntry[]; zero: number; digests: string[] }> {
   const d = m.durable!;
   const rows = lines.split("\n").filter(Boolean);
   if (rows.length !== d.chunks) throw new Error(`the chunk list has ${rows.length} durable lines, the manifest says ${d.chunks}`);
-  const fd = fs.openSync(path.join(dir, m.data + ".tmp"), "r");
   const entries: SeekEntry[] = [];
   const digests: string[] = [];
   let zero = 0;
-  try {
-    const z = zstd();
-    const window = new Uint8Array(z.compressBound(m.chunkSize) + 64);
-    let position = 0;
-    for (let i = 0; i < rows.length; i++) {
-      const { index, offset, length: rawLength, checksum } = parseChunkLine(rows[i]!);
-      if (index !== i || offset !== i * m.chunkSize || rawLength !== Math.min(m.chunkSize, m.size - offset)) throw new Error(`chunk list line ${i} does not fit the backup's layout`);
-      const n = fs.readSync(fd, window, 0, Math.min(window.length, d.storedBytes - position), position);
-      const size = z.findFrameCompressedSize(window.subarray(0, n));
-      const frame = window.slice(0, size);
-      const r = await pool.run({ op: "check", index: i, rawLength, checksum, buf: frame.buffer as ArrayBuffer, at: 0, length: size, hash: wholeSha, digest: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0);
-      if (r.op !== "checked" || !r.ok) throw new Error(`chunk ${i}: ${r.op === "checked" ? r.error : "worker failed"}`);
-      digests.push(r.digest!);
-      onChunk();
-      // an aligned image (docs/FORMAT.md §3.5): the padding after the frame is part of its entry
-      const padding = m.align ? paddingAt(fd, position + size, d.storedBytes) : 0;
-      entries.push({ compressedSize: size + padding, rawSize: rawLength, checksum: frameChecksum(window.subarray(0, size)) });
-      if (checksum === zeroChecksum(rawLength)) zero++;
-      position += size + padding;
-    }
-    if (position !== d.storedBytes) throw new Error(`the durable frames end at ${position}, the manifest says ${d.storedBytes}`);
-  } finally {
-    fs.closeSync(fd);
+  const z = zstd();
+  let i = 0;
+  for (const { frame, padding } of partial.frames(d, z.compressBound(m.chunkSize) + 64, (bytes) => z.findFrameCompressedSize(bytes))) {
+    const { index, offset, length: rawLength, checksum } = parseChunkLine(rows[i]!);
+    if (index !== i || offset !== i * m.chunkSize || rawLength !== Math.min(m.chunkSize, m.size - offset)) throw new Error(`chunk list line ${i} does not fit the backup's layout`);
+    const size = frame.length;
+    const sum = frameChecksum(frame); // (before the buffer goes to the worker)
+    const r = await pool.run({ op: "check", index: i, rawLength, checksum, buf: frame.buffer as ArrayBuffer, at: 0, length: size, hash: wholeSha, digest: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0);
+    if (r.op !== "checked" || !r.ok) throw new Error(`chunk ${i}: ${r.op === "checked" ? r.error : "worker failed"}`);
+    digests.push(r.digest!);
+    onChunk();
+    // an aligned image (docs/FORMAT.md §3.5): the padding after the frame is part of its entry
+    entries.push({ compressedSize: size + padding, rawSize: rawLength, checksum: sum });
+    if (checksum === zeroChecksum(rawLength)) zero++;
+    i++;
   }
   return { entries, zero, digests };
 }
 
-/** Bytes of padding (skippable frames, at most MAX_PADDING) at `position` of a partial image, before `end`. */
-function paddingAt(fd: number, position: number, end: number): number {
-  const header = new Uint8Array(8);
-  const v = new DataView(header.buffer);
-  let at = position;
-  while (at < end && fs.readSync(fd, header, 0, 8, at) === 8 && (v.getUint32(0, true) & 0xfffffff0) === PADDING_MAGIC) {
-    at += 8 + v.getUint32(4, true);
-    if (at - position > MAX_PADDING || at > end) throw new Error(`the padding at ${position} is malformed`);
-  }
-  return at - position;
-}
-
 /** Marks a partial as one that will not be offered again (kept for inspection). */
-export function markNotResumable(r: Resumable, reason: string): void {
+export function markNotResumable(repo: Repository, r: Resumable, reason: string): void {
   try {
-    writeManifest(r.dir, { ...r.manifest, status: "failed", reason: `not resumable: ${reason}` });
+    repo.saveManifest(r.backup, { ...r.manifest, status: "failed", reason: `not resumable: ${reason}` });
   } catch {}
 }

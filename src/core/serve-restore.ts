@@ -7,16 +7,14 @@ import type { Frame } from "../protocol/frame.ts";
 import { DATA_PAYLOAD_AT, dataFrameSize, decodeWant, sealDataFrame, wants, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import { DELTA_RESTORE_CAP, ROOT_CAP } from "./version.ts";
 import { readDigests, sendBaseDigests } from "./incremental.ts";
-import { ChunkList, ImageReader } from "../store/image-reader.ts";
-import { resolveBackupId } from "../store/layout.ts";
+import { openRepository, type BackupReader, type ChunkLines, type Repository, type StoredBackup } from "../store/repository.ts";
 import { compareDisks, sameDisk, type DiskNames } from "./identity.ts";
-import { readManifest } from "../store/manifest.ts";
 import { storeKind } from "../store/errors.ts";
 import { Channel } from "./channel.ts";
 import { TbError, asTbError } from "./errors.ts";
 import type { Reporter } from "./report.ts";
 import { newHelloAck, peerError, hasCap } from "./handshake.ts";
-import { listBackups, type BackupEntry } from "./catalogue.ts";
+import { entryFor, listBackups, type BackupEntry } from "./catalogue.ts";
 import type { SessionResult } from "./session.ts";
 import { isZeroFrame } from "./zero.ts";
 import { readStoredChunk } from "./verify.ts";
@@ -45,17 +43,19 @@ export async function serveRequest(ch: Channel, hello: Hello, opts: ServeOptions
   }
   if (hello.role !== "restore") return refuse("PROTOCOL", `unknown request ${String(hello.role)}`);
 
-  let dir: string;
+  const repo = openRepository(opts.out);
+  let backup: StoredBackup;
   if (hello.backup) {
-    const d = typeof hello.backup === "string" ? resolveBackupId(opts.out, hello.backup) : null;
-    if (!d) return refuse("NOT_FOUND", `no backup ${JSON.stringify(hello.backup)} in this store (IDs look like host/disk/timestamp)`, candidatesFor(opts.out, hello.host));
-    dir = d;
+    const b = typeof hello.backup === "string" ? repo.find(hello.backup) : null;
+    if (!b) return refuse("NOT_FOUND", `no backup ${JSON.stringify(hello.backup)} in this store (IDs look like host/disk/timestamp)`, candidatesFor(opts.out, hello.host));
+    backup = b;
   } else {
-    const choice = chooseBackup(listBackups(opts.out), hello.host, hello.target);
+    const all = repo.list();
+    const choice = chooseBackup(all.map((b) => entryFor(repo, b)), hello.host, hello.target);
     if ("error" in choice) return refuse("NOT_FOUND", choice.error, choice.candidates);
-    dir = choice.entry.path;
+    backup = all.find((b) => b.id === choice.entry.id)!;
   }
-  return sendBackup(ch, hello, dir, opts, refuse);
+  return sendBackup(ch, hello, repo, backup, opts, refuse);
 }
 
 function candidatesFor(out: string, host: HostIdentity | undefined): string[] {
@@ -125,10 +125,11 @@ async function whyLeft(ch: Channel): Promise<TbError> {
   }
 }
 
-async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOptions, refuse: (c: TbError["code"], m: string) => Promise<Served>): Promise<Served> {
+async function sendBackup(ch: Channel, hello: Hello, repo: Repository, backup: StoredBackup, opts: ServeOptions, refuse: (c: TbError["code"], m: string) => Promise<Served>): Promise<Served> {
+  const dir = backup.location;
   let manifest;
   try {
-    manifest = readManifest(dir);
+    manifest = repo.manifestOf(backup);
   } catch (e) {
     if (storeKind(e) === "NEWER_FORMAT") return refuse("PROTOCOL", `the backup at ${path.relative(opts.out, dir)} needs a newer tbbackup on the receiver: ${(e as Error).message}`);
     return refuse("NOT_FOUND", `the backup at ${path.relative(opts.out, dir)} has no readable manifest: ${(e as Error).message}`);
@@ -141,11 +142,16 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
   const wanted = hello.content === "files" ? "files" : "image";
   if (manifest.kind !== wanted)
     return refuse("USAGE", manifest.kind === "files" ? `backup ${manifest.id} is a file-level backup; use restore --files DEST` : `backup ${manifest.id} is a disk image; restore it onto a disk or image file`);
-  let reader: ImageReader;
-  let list: ChunkList;
+  let reader: BackupReader;
+  let list: ChunkLines;
   try {
-    reader = ImageReader.open(path.join(dir, manifest.data));
-    list = new ChunkList(path.join(dir, manifest.chunks.file));
+    reader = repo.open({ ...backup, manifest });
+    try {
+      list = reader.chunkList(true)!;
+    } catch (e) {
+      reader.close();
+      throw e;
+    }
   } catch (e) {
     return refuse("VERIFY", `backup ${manifest.id} is damaged: ${(e as Error).message}`);
   }
@@ -156,7 +162,7 @@ async function sendBackup(ch: Channel, hello: Hello, dir: string, opts: ServeOpt
   // against the root) and then asks only for the chunks its target lacks.
   let digests: Uint8Array | null = null;
   if (hello.delta === true && hasCap(hello, DELTA_RESTORE_CAP) && "root" in check) {
-    const d = readDigests(dir, manifest);
+    const d = readDigests(reader, manifest);
     if (typeof d === "string") opts.reporter.info(`restore of ${manifest.id}: every chunk is sent (no delta: ${d})`);
     else if (d.length / 32 === reader.entries.length) digests = d;
   }

@@ -1,11 +1,8 @@
 // verify: re-reads a stored backup, checks every chunk (zstd frame checksum and
 // our xxh3 of the raw data) and the integrity root (and the whole-image
 // SHA-256 where the backup records one), writing nothing.
-import * as fs from "node:fs";
 import * as path from "node:path";
-import { ChunkList, ImageReader } from "../store/image-reader.ts";
-import { CHUNKS_FILE, IMAGE_FILE, MANIFEST_FILE } from "../store/layout.ts";
-import { readManifest, type Manifest } from "../store/manifest.ts";
+import { backupAt, openBackupAt, type BackupAt, type BackupReader, type ChunkLine, type ChunkLines, type Manifest } from "../store/repository.ts";
 import { storeKind } from "../store/errors.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
@@ -29,62 +26,47 @@ export interface VerifyResult {
   seconds: number;
 }
 
-/** Finds the backup directory and image for a path that names either. */
-function isZstd(file: string): boolean {
-  const head = new Uint8Array(4);
-  try {
-    const fd = fs.openSync(file, "r");
-    try {
-      fs.readSync(fd, head, 0, 4, 0);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    return false;
-  }
-  return head[0] === 0x28 && head[1] === 0xb5 && head[2] === 0x2f && head[3] === 0xfd;
-}
+/** A backup given by path (a backup directory or its image), found. */
+export type Located = { dir: string; image: string; manifest: Manifest | null; at: Extract<BackupAt, { exists: true }> };
 
-export function locateBackup(p: string): { dir: string; image: string; manifest: Manifest | null } {
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(p);
-  } catch {
-    throw new TbError("NOT_FOUND", `${p} does not exist`, "give a backup directory (tbbackup list shows them) or its image.zst");
-  }
-  const dir = st.isDirectory() ? p : path.dirname(p);
+/** Finds the backup directory and image for a path that names either. */
+export function locateBackup(p: string): Located {
+  const at = backupAt(p);
+  if (!at.exists) throw new TbError("NOT_FOUND", `${p} does not exist`, "give a backup directory (tbbackup list shows them) or its image.zst");
+  const dir = at.location;
   let manifest: Manifest | null = null;
-  if (fs.existsSync(path.join(dir, MANIFEST_FILE))) {
-    try {
-      manifest = readManifest(dir);
-    } catch (e) {
-      if (storeKind(e) === "NEWER_FORMAT") throw new TbError("PROTOCOL", `${path.join(dir, MANIFEST_FILE)}: ${(e as Error).message}`, "upgrade tbbackup to read this backup");
-      throw new TbError("VERIFY", `${path.join(dir, MANIFEST_FILE)} is unreadable: ${(e as Error).message}`, "the backup's manifest is damaged");
-    }
+  if (at.manifest?.ok === false) {
+    const e = at.manifest.error;
+    if (storeKind(e) === "NEWER_FORMAT") throw new TbError("PROTOCOL", `${at.manifest.at}: ${(e as Error).message}`, "upgrade tbbackup to read this backup");
+    throw new TbError("VERIFY", `${at.manifest.at} is unreadable: ${(e as Error).message}`, "the backup's manifest is damaged");
   }
-  const image = st.isDirectory() ? path.join(dir, manifest?.data ?? IMAGE_FILE) : p;
+  if (at.manifest?.ok) manifest = at.manifest.manifest;
+  const image = at.dataLocation;
   // a disk image given by mistake (restore --from disk.img) is not a damaged backup
-  if (!st.isDirectory() && !manifest && !isZstd(p))
+  if (!at.isDir && !manifest && !at.looksLikeData)
     throw new TbError("NOT_FOUND", `${p} is not a tbbackup backup (not a zstd file, no manifest.json beside it)`, "give a backup directory (tbbackup list shows them) or its image.zst");
-  if (!fs.existsSync(image)) {
+  if (!at.hasData) {
     const partial = manifest?.status === "partial" || dir.endsWith(".partial");
-    throw new TbError(partial ? "VERIFY" : "NOT_FOUND", partial ? `${dir} is an incomplete backup (${manifest?.reason ?? "interrupted"})` : `no ${IMAGE_FILE} in ${dir}`, partial ? "push again to make a complete backup" : "give a backup directory made by tbbackup receive");
+    throw new TbError(partial ? "VERIFY" : "NOT_FOUND", partial ? `${dir} is an incomplete backup (${manifest?.reason ?? "interrupted"})` : `no ${path.basename(image)} in ${dir}`, partial ? "push again to make a complete backup" : "give a backup directory made by tbbackup receive");
   }
-  return { dir, image, manifest };
+  return { dir, image, manifest, at };
 }
 
 /** Opens a stored backup's image and chunk list for reading; `hint` says what to do if the image is damaged. */
-export function openBackup(p: string, hint: string): { dir: string; image: string; manifest: Manifest | null; reader: ImageReader; list: ChunkList | null } {
-  const { dir, image, manifest } = locateBackup(p);
-  let reader: ImageReader;
+export function openBackup(p: string, hint: string): { dir: string; image: string; manifest: Manifest | null; reader: BackupReader; list: ChunkLines | null } {
+  const located = locateBackup(p);
+  return { ...openLocated(located, hint), dir: located.dir, image: located.image, manifest: located.manifest };
+}
+
+/** Opens a backup locateBackup() found: its reader, and its chunk list (null without a manifest or list). */
+export function openLocated(located: Located, hint: string): { reader: BackupReader; list: ChunkLines | null } {
+  let reader: BackupReader;
   try {
-    reader = ImageReader.open(image);
+    reader = openBackupAt(located.at);
   } catch (e) {
-    throw new TbError("VERIFY", `${image} is damaged: ${(e as Error).message}`, hint);
+    throw new TbError("VERIFY", `${located.image} is damaged: ${(e as Error).message}`, hint);
   }
-  const listPath = path.join(dir, manifest?.chunks.file ?? CHUNKS_FILE);
-  const list = manifest && fs.existsSync(listPath) ? new ChunkList(listPath) : null;
-  return { dir, image, manifest, reader, list };
+  return { reader, list: reader.chunkList() };
 }
 
 /**
@@ -93,9 +75,9 @@ export function openBackup(p: string, hint: string): { dir: string; image: strin
  * when it fits. A damaged backup (a line that does not match, a frame cut
  * short, a malformed list) ends in the error `damaged` makes, never a raw one.
  */
-export function readStoredChunk(reader: ImageReader, list: ChunkList | null, i: number, into: Uint8Array, damaged: (why: string) => TbError): { line: ReturnType<ChunkList["next"]>; frame: Uint8Array } {
+export function readStoredChunk(reader: BackupReader, list: ChunkLines | null, i: number, into: Uint8Array, damaged: (why: string) => TbError): { line: ChunkLine | null; frame: Uint8Array } {
   const e = reader.entries[i]!;
-  let line: ReturnType<ChunkList["next"]> = null;
+  let line: ChunkLine | null = null;
   try {
     line = list?.next() ?? null;
   } catch (err) {
@@ -103,7 +85,7 @@ export function readStoredChunk(reader: ImageReader, list: ChunkList | null, i: 
   }
   if (list && (!line || line.index !== i || line.length !== e.rawSize)) throw damaged("the chunk list does not match the image");
   try {
-    return { line, frame: reader.readFrame(i, into) };
+    return { line, frame: reader.frame(i, into) };
   } catch (err) {
     throw damaged((err as Error).message);
   }
@@ -155,7 +137,7 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
     const rootHex = root.digest();
     if (manifest?.root && manifest.root !== rootHex)
       throw new TbError("VERIFY", `the integrity root is ${rootHex}, the manifest says ${manifest.root}`, "this backup cannot be trusted; make a new one");
-    if (manifest?.root && manifest.digests) checkDigestList(path.join(dir, manifest.digests.file), rootHex);
+    if (manifest?.root && manifest.digests) checkDigestList(reader, rootHex);
     let sha256: string | null = null;
     if (wholeSha) {
       const d = await pool.run({ op: "digest" }, [], 0);
@@ -172,10 +154,11 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
 }
 
 /** digests.txt must hash to the root just recomputed from the data (docs/FORMAT.md §4a). */
-function checkDigestList(file: string, rootHex: string): void {
+function checkDigestList(reader: BackupReader, rootHex: string): void {
+  const file = path.join(reader.location, reader.manifest!.digests!.file);
   let text: Buffer;
   try {
-    text = fs.readFileSync(file);
+    text = reader.digestList();
   } catch (e) {
     throw new TbError("VERIFY", `${file} cannot be read: ${(e as Error).message}`, "the backup's data checks out; its digest list is damaged (incremental pushes against it will send everything)");
   }
@@ -183,7 +166,7 @@ function checkDigestList(file: string, rootHex: string): void {
   if (listed !== rootHex) throw new TbError("VERIFY", `${file} does not match the data (it hashes to ${listed}, the data to ${rootHex})`, "the backup's data checks out; its digest list is damaged");
 }
 
-function offsetOf(r: ImageReader, i: number): number {
+function offsetOf(r: BackupReader, i: number): number {
   let o = 0;
   for (let k = 0; k < i; k++) o += r.entries[k]!.rawSize;
   return o;

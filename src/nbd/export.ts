@@ -4,14 +4,10 @@
 // bytes are handed out; decompressed frames are kept in a small LRU cache.
 // Frames are decompressed and checked on worker threads (the chunk workers of
 // push/restore/verify), so the server's own thread only moves bytes.
-import * as fs from "node:fs";
 import * as path from "node:path";
-import { ChunkList, ImageReader, readChecksums } from "../store/image-reader.ts";
-import { CHUNKS_FILE, FILES_FILE, resolveBackupId } from "../store/layout.ts";
-import { MAX_PADDING } from "../store/seekable.ts";
-import type { Manifest } from "../store/manifest.ts";
+import { MAX_PADDING, backupAt, openBackupAt, openRepository, type BackupReader, type Manifest } from "../store/repository.ts";
 import { TbError } from "../core/errors.ts";
-import { locateBackup } from "../core/verify.ts";
+import { locateBackup, type Located } from "../core/verify.ts";
 import { isZeroFrame, zeroChecksum, zeroFrame } from "../core/zero.ts";
 import { requireZstd, zstd } from "../util/zstd.ts";
 import { WorkerPool } from "../core/chunk-jobs.ts";
@@ -46,18 +42,20 @@ export const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
  * Finds a backup for `nbd`/`mount`: a directory, its image.zst, or an ID
  * resolved strictly inside `out`. Only complete disk-image backups.
  */
-export function findImageBackup(arg: string, out?: string): { dir: string; image: string; manifest: Manifest | null } {
+export function findImageBackup(arg: string, out?: string): Located {
   let p = arg;
   if (out !== undefined) {
-    if (!fs.existsSync(out)) throw new TbError("NOT_FOUND", `${out} does not exist`, "give the directory passed to 'tbbackup receive --out'");
-    const d = resolveBackupId(out, arg);
-    if (!d) throw new TbError("NOT_FOUND", `no backup ${arg} in ${out}`, "IDs look like host/disk/20261201T090000Z: 'tbbackup list --out DIR' shows them");
-    p = d;
+    const repo = openRepository(out);
+    if (!repo.exists()) throw new TbError("NOT_FOUND", `${out} does not exist`, "give the directory passed to 'tbbackup receive --out'");
+    const b = repo.find(arg);
+    if (!b) throw new TbError("NOT_FOUND", `no backup ${arg} in ${out}`, "IDs look like host/disk/20261201T090000Z: 'tbbackup list --out DIR' shows them");
+    p = b.location;
   }
-  if (/\.partial\/?$/.test(p) && fs.existsSync(p) && fs.statSync(p).isDirectory())
+  const at = backupAt(p);
+  if (/\.partial\/?$/.test(p) && at.exists && at.isDir)
     throw new TbError("VERIFY", `${p} is an incomplete backup (still being written, or interrupted)`, "only complete backups can be opened: push again, or use another backup");
   const b = locateBackup(p);
-  if (b.manifest?.kind === "files" || path.basename(b.image) === FILES_FILE)
+  if (b.manifest?.kind === "files" || b.at.filesData)
     throw new TbError("USAGE", `${b.dir} is a file-level backup (files.tar.zst), not a disk image`, "use 'tbbackup restore --files DEST --from DIR' to get its files back");
   if (b.manifest && b.manifest.status !== "complete")
     throw new TbError("VERIFY", `${b.dir} is marked ${b.manifest.status}${b.manifest.reason ? ` (${b.manifest.reason})` : ""}`, "only complete backups can be opened: push again, or use another backup");
@@ -98,7 +96,7 @@ export class ImageExport {
     readonly dir: string,
     readonly id: string,
     readonly manifest: Manifest | null,
-    private readonly reader: ImageReader,
+    private readonly reader: BackupReader,
     checksums: BigUint64Array | null,
     private readonly cacheLimit: number,
     /** told once about each damaged chunk */
@@ -152,10 +150,11 @@ export class ImageExport {
   /** `workers`: threads that decompress (0: the calling thread does, synchronously) */
   static open(arg: string, opts: { out?: string; cacheBytes?: number; workers?: number; onDamage?: (d: DamagedChunk) => void } = {}): ImageExport {
     requireZstd();
-    const { dir, image, manifest } = findImageBackup(arg, opts.out);
-    let reader: ImageReader;
+    const found = findImageBackup(arg, opts.out);
+    const { dir, image, manifest } = found;
+    let reader: BackupReader;
     try {
-      reader = ImageReader.open(image);
+      reader = openBackupAt(found.at);
     } catch (e) {
       throw new TbError("VERIFY", `${image} is damaged: ${(e as Error).message}`, "this backup cannot be trusted; run 'tbbackup verify' on it");
     }
@@ -171,16 +170,10 @@ export class ImageExport {
         if (e.compressedSize > zstd().compressBound(e.rawSize) + 64 + MAX_PADDING) throw bad(`a frame of ${e.compressedSize} bytes for a chunk of ${e.rawSize}`);
       }
       let checksums: BigUint64Array | null = null;
-      const listPath = path.join(dir, manifest?.chunks.file ?? CHUNKS_FILE);
-      if (manifest && fs.existsSync(listPath)) {
-        const list = new ChunkList(listPath);
-        try {
-          checksums = readChecksums(list, reader.entries);
-        } catch (e) {
-          throw bad(`${path.basename(listPath)}: ${(e as Error).message}`);
-        } finally {
-          list.close();
-        }
+      try {
+        checksums = reader.checksums();
+      } catch (e) {
+        throw bad(`${path.basename(manifest!.chunks.file)}: ${(e as Error).message}`);
       }
       return new ImageExport(dir, manifest?.id ?? path.basename(dir), manifest, reader, checksums, opts.cacheBytes ?? DEFAULT_CACHE_BYTES, opts.onDamage ?? (() => {}), opts.workers ?? 0);
     } catch (e) {
@@ -303,7 +296,7 @@ export class ImageExport {
   /** The stored frame of chunk i, read into `into`. */
   private frame(i: number, into: Uint8Array): Uint8Array {
     try {
-      return this.reader.readFrame(i, into);
+      return this.reader.frame(i, into);
     } catch (err) {
       throw this.damaged(i, `cannot read it: ${(err as Error).message}`);
     }
