@@ -5,7 +5,7 @@ import type { Hello } from "../protocol/messages.ts";
 import { TbError, errnoText, isErrno } from "../errors.ts";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { DIR_MODE, defaultStore } from "../store/repository.ts";
+import { DIR_MODE, defaultStore, reflinkSetting } from "../store/repository.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
 import type { Transport } from "../transport/index.ts";
 import { THUNDERBOLT_GROUP, keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
@@ -107,6 +107,7 @@ export function register(program: Command): void {
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream");
         if (o.group && !o.stream?.startsWith("unix:")) throw new TbError("USAGE", "--group applies to a unix: socket only", "use it with --stream unix:PATH");
         const gid = o.group === undefined ? undefined : groupId(o.group);
+        reflinkSetting(); // a malformed TBBACKUP_REFLINK is refused before anything starts
         const key = await keyFor(o.stream, true, o);
         const out = o.out ?? defaultStoreFor();
         // a new --out is made only when its parent exists, and the first line says so

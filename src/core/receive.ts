@@ -411,6 +411,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   let heardAt = Date.now();
   // Incremental push (docs/PROTOCOL.md §8.7): a complete backup of this disk to copy unchanged chunks from.
   const base: Base | null = !candidate && !files && hasCap(hello, INCREMENTAL_CAP) ? findBase(repo, hello) : null;
+  /** a worker stuck on a stalled disk may still clone from the base: its files then stay open */
+  let keepBase = false;
   const ack = { ...newHelloAck(hello, writer.id), ...(base ? { base: { id: base.id, chunks: base.chunks } } : {}) };
   let same = 0;
   let sharedBytes = 0;
@@ -696,6 +698,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     // files are closed: a late write to a reused descriptor would land elsewhere.
     // A worker stuck on a stalled disk keeps them open (a leak, not a garbled file).
     const idle = await pool.idle();
+    // (the base's too: a queued clone holds its descriptor's number)
+    keepBase = !idle;
     await syncing;
     if (idle) writer.close();
     else opts.reporter.info(`the receiver's disk stalled: ${writer.dataLocation} stays open until tbbackup exits`);
@@ -719,7 +723,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     opts.reporter.info(`session ${hello.session.slice(0, 8)} failed, kept as ${writer.partialId}${resentNote(retry)}: ${err.oneLine()}`);
     return { result: { ok: false, role: "push", id: writer.partialId, path: writer.location, host: hello.host?.hostname, error: { code: err.code, message: err.message }, ...(retry ? { resent: retry.count } : {}) }, carried };
   } finally {
-    base?.close();
+    if (!keepBase) base?.close();
   }
 }
 

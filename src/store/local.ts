@@ -166,7 +166,7 @@ export class LocalRepository implements Repository {
       start: async (nm: NewManifest) => {
         const data = nm.kind === "files" ? FILES_FILE : IMAGE_FILE;
         // on a file system that can share blocks between files, an image's frames are aligned so later backups can (docs/FORMAT.md §3.5)
-        const align = nm.kind === "files" ? 0 : await reflinkAlignment(dir);
+        const align = nm.kind === "files" ? 0 : await reflinkAlignment(dir, nm.chunkSize);
         // the store names its files; the manifest's keys stay in the order they were always written
         const m: Record<string, unknown> = {};
         for (const [k, v] of Object.entries(nm)) {

@@ -25,7 +25,7 @@ export type { Manifest } from "./manifest.ts";
 export { parseChunkLine, type ChunkLine } from "./image-reader.ts";
 export { chunkLine, prefixDigest } from "./image-writer.ts";
 export { MAX_PADDING, frameChecksum, type SeekEntry } from "./seekable.ts";
-export type { FrameWrite } from "./reflink.ts";
+export { reflinkSetting, type FrameWrite } from "./reflink.ts";
 export { MANIFEST_FORMAT } from "./manifest.ts";
 
 /** One backup as a listing sees it. */

@@ -208,16 +208,19 @@ describe("reflinkAlignment", () => {
     try {
       delete process.env.TBBACKUP_REFLINK;
       const fsType = sh(`stat -f -c %T ${dir}`).trim();
-      if (!/btrfs|xfs/.test(fsType)) expect(await reflinkAlignment(dir)).toBe(0);
+      if (!/btrfs|xfs/.test(fsType)) expect(await reflinkAlignment(dir, 1 << 20)).toBe(0);
       process.env.TBBACKUP_REFLINK = "8192";
-      expect(await reflinkAlignment(dir)).toBe(8192);
+      expect(await reflinkAlignment(dir, 1 << 20)).toBe(8192);
       process.env.TBBACKUP_REFLINK = "0";
-      expect(await reflinkAlignment(dir)).toBe(0);
-      // not a power of two in range: probed as without it
-      for (const bad of ["4097", "2048", "131072"]) {
+      expect(await reflinkAlignment(dir, 1 << 20)).toBe(0);
+      // anything else is refused, never taken as unset (a tester who wrote "off" must not get alignment)
+      for (const bad of ["4097", "2048", "131072", "off", "00", "4k", " 4096"]) {
         process.env.TBBACKUP_REFLINK = bad;
-        if (!/btrfs|xfs/.test(fsType)) expect(await reflinkAlignment(dir)).toBe(0);
+        await expect(reflinkAlignment(dir, 1 << 20)).rejects.toThrow(/is neither 0 nor a block size/);
       }
+      // forced: whatever the chunk size
+      process.env.TBBACKUP_REFLINK = "4096";
+      expect(await reflinkAlignment(dir, 4096)).toBe(4096);
       // the scratch file is gone
       expect(fs.readdirSync(dir).filter((n) => n.startsWith(".tbbackup-reflink"))).toEqual([]);
     } finally {
