@@ -27,7 +27,8 @@ export type WorkerRequest =
       /** after a good check, pwrite the zstd frame to this file at this position */
       write?: { fd: number; position: number };
       /** after a good check, pwrite the raw data to this file at this position (restore) */
-      writeRaw?: { fd: number; position: number };
+      /** `direct`: an O_DIRECT descriptor of the same target, for onlyIfDiffers's read */
+      writeRaw?: { fd: number; position: number; direct?: number };
       /** with writeRaw (delta restore): first read what the file holds there, and write only when it differs */
       onlyIfDiffers?: boolean;
     }
@@ -36,8 +37,8 @@ export type WorkerRequest =
   /** feed `length` bytes of `buf` to the whole-image SHA-256 (handed back) */
   | { op: "hash"; index: number; buf: ArrayBuffer; length: number }
   | { op: "digest" }
-  /** read `length` bytes of fd at position into buf and return their SHA-256 (buf handed back) */
-  | { op: "readhash"; index: number; fd: number; position: number; length: number; buf: ArrayBuffer };
+  /** read `length` bytes of fd at position and return their SHA-256 (buf handed back unused); `direct`: an O_DIRECT descriptor of the same target to read through instead */
+  | { op: "readhash"; index: number; fd: number; position: number; length: number; buf: ArrayBuffer; direct?: number };
 
 export type WorkerReply =
   /** zero: the chunk is all zeros (no frame was built; `frame` is the unused output buffer) */

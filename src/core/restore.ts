@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, decodeMessage, sessionOf, type RestoreGo, type RestoreInfo } from "../protocol/messages.ts";
 import { decodeChunkRecord, encodeWant, wants } from "../protocol/chunk-record.ts";
 import { DELTA_RESTORE_CAP, STATUS_CAP } from "./version.ts";
-import { MAX_BASE_CHUNKS, receiveBaseDigests } from "./incremental.ts";
+import { MAX_BASE_CHUNKS, readDigests, receiveBaseDigests } from "./incremental.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
@@ -18,7 +18,7 @@ import { TbError, asTbError, outcome, saysUnfinished } from "./errors.ts";
 import { handshake, newHello, peerError, hasCap } from "./handshake.ts";
 import { type Keepalive, startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
-import { assertNotInUse, inspectTarget, isBlank, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
+import { assertNotInUse, inspectTarget, isBlank, notTheBackup, openDirect, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
 import { locateBackup, openBackup, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
 import { isZeroFrame, zeroChecksum } from "./zero.ts";
@@ -188,7 +188,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   // before the receiver is asked and before any question or "overwriting" line
   if (target) assertNotInUse(target);
   const compare = deltaWanted(opts, target);
-  const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target, compare);
+  const src = opts.from ? fileSource(opts.from, compare) : await streamSource(opts, target, compare);
   let sink: (Sink & { stats?: () => ExtractStats; untouched?: () => boolean }) | null = null;
   const pool = new WorkerPool(workerCount());
   // the SHA-256 worker, when restore uses one (created once the sink is known)
@@ -227,7 +227,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       plan = await planDelta(out.fd, target, info, src.digests, pool, opts.reporter);
       src.want?.(plan.want);
       const held = info.size ? Math.floor((100 * (info.size - plan.askedBytes)) / info.size) : 100;
-      opts.reporter.info(`the target already holds ${held}% of this backup: asking the receiver for ${plan.askedChunks} of ${info.chunks} chunks (${(plan.askedBytes / 1048576).toFixed(1)} MiB)`);
+      opts.reporter.info(`the target already holds ${held}% of this backup: ${src.files ? "reading" : "asking the receiver for"} ${plan.askedChunks} of ${info.chunks} chunks (${(plan.askedBytes / 1048576).toFixed(1)} MiB)`);
     }
     hasher = !root && out.hashInPass && out.fd !== undefined ? new Hasher((buf) => spare.push(buf)) : null;
     const sha = !root && out.hashInPass && !hasher ? new Bun.CryptoHasher("sha256") : null;
@@ -322,7 +322,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (root) {
       const got = root.digest();
       if (got !== info.root)
-        throw new TbError("CORRUPT", `the restored data makes integrity root ${got}, the backup says ${info.root}`, plan ? "the receiver's digests of the backup may be damaged: restore again with --no-delta" : "restore again", [], outcome.target());
+        throw new TbError("CORRUPT", `the restored data makes integrity root ${got}, the backup says ${info.root}`, plan ? `the ${src.files ? "" : "receiver's "}digests of the backup may be damaged: restore again with --no-delta` : "restore again", [], outcome.target());
     } else {
       const digest = hasher ? await hasher.digest() : sha?.digest("hex");
       if (digest !== undefined && digest !== info.sha256)
@@ -339,7 +339,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       verified,
       seconds: (Date.now() - started) / 1000,
       ...(out.stats ? { extracted: out.stats() } : {}),
-      ...(delta ? { delta: { keptBytes, writtenBytes: info.size - keptBytes, ...(plan ? { askedChunks: plan.askedChunks, askedBytes: plan.askedBytes } : {}) } } : {}),
+      ...(delta ? { delta: { keptBytes, writtenBytes: info.size - keptBytes, ...(plan && !src.files ? { askedChunks: plan.askedChunks, askedBytes: plan.askedBytes } : {}) } } : {}),
     };
   } catch (e) {
     await src.finish(false, e instanceof Error ? e.message : String(e)).catch(() => {});
@@ -404,25 +404,32 @@ type TargetChunk = { digest: string } | { error: string } | { short: true };
 async function hashTarget(fd: number, info: RestoreInfo, count: number, pool: WorkerPool, isHole: ((offset: number, length: number) => boolean) | null, each: (i: number, length: number, c: TargetChunk) => void): Promise<void> {
   const spare: ArrayBuffer[] = [];
   const reads = new OrderedPipeline<{ i: number; length: number; c: TargetChunk }>(2 * pool.size, ({ i, length, c }) => each(i, length, c));
-  for (let i = 0; i < count; i++) {
-    const offset = i * info.chunkSize;
-    const length = Math.min(info.chunkSize, info.size - offset);
-    if (isHole?.(offset, length)) {
-      await reads.add(Promise.resolve({ i, length, c: { digest: zeroDigest(length) } }));
-      continue;
+  // a disk is read around its page cache (O_DIRECT), where the kernel allows
+  const direct = openDirect(fd);
+  try {
+    for (let i = 0; i < count; i++) {
+      const offset = i * info.chunkSize;
+      const length = Math.min(info.chunkSize, info.size - offset);
+      if (isHole?.(offset, length)) {
+        await reads.add(Promise.resolve({ i, length, c: { digest: zeroDigest(length) } }));
+        continue;
+      }
+      const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
+      const job = pool.run({ op: "readhash", index: i, fd, direct, position: offset, length, buf }, [buf]);
+      await reads.add(
+        job.then((r) => {
+          if (r.op !== "readhashed") throw new TbError("INTERNAL", r.op === "failed" ? r.error : `unexpected worker reply ${r.op}`, "report this bug");
+          spare.push(r.buf);
+          const c: TargetChunk = r.error ? { error: r.error } : r.length !== length ? { short: true } : { digest: r.digest };
+          return { i, length, c };
+        }),
+      );
     }
-    const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
-    const job = pool.run({ op: "readhash", index: i, fd, position: offset, length, buf }, [buf]);
-    await reads.add(
-      job.then((r) => {
-        if (r.op !== "readhashed") throw new TbError("INTERNAL", r.op === "failed" ? r.error : `unexpected worker reply ${r.op}`, "report this bug");
-        spare.push(r.buf);
-        const c: TargetChunk = r.error ? { error: r.error } : r.length !== length ? { short: true } : { digest: r.digest };
-        return { i, length, c };
-      }),
-    );
+    await reads.drain();
+  } finally {
+    // after a failure, workers may still be reading through it
+    if (direct !== undefined && (await pool.idle())) fs.closeSync(direct);
   }
-  await reads.drain();
 }
 
 function syncFailed(path: string, e: unknown): TbError {
@@ -479,8 +486,13 @@ async function readBackRoot(fd: number, info: RestoreInfo, pool: WorkerPool, rep
   return root.digest();
 }
 
-/** Chunks from a stored backup on this machine. */
-function fileSource(from: string): Source {
+/**
+ * Chunks from a stored backup on this machine. `comparing` (a delta restore):
+ * with the backup's digests.txt (checked against its root), the target is
+ * compared with them first and only the chunks it lacks are read and
+ * decompressed, as over a stream that sent them (docs/PROTOCOL.md §8.6a).
+ */
+function fileSource(from: string, comparing: boolean): Source {
   const { manifest: m } = locateBackup(from);
   if (m && m.status !== "complete") throw new TbError("NOT_FOUND", `${from} is not a complete backup (${m.status})`, "choose a complete backup (tbbackup list)");
   const { dir, image, manifest, reader, list } = openBackup(from, "choose another backup; nothing was written");
@@ -501,11 +513,25 @@ function fileSource(from: string): Source {
   };
   if (!info.root && !info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with an integrity root or SHA-256`, "restore from a backup directory made by tbbackup receive");
   const frames = new BufferPool(compressBound(chunkSize), 16);
+  const got = comparing && manifest && info.kind === "image" ? readDigests(dir, manifest) : null;
+  const digests = got instanceof Uint8Array && got.length === 32 * info.chunks ? got : undefined;
+  let want: Uint8Array | null = null;
   async function* chunks(): AsyncGenerator<ChunkIn> {
     let offset = 0;
     for (let i = 0; i < reader.entries.length; i++) {
       const e = reader.entries[i]!;
-      const { line, frame } = readStoredChunk(reader, list, i, new Uint8Array(frames.takeBuffer()), (why) => new TbError("VERIFY", `chunk ${i} of ${dir} is damaged: ${why}`, "restore another backup"));
+      const damaged = (why: string) => new TbError("VERIFY", `chunk ${i} of ${dir} is damaged: ${why}`, "restore another backup");
+      if (want && !wants(want, i)) {
+        // the target holds it: only the chunk list moves on
+        try {
+          list?.next();
+        } catch (err) {
+          throw damaged((err as Error).message);
+        }
+        offset += e.rawSize;
+        continue;
+      }
+      const { line, frame } = readStoredChunk(reader, list, i, new Uint8Array(frames.takeBuffer()), damaged);
       const checksum = line?.checksum ?? -1n;
       const zero = isZeroFrame(frame, e.rawSize, checksum);
       if (zero) frames.give(frame.buffer as ArrayBuffer);
@@ -516,6 +542,8 @@ function fileSource(from: string): Source {
   return {
     info,
     files: fs.readdirSync(dir).map((f) => path.join(dir, f)),
+    digests,
+    want: (bits) => (want = bits),
     chunks: chunks(),
     release: (buf) => frames.give(buf),
     finish: async () => {},
