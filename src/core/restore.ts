@@ -109,6 +109,8 @@ interface Sink {
   readonly hashInPass: boolean;
   /** the target descriptor: the decompressing workers write raw chunks to it themselves */
   readonly fd?: number;
+  /** a delta restore onto a disk: an O_DIRECT descriptor of it, to read what it holds (target.ts openDirect) */
+  readonly direct?: number;
   /** without fd: takes each checked raw chunk, in order */
   data?(raw: Uint8Array, c: ChunkIn): Promise<void>;
   zero(c: ChunkIn): Promise<void>;
@@ -119,12 +121,14 @@ interface Sink {
 
 function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, pool: WorkerPool, reporter: Reporter, keep: boolean): Sink {
   const fd = openTarget(target, info.size, keep);
+  const direct = keep ? openDirect(fd) : undefined;
   const zeros = target.kind === "block" ? zeroWriter(fd, target.path, info.chunkSize) : null;
   let zeroBuf: Uint8Array | null = null;
   return {
     path: target.path,
     hashInPass: !verify,
     fd,
+    direct,
     // A new file target was created sparse: its holes are already zeros. A kept
     // one (delta restore) is asked to zero only where it holds other data.
     zero: async (c) => {
@@ -157,7 +161,10 @@ function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, pool:
       }
       return true;
     },
-    close: () => fs.closeSync(fd),
+    close: () => {
+      fs.closeSync(fd);
+      if (direct !== undefined) fs.closeSync(direct);
+    },
   };
 }
 
@@ -296,12 +303,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         ? delta && !plan && out.fd !== undefined
           ? (() => {
               const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
-              return pool.run({ op: "readhash", index: c.index, fd: out.fd, position: c.offset, length: c.rawLength, buf }, [buf]);
+              return pool.run({ op: "readhash", index: c.index, fd: out.fd, direct: out.direct, position: c.offset, length: c.rawLength, buf }, [buf]);
             })()
           : Promise.resolve(null)
         : (() => {
             const outBuf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
-            const writeRaw = out.fd !== undefined ? { fd: out.fd, position: c.offset } : undefined;
+            const writeRaw = out.fd !== undefined ? { fd: out.fd, position: c.offset, direct: out.direct } : undefined;
             return pool.run({ op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: false, digest: root !== null, wantRaw: true, out: outBuf, writeRaw, onlyIfDiffers: delta && !plan }, [c.buf!, outBuf]);
           })();
       await pending.add(p.then((r) => ({ c, r })));
