@@ -37,8 +37,13 @@ export type WorkerRequest =
   /** feed `length` bytes of `buf` to the whole-image SHA-256 (handed back) */
   | { op: "hash"; index: number; buf: ArrayBuffer; length: number }
   | { op: "digest" }
-  /** read `length` bytes of fd at position and return their SHA-256 (buf handed back unused); `direct`: an O_DIRECT descriptor of the same target to read through instead */
-  | { op: "readhash"; index: number; fd: number; position: number; length: number; buf: ArrayBuffer; direct?: number };
+  /**
+   * read `length` bytes of fd at position and return their SHA-256 (`buf`, if
+   * any, is handed back unused); `direct`: an O_DIRECT descriptor of the same
+   * target to read through instead; `piece`: one read, a SHA-256 for each
+   * `piece` bytes of it (several chunks in one job: `digests`)
+   */
+  | { op: "readhash"; index: number; fd: number; position: number; length: number; buf?: ArrayBuffer; direct?: number; piece?: number };
 
 export type WorkerReply =
   /** zero: the chunk is all zeros (no frame was built; `frame` is the unused output buffer) */
@@ -48,7 +53,8 @@ export type WorkerReply =
   /** `unchanged`: with onlyIfDiffers, the file already held the chunk and nothing was written */
   | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer; digest?: string; unchanged?: boolean }
   /** `length`: bytes read (fewer at the end of the file); `error`: the read's errno code */
-  | { op: "readhashed"; index: number; digest: string; length: number; error?: string; buf: ArrayBuffer }
+  /** `digests`: with `piece`, the SHA-256 of each piece read (a short last one too) */
+  | { op: "readhashed"; index: number; digest: string; digests?: string[]; length: number; error?: string; buf?: ArrayBuffer }
   | { op: "zeroed"; index: number; writeError?: string }
   | { op: "hashed"; index: number; buf: ArrayBuffer }
   | { op: "digest"; sha256: string }

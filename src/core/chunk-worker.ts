@@ -191,10 +191,12 @@ self.onmessage = (ev: MessageEvent<WorkerRequest>) => {
       try {
         const got = readTarget(m.fd, m.direct, m.length, m.position);
         // zeros (most of a disk's free space) have a known digest: checking is far cheaper than hashing
-        const digest = isZero(got) ? zeroDigest(got.length) : chunkDigest(got);
-        reply({ op: "readhashed", index: m.index, digest, length: got.length, buf: m.buf }, [m.buf]);
+        const digestOf = (d: Uint8Array) => (isZero(d) ? zeroDigest(d.length) : chunkDigest(d));
+        const digests: string[] = [];
+        for (let at = 0; m.piece !== undefined && at < got.length; at += m.piece) digests.push(digestOf(got.subarray(at, Math.min(at + m.piece, got.length))));
+        reply({ op: "readhashed", index: m.index, digest: m.piece === undefined ? digestOf(got) : "", ...(m.piece !== undefined ? { digests } : {}), length: got.length, buf: m.buf }, m.buf ? [m.buf] : []);
       } catch (e) {
-        reply({ op: "readhashed", index: m.index, digest: "", length: 0, error: (e as NodeJS.ErrnoException).code ?? String(e), buf: m.buf }, [m.buf]);
+        reply({ op: "readhashed", index: m.index, digest: "", length: 0, error: (e as NodeJS.ErrnoException).code ?? String(e), buf: m.buf }, m.buf ? [m.buf] : []);
       }
       return;
     }

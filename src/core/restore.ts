@@ -261,7 +261,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         keptBytes += c.rawLength;
       } else if (r && r.op === "readhashed") {
         // a zero chunk of a delta restore: what the target holds there
-        spare.push(r.buf);
+        if (r.buf) spare.push(r.buf);
         await zeroChunk(c);
         if (!r.error && r.length === c.rawLength && r.digest === zeroDigest(c.rawLength)) keptBytes += c.rawLength;
         else await out.zero(c);
@@ -400,6 +400,9 @@ async function planDelta(fd: number, target: TargetInfo, info: RestoreInfo, dige
   return { want, askedChunks, askedBytes };
 }
 
+/** hashTarget reads up to this many bytes of consecutive chunks at once (fewer jobs, larger reads) */
+const READ_SPAN = 4 * 1024 * 1024;
+
 /** What reading and hashing one chunk of the target gave: its SHA-256, the read's errno code, or that it came short. */
 type TargetChunk = { digest: string } | { error: string } | { short: true };
 
@@ -409,28 +412,39 @@ type TargetChunk = { digest: string } | { error: string } | { short: true };
  * file target are zeros by definition and are not read.
  */
 async function hashTarget(fd: number, info: RestoreInfo, count: number, pool: WorkerPool, isHole: ((offset: number, length: number) => boolean) | null, each: (i: number, length: number, c: TargetChunk) => void): Promise<void> {
-  const spare: ArrayBuffer[] = [];
-  const reads = new OrderedPipeline<{ i: number; length: number; c: TargetChunk }>(2 * pool.size, ({ i, length, c }) => each(i, length, c));
+  type Chunk = { i: number; length: number; c: TargetChunk };
+  const reads = new OrderedPipeline<Chunk[]>(2 * pool.size, (chunks) => chunks.forEach(({ i, length, c }) => each(i, length, c)));
   // a disk is read around its page cache (O_DIRECT), where the kernel allows
   const direct = openDirect(fd);
+  // up to READ_SPAN bytes of consecutive chunks in one read and one job
+  const perJob = Math.max(1, Math.floor(READ_SPAN / info.chunkSize));
   try {
-    for (let i = 0; i < count; i++) {
+    for (let i = 0; i < count; ) {
       const offset = i * info.chunkSize;
-      const length = Math.min(info.chunkSize, info.size - offset);
-      if (isHole?.(offset, length)) {
-        await reads.add(Promise.resolve({ i, length, c: { digest: zeroDigest(length) } }));
+      const lengthOf = (k: number) => Math.min(info.chunkSize, info.size - k * info.chunkSize);
+      if (isHole?.(offset, lengthOf(i))) {
+        await reads.add(Promise.resolve([{ i, length: lengthOf(i), c: { digest: zeroDigest(lengthOf(i)) } }]));
+        i++;
         continue;
       }
-      const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
-      const job = pool.run({ op: "readhash", index: i, fd, direct, position: offset, length, buf }, [buf]);
+      let n = 1;
+      while (n < perJob && i + n < count && !isHole?.((i + n) * info.chunkSize, lengthOf(i + n))) n++;
+      const first = i;
+      const lengths = Array.from({ length: n }, (_, k) => lengthOf(first + k));
+      const total = lengths.reduce((a, b) => a + b, 0);
+      const job = pool.run({ op: "readhash", index: first, fd, direct, position: offset, length: total, piece: info.chunkSize });
       await reads.add(
         job.then((r) => {
           if (r.op !== "readhashed") throw new TbError("INTERNAL", r.op === "failed" ? r.error : `unexpected worker reply ${r.op}`, "report this bug");
-          spare.push(r.buf);
-          const c: TargetChunk = r.error ? { error: r.error } : r.length !== length ? { short: true } : { digest: r.digest };
-          return { i, length, c };
+          return lengths.map((length, k): Chunk => {
+            const d = r.digests?.[k];
+            // a piece that came short, or not at all: the target ends before it should
+            const c: TargetChunk = r.error ? { error: r.error } : d === undefined || r.length < k * info.chunkSize + length ? { short: true } : { digest: d };
+            return { i: first + k, length, c };
+          });
         }),
       );
+      i += n;
     }
     await reads.drain();
   } finally {
