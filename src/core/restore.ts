@@ -417,7 +417,7 @@ async function hashTarget(fd: number, info: RestoreInfo, count: number, pool: Wo
   // a disk is read around its page cache (O_DIRECT), where the kernel allows
   const direct = openDirect(fd);
   // up to READ_SPAN bytes of consecutive chunks in one read and one job
-  const perJob = Math.max(1, Math.floor(READ_SPAN / info.chunkSize));
+  const perJob = info.chunkSize > 0 ? Math.max(1, Math.floor(READ_SPAN / info.chunkSize)) : 1;
   try {
     for (let i = 0; i < count; ) {
       const offset = i * info.chunkSize;
