@@ -85,7 +85,7 @@ interface Source {
   chunks: AsyncGenerator<ChunkIn>;
   /** a stored backup on this machine: its files, which the target must not be */
   files?: string[];
-  /** a stream's delta restore (docs/PROTOCOL.md §8.6a): the backup's per-chunk SHA-256s, 32 bytes each */
+  /** a delta restore (docs/PROTOCOL.md §8.6a; a stored backup's digests.txt): the backup's per-chunk SHA-256s, 32 bytes each */
   digests?: Uint8Array;
   /** before chunks() with digests: the target is being compared (keep the receiver waiting) */
   comparing?(): void;
@@ -224,9 +224,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // a backup older than the root has its whole-image SHA-256 computed in chunk
     // order, on a thread of its own when the workers write the target themselves, else here.
     const root = info.root ? new RootBuilder() : null;
-    // A stream that sent the backup's digests (§8.6a): the whole target is
-    // compared first and only the chunks it lacks are asked for; the others
-    // never travel. The read-back at the end proves they matched.
+    // A stream that sent the backup's digests (§8.6a), or a stored backup with
+    // its digests.txt: the whole target is compared first and only the chunks
+    // it lacks are asked for (read); the others never travel. The read-back at
+    // the end proves they matched.
     let plan: { want: Uint8Array; askedChunks: number; askedBytes: number } | null = null;
     if (delta && root && src.digests && out.fd !== undefined && target) {
       src.comparing?.();
