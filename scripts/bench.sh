@@ -554,10 +554,10 @@ if ! skip incr; then
       if loop "$W/incr-t1.img" 2>/dev/null && L1=$LOOPDEV && loop "$W/incr-t2.img" 2>/dev/null && L2=$LOOPDEV; then
         w=$(written "$L1")
         t rdelta "$BIN" restore "$L1" --from "$IB" --yes --force --no-verify 2>/dev/null || echo "bench: the delta restore failed"
-        echo "rdelta $(wall rdelta) $(($(written "$L1") - w))" >> "$W/iruns"
+        echo "rdelta $(wall rdelta) $(($(written "$L1") - w)) $(cpu rdelta)" >> "$W/iruns"
         w=$(written "$L2")
         t rnodelta "$BIN" restore "$L2" --from "$IB" --yes --force --no-verify --no-delta 2>/dev/null || echo "bench: the --no-delta restore failed"
-        echo "rnodelta $(wall rnodelta) $(($(written "$L2") - w))" >> "$W/iruns"
+        echo "rnodelta $(wall rnodelta) $(($(written "$L2") - w)) $(cpu rnodelta)" >> "$W/iruns"
         cmp -s "$L1" "$W/incr-new.img" || echo "bench: the delta-restored device differs from the new image"
         unloop "$L1"
         unloop "$L2"
@@ -571,12 +571,15 @@ if ! skip incr; then
       RND=$(imed rnodelta)
       RDB=$(awk '$1 == "rdelta" {print $3}' "$W/iruns" | median)
       RNDB=$(awk '$1 == "rnodelta" {print $3}' "$W/iruns" | median)
+      RDC=$(awk '$1 == "rdelta" {print $4}' "$W/iruns" | median)
+      RNDC=$(awk '$1 == "rnodelta" {print $4}' "$W/iruns" | median)
       echo "restore the incremental backup onto a loop device over a copy of the old image (--no-verify):"
-      printf '%-44s %8.2f s   %s MiB written to the device   (runs: %s)\n' "  delta restore (the default)" "$RD" "$(mib "$RDB")" "$(iall rdelta)"
-      printf '%-44s %8.2f s   %s MiB written (zeroed ranges count)   (runs: %s)\n' "  restore --no-delta" "$RND" "$(mib "$RNDB")" "$(iall rnodelta)"
+      printf '%-44s %8.2f s   %s MiB written to the device, %s CPU-s   (runs: %s)\n' "  delta restore (the default)" "$RD" "$(mib "$RDB")" "$RDC" "$(iall rdelta)"
+      printf '%-44s %8.2f s   %s MiB written (zeroed ranges count), %s CPU-s   (runs: %s)\n' "  restore --no-delta" "$RND" "$(mib "$RNDB")" "$RNDC" "$(iall rnodelta)"
       printf '%-44s %8.2fx  (budget 0.6x); %.2fx the bytes written\n' "delta restore vs --no-delta, time" "$(div "$RD" "$RND")" "$(div "$RDB" "$RNDB")"
       row "delta restore time vs --no-delta (loop device)" "$(div "$RD" "$RND")" 0.6
       row "delta restore bytes written vs --no-delta" "$(div "$RDB" "$RNDB")" -
+      row "delta restore CPU vs --no-delta (user+sys)" "$(div "$RDC" "$RNDC")" -
     else
       echo "delta restore: n/a (no loop device here)"
       row "delta restore time vs --no-delta (loop device)" n/a 0.6

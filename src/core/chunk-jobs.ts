@@ -28,7 +28,8 @@ export type WorkerRequest =
       /** after a good check, write the zstd frame (and its padding) where the image writer recorded it, or clone it when offered */
       write?: FrameWrite;
       /** after a good check, pwrite the raw data to this file at this position (restore) */
-      writeRaw?: { fd: number; position: number };
+      /** `direct`: an O_DIRECT descriptor of the same target, for onlyIfDiffers's read */
+      writeRaw?: { fd: number; position: number; direct?: number };
       /** with writeRaw (delta restore): first read what the file holds there, and write only when it differs */
       onlyIfDiffers?: boolean;
     }
@@ -37,8 +38,13 @@ export type WorkerRequest =
   /** feed `length` bytes of `buf` to the whole-image SHA-256 (handed back) */
   | { op: "hash"; index: number; buf: ArrayBuffer; length: number }
   | { op: "digest" }
-  /** read `length` bytes of fd at position into buf and return their SHA-256 (buf handed back) */
-  | { op: "readhash"; index: number; fd: number; position: number; length: number; buf: ArrayBuffer };
+  /**
+   * read `length` bytes of fd at position and return their SHA-256 (`buf`, if
+   * any, is handed back unused); `direct`: an O_DIRECT descriptor of the same
+   * target to read through instead; `piece`: one read, a SHA-256 for each
+   * `piece` bytes of it (several chunks in one job: `digests`)
+   */
+  | { op: "readhash"; index: number; fd: number; position: number; length: number; buf?: ArrayBuffer; direct?: number; piece?: number };
 
 export type WorkerReply =
   /** zero: the chunk is all zeros (no frame was built; `frame` is the unused output buffer) */
@@ -49,7 +55,8 @@ export type WorkerReply =
   /** `cloned`: the frame was cloned from the write's `clone` source (shared blocks), not written */
   | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer; digest?: string; unchanged?: boolean; cloned?: boolean }
   /** `length`: bytes read (fewer at the end of the file); `error`: the read's errno code */
-  | { op: "readhashed"; index: number; digest: string; length: number; error?: string; buf: ArrayBuffer }
+  /** `digests`: with `piece`, the SHA-256 of each piece read (a short last one too) */
+  | { op: "readhashed"; index: number; digest: string; digests?: string[]; length: number; error?: string; buf?: ArrayBuffer }
   | { op: "zeroed"; index: number; writeError?: string }
   | { op: "hashed"; index: number; buf: ArrayBuffer }
   | { op: "digest"; sha256: string }

@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { CHUNK_HEADER_SIZE, MsgType, type RestoreInfo } from "../protocol/messages.ts";
 import { wants } from "../protocol/chunk-record.ts";
 import { DELTA_RESTORE_CAP, STATUS_CAP } from "./version.ts";
-import { MAX_BASE_CHUNKS, receiveBaseDigests } from "./incremental.ts";
+import { MAX_BASE_CHUNKS, readDigests, receiveBaseDigests } from "./incremental.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
@@ -19,7 +19,7 @@ import { handshake, newHello, hasCap } from "./handshake.ts";
 import { RestoreSession, type RestorerMessage } from "./restore-session.ts";
 import { type Keepalive, startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
-import { assertNotInUse, inspectTarget, isBlank, notTheBackup, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
+import { assertNotInUse, inspectTarget, isBlank, notTheBackup, openDirect, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
 import { locateBackup, openLocated, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
 import { isZeroFrame } from "./zero.ts";
@@ -86,7 +86,7 @@ interface Source {
   chunks: AsyncGenerator<ChunkIn>;
   /** a stored backup on this machine: its files, which the target must not be */
   files?: string[];
-  /** a stream's delta restore (docs/PROTOCOL.md §8.6a): the backup's per-chunk SHA-256s, 32 bytes each */
+  /** a delta restore (docs/PROTOCOL.md §8.6a; a stored backup's digests.txt): the backup's per-chunk SHA-256s, 32 bytes each */
   digests?: Uint8Array;
   /** before chunks() with digests: the target is being compared (keep the receiver waiting) */
   comparing?(): void;
@@ -110,6 +110,8 @@ interface Sink {
   readonly hashInPass: boolean;
   /** the target descriptor: the decompressing workers write raw chunks to it themselves */
   readonly fd?: number;
+  /** a delta restore onto a disk: an O_DIRECT descriptor of it, to read what it holds (target.ts openDirect) */
+  readonly direct?: number;
   /** without fd: takes each checked raw chunk, in order */
   data?(raw: Uint8Array, c: ChunkIn): Promise<void>;
   zero(c: ChunkIn): Promise<void>;
@@ -120,12 +122,14 @@ interface Sink {
 
 function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, pool: WorkerPool, reporter: Reporter, keep: boolean): Sink {
   const fd = openTarget(target, info.size, keep);
+  const direct = keep ? openDirect(fd) : undefined;
   const zeros = target.kind === "block" ? zeroWriter(fd, target.path, info.chunkSize) : null;
   let zeroBuf: Uint8Array | null = null;
   return {
     path: target.path,
     hashInPass: !verify,
     fd,
+    direct,
     // A new file target was created sparse: its holes are already zeros. A kept
     // one (delta restore) is asked to zero only where it holds other data.
     zero: async (c) => {
@@ -158,7 +162,10 @@ function imageSink(target: TargetInfo, info: RestoreInfo, verify: boolean, pool:
       }
       return true;
     },
-    close: () => fs.closeSync(fd),
+    close: () => {
+      fs.closeSync(fd);
+      if (direct !== undefined) fs.closeSync(direct);
+    },
   };
 }
 
@@ -189,7 +196,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   // before the receiver is asked and before any question or "overwriting" line
   if (target) assertNotInUse(target);
   const compare = deltaWanted(opts, target);
-  const src = opts.from ? fileSource(opts.from) : await streamSource(opts, target, compare);
+  const src = opts.from ? fileSource(opts.from, compare) : await streamSource(opts, target, compare);
   let sink: (Sink & { stats?: () => ExtractStats; untouched?: () => boolean }) | null = null;
   const pool = new WorkerPool(workerCount());
   // the SHA-256 worker, when restore uses one (created once the sink is known)
@@ -218,9 +225,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // a backup older than the root has its whole-image SHA-256 computed in chunk
     // order, on a thread of its own when the workers write the target themselves, else here.
     const root = info.root ? new RootBuilder() : null;
-    // A stream that sent the backup's digests (§8.6a): the whole target is
-    // compared first and only the chunks it lacks are asked for; the others
-    // never travel. The read-back at the end proves they matched.
+    // A stream that sent the backup's digests (§8.6a), or a stored backup with
+    // its digests.txt: the whole target is compared first and only the chunks
+    // it lacks are asked for (read); the others never travel. The read-back at
+    // the end proves they matched.
     let plan: { want: Uint8Array; askedChunks: number; askedBytes: number } | null = null;
     if (delta && root && src.digests && out.fd !== undefined && target) {
       src.comparing?.();
@@ -228,7 +236,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       plan = await planDelta(out.fd, target, info, src.digests, pool, opts.reporter);
       src.want?.(plan.want);
       const held = info.size ? Math.floor((100 * (info.size - plan.askedBytes)) / info.size) : 100;
-      opts.reporter.info(`the target already holds ${held}% of this backup: asking the receiver for ${plan.askedChunks} of ${info.chunks} chunks (${(plan.askedBytes / 1048576).toFixed(1)} MiB)`);
+      opts.reporter.info(`the target already holds ${held}% of this backup: ${src.files ? "reading" : "asking the receiver for"} ${plan.askedChunks} of ${info.chunks} chunks (${(plan.askedBytes / 1048576).toFixed(1)} MiB)`);
     }
     hasher = !root && out.hashInPass && out.fd !== undefined ? new Hasher((buf) => spare.push(buf)) : null;
     const sha = !root && out.hashInPass && !hasher ? new Bun.CryptoHasher("sha256") : null;
@@ -255,7 +263,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         keptBytes += c.rawLength;
       } else if (r && r.op === "readhashed") {
         // a zero chunk of a delta restore: what the target holds there
-        spare.push(r.buf);
+        if (r.buf) spare.push(r.buf);
         await zeroChunk(c);
         if (!r.error && r.length === c.rawLength && r.digest === zeroDigest(c.rawLength)) keptBytes += c.rawLength;
         else await out.zero(c);
@@ -297,12 +305,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         ? delta && !plan && out.fd !== undefined
           ? (() => {
               const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
-              return pool.run({ op: "readhash", index: c.index, fd: out.fd, position: c.offset, length: c.rawLength, buf }, [buf]);
+              return pool.run({ op: "readhash", index: c.index, fd: out.fd, direct: out.direct, position: c.offset, length: c.rawLength, buf }, [buf]);
             })()
           : Promise.resolve(null)
         : (() => {
             const outBuf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
-            const writeRaw = out.fd !== undefined ? { fd: out.fd, position: c.offset } : undefined;
+            const writeRaw = out.fd !== undefined ? { fd: out.fd, position: c.offset, direct: out.direct } : undefined;
             return pool.run({ op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: false, digest: root !== null, wantRaw: true, out: outBuf, writeRaw, onlyIfDiffers: delta && !plan }, [c.buf!, outBuf]);
           })();
       await pending.add(p.then((r) => ({ c, r })));
@@ -323,7 +331,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if (root) {
       const got = root.digest();
       if (got !== info.root)
-        throw new TbError("CORRUPT", `the restored data makes integrity root ${got}, the backup says ${info.root}`, plan ? "the receiver's digests of the backup may be damaged: restore again with --no-delta" : "restore again", [], outcome.target());
+        throw new TbError("CORRUPT", `the restored data makes integrity root ${got}, the backup says ${info.root}`, plan ? `the ${src.files ? "" : "receiver's "}digests of the backup may be damaged: restore again with --no-delta` : "restore again", [], outcome.target());
     } else {
       const digest = hasher ? await hasher.digest() : sha?.digest("hex");
       if (digest !== undefined && digest !== info.sha256)
@@ -340,7 +348,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       verified,
       seconds: (Date.now() - started) / 1000,
       ...(out.stats ? { extracted: out.stats() } : {}),
-      ...(delta ? { delta: { keptBytes, writtenBytes: info.size - keptBytes, ...(plan ? { askedChunks: plan.askedChunks, askedBytes: plan.askedBytes } : {}) } } : {}),
+      ...(delta ? { delta: { keptBytes, writtenBytes: info.size - keptBytes, ...(plan && !src.files ? { askedChunks: plan.askedChunks, askedBytes: plan.askedBytes } : {}) } } : {}),
     };
   } catch (e) {
     await src.finish(false, e instanceof Error ? e.message : String(e)).catch(() => {});
@@ -394,6 +402,9 @@ async function planDelta(fd: number, target: TargetInfo, info: RestoreInfo, dige
   return { want, askedChunks, askedBytes };
 }
 
+/** hashTarget reads up to this many bytes of consecutive chunks at once (fewer jobs, larger reads) */
+const READ_SPAN = 4 * 1024 * 1024;
+
 /** What reading and hashing one chunk of the target gave: its SHA-256, the read's errno code, or that it came short. */
 type TargetChunk = { digest: string } | { error: string } | { short: true };
 
@@ -403,27 +414,45 @@ type TargetChunk = { digest: string } | { error: string } | { short: true };
  * file target are zeros by definition and are not read.
  */
 async function hashTarget(fd: number, info: RestoreInfo, count: number, pool: WorkerPool, isHole: ((offset: number, length: number) => boolean) | null, each: (i: number, length: number, c: TargetChunk) => void): Promise<void> {
-  const spare: ArrayBuffer[] = [];
-  const reads = new OrderedPipeline<{ i: number; length: number; c: TargetChunk }>(2 * pool.size, ({ i, length, c }) => each(i, length, c));
-  for (let i = 0; i < count; i++) {
-    const offset = i * info.chunkSize;
-    const length = Math.min(info.chunkSize, info.size - offset);
-    if (isHole?.(offset, length)) {
-      await reads.add(Promise.resolve({ i, length, c: { digest: zeroDigest(length) } }));
-      continue;
+  type Chunk = { i: number; length: number; c: TargetChunk };
+  const reads = new OrderedPipeline<Chunk[]>(2 * pool.size, (chunks) => chunks.forEach(({ i, length, c }) => each(i, length, c)));
+  // a disk is read around its page cache (O_DIRECT), where the kernel allows
+  const direct = openDirect(fd);
+  // up to READ_SPAN bytes of consecutive chunks in one read and one job
+  const perJob = info.chunkSize > 0 ? Math.max(1, Math.floor(READ_SPAN / info.chunkSize)) : 1;
+  try {
+    for (let i = 0; i < count; ) {
+      const offset = i * info.chunkSize;
+      const lengthOf = (k: number) => Math.min(info.chunkSize, info.size - k * info.chunkSize);
+      if (isHole?.(offset, lengthOf(i))) {
+        await reads.add(Promise.resolve([{ i, length: lengthOf(i), c: { digest: zeroDigest(lengthOf(i)) } }]));
+        i++;
+        continue;
+      }
+      let n = 1;
+      while (n < perJob && i + n < count && !isHole?.((i + n) * info.chunkSize, lengthOf(i + n))) n++;
+      const first = i;
+      const lengths = Array.from({ length: n }, (_, k) => lengthOf(first + k));
+      const total = lengths.reduce((a, b) => a + b, 0);
+      const job = pool.run({ op: "readhash", index: first, fd, direct, position: offset, length: total, piece: info.chunkSize });
+      await reads.add(
+        job.then((r) => {
+          if (r.op !== "readhashed") throw new TbError("INTERNAL", r.op === "failed" ? r.error : `unexpected worker reply ${r.op}`, "report this bug");
+          return lengths.map((length, k): Chunk => {
+            const d = r.digests?.[k];
+            // a piece that came short, or not at all: the target ends before it should
+            const c: TargetChunk = r.error ? { error: r.error } : d === undefined || r.length < k * info.chunkSize + length ? { short: true } : { digest: d };
+            return { i: first + k, length, c };
+          });
+        }),
+      );
+      i += n;
     }
-    const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
-    const job = pool.run({ op: "readhash", index: i, fd, position: offset, length, buf }, [buf]);
-    await reads.add(
-      job.then((r) => {
-        if (r.op !== "readhashed") throw new TbError("INTERNAL", r.op === "failed" ? r.error : `unexpected worker reply ${r.op}`, "report this bug");
-        spare.push(r.buf);
-        const c: TargetChunk = r.error ? { error: r.error } : r.length !== length ? { short: true } : { digest: r.digest };
-        return { i, length, c };
-      }),
-    );
+    await reads.drain();
+  } finally {
+    // after a failure, workers may still be reading through it
+    if (direct !== undefined && (await pool.idle())) fs.closeSync(direct);
   }
-  await reads.drain();
 }
 
 function syncFailed(path: string, e: unknown): TbError {
@@ -480,8 +509,13 @@ async function readBackRoot(fd: number, info: RestoreInfo, pool: WorkerPool, rep
   return root.digest();
 }
 
-/** Chunks from a stored backup on this machine. */
-function fileSource(from: string): Source {
+/**
+ * Chunks from a stored backup on this machine. `comparing` (a delta restore):
+ * with the backup's digests.txt (checked against its root), the target is
+ * compared with them first and only the chunks it lacks are read and
+ * decompressed, as over a stream that sent them (docs/PROTOCOL.md §8.6a).
+ */
+function fileSource(from: string, comparing: boolean): Source {
   const located = locateBackup(from);
   const m = located.manifest;
   if (m && m.status !== "complete") throw new TbError("NOT_FOUND", `${from} is not a complete backup (${m.status})`, "choose a complete backup (tbbackup list)");
@@ -504,11 +538,25 @@ function fileSource(from: string): Source {
   };
   if (!info.root && !info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with an integrity root or SHA-256`, "restore from a backup directory made by tbbackup receive");
   const frames = new BufferPool(compressBound(chunkSize), 16);
+  const got = comparing && manifest && info.kind === "image" ? readDigests(reader, manifest) : null;
+  const digests = got instanceof Uint8Array && got.length === 32 * info.chunks ? got : undefined;
+  let want: Uint8Array | null = null;
   async function* chunks(): AsyncGenerator<ChunkIn> {
     let offset = 0;
     for (let i = 0; i < reader.entries.length; i++) {
       const e = reader.entries[i]!;
-      const { line, frame } = readStoredChunk(reader, list, i, new Uint8Array(frames.takeBuffer()), (why) => new TbError("VERIFY", `chunk ${i} of ${dir} is damaged: ${why}`, "restore another backup"));
+      const damaged = (why: string) => new TbError("VERIFY", `chunk ${i} of ${dir} is damaged: ${why}`, "restore another backup");
+      if (want && !wants(want, i)) {
+        // the target holds it: only the chunk list moves on
+        try {
+          list?.next();
+        } catch (err) {
+          throw damaged((err as Error).message);
+        }
+        offset += e.rawSize;
+        continue;
+      }
+      const { line, frame } = readStoredChunk(reader, list, i, new Uint8Array(frames.takeBuffer()), damaged);
       const checksum = line?.checksum ?? -1n;
       const zero = isZeroFrame(frame, e.rawSize, checksum);
       if (zero) frames.give(frame.buffer as ArrayBuffer);
@@ -519,6 +567,8 @@ function fileSource(from: string): Source {
   return {
     info,
     files: reader.members(),
+    digests,
+    want: (bits) => (want = bits),
     chunks: chunks(),
     release: (buf) => frames.give(buf),
     finish: async () => {},

@@ -376,6 +376,37 @@ describe("delta restore onto files", () => {
     expect(sameFile(fresh, oldImg)).toBe("same");
   });
 
+  test("--from: the target is compared with the backup's digests.txt first and only the chunks that differ are read from it; a digests.txt that does not match the root: each chunk is compared as it is read", async () => {
+    const out = path.join(dir, "store-j");
+    await storeBase(out);
+    const p = await pushCounted(out);
+    expect(p.push.code, p.push.stderr).toBe(0);
+    const incr = backups(out)[1]!;
+    const t = path.join(dir, "from-target.img");
+    fs.copyFileSync(oldImg, t);
+    const r = await run(["restore", t, "--from", incr, "--yes", "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`of this backup: reading ${changed.length} of ${fs.statSync(newImg).size / MiB} chunks`);
+    const j = JSON.parse(r.stdout);
+    expect(j.verified).toBe(true);
+    expect(j.delta.writtenBytes).toBe(changed.length * MiB);
+    // nothing crossed a stream: no "received" figures
+    expect(j.delta.askedChunks).toBeUndefined();
+    expect(sameFile(t, newImg)).toBe("same");
+    // a copy of the backup whose digests.txt has one digit changed: not trusted, the chunks are compared one by one
+    const copy = path.join(dir, "incr-copy");
+    sh(`cp -r ${incr} ${copy}`);
+    const list = path.join(copy, "digests.txt");
+    const text = fs.readFileSync(list, "latin1");
+    fs.writeFileSync(list, (text[0] === "0" ? "1" : "0") + text.slice(1), "latin1");
+    fs.copyFileSync(oldImg, t);
+    const d = await run(["restore", t, "--from", copy, "--yes", "--json"]);
+    expect(d.code, d.stderr).toBe(0);
+    expect(d.stderr).not.toContain("of this backup: reading");
+    expect(JSON.parse(d.stdout).delta.writtenBytes).toBe(changed.length * MiB);
+    expect(sameFile(t, newImg)).toBe("same");
+  });
+
   test("over a stream: the restorer writes only what differs", async () => {
     const out = path.join(dir, "store-f");
     await storeBase(out);
