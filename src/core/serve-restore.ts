@@ -2,9 +2,9 @@
 // A restore sends the stored compressed chunks as they are; the restoring side
 // checks each one. Backup IDs are resolved strictly inside DIR.
 import * as path from "node:path";
-import { MsgType, decodeMessage, type DiskIdentity, type Hello, type HostIdentity, type RestoreInfo } from "../protocol/messages.ts";
+import { MsgType, type DiskIdentity, type Hello, type HelloAck, type HostIdentity, type RestoreInfo } from "../protocol/messages.ts";
 import type { Frame } from "../protocol/frame.ts";
-import { DATA_PAYLOAD_AT, dataFrameSize, decodeWant, sealDataFrame, wants, zeroRecordFrame } from "../protocol/chunk-record.ts";
+import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame, wants, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import { DELTA_RESTORE_CAP, ROOT_CAP } from "./version.ts";
 import { readDigests, sendBaseDigests } from "./incremental.ts";
 import { openRepository, type BackupReader, type ChunkLines, type Repository, type StoredBackup } from "../store/repository.ts";
@@ -13,7 +13,8 @@ import { storeKind } from "../store/errors.ts";
 import { Channel } from "./channel.ts";
 import { TbError, asTbError } from "./errors.ts";
 import type { Reporter } from "./report.ts";
-import { newHelloAck, peerError, hasCap } from "./handshake.ts";
+import { newHelloAck, hasCap } from "./handshake.ts";
+import { ServeRestoreSession, type ServeRestoreAction, type ServeRestoreEvent, type ServeRestoreState } from "./serve-restore-session.ts";
 import { entryFor, listBackups, type BackupEntry } from "./catalogue.ts";
 import type { SessionResult } from "./session.ts";
 import { isZeroFrame } from "./zero.ts";
@@ -36,7 +37,8 @@ export async function serveRequest(ch: Channel, hello: Hello, opts: ServeOptions
     return { result: { ok: false, role: hello.role, host: hello.host?.hostname, error: { code, message } }, carried: null };
   };
   if (!opts.allowRestore) return refuse("REFUSED", `this receiver does not serve ${hello.role} requests; restart it with --allow-restore`);
-  await ch.sendJson(MsgType.HELLO_ACK, newHelloAck(hello));
+  const ack = newHelloAck(hello);
+  await ch.sendJson(MsgType.HELLO_ACK, ack);
   if (hello.role === "list") {
     await ch.sendJson(MsgType.LIST_RESULT, { session: hello.session, backups: listBackups(opts.out).map(({ path: _p, ...rest }) => rest) });
     return { result: { ok: true, role: "list", host: hello.host?.hostname }, carried: null };
@@ -55,7 +57,7 @@ export async function serveRequest(ch: Channel, hello: Hello, opts: ServeOptions
     if ("error" in choice) return refuse("NOT_FOUND", choice.error, choice.candidates);
     backup = all.find((b) => b.id === choice.entry.id)!;
   }
-  return sendBackup(ch, hello, repo, backup, opts, refuse);
+  return sendBackup(ch, hello, ack, repo, backup, opts, refuse);
 }
 
 function candidatesFor(out: string, host: HostIdentity | undefined): string[] {
@@ -112,20 +114,10 @@ export function chooseBackup(all: BackupEntry[], host: HostIdentity | undefined,
   return { entry: matches[matches.length - 1]! };
 }
 
-/** Why the restoring side stopped listening: its ERROR, or the stream's end. */
-async function whyLeft(ch: Channel): Promise<TbError> {
-  for (;;) {
-    let f;
-    try {
-      f = await ch.recv(0, "the restoring side");
-    } catch (e) {
-      return e instanceof TbError ? e : new TbError("CLOSED", String(e), "");
-    }
-    if (f.type === MsgType.ERROR) return peerError(f.payload);
-  }
-}
+/** Thrown out of the sending loop when the restoring side left (the session already failed with its reason). */
+const LEFT = Symbol("the restoring side left");
 
-async function sendBackup(ch: Channel, hello: Hello, repo: Repository, backup: StoredBackup, opts: ServeOptions, refuse: (c: TbError["code"], m: string) => Promise<Served>): Promise<Served> {
+async function sendBackup(ch: Channel, hello: Hello, ack: HelloAck, repo: Repository, backup: StoredBackup, opts: ServeOptions, refuse: (c: TbError["code"], m: string) => Promise<Served>): Promise<Served> {
   const dir = backup.location;
   let manifest;
   try {
@@ -166,97 +158,114 @@ async function sendBackup(ch: Channel, hello: Hello, repo: Repository, backup: S
     if (typeof d === "string") opts.reporter.info(`restore of ${manifest.id}: every chunk is sent (no delta: ${d})`);
     else if (d.length / 32 === reader.entries.length) digests = d;
   }
+  const info: RestoreInfo = {
+    session: hello.session,
+    id: manifest.id,
+    kind: manifest.kind,
+    host: manifest.host,
+    disk: manifest.disk,
+    label: manifest.label,
+    date: manifest.timings.started,
+    size: manifest.size,
+    chunkSize: manifest.chunkSize,
+    chunks: reader.entries.length,
+    ...check,
+    ...(digests ? { digests: true } : {}),
+  };
+  // The session's states and what each accepts: serve-restore-session.ts.
+  const rs = new ServeRestoreSession({ ack, info });
+  const perform = async (actions: ServeRestoreAction[]) => {
+    for (const a of actions) {
+      if (a.type === "digests") await sendBaseDigests(ch, digests!);
+      // (the session is over when it says why: the other side may be gone)
+      else if (a.msg.type === MsgType.ERROR) await ch.sendJson(a.msg.type, a.msg.body).catch(() => {});
+      else await ch.sendJson(a.msg.type, a.msg.body);
+    }
+  };
+  // (read afresh each time: every step may change it)
+  const phase = (): ServeRestoreState["name"] => rs.state.name;
+  const next = (ms: number, waitingFor: string): Promise<ServeRestoreEvent> =>
+    ch.recv(ms, waitingFor).then(
+      (frame) => ({ type: "frame", frame }),
+      (e: unknown) => ({ type: "broken", error: asTbError(e) }),
+    );
   try {
-    const info: RestoreInfo = {
-      session: hello.session,
-      id: manifest.id,
-      kind: manifest.kind,
-      host: manifest.host,
-      disk: manifest.disk,
-      label: manifest.label,
-      date: manifest.timings.started,
-      size: manifest.size,
-      chunkSize: manifest.chunkSize,
-      chunks: reader.entries.length,
-      ...check,
-      ...(digests ? { digests: true } : {}),
-    };
-    await ch.sendJson(MsgType.RESTORE_INFO, info);
-    if (digests) await sendBaseDigests(ch, digests);
+    await perform(rs.step({ type: "offer" }));
     // The other side confirms (a person may be reading a prompt) or gives up.
     // A delta restorer first reads its whole target (PROGRESS keepalives meanwhile).
-    let want: Uint8Array | null = null;
-    for (;;) {
-      const f = await ch.recv(opts.idleMs, "the restoring side's go-ahead");
-      const go = f.type === MsgType.RESTORE ? decodeMessage(MsgType.RESTORE, f.payload) : null;
-      if (go?.session === hello.session) {
-        if (go.want !== undefined) {
-          want = digests ? decodeWant(go.want, reader.entries.length) : null;
-          if (!want) throw new TbError("PROTOCOL", digests ? `the restoring side's list of wanted chunks is malformed (${go.want.length} characters for ${reader.entries.length} chunks)` : "the restoring side asked for some chunks only, but was sent no digests", "use the same tbbackup version on both sides");
+    while (phase() === "offering") await perform(rs.step(await next(opts.idleMs, "the restoring side's go-ahead")));
+    // (a go-ahead puts the session in "sending", with the chunks asked for)
+    if (rs.state.name === "sending") {
+      const { want } = rs.state;
+      opts.reporter.info(`restoring ${manifest.id} to ${hello.host?.hostname}${ch.conn.peer ? ` via ${ch.conn.peer}` : ""} (${manifest.size} bytes)`);
+      // The restoring side may stop (a bad target, Ctrl-C) while we send: on a
+      // device our writes would go on succeeding into the void for the rest of
+      // the backup. Every send races its leaving; then its frames tell why.
+      const { left, forget } = ch.peerLeaving();
+      forgetLeaving = forget;
+      const send = async (sending: Promise<void>) => {
+        if (await left.race(sending)) return;
+        while (phase() === "sending") await perform(rs.step(await next(0, "the restoring side")));
+        throw LEFT;
+      };
+      let offset = 0;
+      let sent = 0;
+      let sentBytes = 0;
+      // one frame buffer, refilled for every chunk: the stored frame is read straight into its payload
+      let frame = new Uint8Array(dataFrameSize(compressBound(manifest.chunkSize)));
+      for (let i = 0; i < reader.entries.length; i++) {
+        const e = reader.entries[i]!;
+        if (want && !wants(want, i)) {
+          // the restorer's target already holds this chunk: keep the chunk list in step
+          const line = list.next();
+          if (!line || line.index !== i || line.length !== e.rawSize) throw new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: the chunk list does not match the image`, "the stored backup is damaged");
+          offset += e.rawSize;
+          continue;
         }
-        break;
-      }
-      if (f.type === MsgType.ERROR) {
-        const m = decodeMessage(MsgType.ERROR, f.payload)?.message ?? "cancelled";
-        opts.reporter.info(`restore of ${manifest.id} to ${hello.host?.hostname} not started: ${m}`);
-        return { result: { ok: false, role: "restore", id: manifest.id, host: hello.host?.hostname, error: { code: "REFUSED", message: m } }, carried: null };
-      }
-    }
-    opts.reporter.info(`restoring ${manifest.id} to ${hello.host?.hostname}${ch.conn.peer ? ` via ${ch.conn.peer}` : ""} (${manifest.size} bytes)`);
-    // The restoring side may stop (a bad target, Ctrl-C) while we send: on a
-    // device our writes would go on succeeding into the void for the rest of
-    // the backup. Every send races its leaving; then recv() tells why.
-    const { left, forget } = ch.peerLeaving();
-    forgetLeaving = forget;
-    const send = async (sending: Promise<void>) => {
-      if (!(await left.race(sending))) throw await whyLeft(ch);
-    };
-    let offset = 0;
-    let sent = 0;
-    let sentBytes = 0;
-    // one frame buffer, refilled for every chunk: the stored frame is read straight into its payload
-    let frame = new Uint8Array(dataFrameSize(compressBound(manifest.chunkSize)));
-    for (let i = 0; i < reader.entries.length; i++) {
-      const e = reader.entries[i]!;
-      if (want && !wants(want, i)) {
-        // the restorer's target already holds this chunk: keep the chunk list in step
-        const line = list.next();
-        if (!line || line.index !== i || line.length !== e.rawSize) throw new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: the chunk list does not match the image`, "the stored backup is damaged");
+        if (frame.length < dataFrameSize(e.compressedSize)) frame = new Uint8Array(dataFrameSize(e.compressedSize));
+        const { line, frame: z } = readStoredChunk(reader, list, i, frame.subarray(DATA_PAYLOAD_AT), (why) => new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: ${why}`, "the stored backup is damaged"));
+        const header = { index: i, rawLength: e.rawSize, offset, checksum: line!.checksum };
+        if (isZeroFrame(z, e.rawSize, header.checksum)) await send(ch.sendFrame(zeroRecordFrame(header)));
+        else await send(ch.sendFrame(frame.subarray(0, sealDataFrame(frame, header, z.length))));
         offset += e.rawSize;
-        continue;
+        sent++;
+        sentBytes += e.rawSize;
+        if ((i & 15) === 0) opts.reporter.progress({ phase: `serve restore${ch.conn.peer ? ` via ${ch.conn.peer}` : ""}`, bytes: offset, total: manifest.size });
       }
-      if (frame.length < dataFrameSize(e.compressedSize)) frame = new Uint8Array(dataFrameSize(e.compressedSize));
-      const { line, frame: z } = readStoredChunk(reader, list, i, frame.subarray(DATA_PAYLOAD_AT), (why) => new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: ${why}`, "the stored backup is damaged"));
-      const header = { index: i, rawLength: e.rawSize, offset, checksum: line!.checksum };
-      if (isZeroFrame(z, e.rawSize, header.checksum)) await send(ch.sendFrame(zeroRecordFrame(header)));
-      else await send(ch.sendFrame(frame.subarray(0, sealDataFrame(frame, header, z.length))));
-      offset += e.rawSize;
-      sent++;
-      sentBytes += e.rawSize;
-      if ((i & 15) === 0) opts.reporter.progress({ phase: `serve restore${ch.conn.peer ? ` via ${ch.conn.peer}` : ""}`, bytes: offset, total: manifest.size });
+      await perform(rs.step({ type: "sent", sent }));
+      if (want) opts.reporter.info(`restore of ${manifest.id}: the target already held ${reader.entries.length - sent} of ${reader.entries.length} chunks; sent ${sent} (${sentBytes} bytes)`);
+      // Wait for the other side's word: written, synced and read back (or why not).
+      // It reads a big disk back for minutes, saying PROGRESS every few seconds.
+      while (phase() === "confirming") await perform(rs.step(await next(opts.idleMs, "the restoring side's result")));
     }
-    await ch.sendJson(MsgType.RESTORE_END, { chunks: reader.entries.length, bytes: manifest.size, ...check, ...(want ? { sent } : {}) });
-    if (want) opts.reporter.info(`restore of ${manifest.id}: the target already held ${reader.entries.length - sent} of ${reader.entries.length} chunks; sent ${sent} (${sentBytes} bytes)`);
-    // Wait for the other side's word: written, synced and read back (or why not).
-    // It reads a big disk back for minutes, saying PROGRESS every few seconds.
-    let f: { type: number; payload: Uint8Array };
-    do f = await ch.recv(opts.idleMs, "the restoring side's result").catch((e: TbError) => ({ type: -1, payload: new TextEncoder().encode(JSON.stringify({ message: e.message })) }));
-    while (f.type === MsgType.PROGRESS);
-    const ok = f.type === MsgType.RESTORE_DONE;
-    const message = ok ? "" : (decodeMessage(MsgType.ERROR, f.payload)?.message ?? "no confirmation");
-    opts.reporter.info(ok ? `restore of ${manifest.id} to ${hello.host?.hostname} done` : `restore of ${manifest.id} to ${hello.host?.hostname} failed: ${message}`);
-    return {
-      result: { ok, role: "restore", id: manifest.id, host: hello.host?.hostname, bytes: manifest.size, ...check, seconds: (Date.now() - started) / 1000, error: ok ? undefined : { code: "PEER", message } },
-      carried: null,
-    };
   } catch (e) {
-    const err = asTbError(e);
-    if (err.code !== "CLOSED" && err.code !== "PEER") await ch.sendJson(MsgType.ERROR, { session: hello.session, code: err.code, message: `receiver: ${err.message}` }).catch(() => {});
-    opts.reporter.info(`restore of ${manifest.id} failed: ${err.message}`);
-    return { result: { ok: false, role: "restore", id: manifest.id, error: { code: err.code, message: err.message } }, carried: null };
+    // (LEFT: the session already failed with the restoring side's reason)
+    if (e !== LEFT) await perform(rs.step({ type: "failed", error: asTbError(e) }));
   } finally {
     forgetLeaving();
     reader.close();
     list.close();
+  }
+  const s = rs.state;
+  const host = hello.host?.hostname;
+  switch (s.name) {
+    case "done":
+    case "unconfirmed": {
+      const ok = s.name === "done";
+      const message = s.name === "done" ? "" : s.message;
+      opts.reporter.info(ok ? `restore of ${manifest.id} to ${host} done` : `restore of ${manifest.id} to ${host} failed: ${message}`);
+      return {
+        result: { ok, role: "restore", id: manifest.id, host, bytes: manifest.size, ...check, seconds: (Date.now() - started) / 1000, error: ok ? undefined : { code: "PEER", message } },
+        carried: null,
+      };
+    }
+    case "declined":
+      opts.reporter.info(`restore of ${manifest.id} to ${host} not started: ${s.message}`);
+      return { result: { ok: false, role: "restore", id: manifest.id, host, error: { code: "REFUSED", message: s.message } }, carried: null };
+    case "failed":
+      opts.reporter.info(`restore of ${manifest.id} failed: ${s.error.message}`);
+      return { result: { ok: false, role: "restore", id: manifest.id, error: { code: s.error.code, message: s.error.message } }, carried: null };
+    default:
+      throw new TbError("INTERNAL", `serving a restore: it stopped in state ${s.name}`, "report this bug");
   }
 }
