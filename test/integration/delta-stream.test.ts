@@ -11,6 +11,7 @@ import * as net from "node:net";
 import * as path from "node:path";
 import { cleanup, finish, run, sh, start, storeBackup, tempDir, waitFor } from "../helpers/cli.ts";
 import { client } from "../helpers/raw-client.ts";
+import { startProxy } from "../helpers/proxy.ts";
 import { encodeFrame } from "../../src/protocol/frame.ts";
 import { MsgType, decodeJson, encodeJson } from "../../src/protocol/messages.ts";
 import { decodeBaseDigests, encodeWant } from "../../src/protocol/chunk-record.ts";
@@ -213,6 +214,34 @@ describe("delta restore over a stream", () => {
     expect(same(t, newImg)).toBe(false);
   });
 
+  test("the receiver's HELLO_ACK lost on the way: the repeated HELLO gets the offer and the digests again, and only the chunks that differ are asked for", async () => {
+    const t = path.join(dir, "t-ack-lost.img");
+    fs.copyFileSync(oldImg, t);
+    const d = tempDir("tbb-dstream-a-");
+    const sock = path.join(d, "recv.sock");
+    const front = path.join(d, "proxy.sock");
+    const recv = start(["receive", "--out", store, "--stream", `unix:${sock}`, "--once", "--allow-restore", "--idle", "20"]);
+    try {
+      await waitFor(() => fs.existsSync(sock), "receiver socket");
+      const proxy = await startProxy(front, sock, { damageBack: { type: MsgType.HELLO_ACK, drop: true } });
+      try {
+        const res = await run(["restore", t, "--stream", `unix:${front}`, "--backup", backupId, "--yes", "--force", "--json", "--wait", "10"]);
+        expect(res.code, res.stderr).toBe(0);
+        expect(res.stderr).not.toContain("every chunk will be sent");
+        expect(JSON.parse(res.stdout).delta.askedChunks).toBe(changed.length);
+        const rv = await finish(recv);
+        expect(rv.stderr).toContain(`sent ${changed.length}`);
+        expect(rv.code).toBe(0);
+      } finally {
+        proxy.close();
+      }
+    } finally {
+      recv.kill();
+      cleanup(d);
+    }
+    expect(same(t, newImg)).toBe(true);
+  });
+
   test.skipIf(!canLoop)("onto a loop device holding the old version (needs root and loop devices)", async () => {
     const backing = path.join(dir, "loop-backing.img");
     fs.copyFileSync(oldImg, backing);
@@ -246,7 +275,7 @@ describe("the receiver's side, by hand", () => {
     ...(delta ? { delta: true } : {}),
   });
 
-  async function session(fn: (c: Awaited<ReturnType<typeof client>>) => Promise<void>) {
+  async function session(fn: (c: Awaited<ReturnType<typeof client>>) => Promise<void>, after?: (r: { code: number; stderr: string }) => void) {
     const d = tempDir("tbb-dstream-r-");
     const sock = path.join(d, "recv.sock");
     const recv = start(["receive", "--out", store, "--stream", `unix:${sock}`, "--once", "--allow-restore", "--idle", "10"]);
@@ -258,7 +287,8 @@ describe("the receiver's side, by hand", () => {
       } finally {
         c.close();
       }
-      await finish(recv);
+      const r = await finish(recv);
+      after?.(r);
     } finally {
       recv.kill();
       cleanup(d);
@@ -313,5 +343,31 @@ describe("the receiver's side, by hand", () => {
       expect(err.message).toMatch(/wanted chunks is malformed/);
       expect(c.frames.some((f) => f.type === MsgType.DATA)).toBe(false);
     });
+  });
+
+  test("a HELLO repeated before the go-ahead (its first answer lost on a lossy link): HELLO_ACK, RESTORE_INFO and the digests again, then the restore goes on and is confirmed", async () => {
+    let out = "";
+    await session(async (c) => {
+      const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "delta-restore"], true);
+      await c.json(MsgType.HELLO, h);
+      await c.json(MsgType.HELLO, h);
+      const acks = [await c.expect(MsgType.HELLO_ACK), await c.expect(MsgType.HELLO_ACK)];
+      expect(acks.map((a) => a.session)).toEqual([h.session, h.session]);
+      const offers = [await c.expect(MsgType.RESTORE_INFO), await c.expect(MsgType.RESTORE_INFO)];
+      expect(offers[1]).toEqual(offers[0]!);
+      expect(offers[0]!.digests).toBe(true);
+      await waitFor(() => c.frames.filter((f) => f.type === MsgType.BASE_DIGESTS).length === 2, "the digests twice");
+      for (const f of c.frames.filter((f) => f.type === MsgType.BASE_DIGESTS)) expect(decodeBaseDigests(f.payload)!.first).toBe(0);
+      // another session's HELLO is not answered
+      await c.json(MsgType.HELLO, { ...h, session: crypto.randomUUID() });
+      const want = new Uint8Array(CHUNKS / 8);
+      want[0] = 1;
+      await c.json(MsgType.RESTORE, { session: h.session, go: true, want: encodeWant(want) });
+      const end = await c.expect(MsgType.RESTORE_END, 30_000);
+      expect(end.sent).toBe(1);
+      expect(c.frames.filter((f) => f.type === MsgType.HELLO_ACK).length).toBe(0);
+      await c.json(MsgType.RESTORE_DONE, { session: h.session, ok: true });
+    }, (r) => (out = r.stderr));
+    expect(out).toMatch(/restore of .* done/);
   });
 });

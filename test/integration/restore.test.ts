@@ -174,6 +174,33 @@ describe("the receiver's last word", () => {
   }
 });
 
+describe("the receiver's first word", () => {
+  // On a lossy link the HELLO_ACK can be lost (and the offer with it: the
+  // restorer reads none before its HELLO_ACK); the restorer repeats its HELLO,
+  // and the receiver, waiting for the go-ahead, answers it with both again.
+  test("HELLO_ACK lost on the way: the repeated HELLO gets the offer again, the restore completes and verifies, both exit 0", async () => {
+    const sock = path.join(dir, "ack-lost.sock");
+    const front = path.join(dir, "ack-lost-front.sock");
+    const out = path.join(dir, "ack-lost.img");
+    const recv = start(["receive", "--out", store, "--stream", `unix:${sock}`, "--allow-restore", "--once", "--idle", "20"]);
+    await waitFor(() => fs.existsSync(sock), "socket");
+    const proxy = await startProxy(front, sock, { damageBack: { type: MsgType.HELLO_ACK, drop: true } });
+    try {
+      // (--wait 10: without an answer to its repeated HELLO the restorer gives up after 10 s)
+      const r = await run(["restore", out, "--stream", `unix:${front}`, "--backup", backupId, "--yes", "--wait", "10"]);
+      expect(r.stderr).not.toMatch(/no answer/);
+      expect(r.code).toBe(0);
+      expect(sha256File(out)).toBe(imgSha);
+      const rv = await finish(recv);
+      expect(rv.stderr).toMatch(/restore of .* done/);
+      expect(rv.code).toBe(0);
+    } finally {
+      proxy.close();
+      recv.kill();
+    }
+  });
+});
+
 // cgroup v1 blkio throttling (this machine's kind has it) slows a loop device's reads
 const BLKIO = "/sys/fs/cgroup/blkio";
 
