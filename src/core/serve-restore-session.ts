@@ -118,10 +118,10 @@ export class ServeRestoreSession {
     return [{ type: "send", msg: { type: MsgType.RESTORE_INFO, body: info } }, ...(info.digests ? [{ type: "digests" } as const] : [])];
   }
 
-  /** Ends the session before RESTORE_END; the restoring side hears why unless it left or said why itself. */
-  private fail(error: TbError): ServeRestoreAction[] {
+  /** Ends the session before RESTORE_END; the restoring side hears why unless it left (`CLOSED`, `PEER`) or said why itself (`theirs`). */
+  private fail(error: TbError, theirs = false): ServeRestoreAction[] {
     this.s = { name: "failed", error };
-    if (error.code === "CLOSED" || error.code === "PEER") return [];
+    if (theirs || error.code === "CLOSED" || error.code === "PEER") return [];
     return [{ type: "send", msg: { type: MsgType.ERROR, body: { session: this.session, code: error.code, message: `receiver: ${error.message}` } } }];
   }
 
@@ -164,7 +164,7 @@ export class ServeRestoreSession {
 
   /** Frames read while sending: only once the restoring side is leaving, to learn why. */
   private sending(f: Frame): ServeRestoreAction[] {
-    if (f.type === MsgType.ERROR) return this.fail(peerError(f.payload));
+    if (f.type === MsgType.ERROR) return this.fail(peerError(f.payload), true);
     return [];
   }
 

@@ -135,6 +135,19 @@ describe("serving a restore: the records and the result", () => {
     const s = r.state as { name: string; error: TbError };
     expect(s.name).toBe("failed");
     expect(s.error.message).toMatch(/the other side reports: restore stopped: the target is read-only/);
+    // whatever its code: it said why itself
+    const v = sending();
+    expect(v.step(json(MsgType.ERROR, { session: S, code: "VERIFY", message: "bad" }))).toEqual([]);
+    expect((v.state as { error: TbError }).error.code).toBe("VERIFY");
+  });
+
+  test("the stream ending, or a damaged frame, while reading why the restorer left: failed (CORRUPT: the restorer told)", () => {
+    const c = sending();
+    expect(c.step(broken("CLOSED"))).toEqual([]);
+    expect((c.state as { error: TbError }).error.code).toBe("CLOSED");
+    const d = sending();
+    expect(said(d.step(broken("CORRUPT")))).toEqual([MsgType.ERROR]);
+    expect(d.state.name).toBe("failed");
   });
 
   test("a failure of this side while sending (a damaged stored chunk): failed, the restorer told why", () => {
