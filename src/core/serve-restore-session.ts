@@ -15,8 +15,8 @@ import { peerError } from "./handshake.ts";
 export type ServeRestoreState =
   /** the backup is chosen and open, HELLO_ACK went out: nothing offered yet */
   | { name: "chosen" }
-  /** RESTORE_INFO (and the digests) went out: waiting for the go-ahead; a repeated HELLO gets the offer again */
-  | { name: "offering" }
+  /** RESTORE_INFO (and the digests) went out, last at `offeredAt`: waiting for the go-ahead; a repeated HELLO gets the offer again */
+  | { name: "offering"; offeredAt: number }
   /** RESTORE came: the records go out (`want`: only the chunks whose bit is set; null: every one) */
   | { name: "sending"; want: Uint8Array | null }
   /** RESTORE_END went out: waiting for the restoring side's result (`sent`: records sent) */
@@ -64,6 +64,14 @@ export interface ServeRestoreConfig {
 
 const sameVersion = "use the same tbbackup version on both sides";
 
+/**
+ * A HELLO repeated sooner than this after the last offer is passed over. The
+ * restorer repeats it every second until a HELLO_ACK comes; a run of them
+ * read at once were queued while this receiver was busy (at --max-sessions,
+ * say), and one answer, with the digests, does for all of them.
+ */
+export const REOFFER_MS = 500;
+
 export class ServeRestoreSession {
   private s: ServeRestoreState = { name: "chosen" };
 
@@ -80,14 +88,14 @@ export class ServeRestoreSession {
     return this.s.name === "done" || this.s.name === "declined" || this.s.name === "unconfirmed" || this.s.name === "failed";
   }
 
-  /** The one place the state changes. */
-  step(ev: ServeRestoreEvent): ServeRestoreAction[] {
+  /** The one place the state changes (`now`: the time in ms, for a repeated HELLO). */
+  step(ev: ServeRestoreEvent, now: number): ServeRestoreAction[] {
     const s = this.s;
     if (this.over) return [];
     switch (ev.type) {
       case "offer":
         if (s.name !== "chosen") throw new TbError("INTERNAL", `serving a restore: an offer in state ${s.name}`, "report this bug");
-        this.s = { name: "offering" };
+        this.s = { name: "offering", offeredAt: now };
         return this.offer();
       case "sent":
         if (s.name !== "sending") throw new TbError("INTERNAL", `serving a restore: records sent in state ${s.name}`, "report this bug");
@@ -100,7 +108,7 @@ export class ServeRestoreSession {
       case "frame":
         switch (s.name) {
           case "offering":
-            return this.offering(ev.frame);
+            return this.offering(s, ev.frame, now);
           case "sending":
             return this.sending(ev.frame);
           case "confirming":
@@ -130,7 +138,7 @@ export class ServeRestoreSession {
     return [];
   }
 
-  private offering(f: Frame): ServeRestoreAction[] {
+  private offering(s: Extract<ServeRestoreState, { name: "offering" }>, f: Frame, now: number): ServeRestoreAction[] {
     const { info } = this.cfg;
     switch (f.type) {
       case MsgType.RESTORE: {
@@ -154,7 +162,8 @@ export class ServeRestoreSession {
         // have been lost (a lossy link), and the offer after it with it (the
         // restorer reads no offer before its HELLO_ACK). Answer it all again;
         // the restorer passes over a second copy that does arrive.
-        if (sessionOf(f.payload) !== this.session) return [];
+        if (sessionOf(f.payload) !== this.session || now - s.offeredAt < REOFFER_MS) return [];
+        s.offeredAt = now;
         return [{ type: "send", msg: { type: MsgType.HELLO_ACK, body: this.cfg.ack } }, ...this.offer()];
       default:
         // PROGRESS keepalives (a delta restorer reads its target), leftovers of an earlier session

@@ -190,10 +190,10 @@ async function sendBackup(ch: Channel, hello: Hello, ack: HelloAck, repo: Reposi
       (e: unknown) => ({ type: "broken", error: asTbError(e) }),
     );
   try {
-    await perform(rs.step({ type: "offer" }));
+    await perform(rs.step({ type: "offer" }, Date.now()));
     // The other side confirms (a person may be reading a prompt) or gives up.
     // A delta restorer first reads its whole target (PROGRESS keepalives meanwhile).
-    while (phase() === "offering") await perform(rs.step(await next(opts.idleMs, "the restoring side's go-ahead")));
+    while (phase() === "offering") await perform(rs.step(await next(opts.idleMs, "the restoring side's go-ahead"), Date.now()));
     // (a go-ahead puts the session in "sending", with the chunks asked for)
     if (rs.state.name === "sending") {
       const { want } = rs.state;
@@ -205,7 +205,7 @@ async function sendBackup(ch: Channel, hello: Hello, ack: HelloAck, repo: Reposi
       forgetLeaving = forget;
       const send = async (sending: Promise<void>) => {
         if (await left.race(sending)) return;
-        while (phase() === "sending") await perform(rs.step(await next(0, "the restoring side")));
+        while (phase() === "sending") await perform(rs.step(await next(0, "the restoring side"), Date.now()));
         throw LEFT;
       };
       let offset = 0;
@@ -232,15 +232,15 @@ async function sendBackup(ch: Channel, hello: Hello, ack: HelloAck, repo: Reposi
         sentBytes += e.rawSize;
         if ((i & 15) === 0) opts.reporter.progress({ phase: `serve restore${ch.conn.peer ? ` via ${ch.conn.peer}` : ""}`, bytes: offset, total: manifest.size });
       }
-      await perform(rs.step({ type: "sent", sent }));
+      await perform(rs.step({ type: "sent", sent }, Date.now()));
       if (want) opts.reporter.info(`restore of ${manifest.id}: the target already held ${reader.entries.length - sent} of ${reader.entries.length} chunks; sent ${sent} (${sentBytes} bytes)`);
       // Wait for the other side's word: written, synced and read back (or why not).
       // It reads a big disk back for minutes, saying PROGRESS every few seconds.
-      while (phase() === "confirming") await perform(rs.step(await next(opts.idleMs, "the restoring side's result")));
+      while (phase() === "confirming") await perform(rs.step(await next(opts.idleMs, "the restoring side's result"), Date.now()));
     }
   } catch (e) {
     // (LEFT: the session already failed with the restoring side's reason)
-    if (e !== LEFT) await perform(rs.step({ type: "failed", error: asTbError(e) }));
+    if (e !== LEFT) await perform(rs.step({ type: "failed", error: asTbError(e) }, Date.now()));
   } finally {
     forgetLeaving();
     reader.close();

@@ -12,6 +12,7 @@ import * as path from "node:path";
 import { cleanup, finish, run, sh, start, storeBackup, tempDir, waitFor } from "../helpers/cli.ts";
 import { client } from "../helpers/raw-client.ts";
 import { startProxy } from "../helpers/proxy.ts";
+import { REOFFER_MS } from "../../src/core/serve-restore-session.ts";
 import { encodeFrame } from "../../src/protocol/frame.ts";
 import { MsgType, decodeJson, encodeJson } from "../../src/protocol/messages.ts";
 import { decodeBaseDigests, encodeWant } from "../../src/protocol/chunk-record.ts";
@@ -350,10 +351,15 @@ describe("the receiver's side, by hand", () => {
     await session(async (c) => {
       const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "delta-restore"], true);
       await c.json(MsgType.HELLO, h);
+      const acks = [await c.expect(MsgType.HELLO_ACK)];
+      const offers = [await c.expect(MsgType.RESTORE_INFO)];
+      await waitFor(() => c.frames.some((f) => f.type === MsgType.BASE_DIGESTS), "the digests");
+      // as the restorer repeats it (every second), not sooner: a HELLO read right after the offer was queued with the first
+      await Bun.sleep(REOFFER_MS + 200);
       await c.json(MsgType.HELLO, h);
-      const acks = [await c.expect(MsgType.HELLO_ACK), await c.expect(MsgType.HELLO_ACK)];
+      acks.push(await c.expect(MsgType.HELLO_ACK));
+      offers.push(await c.expect(MsgType.RESTORE_INFO));
       expect(acks.map((a) => a.session)).toEqual([h.session, h.session]);
-      const offers = [await c.expect(MsgType.RESTORE_INFO), await c.expect(MsgType.RESTORE_INFO)];
       expect(offers[1]).toEqual(offers[0]!);
       expect(offers[0]!.digests).toBe(true);
       await waitFor(() => c.frames.filter((f) => f.type === MsgType.BASE_DIGESTS).length === 2, "the digests twice");
