@@ -66,6 +66,8 @@ export async function handshake(ch: Channel, hello: Hello, waitMs: number, repor
         if (left <= 0) throw new TbError("TIMEOUT", "", "");
         f = await ch.recv(left, "the receiver's answer");
       } catch (e) {
+        // on a lossy link (a device) a damaged answer is as good as none: HELLO goes out again
+        if (e instanceof TbError && e.code === "CORRUPT" && ch.conn.lossy) continue;
         if (!(e instanceof TbError) || e.code !== "TIMEOUT") throw e;
         if (Date.now() < deadline) {
           if (!announced) reporter.info(`waiting for the receiver on ${ch.conn.description}...`);

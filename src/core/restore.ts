@@ -5,7 +5,7 @@
 // restore: each chunk is written only when the target holds other bytes there.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { CHUNK_HEADER_SIZE, MsgType, type RestoreInfo } from "../protocol/messages.ts";
+import { CHUNK_HEADER_SIZE, MsgType, type Hello, type RestoreInfo } from "../protocol/messages.ts";
 import { wants } from "../protocol/chunk-record.ts";
 import { DELTA_RESTORE_CAP, STATUS_CAP } from "./version.ts";
 import { MAX_BASE_CHUNKS, readDigests, receiveBaseDigests } from "./incremental.ts";
@@ -27,7 +27,7 @@ import { zeroWriter } from "./zero-out.ts";
 import { Extractor, type ExtractStats } from "./files/extract.ts";
 import { POSIX_FADV_DONTNEED, loadLibc } from "../util/libc.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
-import { TRAILER_SIZE } from "../protocol/frame.ts";
+import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { requireZstd } from "../util/zstd.ts";
 
 export interface RestoreOptions {
@@ -579,6 +579,28 @@ function fileSource(from: string, comparing: boolean): Source {
   };
 }
 
+/**
+ * The next frame while the restorer waits for the receiver's offer. On a lossy
+ * link (a device) the offer may be lost or arrive damaged: the HELLO goes out
+ * again every second, and the receiver answers a repeated HELLO with its offer
+ * (docs/PROTOCOL.md §8.6c).
+ */
+async function recvOffer(ch: Channel, hello: Hello, by: number, waitMs: number): Promise<Frame> {
+  for (;;) {
+    const left = by - Date.now();
+    try {
+      return await ch.recv(Math.max(1, ch.conn.lossy ? Math.min(OFFER_RESEND_MS, left) : left), "the receiver's restore offer");
+    } catch (e) {
+      if (!(e instanceof TbError) || !ch.conn.lossy || (e.code !== "TIMEOUT" && e.code !== "CORRUPT")) throw e;
+      if (Date.now() >= by) throw new TbError("TIMEOUT", `no restore offer from the receiver on ${ch.conn.description} within ${Math.round(waitMs / 1000)} s`, "check that tbbackup runs on the other side and the cable is plugged in");
+      if (e.code === "TIMEOUT") await ch.sendJson(MsgType.HELLO, hello);
+    }
+  }
+}
+
+/** how long a restorer on a lossy link waits for the offer before it says HELLO again */
+const OFFER_RESEND_MS = 1000;
+
 /** Chunks from a receiver started with --allow-restore. */
 async function streamSource(opts: RestoreOptions, target: TargetInfo | null, comparing: boolean): Promise<Source> {
   const ch = new Channel(await opts.transport!.connect(opts.waitMs));
@@ -589,8 +611,9 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
     const rs = new RestoreSession(hello.session);
     const say = (m: RestorerMessage) => (m.type === MsgType.RESTORE ? ch.sendJson(m.type, m.body) : m.type === MsgType.RESTORE_DONE ? ch.sendJson(m.type, m.body) : ch.sendJson(m.type, m.body));
     let offer: RestoreInfo | null = null;
+    const offerBy = Date.now() + opts.waitMs;
     while (!offer) {
-      rs.step({ type: "frame", frame: await ch.recv(opts.waitMs, "the receiver's restore offer") });
+      rs.step({ type: "frame", frame: await recvOffer(ch, hello, offerBy, opts.waitMs) });
       if (rs.failure) throw rs.failure;
       offer = rs.info;
     }

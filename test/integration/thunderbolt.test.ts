@@ -226,6 +226,30 @@ describe.skipIf(skip)("Thunderbolt stream set up by tbbackup (emulated driver; n
     }
   }, 60000);
 
+  test("the receiver's first answers damaged on the cable (HELLO_ACK of a push; RESTORE_INFO of a restore): the HELLO goes again and both finish", async () => {
+    emu = await startEmu();
+    const out = path.join(dir, "out-first-word");
+    const recv = start(["receive", "--out", out, "--once"], { env: env("A") });
+    await waitFor(() => emu!.state().hosts.A.devs["0"]?.users === 1, "receive to open");
+    emu.ctl("flip 1 from A after 0"); // the receiver's first frame: its HELLO_ACK
+    const p = await run(["push", img, "--wait", "20"], { env: env("B") });
+    expect(p.code, p.stderr).toBe(0);
+    expect(emu.state().flips_done).toBe(1);
+    expect((await finish(recv)).code).toBe(0);
+    expect(zstdSha(stored(out))).toBe(imgSha);
+
+    const recv2 = start(["receive", "--out", out, "--once", "--allow-restore"], { env: env("A") });
+    await waitFor(() => Object.values(emu!.state().hosts.A.devs).some((d) => d.name === "tbbackup" && d.users === 1), "receive to open");
+    emu.ctl("flip 1 from A after 1"); // its second: the restore offer after the HELLO_ACK
+    const target = path.join(dir, "first-word.img");
+    const id = path.relative(out, path.dirname(stored(out)));
+    const rs = await run(["restore", target, "--backup", id, "--yes", "--wait", "20"], { env: env("B") });
+    expect(rs.code, rs.stderr).toBe(0);
+    expect(emu.state().flips_done).toBe(2);
+    expect(sha256File(target)).toBe(imgSha);
+    await finish(recv2);
+  }, 90000);
+
   test("a second process is refused while one holds the device, naming it", async () => {
     emu = await startEmu();
     const out = path.join(dir, "out6");
