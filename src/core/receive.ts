@@ -298,9 +298,9 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   // order: when the sender asks for it, or predates the root, one worker does it all.
   const wholeSha = !hasRootCap(hello) || hello.sha256 === true;
   // one session per disk at a time: a second push of it would resume or write the same partial
-  // one session per disk at a time (the store's lock on it)
+  // (the store's lock on it; two machines booted from one stick share a hostname and disk names, not machine-id and DMI UUID)
   const repo = openRepository(opts.out);
-  const lock = repo.lock(hello.host?.hostname ?? "unknown", disk.name ?? "disk");
+  const lock = repo.lock(hello.host?.hostname ?? "unknown", disk.name ?? "disk", `${hello.host?.machineId ?? ""}/${hello.host?.productUuid ?? ""}`);
   if (!lock) return fail("BUSY", `another push of ${repo.diskKey(hello.host?.hostname ?? "unknown", disk.name ?? "disk")} is in progress on this receiver`);
   const pool = new WorkerPool(wholeSha ? 1 : workerCount());
   // chunk payloads arrive in these and come back from the worker once written
