@@ -12,8 +12,8 @@ const READ_SIZE = 256 * 1024;
 const MAX_QUEUED = 32;
 /** the longest sleep between reads of a silent non-blocking descriptor (and between tries of a write it cannot take) */
 const MAX_POLL_MS = 10;
-/** polled: a write the descriptor cannot take yet is tried again at once this many times before sleeping */
-const WRITE_TRIES = 8;
+/** polled: a write the descriptor cannot take yet is tried again at once this many times before sleeping (more burn CPU for nothing: scripts/bench-polled-write.ts) */
+const WRITE_TRIES = 2;
 
 // Raw fds, not FileHandle: FileHandle.close() waits for pending operations,
 // and a read is always pending here.
