@@ -79,10 +79,11 @@ function prepareOut(out: string): string | null {
 }
 
 /** The transport of a receiver without --stream: every Thunderbolt peer's stream (src/transport/thunderbolt.ts). */
-async function thunderboltPeers(o: { peer?: string; hopids?: string; ringSize?: number; throttling?: number }, log: (m: string) => void): Promise<Transport> {
+async function thunderboltPeers(o: { peer?: string; hopids?: string; ringSize?: number; throttling?: number; once?: boolean }, log: (m: string) => void): Promise<Transport> {
   const { ThunderboltPeers } = await import("../transport/thunderbolt.ts");
   const { parseHopIds } = await import("../thunderbolt/setup.ts");
-  return new ThunderboltPeers({ peer: o.peer, hopids: o.hopids ? parseHopIds(o.hopids) : undefined, ringSize: o.ringSize, throttling: o.throttling, log });
+  // --once: one session, so one peer (several: choose with --peer)
+  return new ThunderboltPeers({ peer: o.peer, hopids: o.hopids ? parseHopIds(o.hopids) : undefined, ringSize: o.ringSize, throttling: o.throttling, log, one: o.once === true });
 }
 
 export function register(program: Command): void {

@@ -199,12 +199,24 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, outcomes: Map<
       if (opts.once) return;
       continue;
     }
-    const h = hello!;
-    opts.onSessionStart?.(h.role);
-    let r: SessionEnd;
+    let h = hello!;
+    let r: SessionEnd | null;
     try {
-      const session = () => (h.role === "push" ? receiveImage(ch, h, opts) : serveRequest(ch, h, opts as ServeOptions));
-      r = sessions ? await sessions.run(session, () => opts.reporter.info(`${h.role} from ${h.host?.hostname ?? "?"} on ${ch.conn.description} waits: ${sessions.size} sessions are in progress (--max-sessions)`)) : await session();
+      let waited = false;
+      const session = async () => {
+        // one that waited for its slot starts from what its sender says now (it may have given up)
+        const now = waited ? await currentHello(ch, h, outcomes) : h;
+        if (!now) return null;
+        h = now;
+        opts.onSessionStart?.(h.role);
+        return h.role === "push" ? receiveImage(ch, h, opts) : serveRequest(ch, h, opts as ServeOptions);
+      };
+      r = sessions
+        ? await sessions.run(session, () => {
+            waited = true;
+            opts.reporter.info(`${h.role} from ${h.host?.hostname ?? "?"} on ${ch.conn.description} waits: ${sessions.size} sessions are in progress (--max-sessions)`);
+          })
+        : await session();
     } catch (e) {
       // A session that broke outside its own error handling (the sender gone
       // before our answer, a damaged partial) ends this connection, never the receiver.
@@ -212,6 +224,11 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, outcomes: Map<
       opts.reporter.info(`session from ${h.host?.hostname ?? "?"} failed: ${err.oneLine()}`);
       done({ ok: false, role: h.role, host: h.host?.hostname, error: { code: err.code, message: err.message } });
       return;
+    }
+    if (!r) {
+      opts.reporter.info(`${h.role} from ${h.host?.hostname ?? "?"} on ${ch.conn.description} is not started: its sender gave up while it waited`);
+      if (ch.isEnded) return;
+      continue;
     }
     carried = r.carried;
     done(r.result);
@@ -228,6 +245,32 @@ async function serveConnection(ch: Channel, opts: ReceiveOptions, outcomes: Map<
   }
 }
 
+
+/**
+ * After a wait for a session slot: the frames that came meanwhile, without
+ * waiting for more. The HELLO to start from (a later one replaces `h`), or
+ * null when its sender gave up: the connection ended, or its ERROR came.
+ */
+async function currentHello(ch: Channel, h: Hello, outcomes: Map<string, Outcome>): Promise<Hello | null> {
+  let cur: Hello | null = h;
+  for (;;) {
+    let f: Frame;
+    try {
+      f = await ch.recv(0, "a HELLO");
+    } catch (e) {
+      if (e instanceof TbError && e.code === "CORRUPT") continue;
+      return ch.isEnded ? null : cur; // TIMEOUT: nothing more has come
+    }
+    if (f.type === MsgType.STATUS) await answerStatus(ch, f, outcomes);
+    else if (f.type === MsgType.ERROR) {
+      const s = sessionOf(f.payload);
+      if (cur && (typeof s !== "string" || s === cur.session)) cur = null;
+    } else if (f.type === MsgType.HELLO) {
+      const later = decodeJson<Hello>(f.payload);
+      if (later && !checkPeer(later)) cur = later;
+    }
+  }
+}
 
 /** Whether the peer's HELLO lists the integrity-root capability. */
 function hasRootCap(hello: Hello): boolean {
@@ -255,9 +298,9 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   // order: when the sender asks for it, or predates the root, one worker does it all.
   const wholeSha = !hasRootCap(hello) || hello.sha256 === true;
   // one session per disk at a time: a second push of it would resume or write the same partial
-  // one session per disk at a time (the store's lock on it)
+  // (the store's lock on it; two machines booted from one stick share a hostname and disk names, not machine-id and DMI UUID)
   const repo = openRepository(opts.out);
-  const lock = repo.lock(hello.host?.hostname ?? "unknown", disk.name ?? "disk");
+  const lock = repo.lock(hello.host?.hostname ?? "unknown", disk.name ?? "disk", `${hello.host?.machineId ?? ""}/${hello.host?.productUuid ?? ""}`);
   if (!lock) return fail("BUSY", `another push of ${repo.diskKey(hello.host?.hostname ?? "unknown", disk.name ?? "disk")} is in progress on this receiver`);
   const pool = new WorkerPool(wholeSha ? 1 : workerCount());
   // chunk payloads arrive in these and come back from the worker once written

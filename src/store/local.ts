@@ -145,8 +145,8 @@ export class LocalRepository implements Repository {
     return out;
   }
 
-  lock(host: string, disk: string): DiskLock | null {
-    const key = `${path.resolve(this.location)}\0${this.diskKey(host, disk)}`;
+  lock(host: string, disk: string, machine = ""): DiskLock | null {
+    const key = `${path.resolve(this.location)}\0${this.diskKey(host, disk)}\0${machine}`;
     if (locked.has(key)) return null;
     locked.add(key);
     let held = true;

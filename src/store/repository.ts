@@ -84,8 +84,12 @@ export interface Repository {
   backupsOf(host: string, disk: string, which: "partial" | "complete"): StoredBackup[];
   /** The "host/disk" a push of this host's disk is stored under. */
   diskKey(host: string, disk: string): string;
-  /** Claims a disk for one push session in this process; null when another holds it. */
-  lock(host: string, disk: string): DiskLock | null;
+  /**
+   * Claims a disk for one push session in this process; null when another
+   * holds it. `machine` (the sender's machine-id and product UUID, when it has
+   * them) tells apart machines that share a hostname and a disk name.
+   */
+  lock(host: string, disk: string, machine?: string): DiskLock | null;
   /** Reserves a new partial backup of host/disk made at `when` (throws errno errors, or StoreError LAYOUT). */
   create(host: string, disk: string, when: Date): NewBackup;
   /** A partial to read back before continuing it. */

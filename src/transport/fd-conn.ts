@@ -10,8 +10,10 @@ import type { Conn } from "./types.ts";
 
 const READ_SIZE = 256 * 1024;
 const MAX_QUEUED = 32;
-/** the longest sleep between reads of a silent non-blocking descriptor */
+/** the longest sleep between reads of a silent non-blocking descriptor (and between tries of a write it cannot take) */
 const MAX_POLL_MS = 10;
+/** polled: a write the descriptor cannot take yet is tried again at once this many times before sleeping (more burn CPU for nothing: scripts/bench-polled-write.ts) */
+const WRITE_TRIES = 2;
 
 // Raw fds, not FileHandle: FileHandle.close() waits for pending operations,
 // and a read is always pending here.
@@ -122,13 +124,27 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
     async write(data) {
       if (failure) throw failure;
       let off = 0;
+      let tries = 0;
+      let waitMs = 1;
       while (off < data.length) {
         if (closed) throw o.gone(new Error("closed"));
         try {
           off += await io(writeAsync(fd, data, off));
+          tries = 0;
+          waitMs = 1;
         } catch (e) {
-          if (isErrno(e, "EAGAIN")) {
-            await Bun.sleep(1);
+          if (isErrno(e, "EAGAIN", "EWOULDBLOCK")) {
+            // A device says EAGAIN while its TX ring is full, also once the
+            // peer has closed (its CLOSE, seen by our read, is the only sign):
+            // a blocking write would have failed then, so fail too.
+            if (failure) throw failure;
+            if (eof) throw o.gone(Object.assign(new Error("the other side closed the stream"), { code: "EPIPE" }));
+            // The ring frees a slot every few microseconds while the peer
+            // reads: try again at once a few times (each try is a trip through
+            // the fs threads) before sleeping, which would leave it idle.
+            if (++tries <= WRITE_TRIES) continue;
+            await Bun.sleep(waitMs);
+            waitMs = Math.min(o.maxPollMs ?? MAX_POLL_MS, waitMs * 2);
             continue;
           }
           throw failure ?? o.gone(e);

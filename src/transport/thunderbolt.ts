@@ -7,6 +7,11 @@
 // service gone) has its stream torn down; when it comes back, or offers its
 // stream under another service, it is set up afresh. Closing the listener
 // (or the process exiting) tears down every stream it made.
+//
+// A peer whose stream cannot be set up or opened is named in a line and
+// skipped; the receiver stops only when nothing can be served: every peer of
+// the first scan failed (decided once all their set-ups are done), or, with
+// `one` (receive --once), the one peer it serves failed.
 import { TbError, asTbError } from "../errors.ts";
 import { AutoStream, ensurePlatform, label, matches } from "../thunderbolt/setup.ts";
 import { deviceNames, readTopology, streamServiceOf, type Peer } from "../thunderbolt/sysfs.ts";
@@ -27,6 +32,12 @@ export interface PeersOptions {
   throttling?: number;
   /** one line per event (a peer set up, gone, skipped) */
   log: (message: string) => void;
+  /**
+   * receive --once: serve one peer only. Several offering a stream at the
+   * first look is USAGE (choose one with --peer, as for push); one that
+   * appears after the first is chosen is named and not served.
+   */
+  one?: boolean;
 }
 
 /** One peer being served: its stream and, while open, its connection. */
@@ -65,6 +76,16 @@ class PeersListener implements Listener {
   /** services being set up now, and ones that failed (skipped until they go away) */
   private readonly starting = new Set<string>();
   private readonly skipped = new Set<string>();
+  /** set-ups in progress: torn down with the others on exit (a group made, its device not there yet) */
+  private readonly settingUp = new Set<AutoStream>();
+  /** the services offered at the first scan, and those of them that failed */
+  private initial: Set<string> | null = null;
+  private readonly initialFailed = new Set<string>();
+  /** a connection was handed out: from then on one peer's error never stops the receiver */
+  private everServed = false;
+  /** with `one`: the peer served (its unique_id, else XDomain id), and peers said not to be */
+  private chosen: string | null = null;
+  private readonly saidNotChosen = new Set<string>();
   private readonly ready: Conn[] = [];
   private wake: (() => void) | null = null;
   private failure: TbError | null = null;
@@ -116,6 +137,7 @@ class PeersListener implements Listener {
       s.auto.teardown();
     }
     this.served.clear();
+    for (const auto of this.settingUp) auto.teardown();
   }
 
   /** Sets up new peers and tears down the streams of peers that went. */
@@ -133,7 +155,11 @@ class PeersListener implements Listener {
       this.lastNames = null; // read again at the next tick
       return;
     }
-    const peers = all.filter((p) => streamServiceOf(p));
+    let peers = all.filter((p) => streamServiceOf(p));
+    if (this.opts.one) {
+      peers = this.choose(peers);
+      if (this.failure) return;
+    }
     const offered = new Map(peers.map((p) => [streamServiceOf(p)!.id, p]));
     for (const [service, s] of this.served) {
       if (offered.has(service)) continue;
@@ -144,6 +170,7 @@ class PeersListener implements Listener {
       this.opts.log(`peer ${s.name} is gone: its stream ${s.device} is removed (plugging it in again sets it up afresh)`);
     }
     for (const service of this.skipped) if (!offered.has(service)) this.skipped.delete(service);
+    this.initial ??= new Set(offered.keys());
     for (const [service, p] of offered) {
       if (this.served.has(service) || this.starting.has(service) || this.skipped.has(service)) continue;
       this.starting.add(service);
@@ -161,10 +188,31 @@ class PeersListener implements Listener {
     this.saidWaiting = waiting;
   }
 
+  /** With `one`: the peers to serve (the one chosen); several at the first look is USAGE. */
+  private choose(peers: Peer[]): Peer[] {
+    if (this.chosen === null) {
+      if (peers.length > 1) {
+        this.failure = new TbError("USAGE", `${peers.length} Thunderbolt peers offer a stream: ${peers.map(label).join("; ")}; receive --once serves one`, "choose one with --peer ID (its unique_id or device name), or leave out --once to serve them all");
+        this.poke();
+        return [];
+      }
+      if (peers.length === 1) this.chosen = peers[0]!.uniqueId ?? peers[0]!.id;
+    }
+    const chosen = this.chosen;
+    if (chosen === null) return peers;
+    for (const p of peers)
+      if (!matches(p, chosen) && !this.saidNotChosen.has(p.id)) {
+        this.saidNotChosen.add(p.id);
+        this.opts.log(`peer ${label(p)} is not served: receive --once serves only ${chosen} (run another receive --peer for it, or leave out --once)`);
+      }
+    return peers.filter((p) => matches(p, chosen));
+  }
+
   private async setUp(service: string, p: Peer): Promise<void> {
     const name = peerName(p);
     const auto = new AutoStream({ mode: "allocate", waitMs: SETUP_WAIT_MS, peer: p.id, hopids: this.opts.hopids, ringSize: this.opts.ringSize, throttling: this.opts.throttling });
     let device: string;
+    this.settingUp.add(auto);
     try {
       device = await auto.setup();
       if (auto.peer && streamServiceOf(auto.peer)?.id !== service) throw new TbError("STREAM_SETUP", `peer ${name} changed its stream service while it was being set up`, "");
@@ -172,6 +220,8 @@ class PeersListener implements Listener {
       auto.teardown();
       this.refuse(service, name, asTbError(e));
       return;
+    } finally {
+      this.settingUp.delete(auto);
     }
     if (this.closed) {
       auto.teardown();
@@ -184,18 +234,22 @@ class PeersListener implements Listener {
   }
 
   /**
-   * A peer that cannot be set up: with nobody else served, the receiver stops
-   * with the cause (as for one peer: another receiver holds the stream, no
-   * HopID left); otherwise the line names the peer and the others go on.
+   * A peer that cannot be set up or opened: a line names it and the others go
+   * on. The receiver stops with the cause (as for one peer: another receiver
+   * holds the stream, no HopID left) only while nothing has been served yet
+   * and nothing else can be: every peer of the first scan has failed (a
+   * set-up still in progress may yet succeed), or, with `one`, the one peer.
    */
   private refuse(service: string, name: string, err: TbError): void {
     if (this.closed) return;
-    if (this.served.size === 0 && this.skipped.size === 0) {
+    this.skipped.add(service);
+    if (this.initial?.has(service)) this.initialFailed.add(service);
+    const nothingLeft = this.opts.one || (this.initial !== null && this.initial.size > 0 && this.initialFailed.size === this.initial.size);
+    if (!this.everServed && nothingLeft) {
       this.failure ??= err;
       this.poke();
       return;
     }
-    this.skipped.add(service);
     this.opts.log(`peer ${name} is not served: ${err.oneLine()} (unplug and plug it in again to retry)`);
   }
 
@@ -218,6 +272,7 @@ class PeersListener implements Listener {
         await conn.close();
         return;
       }
+      this.everServed = true;
       let ended!: () => void;
       s.ended = new Promise<void>((r) => (ended = r));
       this.ready.push(peerConn(conn, `${s.device} (${s.name})`, s.name, ended));

@@ -8,6 +8,7 @@ import * as path from "node:path";
 import { BIN, cleanup, finish, listBackups, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha } from "../helpers/cli.ts";
 import { client } from "../helpers/raw-client.ts";
 import { MsgType } from "../../src/protocol/messages.ts";
+import { hostIdentity } from "../../src/core/identity.ts";
 
 let dir: string;
 let imgA: string;
@@ -19,11 +20,11 @@ beforeAll(() => {
 });
 afterAll(() => cleanup(dir));
 
-/** A push session opened by hand and left waiting after HELLO_ACK (a slow sender on another cable). */
-async function holdSession(sock: string, diskName: string) {
+/** A push session opened by hand and left waiting after HELLO_ACK (a slow sender on another cable): from this machine, or one with another machine-id. */
+async function holdSession(sock: string, diskName: string, machineId?: string) {
   const c = await client(sock);
   const disk = { path: `/dev/${diskName}`, kind: "file", name: diskName, size: 1 << 20, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null };
-  const hello = { protocol: "tbbackup", proto: 1, tool: "tbbackup/test", role: "push", session: crypto.randomUUID(), host: { hostname: os.hostname(), machineId: null, productUuid: null }, caps: ["status", "root"], disk, chunkSize: 1 << 20, level: 1, content: "image" };
+  const hello = { protocol: "tbbackup", proto: 1, tool: "tbbackup/test", role: "push", session: crypto.randomUUID(), host: machineId ? { hostname: os.hostname(), machineId, productUuid: null } : hostIdentity(), caps: ["status", "root"], disk, chunkSize: 1 << 20, level: 1, content: "image" };
   await c.json(MsgType.HELLO, hello);
   await c.expect(MsgType.HELLO_ACK);
   return c;
@@ -76,6 +77,27 @@ describe("several sessions at once", () => {
       expect((await run(["push", imgA, "--stream", `unix:${sock}`, "--wait", "20"])).code).toBe(0);
     });
   });
+  test("two machines with the same hostname and disk name but other machine-ids push at once (review finding: the second was refused as busy)", async () => {
+    await withReceiver(async ({ out, sock }) => {
+      // another machine booted from the same stick: same hostname, its push of a disk also named a.img held open
+      const held = await holdSession(sock, path.basename(imgA), "11111111111111111111111111111111");
+      const root = tempDir("tbb-machine-");
+      try {
+        fs.mkdirSync(path.join(root, "etc"));
+        fs.writeFileSync(path.join(root, "etc/machine-id"), "22222222222222222222222222222222\n");
+        const p = await run(["push", imgA, "--stream", `unix:${sock}`, "--wait", "20"], { env: { TBBACKUP_SYSROOT: root } });
+        expect(p.stderr).not.toContain("in progress");
+        expect(p.code).toBe(0);
+      } finally {
+        held.close();
+        cleanup(root);
+      }
+      const rows = await listBackups(out);
+      const row = rows.find((r) => r.id.split("/")[1] === "a.img" && r.status === "complete")!;
+      expect(zstdSha(path.join(out, row.id, "image.zst"))).toBe(sha256File(imgA));
+    });
+  });
+
   test("connections that say nothing do not hold up a push (review finding: each held a thread of the fs pool)", async () => {
     await withReceiver(async ({ sock }) => {
       const silent: net.Socket[] = [];

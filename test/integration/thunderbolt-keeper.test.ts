@@ -170,6 +170,103 @@ describe.skipIf(skip)("a keeper with several Thunderbolt peers (emulated driver;
     expect(r.stderr).toMatch(/push from \S+ on \S+tbstream\d \(host-b 0-3\) waits: 1 sessions are in progress \(--max-sessions\)/);
   }, 120000);
 
+  test("--once with two peers offering a stream: stops at once naming both (USAGE, as push does); with --peer it serves that one (review finding)", async () => {
+    emu = await startEmu(["--topology", "A-K,B-K"]);
+    const out = path.join(dir, "out-once");
+    const r = await run(["receive", "--out", out, "--once"], { env: env("K") });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/2 Thunderbolt peers offer a stream: host-a \(0-1,.*; host-b \(0-3,/);
+    expect(r.stderr).toContain("--peer");
+    expect(groupsLeft()).toEqual([]);
+    const img = randomImage(dir, 4, "once.img");
+    const recv = start(["receive", "--out", out, "--once", "--peer", "host-b"], { env: env("K") });
+    const p = await run(["push", img, "--wait", "30"], { env: env("B") });
+    const done = await finish(recv);
+    expect(p.code).toBe(0);
+    expect(done.code).toBe(0);
+    expect(zstdSha(path.join(out, complete(out, "once.img")[0]!))).toBe(sha256File(img));
+    expect(groupsLeft()).toEqual([]);
+  }, 120000);
+
+  test("one peer's stream that cannot be set up (its device held by another process) is named and skipped; the other peer is served (review finding: the keeper stopped, exit 16)", async () => {
+    emu = await startEmu(["--topology", "A-K,B-K"]);
+    // a group under A's service on K, made by someone else, its device held open
+    const group = path.join(emu.host("K"), "sys/kernel/config/thunderbolt/stream/0-1.1/tbbackup");
+    fs.mkdirSync(path.dirname(group), { recursive: true });
+    fs.mkdirSync(group);
+    fs.writeFileSync(path.join(group, "in_hopid"), "12\n");
+    fs.writeFileSync(path.join(group, "out_hopid"), "12\n");
+    const dev = path.join(emu.host("K"), "dev", `tbstream${fs.readFileSync(path.join(group, "index"), "utf8").trim()}`);
+    const holder = Bun.spawn(["sh", "-c", `exec 3<>${dev}; exec sleep 300`]);
+    const img = randomImage(dir, 4, "held.img");
+    const out = path.join(dir, "out-held");
+    let recv;
+    try {
+      await waitFor(() => Object.values(emu!.state().hosts.K!.devs).some((d) => d.users === 1), "the other process to open A's device");
+      recv = start(["receive", "--out", out], { env: env("K") });
+      const p = await run(["push", img, "--wait", "30"], { env: env("B") });
+      expect(p.code).toBe(0);
+      expect(recv.exitCode).toBeNull(); // still serving
+      expect(zstdSha(path.join(out, complete(out, "held.img")[0]!))).toBe(sha256File(img));
+    } finally {
+      recv?.kill("SIGTERM");
+      holder.kill();
+      await holder.exited;
+    }
+    const r = await finish(recv!);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(/peer host-a 0-1 is not served: .*already open by process \d+/);
+    expect(r.stderr).toMatch(/stream ready: \S+tbstream\d with host-b/);
+    fs.rmdirSync(group);
+    expect(groupsLeft()).toEqual([]);
+  }, 120000);
+
+  test("--max-sessions 1: a session whose sender gave up while it waited for the slot is not started; the sender's next push is (review finding: a stale HELLO made an empty partial)", async () => {
+    emu = await startEmu(["--topology", "A-K,B-K"]);
+    const imgA = randomImage(dir, 24, "a.img");
+    const imgB = randomImage(dir, 4, "b.img");
+    const out = path.join(dir, "out-stale");
+    const recv = start(["receive", "--out", out, "--max-sessions", "1"], { env: env("K") });
+    let stopped = "";
+    try {
+      await waitFor(() => kOpen() === 2, "receive to open a stream to each peer");
+      const pushA = start(["push", imgA], { env: env("A") });
+      await waitFor(() => partialManifest(out, "a.img") !== null, "A's session to start");
+      pushA.kill("SIGSTOP");
+      try {
+        // B waits for the slot and gives up
+        const b = await run(["push", imgB, "--wait", "5"], { env: env("B") });
+        expect(b.code).toBe(9);
+      } finally {
+        pushA.kill("SIGCONT");
+      }
+      expect((await finish(pushA)).code).toBe(0);
+      // its old HELLO starts nothing: the next push of B is served at once and is the only backup of b.img
+      const again = await run(["push", imgB, "--wait", "20"], { env: env("B") });
+      expect(again.code).toBe(0);
+      expect(entries(out, "b.img").filter((p) => p.includes(".partial"))).toEqual([]);
+      expect(complete(out, "b.img").length).toBe(1);
+      expect(zstdSha(path.join(out, complete(out, "b.img")[0]!))).toBe(sha256File(imgB));
+      // a session held mid-way and one waiting for the slot: only the first is in progress
+      const pushA2 = start(["push", imgA, "--name", "again"], { env: env("A") });
+      await waitFor(() => entries(out, "a.img").some((p) => p.endsWith(".partial")), "A's second session to start");
+      pushA2.kill("SIGSTOP");
+      const pushB2 = start(["push", imgB, "--wait", "60"], { env: env("B") });
+      const toB = () => Object.values(emu!.state().hosts.K!.devs).find((d) => d.xdomain === "0-3")!.rx_bytes;
+      const before = toB();
+      await waitFor(() => toB() > before, "B's HELLO to reach the keeper");
+      recv.kill("SIGTERM");
+      stopped = (await finish(recv)).stderr;
+      pushA2.kill("SIGCONT");
+      await finish(pushA2);
+      await finish(pushB2);
+    } finally {
+      recv.kill("SIGTERM");
+    }
+    expect(stopped).toContain("is not started: its sender gave up while it waited");
+    expect(stopped).toContain("the push in progress is kept as .partial");
+  }, 180000);
+
   test("four peers, three of them idle: a push completes (an idle peer's device is polled, it holds no thread of the fs pool)", async () => {
     emu = await startEmu(["--topology", "A-K,B-K,C-K,D-K"]);
     const img = randomImage(dir, 8, "a.img");
