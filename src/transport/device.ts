@@ -1,7 +1,8 @@
 // A device path (/dev/tbstreamX, a pty, a virtio-serial port, a FIFO) opened
 // O_RDWR with blocking reads and writes (fd-conn.ts). A read is always
 // pending, so the peer's CLOSE (EOF) or an unplug (ENXIO) is seen even while
-// we only write (docs/PROTOCOL.md §2: only a reader notices the peer leaving).
+// we only write (README, "Thunderbolt stream setup", step 5: only a reader
+// notices the peer leaving).
 // The device is not exclusive (a second opener shares the rings and steals
 // frames), so we refuse one another process holds open and take an flock.
 import * as fs from "node:fs";
