@@ -1,4 +1,4 @@
-// The states of one push session on the receiver (docs/PROTOCOL.md §8), and
+// The states of one push session on the receiver (docs/PROTOCOL.md §8.2c), and
 // the moves between them. receive.ts moves a session through them; a move the
 // table does not allow is a bug (INTERNAL), never a peer's doing: what a peer
 // sends in the wrong state is dropped or refused by receive.ts itself.

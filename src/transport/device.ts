@@ -1,5 +1,8 @@
 // A device path (/dev/tbstreamX, a pty, a virtio-serial port, a FIFO) opened
-// O_RDWR with blocking reads and writes (fd-conn.ts). A read is always
+// O_RDWR with blocking reads and writes (fd-conn.ts); a receiver serving
+// several Thunderbolt peers makes it non-blocking and polls it instead
+// (transport/thunderbolt.ts: a blocked read would hold a thread of the fs
+// pool per idle peer). A read is always
 // pending, so the peer's CLOSE (EOF) or an unplug (ENXIO) is seen even while
 // we only write (README, "Thunderbolt stream setup", step 5: only a reader
 // notices the peer leaving).
