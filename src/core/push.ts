@@ -16,7 +16,7 @@ import { handshake, newHello, hasCap } from "./handshake.ts";
 import { PushSession, type PushAction, type PushEvent } from "./push-session.ts";
 import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
-import { holeTest, openSource, readFully } from "./source.ts";
+import { holeTest, openSource } from "./source.ts";
 import { zeroChecksum } from "./zero.ts";
 import { chunkLine } from "../store/image-writer.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
@@ -48,7 +48,7 @@ export function imageSource(path: string): PushSource {
     content: "image",
     read: async (buf, offset) => {
       const n = Math.min(buf.length, src.size - offset);
-      readFully(src.fd, buf.subarray(0, n), offset, path);
+      src.readAt(buf.subarray(0, n), offset);
       return n;
     },
     holes: async () => (src.regularFile ? holeTest(src.fd, src.size, path) : null),
