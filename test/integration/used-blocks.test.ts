@@ -229,6 +229,8 @@ describe.skipIf(!tools)("used-block imaging (needs mkfs.ext4, e2fsck, debugfs, s
     placeFs(disk, p1.start, p1.length, `mkfs.ext4 -q -F -b 1024 -E nodiscard -d ${tree("direct1").dir}`);
     placeFs(disk, p2.start, p2.length, "mkswap");
     placeFs(disk, p3.start, p3.length, `mkfs.ext4 -q -F -b 4096 -E nodiscard -d ${tree("direct3").dir}`);
+    // zeros written (not holes) after the swap header: chunks read, found zero and sent as such
+    sh(`dd if=/dev/zero of=${disk} bs=4096 seek=${p2.start / 4096 + 1} count=${(p2.length - 4096) / 4096} conv=notrunc status=none`);
     // a bare ext4 of 1 KiB blocks on a device of 4 KiB logical blocks: its used ranges are not aligned to them
     const bare = path.join(dir, "direct-bare.img");
     randomFile(bare, 32 * MiB);
@@ -241,11 +243,16 @@ describe.skipIf(!tools)("used-block imaging (needs mkfs.ext4, e2fsck, debugfs, s
       const [loop, loop4k] = loops as [string, string];
       expect(fs.readFileSync(`/sys/class/block/${path.basename(loop4k)}/queue/logical_block_size`, "utf8").trim()).toBe("4096");
       for (const [name, file, dev] of [["gpt", disk, loop], ["bare4k", bare, loop4k]] as const) {
-        for (const extra of [[], ["--all-blocks"]]) {
+        for (const extra of [[], ["--all-blocks", "--sha256"]]) {
           const tag = `${name}${extra.length ? "-all" : ""}`;
           const fromFile = await pushTo(file, path.join(dir, `store-direct-file-${tag}`), ["--json", ...extra]);
           const fromDev = await pushTo(dev, path.join(dir, `store-direct-dev-${tag}`), ["--json", ...extra]);
           expect(rootOf(fromDev), tag).toBe(rootOf(fromFile));
+          if (extra.length) {
+            const r = JSON.parse(fromDev.push.stdout) as { sha256: string; zeroChunks: number };
+            expect(r.sha256, tag).toBe(sh(`sha256sum ${file}`).split(" ")[0]!);
+            if (name === "gpt") expect(r.zeroChunks).toBeGreaterThanOrEqual(6);
+          }
         }
       }
       // the device's page cache: kept while the test holds the device open (the kernel drops it at the last close)
