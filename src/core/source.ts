@@ -111,8 +111,8 @@ export function directReader(fd: number, direct: number, lbs: number, path: stri
   let directOk = true;
   let scratch: Uint8Array | null = null;
   const aligned = (n: number) => n % lbs === 0;
-  /** reads all of buf at position through direct: "ok", "refused" (EINVAL: O_DIRECT is not for this device) or "failed" */
-  const readIn = (buf: Uint8Array, position: number): "ok" | "refused" | "failed" => {
+  /** reads buf at position through direct, at least its first `need` bytes: "ok", "refused" (EINVAL: O_DIRECT is not for this device) or "failed" */
+  const readIn = (buf: Uint8Array, position: number, need: number): "ok" | "refused" | "failed" => {
     let off = 0;
     while (off < buf.length) {
       let n: number;
@@ -121,7 +121,7 @@ export function directReader(fd: number, direct: number, lbs: number, path: stri
       } catch (e) {
         return isErrno(e, "EINVAL") ? "refused" : "failed";
       }
-      if (n === 0) return "failed"; // the device shrank: readFully says where
+      if (n === 0) return off >= need ? "ok" : "failed"; // the end: readFully says where, if it came too soon
       off += n;
     }
     return "ok";
@@ -130,7 +130,7 @@ export function directReader(fd: number, direct: number, lbs: number, path: stri
     if (buf.length === 0) return;
     if (directOk) {
       let got: "ok" | "refused" | "failed";
-      if (aligned(ptr(buf)) && aligned(position) && aligned(buf.length)) got = readIn(buf, position);
+      if (aligned(ptr(buf)) && aligned(position) && aligned(buf.length)) got = readIn(buf, position, buf.length);
       else {
         const from = position - (position % lbs);
         const length = Math.ceil((position + buf.length - from) / lbs) * lbs;
@@ -139,7 +139,8 @@ export function directReader(fd: number, direct: number, lbs: number, path: stri
           const skew = ptr(b) % 4096;
           scratch = b.subarray(skew === 0 ? 0 : 4096 - skew);
         }
-        got = readIn(scratch.subarray(0, length), from);
+        // the blocks may run past the end of the source (whose size need not be a multiple of lbs)
+        got = readIn(scratch.subarray(0, length), from, position - from + buf.length);
         if (got === "ok") buf.set(scratch.subarray(position - from, position - from + buf.length));
       }
       if (got === "ok") return;
