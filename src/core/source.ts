@@ -43,6 +43,7 @@ export function openSource(path: string): Source {
     } else throw new TbError("SOURCE", `${path} is not a block device or a regular file`, "give a disk (e.g. /dev/nvme0n1) or an image file");
     const head = new Uint8Array(Math.min(8192, size));
     if (head.length > 0) readFully(fd, head, 0, path);
+    const disk = diskIdentity(path, size, head, st.isBlockDevice());
     // an image file is read through the page cache (it is often there already, and O_DIRECT would read it from the disk again)
     const direct = st.isBlockDevice() ? openDirect(fd) : undefined;
     const readAt = direct !== undefined ? directReader(fd, direct, logicalBlockSize(path), path) : (buf: Uint8Array, position: number) => readFully(fd, buf, position, path);
@@ -50,7 +51,7 @@ export function openSource(path: string): Source {
       fd,
       size,
       regularFile: st.isFile(),
-      disk: diskIdentity(path, size, head, st.isBlockDevice()),
+      disk,
       readAt,
       close: () => {
         if (direct !== undefined) fs.closeSync(direct);
