@@ -16,7 +16,7 @@ import { handshake, newHello, hasCap } from "./handshake.ts";
 import { PushSession, type PushAction, type PushEvent } from "./push-session.ts";
 import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
-import { holeTest, openSource, readFully } from "./source.ts";
+import { holeTest, openSource } from "./source.ts";
 import { zeroChecksum } from "./zero.ts";
 import { chunkLine } from "../store/image-writer.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
@@ -48,12 +48,19 @@ export function imageSource(path: string): PushSource {
     content: "image",
     read: async (buf, offset) => {
       const n = Math.min(buf.length, src.size - offset);
-      readFully(src.fd, buf.subarray(0, n), offset, path);
+      src.readAt(buf.subarray(0, n), offset);
       return n;
     },
     holes: async () => (src.regularFile ? holeTest(src.fd, src.size, path) : null),
     close: () => src.close(),
   };
+}
+
+let zeros = new Uint8Array(0);
+/** Whether a chunk read is all zeros: a compare that stops at the first other byte, so data costs next to nothing. */
+function allZero(b: Uint8Array): boolean {
+  if (zeros.length < b.length) zeros = new Uint8Array(b.length);
+  return Buffer.from(b.buffer, b.byteOffset, b.length).equals(zeros.subarray(0, b.length));
 }
 
 export interface PushOptions {
@@ -355,10 +362,16 @@ export async function push(opts: PushOptions): Promise<PushResult> {
             break;
           }
           const buf = raw.buffer as ArrayBuffer;
-          const frameBuf = frames.takeBuffer();
-          const at = offset;
-          const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out: frameBuf, base: baseDigest(i) }, [buf, frameBuf]);
-          await out.add(job.then((reply) => ({ index: i, offset: at, rawLength, reply })));
+          if (allZero(raw.subarray(0, rawLength))) {
+            // zeros written on a disk (its free space, mostly): sent as a hole is, with no worker's round trip
+            spare.push(buf);
+            await out.add(Promise.resolve({ index: i, offset, rawLength, reply: null }));
+          } else {
+            const frameBuf = frames.takeBuffer();
+            const at = offset;
+            const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out: frameBuf, base: baseDigest(i) }, [buf, frameBuf]);
+            await out.add(job.then((reply) => ({ index: i, offset: at, rawLength, reply })));
+          }
         }
         chunks++;
         offset += rawLength;

@@ -1,9 +1,13 @@
 // Opening what push reads: a block device or a regular file (an image).
 import * as fs from "node:fs";
+import * as path from "node:path";
+import { ptr } from "bun:ffi";
 import { TbError, errnoText, isErrno } from "./errors.ts";
 import { blockDeviceSize, diskIdentity } from "./identity.ts";
+import { openDirect } from "./target.ts";
 import type { DiskIdentity } from "../protocol/messages.ts";
 import { SEEK_DATA, SEEK_HOLE, loadLibc } from "../util/libc.ts";
+import { blockSysDir } from "../util/sysroot.ts";
 
 export interface Source {
   fd: number;
@@ -11,6 +15,11 @@ export interface Source {
   /** a regular file (which may have holes), not a block device */
   regularFile: boolean;
   disk: DiskIdentity;
+  /**
+   * Reads exactly buf.length bytes at `position`, or throws SOURCE: the data
+   * of a disk with O_DIRECT where the kernel allows it (see directReader).
+   */
+  readAt(buf: Uint8Array, position: number): void;
   close(): void;
 }
 
@@ -34,12 +43,40 @@ export function openSource(path: string): Source {
     } else throw new TbError("SOURCE", `${path} is not a block device or a regular file`, "give a disk (e.g. /dev/nvme0n1) or an image file");
     const head = new Uint8Array(Math.min(8192, size));
     if (head.length > 0) readFully(fd, head, 0, path);
-    return { fd, size, regularFile: st.isFile(), disk: diskIdentity(path, size, head, st.isBlockDevice()), close: () => fs.closeSync(fd) };
+    const disk = diskIdentity(path, size, head, st.isBlockDevice());
+    // an image file is read through the page cache (it is often there already, and O_DIRECT would read it from the disk again)
+    const direct = st.isBlockDevice() ? openDirect(fd) : undefined;
+    const readAt = direct !== undefined ? directReader(fd, direct, logicalBlockSize(path), path) : (buf: Uint8Array, position: number) => readFully(fd, buf, position, path);
+    return {
+      fd,
+      size,
+      regularFile: st.isFile(),
+      disk,
+      readAt,
+      close: () => {
+        if (direct !== undefined) fs.closeSync(direct);
+        fs.closeSync(fd);
+      },
+    };
   } catch (e) {
     fs.closeSync(fd);
     throw e;
   }
 }
+
+/** A disk's logical block size from sysfs (a partition's is its disk's); 4096, a multiple of every size in use, when it cannot be told. */
+function logicalBlockSize(devPath: string): number {
+  const dir = blockSysDir(devPath);
+  for (const d of dir ? [dir, path.dirname(dir)] : []) {
+    try {
+      const n = Number(fs.readFileSync(path.join(d, "queue/logical_block_size"), "utf8").trim());
+      if (Number.isSafeInteger(n) && n >= 512 && n <= 65536 && (n & (n - 1)) === 0) return n;
+    } catch {}
+  }
+  return 4096;
+}
+
+const READ_HINT = "the disk may be failing; try a file-level backup (push --files) of what can still be read";
 
 /** Reads exactly buf.length bytes at `position`, or throws SOURCE. */
 export function readFully(fd: number, buf: Uint8Array, position: number, path: string): void {
@@ -49,11 +86,69 @@ export function readFully(fd: number, buf: Uint8Array, position: number, path: s
     try {
       n = fs.readSync(fd, buf, off, buf.length - off, position + off);
     } catch (e) {
-      throw new TbError("SOURCE", `read error on ${path} at byte ${position + off}: ${errnoText(e)}`, "the disk may be failing; try a file-level backup (push --files) of what can still be read");
+      throw new TbError("SOURCE", `read error on ${path} at byte ${position + off}: ${errnoText(e)}`, READ_HINT);
     }
     if (n === 0) throw new TbError("SOURCE", `${path} ended at byte ${position + off}, before its size`, "the source shrank while being read; run again");
     off += n;
   }
+}
+
+/**
+ * Reads of a disk through `direct`, an O_DIRECT descriptor of it: the data
+ * goes from the disk straight into the caller's buffer instead of through the
+ * block device's page cache, which costs several times the read itself
+ * (through a loop device, a fresh page for every 4 KiB, twice over) and
+ * would fill the memory of the machine being rescued with a disk read once.
+ * O_DIRECT needs the buffer, position and length aligned to the logical
+ * block (`lbs`): an aligned request is read in place; any other goes through
+ * an aligned scratch buffer over the blocks that hold it (never beyond them:
+ * used-block imaging reads nothing outside the used ranges but what shares
+ * their logical blocks). After the kernel refuses (EINVAL), reads go through
+ * `fd` and the page cache. A request that fails otherwise is read again
+ * through `fd`, which fails with readFully's error at the byte where the
+ * disk stopped (or succeeds: the error was O_DIRECT's alone).
+ */
+export function directReader(fd: number, direct: number, lbs: number, path: string): (buf: Uint8Array, position: number) => void {
+  let directOk = true;
+  let scratch: Uint8Array | null = null;
+  const aligned = (n: number) => n % lbs === 0;
+  /** reads buf at position through direct, at least its first `need` bytes: "ok", "refused" (EINVAL: O_DIRECT is not for this device) or "failed" */
+  const readIn = (buf: Uint8Array, position: number, need: number): "ok" | "refused" | "failed" => {
+    let off = 0;
+    while (off < buf.length) {
+      let n: number;
+      try {
+        n = fs.readSync(direct, buf, off, buf.length - off, position + off);
+      } catch (e) {
+        return isErrno(e, "EINVAL") ? "refused" : "failed";
+      }
+      if (n === 0) return off >= need ? "ok" : "failed"; // the end: readFully says where, if it came too soon
+      off += n;
+    }
+    return "ok";
+  };
+  return (buf, position) => {
+    if (buf.length === 0) return;
+    if (directOk) {
+      let got: "ok" | "refused" | "failed";
+      if (aligned(ptr(buf)) && aligned(position) && aligned(buf.length)) got = readIn(buf, position, buf.length);
+      else {
+        const from = position - (position % lbs);
+        const length = Math.ceil((position + buf.length - from) / lbs) * lbs;
+        if (!scratch || scratch.length < length) {
+          const b = new Uint8Array(length + 4096);
+          const skew = ptr(b) % 4096;
+          scratch = b.subarray(skew === 0 ? 0 : 4096 - skew);
+        }
+        // the blocks may run past the end of the source (whose size need not be a multiple of lbs)
+        got = readIn(scratch.subarray(0, length), from, position - from + buf.length);
+        if (got === "ok") buf.set(scratch.subarray(position - from, position - from + buf.length));
+      }
+      if (got === "ok") return;
+      if (got === "refused") directOk = false;
+    }
+    readFully(fd, buf, position, path);
+  };
 }
 
 /** File systems whose SEEK_DATA/SEEK_HOLE we trust (statfs magic numbers). */

@@ -144,12 +144,12 @@ export function openTarget(t: TargetInfo, size: number, keep = false): number {
 }
 
 /**
- * A second descriptor of a disk target, read-only with O_DIRECT, for reading
- * what the disk holds (a delta restore's comparison, the read-back): the data
+ * A second descriptor of a disk, read-only with O_DIRECT, for reading what
+ * it holds (a delta restore's comparison, the read-back, push): the data
  * comes straight from the disk instead of through the block device's page
  * cache, which costs several times the read itself (through a loop device,
- * twice over) and would serve the read-back from memory. undefined for a file
- * target, or where the kernel refuses: the caller reads through fd.
+ * twice over) and would serve the read-back from memory. undefined for a
+ * regular file, or where the kernel refuses: the caller reads through fd.
  */
 export function openDirect(fd: number): number | undefined {
   try {

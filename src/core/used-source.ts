@@ -74,6 +74,7 @@ function mountInfoFor(devPath: string, readWrite?: MountOnDisk[]): MountInfo | u
 export async function usedBlocksSource(devPath: string, readWrite?: MountOnDisk[]): Promise<{ source: PushSource; plan: DiskPlan }> {
   const src = openSource(devPath);
   try {
+    // the analysis's small reads of metadata go through the page cache (read-ahead helps them); the data, through readAt
     const read: ReadAt = (offset, length) => {
       if (length > MAX_READ || offset < 0 || offset + length > src.size) throw new RangeError(`read at ${offset}+${length} outside the disk`);
       const b = new Uint8Array(length);
@@ -92,7 +93,7 @@ export async function usedBlocksSource(devPath: string, readWrite?: MountOnDisk[
         let pos = offset;
         for (const [a, b] of q.usedRanges(offset, n)) {
           buf.fill(0, pos - offset, a - offset);
-          readFully(src.fd, buf.subarray(a - offset, b - offset), a, devPath);
+          src.readAt(buf.subarray(a - offset, b - offset), a);
           pos = b;
         }
         buf.fill(0, pos - offset, n);

@@ -7,6 +7,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { dlopen, FFIType, ptr } from "bun:ffi";
 import { cleanup, finish, run, sh, start, tempDir, waitFor } from "../helpers/cli.ts";
 import type { Layout } from "../../src/protocol/messages.ts";
 
@@ -67,6 +68,30 @@ async function pushTo(img: string, out: string, extra: string[] = []): Promise<{
   const manifests = (fs.readdirSync(out, { recursive: true }) as string[]).map(String).filter((p) => p.endsWith("manifest.json"));
   expect(manifests.length).toBe(1);
   return { push, dir: path.join(out, path.dirname(manifests[0]!)) };
+}
+
+/** How many bytes of the first `length` of a file or disk are in the page cache (mmap + mincore). */
+function residentBytes(fd: number, length: number): number {
+  const libc = dlopen("libc.so.6", {
+    mmap: { args: [FFIType.ptr, FFIType.u64, FFIType.i32, FFIType.i32, FFIType.i32, FFIType.i64], returns: FFIType.ptr },
+    munmap: { args: [FFIType.ptr, FFIType.u64], returns: FFIType.i32 },
+    mincore: { args: [FFIType.ptr, FFIType.u64, FFIType.ptr], returns: FFIType.i32 },
+  });
+  try {
+    const PROT_READ = 1;
+    const MAP_SHARED = 1;
+    const at = libc.symbols.mmap(null, length, PROT_READ, MAP_SHARED, fd, 0);
+    if (!at || Number(at) === -1) throw new Error("mmap failed");
+    const pages = new Uint8Array(Math.ceil(length / 4096));
+    try {
+      if (libc.symbols.mincore(at, length, ptr(pages)) !== 0) throw new Error("mincore failed");
+    } finally {
+      libc.symbols.munmap(at, length);
+    }
+    return pages.reduce((n, v) => n + (v & 1), 0) * 4096;
+  } finally {
+    libc.close();
+  }
 }
 
 function slice(file: string, start: number, length: number): Buffer {
@@ -192,6 +217,58 @@ describe.skipIf(!tools)("used-block imaging (needs mkfs.ext4, e2fsck, debugfs, s
     const rawBare = path.join(dir, "restored-bare.raw");
     sh(`zstd -dcq ${path.join(b.dir, "image.zst")} > ${rawBare}`);
     checkExt(rawBare, 0, 32 * MiB, t1.files, "bare");
+  });
+
+  test.skipIf(process.getuid?.() !== 0 || !has("losetup"))("a loop device is imaged as its backing file is (read with O_DIRECT: aligned, misaligned, a 512-byte tail, 4 KiB logical blocks), and its page cache is not filled (needs root and losetup)", async () => {
+    // a GPT disk whose size ends 1536 bytes past a 4 KiB boundary, with 1 KiB-block ext4, swap and 4 KiB-block ext4
+    const disk = path.join(dir, "direct.img");
+    randomFile(disk, 96 * MiB + 1536);
+    sh(`printf 'label: gpt\\nsize=40M, type=linux\\nsize=8M, type=swap\\ntype=linux\\n' | sfdisk -q ${disk}`);
+    const parts = JSON.parse(sh(`sfdisk -J ${disk}`)).partitiontable.partitions as { start: number; size: number }[];
+    const [p1, p2, p3] = parts.map((p) => ({ start: p.start * 512, length: p.size * 512 })) as [{ start: number; length: number }, { start: number; length: number }, { start: number; length: number }];
+    placeFs(disk, p1.start, p1.length, `mkfs.ext4 -q -F -b 1024 -E nodiscard -d ${tree("direct1").dir}`);
+    placeFs(disk, p2.start, p2.length, "mkswap");
+    placeFs(disk, p3.start, p3.length, `mkfs.ext4 -q -F -b 4096 -E nodiscard -d ${tree("direct3").dir}`);
+    // zeros written (not holes) after the swap header: chunks read, found zero and sent as such
+    sh(`dd if=/dev/zero of=${disk} bs=4096 seek=${p2.start / 4096 + 1} count=${(p2.length - 4096) / 4096} conv=notrunc status=none`);
+    // a bare ext4 of 1 KiB blocks on a device of 4 KiB logical blocks: its used ranges are not aligned to them
+    const bare = path.join(dir, "direct-bare.img");
+    randomFile(bare, 32 * MiB);
+    sh(`mkfs.ext4 -q -F -b 1024 -E nodiscard -d ${tree("direct-bare").dir} ${bare}`);
+    const rootOf = (r: { push: { stdout: string } }) => (JSON.parse(r.push.stdout) as { root: string }).root;
+    const loops: string[] = [];
+    try {
+      loops.push(sh(`losetup -f --show ${disk}`).trim());
+      loops.push(sh(`losetup -f --show -b 4096 ${bare}`).trim());
+      const [loop, loop4k] = loops as [string, string];
+      expect(fs.readFileSync(`/sys/class/block/${path.basename(loop4k)}/queue/logical_block_size`, "utf8").trim()).toBe("4096");
+      for (const [name, file, dev] of [["gpt", disk, loop], ["bare4k", bare, loop4k]] as const) {
+        for (const extra of [[], ["--all-blocks", "--sha256"]]) {
+          const tag = `${name}${extra.length ? "-all" : ""}`;
+          const fromFile = await pushTo(file, path.join(dir, `store-direct-file-${tag}`), ["--json", ...extra]);
+          const fromDev = await pushTo(dev, path.join(dir, `store-direct-dev-${tag}`), ["--json", ...extra]);
+          expect(rootOf(fromDev), tag).toBe(rootOf(fromFile));
+          if (extra.length) {
+            const r = JSON.parse(fromDev.push.stdout) as { sha256: string; zeroChunks: number };
+            expect(r.sha256, tag).toBe(sh(`sha256sum ${file}`).split(" ")[0]!);
+            if (name === "gpt") expect(r.zeroChunks).toBeGreaterThanOrEqual(6);
+          }
+        }
+      }
+      // the device's page cache: kept while the test holds the device open (the kernel drops it at the last close)
+      const held = fs.openSync(loop, "r");
+      try {
+        sh(`blockdev --flushbufs ${loop}`);
+        await pushTo(loop, path.join(dir, "store-direct-cache"), ["--all-blocks"]);
+        const cached = residentBytes(held, 96 * MiB);
+        console.log(`pages of ${loop} cached after push --all-blocks: ${cached} bytes`);
+        expect(cached).toBeLessThan(4 * MiB);
+      } finally {
+        fs.closeSync(held);
+      }
+    } finally {
+      for (const l of loops) Bun.spawnSync(["losetup", "-d", l]);
+    }
   });
 
   test.skipIf(process.getuid?.() !== 0 || !has("losetup"))("a partition mounted read-write is imaged whole (loop device; needs root and losetup)", async () => {

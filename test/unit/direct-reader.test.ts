@@ -1,0 +1,97 @@
+// push's O_DIRECT reads of a disk (src/core/source.ts directReader), on a
+// regular file opened with O_DIRECT where the file system allows it: aligned
+// requests read in place, others through the aligned scratch, and each way
+// back to the page cache (a refused O_DIRECT, a failed or short read), with
+// the same bytes and the same error as readFully's.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { directReader } from "../../src/core/source.ts";
+import { TbError } from "../../src/core/errors.ts";
+
+const SIZE = 3 * 1024 * 1024 + 1536;
+let dir: string;
+let file: string;
+let data: Uint8Array;
+let fd: number;
+let direct: number | undefined;
+
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), "tbb-direct-"));
+  file = path.join(dir, "disk.img");
+  data = new Uint8Array(SIZE);
+  for (let i = 0; i < SIZE; i += 65536) crypto.getRandomValues(data.subarray(i, Math.min(SIZE, i + 65536)));
+  fs.writeFileSync(file, data);
+  fd = fs.openSync(file, "r");
+  try {
+    direct = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
+  } catch {
+    direct = undefined; // a file system without O_DIRECT: nothing to show here
+  }
+});
+afterAll(() => {
+  fs.closeSync(fd);
+  if (direct !== undefined) fs.closeSync(direct);
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** Requests of every kind: aligned, misaligned start or end, inside one block, the 512-byte tail, a fresh (aligned) buffer and a subarray of one. */
+const REQUESTS: [number, number, number][] = [
+  // [position, length, offset into a 1 MiB buffer]
+  [0, 1024 * 1024, 0],
+  [1024 * 1024, 512 * 1024, 0],
+  [4096 + 1024, 8192, 1024],
+  [100, 7, 3],
+  [SIZE - 1536, 1536, 0],
+  [SIZE - 1000, 1000, 17],
+  [2 * 1024 * 1024 - 512, 4096 + 1024, 512],
+];
+
+describe("directReader", () => {
+  test("reads what the page cache reads, for aligned and misaligned requests, and at the end", () => {
+    if (direct === undefined) return;
+    for (const lbs of [512, 4096]) {
+      const read = directReader(fd, direct, lbs, file);
+      for (const [pos, len, at] of REQUESTS) {
+        const buf = new Uint8Array(1024 * 1024 + 8192);
+        read(buf.subarray(at, at + len), pos);
+        expect(Buffer.from(buf.subarray(at, at + len)).equals(Buffer.from(data.subarray(pos, pos + len))), `lbs ${lbs} at ${pos}+${len}`).toBe(true);
+        // nothing around the request is touched
+        expect(buf.subarray(0, at).every((v) => v === 0) && buf.subarray(at + len).every((v) => v === 0)).toBe(true);
+      }
+    }
+  });
+
+  test("a refused O_DIRECT (EINVAL: a block smaller than the file system's) goes on through the page cache", () => {
+    if (direct === undefined) return;
+    // 256-byte "blocks": requests that O_DIRECT on this file system refuses
+    const read = directReader(fd, direct, 256, file);
+    for (const [pos, len] of [[256, 256], [0, 65536], [768, 1024]] as [number, number][]) {
+      const buf = new Uint8Array(len);
+      read(buf, pos);
+      expect(Buffer.from(buf).equals(Buffer.from(data.subarray(pos, pos + len)))).toBe(true);
+    }
+  });
+
+  test("a failed or short O_DIRECT read is read again through the page cache: the bytes, or readFully's error", () => {
+    // the "direct" descriptor of a shorter copy (it ends early, the real one does not), and one that cannot be read (EBADF)
+    const short = path.join(dir, "short.img");
+    fs.writeFileSync(short, data.subarray(0, 1024 * 1024));
+    const shortFd = fs.openSync(short, "r");
+    const writeOnly = fs.openSync(path.join(dir, "w.img"), "w");
+    try {
+      for (const d of [shortFd, writeOnly]) {
+        const read = directReader(fd, d, 4096, file);
+        const buf = new Uint8Array(1024 * 1024);
+        read(buf, 2 * 1024 * 1024);
+        expect(Buffer.from(buf).equals(Buffer.from(data.subarray(2 * 1024 * 1024, 3 * 1024 * 1024)))).toBe(true);
+        // past the end of the real file too: readFully's message, at the byte where it ended
+        expect(() => read(new Uint8Array(4096), SIZE - 512)).toThrow(new TbError("SOURCE", `${file} ended at byte ${SIZE}, before its size`, ""));
+      }
+    } finally {
+      fs.closeSync(shortFd);
+      fs.closeSync(writeOnly);
+    }
+  });
+});
