@@ -11,6 +11,7 @@ import { analyzeBtrfs } from "../../src/disk/btrfs.ts";
 import type { FsAnalysis, ReadAt } from "../../src/disk/types.ts";
 import { cleanup, tempDir } from "../helpers/cli.ts";
 import { xorshift as prng } from "../helpers/prng.ts";
+import { domainUsed } from "../helpers/usedmap.ts";
 
 const have = (cmd: string) => Bun.spawnSync(["sh", "-c", `command -v ${cmd}`]).exitCode === 0;
 const TOOLS = ["mkfs.btrfs", "btrfs", "partclone.btrfs", "blkid"].filter((t) => !have(t));
@@ -198,11 +199,7 @@ describe.skipIf(SKIP)("btrfs used-block map", () => {
       sh(`partclone.btrfs -D -s '${f.img}' -o '${log}' -L /dev/null`);
       const theirs = new Uint8Array(a.used!.blocks);
       let theirBytes = 0;
-      for (const line of readFileSync(log, "utf8").split("\n")) {
-        const m = /^0x([0-9A-Fa-f]+)\s+0x([0-9A-Fa-f]+)\s+\+/.exec(line);
-        if (!m) continue;
-        const pos = parseInt(m[1]!, 16);
-        const len = parseInt(m[2]!, 16);
+      for (const [pos, len] of domainUsed(readFileSync(log, "utf8"))) {
         theirBytes += len;
         for (let b = pos; b < pos + len; b += 4096) theirs[b / 4096] = 1;
       }

@@ -10,6 +10,7 @@ import { analyzeNtfs } from "../../src/disk/ntfs.ts";
 import type { FsAnalysis, ReadAt } from "../../src/disk/types.ts";
 import { cleanup, tempDir } from "../helpers/cli.ts";
 import { xorshift as prng } from "../helpers/prng.ts";
+import { domainUsed } from "../helpers/usedmap.ts";
 
 const have = (cmd: string) => Bun.spawnSync(["sh", "-c", `command -v ${cmd}`]).exitCode === 0;
 const TOOLS = ["mkfs.ntfs", "ntfs-3g", "partclone.ntfs", "ntfsfix", "ntfsinfo"].filter((t) => !have(t));
@@ -262,11 +263,7 @@ describe.skipIf(SKIP)("NTFS used-block map", () => {
       const log = path.join(dir, `pc-${path.basename(f.img)}.log`);
       sh(`partclone.ntfs -D -s '${f.img}' -o '${log}' -L /dev/null`);
       let theirs = 0;
-      for (const line of readFileSync(log, "utf8").split("\n")) {
-        const m = /^0x([0-9A-Fa-f]+)\s+0x([0-9A-Fa-f]+)\s+\+/.exec(line);
-        if (!m) continue;
-        const pos = parseInt(m[1]!, 16);
-        const len = parseInt(m[2]!, 16);
+      for (const [pos, len] of domainUsed(readFileSync(log, "utf8"))) {
         theirs += len;
         for (let b = pos; b < pos + len; b += 512) if (!isUsed(a, b)) throw new Error(`partclone keeps byte ${b} of ${f.img}, our map does not`);
       }
