@@ -86,6 +86,6 @@ export function listVerifiable(root: string): BackupEntry[] {
   const repo = openRepository(root);
   return repo
     .list()
-    .filter((b) => b.manifest || b.hasAnyFile)
+    .filter((b) => b.hasAnyFile)
     .map((b) => entryFor(repo, b));
 }

@@ -14,6 +14,7 @@ import { chunkDigest, zeroDigest } from "../store/root.ts";
 import type { WorkerReply, WorkerRequest } from "./chunk-jobs.ts";
 import { writeFrame, type FrameWrite } from "../store/reflink.ts";
 import { loadLibc, type Libc } from "../util/libc.ts";
+import { pwriteAll } from "../util/fsio.ts";
 
 declare const self: Worker;
 
@@ -87,10 +88,9 @@ function setLevel(level: number): void {
 setLevel(1);
 
 /** Writes all of data at position; returns the errno code on failure. */
-function pwriteAll(fd: number, data: Uint8Array, position: number): string | undefined {
+function writeOrCode(fd: number, data: Uint8Array, position: number): string | undefined {
   try {
-    let off = 0;
-    while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off, position + off);
+    pwriteAll(fd, data, position);
     return undefined;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code ?? String(e);
@@ -151,7 +151,7 @@ function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
   const digest = m.digest ? chunkDigest(raw) : undefined;
   const unchanged = m.writeRaw !== undefined && m.onlyIfDiffers === true && holds(m.writeRaw.fd, m.writeRaw.direct, raw, m.writeRaw.position);
   const stored = m.write ? storeFrame(m.write, z) : undefined;
-  const writeError = m.write ? stored!.error : m.writeRaw && !unchanged ? pwriteAll(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;
+  const writeError = m.write ? stored!.error : m.writeRaw && !unchanged ? writeOrCode(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;
   const rawBuf = m.wantRaw ? (raw.buffer as ArrayBuffer) : undefined;
   return { op: "checked", index: m.index, ok: true, writeError, raw: rawBuf, digest, ...(unchanged ? { unchanged } : {}), ...(stored?.cloned ? { cloned: true } : {}) };
 }

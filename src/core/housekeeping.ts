@@ -109,13 +109,12 @@ export function planPrune(root: string, o: PruneOptions): Decision[] {
 }
 
 function decidePartial(repo: Repository, stored: StoredBackup, b: BackupEntry, o: PruneOptions, now: Date, decide: (b: BackupEntry, a: Decision["action"], r: string[]) => void): void {
-  if (mayBeActive(repo, stored, now)) return decide(b, "keep", ["partial: changed under a minute ago, a receiver may be writing it"]);
-  let status: string | null = null;
-  try {
-    status = repo.manifestOf(stored).status;
-  } catch {}
-  if (status === "failed") return decide(b, "remove", ["partial: marked not resumable"]);
-  const ageDays = (now.getTime() - repo.lastActivity(stored)) / 86400_000;
+  // (one look at the directory serves both the "busy" test and the age)
+  const idleMs = now.getTime() - repo.lastActivity(stored);
+  if (idleMs < ACTIVE_MS) return decide(b, "keep", ["partial: changed under a minute ago, a receiver may be writing it"]);
+  // the listing read its manifest already (null where it could not be read)
+  if (stored.manifest?.status === "failed") return decide(b, "remove", ["partial: marked not resumable"]);
+  const ageDays = idleMs / 86400_000;
   if (ageDays > o.keepPartialDays) return decide(b, "remove", [`partial: last written ${Math.floor(ageDays)} days ago (--keep-partial ${o.keepPartialDays})`]);
   decide(b, "keep", [`partial: resumable (--keep-partial ${o.keepPartialDays} days)`]);
 }

@@ -96,8 +96,6 @@ export function partitionTableType(head: Uint8Array): string | null {
   return null;
 }
 
-export { blockSysDir };
-
 export function blockDeviceSize(devPath: string): number | null {
   const dir = blockSysDir(devPath);
   const sectors = dir ? readTrim(path.join(dir, "size")) : null;

@@ -46,7 +46,7 @@ export function* diskBackups(repo: Repository, hello: Hello, which: "partial" | 
   const disk = hello.disk;
   if (!disk || disk.kind === "files" || hello.content === "files") return;
   for (const b of repo.backupsOf(hello.host?.hostname ?? "unknown", disk.name ?? "disk", which)) {
-    yield { id: `${b.host}/${b.disk}/${b.partial ? b.name.slice(0, b.name.lastIndexOf(".")) : b.name}`, backup: b, manifest: b.manifest! };
+    yield { id: b.finalId, backup: b, manifest: b.manifest! };
   }
 }
 

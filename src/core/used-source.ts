@@ -8,7 +8,7 @@ import { analyzeDisk, planQueries, type DiskPlan, type MountInfo } from "../disk
 import { MAX_READ, type ReadAt } from "../disk/types.ts";
 import type { Layout } from "../protocol/messages.ts";
 import { holeTest, openSource, readFully } from "./source.ts";
-import { blockSysDir } from "./identity.ts";
+import { blockSysDir } from "../util/sysroot.ts";
 import type { PushSource } from "./push.ts";
 import { mountsOn, type MountOnDisk } from "../util/mounts.ts";
 

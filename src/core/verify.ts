@@ -46,7 +46,7 @@ export function locateBackup(p: string): Located {
   if (!at.isDir && !manifest && !at.looksLikeData)
     throw new TbError("NOT_FOUND", `${p} is not a tbbackup backup (not a zstd file, no manifest.json beside it)`, "give a backup directory (tbbackup list shows them) or its image.zst");
   if (!at.hasData) {
-    const partial = manifest?.status === "partial" || dir.endsWith(".partial");
+    const partial = manifest?.status === "partial" || at.partial;
     throw new TbError(partial ? "VERIFY" : "NOT_FOUND", partial ? `${dir} is an incomplete backup (${manifest?.reason ?? "interrupted"})` : `no ${path.basename(image)} in ${dir}`, partial ? "push again to make a complete backup" : "give a backup directory made by tbbackup receive");
   }
   return { dir, image, manifest, at };

@@ -5,7 +5,7 @@
 // zeros are written. Either way the read-back checks every byte.
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { blockSysDir } from "./identity.ts";
+import { blockSysDir } from "../util/sysroot.ts";
 import { writeAt } from "./target.ts";
 import { loadLibc } from "../util/libc.ts";
 

@@ -52,7 +52,7 @@ export function findImageBackup(arg: string, out?: string): Located {
     p = b.location;
   }
   const at = backupAt(p);
-  if (/\.partial\/?$/.test(p) && at.exists && at.isDir)
+  if (at.exists && at.isDir && at.partial)
     throw new TbError("VERIFY", `${p} is an incomplete backup (still being written, or interrupted)`, "only complete backups can be opened: push again, or use another backup");
   const b = locateBackup(p);
   if (b.manifest?.kind === "files" || b.at.filesData)

@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { encodeSeekTable, frameChecksum, paddingTo, type SeekEntry } from "./seekable.ts";
 import { writeFrame, type FrameWrite } from "./reflink.ts";
+import { pwriteAll } from "../util/fsio.ts";
 import { CHUNKS_FILE, DIGESTS_FILE, FILE_MODE, fsyncDir } from "./layout.ts";
 import { StoreError } from "./errors.ts";
 
@@ -24,8 +25,7 @@ const MARKS_KEPT = 1024;
 /** Writes all of `text` at `position`; returns its length in bytes. */
 function writeAllAt(fd: number, text: string, position: number): number {
   const bytes = Buffer.from(text);
-  let off = 0;
-  while (off < bytes.length) off += fs.writeSync(fd, bytes, off, bytes.length - off, position + off);
+  pwriteAll(fd, bytes, position);
   return bytes.length;
 }
 
@@ -189,8 +189,7 @@ export class ImageWriter {
   /** Writes the seek table, fsyncs and renames to the final name. Returns the stored size. */
   finish(): number {
     const table = encodeSeekTable(this.entries);
-    let off = 0;
-    while (off < table.length) off += fs.writeSync(this.fd, table, off, table.length - off, this.bytesWritten + off);
+    pwriteAll(this.fd, table, this.bytesWritten);
     this.bytesWritten += table.length;
     this.flushLines();
     for (const fd of [this.fd, this.chunksFd, this.digestsFd]) fs.fsyncSync(fd);

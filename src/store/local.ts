@@ -68,16 +68,20 @@ function paddingAt(fd: number, position: number, end: number): number {
 function describe(dir: string, host: string, disk: string, name: string, read = tryManifest(dir)): StoredBackup {
   const has = (f: string) => fs.existsSync(path.join(dir, f));
   const manifest = read.manifest;
+  const partial = name.endsWith(PARTIAL_SUFFIX);
+  const data = manifest?.data ?? IMAGE_FILE;
   return {
     id: `${host}/${disk}/${name}`,
+    finalId: `${host}/${disk}/${partial ? name.slice(0, -PARTIAL_SUFFIX.length) : name}`,
     host,
     disk,
     name,
-    partial: name.endsWith(PARTIAL_SUFFIX),
+    partial,
     location: dir,
     manifest,
     ...(read.trouble ? { manifestTrouble: read.trouble } : {}),
-    hasData: has(manifest?.data ?? IMAGE_FILE),
+    // (a partial's data is still under its temporary name, as it was left)
+    hasData: has(partial ? data + ".tmp" : data),
     looksLikeFiles: has(FILES_FILE),
     hasAnyFile: [MANIFEST_FILE, IMAGE_FILE, FILES_FILE].some(has),
   };
@@ -135,12 +139,7 @@ export class LocalRepository implements Repository {
     for (const name of names) {
       const dir = path.join(parent, name);
       const read = tryManifest(dir);
-      const m = read.manifest;
-      if (!m) continue;
-      const b = describe(dir, h, d, name, read);
-      // a resumable partial needs its data file as it was left (under its temporary name)
-      if (which === "partial") b.hasData = fs.existsSync(path.join(dir, m.data + ".tmp"));
-      out.push(b);
+      if (read.manifest) out.push(describe(dir, h, d, name, read));
     }
     return out;
   }
@@ -227,8 +226,7 @@ export class LocalRepository implements Repository {
     manifest.format = align ? MANIFEST_FORMAT : UNALIGNED_FORMAT;
     const image = new ImageWriter(b.location, manifest.data, { entries, storedBytes: d.storedBytes, rawBytes: d.rawBytes, chunkListBytes: d.chunkListBytes }, align);
     manifest.digests = { algorithm: ROOT_ALGORITHM, file: DIGESTS_FILE };
-    const id = b.id.endsWith(PARTIAL_SUFFIX) ? b.id.slice(0, -PARTIAL_SUFFIX.length) : b.id;
-    return new LocalBackupWriter(id, b.location, manifest, image);
+    return new LocalBackupWriter(b.finalId, b.location, manifest, image);
   }
 
   saveManifest(b: StoredBackup, m: Manifest): void {

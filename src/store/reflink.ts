@@ -6,6 +6,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { loadLibc, type Libc } from "../util/libc.ts";
+import { pwriteAll } from "../util/fsio.ts";
 import { isAlignment, paddingFrame } from "./seekable.ts";
 import { TbError } from "../errors.ts";
 
@@ -20,11 +21,6 @@ export interface FrameWrite {
   trail?: number;
   /** the same bytes (frame and trailing padding) in another image, block-aligned: cloned instead of written where the file system can */
   clone?: { fd: number; offset: number; length: number };
-}
-
-function pwriteAll(fd: number, data: Uint8Array, position: number): void {
-  let off = 0;
-  while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off, position + off);
 }
 
 /**

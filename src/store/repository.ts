@@ -32,6 +32,8 @@ export { MANIFEST_FORMAT } from "./manifest.ts";
 export interface StoredBackup {
   /** host/disk/name, with the name as stored (a partial's ends in ".partial") */
   id: string;
+  /** the ID it has (or will have once complete): without ".partial" */
+  finalId: string;
   host: string;
   disk: string;
   name: string;
@@ -43,7 +45,7 @@ export interface StoredBackup {
   manifest: Manifest | null;
   /** why its manifest could not be read, when the store can tell (a newer format, a damaged one) */
   manifestTrouble?: StoreErrorKind;
-  /** its data (image.zst or files.tar.zst) is stored under its final name */
+  /** its data (image.zst or files.tar.zst) is there: under its final name, or a partial's under its temporary one */
   hasData: boolean;
   /** without a manifest: whether what is there looks like a file-level backup */
   looksLikeFiles: boolean;

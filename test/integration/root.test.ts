@@ -139,4 +139,23 @@ describe("integrity root with older peers and stores", () => {
       cleanup(d);
     }
   });
+
+  test("a manifest whose root is not the data's fails verify (exit 10) in one line, though every chunk checks out", async () => {
+    const d = tempDir();
+    const out = path.join(d, "store");
+    try {
+      await storeBackup(img, out, path.join(d, "s.sock"));
+      const bdir = path.join(out, path.dirname(fs.readdirSync(out, { recursive: true }).map(String).find((p) => p.endsWith("manifest.json"))!));
+      const mpath = path.join(bdir, "manifest.json");
+      const m = JSON.parse(fs.readFileSync(mpath, "utf8"));
+      const other = (m.root[0] === "0" ? "1" : "0") + m.root.slice(1);
+      fs.writeFileSync(mpath, JSON.stringify({ ...m, root: other }, null, 2));
+      const v = await run(["verify", bdir]);
+      expect(v.code).toBe(10);
+      expect(v.stderr.trim().split("\n")).toHaveLength(1);
+      expect(v.stderr).toContain(`the integrity root is ${m.root}, the manifest says ${other}`);
+    } finally {
+      cleanup(d);
+    }
+  });
 });
