@@ -18,7 +18,7 @@ import { ServeRestoreSession, type ServeRestoreAction, type ServeRestoreEvent, t
 import { entryFor, listBackups, type BackupEntry } from "./catalogue.ts";
 import type { SessionResult } from "./session.ts";
 import { isZeroFrame } from "./zero.ts";
-import { readStoredChunk } from "./verify.ts";
+import { nextChunkLine, readStoredChunk } from "./verify.ts";
 import { compressBound } from "../util/buffer-pool.ts";
 
 export interface ServeOptions {
@@ -215,15 +215,15 @@ async function sendBackup(ch: Channel, hello: Hello, ack: HelloAck, repo: Reposi
       let frame = new Uint8Array(dataFrameSize(compressBound(manifest.chunkSize)));
       for (let i = 0; i < reader.entries.length; i++) {
         const e = reader.entries[i]!;
+        const damaged = (why: string) => new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: ${why}`, "the stored backup is damaged");
         if (want && !wants(want, i)) {
           // the restorer's target already holds this chunk: keep the chunk list in step
-          const line = list.next();
-          if (!line || line.index !== i || line.length !== e.rawSize) throw new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: the chunk list does not match the image`, "the stored backup is damaged");
+          nextChunkLine(reader, list, i, damaged);
           offset += e.rawSize;
           continue;
         }
         if (frame.length < dataFrameSize(e.compressedSize)) frame = new Uint8Array(dataFrameSize(e.compressedSize));
-        const { line, frame: z } = readStoredChunk(reader, list, i, frame.subarray(DATA_PAYLOAD_AT), (why) => new TbError("VERIFY", `backup ${manifest.id}: chunk ${i} is damaged: ${why}`, "the stored backup is damaged"));
+        const { line, frame: z } = readStoredChunk(reader, list, i, frame.subarray(DATA_PAYLOAD_AT), damaged);
         const header = { index: i, rawLength: e.rawSize, offset, checksum: line!.checksum };
         if (isZeroFrame(z, e.rawSize, header.checksum)) await send(ch.sendFrame(zeroRecordFrame(header)));
         else await send(ch.sendFrame(frame.subarray(0, sealDataFrame(frame, header, z.length))));

@@ -69,6 +69,18 @@ export function openLocated(located: Located, hint: string): { reader: BackupRea
   return { reader, list: reader.chunkList() };
 }
 
+/** The chunk list's next line, which must be chunk i's as the seek table has it (else the error `damaged` makes). */
+export function nextChunkLine(reader: BackupReader, list: ChunkLines, i: number, damaged: (why: string) => TbError): ChunkLine {
+  let line: ChunkLine | null;
+  try {
+    line = list.next();
+  } catch (err) {
+    throw damaged((err as Error).message);
+  }
+  if (!line || line.index !== i || line.length !== reader.entries[i]!.rawSize) throw damaged("the chunk list does not match the image");
+  return line;
+}
+
 /**
  * Chunk i of a stored backup: its chunk-list line (checked against the seek
  * table; null for a backup without a list) and its frame, read into `into`
@@ -76,14 +88,7 @@ export function openLocated(located: Located, hint: string): { reader: BackupRea
  * short, a malformed list) ends in the error `damaged` makes, never a raw one.
  */
 export function readStoredChunk(reader: BackupReader, list: ChunkLines | null, i: number, into: Uint8Array, damaged: (why: string) => TbError): { line: ChunkLine | null; frame: Uint8Array } {
-  const e = reader.entries[i]!;
-  let line: ChunkLine | null = null;
-  try {
-    line = list?.next() ?? null;
-  } catch (err) {
-    throw damaged((err as Error).message);
-  }
-  if (list && (!line || line.index !== i || line.length !== e.rawSize)) throw damaged("the chunk list does not match the image");
+  const line = list ? nextChunkLine(reader, list, i, damaged) : null;
   try {
     return { line, frame: reader.frame(i, into) };
   } catch (err) {

@@ -346,6 +346,31 @@ describe("the receiver's side, by hand", () => {
     });
   });
 
+  test("a chunk-list line garbled in a chunk the restorer does not want: the receiver says the backup is damaged (VERIFY), not an internal error", async () => {
+    const listFile = path.join(store, backupId, "chunks.txt");
+    const saved = fs.readFileSync(listFile, "latin1");
+    const lines = saved.split("\n");
+    lines[2] = "garbage";
+    fs.writeFileSync(listFile, lines.join("\n"), "latin1");
+    try {
+      await session(async (c) => {
+        const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "delta-restore"], true);
+        await c.json(MsgType.HELLO, h);
+        await c.expect(MsgType.HELLO_ACK);
+        await c.expect(MsgType.RESTORE_INFO);
+        const want = new Uint8Array(CHUNKS / 8);
+        want[0]! |= 1 << 5; // chunk 5 only: lines 0-4 are passed over
+        await c.json(MsgType.RESTORE, { session: h.session, go: true, want: encodeWant(want) });
+        await waitFor(() => c.frames.some((f) => f.type === MsgType.ERROR), "the receiver's error");
+        const err = decodeJson<{ code: string; message: string }>(c.frames.find((f) => f.type === MsgType.ERROR)!.payload)!;
+        expect(err.code).toBe("VERIFY");
+        expect(err.message).toMatch(/chunk 2 is damaged/);
+      });
+    } finally {
+      fs.writeFileSync(listFile, saved, "latin1");
+    }
+  });
+
   test("a HELLO repeated before the go-ahead (its first answer lost on a lossy link): HELLO_ACK, RESTORE_INFO and the digests again, then the restore goes on and is confirmed", async () => {
     let out = "";
     await session(async (c) => {
