@@ -98,7 +98,7 @@ const KEEPALIVE_MS = 2000;
  * called every KEEPALIVE_MS with the chunks read so far; if it fails (the
  * receiver gave up), so does the re-read.
  */
-async function prefixMatches(src: PushSource, chunks: number, digest: string, chunkSize: number, root: RootBuilder, sha: Hasher | null, keepalive: (done: number) => Promise<void>): Promise<boolean> {
+async function prefixMatches(src: PushSource, chunks: number, digest: string, chunkSize: number, root: RootBuilder, sha: Hasher | null, spare: ArrayBuffer[], keepalive: (done: number) => Promise<void>): Promise<boolean> {
   if (!Number.isSafeInteger(chunks) || chunks <= 0 || (src.size !== null && chunks * chunkSize > src.size)) return false;
   const lines = new Bun.CryptoHasher("sha256");
   const buf = new Uint8Array(chunkSize);
@@ -112,7 +112,8 @@ async function prefixMatches(src: PushSource, chunks: number, digest: string, ch
       const data = buf.subarray(0, n);
       root.add(chunkDigest(data));
       if (sha) {
-        const copy = new ArrayBuffer(chunkSize);
+        // (from the buffers the SHA-256 thread hands back: memory stays bounded however long the prefix)
+        const copy = spare.pop() ?? new ArrayBuffer(chunkSize);
         new Uint8Array(copy).set(data);
         await sha.data(i, copy, n);
       }
@@ -255,7 +256,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         if (ps.failure) throw ps.failure; // the receiver gave up: no need to read the rest
         await send(ch.sendJson(MsgType.PROGRESS, { session: hello.session, checking: done, of: offer.chunks }));
       };
-      if (opts.resume !== false && (await prefixMatches(src, offer.chunks, offer.digest, opts.chunkSize, root, sha, keepalive))) start = offer.chunks;
+      if (opts.resume !== false && (await prefixMatches(src, offer.chunks, offer.digest, opts.chunkSize, root, sha, spare, keepalive))) start = offer.chunks;
       else if (root.count > 0 || sha) {
         // what the prefix check folded in does not count: start both afresh
         root.reset();
