@@ -44,19 +44,18 @@ export type WorkerRequest =
    * target to read through instead; `piece`: one read, a SHA-256 for each
    * `piece` bytes of it (several chunks in one job: `digests`)
    */
-  | { op: "readhash"; index: number; fd: number; position: number; length: number; buf?: ArrayBuffer; direct?: number; piece?: number };
+  | { op: "readhash"; index: number; fd: number; position: number; length: number; direct?: number; piece?: number };
 
 export type WorkerReply =
-  /** zero: the chunk is all zeros (no frame was built; `frame` is the unused output buffer) */
   /** same: the chunk's SHA-256 equals the request's `base` (no frame was built; `checksum` is its XXH3-64 for the SAME record) */
-  | { op: "compressed"; index: number; zero: boolean; digest: string; frame: ArrayBuffer; frameLength: number; raw: ArrayBuffer; compressedSize: number; same?: boolean; checksum?: bigint }
+  | { op: "compressed"; index: number; digest: string; frame: ArrayBuffer; frameLength: number; raw: ArrayBuffer; compressedSize: number; same?: boolean; checksum?: bigint }
   /** `buf`: the request's input buffer, handed back */
   /** `unchanged`: with onlyIfDiffers, the file already held the chunk and nothing was written */
   /** `cloned`: the frame was cloned from the write's `clone` source (shared blocks), not written */
   | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer; digest?: string; unchanged?: boolean; cloned?: boolean }
   /** `length`: bytes read (fewer at the end of the file); `error`: the read's errno code */
   /** `digests`: with `piece`, the SHA-256 of each piece read (a short last one too) */
-  | { op: "readhashed"; index: number; digest: string; digests?: string[]; length: number; error?: string; buf?: ArrayBuffer }
+  | { op: "readhashed"; index: number; digest: string; digests?: string[]; length: number; error?: string }
   | { op: "zeroed"; index: number; writeError?: string }
   | { op: "hashed"; index: number; buf: ArrayBuffer }
   | { op: "digest"; sha256: string }

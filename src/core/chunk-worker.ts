@@ -1,7 +1,7 @@
 // Worker thread: the CPU-heavy per-chunk work, off the main thread so every
 // core stays busy. Compress (sender): raw chunk -> its SHA-256 and a complete
-// DATA wire frame (or word that it is all zeros, or that it is the same as the
-// base backup's chunk). Check (receiver, restore,
+// DATA wire frame (or word that it is the same as the base backup's chunk; the
+// sender finds all-zero chunks itself as it reads them). Check (receiver, restore,
 // verify): zstd frame -> raw, verify its checksum, its SHA-256 for the
 // integrity root (docs/FORMAT.md §4a); with a pool of one worker, also feed
 // the classic whole-image SHA-256 in order. Readhash: read a range of a file
@@ -11,6 +11,7 @@ import { ptr } from "bun:ffi";
 import { zstd as loadZstd } from "../util/zstd.ts";
 import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame } from "../protocol/chunk-record.ts";
 import { chunkDigest, zeroDigest } from "../store/root.ts";
+import { isAllZero, zeroBytes } from "./zero.ts";
 import type { WorkerReply, WorkerRequest } from "./chunk-jobs.ts";
 import { writeFrame, type FrameWrite } from "../store/reflink.ts";
 import { loadLibc, type Libc } from "../util/libc.ts";
@@ -23,7 +24,6 @@ const zstd = loadZstd();
 const cctx = new zstd.CCtx();
 const dctx = new zstd.DCtx();
 let sha = new Bun.CryptoHasher("sha256");
-let zeros = new Uint8Array(0);
 // Scratch buffers reused across chunks: decompress output, and what a delta restore's target holds.
 let scratchRaw = new Uint8Array(0);
 let scratchTarget = new Uint8Array(0);
@@ -106,11 +106,6 @@ function storeFrame(w: FrameWrite, frame: Uint8Array): { error?: string; cloned?
   }
 }
 
-function isZero(raw: Uint8Array): boolean {
-  if (zeros.length < raw.length) zeros = new Uint8Array(raw.length);
-  return Buffer.from(raw.buffer, raw.byteOffset, raw.length).equals(zeros.subarray(0, raw.length));
-}
-
 /** Reads exactly buf.length bytes at position (fewer only at the end of the file). */
 function preadAll(fd: number, buf: Uint8Array, position: number): number {
   let off = 0;
@@ -187,14 +182,10 @@ function handle(m: WorkerRequest): void {
       return;
     case "compress": {
       const raw = new Uint8Array(m.raw, 0, m.rawLength);
-      if (isZero(raw)) {
-        reply({ op: "compressed", index: m.index, zero: true, digest: zeroDigest(m.rawLength), frame: m.out, frameLength: 0, raw: m.raw, compressedSize: 0 }, [m.out, m.raw]);
-        return;
-      }
       const digest = chunkDigest(raw);
       const checksum = Bun.hash.xxHash3(raw);
       if (m.base === digest) {
-        reply({ op: "compressed", index: m.index, zero: false, same: true, checksum, digest, frame: m.out, frameLength: 0, raw: m.raw, compressedSize: 0 }, [m.out, m.raw]);
+        reply({ op: "compressed", index: m.index, same: true, checksum, digest, frame: m.out, frameLength: 0, raw: m.raw, compressedSize: 0 }, [m.out, m.raw]);
         return;
       }
       const need = dataFrameSize(zstd.compressBound(m.rawLength));
@@ -203,7 +194,7 @@ function handle(m: WorkerRequest): void {
       const n = cctx.compress2(out.subarray(DATA_PAYLOAD_AT, DATA_PAYLOAD_AT + zstd.compressBound(m.rawLength)), raw);
       const frameLength = sealDataFrame(out, { index: m.index, rawLength: m.rawLength, offset: m.offset, checksum }, n);
       const frame = out.buffer as ArrayBuffer;
-      reply({ op: "compressed", index: m.index, zero: false, digest, frame, frameLength, raw: m.raw, compressedSize: n }, [frame, m.raw]);
+      reply({ op: "compressed", index: m.index, digest, frame, frameLength, raw: m.raw, compressedSize: n }, [frame, m.raw]);
       return;
     }
     case "check": {
@@ -215,8 +206,7 @@ function handle(m: WorkerRequest): void {
     }
     case "zero": {
       if (m.hash !== false) {
-        if (zeros.length < m.rawLength) zeros = new Uint8Array(m.rawLength);
-        sha.update(zeros.subarray(0, m.rawLength));
+        sha.update(zeroBytes(m.rawLength));
       }
       const writeError = m.write ? storeFrame(m.write, new Uint8Array(m.write.frame)).error : undefined;
       reply({ op: "zeroed", index: m.index, writeError });
@@ -226,12 +216,12 @@ function handle(m: WorkerRequest): void {
       try {
         const got = readTarget(m.fd, m.direct, m.length, m.position);
         // zeros (most of a disk's free space) have a known digest: checking is far cheaper than hashing
-        const digestOf = (d: Uint8Array) => (isZero(d) ? zeroDigest(d.length) : chunkDigest(d));
+        const digestOf = (d: Uint8Array) => (isAllZero(d) ? zeroDigest(d.length) : chunkDigest(d));
         const digests: string[] = [];
         for (let at = 0; m.piece !== undefined && at < got.length; at += m.piece) digests.push(digestOf(got.subarray(at, Math.min(at + m.piece, got.length))));
-        reply({ op: "readhashed", index: m.index, digest: m.piece === undefined ? digestOf(got) : "", ...(m.piece !== undefined ? { digests } : {}), length: got.length, buf: m.buf }, m.buf ? [m.buf] : []);
+        reply({ op: "readhashed", index: m.index, digest: m.piece === undefined ? digestOf(got) : "", ...(m.piece !== undefined ? { digests } : {}), length: got.length });
       } catch (e) {
-        reply({ op: "readhashed", index: m.index, digest: "", length: 0, error: (e as NodeJS.ErrnoException).code ?? String(e), buf: m.buf }, m.buf ? [m.buf] : []);
+        reply({ op: "readhashed", index: m.index, digest: "", length: 0, error: (e as NodeJS.ErrnoException).code ?? String(e) });
       }
       return;
     }

@@ -17,7 +17,7 @@ import { PushSession, type PushAction, type PushEvent } from "./push-session.ts"
 import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { holeTest, openSource } from "./source.ts";
-import { zeroChecksum } from "./zero.ts";
+import { isAllZero, zeroChecksum } from "./zero.ts";
 import { chunkLine } from "../store/image-writer.ts";
 import { BufferPool, compressBound } from "../util/buffer-pool.ts";
 import { Signal } from "../util/signal.ts";
@@ -54,13 +54,6 @@ export function imageSource(path: string): PushSource {
     holes: async () => (src.regularFile ? holeTest(src.fd, src.size, path) : null),
     close: () => src.close(),
   };
-}
-
-let zeros = new Uint8Array(0);
-/** Whether a chunk read is all zeros: a compare that stops at the first other byte, so data costs next to nothing. */
-function allZero(b: Uint8Array): boolean {
-  if (zeros.length < b.length) zeros = new Uint8Array(b.length);
-  return Buffer.from(b.buffer, b.byteOffset, b.length).equals(zeros.subarray(0, b.length));
 }
 
 export interface PushOptions {
@@ -297,7 +290,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         return;
       }
       points?.save(o.index, { root: root.save(), zeroChunks, stored, changedChunks });
-      const zero = !r || r.zero;
+      // (a chunk read as zeros, or a hole, never went to a worker: no reply)
       const digest = r ? r.digest : zeroDigest(o.rawLength);
       root.add(digest);
       if (base && digest !== baseDigest(o.index)) changedChunks++;
@@ -305,9 +298,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         if (sha) await sha.data(o.index, r.raw, o.rawLength);
         else spare.push(r.raw);
       } else if (sha) await sha.zero(o.index, o.rawLength);
-      if (zero) {
+      if (!r) {
         zeroChunks++;
-        if (r) frames.give(r.frame);
         const rec = zeroRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: zeroChecksum(o.rawLength) });
         sentBytes += rec.length;
         await send(ch.sendFrame(rec));
@@ -363,7 +355,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
             break;
           }
           const buf = raw.buffer as ArrayBuffer;
-          if (allZero(raw.subarray(0, rawLength))) {
+          if (isAllZero(raw.subarray(0, rawLength))) {
             // zeros written on a disk (its free space, mostly): sent as a hole is, with no worker's round trip
             spare.push(buf);
             await out.add(Promise.resolve({ index: i, offset, rawLength, reply: null }));

@@ -263,7 +263,6 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         keptBytes += c.rawLength;
       } else if (r && r.op === "readhashed") {
         // a zero chunk of a delta restore: what the target holds there
-        if (r.buf) spare.push(r.buf);
         await zeroChunk(c);
         if (!r.error && r.length === c.rawLength && r.digest === zeroDigest(c.rawLength)) keptBytes += c.rawLength;
         else await out.zero(c);
@@ -303,10 +302,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       expected++;
       const p = c.zero
         ? delta && !plan && out.fd !== undefined
-          ? (() => {
-              const buf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
-              return pool.run({ op: "readhash", index: c.index, fd: out.fd, direct: out.direct, position: c.offset, length: c.rawLength, buf }, [buf]);
-            })()
+          ? pool.run({ op: "readhash", index: c.index, fd: out.fd, direct: out.direct, position: c.offset, length: c.rawLength })
           : Promise.resolve(null)
         : (() => {
             const outBuf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
@@ -609,7 +605,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
     const ack = await handshake(ch, hello, opts.waitMs, opts.reporter);
     // The session's states and what each accepts: restore-session.ts.
     const rs = new RestoreSession(hello.session);
-    const say = (m: RestorerMessage) => (m.type === MsgType.RESTORE ? ch.sendJson(m.type, m.body) : m.type === MsgType.RESTORE_DONE ? ch.sendJson(m.type, m.body) : ch.sendJson(m.type, m.body));
+    const say = (m: RestorerMessage) => ch.sendJson(m.type, m.body);
     let offer: RestoreInfo | null = null;
     const offerBy = Date.now() + opts.waitMs;
     while (!offer) {

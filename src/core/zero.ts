@@ -29,6 +29,18 @@ export function zeroFrame(rawLength: number): Uint8Array {
   return f;
 }
 
+let zeroBuf = new Uint8Array(0);
+/** `n` zero bytes (one shared buffer, grown as needed: never to be written). */
+export function zeroBytes(n: number): Uint8Array {
+  if (zeroBuf.length < n) zeroBuf = new Uint8Array(n);
+  return zeroBuf.subarray(0, n);
+}
+
+/** Whether `b` is all zeros: a compare that stops at the first other byte, so data costs next to nothing. */
+export function isAllZero(b: Uint8Array): boolean {
+  return Buffer.from(b.buffer, b.byteOffset, b.length).equals(zeroBytes(b.length));
+}
+
 /** Whether a stored frame is the zero frame (a checksum of -1n: the backup has no chunk list to ask first). */
 export function isZeroFrame(frame: Uint8Array, rawLength: number, checksum: bigint): boolean {
   if (checksum >= 0n && checksum !== zeroChecksum(rawLength)) return false;

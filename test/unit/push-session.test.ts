@@ -162,7 +162,7 @@ describe("push session: ending and confirming", () => {
     expect(q.failure?.code).toBe("NOT_FOUND");
   });
 
-  test("RESEND after END goes back to sending; a DONE then is refused until END is sent again", () => {
+  test("RESEND after END goes back to sending; after END again, DONE confirms", () => {
     const p = confirming();
     expect(p.step(resend(0, 1), 1)).toEqual([{ type: "rewind", from: 0 }]);
     expect(p.state).toEqual({ name: "sending", rewindTo: 0 });
