@@ -10,7 +10,7 @@ pairs=(
   partclone.ext4:partclone mkfs.xfs:xfsprogs mkfs.vfat:dosfstools mcopy:mtools
   mkfs.ntfs:ntfs-3g mkfs.btrfs:btrfs-progs nbdinfo:libnbd-bin nbdfuse:libnbd-bin nbdsh:python3-libnbd qemu-img:qemu-utils qemu-io:qemu-utils
   cryptsetup:cryptsetup-bin pvcreate:lvm2
-  strace:strace setpriv:util-linux systemd-analyze:systemd
+  strace:strace setpriv:util-linux systemd-analyze:systemd ss:iproute2
 )
 need=()
 for pair in "${pairs[@]}"; do

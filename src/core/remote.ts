@@ -1,5 +1,5 @@
 // Requests to a receiver other than push: list (and restore, see restore.ts).
-import { MsgType, decodeMessage } from "../protocol/messages.ts";
+import { MsgType, decodeMessage, sessionOf } from "../protocol/messages.ts";
 import type { Transport } from "../transport/index.ts";
 import type { BackupEntry } from "./catalogue.ts";
 import { Channel } from "./channel.ts";
@@ -16,8 +16,9 @@ export async function listRemote(transport: Transport, waitMs: number, reporter:
       const f = await ch.recv(waitMs, "the receiver's list");
       if (f.type === MsgType.ERROR) throw peerError(f.payload);
       if (f.type !== MsgType.LIST_RESULT) continue;
+      if (sessionOf(f.payload) !== hello.session) continue; // an earlier session's
       const r = decodeMessage(MsgType.LIST_RESULT, f.payload) as { session: string; backups: Omit<BackupEntry, "path">[] } | null;
-      if (!r || r.session !== hello.session || !Array.isArray(r.backups)) continue;
+      if (!r) throw new TbError("PROTOCOL", "the receiver's list is malformed (an entry without its fields)", "install the same tbbackup version on both machines");
       return r.backups;
     }
   } catch (e) {

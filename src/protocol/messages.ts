@@ -267,7 +267,7 @@ export interface Status {
 
 export interface ListResult {
   session: string;
-  /** one entry per backup (docs/PROTOCOL.md §5.7); checked by the list code, field by field */
+  /** one entry per backup (docs/PROTOCOL.md §5.7); the fields `list` shows are checked by its validator */
   backups: Record<string, unknown>[];
 }
 
@@ -354,6 +354,14 @@ const isCount = (v: unknown): v is number => typeof v === "number" && Number.isS
 const isObj = (v: unknown): v is Fields => typeof v === "object" && v !== null && !Array.isArray(v);
 const opt = (v: unknown, is: (x: unknown) => boolean) => v === undefined || is(v);
 const isStrs = (v: unknown) => Array.isArray(v) && v.every(isStr);
+const isNum = (v: unknown): v is number => typeof v === "number";
+const orNull = (is: (x: unknown) => boolean) => (x: unknown) => x === null || is(x);
+/** A LIST_RESULT entry with the fields `list` shows (docs/PROTOCOL.md §5.7) of the right types. */
+const isListEntry = (e: unknown): boolean =>
+  isObj(e) &&
+  isStr(e.id) && isStr(e.kind) && isStr(e.status) && isStr(e.date) && isNum(e.size) && isNum(e.storedBytes) &&
+  orNull(isStr)(e.label) && orNull(isNum)(e.ratio) &&
+  opt(e.sharedBytes, orNull(isNum)) && opt(e.why, isStr) && opt(e.unreadableFiles, isNum) && opt(e.changedFiles, isNum);
 
 /**
  * What each message must hold before anyone reads it: a payload of another
@@ -371,7 +379,7 @@ const validators: { [K in JsonMsgType]: (v: Fields) => boolean } = {
   [MsgType.RESUME]: (v) => isStr(v.session) && isCount(v.from),
   [MsgType.STATUS]: (v) => isStr(v.session),
   [MsgType.RESEND]: (v) => isStr(v.session) && isCount(v.from) && isCount(v.seq),
-  [MsgType.LIST_RESULT]: (v) => isStr(v.session) && Array.isArray(v.backups) && v.backups.every(isObj),
+  [MsgType.LIST_RESULT]: (v) => isStr(v.session) && Array.isArray(v.backups) && v.backups.every(isListEntry),
   [MsgType.RESTORE]: (v) => isStr(v.session) && v.go === true && opt(v.want, isStr),
   [MsgType.RESTORE_INFO]: (v) =>
     isStr(v.session) && isStr(v.id) && isStr(v.kind) && isObj(v.host) && isObj(v.disk) && isCount(v.size) && isCount(v.chunkSize) && isCount(v.chunks) && opt(v.root, isStr) && opt(v.sha256, isStr) && opt(v.digests, isBool),

@@ -77,6 +77,30 @@ describe("a message the session's state does not allow", () => {
     }
   });
 
+  test("list: a LIST_RESULT whose entry lacks its fields (no date) is refused (PROTOCOL, exit 6) in one line, not a crash", async () => {
+    const sock = path.join(dir, "bad-list.sock");
+    const entry = { id: "h/d/t", host: "h", disk: "d", kind: "image", status: "complete", size: 1, storedBytes: 1, ratio: 1, label: null };
+    const server = await fakeReceiver(sock, (f, hello) => (f.type === MsgType.HELLO ? [json(MsgType.HELLO_ACK, newHelloAck(hello!)), json(MsgType.LIST_RESULT, { session: hello!.session, backups: [entry] })] : []));
+    try {
+      const r = await run(["list", "--stream", `unix:${sock}`, "--wait", "10"]);
+      expect(r.code).toBe(6);
+      expect(r.stderr.trim().split("\n")).toHaveLength(1);
+      expect(r.stderr).toMatch(/the receiver's list is malformed/);
+      // the same entry with its date is listed
+      server.close();
+      const ok = await fakeReceiver(sock + "2", (f, hello) => (f.type === MsgType.HELLO ? [json(MsgType.HELLO_ACK, newHelloAck(hello!)), json(MsgType.LIST_RESULT, { session: hello!.session, backups: [{ ...entry, date: "2026-01-01T00:00:00Z" }] })] : []));
+      try {
+        const good = await run(["list", "--stream", `unix:${sock}2`, "--wait", "10"]);
+        expect(good.code, good.stderr).toBe(0);
+        expect(good.stdout).toContain("h/d/t");
+      } finally {
+        ok.close();
+      }
+    } finally {
+      server.close();
+    }
+  });
+
   test("restore: a second RESTORE_INFO, for another backup, while the data comes is refused (PROTOCOL, exit 6); the new target file is removed", async () => {
     const sock = path.join(dir, "twice-offered.sock");
     const target = path.join(dir, "restored.img");
