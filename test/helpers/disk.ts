@@ -3,6 +3,7 @@
 import * as fs from "node:fs";
 import type { ReadAt, UsedBlocks } from "../../src/disk/types.ts";
 import { sh } from "./cli.ts";
+import { domainUsed } from "./usedmap.ts";
 
 /** A ReadAt over [base, base + size) of a file. */
 export function fileReader(file: string, base = 0, size?: number): { read: ReadAt; size: number; close: () => void } {
@@ -36,11 +37,7 @@ export function rangeKept(u: UsedBlocks, off: number, len: number): boolean {
 export function partcloneUsed(tool: string, img: string, dir: string): [number, number][] {
   const log = `${dir}/domain-${Math.random().toString(36).slice(2)}.log`;
   sh(`${tool} -q -D -s ${JSON.stringify(img)} -o ${JSON.stringify(log)} >/dev/null 2>&1`);
-  const out: [number, number][] = [];
-  for (const line of fs.readFileSync(log, "utf8").split("\n")) {
-    const m = /^0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+\+/i.exec(line.trim());
-    if (m) out.push([parseInt(m[1]!, 16), parseInt(m[2]!, 16)]);
-  }
+  const out = domainUsed(fs.readFileSync(log, "utf8"));
   fs.rmSync(log);
   return out;
 }

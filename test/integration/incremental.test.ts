@@ -10,12 +10,10 @@ import * as fs from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import { cleanup, finish, makeExt4Image, run, sh, start, stockRoot, storeBackup, tempDir, waitFor } from "../helpers/cli.ts";
-import { FrameDecoder, encodeFrame, type Frame } from "../../src/protocol/frame.ts";
-import { MsgType, encodeJson, decodeJson } from "../../src/protocol/messages.ts";
-import { CHUNK_HEADER_SIZE, writeChunkHeader } from "../../src/protocol/chunk-record.ts";
 import { ImageReader } from "../../src/store/image-reader.ts";
 import { startProxy, type ProxyPlan } from "../helpers/proxy.ts";
-import { zstd } from "../../src/util/zstd.ts";
+import { MsgType } from "../../src/protocol/messages.ts";
+import { client, dataPayload } from "../helpers/raw-client.ts";
 
 const MiB = 1024 * 1024;
 const has = (cmd: string) => Bun.spawnSync(["sh", "-c", `command -v ${cmd}`]).exitCode === 0;
@@ -250,60 +248,22 @@ describe("incremental push", () => {
     const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once"]);
     try {
       await waitFor(() => fs.existsSync(sock), "receiver socket");
-      // (the socket file appears at bind, a moment before the receiver listens)
-      let conn: net.Socket | null = null;
-      for (let tries = 0; !conn; tries++) {
-        const c = net.createConnection(sock);
-        const ok = await new Promise<boolean>((resolve) => c.once("connect", () => resolve(true)).once("error", () => resolve(false)));
-        if (ok) conn = c;
-        else if (tries > 50) throw new Error(`cannot connect to ${sock}`);
-        else await Bun.sleep(100);
-      }
-      const decoder = new FrameDecoder();
-      const frames: Frame[] = [];
-      conn.on("data", (d: Buffer) => {
-        for (const ev of decoder.push(new Uint8Array(d))) if (ev.kind === "frame") frames.push(ev.frame);
-      });
-      const send = (type: number, payload: Uint8Array) => new Promise<void>((resolve) => conn.write(encodeFrame(type, payload), () => resolve()));
-      const expectFrame = async (type: number) => {
-        for (const until = Date.now() + 15_000; Date.now() < until; await Bun.sleep(20)) {
-          const i = frames.findIndex((f) => f.type === type || f.type === MsgType.ERROR);
-          if (i >= 0) {
-            const f = frames.splice(i, 1)[0]!;
-            const body = decodeJson<Record<string, unknown>>(f.payload)!;
-            if (f.type !== type) throw new Error(`expected ${type}, got ERROR ${JSON.stringify(body)}`);
-            return body;
-          }
-        }
-        throw new Error(`no frame of type ${type}`);
-      };
+      const c = await client(sock);
       const session = crypto.randomUUID();
       const caps = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root"];
-      await send(MsgType.HELLO, encodeJson({ protocol: "tbbackup", proto: 1, tool: "tbbackup/0.1.0", role: "push", session, host: m.host, caps, disk: m.disk, chunkSize: MiB, level: 1, content: "image" }));
-      const ack = await expectFrame(MsgType.HELLO_ACK);
+      await c.json(MsgType.HELLO, { protocol: "tbbackup", proto: 1, tool: "tbbackup/0.1.0", role: "push", session, host: m.host, caps, disk: m.disk, chunkSize: MiB, level: 1, content: "image" });
+      const ack = await c.expect(MsgType.HELLO_ACK);
       expect(ack.base).toBeUndefined();
       const data = fs.readFileSync(newImg);
-      const z = zstd();
-      const cctx = new z.CCtx();
-      cctx.setParameter(z.CParameter.checksumFlag, 1);
-      cctx.setParameter(z.CParameter.contentSizeFlag, 1);
       let i = 0;
-      for (let offset = 0; offset < data.length; offset += MiB, i++) {
-        const raw = data.subarray(offset, offset + MiB);
-        const outBuf = new Uint8Array(z.compressBound(raw.length));
-        const n = cctx.compress2(outBuf, raw);
-        const payload = new Uint8Array(CHUNK_HEADER_SIZE + n);
-        writeChunkHeader(payload, 0, { index: i, rawLength: raw.length, offset, checksum: Bun.hash.xxHash3(raw) });
-        payload.set(outBuf.subarray(0, n), CHUNK_HEADER_SIZE);
-        await send(MsgType.DATA, payload);
-      }
+      for (let offset = 0; offset < data.length; offset += MiB, i++) await c.send(MsgType.DATA, dataPayload(i, offset, data.subarray(offset, offset + MiB)));
       const root = stockRoot(newImg);
-      await send(MsgType.END, encodeJson({ chunks: i, bytes: data.length, root }));
-      const done = await expectFrame(MsgType.DONE);
+      await c.json(MsgType.END, { chunks: i, bytes: data.length, root });
+      const done = await c.expect(MsgType.DONE);
       expect(done.root).toBe(root);
       expect(done.base).toBeUndefined();
-      expect(frames.some((f) => f.type === MsgType.BASE_DIGESTS)).toBe(false);
-      conn.destroy();
+      expect(c.frames.some((f) => f.type === MsgType.BASE_DIGESTS)).toBe(false);
+      c.close();
       expect((await finish(recv)).code).toBe(0);
       expect(manifest(path.join(out, String(done.id))).base).toBeUndefined();
     } finally {
