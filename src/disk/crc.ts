@@ -11,7 +11,6 @@ function table32(poly: number): Uint32Array {
   return t;
 }
 
-const CRC32 = table32(0xedb88320);
 const CRC32C = table32(0x82f63b78);
 const CRC16 = (() => {
   const t = new Uint16Array(256);
@@ -23,11 +22,9 @@ const CRC16 = (() => {
   return t;
 })();
 
-/** CRC-32 (ISO-HDLC, as GPT uses it): initial ~0, final inversion. */
+/** CRC-32 (ISO-HDLC, as GPT uses it): initial ~0, final inversion (Bun's, as the protocol's frames use it). */
 export function crc32(data: Uint8Array): number {
-  let c = 0xffffffff;
-  for (let i = 0; i < data.length; i++) c = CRC32[(c ^ data[i]!) & 0xff]! ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
+  return Bun.hash.crc32(data) >>> 0;
 }
 
 /** Raw CRC-32C update as ext4 uses it (ext2fs_crc32c_le): no inversion on either side. */

@@ -184,7 +184,7 @@ export async function mountBackup(arg: string, dir: string, opts: { out?: string
   // opened here once too, so that a damaged backup gets its own error (and exit status) before anything is set up
   ImageExport.open(backup).close();
   for (const tool of ["nbdfuse", "losetup", "blkid", "mount", "fusermount3"])
-    if (!run(["sh", "-c", `command -v ${tool}`]).ok)
+    if (!Bun.which(tool))
       throw new TbError("USAGE", `${tool} is not installed`, tool === "nbdfuse" ? "install libnbd-bin (Debian) or libnbd (Fedora)" : tool === "fusermount3" ? "install fuse3" : `install the package that has ${tool}`);
   if (!fs.existsSync("/dev/fuse")) throw new TbError("USAGE", "/dev/fuse is missing", "load the fuse module (modprobe fuse)");
   const abs = path.resolve(dir);
