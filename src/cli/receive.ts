@@ -5,7 +5,7 @@ import type { Hello } from "../protocol/messages.ts";
 import { TbError, errnoText, isErrno } from "../errors.ts";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { DIR_MODE, defaultStore, reflinkSetting } from "../store/repository.ts";
+import { DIR_MODE, defaultStore, fsyncDir, reflinkSetting } from "../store/repository.ts";
 import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
 import type { Transport } from "../transport/index.ts";
 import { THUNDERBOLT_GROUP, keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
@@ -34,6 +34,7 @@ function defaultStoreFor(): string {
   if (fs.existsSync(dir)) return dir;
   try {
     fs.mkdirSync(dir, { mode: DIR_MODE });
+    fsyncDir(path.dirname(dir));
   } catch (e) {
     throw new TbError("DEST", `cannot create the default store ${dir}: ${errnoText(e)}`, "give --out DIR, or create it (mkdir -m 0700)");
   }
@@ -67,7 +68,9 @@ function prepareOut(out: string): string | null {
   if (!up) throw new TbError("DEST", `${out} does not exist, and neither does ${parent}`, `check the path (a mistyped --out would become a new store); to start a new store there, create it first (mkdir -p ${abs})`);
   if (!up.isDirectory()) throw cannot(`${parent} is not a directory`);
   try {
-    fs.mkdirSync(abs);
+    // private, like the default store: backups are whole disks
+    fs.mkdirSync(abs, { mode: DIR_MODE });
+    fsyncDir(parent);
   } catch (e) {
     let kind: string | undefined;
     try {

@@ -15,7 +15,7 @@ import { LocalRepository, probeLocalBackup, openLocalBackup } from "./local.ts";
 
 export { defaultStore } from "./layout.ts";
 /** The mode of a store's directories (a new default store is made with it). */
-export { DIR_MODE } from "./layout.ts";
+export { DIR_MODE, fsyncDir } from "./layout.ts";
 /** How a name from a peer (a host, a disk) appears in backup IDs. */
 export { sanitizeName as idPart } from "./layout.ts";
 export type { Manifest } from "./manifest.ts";

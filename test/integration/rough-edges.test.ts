@@ -272,6 +272,7 @@ describe("words that say what happened", () => {
     const r = await finish(recv);
     expect(r.stderr.split("\n")[0]).toBe(`created ${out} (it did not exist; ${dir} did)`);
     expect(fs.statSync(out).isDirectory()).toBe(true);
+    expect(fs.statSync(out).mode & 0o777).toBe(0o700); // private, like the default store
   });
 
   test("restore --files into a directory where the first file exists: exit 13, and it says nothing was written (not 'incomplete')", async () => {
