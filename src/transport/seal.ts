@@ -46,7 +46,9 @@ export function sealedConn(conn: Conn, sendKey: Buffer, recvKey: Buffer): Conn {
 
   const seal = (plain: Uint8Array): Uint8Array => {
     const c = createCipheriv("aes-256-gcm", sendKey, nonce(sent++));
-    const body = Buffer.concat([c.update(plain), c.final()]);
+    // (GCM's final() gives no bytes, only the tag: no need to join it on)
+    const body = c.update(plain);
+    c.final();
     const out = new Uint8Array(LEN_BYTES + body.length + TAG_BYTES);
     new DataView(out.buffer).setUint32(0, body.length, true);
     out.set(body, LEN_BYTES);
@@ -85,7 +87,8 @@ export function sealedConn(conn: Conn, sendKey: Buffer, recvKey: Buffer): Conn {
       d.setAuthTag(b.subarray(LEN_BYTES + recordLength, total));
       let plain: Buffer;
       try {
-        plain = Buffer.concat([d.update(b.subarray(LEN_BYTES, LEN_BYTES + recordLength)), d.final()]);
+        plain = d.update(b.subarray(LEN_BYTES, LEN_BYTES + recordLength));
+        d.final(); // checks the tag: nothing of `plain` is used before it passes
       } catch {
         throw tampered("tag mismatch");
       }

@@ -134,10 +134,9 @@ export class UnixTransport implements Transport {
       // The listening socket does not block: poll it, so the event loop stays free.
       accept: async () => {
         for (let tries = 0; !closed; tries++) {
+          // non-blocking from accept4: a receiver serves several connections at once, and none may hold a thread of the pool while it is silent
           const c = libc.accept(fd);
-          // a receiver serves several connections at once: none may hold a thread of the pool while it is silent
-          if (c >= 0 && libc.makeNonBlocking(c) === 0) return this.conn(libc, c, true);
-          if (c >= 0) fs.closeSync(c);
+          if (c >= 0) return this.conn(libc, c, true);
           const e = errnoError(libc.errno(), "accept");
           if (!isErrno(e, "EAGAIN", "EWOULDBLOCK", "EINTR", "ECONNABORTED")) throw new TbError("DEST", `cannot accept on ${desc}: ${errnoText(e)}`, "restart the receiver");
           await Bun.sleep(ACCEPT_POLL_MS[Math.min(tries, ACCEPT_POLL_MS.length - 1)]!);

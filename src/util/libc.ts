@@ -15,7 +15,7 @@ export interface Libc {
   connect(fd: number, addr: Uint8Array): number;
   bind(fd: number, addr: Uint8Array): number;
   listen(fd: number, backlog: number): number;
-  /** a connection from the queue (blocking descriptor), or -1 */
+  /** a connection from the queue (a non-blocking, close-on-exec descriptor), or -1 */
   accept(fd: number): number;
   shutdown(fd: number, how: number): number;
   /** clears O_NONBLOCK on a descriptor */
@@ -86,7 +86,7 @@ export async function loadLibc(): Promise<Libc | null> {
           connect: (fd, addr) => lib.symbols.connect(fd, addr, addr.length) as number,
           bind: (fd, addr) => lib.symbols.bind(fd, addr, addr.length) as number,
           listen: (fd, backlog) => lib.symbols.listen(fd, backlog) as number,
-          accept: (fd) => lib.symbols.accept4(fd, null, null, SOCK_CLOEXEC) as number,
+          accept: (fd) => lib.symbols.accept4(fd, null, null, SOCK_CLOEXEC | SOCK_NONBLOCK) as number,
           shutdown: (fd, how) => lib.symbols.shutdown(fd, how) as number,
           makeBlocking: (fd) => {
             const flags = lib.symbols.fcntl(fd, F_GETFL, 0) as number;
