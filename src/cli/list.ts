@@ -65,7 +65,7 @@ export function register(program: Command): void {
         if (local) {
           rows = listBackups(await existingStore(local, "list"));
         } else {
-          const stream = await resolveStream(o.stream, "list", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
+          const stream = await resolveStream(o.stream, { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
           try {
             const transport = await withKey(transportFor(stream.spec, false), key, (m) => process.stderr.write(`tbbackup: ${m}\n`));
             rows = await listRemote(transport, o.wait * 1000, makeReporter({ quiet: true }));

@@ -90,7 +90,7 @@ export function register(program: Command): void {
         onInterrupt("the backup is incomplete; run push again");
         if (o.files && o.allBlocks) throw new TbError("USAGE", "--all-blocks applies to an image push, not to --files", "leave out --all-blocks");
         let input = o.files ? tarSource({ roots: o.files, strict: o.strict === true, label: o.name ?? null, crossMounts: o.crossMounts === true }) : undefined;
-        const stream = await resolveStream(o.stream, "push", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
+        const stream = await resolveStream(o.stream, { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         if (o.stream === "-" && o.json) throw new TbError("USAGE", "--json cannot be used with --stream -", "stdout carries the stream; leave out --json");
         if (o.stream === "-" && process.stdout.isTTY) throw new TbError("USAGE", "--stream - sends the backup to stdout, which is a terminal", "pipe it to the receiver (e.g. through ssh or socat)");
         const transport = await withKey(transportFor(stream.spec, false), key, (m) => reporter.info(m));

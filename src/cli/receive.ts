@@ -131,7 +131,7 @@ export function register(program: Command): void {
           0,
         );
         // without --stream: every Thunderbolt peer, each on its own stream, served side by side
-        const stream = o.stream ? await resolveStream(o.stream, "receive", { peer: o.peer, hopids: o.hopids, ringSize: o.ringSize, throttling: o.throttling }) : null;
+        const stream = o.stream ? await resolveStream(o.stream, { peer: o.peer, hopids: o.hopids, ringSize: o.ringSize, throttling: o.throttling }) : null;
         const transport = stream
           ? await withKey(transportFor(stream.spec, true, { gid }), key, (m) => reporter.info(m))
           : await thunderboltPeers(o, (m) => reporter.info(m));

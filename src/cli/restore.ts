@@ -99,7 +99,7 @@ export function register(program: Command): void {
         const unfinished = `the target ${target} is now incomplete`;
         const removed = `the unfinished ${target} was removed`;
         onInterrupt(() => (!writing ? `nothing was written: the target ${target} was not changed` : removeUnfinished() ? `${removed}; run restore again` : `${unfinished}; run restore again`));
-        const stream = o.from ? null : await resolveStream(o.stream, "restore", { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
+        const stream = o.from ? null : await resolveStream(o.stream, { wait: o.wait, peer: o.peer, ringSize: o.ringSize, throttling: o.throttling });
         try {
           const transport = stream ? await withKey(transportFor(stream.spec, false), key, (m) => reporter.info(m)) : undefined;
           const r = await restore({

@@ -6,7 +6,6 @@ import { intOption } from "./common.ts";
 import * as fs from "node:fs";
 import type { Transport } from "../transport/index.ts";
 
-export type StreamRole = "push" | "receive" | "list" | "restore";
 
 export interface AutoStreamOptions {
   /** seconds to wait for a peer / announcement (receive waits forever) */
@@ -23,7 +22,7 @@ export interface ResolvedStream {
   cleanup: () => Promise<void>;
 }
 
-export async function resolveStream(spec: string | undefined, role: StreamRole, opts: AutoStreamOptions = {}): Promise<ResolvedStream> {
+export async function resolveStream(spec: string | undefined, opts: AutoStreamOptions = {}): Promise<ResolvedStream> {
   if (spec) {
     if (opts.peer || opts.hopids || opts.ringSize !== undefined || opts.throttling !== undefined)
       throw new TbError("USAGE", "--peer, --hopids, --ring-size and --throttling apply only without --stream", "drop them, or drop --stream to let tbbackup set the Thunderbolt stream up");
@@ -32,14 +31,12 @@ export async function resolveStream(spec: string | undefined, role: StreamRole, 
       throw new TbError("USAGE", `--stream ${spec}: no such device`, "check the path ('tbbackup streams' lists Thunderbolt streams; a serial port or pty must exist before tbbackup starts), or use unix:PATH / tcp:HOST:PORT");
     return { spec, cleanup: async () => {} };
   }
-  if (opts.hopids && role !== "receive")
-    throw new TbError("USAGE", "--hopids is for receive, the side that allocates", "run push, list and restore without --hopids: they adopt the receiver's HopIDs");
-  const { AutoStream, parseHopIds } = await import("../thunderbolt/setup.ts");
+  // (receive without --stream sets up every peer itself: transport/thunderbolt.ts; what comes here adopts the receiver's stream)
+  const { AutoStream } = await import("../thunderbolt/setup.ts");
   const auto = new AutoStream({
-    mode: role === "receive" ? "allocate" : "adopt",
-    waitMs: role === "receive" ? null : (opts.wait ?? 60) * 1000,
+    mode: "adopt",
+    waitMs: (opts.wait ?? 60) * 1000,
     peer: opts.peer,
-    hopids: opts.hopids ? parseHopIds(opts.hopids) : undefined,
     ringSize: opts.ringSize,
     throttling: opts.throttling,
     onWait: (m) => process.stderr.write(`tbbackup: ${m}\n`),

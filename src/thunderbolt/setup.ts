@@ -2,8 +2,8 @@
 // kernel pieces are there, finds the peer, makes the ConfigFS group and pairs
 // it the way the driver does (README "Thunderbolt stream setup": exactly one side allocates HopIDs,
 // the other adopts the announced pair at attach), waits for /dev/tbstreamN,
-// and tears down exactly what it created. Every wait has a deadline except
-// receive's wait for a peer. Never prints: progress goes through onWait.
+// and tears down exactly what it created. Every wait has a deadline. Never
+// prints: progress goes through onWait.
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { TbError, errnoText, isErrno } from "../errors.ts";
@@ -20,8 +20,8 @@ const DEVICE_NODE_WAIT_MS = 10_000;
 export interface AutoStreamConfig {
   /** receive allocates HopIDs; push, list and restore adopt the announced ones */
   mode: "allocate" | "adopt";
-  /** how long to wait for a peer and for its announcement; null = forever */
-  waitMs: number | null;
+  /** how long to wait for a peer and for its announcement */
+  waitMs: number;
   /** unique_id, device name or XDomain id of the peer to use */
   peer?: string;
   hopids?: [number, number];
@@ -118,7 +118,7 @@ export function label(p: Peer): string {
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Waits for exactly one peer that offers a stream service. */
-async function findPeer(cfg: AutoStreamConfig, deadline: number | null): Promise<Found> {
+async function findPeer(cfg: AutoStreamConfig, deadline: number): Promise<Found> {
   let said = "";
   const say = (m: string) => {
     if (m !== said) cfg.onWait?.(m);
@@ -134,9 +134,9 @@ async function findPeer(cfg: AutoStreamConfig, deadline: number | null): Promise
     if (cfg.peer && peers.length) say(`waiting for peer '${cfg.peer}' (connected: ${peers.map(label).join("; ")})`);
     else if (peers.length) say(`peer ${label(peers[0]!)} is connected but offers no stream service yet: start tbbackup on the other machine (it loads thunderbolt_stream)`);
     else say("waiting for a Thunderbolt peer: plug the USB4/Thunderbolt cable and start tbbackup on the other machine");
-    if (deadline !== null && Date.now() >= deadline) {
+    if (Date.now() >= deadline) {
       const what = peers.length ? "no connected Thunderbolt peer offers a stream service" : "no Thunderbolt peer appeared";
-      throw new TbError("TIMEOUT", `${what} within ${Math.round((cfg.waitMs ?? 0) / 1000)} s`, "plug the cable, start tbbackup on the other machine (receive there), or raise --wait");
+      throw new TbError("TIMEOUT", `${what} within ${Math.round(cfg.waitMs / 1000)} s`, "plug the cable, start tbbackup on the other machine (receive there), or raise --wait");
     }
     await sleep(POLL_MS);
   }
@@ -169,7 +169,7 @@ export class AutoStream {
 
   async setup(): Promise<string> {
     const cfg = this.cfg;
-    const deadline = cfg.waitMs === null ? null : Date.now() + cfg.waitMs;
+    const deadline = Date.now() + cfg.waitMs;
     ensurePlatform();
     const found = await findPeer(cfg, deadline);
     this.peer = found.peer;
@@ -272,7 +272,7 @@ export class AutoStream {
   }
 
   /** push/list/restore: make the group and let the driver adopt the peer's announced HopIDs. */
-  private async adopt(peer: Peer, deadline: number | null): Promise<void> {
+  private async adopt(peer: Peer, deadline: number): Promise<void> {
     const dir = this.groupDir!;
     if (exists(dir)) {
       this.checkFoundGroup();
@@ -292,8 +292,8 @@ export class AutoStream {
       this.rmGroup();
       if (!said) this.cfg.onWait?.(`waiting for the receiver to announce the stream on ${label(peer)}: start 'tbbackup receive' on the other machine`);
       said = true;
-      if (deadline !== null && Date.now() + pause > deadline)
-        throw new TbError("TIMEOUT", `the receiver did not announce the stream '${GROUP_NAME}' within ${Math.round((this.cfg.waitMs ?? 0) / 1000)} s`, "start 'tbbackup receive' on the other machine, or raise --wait");
+      if (Date.now() + pause > deadline)
+        throw new TbError("TIMEOUT", `the receiver did not announce the stream '${GROUP_NAME}' within ${Math.round(this.cfg.waitMs / 1000)} s`, "start 'tbbackup receive' on the other machine, or raise --wait");
       await sleep(pause);
       pause = Math.min(2000, Math.round(pause * 1.5));
     }
