@@ -506,6 +506,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     if (r.failed && r.failed.index < from) ({ index: from, why } = r.failed);
     const over = r.budget.note(from, why);
     if (over) throw over;
+    // (from is never past next: while resending, next is the chunk asked for, until it comes)
     if (from < next) {
       r.dropFrom = Math.min(r.dropFrom, from);
       await checks.drain(); // the workers finish (their results are dropped) before the files are cut back
@@ -515,7 +516,6 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     }
     r.dropFrom = Number.MAX_SAFE_INTEGER;
     r.failed = null;
-    r.awaiting = from;
     session.to("resending");
     r.request = { session: hello.session, from, seq: ++r.count };
     r.sentAt = Date.now();
@@ -563,11 +563,11 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           continue;
         }
         if (session.is("resending") && e instanceof TbError && e.code === "TIMEOUT")
-          throw new TbError("TIMEOUT", `no answer from the sender on ${ch.conn.description} within ${Math.round(opts.idleMs / 1000)} s of asking for chunk ${retry!.awaiting} again`, "check that the sender still runs and the cable is plugged in, then push again");
+          throw new TbError("TIMEOUT", `no answer from the sender on ${ch.conn.description} within ${Math.round(opts.idleMs / 1000)} s of asking for chunk ${next} again`, "check that the sender still runs and the cable is plugged in, then push again");
         // a damaged chunk record: asked for again
         // (once all are here and none is awaited, it can only be a stale copy)
         if (retry && e instanceof CorruptFrame && (e.frameType === MsgType.DATA || e.frameType === MsgType.ZERO || e.frameType === MsgType.SAME) && (session.is("resending") || next < expectedChunks)) {
-          await askAgain(retry.awaiting ?? next, `its ${typeName(e.frameType)} frame failed its checksum`);
+          await askAgain(next, `its ${typeName(e.frameType)} frame failed its checksum`);
           continue;
         }
         // a chunk that failed its check is asked for first (the damaged frame may have been END)
@@ -592,7 +592,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         const rec = f.type === MsgType.SAME ? decodeSameRecord(f, chunkSize) : decodeChunkRecord(f, chunkSize, zeroChecksum);
         if ("error" in rec && retry && rec.code === "CORRUPT") {
           ch.release(f.payload.buffer);
-          await askAgain(retry.awaiting ?? next, rec.error);
+          await askAgain(next, rec.error);
           continue;
         }
         if ("error" in rec) throw new TbError(rec.code, rec.error, rec.code === "CORRUPT" ? "check the cable and push again" : "use the same tbbackup version on both sides");
@@ -604,10 +604,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           if (h.index > next && !session.is("resending")) await askAgain(next, `chunk ${h.index} came in its place`);
           continue;
         }
-        if (session.is("resending")) {
-          retry!.awaiting = null;
-          session.to("receiving");
-        }
+        if (session.is("resending")) session.to("receiving");
         const offset = h.index * chunkSize;
         const rawLength = files ? h.rawLength : Math.min(chunkSize, disk.size - offset);
         if (files && sawShort) throw new TbError("PROTOCOL", `chunk ${h.index} of the file stream follows a short one`, "use the same tbbackup version on both sides");
@@ -773,8 +770,6 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
 /** A push session's state for asking for damaged chunks again (docs/PROTOCOL.md §8.2a). */
 interface RetryState {
   budget: DamageBudget;
-  /** the chunk asked for again; until it comes, other chunk records are dropped */
-  awaiting: number | null;
   /** a chunk that failed its check on a worker, not yet asked for again */
   failed: { index: number; why: string } | null;
   /** checks of chunks from here on are dropped (taken back) */
@@ -794,7 +789,7 @@ interface RetryState {
  */
 function resendState(hello: Hello, cannot: boolean): RetryState | null {
   if (cannot || !hasCap(hello, RESEND_CAP)) return null;
-  return { budget: new DamageBudget(), awaiting: null, failed: null, dropFrom: Number.MAX_SAFE_INTEGER, request: null, sentAt: 0, count: 0 };
+  return { budget: new DamageBudget(), failed: null, dropFrom: Number.MAX_SAFE_INTEGER, request: null, sentAt: 0, count: 0 };
 }
 
 /** ", 2 chunks sent twice" for the log, when any was. */
