@@ -7,9 +7,8 @@
 import { MsgType, sessionOf, type Hello } from "../protocol/messages.ts";
 import { encodeFrame } from "../protocol/frame.ts";
 import { BASE_DIGESTS_PER_FRAME, decodeBaseDigests, encodeBaseDigests } from "../protocol/chunk-record.ts";
-import { MAX_PADDING, type BackupReader, type Manifest, type Repository, type StoredBackup } from "../store/repository.ts";
+import { maxEntrySize, type BackupReader, type Manifest, type Repository, type StoredBackup } from "../store/repository.ts";
 import { DIGEST_LINE_BYTES, isDigest, digestAt } from "../store/root.ts";
-import { compressBound } from "../util/buffer-pool.ts";
 import type { Channel } from "./channel.ts";
 import { TbError } from "./errors.ts";
 import { peerError } from "./handshake.ts";
@@ -77,7 +76,7 @@ export class Base {
     const damaged = (why: string) => baseDamaged(this.id, i, why);
     const e = this.reader.entries[i];
     if (!e || e.rawSize !== rawLength) throw damaged("its stored length differs from the chunk's");
-    if (e.compressedSize > compressBound(this.manifest.chunkSize) + 64 + MAX_PADDING) throw damaged("its stored frame is too large");
+    if (e.compressedSize > maxEntrySize(this.manifest.chunkSize)) throw damaged("its stored frame is too large");
     try {
       if (this.checksums[i] !== checksum) throw new Error("its chunk-list checksum differs from the data's");
       return this.reader.frame(i);

@@ -5,7 +5,7 @@
 // Frames are decompressed and checked on worker threads (the chunk workers of
 // push/restore/verify), so the server's own thread only moves bytes.
 import * as path from "node:path";
-import { MAX_PADDING, backupAt, openBackupAt, openRepository, type BackupReader, type Manifest } from "../store/repository.ts";
+import { MAX_PADDING, backupAt, maxEntrySize, openBackupAt, openRepository, type BackupReader, type Manifest } from "../store/repository.ts";
 import { TbError } from "../core/errors.ts";
 import { locateBackup, type Located } from "../core/verify.ts";
 import { isZeroFrame, zeroChecksum, zeroFrame } from "../core/zero.ts";
@@ -167,7 +167,7 @@ export class ImageExport {
       for (const e of reader.entries) {
         if (e.rawSize > 64 * 1024 * 1024 || e.rawSize === 0) throw bad(`a chunk of ${e.rawSize} bytes in the seek table`);
         // (a frame larger than zstd's bound for its chunk is not a frame: it would only cost memory)
-        if (e.compressedSize > zstd().compressBound(e.rawSize) + 64 + MAX_PADDING) throw bad(`a frame of ${e.compressedSize} bytes for a chunk of ${e.rawSize}`);
+        if (e.compressedSize > maxEntrySize(e.rawSize)) throw bad(`a frame of ${e.compressedSize} bytes for a chunk of ${e.rawSize}`);
       }
       let checksums: BigUint64Array | null = null;
       try {

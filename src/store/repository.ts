@@ -24,7 +24,7 @@ export type { Manifest } from "./manifest.ts";
 // checksums, the manifest's format number
 export { parseChunkLine, type ChunkLine } from "./image-reader.ts";
 export { chunkLine, prefixDigest } from "./image-writer.ts";
-export { MAX_PADDING, frameChecksum, type SeekEntry } from "./seekable.ts";
+export { MAX_PADDING, frameChecksum, maxEntrySize, type SeekEntry } from "./seekable.ts";
 export { reflinkSetting, type FrameWrite } from "./reflink.ts";
 export { MANIFEST_FORMAT } from "./manifest.ts";
 

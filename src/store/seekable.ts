@@ -1,6 +1,7 @@
 // The zstd seekable format's seek table (a skippable frame at the end of the
 // image). Pure encode/parse. Spec: zstd contrib/seekable_format, see docs/FORMAT.md.
 import { StoreError } from "./errors.ts";
+import { compressBound } from "../util/buffer-pool.ts";
 
 export const SKIPPABLE_MAGIC = 0x184d2a5e;
 export const SEEKABLE_MAGIC = 0x8f92eab1;
@@ -91,6 +92,11 @@ export const MAX_ALIGN = 65536;
 /** the most padding one entry carries: one before a large frame, one after it */
 export const MAX_PADDING = 2 * (MAX_ALIGN + 8);
 
+/** The most bytes an entry for a chunk of `rawSize` may take: zstd's bound, room for the frame's header, and padding. */
+export function maxEntrySize(rawSize: number): number {
+  return compressBound(rawSize) + 64 + MAX_PADDING;
+}
+
 /** Whether n is an alignment a store may use: a power of two from 4096 to MAX_ALIGN. */
 export function isAlignment(n: unknown): n is number {
   return typeof n === "number" && Number.isInteger(n) && n >= 4096 && n <= MAX_ALIGN && (n & (n - 1)) === 0;
@@ -116,7 +122,7 @@ export function isPadding(bytes: Uint8Array, from: number): boolean {
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
   let at = from;
   while (at < bytes.length) {
-    if (bytes.length - at < 8 || (v.getUint32(at, true) & 0xfffffff0) !== 0x184d2a50) return false;
+    if (bytes.length - at < 8 || (v.getUint32(at, true) & 0xfffffff0) !== PADDING_MAGIC) return false;
     at += 8 + v.getUint32(at + 4, true);
   }
   return at === bytes.length;
