@@ -71,7 +71,9 @@ describe("access to the store", () => {
 
   test.skipIf(!hasSetpriv)("the user nobody cannot read a stored image or manifest (needs root, setpriv and socat)", () => {
     const { out, id } = access;
-    // (the store's root keeps its own mode: here 0755, so only the backup's own modes stop nobody)
+    // (an existing store's root keeps its own mode: made 0755 here, so only the backup's own modes stop nobody;
+    // a store receive makes itself is 0700)
+    fs.chmodSync(out, 0o755);
     expect(fs.statSync(out).mode & 0o005).toBe(0o005);
     const r = asNobody(["cat", path.join(out, id, "image.zst")]);
     expect(r.code).not.toBe(0);
