@@ -4,7 +4,7 @@
 import { FrameDecoder, encodeFrame, type Frame } from "../protocol/frame.ts";
 import { MsgType, encodeJson, typeName, type JsonMsgType, type Messages } from "../protocol/messages.ts";
 import type { Conn } from "../transport/index.ts";
-import type { BufferPool } from "../util/buffer-pool.ts";
+import type { PayloadPool } from "../util/buffer-pool.ts";
 import { TbError, outcome } from "./errors.ts";
 import { Signal } from "../util/signal.ts";
 
@@ -28,7 +28,7 @@ export class Channel {
   private wakePump: (() => void) | null = null;
   readonly decoder = new FrameDecoder();
   garbageBytes = 0;
-  private pool: BufferPool | null = null;
+  private pool: PayloadPool | null = null;
   /** the last write queued: the next one starts when it is done */
   private writing: Promise<void> = Promise.resolve();
   /** fired when the peer stops listening (an ERROR arrives or the stream ends) */
@@ -138,12 +138,13 @@ export class Channel {
    * Builds incoming payloads in `pool`'s buffers (null: fresh ones). Whoever
    * is done with a frame's payload hands it back with release().
    */
-  usePool(pool: BufferPool | null): void {
+  usePool(pool: PayloadPool | null): void {
     this.pool = pool;
     this.decoder.alloc = pool ? (n) => pool.take(n) : (n) => new Uint8Array(n);
+    this.decoder.free = pool ? (b) => pool.give(b) : () => {};
   }
 
-  release(buf: ArrayBufferLike | undefined): void {
+  release(buf: ArrayBufferLike | Uint8Array | undefined): void {
     this.pool?.give(buf);
   }
 

@@ -4,18 +4,29 @@
 
 import { availableParallelism } from "node:os";
 import type { FrameWrite } from "../store/reflink.ts";
+import type { SharedSlots, SlotRef } from "../util/shared-slots.ts";
+
+/**
+ * A job's data: a buffer handed over (and back), or bytes in an arena the
+ * worker was given once (src/util/shared-slots.ts), which cost nothing to
+ * name; the caller hands their slot back after the reply.
+ */
+export type Bytes = ArrayBuffer | SlotRef;
 
 export type WorkerRequest =
   | { op: "level"; level: number }
-  /** `out`: a buffer to build the DATA frame in (handed back as the reply's frame) */
+  /** an arena of shared slots, for the jobs after it to name (SharedSlots) */
+  | { op: "arena"; id: number; sab: SharedArrayBuffer }
+  /** `out`: where to build the DATA frame (an ArrayBuffer is handed back as the reply's frame) */
   /** `base`: the base backup's SHA-256 of this chunk (incremental push): when the chunk's equals it, nothing is compressed */
-  | { op: "compress"; index: number; offset: number; rawLength: number; raw: ArrayBuffer; out: ArrayBuffer; base?: string }
+  | { op: "compress"; index: number; offset: number; rawLength: number; raw: Bytes; out: Bytes; base?: string }
   | {
       op: "check";
       index: number;
       rawLength: number;
       checksum: bigint;
-      buf: ArrayBuffer;
+      /** the zstd frame is `length` bytes at `at` of buf (an ArrayBuffer comes back as the reply's buf) */
+      buf: Bytes;
       at: number;
       length: number;
       /** feed the worker's whole-image SHA-256 (in order: a pool of one worker) */
@@ -35,8 +46,8 @@ export type WorkerRequest =
     }
   /** `hash`: feed the zeros to the whole-image SHA-256 (default true) */
   | { op: "zero"; index: number; rawLength: number; hash?: boolean; write?: FrameWrite & { frame: ArrayBuffer } }
-  /** feed `length` bytes of `buf` to the whole-image SHA-256 (handed back) */
-  | { op: "hash"; index: number; buf: ArrayBuffer; length: number }
+  /** feed `length` bytes of `buf` to the whole-image SHA-256 (an ArrayBuffer is handed back) */
+  | { op: "hash"; index: number; buf: Bytes; length: number }
   | { op: "digest" }
   /**
    * read `length` bytes of fd at position and return their SHA-256 (`buf`, if
@@ -48,7 +59,8 @@ export type WorkerRequest =
 
 export type WorkerReply =
   /** same: the chunk's SHA-256 equals the request's `base` (no frame was built; `checksum` is its XXH3-64 for the SAME record) */
-  | { op: "compressed"; index: number; digest: string; frame: ArrayBuffer; frameLength: number; raw: ArrayBuffer; compressedSize: number; same?: boolean; checksum?: bigint }
+  /** `frame`: where the frame was built when that is not the request's slot (its ArrayBuffer, or a larger one); `raw`: the request's ArrayBuffer */
+  | { op: "compressed"; index: number; digest: string; frame?: ArrayBuffer; frameLength: number; raw?: ArrayBuffer; compressedSize: number; same?: boolean; checksum?: bigint }
   /** `buf`: the request's input buffer, handed back */
   /** `unchanged`: with onlyIfDiffers, the file already held the chunk and nothing was written */
   /** `cloned`: the frame was cloned from the write's `clone` source (shared blocks), not written */
@@ -57,7 +69,7 @@ export type WorkerReply =
   /** `digests`: with `piece`, the SHA-256 of each piece read (a short last one too) */
   | { op: "readhashed"; index: number; digest: string; digests?: string[]; length: number; error?: string }
   | { op: "zeroed"; index: number; writeError?: string }
-  | { op: "hashed"; index: number; buf: ArrayBuffer }
+  | { op: "hashed"; index: number; buf?: ArrayBuffer }
   | { op: "digest"; sha256: string }
   | { op: "failed"; error: string };
 
@@ -100,6 +112,11 @@ export class WorkerPool {
     return this.workers.length;
   }
 
+  /** Hands every arena of `slots` (now and later) to the workers, so jobs can name their bytes. */
+  share(slots: SharedSlots): void {
+    slots.shareWith((id, sab) => this.broadcast({ op: "arena", id, sab }));
+  }
+
   /** Sends a job that has no reply to every worker. */
   broadcast(req: WorkerRequest): void {
     for (const w of this.workers) w.postMessage(req);
@@ -136,8 +153,8 @@ export class WorkerPool {
 
 /**
  * The whole-image SHA-256 on a worker of its own, fed in chunk order, so that
- * hashing runs beside decompression instead of after it. Data buffers are
- * transferred to it and come back through `recycle`.
+ * hashing runs beside decompression instead of after it. Data buffers (or
+ * shared slots) go to it and come back through `recycle`.
  */
 const MAX_HASHES_PENDING = 8;
 
@@ -145,11 +162,24 @@ export class Hasher {
   private readonly pool = new WorkerPool(1);
   private pending: Promise<void>[] = [];
 
-  constructor(private readonly recycle: (buf: ArrayBuffer) => void) {}
+  /** `recycle`: gets each buffer (ArrayBuffer or slot) back once hashed; `slots`: where the slots named come from */
+  constructor(
+    private readonly recycle: (buf: Bytes) => void,
+    slots?: SharedSlots,
+  ) {
+    if (slots) this.pool.share(slots);
+  }
 
-  /** Hashes the first `length` bytes of `buf` (which is handed over). */
-  data(index: number, buf: ArrayBuffer, length: number): Promise<void> {
-    return this.add(this.pool.run({ op: "hash", index, buf, length }, [buf]));
+  /** Hashes the first `length` bytes of `buf` (handed over until recycled). */
+  data(index: number, buf: Bytes, length: number): Promise<void> {
+    const job = this.pool.run({ op: "hash", index, buf, length }, buf instanceof ArrayBuffer ? [buf] : []);
+    // (an ArrayBuffer comes back as the reply's, the one sent being detached; a slot stays what it was)
+    return this.add(
+      job.then((r) => {
+        if (r.op === "hashed") this.recycle(r.buf ?? buf);
+        return r;
+      }),
+    );
   }
 
   /** Hashes `rawLength` zero bytes. */
@@ -173,7 +203,6 @@ export class Hasher {
   private async add(job: Promise<WorkerReply>): Promise<void> {
     const p = job.then((r) => {
       if (r.op === "failed") throw new Error(`hash worker failed: ${r.error}`);
-      if (r.op === "hashed") this.recycle(r.buf);
     });
     p.catch(() => {}); // observed when awaited below or in digest()
     this.pending.push(p);

@@ -12,7 +12,7 @@ import { zstd as loadZstd } from "../util/zstd.ts";
 import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame } from "../protocol/chunk-record.ts";
 import { chunkDigest, zeroDigest } from "../store/root.ts";
 import { isAllZero, zeroBytes } from "./zero.ts";
-import type { WorkerReply, WorkerRequest } from "./chunk-jobs.ts";
+import type { Bytes, WorkerReply, WorkerRequest } from "./chunk-jobs.ts";
 import { writeFrame, type FrameWrite } from "../store/reflink.ts";
 import { loadLibc, type Libc } from "../util/libc.ts";
 import { pwriteAll } from "../util/fsio.ts";
@@ -24,6 +24,19 @@ const zstd = loadZstd();
 const cctx = new zstd.CCtx();
 const dctx = new zstd.DCtx();
 let sha = new Bun.CryptoHasher("sha256");
+/** the arenas of shared slots the main thread handed over (src/util/shared-slots.ts), by id */
+const arenas = new Map<number, SharedArrayBuffer>();
+
+/** `length` bytes at `at` of a job's data: its own buffer, or a slot's bytes in an arena. */
+function bytesOf(b: Bytes, at: number, length: number): Uint8Array {
+  if (b instanceof ArrayBuffer) return new Uint8Array(b, at, length);
+  const sab = arenas.get(b.arena);
+  if (!sab || at + length > b.length) throw new Error(`no such slot: arena ${b.arena}, ${at}+${length} of ${b.length}`);
+  return new Uint8Array(sab, b.at + at, length);
+}
+
+/** What goes back to the main thread of a job's data: its own buffer (a slot stays where it is). */
+const own = (b: Bytes): ArrayBuffer[] => (b instanceof ArrayBuffer ? [b] : []);
 // Scratch buffers reused across chunks: decompress output, and what a delta restore's target holds.
 let scratchRaw = new Uint8Array(0);
 let scratchTarget = new Uint8Array(0);
@@ -125,9 +138,10 @@ type CheckReply = Extract<WorkerReply, { op: "checked" }>;
 
 /** Decompresses one chunk, verifies it, hashes and writes it as asked. */
 function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
-  const z = new Uint8Array(m.buf, m.at, m.length);
   let raw: Uint8Array;
+  let z: Uint8Array;
   try {
+    z = bytesOf(m.buf, m.at, m.length);
     // exactly one zstd frame that declares the chunk's raw length (docs/FORMAT.md §3)
     if (zstd.findFrameCompressedSize(z) !== z.length) throw new Error("not exactly one zstd frame");
     if (zstd.getFrameContentSize(z) !== m.rawLength) throw new Error("frame does not declare the chunk's raw length");
@@ -180,28 +194,33 @@ function handle(m: WorkerRequest): void {
     case "level":
       setLevel(m.level);
       return;
+    case "arena":
+      arenas.set(m.id, m.sab);
+      return;
     case "compress": {
-      const raw = new Uint8Array(m.raw, 0, m.rawLength);
+      const raw = bytesOf(m.raw, 0, m.rawLength);
       const digest = chunkDigest(raw);
       const checksum = Bun.hash.xxHash3(raw);
+      const back = { ...(m.raw instanceof ArrayBuffer ? { raw: m.raw } : {}), ...(m.out instanceof ArrayBuffer ? { frame: m.out } : {}) };
       if (m.base === digest) {
-        reply({ op: "compressed", index: m.index, same: true, checksum, digest, frame: m.out, frameLength: 0, raw: m.raw, compressedSize: 0 }, [m.out, m.raw]);
+        reply({ op: "compressed", index: m.index, same: true, checksum, digest, frameLength: 0, compressedSize: 0, ...back }, [...own(m.out), ...own(m.raw)]);
         return;
       }
       const need = dataFrameSize(zstd.compressBound(m.rawLength));
-      // the caller's buffer normally fits; if not, a fresh one (handed back instead)
-      const out = m.out.byteLength >= need ? new Uint8Array(m.out) : new Uint8Array(need);
+      const given = m.out instanceof ArrayBuffer ? m.out.byteLength : m.out.length;
+      // the caller's buffer normally fits; if not, a fresh one (handed back as the frame)
+      const out = given >= need ? bytesOf(m.out, 0, given) : new Uint8Array(need);
       const n = cctx.compress2(out.subarray(DATA_PAYLOAD_AT, DATA_PAYLOAD_AT + zstd.compressBound(m.rawLength)), raw);
       const frameLength = sealDataFrame(out, { index: m.index, rawLength: m.rawLength, offset: m.offset, checksum }, n);
-      const frame = out.buffer as ArrayBuffer;
-      reply({ op: "compressed", index: m.index, digest, frame, frameLength, raw: m.raw, compressedSize: n }, [frame, m.raw]);
+      const fresh = given >= need ? [] : [out.buffer as ArrayBuffer];
+      reply({ op: "compressed", index: m.index, digest, frameLength, compressedSize: n, ...back, ...(fresh.length ? { frame: fresh[0] } : {}) }, [...(fresh.length ? fresh : own(m.out)), ...own(m.raw)]);
       return;
     }
     case "check": {
       // the input buffer always goes back, for the caller to reuse
       const r = check(m);
       const rawBuf = r.raw;
-      reply({ ...r, buf: m.buf }, rawBuf ? [m.buf, rawBuf] : [m.buf]);
+      reply({ ...r, ...(m.buf instanceof ArrayBuffer ? { buf: m.buf } : {}) }, [...own(m.buf), ...(rawBuf ? [rawBuf] : [])]);
       return;
     }
     case "zero": {
@@ -226,8 +245,8 @@ function handle(m: WorkerRequest): void {
       return;
     }
     case "hash": {
-      sha.update(new Uint8Array(m.buf, 0, m.length));
-      reply({ op: "hashed", index: m.index, buf: m.buf }, [m.buf]);
+      sha.update(bytesOf(m.buf, 0, m.length));
+      reply({ op: "hashed", index: m.index, ...(m.buf instanceof ArrayBuffer ? { buf: m.buf } : {}) }, own(m.buf));
       return;
     }
     case "digest": {

@@ -70,16 +70,17 @@ export class Base {
    * The stored frame of chunk i, for a SAME record of that chunk (in any
    * order: a resend goes back), after the cheap checks: its raw length and
    * its chunk-list line's XXH3-64 must be the sender's. The caller decompresses
-   * it and compares its SHA-256 with digest(i) before storing it.
+   * it and compares its SHA-256 with digest(i) before storing it. Read into
+   * the start of `into` when it fits there.
    */
-  frame(i: number, rawLength: number, checksum: bigint): Uint8Array {
+  frame(i: number, rawLength: number, checksum: bigint, into?: Uint8Array): Uint8Array {
     const damaged = (why: string) => baseDamaged(this.id, i, why);
     const e = this.reader.entries[i];
     if (!e || e.rawSize !== rawLength) throw damaged("its stored length differs from the chunk's");
     if (e.compressedSize > maxEntrySize(this.manifest.chunkSize)) throw damaged("its stored frame is too large");
     try {
       if (this.checksums[i] !== checksum) throw new Error("its chunk-list checksum differs from the data's");
-      return this.reader.frame(i);
+      return this.reader.frame(i, into);
     } catch (err) {
       throw damaged((err as Error).message);
     }

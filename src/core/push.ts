@@ -5,7 +5,8 @@ import { MsgType, type DiskIdentity, type End, type Layout, type MountedRw } fro
 import { dataFrameSize, sameRecordFrame, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
-import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
+import { Hasher, WorkerPool, workerCount, type Bytes, type WorkerReply } from "./chunk-jobs.ts";
+import { SharedSlots } from "../util/shared-slots.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest, chunkDigest, digestAt } from "../store/root.ts";
 import { CAPABILITIES, INCREMENTAL_CAP, RESEND_CAP, ROOT_CAP, STATUS_CAP } from "./version.ts";
@@ -19,7 +20,7 @@ import type { Reporter } from "./report.ts";
 import { holeTest, openSource } from "./source.ts";
 import { isAllZero, zeroChecksum } from "./zero.ts";
 import { chunkLine } from "../store/image-writer.ts";
-import { BufferPool, compressBound } from "../util/buffer-pool.ts";
+import { compressBound } from "../util/buffer-pool.ts";
 import { Signal } from "../util/signal.ts";
 
 
@@ -82,6 +83,14 @@ export interface PushOptions {
 const BASE_DIGESTS_WAIT_MS = 30_000;
 /** While re-reading a prefix, tell the receiver this often that we are still there (its --idle may be 5 s). */
 const KEEPALIVE_MS = 2000;
+/**
+ * ZERO and SAME records are a few dozen bytes each, and most of a mostly
+ * empty (or unchanged) disk: a run of them goes out in one write, of at most
+ * this many records, or what came within BATCH_MS (a slow disk's zeros still
+ * reach the receiver, whose patience is measured in seconds).
+ */
+const MAX_BATCHED_RECORDS = 256;
+const BATCH_MS = 200;
 
 /**
  * Re-reads the first `chunks` chunks, folding their digests into `root` (and
@@ -161,6 +170,11 @@ export async function push(opts: PushOptions): Promise<PushResult> {
   });
   const ch = new Channel(conn);
   const pool = new WorkerPool(workerCount());
+  // chunks are read into these, and their DATA frames built in these, where the workers see them
+  const rawSlots = new SharedSlots(opts.chunkSize);
+  const frameSlots = new SharedSlots(dataFrameSize(compressBound(opts.chunkSize)));
+  pool.share(rawSlots);
+  pool.share(frameSlots);
   let hasher: Hasher | null = null;
   // what the receiver said so far (created after the handshake)
   let session: PushSession | null = null;
@@ -238,7 +252,9 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     const root = new RootBuilder();
     const peerHasRoot = hasCap(ack, ROOT_CAP);
     const spare: ArrayBuffer[] = [];
-    let sha: Hasher | null = opts.sha256 || !peerHasRoot ? new Hasher((buf) => spare.push(buf)) : null;
+    // (what the SHA-256 thread is done with: a prefix check's copy, or a chunk's slot)
+    const hashed = (b: Bytes) => (b instanceof ArrayBuffer ? spare.push(b) : rawSlots.giveRef(b));
+    let sha: Hasher | null = opts.sha256 || !peerHasRoot ? new Hasher(hashed, rawSlots) : null;
     hasher = sha;
     // An interrupted push of this disk left a durable prefix: continue after it
     // if our own chunks there hash to the same chunk list.
@@ -254,7 +270,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         // what the prefix check folded in does not count: start both afresh
         root.reset();
         sha?.terminate();
-        sha = hasher = opts.sha256 || !peerHasRoot ? new Hasher((buf) => spare.push(buf)) : null;
+        sha = hasher = opts.sha256 || !peerHasRoot ? new Hasher(hashed, rawSlots) : null;
       }
       await send(ch.sendJson(MsgType.RESUME, { session: hello.session, from: start }));
       opts.reporter.info(start ? `resuming the interrupted backup ${offer.id} at chunk ${start}${opts.label !== null ? `, now labelled ${JSON.stringify(opts.label)}` : ""}` : `not resuming ${offer.id} (${opts.resume === false ? "--no-resume" : "this disk no longer matches it"}): starting a new backup`);
@@ -262,8 +278,6 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     const total = src.size ?? 0;
     const isHole = (await src.holes?.()) ?? null;
     const maxInFlight = pool.size * 3;
-    // DATA frames are built by the workers in these and come back once written
-    const frames = new BufferPool(dataFrameSize(compressBound(opts.chunkSize)), maxInFlight + 2);
     let zeroChunks = 0;
     let changedChunks = 0;
     let sentBytes = 0;
@@ -271,11 +285,26 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     let offset = start * opts.chunkSize;
     let chunks = start;
 
-    /** A chunk on its way out: a ZERO record needs no worker; a read chunk comes back from one. */
-    type Out = { index: number; offset: number; rawLength: number; reply: WorkerReply | null };
+    /** A chunk on its way out: a ZERO record needs no worker; a read chunk comes back from one, its slots with it. */
+    type Out = { index: number; offset: number; rawLength: number; reply: WorkerReply | null; raw?: Uint8Array; frame?: Uint8Array };
     // what sending chunk i changes, as it stood before it: to go back there when the receiver asks for i again
     const points = canResend ? new RewindPoints<{ root: ReturnType<RootBuilder["save"]>; zeroChunks: number; stored: number; changedChunks: number }>() : null;
     let resent = 0;
+    // small records waiting to go out together (always for chunks after every one written)
+    let batch: Uint8Array[] = [];
+    let batchSince = 0;
+    const flushRecords = async () => {
+      if (batch.length === 0) return;
+      const all = batch.length === 1 ? batch[0]! : Buffer.concat(batch);
+      batch = [];
+      sentBytes += all.length;
+      await send(ch.sendFrame(all));
+    };
+    const sendRecord = async (rec: Uint8Array) => {
+      if (batch.length === 0) batchSince = Date.now();
+      batch.push(rec);
+      if (batch.length >= MAX_BATCHED_RECORDS || Date.now() - batchSince >= BATCH_MS) await flushRecords();
+    };
     const sendOne = async (o: Out) => {
       if (ps.failure) throw ps.failure;
       const r = o.reply;
@@ -283,10 +312,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       if (r && r.op !== "compressed") throw new TbError("INTERNAL", `unexpected worker reply ${r.op}`, "report this bug");
       if (ps.rewindTo !== null) {
         // the receiver asked for an earlier chunk again: this one goes out after it
-        if (r) {
-          frames.give(r.frame);
-          spare.push(r.raw);
-        }
+        if (o.raw) rawSlots.give(o.raw);
+        if (o.frame) frameSlots.give(o.frame);
         return;
       }
       points?.save(o.index, { root: root.save(), zeroChunks, stored, changedChunks });
@@ -294,30 +321,31 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       const digest = r ? r.digest : zeroDigest(o.rawLength);
       root.add(digest);
       if (base && digest !== baseDigest(o.index)) changedChunks++;
-      if (r) {
-        if (sha) await sha.data(o.index, r.raw, o.rawLength);
-        else spare.push(r.raw);
+      if (o.raw) {
+        // (the SHA-256 thread hands the slot back once it has hashed it)
+        if (sha) await sha.data(o.index, rawSlots.ref(o.raw)!, o.rawLength);
+        else rawSlots.give(o.raw);
       } else if (sha) await sha.zero(o.index, o.rawLength);
       if (!r) {
         zeroChunks++;
-        const rec = zeroRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: zeroChecksum(o.rawLength) });
-        sentBytes += rec.length;
-        await send(ch.sendFrame(rec));
+        await sendRecord(zeroRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: zeroChecksum(o.rawLength) }));
         return;
       }
+      // built in a buffer of its own when the slot was too small (a chunk larger than --chunk-size)
+      const frame = r.frame ? new Uint8Array(r.frame) : o.frame!;
+      if (r.frame || r.same) frameSlots.give(o.frame!);
       if (r.same) {
         // the base holds this chunk: the receiver copies it from there
-        frames.give(r.frame);
-        const rec = sameRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: r.checksum! });
-        sentBytes += rec.length;
-        await send(ch.sendFrame(rec));
+        await sendRecord(sameRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: r.checksum! }));
         return;
       }
+      await flushRecords();
       stored += r.compressedSize;
       sentBytes += r.frameLength;
       // A receiver that failed may stop reading without closing: do not stay
       // blocked in the write once it has said why.
-      if (await send(ch.sendFrame(new Uint8Array(r.frame, 0, r.frameLength)))) frames.give(r.frame);
+      // (a write still under way when the receiver gave up keeps its slot: the slot is not used again)
+      if ((await send(ch.sendFrame(frame.subarray(0, r.frameLength)))) && !r.frame) frameSlots.give(o.frame!);
     };
     const out = new OrderedPipeline<Out>(maxInFlight, sendOne);
 
@@ -325,6 +353,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     const rewind = () => {
       const from = ps.rewindTo!;
       ps.step({ type: "rewound" }, Date.now());
+      batch = []; // (records never written: of chunks from `from` on, which go out again)
       const p = points!.take(from);
       if (!p) throw new TbError("CORRUPT", `the receiver asked for chunk ${from} again, which this sender cannot send again (it has sent ${chunks})`, "check the cable, then push again; it continues from the last durable point");
       root.restore(p.root);
@@ -348,22 +377,21 @@ export async function push(opts: PushOptions): Promise<PushResult> {
           rawLength = holeLength;
           await out.add(Promise.resolve({ index: i, offset, rawLength, reply: null }));
         } else {
-          const raw = new Uint8Array(spare.pop() ?? new ArrayBuffer(opts.chunkSize), 0, opts.chunkSize);
+          const raw = rawSlots.take();
           rawLength = await src.read(raw, offset);
           if (rawLength === 0) {
-            spare.push(raw.buffer as ArrayBuffer);
+            rawSlots.give(raw);
             break;
           }
-          const buf = raw.buffer as ArrayBuffer;
           if (isAllZero(raw.subarray(0, rawLength))) {
             // zeros written on a disk (its free space, mostly): sent as a hole is, with no worker's round trip
-            spare.push(buf);
+            rawSlots.give(raw);
             await out.add(Promise.resolve({ index: i, offset, rawLength, reply: null }));
           } else {
-            const frameBuf = frames.takeBuffer();
+            const frame = frameSlots.take();
             const at = offset;
-            const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: buf, out: frameBuf, base: baseDigest(i) }, [buf, frameBuf]);
-            await out.add(job.then((reply) => ({ index: i, offset: at, rawLength, reply })));
+            const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: rawSlots.ref(raw)!, out: frameSlots.ref(frame)!, base: baseDigest(i) });
+            await out.add(job.then((reply) => ({ index: i, offset: at, rawLength, reply, raw, frame })));
           }
         }
         chunks++;
@@ -372,6 +400,11 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         if (rawLength < opts.chunkSize) break;
       }
       await out.drain();
+      if (ps.rewindTo !== null) {
+        rewind();
+        continue;
+      }
+      await flushRecords();
       if (ps.rewindTo !== null) {
         rewind();
         continue;

@@ -8,9 +8,10 @@ import { CHUNK_HEADER_SIZE, MsgType, decodeJson, decodeMessage, layoutFrom, moun
 import { decodeChunkRecord, decodeSameRecord } from "../protocol/chunk-record.ts";
 import { baseDamaged, findBase, sendBaseDigests, type Base } from "./incremental.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
-import { BufferPool, compressBound } from "../util/buffer-pool.ts";
+import { compressBound } from "../util/buffer-pool.ts";
+import { SharedSlots, SlotPayloads } from "../util/shared-slots.ts";
 import type { Transport } from "../transport/index.ts";
-import { MANIFEST_FORMAT, idPart, openRepository, prefixDigest, type BackupWriter, type NewManifest, type Repository } from "../store/repository.ts";
+import { MANIFEST_FORMAT, idPart, openRepository, prefixDigest, type BackupWriter, type FrameWrite, type NewManifest, type Repository } from "../store/repository.ts";
 import { awaitResume, checkPrefix, findResumable, markNotResumable } from "./resume.ts";
 import { Channel, CorruptFrame } from "./channel.ts";
 import { DamageBudget, RESEND_REPEAT_MS } from "./resend.ts";
@@ -303,15 +304,18 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   const lock = repo.lock(hello.host?.hostname ?? "unknown", disk.name ?? "disk", `${hello.host?.machineId ?? ""}/${hello.host?.productUuid ?? ""}`);
   if (!lock) return fail("BUSY", `another push of ${repo.diskKey(hello.host?.hostname ?? "unknown", disk.name ?? "disk")} is in progress on this receiver`);
   const pool = new WorkerPool(wholeSha ? 1 : workerCount());
-  // chunk payloads arrive in these and come back from the worker once written
-  ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(chunkSize) + TRAILER_SIZE, 64));
+  // chunk payloads arrive in these shared slots, where the workers check and
+  // write them; a slot comes back once its chunk is written
+  const slots = new SharedSlots(CHUNK_HEADER_SIZE + compressBound(chunkSize) + TRAILER_SIZE);
+  pool.share(slots);
+  ch.usePool(new SlotPayloads(slots));
   // While our work moves on (a frame taken in, a stored chunk re-checked), the
   // sender hears from us every KEEPALIVE_MS; when it stops moving (host hung,
   // disk stalled) so do these, and a sender blocked on us gives up after --idle.
   const activity = { n: 0 };
   const keepalive = startKeepalive(() => ch.sendJson(MsgType.PROGRESS, { session: hello.session }).catch(() => {}), KEEPALIVE_MS, { moved: () => activity.n });
   try {
-    return await receiveSession(ch, hello, opts, { repo, pool, wholeSha, started, disk, chunkSize, files, fail, activity });
+    return await receiveSession(ch, hello, opts, { repo, pool, slots, wholeSha, started, disk, chunkSize, files, fail, activity });
   } finally {
     void keepalive.stop();
     lock.release();
@@ -323,6 +327,8 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
 interface SessionSetup {
   repo: Repository;
   pool: WorkerPool;
+  /** the pool's shared slots, which the channel builds chunk payloads in */
+  slots: SharedSlots;
   /** also compute the whole-image SHA-256 (a pool of one worker) */
   wholeSha: boolean;
   started: Date;
@@ -335,7 +341,7 @@ interface SessionSetup {
 }
 
 /** One push session, after its HELLO checked out: new or resumed, until DONE or failure. */
-async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { repo, pool, wholeSha, started, disk, chunkSize, files, fail, activity }: SessionSetup): Promise<SessionEnd> {
+async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, { repo, pool, slots, wholeSha, started, disk, chunkSize, files, fail, activity }: SessionSetup): Promise<SessionEnd> {
   // where the session is (receive-state.ts): every step below is a checked move
   const session = new ReceiveSessionState();
   const root = new RootBuilder();
@@ -471,9 +477,10 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   // is noted in `retry.failed`, and it and the chunks after it are taken back.
   const retry = resendState(hello, files || wholeSha);
   // `fromBase`: a frame copied from the base for a SAME record: the SHA-256 it must decompress to, and its size
-  const checks = new OrderedPipeline<{ index: number; rawLength: number; reply: WorkerReply; fromBase?: { digest: string; bytes: number } }>(MAX_CHECKS_IN_FLIGHT, ({ index, rawLength, reply: r, fromBase }) => {
+  // `held`: the slot the worker read the frame from, free again once it answered
+  const checks = new OrderedPipeline<{ index: number; rawLength: number; reply: WorkerReply; fromBase?: { digest: string; bytes: number }; held?: Uint8Array }>(MAX_CHECKS_IN_FLIGHT, ({ index, rawLength, reply: r, fromBase, held }) => {
     if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
-    if (r.op === "checked") ch.release(r.buf);
+    if (r.op === "checked") ch.release(held ?? r.buf);
     if (retry && index >= retry.dropFrom) return; // taken back: it comes again
     // a stored frame of the base that does not check out is never copied into a new backup
     if (fromBase !== undefined && r.op === "checked" && (!r.ok || r.digest !== fromBase.digest)) throw baseDamaged(base!.id, index, r.ok ? "it decompresses to other data than its digest says" : r.error!);
@@ -528,7 +535,16 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     retry.sentAt = Date.now();
     void ch.sendJson(MsgType.RESEND, retry.request).catch(() => {});
   };
-  const track = (index: number, rawLength: number, p: Promise<WorkerReply>, fromBase?: { digest: string; bytes: number }) => checks.add(p.then((reply) => ({ index, rawLength, reply, fromBase })));
+  const track = (index: number, rawLength: number, p: Promise<WorkerReply>, fromBase?: { digest: string; bytes: number }, held?: Uint8Array) => checks.add(p.then((reply) => ({ index, rawLength, reply, fromBase, held })));
+  /** Checks (and then writes) the zstd frame `z`: where it lies in a slot, the worker reads it there; else its buffer goes over and back. */
+  const check = (index: number, rawLength: number, checksum: bigint, z: Uint8Array, write: FrameWrite, fromBase?: { digest: string; bytes: number }) => {
+    const ref = slots.ref(z);
+    const job = { op: "check", index, rawLength, checksum, at: ref ? 0 : z.byteOffset, length: z.length, hash: wholeSha, digest: true, wantRaw: false, write } as const;
+    const pin = wholeSha ? 0 : undefined;
+    if (ref) return track(index, rawLength, pool.run({ ...job, buf: ref }, [], pin), fromBase, z);
+    const buf = z.buffer as ArrayBuffer;
+    return track(index, rawLength, pool.run({ ...job, buf }, [buf], pin), fromBase);
+  };
   // A write or sync of the backup failed (the workers report an errno code).
   const storeFailed = (doing: string, e: unknown) => {
     if ((DISK_FULL as readonly string[]).includes(errnoCode(e))) return new TbError("NO_SPACE", `the receiver's disk is full (${opts.out})`, "free space on the receiver or choose another --out, then push again");
@@ -591,7 +607,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       if (f.type === MsgType.DATA || f.type === MsgType.ZERO || (f.type === MsgType.SAME && base)) {
         const rec = f.type === MsgType.SAME ? decodeSameRecord(f, chunkSize) : decodeChunkRecord(f, chunkSize, zeroChecksum);
         if ("error" in rec && retry && rec.code === "CORRUPT") {
-          ch.release(f.payload.buffer);
+          ch.release(f.payload);
           await askAgain(next, rec.error);
           continue;
         }
@@ -599,7 +615,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         const h = rec.header;
         if (retry && h.index !== next) {
           // sent before the sender heard our request (or again after a repeated one): dropped
-          ch.release(f.payload.buffer);
+          ch.release(f.payload);
           // one that came before its turn: the one expected was lost on the way
           if (h.index > next && !session.is("resending")) await askAgain(next, `chunk ${h.index} came in its place`);
           continue;
@@ -613,23 +629,40 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           throw new TbError("PROTOCOL", `chunk ${h.index} at offset ${h.offset} arrived out of order (expected chunk ${next})`, "data was lost on the way; check the cable and push again");
         if (rec.kind === "same") {
           // the sender's chunk has the base's SHA-256: copy the base's frame, checked like one that arrived
-          ch.release(f.payload.buffer);
-          const frame = base!.frame(h.index, rawLength, h.checksum);
+          ch.release(f.payload);
+          // read into a slot of ours (a frame too large for one comes in a buffer of its own, and the slot goes back)
+          const into = slots.take();
+          let frame: Uint8Array | null = null;
+          try {
+            frame = base!.frame(h.index, rawLength, h.checksum, into);
+          } finally {
+            if (frame?.buffer !== into.buffer) slots.give(into);
+          }
           const write = writer.record(frame, rawLength, offset, h.checksum, base!.extent(h.index));
-          const buf = frame.buffer as ArrayBuffer;
-          const bytes = write.clone?.length ?? frame.length; // (before the buffer goes to the worker; with the base's padding when laid out alike)
-          await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: frame.byteOffset, length: frame.length, hash: wholeSha, digest: true, wantRaw: false, write }, [buf], wholeSha ? 0 : undefined), { digest: base!.digest(h.index), bytes });
+          const bytes = write.clone?.length ?? frame.length; // (with the base's padding when laid out alike)
+          await check(h.index, rawLength, h.checksum, frame, write, { digest: base!.digest(h.index), bytes });
         } else if (rec.kind === "zero") {
           const zf = zeroFrame(rawLength);
-          const write = writer.record(zf, rawLength, offset, h.checksum);
-          ch.release(f.payload.buffer);
-          await track(h.index, rawLength, pool.run({ op: "zero", index: h.index, rawLength, hash: wholeSha, write: { ...write, frame: zf.slice().buffer as ArrayBuffer } }, [], wholeSha ? 0 : undefined));
+          ch.release(f.payload);
+          if (wholeSha) {
+            // the zeros go into the whole-image SHA-256 on its worker, in order
+            const write = writer.record(zf, rawLength, offset, h.checksum);
+            await track(h.index, rawLength, pool.run({ op: "zero", index: h.index, rawLength, hash: true, write: { ...write, frame: zf.slice().buffer as ArrayBuffer } }, [], 0));
+          } else {
+            // a few bytes: written here, not worth a worker's round trip (on a mostly empty disk, most of the records)
+            let writeError: string | undefined;
+            try {
+              writer.append(zf, rawLength, offset, h.checksum);
+            } catch (e) {
+              writeError = errnoCode(e);
+            }
+            await track(h.index, rawLength, Promise.resolve({ op: "zeroed", index: h.index, writeError }));
+          }
         } else {
           const z = rec.zstd;
           const write = writer.record(z, rawLength, offset, h.checksum);
-          const buf = f.payload.buffer as ArrayBuffer;
           // the worker checks the chunk, then writes it at its position
-          await track(h.index, rawLength, pool.run({ op: "check", index: h.index, rawLength, checksum: h.checksum, buf, at: z.byteOffset, length: z.length, hash: wholeSha, digest: true, wantRaw: false, write }, [buf], wholeSha ? 0 : undefined));
+          await check(h.index, rawLength, h.checksum, z, write);
         }
         next++;
         await checks.ready();

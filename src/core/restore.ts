@@ -238,7 +238,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       const held = info.size ? Math.floor((100 * (info.size - plan.askedBytes)) / info.size) : 100;
       opts.reporter.info(`the target already holds ${held}% of this backup: ${src.files ? "reading" : "asking the receiver for"} ${plan.askedChunks} of ${info.chunks} chunks (${(plan.askedBytes / 1048576).toFixed(1)} MiB)`);
     }
-    hasher = !root && out.hashInPass && out.fd !== undefined ? new Hasher((buf) => spare.push(buf)) : null;
+    hasher = !root && out.hashInPass && out.fd !== undefined ? new Hasher((buf) => buf instanceof ArrayBuffer && spare.push(buf)) : null;
     const sha = !root && out.hashInPass && !hasher ? new Bun.CryptoHasher("sha256") : null;
     let zeroBuf = new Uint8Array(0);
     // decompression buffers go back and forth between here and the workers

@@ -77,6 +77,8 @@ export class FrameDecoder {
    * reuses buffers sets this and hands finished payloads' buffers back itself.
    */
   alloc: (n: number) => Uint8Array = (n) => new Uint8Array(n);
+  /** takes back a buffer from alloc that holds no frame after all (its payload failed its CRC) */
+  free: (buf: Uint8Array) => void = () => {};
 
   constructor(private readonly maxPayload = MAX_PAYLOAD) {}
 
@@ -211,8 +213,9 @@ export class FrameDecoder {
         // or flipped. Report it, then rescan the payload itself for the next
         // header, so a frame that began inside a short payload is not lost.
         events.push({ kind: "corrupt", type: this.type, length: this.length });
-        const rest = input.subarray(take);
-        return concat(payload, rest);
+        const rescan = concat(payload, input.subarray(take));
+        if (rescan !== payload) this.free(payload);
+        return rescan;
       }
     }
     return input.subarray(take);

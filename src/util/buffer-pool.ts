@@ -5,9 +5,16 @@
 // main thread -> worker -> main thread -> the pool.
 
 /** Payloads up to this size are not worth a pooled buffer (see take()). */
-const SMALL_BYTES = 64 * 1024;
+export const SMALL_BYTES = 64 * 1024;
 
-export class BufferPool {
+/** Where a channel builds incoming payloads (Channel.usePool), and takes them back. */
+export interface PayloadPool {
+  take(n: number): Uint8Array;
+  /** a payload (or its buffer) that nobody uses any more */
+  give(buf: ArrayBufferLike | Uint8Array | undefined): void;
+}
+
+export class BufferPool implements PayloadPool {
   private free: ArrayBuffer[] = [];
 
   /** `capacity`: the size of every pooled buffer; `keep`: how many idle ones to hold. */
@@ -33,7 +40,8 @@ export class BufferPool {
   }
 
   /** Hands a buffer back; ones of another size, or beyond `keep`, are left to the collector. */
-  give(buf: ArrayBufferLike | undefined): void {
+  give(buf: ArrayBufferLike | Uint8Array | undefined): void {
+    if (ArrayBuffer.isView(buf)) buf = buf.buffer;
     if (buf instanceof ArrayBuffer && buf.byteLength === this.capacity && this.free.length < this.keep) this.free.push(buf);
   }
 }
