@@ -33,6 +33,15 @@ export type WorkerRequest =
       hash: boolean;
       /** return the SHA-256 of the raw chunk (the integrity root's digest) */
       digest?: boolean;
+      /** return the SHA-256 of the zstd frame (its frame-digests.txt line, docs/FORMAT.md §4b) */
+      frameDigest?: boolean;
+      /**
+       * a stored frame whose SHA-256 was taken when it was checked (a base's
+       * frame-digests.txt line), and its raw chunk's SHA-256: when the frame
+       * still hashes to `frame` it is those very bytes, known to hold `raw`,
+       * and is written without being decompressed again (not with `hash`)
+       */
+      known?: { frame: string; raw: string };
       wantRaw: boolean;
       /** with wantRaw: a buffer to decompress into (handed back as raw), to avoid fresh allocations */
       out?: ArrayBuffer;
@@ -64,7 +73,8 @@ export type WorkerReply =
   /** `buf`: the request's input buffer, handed back */
   /** `unchanged`: with onlyIfDiffers, the file already held the chunk and nothing was written */
   /** `cloned`: the frame was cloned from the write's `clone` source (shared blocks), not written */
-  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer; digest?: string; unchanged?: boolean; cloned?: boolean }
+  /** `frameDigest`: as asked, the zstd frame's SHA-256; `known`: the request's known frame checked out by its digest alone */
+  | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer; digest?: string; frameDigest?: string; known?: boolean; unchanged?: boolean; cloned?: boolean }
   /** `length`: bytes read (fewer at the end of the file); `error`: the read's errno code */
   /** `digests`: with `piece`, the SHA-256 of each piece read (a short last one too) */
   | { op: "readhashed"; index: number; digest: string; digests?: string[]; length: number; error?: string }
@@ -88,6 +98,8 @@ export class WorkerPool {
   private dead: (string | null)[] = [];
   private rr = 0;
   private outstanding = new Set<Promise<WorkerReply>>();
+  /** what share() subscribed to, dropped with the workers */
+  private unshare: (() => void)[] = [];
 
   /** `spec`: the worker script (tests give one that cannot load) */
   constructor(size: number, spec = WORKER_SPEC) {
@@ -114,7 +126,7 @@ export class WorkerPool {
 
   /** Hands every arena of `slots` (now and later) to the workers, so jobs can name their bytes. */
   share(slots: SharedSlots): void {
-    slots.shareWith((id, sab) => this.broadcast({ op: "arena", id, sab }));
+    this.unshare.push(slots.shareWith((id, sab) => this.broadcast({ op: "arena", id, sab })));
   }
 
   /** Sends a job that has no reply to every worker. */
@@ -128,8 +140,13 @@ export class WorkerPool {
     const p = new Promise<WorkerReply>((resolve) => {
       const dead = this.dead[i];
       if (dead) return resolve({ op: "failed", error: dead });
+      try {
+        this.workers[i]!.postMessage(req, transfer);
+      } catch (e) {
+        // nothing reached the worker: no reply will come for it (and none may be taken for it)
+        return resolve({ op: "failed", error: `cannot hand the job to a chunk worker: ${(e as Error).message}` });
+      }
       this.pending[i]!.push(resolve);
-      this.workers[i]!.postMessage(req, transfer);
     });
     this.outstanding.add(p);
     void p.then(() => this.outstanding.delete(p));
@@ -147,6 +164,7 @@ export class WorkerPool {
   }
 
   terminate(): void {
+    for (const u of this.unshare.splice(0)) u();
     for (const w of this.workers) w.terminate();
   }
 }

@@ -142,6 +142,14 @@ function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
   let z: Uint8Array;
   try {
     z = bytesOf(m.buf, m.at, m.length);
+    if (m.known && !m.hash && !m.wantRaw && !m.writeRaw) {
+      // the very bytes that were checked when stored: no need to decompress them again
+      const frameDigest = chunkDigest(z);
+      if (frameDigest === m.known.frame) {
+        const stored = m.write ? storeFrame(m.write, z) : undefined;
+        return { op: "checked", index: m.index, ok: true, writeError: stored?.error, digest: m.known.raw, frameDigest, known: true, ...(stored?.cloned ? { cloned: true } : {}) };
+      }
+    }
     // exactly one zstd frame that declares the chunk's raw length (docs/FORMAT.md §3)
     if (zstd.findFrameCompressedSize(z) !== z.length) throw new Error("not exactly one zstd frame");
     if (zstd.getFrameContentSize(z) !== m.rawLength) throw new Error("frame does not declare the chunk's raw length");
@@ -158,11 +166,12 @@ function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
   if (m.checksum >= 0n && Bun.hash.xxHash3(raw) !== m.checksum) return { op: "checked", index: m.index, ok: false, error: "raw data checksum mismatch" };
   if (m.hash) sha.update(raw);
   const digest = m.digest ? chunkDigest(raw) : undefined;
+  const frameDigest = m.frameDigest ? chunkDigest(z) : undefined;
   const unchanged = m.writeRaw !== undefined && m.onlyIfDiffers === true && holds(m.writeRaw.fd, m.writeRaw.direct, raw, m.writeRaw.position);
   const stored = m.write ? storeFrame(m.write, z) : undefined;
   const writeError = m.write ? stored!.error : m.writeRaw && !unchanged ? writeOrCode(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;
   const rawBuf = m.wantRaw ? (raw.buffer as ArrayBuffer) : undefined;
-  return { op: "checked", index: m.index, ok: true, writeError, raw: rawBuf, digest, ...(unchanged ? { unchanged } : {}), ...(stored?.cloned ? { cloned: true } : {}) };
+  return { op: "checked", index: m.index, ok: true, writeError, raw: rawBuf, digest, frameDigest, ...(unchanged ? { unchanged } : {}), ...(stored?.cloned ? { cloned: true } : {}) };
 }
 
 // libc (for cloning frames) loads asynchronously: jobs that come before it are

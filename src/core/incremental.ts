@@ -31,6 +31,8 @@ export class Base {
     private readonly reader: BackupReader,
     /** each chunk's XXH3-64 from the base's chunks.txt, read whole at open (a resend goes back to earlier chunks) */
     private readonly checksums: BigUint64Array,
+    /** each stored frame's SHA-256 from its frame-digests.txt, 32 bytes a chunk, and which of them are well formed; null without one */
+    private readonly frameDigests: { packed: Uint8Array; valid: Uint8Array } | null,
   ) {}
 
   get chunks(): number {
@@ -54,7 +56,7 @@ export class Base {
       }
       const count = digests.length / 32;
       if (reader.chunks !== count) throw new Error(`its image has ${reader.chunks} frames, the manifest says ${count}`);
-      return new Base(id, m, digests, reader, reader.checksums(true)!);
+      return new Base(id, m, digests, reader, reader.checksums(true)!, readFrameDigests(reader, count));
     } catch (e) {
       reader?.close();
       return (e as Error).message;
@@ -64,6 +66,15 @@ export class Base {
   /** The hex SHA-256 of chunk i of the base. */
   digest(i: number): string {
     return digestAt(this.digests, i);
+  }
+
+  /**
+   * The hex SHA-256 its stored frame i had when it was checked (docs/FORMAT.md
+   * §4b), or null when unknown: a frame that still hashes to it need not be
+   * decompressed to be known good.
+   */
+  frameDigest(i: number): string | null {
+    return this.frameDigests?.valid[i] ? digestAt(this.frameDigests.packed, i) : null;
   }
 
   /**
@@ -121,6 +132,26 @@ export function readDigests(reader: BackupReader, m: Manifest): Uint8Array | str
   } catch (e) {
     return (e as Error).message;
   }
+}
+
+/**
+ * A backup's frame-digests.txt, packed, with a flag per line that is well
+ * formed (a damaged line only means that frame is checked the long way);
+ * null when it has none of the right size.
+ */
+function readFrameDigests(reader: BackupReader, count: number): { packed: Uint8Array; valid: Uint8Array } | null {
+  const text = reader.frameDigestList();
+  if (!text || text.length !== count * DIGEST_LINE_BYTES) return null;
+  const packed = new Uint8Array(count * 32);
+  const valid = new Uint8Array(count);
+  const hex = text.toString("latin1");
+  for (let i = 0; i < count; i++) {
+    const line = hex.slice(i * DIGEST_LINE_BYTES, i * DIGEST_LINE_BYTES + 64);
+    if (!isDigest(line) || hex[i * DIGEST_LINE_BYTES + 64] !== "\n") continue;
+    packed.set(Buffer.from(line, "hex"), i * 32);
+    valid[i] = 1;
+  }
+  return { packed, valid };
 }
 
 /** The error for a base whose stored chunk fails a check: the new backup is not made from it. */

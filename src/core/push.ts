@@ -86,8 +86,8 @@ const KEEPALIVE_MS = 2000;
 /**
  * ZERO and SAME records are a few dozen bytes each, and most of a mostly
  * empty (or unchanged) disk: a run of them goes out in one write, of at most
- * this many records, or what came within BATCH_MS (a slow disk's zeros still
- * reach the receiver, whose patience is measured in seconds).
+ * this many records, and none waits longer than BATCH_MS (a slow disk's
+ * zeros still reach the receiver, whose patience is measured in seconds).
  */
 const MAX_BATCHED_RECORDS = 256;
 const BATCH_MS = 200;
@@ -292,8 +292,10 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     let resent = 0;
     // small records waiting to go out together (always for chunks after every one written)
     let batch: Uint8Array[] = [];
-    let batchSince = 0;
+    let batchTimer: ReturnType<typeof setTimeout> | null = null;
     const flushRecords = async () => {
+      if (batchTimer) clearTimeout(batchTimer);
+      batchTimer = null;
       if (batch.length === 0) return;
       const all = batch.length === 1 ? batch[0]! : Buffer.concat(batch);
       batch = [];
@@ -301,9 +303,12 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       await send(ch.sendFrame(all));
     };
     const sendRecord = async (rec: Uint8Array) => {
-      if (batch.length === 0) batchSince = Date.now();
       batch.push(rec);
-      if (batch.length >= MAX_BATCHED_RECORDS || Date.now() - batchSince >= BATCH_MS) await flushRecords();
+      if (batch.length >= MAX_BATCHED_RECORDS) return flushRecords();
+      // however long the next chunk takes to read (a failing disk), these go out on time
+      // (a failed write surfaces at the next one; not once a resend is asked for: they go out again after it)
+      batchTimer ??= setTimeout(() => void (ps.rewindTo === null ? flushRecords().catch(() => {}) : null), BATCH_MS);
+      batchTimer.unref?.();
     };
     const sendOne = async (o: Out) => {
       if (ps.failure) throw ps.failure;
@@ -353,7 +358,10 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     const rewind = () => {
       const from = ps.rewindTo!;
       ps.step({ type: "rewound" }, Date.now());
-      batch = []; // (records never written: of chunks from `from` on, which go out again)
+      // (records never written: of chunks from `from` on, which go out again)
+      batch = [];
+      if (batchTimer) clearTimeout(batchTimer);
+      batchTimer = null;
       const p = points!.take(from);
       if (!p) throw new TbError("CORRUPT", `the receiver asked for chunk ${from} again, which this sender cannot send again (it has sent ${chunks})`, "check the cable, then push again; it continues from the last durable point");
       root.restore(p.root);

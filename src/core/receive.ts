@@ -11,7 +11,7 @@ import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { compressBound } from "../util/buffer-pool.ts";
 import { SharedSlots, SlotPayloads } from "../util/shared-slots.ts";
 import type { Transport } from "../transport/index.ts";
-import { MANIFEST_FORMAT, idPart, openRepository, prefixDigest, type BackupWriter, type FrameWrite, type NewManifest, type Repository } from "../store/repository.ts";
+import { MANIFEST_FORMAT, idPart, openRepository, prefixDigest, type BackupWriter, type FrameWrite, maxEntrySize, type NewManifest, type Repository } from "../store/repository.ts";
 import { awaitResume, checkPrefix, findResumable, markNotResumable } from "./resume.ts";
 import { Channel, CorruptFrame } from "./channel.ts";
 import { DamageBudget, RESEND_REPEAT_MS } from "./resend.ts";
@@ -23,7 +23,7 @@ import { checkPeer, newHelloAck, hasCap } from "./handshake.ts";
 import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { INCREMENTAL_CAP, PROTOCOL_VERSION, RESEND_CAP, ROOT_CAP, TOOL } from "./version.ts";
-import { zeroChecksum, zeroFrame } from "./zero.ts";
+import { zeroChecksum, zeroFrame, zeroFrameDigest } from "./zero.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { serveRequest, type ServeOptions } from "./serve-restore.ts";
 import { ReceiveSessionState } from "./receive-state.ts";
@@ -306,7 +306,8 @@ async function receiveImage(ch: Channel, hello: Hello, opts: ReceiveOptions): Pr
   const pool = new WorkerPool(wholeSha ? 1 : workerCount());
   // chunk payloads arrive in these shared slots, where the workers check and
   // write them; a slot comes back once its chunk is written
-  const slots = new SharedSlots(CHUNK_HEADER_SIZE + compressBound(chunkSize) + TRAILER_SIZE);
+  // (large enough for a DATA payload, and for a base's stored entry, padding included)
+  const slots = new SharedSlots(Math.max(CHUNK_HEADER_SIZE + compressBound(chunkSize) + TRAILER_SIZE, maxEntrySize(chunkSize)));
   pool.share(slots);
   ch.usePool(new SlotPayloads(slots));
   // While our work moves on (a frame taken in, a stored chunk re-checked), the
@@ -382,10 +383,10 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       try {
         const prefix = await checkPrefix(repo.openPartial(candidate.backup), candidate.manifest, lines, pool, wholeSha, () => activity.n++);
         writer0 = repo.resume(candidate.backup, candidate.manifest, prefix.entries);
-        for (const digest of prefix.digests) {
+        prefix.digests.forEach((digest, i) => {
           root.add(digest);
-          writer0.recordDigest(digest);
-        }
+          writer0!.recordDigest(digest, prefix.frameDigests[i]!);
+        });
         prefixZero = prefix.zero;
         const m = candidate.manifest;
         m.session = hello.session;
@@ -464,6 +465,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   let keepBase = false;
   const ack = { ...newHelloAck(hello, writer.id), ...(base ? { base: { id: base.id, chunks: base.chunks } } : {}) };
   let same = 0;
+  /** of `same`, the frames known by their frame digest (not decompressed again) */
+  let knownFrames = 0;
   let sharedBytes = 0;
   /** of sharedBytes, those cloned from the base's file (blocks shared on disk, docs/FORMAT.md §3.5) */
   let clonedBytes = 0;
@@ -494,7 +497,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     if ((r.op === "checked" || r.op === "zeroed") && r.writeError) throw storeFailed("write", r.writeError);
     const digest = r.op === "checked" ? r.digest! : zeroDigest(rawLength);
     root.add(digest);
-    writer.recordDigest(digest);
+    writer.recordDigest(digest, r.op === "checked" ? r.frameDigest! : zeroFrameDigest(rawLength));
+    if (r.op === "checked" && r.known) knownFrames++;
     if (r.op === "zeroed") zero++;
     // counted once accepted: a chunk taken back for a resend is counted when it comes again
     if (fromBase) {
@@ -537,13 +541,14 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   };
   const track = (index: number, rawLength: number, p: Promise<WorkerReply>, fromBase?: { digest: string; bytes: number }, held?: Uint8Array) => checks.add(p.then((reply) => ({ index, rawLength, reply, fromBase, held })));
   /** Checks (and then writes) the zstd frame `z`: where it lies in a slot, the worker reads it there; else its buffer goes over and back. */
-  const check = (index: number, rawLength: number, checksum: bigint, z: Uint8Array, write: FrameWrite, fromBase?: { digest: string; bytes: number }) => {
+  const check = (index: number, rawLength: number, checksum: bigint, z: Uint8Array, write: FrameWrite, fromBase?: { digest: string; bytes: number }, known?: { frame: string; raw: string }) => {
     const ref = slots.ref(z);
-    const job = { op: "check", index, rawLength, checksum, at: ref ? 0 : z.byteOffset, length: z.length, hash: wholeSha, digest: true, wantRaw: false, write } as const;
+    const job = { op: "check", index, rawLength, checksum, at: 0, length: z.length, hash: wholeSha, digest: true, frameDigest: true, wantRaw: false, write, ...(known ? { known } : {}) } as const;
     const pin = wholeSha ? 0 : undefined;
     if (ref) return track(index, rawLength, pool.run({ ...job, buf: ref }, [], pin), fromBase, z);
-    const buf = z.buffer as ArrayBuffer;
-    return track(index, rawLength, pool.run({ ...job, buf }, [buf], pin), fromBase);
+    // (a payload in no slot of ours: its own buffer goes over, or a copy of one that cannot be transferred)
+    const own = z.buffer instanceof ArrayBuffer ? { buf: z.buffer, at: z.byteOffset } : { buf: z.slice().buffer as ArrayBuffer, at: 0 };
+    return track(index, rawLength, pool.run({ ...job, ...own }, [own.buf], pin), fromBase);
   };
   // A write or sync of the backup failed (the workers report an errno code).
   const storeFailed = (doing: string, e: unknown) => {
@@ -640,7 +645,8 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           }
           const write = writer.record(frame, rawLength, offset, h.checksum, base!.extent(h.index));
           const bytes = write.clone?.length ?? frame.length; // (with the base's padding when laid out alike)
-          await check(h.index, rawLength, h.checksum, frame, write, { digest: base!.digest(h.index), bytes });
+          const knownFrame = base!.frameDigest(h.index);
+          await check(h.index, rawLength, h.checksum, frame, write, { digest: base!.digest(h.index), bytes }, knownFrame ? { frame: knownFrame, raw: base!.digest(h.index) } : undefined);
         } else if (rec.kind === "zero") {
           const zf = zeroFrame(rawLength);
           ch.release(f.payload);
@@ -654,7 +660,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
             try {
               writer.append(zf, rawLength, offset, h.checksum);
             } catch (e) {
-              writeError = errnoCode(e);
+              writeError = errnoCode(e) || String(e);
             }
             await track(h.index, rawLength, Promise.resolve({ op: "zeroed", index: h.index, writeError }));
           }
@@ -740,7 +746,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
         session.to("stored");
         confirmation = { session: hello.session, id: writer.id, path: finalDir, ...(hasRootCap(hello) ? { root: rootHex } : {}), ...(sha256 ? { sha256 } : {}), bytes: size, storedBytes, ...(base ? { base: base.id, sameChunks: same } : {}) };
         await ch.sendJson(MsgType.DONE, confirmation);
-        opts.reporter.info(`stored ${writer.id}: ${size} bytes as ${storedBytes}${same ? ` (${same} of ${want} chunks, ${sharedBytes} bytes, copied from ${base!.id}${clonedBytes ? `, ${clonedBytes} of them as blocks shared with it` : ""})` : ""} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""}${resentNote(retry)})`);
+        opts.reporter.info(`stored ${writer.id}: ${size} bytes as ${storedBytes}${same ? ` (${same} of ${want} chunks${knownFrames ? ` (${knownFrames} known by their frame digests)` : ""}, ${sharedBytes} bytes, copied from ${base!.id}${clonedBytes ? `, ${clonedBytes} of them as blocks shared with it` : ""})` : ""} (root ${rootHex}${sha256 ? `, sha256 ${sha256}` : ""}${resentNote(retry)})`);
         return {
           result: { ok: true, role: "push", id: writer.id, path: finalDir, host: hello.host?.hostname, bytes: size, storedBytes, root: rootHex, sha256: sha256 ?? undefined, seconds: manifest.timings.seconds!, ...(retry ? { resent: retry.count } : {}) },
           carried: null,

@@ -84,14 +84,16 @@ export async function awaitResume(ch: Channel, hello: Hello, idleMs: number, res
  * Re-checks the durable prefix of a partial image: every frame decompresses
  * (on the pool's first worker, feeding its SHA-256 in order when `wholeSha`)
  * to the length and XXH3 its chunk-list line gives. Returns the seek entries
- * to continue with and the chunks' digests (for the integrity root).
+ * to continue with and the chunks' digests (for the integrity root), and
+ * their frames' (frame-digests.txt).
  */
-export async function checkPrefix(partial: PartialBackup, m: Manifest, lines: string, pool: WorkerPool, wholeSha: boolean, onChunk: () => void): Promise<{ entries: SeekEntry[]; zero: number; digests: string[] }> {
+export async function checkPrefix(partial: PartialBackup, m: Manifest, lines: string, pool: WorkerPool, wholeSha: boolean, onChunk: () => void): Promise<{ entries: SeekEntry[]; zero: number; digests: string[]; frameDigests: string[] }> {
   const d = m.durable!;
   const rows = lines.split("\n").filter(Boolean);
   if (rows.length !== d.chunks) throw new Error(`the chunk list has ${rows.length} durable lines, the manifest says ${d.chunks}`);
   const entries: SeekEntry[] = [];
   const digests: string[] = [];
+  const frameDigests: string[] = [];
   let zero = 0;
   const z = zstd();
   let i = 0;
@@ -100,16 +102,17 @@ export async function checkPrefix(partial: PartialBackup, m: Manifest, lines: st
     if (index !== i || offset !== i * m.chunkSize || rawLength !== Math.min(m.chunkSize, m.size - offset)) throw new Error(`chunk list line ${i} does not fit the backup's layout`);
     const size = frame.length;
     const sum = frameChecksum(frame); // (before the buffer goes to the worker)
-    const r = await pool.run({ op: "check", index: i, rawLength, checksum, buf: frame.buffer as ArrayBuffer, at: 0, length: size, hash: wholeSha, digest: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0);
+    const r = await pool.run({ op: "check", index: i, rawLength, checksum, buf: frame.buffer as ArrayBuffer, at: 0, length: size, hash: wholeSha, digest: true, frameDigest: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0);
     if (r.op !== "checked" || !r.ok) throw new Error(`chunk ${i}: ${r.op === "checked" ? r.error : "worker failed"}`);
     digests.push(r.digest!);
+    frameDigests.push(r.frameDigest!);
     onChunk();
     // an aligned image (docs/FORMAT.md §3.5): the padding after the frame is part of its entry
     entries.push({ compressedSize: size + padding, rawSize: rawLength, checksum: sum });
     if (checksum === zeroChecksum(rawLength)) zero++;
     i++;
   }
-  return { entries, zero, digests };
+  return { entries, zero, digests, frameDigests };
 }
 
 /** Marks a partial as one that will not be offered again (kept for inspection). */

@@ -30,6 +30,18 @@ export function zeroFrame(rawLength: number): Uint8Array {
 }
 
 let zeroBuf = new Uint8Array(0);
+const frameDigests = new Map<number, string>();
+
+/** The SHA-256 (hex) of zeroFrame(rawLength): a zero chunk's line in frame-digests.txt (docs/FORMAT.md §4b). */
+export function zeroFrameDigest(rawLength: number): string {
+  let d = frameDigests.get(rawLength);
+  if (d === undefined) {
+    d = new Bun.CryptoHasher("sha256").update(zeroFrame(rawLength)).digest("hex");
+    frameDigests.set(rawLength, d);
+  }
+  return d;
+}
+
 /** `n` zero bytes (one shared buffer, grown as needed: never to be written). */
 export function zeroBytes(n: number): Uint8Array {
   if (zeroBuf.length < n) zeroBuf = new Uint8Array(n);

@@ -120,6 +120,7 @@ export class FrameDecoder {
     if (this.state !== State.Payload) return [];
     const held = this.payload!.slice(0, this.filled);
     const events: DecodeEvent[] = [{ kind: "corrupt", type: this.type, length: this.length }];
+    this.free(this.payload!);
     this.payload = null;
     this.state = State.Seek;
     events.push(...this.push(held));

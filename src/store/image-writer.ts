@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { encodeSeekTable, frameChecksum, paddingTo, type SeekEntry } from "./seekable.ts";
 import { writeFrame, type FrameWrite } from "./reflink.ts";
 import { pwriteAll } from "../util/fsio.ts";
-import { CHUNKS_FILE, DIGESTS_FILE, FILE_MODE, fsyncDir } from "./layout.ts";
+import { CHUNKS_FILE, DIGESTS_FILE, FILE_MODE, FRAME_DIGESTS_FILE, fsyncDir } from "./layout.ts";
 import { StoreError } from "./errors.ts";
 
 /** One line of chunks.txt: "index offset length xxh3hex". Both ends build it (resume compares them). */
@@ -35,6 +35,9 @@ export class ImageWriter {
   /** digests.txt: the per-chunk SHA-256s whose hash is the integrity root (docs/FORMAT.md §4a) */
   private digestsFd: number;
   private digestLines: string[] = [];
+  /** frame-digests.txt: each stored frame's SHA-256, taken once it was checked (docs/FORMAT.md §4b), line for line with digests.txt */
+  private frameDigestsFd: number;
+  private frameDigestLines: string[] = [];
   /** digest lines recorded so far */
   digests = 0;
   private entries: SeekEntry[] = [];
@@ -46,6 +49,7 @@ export class ImageWriter {
   /** bytes of chunks.txt and digests.txt written to their files (the rest is in `lines`, `digestLines`) */
   private chunkListFlushed = 0;
   private digestsFlushed = 0;
+  private frameDigestsFlushed = 0;
   /** the state before each of the last MARKS_KEPT (up to twice as many) records: what truncateTo() can go back to */
   private marks: { chunks: number; bytesWritten: number; rawBytes: number; chunkListBytes: number; prevSize?: number }[] = [];
   readonly tmpPath: string;
@@ -67,14 +71,17 @@ export class ImageWriter {
     this.tmpPath = path.join(dir, fileName + ".tmp");
     const chunksPath = path.join(dir, CHUNKS_FILE);
     const digestsPath = path.join(dir, DIGESTS_FILE);
+    const frameDigestsPath = path.join(dir, FRAME_DIGESTS_FILE);
     if (!resume) {
       this.fd = fs.openSync(this.tmpPath, "wx", FILE_MODE);
       this.chunksFd = fs.openSync(chunksPath, "wx", FILE_MODE);
       this.digestsFd = fs.openSync(digestsPath, "wx", FILE_MODE);
+      this.frameDigestsFd = fs.openSync(frameDigestsPath, "wx", FILE_MODE);
       return;
     }
     // the prefix's digests are computed again from its checked frames and recorded anew
     this.digestsFd = fs.openSync(digestsPath, "w", FILE_MODE);
+    this.frameDigestsFd = fs.openSync(frameDigestsPath, "w", FILE_MODE);
     this.fd = fs.openSync(this.tmpPath, "r+");
     fs.ftruncateSync(this.fd, resume.storedBytes);
     fs.truncateSync(chunksPath, resume.chunkListBytes);
@@ -127,9 +134,10 @@ export class ImageWriter {
     return w;
   }
 
-  /** Records the next chunk's SHA-256 (in chunk order, once the chunk is checked). */
-  recordDigest(digest: string): void {
+  /** Records the next chunk's SHA-256, and its stored frame's (in chunk order, once the chunk is checked). */
+  recordDigest(digest: string, frameDigest: string): void {
     this.digestLines.push(digest + "\n");
+    this.frameDigestLines.push(frameDigest + "\n");
     this.digests++;
     if (this.digestLines.length >= 1024) this.flushLines();
   }
@@ -176,6 +184,8 @@ export class ImageWriter {
     if (this.digestLines.length > 0) {
       this.digestsFlushed += writeAllAt(this.digestsFd, this.digestLines.join(""), this.digestsFlushed);
       this.digestLines = [];
+      this.frameDigestsFlushed += writeAllAt(this.frameDigestsFd, this.frameDigestLines.join(""), this.frameDigestsFlushed);
+      this.frameDigestLines = [];
     }
   }
 
@@ -183,7 +193,7 @@ export class ImageWriter {
   async sync(): Promise<void> {
     this.flushLines();
     const datasync = (fd: number) => new Promise<void>((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
-    await Promise.all([datasync(this.fd), datasync(this.chunksFd), datasync(this.digestsFd)]);
+    await Promise.all([datasync(this.fd), datasync(this.chunksFd), datasync(this.digestsFd), datasync(this.frameDigestsFd)]);
   }
 
   /** Writes the seek table, fsyncs and renames to the final name. Returns the stored size. */
@@ -192,9 +202,9 @@ export class ImageWriter {
     pwriteAll(this.fd, table, this.bytesWritten);
     this.bytesWritten += table.length;
     this.flushLines();
-    for (const fd of [this.fd, this.chunksFd, this.digestsFd]) fs.fsyncSync(fd);
-    for (const fd of [this.fd, this.chunksFd, this.digestsFd]) fs.closeSync(fd);
-    this.fd = this.chunksFd = this.digestsFd = -1;
+    for (const fd of this.fds()) fs.fsyncSync(fd);
+    for (const fd of this.fds()) fs.closeSync(fd);
+    this.fd = this.chunksFd = this.digestsFd = this.frameDigestsFd = -1;
     fs.renameSync(this.tmpPath, path.join(this.dir, this.fileName));
     fsyncDir(this.dir);
     return this.bytesWritten;
@@ -207,12 +217,16 @@ export class ImageWriter {
         this.flushLines(); // keep the lines of what was written, for inspection and resume
       } catch {}
     }
-    for (const fd of [this.fd, this.chunksFd, this.digestsFd]) {
+    for (const fd of this.fds()) {
       if (fd < 0) continue;
       try {
         fs.closeSync(fd);
       } catch {}
     }
-    this.fd = this.chunksFd = this.digestsFd = -1;
+    this.fd = this.chunksFd = this.digestsFd = this.frameDigestsFd = -1;
+  }
+
+  private fds(): number[] {
+    return [this.fd, this.chunksFd, this.digestsFd, this.frameDigestsFd];
   }
 }

@@ -8,6 +8,7 @@ import {
   CHUNKS_FILE,
   DELETING_SUFFIX,
   DIGESTS_FILE,
+  FRAME_DIGESTS_FILE,
   FILES_FILE,
   IMAGE_FILE,
   MANIFEST_FILE,
@@ -25,7 +26,7 @@ import { ImageWriter } from "./image-writer.ts";
 import { ChunkList, ImageReader, readChecksums } from "./image-reader.ts";
 import { MAX_PADDING, PADDING_MAGIC, isAlignment, type SeekEntry } from "./seekable.ts";
 import { reflinkAlignment, type FrameWrite } from "./reflink.ts";
-import { ROOT_ALGORITHM } from "./root.ts";
+import { DIGEST_LINE_BYTES, ROOT_ALGORITHM } from "./root.ts";
 import type { BackupAt, BackupReader, BackupWriter, ChunkLines, DiskLock, Durable, NewBackup, NewManifest, PartialBackup, Repository, StoredBackup } from "./repository.ts";
 
 /** The disks a push session is writing now, per store ("root\0host/disk"): two sessions never write or resume the same one. */
@@ -352,8 +353,8 @@ class LocalBackupWriter implements BackupWriter {
   append(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): void {
     this.image.append(frame, rawSize, offset, checksum);
   }
-  recordDigest(digest: string): void {
-    this.image.recordDigest(digest);
+  recordDigest(digest: string, frameDigest: string): void {
+    this.image.recordDigest(digest, frameDigest);
   }
   truncateTo(chunks: number): void {
     this.image.truncateTo(chunks);
@@ -426,6 +427,23 @@ export function openLocalBackup(dir: string, image: string, manifest: Manifest |
         return fs.statSync(digestsPath).size;
       } catch {
         return -1;
+      }
+    },
+    frameDigestList: () => {
+      const want = reader.entries.length * DIGEST_LINE_BYTES;
+      try {
+        const fd = fs.openSync(path.join(dir, FRAME_DIGESTS_FILE), "r");
+        try {
+          // (read up to a byte more than it should hold: a longer file is not this backup's list)
+          const buf = Buffer.alloc(want + 1);
+          let n = 0;
+          for (let got = -1; got !== 0 && n < buf.length; n += got) got = fs.readSync(fd, buf, n, buf.length - n, n);
+          return n === want ? buf.subarray(0, want) : null;
+        } finally {
+          fs.closeSync(fd);
+        }
+      } catch {
+        return null;
       }
     },
     members: () => fs.readdirSync(dir).map((f) => path.join(dir, f)),

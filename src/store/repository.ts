@@ -165,8 +165,8 @@ export interface BackupWriter {
   record(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint, source?: { fd: number; offset: number; length: number }): FrameWrite;
   /** Records and writes a frame at once (tools and tests). */
   append(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): void;
-  /** Records the next checked chunk's SHA-256 (in chunk order). */
-  recordDigest(digest: string): void;
+  /** Records the next checked chunk's SHA-256, and the SHA-256 of its stored frame (in chunk order). */
+  recordDigest(digest: string, frameDigest: string): void;
   /** Forgets chunks from `chunks` on (sent again); nobody may be writing a frame meanwhile. */
   truncateTo(chunks: number): void;
   /**
@@ -217,6 +217,11 @@ export interface BackupReader {
   digestList(): Buffer;
   /** Its size in bytes, or -1 when there is none. */
   digestListSize(): number;
+  /**
+   * frame-digests.txt as stored (docs/FORMAT.md §4b), when it has exactly one
+   * 65-byte line per chunk; else (none, cut short, unreadable) null.
+   */
+  frameDigestList(): Buffer | null;
   /** The files that make it up (a restore target must not be one of them). */
   members(): string[];
   close(): void;

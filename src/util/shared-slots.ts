@@ -51,10 +51,17 @@ export class SharedSlots {
     this.slotSize = Math.ceil(capacity / ALIGN) * ALIGN;
   }
 
-  /** Calls `send` for every arena, now and as they are made (WorkerPool.share hands them to its workers). */
-  shareWith(send: (id: number, sab: SharedArrayBuffer) => void): void {
+  /**
+   * Calls `send` for every arena, now and as they are made (WorkerPool.share
+   * hands them to its workers); returns what stops it (the workers are gone).
+   */
+  shareWith(send: (id: number, sab: SharedArrayBuffer) => void): () => void {
     this.sinks.push(send);
     for (const a of this.arenas) send(a.id, a.sab);
+    return () => {
+      const i = this.sinks.indexOf(send);
+      if (i >= 0) this.sinks.splice(i, 1);
+    };
   }
 
   /** A whole free slot (`capacity` bytes, the first `n` when given), its contents left from its last use. */

@@ -113,6 +113,15 @@ function backups(out: string): string[] {
 }
 
 const manifest = (d: string) => JSON.parse(fs.readFileSync(path.join(d, "manifest.json"), "utf8"));
+/** The SHA-256 of each stored frame of a backup (without padding), as frame-digests.txt lines. */
+function frameDigests(d: string): string[] {
+  const r = ImageReader.open(path.join(d, "image.zst"));
+  try {
+    return r.entries.map((_, i) => new Bun.CryptoHasher("sha256").update(r.readFrame(i)).digest("hex") + "\n");
+  } finally {
+    r.close();
+  }
+}
 const sameFile = (a: string, b: string) => sh(`cmp ${a} ${b} >/dev/null && echo same || echo differ`).trim();
 
 /** Stores the old version of the disk as the first, full backup of a new store. */
@@ -170,6 +179,10 @@ describe("incremental push", () => {
     expect(m.chunks.same).toBe([...Array(64).keys()].filter((i) => !changed.includes(i) && !old.subarray(i * MiB, (i + 1) * MiB).every((x) => x === 0)).length);
     expect(m.sharedBytes).toBeGreaterThan(0);
     expect(m.root).toBe(stockRoot(newImg));
+    // the base's frames were known by the SHA-256 each had when it was checked: none decompressed again
+    expect(r.recv.stdout + r.recv.stderr).toContain(`${m.chunks.same} of 64 chunks (${m.chunks.same} known by their frame digests)`);
+    // and the new backup lists its own frames' digests, line for line
+    expect(fs.readFileSync(path.join(incr!, "frame-digests.txt"), "utf8")).toBe(frameDigests(incr!).join(""));
     sh(`zstd -dcq ${incr}/image.zst > ${dir}/out-a.raw`);
     expect(sameFile(`${dir}/out-a.raw`, newImg)).toBe("same");
     expect((await run(["verify", incr!])).code).toBe(0);
@@ -185,6 +198,29 @@ describe("incremental push", () => {
     const rs = await run(["restore", t, "--from", incr!, "--yes"]);
     expect(rs.code, rs.stderr).toBe(0);
     expect(sameFile(t, newImg)).toBe("same");
+  });
+
+  test("a frame-digests.txt line that is wrong, or malformed, only means that frame is checked the long way: the backup is right, its list too", async () => {
+    const out = path.join(dir, "store-k");
+    const base = await storeBase(out);
+    const a = fs.readFileSync(oldImg);
+    const data = [...Array(64).keys()].filter((i) => !changed.includes(i) && !a.subarray(i * MiB, (i + 1) * MiB).every((x) => x === 0));
+    const [wrong, malformed] = [data[0]!, data[1]!];
+    const list = path.join(base, "frame-digests.txt");
+    const lines = fs.readFileSync(list, "utf8").split("\n");
+    expect(lines[wrong]).toBe(frameDigests(base)[wrong]!.trim());
+    lines[wrong] = lines[data[2]!]!; // another frame's digest: well formed, but not this frame's
+    lines[malformed] = "not a digest".padEnd(64, "!");
+    fs.writeFileSync(list, lines.join("\n"));
+    const r = await pushCounted(out);
+    expect(r.push.code, r.push.stderr).toBe(0);
+    const incr = backups(out)[1]!;
+    const m = manifest(incr);
+    expect(m.chunks.same).toBe(data.length);
+    expect(r.recv.stdout + r.recv.stderr).toContain(`(${data.length - 2} known by their frame digests)`);
+    expect(m.root).toBe(stockRoot(newImg));
+    expect(fs.readFileSync(path.join(incr, "frame-digests.txt"), "utf8")).toBe(frameDigests(incr).join(""));
+    expect((await run(["verify", incr])).code).toBe(0);
   });
 
   test("a base whose stored frame was damaged never makes a broken backup: the push fails clearly, --full then works", async () => {

@@ -5,6 +5,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { cleanup, finish, makeExt4Image, run, sha256File, start, tempDir, waitFor, zstdSha, listBackups, fileRoot } from "../helpers/cli.ts";
 import { startProxy } from "../helpers/proxy.ts";
+import { ImageReader } from "../../src/store/image-reader.ts";
 
 let dir: string;
 beforeAll(() => {
@@ -58,6 +59,11 @@ describe("resume", () => {
       expect((await run(["verify", path.join(out, rows[0]!.id)])).code).toBe(0);
       const m = JSON.parse(fs.readFileSync(path.join(out, rows[0]!.id, "manifest.json"), "utf8"));
       expect(m.resumed[0].fromChunk).toBe(durable);
+      // frame-digests.txt: the re-checked prefix's frames and the rest, line for line (docs/FORMAT.md §4b)
+      const reader = ImageReader.open(image);
+      const want = reader.entries.map((_, i) => new Bun.CryptoHasher("sha256").update(reader.readFrame(i)).digest("hex") + "\n").join("");
+      reader.close();
+      expect(fs.readFileSync(path.join(out, rows[0]!.id, "frame-digests.txt"), "utf8")).toBe(want);
     } finally {
       recv.kill();
       await finish(recv);

@@ -70,7 +70,7 @@ function writeChunks(w: BackupWriter, from: number, to: number): void {
     const f = frame(raw);
     const write = w.record(f, CHUNK, i * CHUNK, Bun.hash.xxHash3(raw));
     writeFrame(write, f);
-    w.recordDigest(chunkDigest(raw));
+    w.recordDigest(chunkDigest(raw), chunkDigest(f));
   }
 }
 
@@ -112,9 +112,24 @@ test("a backup written through a BackupWriter is committed, listed, and read bac
     expect(Array.from(r.checksums()!)).toEqual([0, 1, 2, 3, 4, 5].map((i) => Bun.hash.xxHash3(chunk(i))));
     // the digest list hashes to the root the manifest records
     expect(new Bun.CryptoHasher("sha256").update(r.digestList()).digest("hex")).toBe(r.manifest!.root!);
+    // and each stored frame's SHA-256 is on its line of frame-digests.txt
+    expect(r.frameDigestList()!.toString()).toBe([0, 1, 2, 3, 4, 5].map((i) => chunkDigest(r.frame(i)) + "\n").join(""));
   } finally {
     r.close();
   }
+  // a frame-digests.txt cut short, or longer than its backup, is none at all
+  const list = path.join(final, "frame-digests.txt");
+  const text = fs.readFileSync(list);
+  for (const damaged of [text.subarray(0, text.length - 1), Buffer.concat([text, Buffer.from("x")])]) {
+    fs.writeFileSync(list, damaged);
+    const r2 = repo.open(b);
+    expect(r2.frameDigestList()).toBeNull();
+    r2.close();
+  }
+  fs.rmSync(list);
+  const r3 = repo.open(b);
+  expect(r3.frameDigestList()).toBeNull();
+  r3.close();
   // what a stock zstd reads from it is the disk
   const whole = Buffer.from(sh(`zstd -dcq ${JSON.stringify(path.join(final, "image.zst"))} | base64 -w0`), "base64");
   expect(Buffer.compare(whole, Buffer.concat([0, 1, 2, 3, 4, 5].map(chunk)))).toBe(0);
@@ -151,7 +166,7 @@ test("a writer closed after a checkpoint leaves a partial that is found, read ba
   const w2 = repo.resume(p!, m, entries);
   expect(w2.id).toBe("h1/d1/20261206T130000Z");
   expect(w2.chunks).toBe(3);
-  for (let i = 0; i < 3; i++) w2.recordDigest(chunkDigest(chunk(i)));
+  for (let i = 0; i < 3; i++) w2.recordDigest(chunkDigest(chunk(i)), chunkDigest(frames[i]!));
   writeChunks(w2, 3, 8);
   delete w2.manifest.reason;
   seal(w2, 8);
@@ -161,6 +176,8 @@ test("a writer closed after a checkpoint leaves a partial that is found, read ba
     expect(r.chunks).toBe(8);
     for (let i = 0; i < 8; i++) expect(unzstd(r.frame(i), CHUNK)).toEqual(chunk(i));
     expect(new Bun.CryptoHasher("sha256").update(r.digestList()).digest("hex")).toBe(r.manifest!.root!);
+    // the resumed prefix's frame digests were written anew, line for line with the rest
+    expect(r.frameDigestList()!.toString()).toBe([0, 1, 2, 3, 4, 5, 6, 7].map((i) => chunkDigest(r.frame(i)) + "\n").join(""));
   } finally {
     r.close();
   }

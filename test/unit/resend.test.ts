@@ -89,8 +89,8 @@ test("ImageWriter.truncateTo takes chunks back: the image, chunks.txt and seek t
       const raw = chunk(i);
       w.append(frame(raw), 4096, i * 4096, Bun.hash.xxHash3(raw));
     }
-    w.recordDigest("0".repeat(64));
-    w.recordDigest("1".repeat(64));
+    w.recordDigest("0".repeat(64), "2".repeat(64));
+    w.recordDigest("1".repeat(64), "3".repeat(64));
     expect(() => w.truncateTo(1)).toThrow(/cannot take back/); // chunk 1's digest is recorded: it was accepted
     w.truncateTo(2);
     expect(w.chunks).toBe(2);

@@ -93,6 +93,48 @@ describe("SharedSlots", () => {
   });
 });
 
+test("a payload abandoned mid-frame (its sender gone on a lossy link) goes back to the pool too", () => {
+  const s = new SharedSlots(256 * 1024, 2);
+  const p = new SlotPayloads(s);
+  const d = new FrameDecoder();
+  d.alloc = (n) => p.take(n);
+  d.free = (b) => p.give(b);
+  const f = encodeFrame(0x10, crypto.getRandomValues(new Uint8Array(100_000)));
+  for (let i = 0; i < 5; i++) {
+    d.push(f.subarray(0, 50_000));
+    expect(d.abandon()[0]).toMatchObject({ kind: "corrupt" });
+  }
+  // the same slot every time: none was kept
+  let arenas = 0;
+  s.shareWith(() => arenas++);
+  expect(arenas).toBe(1);
+});
+
+test("a job that cannot be handed to a worker fails alone; the worker's later replies still reach their own jobs", async () => {
+  const pool = new WorkerPool(1);
+  try {
+    // a SharedArrayBuffer cannot be transferred: postMessage throws
+    const bad = await pool.run({ op: "hash", index: 0, buf: new ArrayBuffer(8), length: 8 }, [new SharedArrayBuffer(8) as unknown as ArrayBuffer]);
+    expect(bad).toMatchObject({ op: "failed", error: expect.stringContaining("cannot hand the job") });
+    const h = await pool.run({ op: "hash", index: 1, buf: new ArrayBuffer(3), length: 3 });
+    expect(h.op).toBe("hashed");
+    const d = await pool.run({ op: "digest" });
+    expect(d).toEqual({ op: "digest", sha256: createHash("sha256").update(new Uint8Array(3)).digest("hex") });
+  } finally {
+    pool.terminate();
+  }
+});
+
+test("workers that are gone hear of no more arenas", () => {
+  const s = new SharedSlots(4096, 1);
+  const heard: number[] = [];
+  const stop = s.shareWith((id) => heard.push(id));
+  s.take();
+  stop();
+  s.take();
+  expect(heard.length).toBe(1);
+});
+
 describe("the chunk worker on shared slots", () => {
   const chunk = new Uint8Array(1 << 20);
   for (let i = 0; i < chunk.length; i += 4096) chunk.set(crypto.getRandomValues(new Uint8Array(512)), i);
