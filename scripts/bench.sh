@@ -168,6 +168,9 @@ fi
 # the medians are printed.
 : > "$W/runs"
 for _ in $(seq "$ROUNDS"); do
+  # what the last round wrote (restored images, stores) is written back now,
+  # not while the next lines are timed (each line below starts the same way)
+  sync
   t zstd bash -c "zstd -1 -T0 -q -c '$IMG' > '$W/ref.zst'"
   echo "zstd $(wall zstd)" >> "$W/runs"
   t zstdd bash -c "zstd -dcq '$W/ref.zst' > '$W/ref.out'"
@@ -196,6 +199,7 @@ for _ in $(seq "$ROUNDS"); do
     echo "pipe $(wall pipe)" >> "$W/runs"
     rm -f "$W/pipe.zst"
   fi
+  sync
   echo "pr $(push_receive "$IMG" 1g)" >> "$W/runs"
   echo "c_pr $(add "$(cpu push-1g)" + "$(cpu recv-1g)")" >> "$W/runs"
   if ! skip big; then

@@ -163,15 +163,32 @@ function rangesOf(regions: MapRegion[], offset: number, length: number): [number
     const from = Math.max(pos, r.start);
     const to = Math.min(end, r.end);
     const u = r.used;
-    const mapEnd = r.start + u.blocks * u.blockSize;
-    for (let i = Math.floor((from - r.start) / u.blockSize); ; i++) {
-      const bs = r.start + i * u.blockSize;
+    const bsz = u.blockSize;
+    const mapEnd = r.start + u.blocks * bsz;
+    for (let i = Math.floor((from - r.start) / bsz); ; ) {
+      const bs = r.start + i * bsz;
       if (bs >= to) break;
       if (bs >= mapEnd) {
         add(Math.max(bs, from), to); // past the map: kept
         break;
       }
-      if (u.bitmap[i >> 3]! & (1 << (i & 7))) add(Math.max(bs, from), Math.min(bs + u.blockSize, to));
+      // A byte of the map at a time where its eight blocks lie in the range
+      // and the map: free space and data come in runs, and a 1 TB disk has
+      // 268 million 4 KiB blocks to go through.
+      if ((i & 7) === 0 && bs + 8 * bsz <= to && bs + 8 * bsz <= mapEnd) {
+        const byte = u.bitmap[i >> 3];
+        if (byte === 0) {
+          i += 8;
+          continue;
+        }
+        if (byte === 0xff) {
+          add(Math.max(bs, from), bs + 8 * bsz);
+          i += 8;
+          continue;
+        }
+      }
+      if (u.bitmap[i >> 3]! & (1 << (i & 7))) add(Math.max(bs, from), Math.min(bs + bsz, to));
+      i++;
     }
     pos = to;
   }
