@@ -7,7 +7,7 @@
 import { MsgType, sessionOf, type Hello } from "../protocol/messages.ts";
 import { encodeFrame } from "../protocol/frame.ts";
 import { BASE_DIGESTS_PER_FRAME, decodeBaseDigests, encodeBaseDigests } from "../protocol/chunk-record.ts";
-import { maxEntrySize, type BackupReader, type Manifest, type Repository, type StoredBackup } from "../store/repository.ts";
+import { maxEntrySize, type BackupReader, type FrameDigests, type Manifest, type Repository, type StoredBackup } from "../store/repository.ts";
 import { DIGEST_LINE_BYTES, isDigest, digestAt } from "../store/root.ts";
 import type { Channel } from "./channel.ts";
 import { TbError } from "./errors.ts";
@@ -31,8 +31,8 @@ export class Base {
     private readonly reader: BackupReader,
     /** each chunk's XXH3-64 from the base's chunks.txt, read whole at open (a resend goes back to earlier chunks) */
     private readonly checksums: BigUint64Array,
-    /** each stored frame's SHA-256 from its frame-digests.txt, 32 bytes a chunk, and which of them are well formed; null without one */
-    private readonly frameDigests: { packed: Uint8Array; valid: Uint8Array } | null,
+    /** its frame-digests.txt, null without one */
+    private readonly frameDigests: FrameDigests | null,
   ) {}
 
   get chunks(): number {
@@ -56,7 +56,7 @@ export class Base {
       }
       const count = digests.length / 32;
       if (reader.chunks !== count) throw new Error(`its image has ${reader.chunks} frames, the manifest says ${count}`);
-      return new Base(id, m, digests, reader, reader.checksums(true)!, readFrameDigests(reader, count));
+      return new Base(id, m, digests, reader, reader.checksums(true)!, reader.frameDigests());
     } catch (e) {
       reader?.close();
       return (e as Error).message;
@@ -74,7 +74,7 @@ export class Base {
    * decompressed to be known good.
    */
   frameDigest(i: number): string | null {
-    return this.frameDigests?.valid[i] ? digestAt(this.frameDigests.packed, i) : null;
+    return this.frameDigests?.at(i) ?? null;
   }
 
   /**
@@ -103,6 +103,7 @@ export class Base {
   }
 
   close(): void {
+    this.frameDigests?.close();
     this.reader.close();
   }
 }
@@ -132,26 +133,6 @@ export function readDigests(reader: BackupReader, m: Manifest): Uint8Array | str
   } catch (e) {
     return (e as Error).message;
   }
-}
-
-/**
- * A backup's frame-digests.txt, packed, with a flag per line that is well
- * formed (a damaged line only means that frame is checked the long way);
- * null when it has none of the right size.
- */
-function readFrameDigests(reader: BackupReader, count: number): { packed: Uint8Array; valid: Uint8Array } | null {
-  const text = reader.frameDigestList();
-  if (!text || text.length !== count * DIGEST_LINE_BYTES) return null;
-  const packed = new Uint8Array(count * 32);
-  const valid = new Uint8Array(count);
-  const hex = text.toString("latin1");
-  for (let i = 0; i < count; i++) {
-    const line = hex.slice(i * DIGEST_LINE_BYTES, i * DIGEST_LINE_BYTES + 64);
-    if (!isDigest(line) || hex[i * DIGEST_LINE_BYTES + 64] !== "\n") continue;
-    packed.set(Buffer.from(line, "hex"), i * 32);
-    valid[i] = 1;
-  }
-  return { packed, valid };
 }
 
 /** The error for a base whose stored chunk fails a check: the new backup is not made from it. */

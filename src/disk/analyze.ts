@@ -11,7 +11,7 @@ import { readPartitionTable } from "./partitions.ts";
 import { identifyContainer, identifyWhole } from "./signatures.ts";
 import { analyzeSwap } from "./swap.ts";
 import { analyzeXfs } from "./xfs.ts";
-import { DiskFormatError, type FsAnalysis, type Partition, type PartitionTable, type ReadAt, type UsedBlocks } from "./types.ts";
+import { DiskFormatError, byteOf, type FsAnalysis, type Partition, type PartitionTable, type ReadAt, type UsedBlocks } from "./types.ts";
 
 export type Analyzer = (read: ReadAt, size: number) => FsAnalysis | null;
 
@@ -176,7 +176,7 @@ function rangesOf(regions: MapRegion[], offset: number, length: number): [number
       // and the map: free space and data come in runs, and a 1 TB disk has
       // 268 million 4 KiB blocks to go through.
       if ((i & 7) === 0 && bs + 8 * bsz <= to && bs + 8 * bsz <= mapEnd) {
-        const byte = u.bitmap[i >> 3];
+        const byte = u.bitmap[byteOf(i)];
         if (byte === 0) {
           i += 8;
           continue;
@@ -187,7 +187,7 @@ function rangesOf(regions: MapRegion[], offset: number, length: number): [number
           continue;
         }
       }
-      if (u.bitmap[i >> 3]! & (1 << (i & 7))) add(Math.max(bs, from), Math.min(bs + bsz, to));
+      if (u.bitmap[byteOf(i)]! & (1 << (i & 7))) add(Math.max(bs, from), Math.min(bs + bsz, to));
       i++;
     }
     pos = to;

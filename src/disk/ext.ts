@@ -15,7 +15,7 @@
 // - every group's superblock/descriptor copies, bitmaps and inode table are
 //   marked used whatever the bitmaps say, and so is everything before the
 //   first data block and after the last group.
-import { DiskFormatError, markBlocks, newUsedBlocks, readChecked, countUsed, type FsAnalysis, type ReadAt } from "./types.ts";
+import { DiskFormatError, byteOf, markBlocks, newUsedBlocks, readChecked, countUsed, type FsAnalysis, type ReadAt } from "./types.ts";
 import { label, u16, u32, uuidBytes } from "./bytes.ts";
 import { crc16, crc32cRaw } from "./crc.ts";
 
@@ -299,13 +299,13 @@ export function analyzeExt(read: ReadAt, size: number): FsAnalysis | null {
     let j = 0;
     if ((base & 7) === 0) {
       // whole bytes (4 KiB blocks; 1 KiB blocks start each group at an odd block)
-      const b0 = base >> 3;
+      const b0 = byteOf(base);
       for (; j + 8 <= n; j += 8) used.bitmap[b0 + (j >> 3)]! |= bm[j >> 3]!;
     }
     for (; j < n; j++) {
       if (bm[j >> 3]! & (1 << (j & 7))) {
         const c = base + j;
-        used.bitmap[c >> 3]! |= 1 << (c & 7);
+        used.bitmap[byteOf(c)]! |= 1 << (c & 7);
       }
     }
   }

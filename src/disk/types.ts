@@ -17,7 +17,7 @@ export type ReadAt = (offset: number, length: number) => Uint8Array;
 export const MAX_READ = 16 * 1024 * 1024;
 
 /**
- * Which blocks of a region must be imaged: bit i (byte i >> 3, bit i & 7,
+ * Which blocks of a region must be imaged: bit i (byte floor(i / 8), bit i & 7,
  * least significant first) covers bytes [i * blockSize, (i + 1) * blockSize).
  * Bytes of the region past blocks * blockSize are always imaged.
  */
@@ -67,15 +67,25 @@ export interface PartitionTable {
   note?: string;
 }
 
+/**
+ * The byte of a used map that holds block `i`'s bit. Not `i >> 3`: shifts
+ * work on 32-bit integers, and a file system of 2^31 blocks or more (8 TiB at
+ * 4 KiB) would have its later blocks land on no byte (or on an early one).
+ * (`1 << (i & 7)` is right for any block: `&` keeps the low bits.)
+ */
+export function byteOf(i: number): number {
+  return Math.floor(i / 8);
+}
+
 /** Sets bits [from, to) of a used map. */
 export function markBlocks(u: UsedBlocks, from: number, to: number): void {
   const end = Math.min(to, u.blocks);
   for (let i = Math.max(0, from); i < end; ) {
     if ((i & 7) === 0 && i + 8 <= end) {
-      u.bitmap[i >> 3] = 0xff;
+      u.bitmap[byteOf(i)] = 0xff;
       i += 8;
     } else {
-      u.bitmap[i >> 3]! |= 1 << (i & 7);
+      u.bitmap[byteOf(i)]! |= 1 << (i & 7);
       i++;
     }
   }

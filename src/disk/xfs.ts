@@ -6,7 +6,7 @@
 // device is imaged: a log replay may write into blocks the tree calls free.
 // Pure: reads only through ReadAt. Rules and limits: docs/USED-BLOCKS.md.
 
-import { DiskFormatError, type FsAnalysis, type ReadAt, type UsedBlocks, countUsed, markBlocks, newUsedBlocks, readChecked } from "./types.ts";
+import { DiskFormatError, type FsAnalysis, type ReadAt, type UsedBlocks, byteOf, countUsed, markBlocks, newUsedBlocks, readChecked } from "./types.ts";
 import { crc32cRaw } from "./crc.ts";
 import { isPow2, equal, uuidBytes } from "./bytes.ts";
 
@@ -342,17 +342,17 @@ function clearBlocks(u: UsedBlocks, from: number, to: number): void {
   const end = Math.min(to, u.blocks);
   for (let i = Math.max(0, from); i < end; ) {
     if ((i & 7) === 0 && i + 8 <= end) {
-      u.bitmap[i >> 3] = 0;
+      u.bitmap[byteOf(i)] = 0;
       i += 8;
     } else {
-      u.bitmap[i >> 3]! &= ~(1 << (i & 7));
+      u.bitmap[byteOf(i)]! &= ~(1 << (i & 7));
       i++;
     }
   }
 }
 
 function isSet(u: UsedBlocks, i: number): boolean {
-  return (u.bitmap[i >> 3]! & (1 << (i & 7))) !== 0;
+  return (u.bitmap[byteOf(i)]! & (1 << (i & 7))) !== 0;
 }
 
 function be16(b: Uint8Array, o: number): number {

@@ -79,10 +79,10 @@ export class ImageWriter {
       this.frameDigestsFd = fs.openSync(frameDigestsPath, "wx", FILE_MODE);
       return;
     }
+    this.fd = fs.openSync(this.tmpPath, "r+"); // (first: a partial without its image leaves no descriptor open)
     // the prefix's digests are computed again from its checked frames and recorded anew
     this.digestsFd = fs.openSync(digestsPath, "w", FILE_MODE);
     this.frameDigestsFd = fs.openSync(frameDigestsPath, "w", FILE_MODE);
-    this.fd = fs.openSync(this.tmpPath, "r+");
     fs.ftruncateSync(this.fd, resume.storedBytes);
     fs.truncateSync(chunksPath, resume.chunkListBytes);
     this.chunksFd = fs.openSync(chunksPath, "a");
@@ -184,6 +184,8 @@ export class ImageWriter {
     if (this.digestLines.length > 0) {
       this.digestsFlushed += writeAllAt(this.digestsFd, this.digestLines.join(""), this.digestsFlushed);
       this.digestLines = [];
+    }
+    if (this.frameDigestLines.length > 0) {
       this.frameDigestsFlushed += writeAllAt(this.frameDigestsFd, this.frameDigestLines.join(""), this.frameDigestsFlushed);
       this.frameDigestLines = [];
     }

@@ -26,8 +26,8 @@ import { ImageWriter } from "./image-writer.ts";
 import { ChunkList, ImageReader, readChecksums } from "./image-reader.ts";
 import { MAX_PADDING, PADDING_MAGIC, isAlignment, type SeekEntry } from "./seekable.ts";
 import { reflinkAlignment, type FrameWrite } from "./reflink.ts";
-import { DIGEST_LINE_BYTES, ROOT_ALGORITHM } from "./root.ts";
-import type { BackupAt, BackupReader, BackupWriter, ChunkLines, DiskLock, Durable, NewBackup, NewManifest, PartialBackup, Repository, StoredBackup } from "./repository.ts";
+import { DIGEST_LINE_BYTES, ROOT_ALGORITHM, isDigest } from "./root.ts";
+import type { BackupAt, BackupReader, BackupWriter, ChunkLines, DiskLock, FrameDigests, Durable, NewBackup, NewManifest, PartialBackup, Repository, StoredBackup } from "./repository.ts";
 
 /** The disks a push session is writing now, per store ("root\0host/disk"): two sessions never write or resume the same one. */
 const locked = new Set<string>();
@@ -429,25 +429,38 @@ export function openLocalBackup(dir: string, image: string, manifest: Manifest |
         return -1;
       }
     },
-    frameDigestList: () => {
-      const want = reader.entries.length * DIGEST_LINE_BYTES;
+    frameDigests: () => openFrameDigests(path.join(dir, FRAME_DIGESTS_FILE), reader.entries.length),
+    members: () => fs.readdirSync(dir).map((f) => path.join(dir, f)),
+    close: () => reader.close(),
+  };
+}
+
+function openFrameDigests(file: string, chunks: number): FrameDigests | null {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, "r");
+  } catch {
+    return null;
+  }
+  try {
+    if (fs.fstatSync(fd).size !== chunks * DIGEST_LINE_BYTES) throw new Error("not one line per chunk");
+  } catch {
+    fs.closeSync(fd);
+    return null;
+  }
+  const line = Buffer.alloc(DIGEST_LINE_BYTES);
+  return {
+    at: (i) => {
+      if (!Number.isSafeInteger(i) || i < 0 || i >= chunks) return null;
       try {
-        const fd = fs.openSync(path.join(dir, FRAME_DIGESTS_FILE), "r");
-        try {
-          // (read up to a byte more than it should hold: a longer file is not this backup's list)
-          const buf = Buffer.alloc(want + 1);
-          let n = 0;
-          for (let got = -1; got !== 0 && n < buf.length; n += got) got = fs.readSync(fd, buf, n, buf.length - n, n);
-          return n === want ? buf.subarray(0, want) : null;
-        } finally {
-          fs.closeSync(fd);
-        }
+        if (fs.readSync(fd, line, 0, DIGEST_LINE_BYTES, i * DIGEST_LINE_BYTES) !== DIGEST_LINE_BYTES || line[64] !== 0x0a) return null;
       } catch {
         return null;
       }
+      const hex = line.toString("latin1", 0, 64);
+      return isDigest(hex) ? hex : null;
     },
-    members: () => fs.readdirSync(dir).map((f) => path.join(dir, f)),
-    close: () => reader.close(),
+    close: () => fs.closeSync(fd),
   };
 }
 

@@ -218,12 +218,20 @@ export interface BackupReader {
   /** Its size in bytes, or -1 when there is none. */
   digestListSize(): number;
   /**
-   * frame-digests.txt as stored (docs/FORMAT.md §4b), when it has exactly one
-   * 65-byte line per chunk; else (none, cut short, unreadable) null.
+   * frame-digests.txt (docs/FORMAT.md §4b), opened when it has exactly one
+   * 65-byte line per chunk; else (none, cut short, unreadable) null. Its
+   * lines are read one at a time, as asked: a base of millions of chunks is
+   * never read whole.
    */
-  frameDigestList(): Buffer | null;
+  frameDigests(): FrameDigests | null;
   /** The files that make it up (a restore target must not be one of them). */
   members(): string[];
+  close(): void;
+}
+
+export interface FrameDigests {
+  /** line i's SHA-256 (hex), or null when it is not one (or cannot be read) */
+  at(i: number): string | null;
   close(): void;
 }
 

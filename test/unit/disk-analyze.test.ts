@@ -4,7 +4,7 @@
 // whole; layoutFrom keeps only well-typed fields of a peer's layout.
 import { describe, expect, test } from "bun:test";
 import { analyzeDisk, analyzeRegion, planQueries, usedRanges, zeroUnused, type DiskPlan } from "../../src/disk/analyze.ts";
-import { DiskFormatError, newUsedBlocks, type FsAnalysis, type UsedBlocks } from "../../src/disk/types.ts";
+import { DiskFormatError, countUsed, markBlocks, newUsedBlocks, type FsAnalysis, type UsedBlocks } from "../../src/disk/types.ts";
 import { layoutFrom } from "../../src/protocol/messages.ts";
 
 function rnd(seed: number): () => number {
@@ -52,6 +52,21 @@ function keptRef(p: DiskPlan, b: number): boolean {
 }
 
 describe("used ranges of a plan", () => {
+  test("a file system of more than 2^31 blocks (8 TiB at 4 KiB): its blocks past 2^31 are found used, not taken for free", () => {
+    const blocks = 2 ** 31 + 64;
+    const u = newUsedBlocks(4096, blocks);
+    const at = 2 ** 31 + 9; // past what a 32-bit shift can index
+    markBlocks(u, at, at + 3);
+    expect(countUsed(u)).toBe(3);
+    const size = blocks * 4096;
+    const p = plan(size, [{ start: 0, length: size, used: u }]);
+    const chunk = Math.floor((at * 4096) / 1048576) * 1048576;
+    expect(usedRanges(p, chunk, size - chunk)).toEqual([[at * 4096, (at + 3) * 4096]]); // (the disk ends inside this chunk)
+    expect(planQueries(p).unused(0, 1048576)).toBe(true);
+    // the same bytes 2^32 blocks earlier (where a wrapped index would land) stay free
+    expect(usedRanges(p, (at - 2 ** 31) * 4096 - 4096, 65536)).toEqual([]);
+  });
+
   test("match a byte-by-byte reference on random maps", () => {
     const r = rnd(5);
     for (let round = 0; round < 80; round++) {
