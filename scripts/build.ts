@@ -6,12 +6,7 @@ import { mkdirSync } from "node:fs";
 mkdirSync("dist", { recursive: true });
 const result = await Bun.build({
   entrypoints: ["./src/main.ts", "./src/core/chunk-worker.ts"],
-  // JIT tier-up thresholds x10 (Bun.unsafe.setJITPolicy): a push or receive
-  // runs its per-chunk JavaScript about a thousand times per GiB, too few for
-  // the optimizing JITs' compile time (tens of ms on the main thread's large
-  // functions) to pay for itself; the work is native (zstd, SHA-256). Measured
-  // on the bench image: 2.29 against 2.37 CPU-s for push + receive.
-  compile: { outfile: "./dist/tbbackup", jitPolicy: 10 },
+  compile: { outfile: "./dist/tbbackup" },
   minify: true,
   // Precompiled bytecode halves start-up (about 95 -> 50 ms for 'version');
   // it needs CommonJS output, so no module may use a top-level await.

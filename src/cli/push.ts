@@ -3,7 +3,7 @@ import type { Command } from "commander";
 import { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE } from "../core/limits.ts";
 import { TbError, isErrno, outcome, saysUnfinished } from "../errors.ts";
 import { bytes, ratio } from "../ui/format.ts";
-import { action, exitWith, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
+import { action, exitWith, fewerTierUps, intOption, printJson, sizeOption, onInterrupt, type GlobalOpts } from "./common.ts";
 import type { FilesSummary, Layout, MountedRw } from "../protocol/messages.ts";
 import { describeDevice, mountsOn, type MountOnDisk } from "../util/mounts.ts";
 import * as fs from "node:fs";
@@ -74,6 +74,7 @@ export function register(program: Command): void {
   )
     .action(
       action(async (source: string | undefined, o: { keyFile?: string; stream?: string; name?: string; level: number; chunkSize: number; wait: number; idle: number; peer?: string; ringSize?: number; throttling?: number; files?: string[]; strict?: boolean; crossMounts?: boolean; resume: boolean; sha256?: boolean; allBlocks?: boolean; full?: boolean } & GlobalOpts) => {
+        fewerTierUps();
         const { push } = await import("../core/push.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");

@@ -6,7 +6,7 @@ import { TbError, errnoText, isErrno } from "../errors.ts";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { DIR_MODE, defaultStore, fsyncDir, reflinkSetting } from "../store/repository.ts";
-import { action, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
+import { action, fewerTierUps, intOption, printJson, onInterrupt, type GlobalOpts } from "./common.ts";
 import type { Transport } from "../transport/index.ts";
 import { THUNDERBOLT_GROUP, keyFor, resolveStream, withKey, withKeyOptions, withThunderboltOptions } from "./stream.ts";
 
@@ -105,6 +105,7 @@ export function register(program: Command): void {
     .addOption(new Option("--hopids <in:out>", "use these HopIDs instead of the first free pair from 10").helpGroup(THUNDERBOLT_GROUP))
     .action(
       action(async (o: { keyFile?: string; insecure?: boolean; out?: string; group?: string; stream?: string; once?: boolean; maxSessions?: number; allowRestore?: boolean; idle: number; peer?: string; hopids?: string; ringSize?: number; throttling?: number } & GlobalOpts) => {
+        fewerTierUps();
         const { serve } = await import("../core/receive.ts");
         const { transportFor } = await import("../transport/index.ts");
         const { makeReporter } = await import("../ui/progress.ts");
