@@ -140,11 +140,13 @@ type CheckReply = Extract<WorkerReply, { op: "checked" }>;
 function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
   let raw: Uint8Array;
   let z: Uint8Array;
+  // (taken once: a known frame that does not match is then checked the long way)
+  let frameDigest: string | undefined;
   try {
     z = bytesOf(m.buf, m.at, m.length);
     if (m.known && !m.hash && !m.wantRaw && !m.writeRaw) {
       // the very bytes that were checked when stored: no need to decompress them again
-      const frameDigest = chunkDigest(z);
+      frameDigest = chunkDigest(z);
       if (frameDigest === m.known.frame) {
         const stored = m.write ? storeFrame(m.write, z) : undefined;
         return { op: "checked", index: m.index, ok: true, writeError: stored?.error, digest: m.known.raw, frameDigest, known: true, ...(stored?.cloned ? { cloned: true } : {}) };
@@ -166,7 +168,7 @@ function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
   if (m.checksum >= 0n && Bun.hash.xxHash3(raw) !== m.checksum) return { op: "checked", index: m.index, ok: false, error: "raw data checksum mismatch" };
   if (m.hash) sha.update(raw);
   const digest = m.digest ? chunkDigest(raw) : undefined;
-  const frameDigest = m.frameDigest ? chunkDigest(z) : undefined;
+  if (m.frameDigest) frameDigest ??= chunkDigest(z);
   const unchanged = m.writeRaw !== undefined && m.onlyIfDiffers === true && holds(m.writeRaw.fd, m.writeRaw.direct, raw, m.writeRaw.position);
   const stored = m.write ? storeFrame(m.write, z) : undefined;
   const writeError = m.write ? stored!.error : m.writeRaw && !unchanged ? writeOrCode(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;

@@ -540,10 +540,15 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     void ch.sendJson(MsgType.RESEND, retry.request).catch(() => {});
   };
   const track = (index: number, rawLength: number, p: Promise<WorkerReply>, fromBase?: { digest: string; bytes: number }, held?: Uint8Array) => checks.add(p.then((reply) => ({ index, rawLength, reply, fromBase, held })));
-  /** Checks (and then writes) the zstd frame `z`: where it lies in a slot, the worker reads it there; else its buffer goes over and back. */
-  const check = (index: number, rawLength: number, checksum: bigint, z: Uint8Array, write: FrameWrite, fromBase?: { digest: string; bytes: number }, known?: { frame: string; raw: string }) => {
+  /**
+   * Checks (and then writes) the zstd frame `z`: where it lies in a slot, the
+   * worker reads it there; else its buffer goes over and back. A base's frame
+   * with a frame digest may be known by it (docs/FORMAT.md §4b).
+   */
+  const check = (index: number, rawLength: number, checksum: bigint, z: Uint8Array, write: FrameWrite, fromBase?: { digest: string; bytes: number; frameDigest: string | null }) => {
     const ref = slots.ref(z);
-    const job = { op: "check", index, rawLength, checksum, at: 0, length: z.length, hash: wholeSha, digest: true, frameDigest: true, wantRaw: false, write, ...(known ? { known } : {}) } as const;
+    const known = fromBase?.frameDigest ? { known: { frame: fromBase.frameDigest, raw: fromBase.digest } } : {};
+    const job = { op: "check", index, rawLength, checksum, at: 0, length: z.length, hash: wholeSha, digest: true, frameDigest: true, wantRaw: false, write, ...known } as const;
     const pin = wholeSha ? 0 : undefined;
     if (ref) return track(index, rawLength, pool.run({ ...job, buf: ref }, [], pin), fromBase, z);
     // (a payload in no slot of ours: its own buffer goes over, or a copy of one that cannot be transferred)
@@ -645,8 +650,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
           }
           const write = writer.record(frame, rawLength, offset, h.checksum, base!.extent(h.index));
           const bytes = write.clone?.length ?? frame.length; // (with the base's padding when laid out alike)
-          const knownFrame = base!.frameDigest(h.index);
-          await check(h.index, rawLength, h.checksum, frame, write, { digest: base!.digest(h.index), bytes }, knownFrame ? { frame: knownFrame, raw: base!.digest(h.index) } : undefined);
+          await check(h.index, rawLength, h.checksum, frame, write, { digest: base!.digest(h.index), bytes, frameDigest: base!.frameDigest(h.index) });
         } else if (rec.kind === "zero") {
           const zf = zeroFrame(rawLength);
           ch.release(f.payload);
