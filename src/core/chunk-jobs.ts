@@ -17,9 +17,9 @@ export type WorkerRequest =
   | { op: "level"; level: number }
   /** an arena of shared slots, for the jobs after it to name (SharedSlots) */
   | { op: "arena"; id: number; sab: SharedArrayBuffer }
-  /** `out`: where to build the DATA frame (an ArrayBuffer is handed back as the reply's frame) */
+  /** `raw`: the chunk; `out`: the slot to build its DATA frame in (room for any chunk's frame) */
   /** `base`: the base backup's SHA-256 of this chunk (incremental push): when the chunk's equals it, nothing is compressed */
-  | { op: "compress"; index: number; offset: number; rawLength: number; raw: Bytes; out: Bytes; base?: string }
+  | { op: "compress"; index: number; offset: number; rawLength: number; raw: SlotRef; out: SlotRef; base?: string }
   | {
       op: "check";
       index: number;
@@ -68,8 +68,8 @@ export type WorkerRequest =
 
 export type WorkerReply =
   /** same: the chunk's SHA-256 equals the request's `base` (no frame was built; `checksum` is its XXH3-64 for the SAME record) */
-  /** `frame`: where the frame was built when that is not the request's slot (its ArrayBuffer, or a larger one); `raw`: the request's ArrayBuffer */
-  | { op: "compressed"; index: number; digest: string; frame?: ArrayBuffer; frameLength: number; raw?: ArrayBuffer; compressedSize: number; same?: boolean; checksum?: bigint }
+  /** the frame is in the request's `out` slot */
+  | { op: "compressed"; index: number; digest: string; frameLength: number; compressedSize: number; same?: boolean; checksum?: bigint }
   /** `buf`: the request's input buffer, handed back */
   /** `unchanged`: with onlyIfDiffers, the file already held the chunk and nothing was written */
   /** `cloned`: the frame was cloned from the write's `clone` source (shared blocks), not written */

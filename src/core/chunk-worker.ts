@@ -212,19 +212,15 @@ function handle(m: WorkerRequest): void {
       const raw = bytesOf(m.raw, 0, m.rawLength);
       const digest = chunkDigest(raw);
       const checksum = Bun.hash.xxHash3(raw);
-      const back = { ...(m.raw instanceof ArrayBuffer ? { raw: m.raw } : {}), ...(m.out instanceof ArrayBuffer ? { frame: m.out } : {}) };
       if (m.base === digest) {
-        reply({ op: "compressed", index: m.index, same: true, checksum, digest, frameLength: 0, compressedSize: 0, ...back }, [...own(m.out), ...own(m.raw)]);
+        reply({ op: "compressed", index: m.index, same: true, checksum, digest, frameLength: 0, compressedSize: 0 });
         return;
       }
-      const need = dataFrameSize(zstd.compressBound(m.rawLength));
-      const given = m.out instanceof ArrayBuffer ? m.out.byteLength : m.out.length;
-      // the caller's buffer normally fits; if not, a fresh one (handed back as the frame)
-      const out = given >= need ? bytesOf(m.out, 0, given) : new Uint8Array(need);
+      // (the slot holds the largest frame of a chunk: bytesOf refuses one that does not)
+      const out = bytesOf(m.out, 0, dataFrameSize(zstd.compressBound(m.rawLength)));
       const n = cctx.compress2(out.subarray(DATA_PAYLOAD_AT, DATA_PAYLOAD_AT + zstd.compressBound(m.rawLength)), raw);
       const frameLength = sealDataFrame(out, { index: m.index, rawLength: m.rawLength, offset: m.offset, checksum }, n);
-      const fresh = given >= need ? [] : [out.buffer as ArrayBuffer];
-      reply({ op: "compressed", index: m.index, digest, frameLength, compressedSize: n, ...back, ...(fresh.length ? { frame: fresh[0] } : {}) }, [...(fresh.length ? fresh : own(m.out)), ...own(m.raw)]);
+      reply({ op: "compressed", index: m.index, digest, frameLength, compressedSize: n });
       return;
     }
     case "check": {

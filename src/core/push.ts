@@ -336,11 +336,9 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         await sendRecord(zeroRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: zeroChecksum(o.rawLength) }));
         return;
       }
-      // built in a buffer of its own when the slot was too small (a chunk larger than --chunk-size)
-      const frame = r.frame ? new Uint8Array(r.frame) : o.frame!;
-      if (r.frame || r.same) frameSlots.give(o.frame!);
       if (r.same) {
         // the base holds this chunk: the receiver copies it from there
+        frameSlots.give(o.frame!);
         await sendRecord(sameRecordFrame({ index: o.index, rawLength: o.rawLength, offset: o.offset, checksum: r.checksum! }));
         return;
       }
@@ -350,7 +348,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       // A receiver that failed may stop reading without closing: do not stay
       // blocked in the write once it has said why.
       // (a write still under way when the receiver gave up keeps its slot: the slot is not used again)
-      if ((await send(ch.sendFrame(frame.subarray(0, r.frameLength)))) && !r.frame) frameSlots.give(o.frame!);
+      if (await send(ch.sendFrame(o.frame!.subarray(0, r.frameLength)))) frameSlots.give(o.frame!);
     };
     const out = new OrderedPipeline<Out>(maxInFlight, sendOne);
 
