@@ -33,13 +33,14 @@ export type WorkerRequest =
       hash: boolean;
       /** return the SHA-256 of the raw chunk (the integrity root's digest) */
       digest?: boolean;
-      /** return the SHA-256 of the zstd frame (its frame-digests.txt line, docs/FORMAT.md §4b) */
+      /** return the zstd frame's digest (its frame-xxh3.txt line, docs/FORMAT.md §4b) */
       frameDigest?: boolean;
       /**
-       * a stored frame whose SHA-256 was taken when it was checked (a base's
-       * frame-digests.txt line), and its raw chunk's SHA-256: when the frame
-       * still hashes to `frame` it is those very bytes, known to hold `raw`,
-       * and is written without being decompressed again (not with `hash`)
+       * a stored frame whose digest was taken when it was checked (a base's
+       * frame-xxh3.txt line, or an older frame-digests.txt one), and its raw
+       * chunk's SHA-256: when the frame still hashes to `frame` it is those
+       * very bytes, known to hold `raw`, and is written without being
+       * decompressed again (not with `hash`)
        */
       known?: { frame: string; raw: string };
       wantRaw: boolean;
@@ -73,7 +74,7 @@ export type WorkerReply =
   /** `buf`: the request's input buffer, handed back */
   /** `unchanged`: with onlyIfDiffers, the file already held the chunk and nothing was written */
   /** `cloned`: the frame was cloned from the write's `clone` source (shared blocks), not written */
-  /** `frameDigest`: as asked, the zstd frame's SHA-256; `known`: the request's known frame checked out by its digest alone */
+  /** `frameDigest`: as asked, the zstd frame's digest (frame-xxh3.txt); `known`: the request's known frame checked out by its digest alone */
   | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer; digest?: string; frameDigest?: string; known?: boolean; unchanged?: boolean; cloned?: boolean }
   /** `length`: bytes read (fewer at the end of the file); `error`: the read's errno code */
   /** `digests`: with `piece`, the SHA-256 of each piece read (a short last one too) */

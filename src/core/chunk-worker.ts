@@ -10,7 +10,7 @@ import * as fs from "node:fs";
 import { ptr } from "bun:ffi";
 import { zstd as loadZstd } from "../util/zstd.ts";
 import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame } from "../protocol/chunk-record.ts";
-import { chunkDigest, zeroDigest } from "../store/root.ts";
+import { chunkDigest, frameDigest as frameDigestOf, frameMatches, zeroDigest } from "../store/root.ts";
 import { isAllZero, zeroBytes } from "./zero.ts";
 import type { Bytes, WorkerReply, WorkerRequest } from "./chunk-jobs.ts";
 import { writeFrame, type FrameWrite } from "../store/reflink.ts";
@@ -146,8 +146,8 @@ function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
     z = bytesOf(m.buf, m.at, m.length);
     if (m.known && !m.hash && !m.wantRaw && !m.writeRaw) {
       // the very bytes that were checked when stored: no need to decompress them again
-      frameDigest = chunkDigest(z);
-      if (frameDigest === m.known.frame) {
+      frameDigest = frameDigestOf(z);
+      if (frameMatches(z, m.known.frame, frameDigest)) {
         const stored = m.write ? storeFrame(m.write, z) : undefined;
         return { op: "checked", index: m.index, ok: true, writeError: stored?.error, digest: m.known.raw, frameDigest, known: true, ...(stored?.cloned ? { cloned: true } : {}) };
       }
@@ -168,7 +168,7 @@ function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
   if (m.checksum >= 0n && Bun.hash.xxHash3(raw) !== m.checksum) return { op: "checked", index: m.index, ok: false, error: "raw data checksum mismatch" };
   if (m.hash) sha.update(raw);
   const digest = m.digest ? chunkDigest(raw) : undefined;
-  if (m.frameDigest) frameDigest ??= chunkDigest(z);
+  if (m.frameDigest) frameDigest ??= frameDigestOf(z);
   const unchanged = m.writeRaw !== undefined && m.onlyIfDiffers === true && holds(m.writeRaw.fd, m.writeRaw.direct, raw, m.writeRaw.position);
   const stored = m.write ? storeFrame(m.write, z) : undefined;
   const writeError = m.write ? stored!.error : m.writeRaw && !unchanged ? writeOrCode(m.writeRaw.fd, raw, m.writeRaw.position) : undefined;

@@ -31,7 +31,7 @@ export class Base {
     private readonly reader: BackupReader,
     /** each chunk's XXH3-64 from the base's chunks.txt, read whole at open (a resend goes back to earlier chunks) */
     private readonly checksums: BigUint64Array,
-    /** its frame-digests.txt, null without one */
+    /** its frame-xxh3.txt (or older frame-digests.txt), null without either */
     private readonly frameDigests: FrameDigests | null,
   ) {}
 
@@ -69,9 +69,9 @@ export class Base {
   }
 
   /**
-   * The hex SHA-256 its stored frame i had when it was checked (docs/FORMAT.md
-   * §4b), or null when unknown: a frame that still hashes to it need not be
-   * decompressed to be known good.
+   * The digest its stored frame i had when it was checked (docs/FORMAT.md
+   * §4b: XXH3-64, or an older list's SHA-256), or null when unknown: a frame
+   * that still hashes to it need not be decompressed to be known good.
    */
   frameDigest(i: number): string | null {
     return this.frameDigests?.at(i) ?? null;

@@ -10,7 +10,7 @@ import { SharedSlots } from "../util/shared-slots.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest, chunkDigest, digestAt } from "../store/root.ts";
 import { CAPABILITIES, INCREMENTAL_CAP, RESEND_CAP, ROOT_CAP, STATUS_CAP } from "./version.ts";
-import { RewindPoints } from "./resend.ts";
+import { REWIND_WINDOW, RewindPoints } from "./resend.ts";
 import { receiveBaseDigests } from "./incremental.ts";
 import { TbError, outcome } from "./errors.ts";
 import { handshake, newHello, hasCap } from "./handshake.ts";
@@ -249,7 +249,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     // The integrity root (docs/FORMAT.md §4a) is folded here from the workers'
     // per-chunk digests; the classic whole-image SHA-256 only when asked for
     // (--sha256) or when the receiver predates the root, on a thread of its own.
-    const root = new RootBuilder();
+    const root = new RootBuilder(REWIND_WINDOW);
     const peerHasRoot = hasCap(ack, ROOT_CAP);
     const spare: ArrayBuffer[] = [];
     // (what the SHA-256 thread is done with: a prefix check's copy, or a chunk's slot)

@@ -85,7 +85,7 @@ export async function awaitResume(ch: Channel, hello: Hello, idleMs: number, res
  * (on the pool's first worker, feeding its SHA-256 in order when `wholeSha`)
  * to the length and XXH3 its chunk-list line gives. Returns the seek entries
  * to continue with and the chunks' digests (for the integrity root), and
- * their frames' (frame-digests.txt).
+ * their frames' (frame-xxh3.txt).
  */
 export async function checkPrefix(partial: PartialBackup, m: Manifest, lines: string, pool: WorkerPool, wholeSha: boolean, onChunk: () => void): Promise<{ entries: SeekEntry[]; zero: number; digests: string[]; frameDigests: string[] }> {
   const d = m.durable!;

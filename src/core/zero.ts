@@ -1,5 +1,6 @@
 // All-zero chunks: their checksum, and the zstd frame the store writes for them.
 import { zstd } from "../util/zstd.ts";
+import { frameDigest } from "../store/root.ts";
 
 const checksums = new Map<number, bigint>();
 const frames = new Map<number, Uint8Array>();
@@ -32,11 +33,11 @@ export function zeroFrame(rawLength: number): Uint8Array {
 let zeroBuf = new Uint8Array(0);
 const frameDigests = new Map<number, string>();
 
-/** The SHA-256 (hex) of zeroFrame(rawLength): a zero chunk's line in frame-digests.txt (docs/FORMAT.md §4b). */
+/** frameDigest(zeroFrame(rawLength)): a zero chunk's line in frame-xxh3.txt (docs/FORMAT.md §4b). */
 export function zeroFrameDigest(rawLength: number): string {
   let d = frameDigests.get(rawLength);
   if (d === undefined) {
-    d = new Bun.CryptoHasher("sha256").update(zeroFrame(rawLength)).digest("hex");
+    d = frameDigest(zeroFrame(rawLength));
     frameDigests.set(rawLength, d);
   }
   return d;

@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { encodeSeekTable, frameChecksum, paddingTo, type SeekEntry } from "./seekable.ts";
 import { writeFrame, type FrameWrite } from "./reflink.ts";
 import { pwriteAll } from "../util/fsio.ts";
-import { CHUNKS_FILE, DIGESTS_FILE, FILE_MODE, FRAME_DIGESTS_FILE, fsyncDir } from "./layout.ts";
+import { CHUNKS_FILE, DIGESTS_FILE, FILE_MODE, FRAME_DIGESTS_FILE, SHA_FRAME_DIGESTS_FILE, fsyncDir } from "./layout.ts";
 import { StoreError } from "./errors.ts";
 
 /** One line of chunks.txt: "index offset length xxh3hex". Both ends build it (resume compares them). */
@@ -35,7 +35,7 @@ export class ImageWriter {
   /** digests.txt: the per-chunk SHA-256s whose hash is the integrity root (docs/FORMAT.md §4a) */
   private digestsFd: number;
   private digestLines: string[] = [];
-  /** frame-digests.txt: each stored frame's SHA-256, taken once it was checked (docs/FORMAT.md §4b), line for line with digests.txt */
+  /** frame-xxh3.txt: each stored frame's XXH3-64, taken once it was checked (docs/FORMAT.md §4b), line for line with digests.txt */
   private frameDigestsFd: number;
   private frameDigestLines: string[] = [];
   /** digest lines recorded so far */
@@ -83,6 +83,8 @@ export class ImageWriter {
     // the prefix's digests are computed again from its checked frames and recorded anew
     this.digestsFd = fs.openSync(digestsPath, "w", FILE_MODE);
     this.frameDigestsFd = fs.openSync(frameDigestsPath, "w", FILE_MODE);
+    // (a partial begun by the version that wrote SHA-256 lines: this list replaces its)
+    fs.rmSync(path.join(dir, SHA_FRAME_DIGESTS_FILE), { force: true });
     fs.ftruncateSync(this.fd, resume.storedBytes);
     fs.truncateSync(chunksPath, resume.chunkListBytes);
     this.chunksFd = fs.openSync(chunksPath, "a");
@@ -134,7 +136,7 @@ export class ImageWriter {
     return w;
   }
 
-  /** Records the next chunk's SHA-256, and its stored frame's (in chunk order, once the chunk is checked). */
+  /** Records the next chunk's SHA-256, and its stored frame's digest (in chunk order, once the chunk is checked). */
   recordDigest(digest: string, frameDigest: string): void {
     this.digestLines.push(digest + "\n");
     this.frameDigestLines.push(frameDigest + "\n");

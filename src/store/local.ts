@@ -9,6 +9,7 @@ import {
   DELETING_SUFFIX,
   DIGESTS_FILE,
   FRAME_DIGESTS_FILE,
+  SHA_FRAME_DIGESTS_FILE,
   FILES_FILE,
   IMAGE_FILE,
   MANIFEST_FILE,
@@ -26,7 +27,7 @@ import { ImageWriter } from "./image-writer.ts";
 import { ChunkList, ImageReader, readChecksums } from "./image-reader.ts";
 import { MAX_PADDING, PADDING_MAGIC, isAlignment, type SeekEntry } from "./seekable.ts";
 import { reflinkAlignment, type FrameWrite } from "./reflink.ts";
-import { DIGEST_LINE_BYTES, ROOT_ALGORITHM, isDigest } from "./root.ts";
+import { FRAME_DIGEST_HEX, ROOT_ALGORITHM, isDigest, isFrameDigest } from "./root.ts";
 import type { BackupAt, BackupReader, BackupWriter, ChunkLines, DiskLock, FrameDigests, Durable, NewBackup, NewManifest, PartialBackup, Repository, StoredBackup } from "./repository.ts";
 
 /** The disks a push session is writing now, per store ("root\0host/disk"): two sessions never write or resume the same one. */
@@ -429,13 +430,18 @@ export function openLocalBackup(dir: string, image: string, manifest: Manifest |
         return -1;
       }
     },
-    frameDigests: () => openFrameDigests(path.join(dir, FRAME_DIGESTS_FILE), reader.entries.length),
+    frameDigests: () =>
+      fs.existsSync(path.join(dir, FRAME_DIGESTS_FILE))
+        ? openFrameDigests(path.join(dir, FRAME_DIGESTS_FILE), reader.entries.length, FRAME_DIGEST_HEX, isFrameDigest)
+        : openFrameDigests(path.join(dir, SHA_FRAME_DIGESTS_FILE), reader.entries.length, 64, isDigest),
     members: () => fs.readdirSync(dir).map((f) => path.join(dir, f)),
     close: () => reader.close(),
   };
 }
 
-function openFrameDigests(file: string, chunks: number): FrameDigests | null {
+/** A list of `hex`-digit lines, one per chunk (frame-xxh3.txt, or frame-digests.txt of the version before): read a line at a time. */
+function openFrameDigests(file: string, chunks: number, hex: number, valid: (s: string) => boolean): FrameDigests | null {
+  const lineBytes = hex + 1;
   let fd: number;
   try {
     fd = fs.openSync(file, "r");
@@ -443,22 +449,22 @@ function openFrameDigests(file: string, chunks: number): FrameDigests | null {
     return null;
   }
   try {
-    if (fs.fstatSync(fd).size !== chunks * DIGEST_LINE_BYTES) throw new Error("not one line per chunk");
+    if (fs.fstatSync(fd).size !== chunks * lineBytes) throw new Error("not one line per chunk");
   } catch {
     fs.closeSync(fd);
     return null;
   }
-  const line = Buffer.alloc(DIGEST_LINE_BYTES);
+  const line = Buffer.alloc(lineBytes);
   return {
     at: (i) => {
       if (!Number.isSafeInteger(i) || i < 0 || i >= chunks) return null;
       try {
-        if (fs.readSync(fd, line, 0, DIGEST_LINE_BYTES, i * DIGEST_LINE_BYTES) !== DIGEST_LINE_BYTES || line[64] !== 0x0a) return null;
+        if (fs.readSync(fd, line, 0, lineBytes, i * lineBytes) !== lineBytes || line[hex] !== 0x0a) return null;
       } catch {
         return null;
       }
-      const hex = line.toString("latin1", 0, 64);
-      return isDigest(hex) ? hex : null;
+      const digest = line.toString("latin1", 0, hex);
+      return valid(digest) ? digest : null;
     },
     close: () => fs.closeSync(fd),
   };

@@ -218,10 +218,10 @@ export interface BackupReader {
   /** Its size in bytes, or -1 when there is none. */
   digestListSize(): number;
   /**
-   * frame-digests.txt (docs/FORMAT.md §4b), opened when it has exactly one
-   * 65-byte line per chunk; else (none, cut short, unreadable) null. Its
-   * lines are read one at a time, as asked: a base of millions of chunks is
-   * never read whole.
+   * frame-xxh3.txt (docs/FORMAT.md §4b; without one, the frame-digests.txt
+   * of the version before), opened when it has exactly one line per chunk;
+   * else (none, cut short, unreadable) null. Its lines are read one at a
+   * time, as asked: a base of millions of chunks is never read whole.
    */
   frameDigests(): FrameDigests | null;
   /** The files that make it up (a restore target must not be one of them). */
@@ -230,7 +230,7 @@ export interface BackupReader {
 }
 
 export interface FrameDigests {
-  /** line i's SHA-256 (hex), or null when it is not one (or cannot be read) */
+  /** line i's digest (hex: 16 digits of XXH3-64, or 64 of an older list's SHA-256), or null when it is not one (or cannot be read) */
   at(i: number): string | null;
   close(): void;
 }

@@ -32,41 +32,94 @@ export function digestAt(packed: Uint8Array, i: number): string {
   return Buffer.from(packed.buffer, packed.byteOffset + i * 32, 32).toString("hex");
 }
 
+/**
+ * A stored frame's line in frame-xxh3.txt (docs/FORMAT.md §4b): its XXH3-64
+ * as 16 lowercase hex digits. It only has to tell whether the frame's bytes
+ * changed at rest since they were checked (the raw SHA-256 is what the root
+ * covers), and costs a fraction of a SHA-256.
+ */
+export function frameDigest(frame: Uint8Array): string {
+  return Bun.hash.xxHash3(frame).toString(16).padStart(16, "0");
+}
+
+/**
+ * Whether a stored frame still has the digest of its line: a frame-xxh3.txt
+ * line (16 hex digits) or an older frame-digests.txt line (a SHA-256).
+ * `ownDigest`: frameDigest(frame), when the caller has it already.
+ */
+export function frameMatches(frame: Uint8Array, line: string, ownDigest = frameDigest(frame)): boolean {
+  return line.length === FRAME_DIGEST_HEX ? ownDigest === line : chunkDigest(frame) === line;
+}
+
+/** hex digits of a frame-xxh3.txt line */
+export const FRAME_DIGEST_HEX = 16;
+
 const HEX64 = /^[0-9a-f]{64}$/;
+const HEX16 = /^[0-9a-f]{16}$/;
+
+/** A frame-xxh3.txt line's digest (16 hex digits). */
+export function isFrameDigest(s: unknown): s is string {
+  return typeof s === "string" && HEX16.test(s);
+}
 
 export function isDigest(s: unknown): s is string {
   return typeof s === "string" && HEX64.test(s);
 }
 
-/** Folds chunk digests, in chunk order, into the root. */
+/**
+ * Folds chunk digests, in chunk order, into the root. The last `keep` digests
+ * can be taken back (save/restore: a push goes back to a chunk asked for
+ * again); they wait in a list and are hashed in batches, so a save costs a
+ * number, not a copy of the hash's state.
+ */
 export class RootBuilder {
   private sha = new Bun.CryptoHasher("sha256");
-  count = 0;
+  /** how many digests the hash holds */
+  private folded = 0;
+  /** the digests added after those, in order */
+  private pending: string[] = [];
+
+  constructor(private readonly keep = 0) {}
+
+  get count(): number {
+    return this.folded + this.pending.length;
+  }
 
   add(digest: string): void {
-    this.sha.update(digest + "\n");
-    this.count++;
+    this.pending.push(digest);
+    const batch = Math.max(this.keep, 256);
+    if (this.pending.length >= this.keep + batch) this.fold(this.pending.length - this.keep);
   }
 
-  /** Where the root stands now, to go back to (restore). */
-  save(): { sha: Bun.CryptoHasher; count: number } {
-    return { sha: this.sha.copy(), count: this.count };
+  private fold(n: number): void {
+    if (n <= 0) return;
+    this.sha.update(this.pending.slice(0, n).join("\n") + "\n");
+    this.pending.splice(0, n);
+    this.folded += n;
   }
 
-  /** Goes back to a state save() returned: the digests added since then are forgotten. */
-  restore(s: { sha: Bun.CryptoHasher; count: number }): void {
-    this.sha = s.sha.copy();
-    this.count = s.count;
+  /** Where the root stands now (its count), to go back to with restore(). */
+  save(): number {
+    return this.count;
+  }
+
+  /** Goes back to `count` digests, as save() returned it: those added since are forgotten. It must be within the last `keep`. */
+  restore(count: number): void {
+    if (!Number.isSafeInteger(count) || count < this.folded || count > this.count) throw new RangeError(`cannot go back to ${count} digests (${this.folded} are final, ${this.count} added)`);
+    this.pending.length = count - this.folded;
   }
 
   /** Forgets every digest added. */
   reset(): void {
     this.sha = new Bun.CryptoHasher("sha256");
-    this.count = 0;
+    this.folded = 0;
+    this.pending = [];
   }
 
   /** The root of every digest added so far. */
   digest(): string {
-    return this.sha.copy().digest("hex");
+    const h = this.sha.copy();
+    if (this.pending.length > 0) h.update(this.pending.join("\n") + "\n");
+    return h.digest("hex");
   }
 }

@@ -113,11 +113,11 @@ function backups(out: string): string[] {
 }
 
 const manifest = (d: string) => JSON.parse(fs.readFileSync(path.join(d, "manifest.json"), "utf8"));
-/** The SHA-256 of each stored frame of a backup (without padding), as frame-digests.txt lines. */
-function frameDigests(d: string): string[] {
+/** The XXH3-64 of each stored frame of a backup (without padding), as frame-xxh3.txt lines; with `sha`, their SHA-256 as the older frame-digests.txt had them. */
+function frameDigests(d: string, sha = false): string[] {
   const r = ImageReader.open(path.join(d, "image.zst"));
   try {
-    return r.entries.map((_, i) => new Bun.CryptoHasher("sha256").update(r.readFrame(i)).digest("hex") + "\n");
+    return r.entries.map((_, i) => (sha ? new Bun.CryptoHasher("sha256").update(r.readFrame(i)).digest("hex") : Bun.hash.xxHash3(r.readFrame(i)).toString(16).padStart(16, "0")) + "\n");
   } finally {
     r.close();
   }
@@ -182,7 +182,7 @@ describe("incremental push", () => {
     // the base's frames were known by the SHA-256 each had when it was checked: none decompressed again
     expect(r.recv.stdout + r.recv.stderr).toContain(`${m.chunks.same} of 64 chunks (${m.chunks.same} known by their frame digests)`);
     // and the new backup lists its own frames' digests, line for line
-    expect(fs.readFileSync(path.join(incr!, "frame-digests.txt"), "utf8")).toBe(frameDigests(incr!).join(""));
+    expect(fs.readFileSync(path.join(incr!, "frame-xxh3.txt"), "utf8")).toBe(frameDigests(incr!).join(""));
     sh(`zstd -dcq ${incr}/image.zst > ${dir}/out-a.raw`);
     expect(sameFile(`${dir}/out-a.raw`, newImg)).toBe("same");
     expect((await run(["verify", incr!])).code).toBe(0);
@@ -200,17 +200,17 @@ describe("incremental push", () => {
     expect(sameFile(t, newImg)).toBe("same");
   });
 
-  test("a frame-digests.txt line that is wrong, or malformed, only means that frame is checked the long way: the backup is right, its list too", async () => {
+  test("a frame-xxh3.txt line that is wrong, or malformed, only means that frame is checked the long way: the backup is right, its list too", async () => {
     const out = path.join(dir, "store-k");
     const base = await storeBase(out);
     const a = fs.readFileSync(oldImg);
     const data = [...Array(64).keys()].filter((i) => !changed.includes(i) && !a.subarray(i * MiB, (i + 1) * MiB).every((x) => x === 0));
     const [wrong, malformed] = [data[0]!, data[1]!];
-    const list = path.join(base, "frame-digests.txt");
+    const list = path.join(base, "frame-xxh3.txt");
     const lines = fs.readFileSync(list, "utf8").split("\n");
     expect(lines[wrong]).toBe(frameDigests(base)[wrong]!.trim());
     lines[wrong] = lines[data[2]!]!; // another frame's digest: well formed, but not this frame's
-    lines[malformed] = "not a digest".padEnd(64, "!");
+    lines[malformed] = "not a digest".padEnd(16, "!");
     fs.writeFileSync(list, lines.join("\n"));
     const r = await pushCounted(out);
     expect(r.push.code, r.push.stderr).toBe(0);
@@ -219,7 +219,28 @@ describe("incremental push", () => {
     expect(m.chunks.same).toBe(data.length);
     expect(r.recv.stdout + r.recv.stderr).toContain(`(${data.length - 2} known by their frame digests)`);
     expect(m.root).toBe(stockRoot(newImg));
-    expect(fs.readFileSync(path.join(incr, "frame-digests.txt"), "utf8")).toBe(frameDigests(incr).join(""));
+    expect(fs.readFileSync(path.join(incr, "frame-xxh3.txt"), "utf8")).toBe(frameDigests(incr).join(""));
+    expect((await run(["verify", incr])).code).toBe(0);
+  });
+
+  test("a base stored with the older frame-digests.txt (SHA-256 lines) is still known by them; the new backup has frame-xxh3.txt", async () => {
+    const out = path.join(dir, "store-s");
+    const base = await storeBase(out);
+    const a = fs.readFileSync(oldImg);
+    const data = [...Array(64).keys()].filter((i) => !changed.includes(i) && !a.subarray(i * MiB, (i + 1) * MiB).every((x) => x === 0));
+    // the base as the version before wrote it: SHA-256 lines in frame-digests.txt, no frame-xxh3.txt
+    const shaLines = frameDigests(base, true);
+    shaLines[data[0]!] = shaLines[data[1]!]!; // and one of them wrong: that frame is checked the long way
+    fs.writeFileSync(path.join(base, "frame-digests.txt"), shaLines.join(""));
+    fs.rmSync(path.join(base, "frame-xxh3.txt"));
+    const r = await pushCounted(out);
+    expect(r.push.code, r.push.stderr).toBe(0);
+    const incr = backups(out)[1]!;
+    expect(manifest(incr).chunks.same).toBe(data.length);
+    expect(r.recv.stdout + r.recv.stderr).toContain(`(${data.length - 1} known by their frame digests)`);
+    expect(manifest(incr).root).toBe(stockRoot(newImg));
+    expect(fs.readFileSync(path.join(incr, "frame-xxh3.txt"), "utf8")).toBe(frameDigests(incr).join(""));
+    expect(fs.existsSync(path.join(incr, "frame-digests.txt"))).toBe(false);
     expect((await run(["verify", incr])).code).toBe(0);
   });
 

@@ -8,7 +8,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { openRepository, type BackupWriter, type NewManifest, type Repository } from "../../src/store/repository.ts";
 import { writeFrame } from "../../src/store/reflink.ts";
-import { chunkDigest, RootBuilder } from "../../src/store/root.ts";
+import { chunkDigest, frameDigest, RootBuilder } from "../../src/store/root.ts";
 import { zstd } from "../../src/util/zstd.ts";
 import { tempDir, cleanup, sh } from "../helpers/cli.ts";
 
@@ -70,7 +70,7 @@ function writeChunks(w: BackupWriter, from: number, to: number): void {
     const f = frame(raw);
     const write = w.record(f, CHUNK, i * CHUNK, Bun.hash.xxHash3(raw));
     writeFrame(write, f);
-    w.recordDigest(chunkDigest(raw), chunkDigest(f));
+    w.recordDigest(chunkDigest(raw), frameDigest(f));
   }
 }
 
@@ -112,17 +112,17 @@ test("a backup written through a BackupWriter is committed, listed, and read bac
     expect(Array.from(r.checksums()!)).toEqual([0, 1, 2, 3, 4, 5].map((i) => Bun.hash.xxHash3(chunk(i))));
     // the digest list hashes to the root the manifest records
     expect(new Bun.CryptoHasher("sha256").update(r.digestList()).digest("hex")).toBe(r.manifest!.root!);
-    // and each stored frame's SHA-256 is on its line of frame-digests.txt
+    // and each stored frame's XXH3-64 is on its line of frame-xxh3.txt (16 hex digits, as xxhsum -H3 prints it)
     const fd = r.frameDigests()!;
-    for (let i = 0; i < 6; i++) expect(fd.at(i)).toBe(chunkDigest(r.frame(i)));
+    for (let i = 0; i < 6; i++) expect(fd.at(i)).toBe(Bun.hash.xxHash3(r.frame(i)).toString(16).padStart(16, "0"));
     expect([fd.at(-1), fd.at(6), fd.at(1.5)]).toEqual([null, null, null]);
     fd.close();
-    expect(fs.readFileSync(path.join(final, "frame-digests.txt"), "utf8")).toBe([0, 1, 2, 3, 4, 5].map((i) => chunkDigest(r.frame(i)) + "\n").join(""));
+    expect(fs.readFileSync(path.join(final, "frame-xxh3.txt"), "utf8")).toBe([0, 1, 2, 3, 4, 5].map((i) => frameDigest(r.frame(i)) + "\n").join(""));
   } finally {
     r.close();
   }
-  // a frame-digests.txt cut short, or longer than its backup, is none at all
-  const list = path.join(final, "frame-digests.txt");
+  // a frame-xxh3.txt cut short, or longer than its backup, is none at all
+  const list = path.join(final, "frame-xxh3.txt");
   const text = fs.readFileSync(list);
   for (const damaged of [text.subarray(0, text.length - 1), Buffer.concat([text, Buffer.from("x")])]) {
     fs.writeFileSync(list, damaged);
@@ -132,17 +132,32 @@ test("a backup written through a BackupWriter is committed, listed, and read bac
   }
   // a line that is no digest is none; the others stand
   const bad = Buffer.from(text);
-  bad.write("not hex", 65);
+  bad.write("not hex", 17);
   fs.writeFileSync(list, bad);
   const r4 = repo.open(b);
   const fd4 = r4.frameDigests()!;
-  expect([fd4.at(0), fd4.at(1), fd4.at(2)]).toEqual([text.toString("latin1", 0, 64), null, text.toString("latin1", 130, 194)]);
+  expect([fd4.at(0), fd4.at(1), fd4.at(2)]).toEqual([text.toString("latin1", 0, 16), null, text.toString("latin1", 34, 50)]);
   fd4.close();
   r4.close();
   fs.rmSync(list);
   const r3 = repo.open(b);
   expect(r3.frameDigests()).toBeNull();
   r3.close();
+  // without frame-xxh3.txt, the frame-digests.txt of the version before (SHA-256 lines) is read; with both, frame-xxh3.txt
+  const shaList = path.join(final, "frame-digests.txt");
+  const r5 = repo.open(b);
+  const shaLines = [0, 1, 2, 3, 4, 5].map((i) => chunkDigest(r5.frame(i)) + "\n").join("");
+  fs.writeFileSync(shaList, shaLines);
+  const fd5 = r5.frameDigests()!;
+  expect([0, 1, 2, 3, 4, 5].map((i) => fd5.at(i))).toEqual(shaLines.trim().split("\n"));
+  fd5.close();
+  fs.writeFileSync(shaList, shaLines.slice(1)); // cut short: none
+  expect(r5.frameDigests()).toBeNull();
+  fs.writeFileSync(list, text);
+  const fd6 = r5.frameDigests()!;
+  expect(fd6.at(3)).toBe(text.toString("latin1", 51, 67));
+  fd6.close();
+  r5.close();
   // what a stock zstd reads from it is the disk
   const whole = Buffer.from(sh(`zstd -dcq ${JSON.stringify(path.join(final, "image.zst"))} | base64 -w0`), "base64");
   expect(Buffer.compare(whole, Buffer.concat([0, 1, 2, 3, 4, 5].map(chunk)))).toBe(0);
@@ -176,10 +191,12 @@ test("a writer closed after a checkpoint leaves a partial that is found, read ba
   expect(frames.map((f) => unzstd(f, CHUNK))).toEqual([0, 1, 2].map(chunk));
 
   const entries = frames.map((f) => ({ compressedSize: f.length, rawSize: CHUNK, checksum: new DataView(f.buffer, f.byteOffset + f.length - 4).getUint32(0, true) }));
+  // (as if the version that wrote SHA-256 frame digests had begun it: the resumed writer's list replaces that one)
+  fs.writeFileSync(path.join(p!.location, "frame-digests.txt"), "0".repeat(64) + "\n");
   const w2 = repo.resume(p!, m, entries);
   expect(w2.id).toBe("h1/d1/20261206T130000Z");
   expect(w2.chunks).toBe(3);
-  for (let i = 0; i < 3; i++) w2.recordDigest(chunkDigest(chunk(i)), chunkDigest(frames[i]!));
+  for (let i = 0; i < 3; i++) w2.recordDigest(chunkDigest(chunk(i)), frameDigest(frames[i]!));
   writeChunks(w2, 3, 8);
   delete w2.manifest.reason;
   seal(w2, 8);
@@ -190,7 +207,8 @@ test("a writer closed after a checkpoint leaves a partial that is found, read ba
     for (let i = 0; i < 8; i++) expect(unzstd(r.frame(i), CHUNK)).toEqual(chunk(i));
     expect(new Bun.CryptoHasher("sha256").update(r.digestList()).digest("hex")).toBe(r.manifest!.root!);
     // the resumed prefix's frame digests were written anew, line for line with the rest
-    expect(fs.readFileSync(path.join(r.location, "frame-digests.txt"), "utf8")).toBe([0, 1, 2, 3, 4, 5, 6, 7].map((i) => chunkDigest(r.frame(i)) + "\n").join(""));
+    expect(fs.readFileSync(path.join(r.location, "frame-xxh3.txt"), "utf8")).toBe([0, 1, 2, 3, 4, 5, 6, 7].map((i) => frameDigest(r.frame(i)) + "\n").join(""));
+    expect(fs.existsSync(path.join(r.location, "frame-digests.txt"))).toBe(false);
   } finally {
     r.close();
   }

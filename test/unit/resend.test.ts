@@ -5,7 +5,7 @@ import { describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { DamageBudget, MAX_RESENDS_PER_MINUTE, RewindPoints } from "../../src/core/resend.ts";
-import { RootBuilder } from "../../src/store/root.ts";
+import { RootBuilder, chunkDigest } from "../../src/store/root.ts";
 import { ImageWriter } from "../../src/store/image-writer.ts";
 import { zstd } from "../../src/util/zstd.ts";
 import { cleanup, sh, tempDir } from "../helpers/cli.ts";
@@ -57,7 +57,7 @@ test("RootBuilder.restore goes back to a saved state: the root counts each diges
   const digests = ["a", "b", "c", "d"].map((x) => x.repeat(64));
   const straight = new RootBuilder();
   for (const d of digests) straight.add(d);
-  const r = new RootBuilder();
+  const r = new RootBuilder(4);
   r.add(digests[0]!);
   const at1 = r.save();
   r.add(digests[1]!);
@@ -69,6 +69,32 @@ test("RootBuilder.restore goes back to a saved state: the root counts each diges
   // the saved state itself is not changed by what followed
   r.restore(at1);
   expect(r.count).toBe(1);
+});
+
+test("RootBuilder hashes its digests in batches: the root is SHA-256 over the lines, and only the last `keep` can be taken back", () => {
+  const digests = Array.from({ length: 1000 }, (_, i) => chunkDigest(new Uint8Array([i & 255, i >> 8])));
+  const lines = (ds: string[]) => new Bun.CryptoHasher("sha256").update(ds.map((d) => d + "\n").join("")).digest("hex");
+  const r = new RootBuilder(16);
+  const saved: number[] = [];
+  for (const d of digests) {
+    saved.push(r.save());
+    r.add(d);
+  }
+  expect(r.count).toBe(1000);
+  expect(r.digest()).toBe(lines(digests));
+  // back 16 chunks (the window), then the same digests again: the same root
+  r.restore(saved[984]!);
+  expect(r.count).toBe(984);
+  expect(r.digest()).toBe(lines(digests.slice(0, 984)));
+  for (const d of digests.slice(984)) r.add(d);
+  expect(r.digest()).toBe(lines(digests));
+  // further back than the window: refused, not a wrong root
+  expect(() => r.restore(saved[500]!)).toThrow(RangeError);
+  expect(r.digest()).toBe(lines(digests));
+  // a builder with no window folds as it goes and gives the same root
+  const plain = new RootBuilder();
+  for (const d of digests) plain.add(d);
+  expect(plain.digest()).toBe(lines(digests));
 });
 
 test("ImageWriter.truncateTo takes chunks back: the image, chunks.txt and seek table are as if only the rest had been written", () => {
