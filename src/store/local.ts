@@ -430,10 +430,10 @@ export function openLocalBackup(dir: string, image: string, manifest: Manifest |
         return -1;
       }
     },
+    // (an older version that resumed a partial of this one leaves a frame-xxh3.txt cut short, and a whole frame-digests.txt)
     frameDigests: () =>
-      fs.existsSync(path.join(dir, FRAME_DIGESTS_FILE))
-        ? openFrameDigests(path.join(dir, FRAME_DIGESTS_FILE), reader.entries.length, FRAME_DIGEST_HEX, isFrameDigest)
-        : openFrameDigests(path.join(dir, SHA_FRAME_DIGESTS_FILE), reader.entries.length, 64, isDigest),
+      openFrameDigests(path.join(dir, FRAME_DIGESTS_FILE), reader.entries.length, FRAME_DIGEST_HEX, isFrameDigest) ??
+      openFrameDigests(path.join(dir, SHA_FRAME_DIGESTS_FILE), reader.entries.length, 64, isDigest),
     members: () => fs.readdirSync(dir).map((f) => path.join(dir, f)),
     close: () => reader.close(),
   };
