@@ -12,7 +12,7 @@ export const CHUNKS_FILE = "chunks.txt";
 export const DIGESTS_FILE = "digests.txt";
 /** the XXH3-64 of each stored frame, taken when it was checked (docs/FORMAT.md §4b) */
 export const FRAME_DIGESTS_FILE = "frame-xxh3.txt";
-/** the same list with SHA-256 lines, as the version of 2026-12-06 wrote it: still read */
+/** the same list with SHA-256 lines, as the version before (session 7) wrote it: still read */
 export const SHA_FRAME_DIGESTS_FILE = "frame-digests.txt";
 /** A backup directory being removed: renamed to this first, so a crash never leaves a half-deleted backup that looks whole. */
 export const DELETING_SUFFIX = ".deleting";

@@ -27,7 +27,7 @@ import { ImageWriter } from "./image-writer.ts";
 import { ChunkList, ImageReader, readChecksums } from "./image-reader.ts";
 import { MAX_PADDING, PADDING_MAGIC, isAlignment, type SeekEntry } from "./seekable.ts";
 import { reflinkAlignment, type FrameWrite } from "./reflink.ts";
-import { FRAME_DIGEST_HEX, ROOT_ALGORITHM, isDigest, isFrameDigest } from "./root.ts";
+import { FRAME_DIGEST_HEX, ROOT_ALGORITHM } from "./root.ts";
 import type { BackupAt, BackupReader, BackupWriter, ChunkLines, DiskLock, FrameDigests, Durable, NewBackup, NewManifest, PartialBackup, Repository, StoredBackup } from "./repository.ts";
 
 /** The disks a push session is writing now, per store ("root\0host/disk"): two sessions never write or resume the same one. */
@@ -432,16 +432,17 @@ export function openLocalBackup(dir: string, image: string, manifest: Manifest |
     },
     // (an older version that resumed a partial of this one leaves a frame-xxh3.txt cut short, and a whole frame-digests.txt)
     frameDigests: () =>
-      openFrameDigests(path.join(dir, FRAME_DIGESTS_FILE), reader.entries.length, FRAME_DIGEST_HEX, isFrameDigest) ??
-      openFrameDigests(path.join(dir, SHA_FRAME_DIGESTS_FILE), reader.entries.length, 64, isDigest),
+      openFrameDigests(path.join(dir, FRAME_DIGESTS_FILE), reader.entries.length, FRAME_DIGEST_HEX) ??
+      openFrameDigests(path.join(dir, SHA_FRAME_DIGESTS_FILE), reader.entries.length, 64),
     members: () => fs.readdirSync(dir).map((f) => path.join(dir, f)),
     close: () => reader.close(),
   };
 }
 
 /** A list of `hex`-digit lines, one per chunk (frame-xxh3.txt, or frame-digests.txt of the version before): read a line at a time. */
-function openFrameDigests(file: string, chunks: number, hex: number, valid: (s: string) => boolean): FrameDigests | null {
+function openFrameDigests(file: string, chunks: number, hex: number): FrameDigests | null {
   const lineBytes = hex + 1;
+  const valid = new RegExp(`^[0-9a-f]{${hex}}$`);
   let fd: number;
   try {
     fd = fs.openSync(file, "r");
@@ -464,7 +465,7 @@ function openFrameDigests(file: string, chunks: number, hex: number, valid: (s: 
         return null;
       }
       const digest = line.toString("latin1", 0, hex);
-      return valid(digest) ? digest : null;
+      return valid.test(digest) ? digest : null;
     },
     close: () => fs.closeSync(fd),
   };

@@ -165,7 +165,7 @@ export interface BackupWriter {
   record(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint, source?: { fd: number; offset: number; length: number }): FrameWrite;
   /** Records and writes a frame at once (tools and tests). */
   append(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): void;
-  /** Records the next checked chunk's SHA-256, and the SHA-256 of its stored frame (in chunk order). */
+  /** Records the next checked chunk's SHA-256, and its stored frame's digest (frame-xxh3.txt; in chunk order). */
   recordDigest(digest: string, frameDigest: string): void;
   /** Forgets chunks from `chunks` on (sent again); nobody may be writing a frame meanwhile. */
   truncateTo(chunks: number): void;

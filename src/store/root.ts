@@ -32,6 +32,9 @@ export function digestAt(packed: Uint8Array, i: number): string {
   return Buffer.from(packed.buffer, packed.byteOffset + i * 32, 32).toString("hex");
 }
 
+/** hex digits of a frame-xxh3.txt line */
+export const FRAME_DIGEST_HEX = 16;
+
 /**
  * A stored frame's line in frame-xxh3.txt (docs/FORMAT.md §4b): its XXH3-64
  * as 16 lowercase hex digits. It only has to tell whether the frame's bytes
@@ -51,16 +54,7 @@ export function frameMatches(frame: Uint8Array, line: string, ownDigest = frameD
   return line.length === FRAME_DIGEST_HEX ? ownDigest === line : chunkDigest(frame) === line;
 }
 
-/** hex digits of a frame-xxh3.txt line */
-export const FRAME_DIGEST_HEX = 16;
-
 const HEX64 = /^[0-9a-f]{64}$/;
-const HEX16 = /^[0-9a-f]{16}$/;
-
-/** A frame-xxh3.txt line's digest (16 hex digits). */
-export function isFrameDigest(s: unknown): s is string {
-  return typeof s === "string" && HEX16.test(s);
-}
 
 export function isDigest(s: unknown): s is string {
   return typeof s === "string" && HEX64.test(s);
@@ -78,8 +72,12 @@ export class RootBuilder {
   private folded = 0;
   /** the digests added after those, in order */
   private pending: string[] = [];
+  /** pending digests at which all but the last `keep` are hashed (at least 256 at a time) */
+  private readonly foldAt: number;
 
-  constructor(private readonly keep = 0) {}
+  constructor(private readonly keep = 0) {
+    this.foldAt = keep + Math.max(keep, 256);
+  }
 
   get count(): number {
     return this.folded + this.pending.length;
@@ -87,12 +85,10 @@ export class RootBuilder {
 
   add(digest: string): void {
     this.pending.push(digest);
-    const batch = Math.max(this.keep, 256);
-    if (this.pending.length >= this.keep + batch) this.fold(this.pending.length - this.keep);
+    if (this.pending.length >= this.foldAt) this.fold(this.pending.length - this.keep);
   }
 
   private fold(n: number): void {
-    if (n <= 0) return;
     this.sha.update(this.pending.slice(0, n).join("\n") + "\n");
     this.pending.splice(0, n);
     this.folded += n;
