@@ -14,6 +14,15 @@ const MAX_QUEUED = 32;
 const MAX_POLL_MS = 10;
 /** polled: a write the descriptor cannot take yet is tried again at once this many times before sleeping (more burn CPU for nothing: scripts/bench-polled-write.ts) */
 const WRITE_TRIES = 2;
+/**
+ * polled: while this side writes (a receiver serving a restore), the longest
+ * sleep between reads of a silent peer, for this long after each write. A
+ * peer that stops (a restorer whose disk is full) says so and leaves; each
+ * millisecond before we read that is another MB sent into a stream nobody
+ * reads (a Thunderbolt device still takes writes once its peer has left).
+ */
+const WRITING_POLL_MS = 2;
+const WRITING_FOR_MS = 50;
 
 // Raw fds, not FileHandle: FileHandle.close() waits for pending operations,
 // and a read is always pending here.
@@ -30,7 +39,8 @@ export interface FdConnOptions {
   /**
    * The descriptor is non-blocking: a read with nothing to read returns at
    * once and is tried again after a short sleep (1 ms, growing to 10 ms while
-   * the peer is silent). A blocking read would hold one of the fs thread
+   * the peer is silent, or to maxPollMs; never past WRITING_POLL_MS while we
+   * write). A blocking read would hold one of the fs thread
    * pool's few threads (as many as cores) for as long as the peer is silent,
    * and a receiver serving several connections would starve (no thread left
    * for another session's reads, writes and syncs).
@@ -70,6 +80,11 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
   };
 
   let idleMs = 1;
+  let wroteAt = -Infinity;
+  /** ends the pump's sleep between polls early (set while it sleeps) */
+  let cutSleep: (() => void) | null = null;
+  let sleepingMs = 0;
+  const writing = () => performance.now() - wroteAt < WRITING_FOR_MS;
   (async () => {
     while (!closed) {
       if (queue.length >= MAX_QUEUED) {
@@ -84,8 +99,17 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
       } catch (e) {
         if (o.polled && isErrno(e, "EAGAIN", "EWOULDBLOCK") && !closed) {
           spare.push(buf.buffer as ArrayBuffer);
-          await Bun.sleep(idleMs);
-          idleMs = Math.min(o.maxPollMs ?? MAX_POLL_MS, idleMs * 2);
+          const cap = writing() ? WRITING_POLL_MS : (o.maxPollMs ?? MAX_POLL_MS);
+          sleepingMs = Math.min(idleMs, cap);
+          await new Promise<void>((r) => {
+            const t = setTimeout(r, sleepingMs);
+            cutSleep = () => {
+              clearTimeout(t);
+              r();
+            };
+          });
+          cutSleep = null;
+          idleMs = Math.min(cap, idleMs * 2);
           continue;
         }
         if (!closed) failure = o.gone(e);
@@ -126,6 +150,9 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
       let off = 0;
       let tries = 0;
       let waitMs = 1;
+      // a peer that was silent a while is looked at soon again (WRITING_POLL_MS)
+      wroteAt = performance.now();
+      if (cutSleep && sleepingMs > WRITING_POLL_MS) cutSleep();
       while (off < data.length) {
         if (closed) throw o.gone(new Error("closed"));
         try {
@@ -154,6 +181,7 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
     async close() {
       if (closed) return;
       closed = true;
+      cutSleep?.();
       wake();
       const p = wakePump as (() => void) | null;
       p?.();
