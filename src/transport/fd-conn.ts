@@ -152,10 +152,14 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
       let off = 0;
       let tries = 0;
       let waitMs = 1;
-      // a peer that was silent a while is looked at soon again (WRITING_POLL_MS)
-      wroteAt = performance.now();
-      if (cutSleep && sleepingMs > WRITING_POLL_MS) cutSleep();
+      // a peer that was silent a while is looked at soon again (WRITING_POLL_MS),
+      // also while a long write waits for room (noted at each of its tries)
+      const writingNow = () => {
+        wroteAt = performance.now();
+        if (cutSleep && sleepingMs > WRITING_POLL_MS) cutSleep();
+      };
       while (off < data.length) {
+        writingNow();
         if (closed) throw o.gone(new Error("closed"));
         try {
           off += await io(writeAsync(fd, data, off));

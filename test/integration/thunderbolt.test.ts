@@ -178,10 +178,11 @@ describe.skipIf(skip)("Thunderbolt stream set up by tbbackup (emulated driver; n
       expect(r.stderr).toMatch(new RegExp(`restore of ${id} failed: the other side reports: restore stopped: .*full`));
       // what the receiver sent after the restoring side had gone is lost on the
       // cable: what was in flight and what a couple of milliseconds add (the
-      // receiver looks for the restorer's word every 2 ms while it sends; 1-68
-      // device frames seen, 3,000-5,500 when it looked every 10 ms), not the
-      // other ~44 MiB (11,000+ frames)
-      expect(dropped() - before).toBeLessThan((48 * 256) / 8);
+      // receiver looks for the restorer's word every 2 ms while it sends: 1
+      // device frame seen in 8 runs, 3 of them beside two CPU hogs; 518-7,199
+      // when its polls backed off up to a device's 100 ms), not the other
+      // ~44 MiB (11,000+ frames)
+      expect(dropped() - before).toBeLessThan((48 * 256) / 16);
     } finally {
       Bun.spawnSync(["umount", mnt]);
     }
