@@ -26,7 +26,8 @@ import { isZeroFrame } from "./zero.ts";
 import { zeroWriter } from "./zero-out.ts";
 import { Extractor, type ExtractStats } from "./files/extract.ts";
 import { POSIX_FADV_DONTNEED, loadLibc } from "../util/libc.ts";
-import { BufferPool, compressBound } from "../util/buffer-pool.ts";
+import { compressBound } from "../util/buffer-pool.ts";
+import { SharedSlots, SlotPayloads } from "../util/shared-slots.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { requireZstd } from "../util/zstd.ts";
 
@@ -76,9 +77,8 @@ interface ChunkIn {
   /** XXH3-64 of the raw data, or -1n when the backup has no chunk list */
   checksum: bigint;
   zero: boolean;
-  buf?: ArrayBuffer;
-  at?: number;
-  length?: number;
+  /** the zstd frame: in a slot of the source's `slots`, or in a buffer of its own */
+  frame?: Uint8Array;
 }
 
 interface Source {
@@ -92,8 +92,13 @@ interface Source {
   comparing?(): void;
   /** before chunks() with digests: bit i set = ask for chunk i; only those come */
   want?(bits: Uint8Array): void;
-  /** takes back a chunk's buffer once the workers are done with it */
-  release(buf: ArrayBuffer | undefined): void;
+  /**
+   * Where chunks' frames are read into: the workers are handed these arenas
+   * once, and a frame in them crosses to a worker by name (shared-slots.ts).
+   */
+  slots: SharedSlots;
+  /** takes back a chunk's frame (its slot) or the buffer a worker handed back, once the workers are done with it */
+  release(buf: Uint8Array | ArrayBuffer | undefined): void;
   /** called once every chunk is written (stream: tell the receiver) */
   finish(ok: boolean, message?: string): Promise<void>;
   close(): Promise<void>;
@@ -199,6 +204,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const src = opts.from ? fileSource(opts.from, compare) : await streamSource(opts, target, compare);
   let sink: (Sink & { stats?: () => ExtractStats; untouched?: () => boolean }) | null = null;
   const pool = new WorkerPool(workerCount());
+  pool.share(src.slots);
   // the SHA-256 worker, when restore uses one (created once the sink is known)
   let hasher: Hasher | null = null;
   let delta = false;
@@ -270,15 +276,17 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
         if (r.op === "checked") {
           if (r.unchanged) keptBytes += c.rawLength;
-          src.release(r.buf);
+          src.release(r.buf ?? c.frame);
           if (!r.ok) throw new TbError("CORRUPT", `chunk ${c.index} (offset ${c.offset}) of backup ${info.id} is bad: ${r.error}`, "run 'tbbackup verify' on the backup, or restore another one", [], outcome.target());
           if (r.writeError) throw targetWriteError(out.path, c.offset, r.writeError);
           root?.add(r.digest!);
-          const raw = new Uint8Array(r.raw!, 0, c.rawLength);
-          sha?.update(raw);
-          await out.data?.(raw, c);
-          if (hasher) await hasher.data(c.index, r.raw!, c.rawLength);
-          else spare.push(r.raw!);
+          if (r.raw) {
+            const raw = new Uint8Array(r.raw, 0, c.rawLength);
+            sha?.update(raw);
+            await out.data?.(raw, c);
+            if (hasher) await hasher.data(c.index, r.raw, c.rawLength);
+            else spare.push(r.raw);
+          }
         }
       } else {
         await zeroChunk(c);
@@ -286,6 +294,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       }
       written += c.rawLength;
     });
+    const wantRaw = sha !== null || hasher !== null || out.data !== undefined;
     let expected = 0;
     // chunks the target already holds, up to (not including) chunk `upTo`
     const keepUpTo = async (upTo: number) => {
@@ -305,9 +314,18 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
           ? pool.run({ op: "readhash", index: c.index, fd: out.fd, direct: out.direct, position: c.offset, length: c.rawLength })
           : Promise.resolve(null)
         : (() => {
-            const outBuf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
             const writeRaw = out.fd !== undefined ? { fd: out.fd, position: c.offset, direct: out.direct } : undefined;
-            return pool.run({ op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf: c.buf!, at: c.at!, length: c.length!, hash: false, digest: root !== null, wantRaw: true, out: outBuf, writeRaw, onlyIfDiffers: delta && !plan }, [c.buf!, outBuf]);
+            // a frame in a slot is named, one in a buffer of its own is handed over (and comes back as the reply's buf)
+            const frame = c.frame!;
+            const ref = src.slots.ref(frame);
+            const own = ref ? null : frame.buffer instanceof ArrayBuffer ? { buf: frame.buffer, at: frame.byteOffset } : { buf: frame.slice().buffer as ArrayBuffer, at: 0 };
+            const bytes = ref ? { buf: ref, at: 0 } : own!;
+            const job = { op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, ...bytes, length: frame.length, hash: false, digest: root !== null, writeRaw, onlyIfDiffers: delta && !plan } as const;
+            const handed = own ? [own.buf] : [];
+            // the raw chunk comes back only when something here takes it (a SHA-256, an extractor); else the worker's own buffer holds it
+            if (!wantRaw) return pool.run({ ...job, wantRaw: false }, handed);
+            const outBuf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
+            return pool.run({ ...job, wantRaw: true, out: outBuf }, [...handed, outBuf]);
           })();
       await pending.add(p.then((r) => ({ c, r })));
       count++;
@@ -533,7 +551,7 @@ function fileSource(from: string, comparing: boolean): Source {
     ...(manifest?.sha256 ? { sha256: manifest.sha256 } : {}),
   };
   if (!info.root && !info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with an integrity root or SHA-256`, "restore from a backup directory made by tbbackup receive");
-  const frames = new BufferPool(compressBound(chunkSize), 16);
+  const slots = new SharedSlots(compressBound(chunkSize));
   const got = comparing && manifest && info.kind === "image" ? readDigests(reader, manifest) : null;
   const digests = got instanceof Uint8Array && got.length === 32 * info.chunks ? got : undefined;
   let want: Uint8Array | null = null;
@@ -552,11 +570,19 @@ function fileSource(from: string, comparing: boolean): Source {
         offset += e.rawSize;
         continue;
       }
-      const { line, frame } = readStoredChunk(reader, list, i, new Uint8Array(frames.takeBuffer()), damaged);
+      // (a frame larger than a slot is read into a buffer of its own, and the slot goes back)
+      const into = slots.take();
+      let got: ReturnType<typeof readStoredChunk> | null = null;
+      try {
+        got = readStoredChunk(reader, list, i, into, damaged);
+      } finally {
+        if (got?.frame.buffer !== into.buffer) slots.give(into);
+      }
+      const { line, frame } = got;
       const checksum = line?.checksum ?? -1n;
       const zero = isZeroFrame(frame, e.rawSize, checksum);
-      if (zero) frames.give(frame.buffer as ArrayBuffer);
-      yield { index: i, offset, rawLength: e.rawSize, checksum, zero, buf: zero ? undefined : (frame.buffer as ArrayBuffer), at: 0, length: frame.length };
+      if (zero) slots.give(frame);
+      yield { index: i, offset, rawLength: e.rawSize, checksum, zero, ...(zero ? {} : { frame }) };
       offset += e.rawSize;
     }
   }
@@ -566,7 +592,11 @@ function fileSource(from: string, comparing: boolean): Source {
     digests,
     want: (bits) => (want = bits),
     chunks: chunks(),
-    release: (buf) => frames.give(buf),
+    slots,
+    // (a buffer of its own, handed back by a worker, is left to the collector)
+    release: (buf) => {
+      if (buf instanceof Uint8Array) slots.give(buf);
+    },
     finish: async () => {},
     close: async () => {
       reader.close();
@@ -623,7 +653,8 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
       if (typeof got === "string") opts.reporter.info(`every chunk will be sent: the backup's digests did not arrive whole (${got})`);
       else digests = got;
     }
-    ch.usePool(new BufferPool(CHUNK_HEADER_SIZE + compressBound(offer.chunkSize) + TRAILER_SIZE, 64));
+    const slots = new SharedSlots(CHUNK_HEADER_SIZE + compressBound(offer.chunkSize) + TRAILER_SIZE);
+    ch.usePool(new SlotPayloads(slots));
     // While the target is synced and read back (minutes for a big disk), the
     // receiver waits for RESTORE_DONE: tell one that knows keepalives we are still at it.
     let keepalive: Keepalive | undefined;
@@ -644,14 +675,17 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
         const f = await ch.recv(opts.idleMs, "backup data from the receiver");
         const out = rs.step({ type: "frame", frame: f });
         if (rs.failure) throw rs.failure;
-        if (out.type !== "record") continue;
+        if (out.type !== "record") {
+          ch.release(f.payload); // (decoded, if it was anything: its slot, if it had one, is free)
+          continue;
+        }
         const rec = out.record;
         const h = rec.header;
         if (rec.kind === "zero") {
-          ch.release(f.payload.buffer);
+          ch.release(f.payload);
           yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: true };
         } else {
-          yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: false, buf: f.payload.buffer as ArrayBuffer, at: rec.zstd.byteOffset, length: rec.zstd.length };
+          yield { index: h.index, offset: h.offset, rawLength: h.rawLength, checksum: h.checksum, zero: false, frame: rec.zstd };
         }
       }
       keepSaying();
@@ -662,6 +696,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
       comparing: keepSaying,
       want: (bits) => (want = bits),
       chunks: chunks(),
+      slots,
       release: (buf) => ch.release(buf),
       finish: async (ok, message) => {
         stopKeepalive();

@@ -77,6 +77,35 @@ describe("restore from a stored image (--from)", () => {
   });
 });
 
+test("frames of every size restore byte for byte, from a file and over unix: (tiny ones travel in buffers of their own, the others in slots the workers share)", async () => {
+  const d = tempDir();
+  try {
+    // chunks that compress to a few bytes, incompressible ones, zeros, text, and a short last chunk
+    const mixed = path.join(d, "mixed.img");
+    const rnd = new Uint8Array(3 << 20);
+    for (let i = 0; i < rnd.length; i += 65536) crypto.getRandomValues(rnd.subarray(i, i + 65536));
+    fs.writeFileSync(mixed, Buffer.concat([Buffer.alloc(4 << 20, 0xab), rnd, Buffer.alloc(2 << 20), Buffer.from("hello world ".repeat(300000)).subarray(0, (2 << 20) + 12345)]));
+    const want = sha256File(mixed);
+    const st = path.join(d, "store");
+    await storeBackup(mixed, st, path.join(d, "p.sock"));
+    const id = JSON.parse((await run(["list", "--out", st, "--json"])).stdout)[0].id;
+    const t1 = path.join(d, "t1.img");
+    const r1 = await run(["restore", t1, "--from", path.join(st, id), "--yes", "--no-verify"]);
+    expect(r1.code).toBe(0);
+    expect(sha256File(t1)).toBe(want);
+    const sock = path.join(d, "r.sock");
+    const recv = start(["receive", "--out", st, "--stream", `unix:${sock}`, "--once", "--allow-restore"]);
+    await waitFor(() => fs.existsSync(sock), "receiver socket");
+    const t2 = path.join(d, "t2.img");
+    const r2 = await run(["restore", t2, "--stream", `unix:${sock}`, "--backup", id, "--yes"]);
+    expect(r2.code).toBe(0);
+    expect((await finish(recv)).code).toBe(0);
+    expect(sha256File(t2)).toBe(want);
+  } finally {
+    cleanup(d);
+  }
+});
+
 describe("restore from a receiver (--stream)", () => {
   const transports: { name: string; setup: (d: string) => Promise<[string, string, () => void]> }[] = [
     { name: "unix", setup: async (d) => [`unix:${d}/r.sock`, `unix:${d}/r.sock`, () => {}] },
