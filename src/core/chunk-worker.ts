@@ -224,7 +224,7 @@ function handle(m: WorkerRequest): void {
       return;
     }
     case "check": {
-      // the input buffer always goes back, for the caller to reuse
+      // an input ArrayBuffer always goes back, for the caller to reuse (a slot stays where it is)
       const r = check(m);
       const rawBuf = r.raw;
       reply({ ...r, ...(m.buf instanceof ArrayBuffer ? { buf: m.buf } : {}) }, [...own(m.buf), ...(rawBuf ? [rawBuf] : [])]);

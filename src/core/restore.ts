@@ -14,6 +14,7 @@ import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest, digestAt } from "../store/root.ts";
+import { maxEntrySize } from "../store/seekable.ts";
 import { TbError, asTbError, outcome, saysUnfinished } from "./errors.ts";
 import { handshake, newHello, hasCap } from "./handshake.ts";
 import { RestoreSession, type RestorerMessage } from "./restore-session.ts";
@@ -247,7 +248,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     hasher = !root && out.hashInPass && out.fd !== undefined ? new Hasher((buf) => buf instanceof ArrayBuffer && spare.push(buf)) : null;
     const sha = !root && out.hashInPass && !hasher ? new Bun.CryptoHasher("sha256") : null;
     let zeroBuf = new Uint8Array(0);
-    // decompression buffers go back and forth between here and the workers
+    // decompression buffers go back and forth between here and the workers (when the raw chunk is wanted here)
     const spare: ArrayBuffer[] = [];
     const zeroes = (n: number) => (zeroBuf.length >= n ? zeroBuf : (zeroBuf = new Uint8Array(n))).subarray(0, n);
     // Written data is synced as we go, so the final fsync has little left to wait for.
@@ -551,7 +552,8 @@ function fileSource(from: string, comparing: boolean): Source {
     ...(manifest?.sha256 ? { sha256: manifest.sha256 } : {}),
   };
   if (!info.root && !info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with an integrity root or SHA-256`, "restore from a backup directory made by tbbackup receive");
-  const slots = new SharedSlots(compressBound(chunkSize));
+  // (room for a stored entry with its padding, docs/FORMAT.md §3.5)
+  const slots = new SharedSlots(maxEntrySize(chunkSize));
   const got = comparing && manifest && info.kind === "image" ? readDigests(reader, manifest) : null;
   const digests = got instanceof Uint8Array && got.length === 32 * info.chunks ? got : undefined;
   let want: Uint8Array | null = null;
