@@ -2,9 +2,9 @@
 // our xxh3 of the raw data) and the integrity root (and the whole-image
 // SHA-256 where the backup records one), writing nothing.
 import * as path from "node:path";
-import { backupAt, openBackupAt, type BackupAt, type BackupReader, type ChunkLine, type ChunkLines, type Manifest } from "../store/repository.ts";
+import { backupAt, maxEntrySize, openBackupAt, type BackupAt, type BackupReader, type ChunkLine, type ChunkLines, type Manifest } from "../store/repository.ts";
 import { storeKind } from "../store/errors.ts";
-import { BufferPool, compressBound } from "../util/buffer-pool.ts";
+import { SharedSlots } from "../util/shared-slots.ts";
 import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest } from "../store/root.ts";
@@ -113,12 +113,16 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
       throw new TbError("VERIFY", `the manifest lists ${manifest.chunks.count} chunks but the image has ${reader.entries.length}`, "this backup cannot be trusted; make a new one");
     if (manifest && manifest.size !== reader.rawSize)
       throw new TbError("VERIFY", `the manifest says ${manifest.size} bytes but the image holds ${reader.rawSize}`, "this backup cannot be trusted; make a new one");
-    const frames = new BufferPool(compressBound(reader.entries[0]?.rawSize ?? 0), 4 * pool.size + 8);
+    // frames are read into slots the workers are given once, and named in a job (src/util/shared-slots.ts);
+    // room for a stored entry with its padding (docs/FORMAT.md §3.5)
+    const slots = new SharedSlots(maxEntrySize(reader.entries[0]?.rawSize ?? 0));
+    pool.share(slots);
     const root = new RootBuilder();
-    const checks = new OrderedPipeline<{ i: number; r: WorkerReply | null }>(4 * pool.size + 4, ({ i, r }) => {
+    // `held`: the slot the frame was read into, free again once its worker answered
+    const checks = new OrderedPipeline<{ i: number; r: WorkerReply | null; held?: Uint8Array }>(4 * pool.size + 4, ({ i, r, held }) => {
       // the canonical zero frame holds zeros by construction: nothing to decompress or hash
       if (!r) return root.add(zeroDigest(reader.entries[i]!.rawSize));
-      if (r.op === "checked") frames.give(r.buf);
+      if (r.op === "checked" && held) slots.give(held);
       if (r.op === "checked" && !r.ok) throw bad(i, r.error ?? "check failed");
       if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
       if (r.op === "checked") root.add(r.digest!);
@@ -126,15 +130,26 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
     let bytes = 0;
     for (let i = 0; i < reader.entries.length; i++) {
       const e = reader.entries[i]!;
-      const { line: c, frame } = readStoredChunk(reader, list, i, new Uint8Array(frames.takeBuffer()), (why) => bad(i, why));
+      // (a frame larger than a slot is read into a buffer of its own, which is handed over, and the slot goes back)
+      const into = slots.take();
+      let got: ReturnType<typeof readStoredChunk> | null = null;
+      try {
+        got = readStoredChunk(reader, list, i, into, (why) => bad(i, why));
+      } finally {
+        if (got?.frame.buffer !== into.buffer) slots.give(into);
+      }
+      const { line: c, frame } = got;
+      const ref = slots.ref(frame);
       if (!wholeSha && isZeroFrame(frame, e.rawSize, c?.checksum ?? -1n)) {
-        frames.give(frame.buffer as ArrayBuffer);
+        if (ref) slots.give(frame);
         await checks.add(Promise.resolve({ i, r: null }));
         bytes += e.rawSize;
         continue;
       }
-      const job = pool.run({ op: "check", index: i, rawLength: e.rawSize, checksum: c?.checksum ?? -1n, buf: frame.buffer as ArrayBuffer, at: 0, length: frame.length, hash: wholeSha, digest: true, wantRaw: false }, [frame.buffer as ArrayBuffer], wholeSha ? 0 : undefined);
-      await checks.add(job.then((r) => ({ i, r })));
+      const job = { op: "check", index: i, rawLength: e.rawSize, checksum: c?.checksum ?? -1n, length: frame.length, hash: wholeSha, digest: true, wantRaw: false } as const;
+      const pin = wholeSha ? 0 : undefined;
+      const reply = ref ? pool.run({ ...job, buf: ref, at: 0 }, [], pin) : pool.run({ ...job, buf: frame.buffer as ArrayBuffer, at: frame.byteOffset }, [frame.buffer as ArrayBuffer], pin);
+      await checks.add(reply.then((r) => ({ i, r, ...(ref ? { held: frame } : {}) })));
       bytes += e.rawSize;
       if ((i & 31) === 0) reporter.progress({ phase: "verify", bytes, total: reader.rawSize });
     }
