@@ -11,6 +11,7 @@ import { locateBackup, type Located } from "../core/verify.ts";
 import { isZeroFrame, zeroChecksum, zeroFrame } from "../core/zero.ts";
 import { requireZstd, zstd } from "../util/zstd.ts";
 import { WorkerPool } from "../core/chunk-jobs.ts";
+import { SharedSlots } from "../util/shared-slots.ts";
 
 /** decompressions running or queued on the workers at most (bounds their memory) */
 const MAX_JOBS = 8;
@@ -85,6 +86,8 @@ export class ImageExport {
   private readonly poolSize: number;
   /** worker threads that decompress and check (null: this thread does) */
   private readonly pool: WorkerPool | null;
+  /** where frames are read for the workers: slots they were given once, named in a job (src/util/shared-slots.ts) */
+  private readonly frameSlots: SharedSlots | null;
   private readonly inflight = new Map<number, Promise<Uint8Array>>();
   private jobs = 0;
   private readonly jobWaiters: (() => void)[] = [];
@@ -122,6 +125,8 @@ export class ImageExport {
     this.zeros = new Uint8Array(longest);
     this.poolSize = reader.entries[0]?.rawSize ?? 0;
     this.pool = workers > 0 ? new WorkerPool(workers) : null;
+    this.frameSlots = this.pool ? new SharedSlots(Math.max(1, longestFrame)) : null;
+    if (this.frameSlots) this.pool!.share(this.frameSlots);
   }
 
   /** Marks a view of a chunk as being sent; the returned function releases it (once). */
@@ -263,17 +268,25 @@ export class ImageExport {
     try {
       const hit = this.cached(i, false); // (decompressed meanwhile, by a read that did not wait)
       if (hit) return hit;
-      const frame = this.frame(i, new Uint8Array(e.compressedSize)); // (handed to the worker)
-      if (this.isZeroFrame(i, frame)) {
-        this.stats.zeroReads++;
-        return this.zeros.subarray(0, e.rawSize);
+      // (a slot holds the longest frame; it is free again once the worker has answered)
+      const slots = this.frameSlots!;
+      const slot = slots.take(e.compressedSize);
+      let r;
+      try {
+        const frame = this.frame(i, slot);
+        if (this.isZeroFrame(i, frame)) {
+          this.stats.zeroReads++;
+          return this.zeros.subarray(0, e.rawSize);
+        }
+        this.stats.misses++;
+        const out = this.buffer(e.rawSize);
+        r = await this.pool!.run(
+          { op: "check", index: i, rawLength: e.rawSize, checksum: this.expected(i), buf: slots.ref(frame)!, at: 0, length: frame.length, hash: false, wantRaw: true, out: out.buffer as ArrayBuffer },
+          [out.buffer as ArrayBuffer],
+        );
+      } finally {
+        slots.give(slot);
       }
-      this.stats.misses++;
-      const out = this.buffer(e.rawSize);
-      const r = await this.pool!.run(
-        { op: "check", index: i, rawLength: e.rawSize, checksum: this.expected(i), buf: frame.buffer as ArrayBuffer, at: frame.byteOffset, length: frame.length, hash: false, wantRaw: true, out: out.buffer as ArrayBuffer },
-        [frame.buffer as ArrayBuffer, out.buffer as ArrayBuffer],
-      );
       // a worker that died: this thread does it
       if (r.op !== "checked") return this.chunk(i, false);
       if (!r.ok || !r.raw) throw this.damaged(i, r.error === "raw data checksum mismatch" ? "its XXH3-64 does not match chunks.txt" : (r.error ?? "check failed"));
