@@ -14,14 +14,13 @@ import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest, digestAt } from "../store/root.ts";
-import { maxEntrySize } from "../store/seekable.ts";
 import { TbError, asTbError, outcome, saysUnfinished } from "./errors.ts";
 import { handshake, newHello, hasCap } from "./handshake.ts";
 import { RestoreSession, type RestorerMessage } from "./restore-session.ts";
 import { type Keepalive, startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { assertNotInUse, inspectTarget, isBlank, notTheBackup, openDirect, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
-import { locateBackup, openLocated, readStoredChunk } from "./verify.ts";
+import { frameSlots, locateBackup, openLocated, readStoredChunk } from "./verify.ts";
 import { holeTest } from "./source.ts";
 import { isZeroFrame } from "./zero.ts";
 import { zeroWriter } from "./zero-out.ts";
@@ -552,8 +551,7 @@ function fileSource(from: string, comparing: boolean): Source {
     ...(manifest?.sha256 ? { sha256: manifest.sha256 } : {}),
   };
   if (!info.root && !info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with an integrity root or SHA-256`, "restore from a backup directory made by tbbackup receive");
-  // (room for a stored entry with its padding, docs/FORMAT.md §3.5)
-  const slots = new SharedSlots(maxEntrySize(chunkSize));
+  const slots = frameSlots(reader);
   const got = comparing && manifest && info.kind === "image" ? readDigests(reader, manifest) : null;
   const digests = got instanceof Uint8Array && got.length === 32 * info.chunks ? got : undefined;
   let want: Uint8Array | null = null;

@@ -5,6 +5,7 @@ import * as path from "node:path";
 import { backupAt, maxEntrySize, openBackupAt, type BackupAt, type BackupReader, type ChunkLine, type ChunkLines, type Manifest } from "../store/repository.ts";
 import { storeKind } from "../store/errors.ts";
 import { SharedSlots } from "../util/shared-slots.ts";
+import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest } from "../store/root.ts";
@@ -87,6 +88,19 @@ export function nextChunkLine(reader: BackupReader, list: ChunkLines, i: number,
  * when it fits. A damaged backup (a line that does not match, a frame cut
  * short, a malformed list) ends in the error `damaged` makes, never a raw one.
  */
+/**
+ * Slots to read a stored backup's frames into for the workers. Sized by the
+ * entries the seek table lists (their sizes are bounded by the file's, unlike
+ * a chunk size it or the manifest claims), and at most what a chunk tbbackup
+ * writes can take: a longer entry is read into a buffer of its own
+ * (readStoredChunk).
+ */
+export function frameSlots(reader: BackupReader): SharedSlots {
+  let longest = 1;
+  for (const e of reader.entries) longest = Math.max(longest, e.compressedSize);
+  return new SharedSlots(Math.min(longest, maxEntrySize(MAX_CHUNK_SIZE)));
+}
+
 export function readStoredChunk(reader: BackupReader, list: ChunkLines | null, i: number, into: Uint8Array, damaged: (why: string) => TbError): { line: ChunkLine | null; frame: Uint8Array } {
   const line = list ? nextChunkLine(reader, list, i, damaged) : null;
   try {
@@ -113,9 +127,8 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
       throw new TbError("VERIFY", `the manifest lists ${manifest.chunks.count} chunks but the image has ${reader.entries.length}`, "this backup cannot be trusted; make a new one");
     if (manifest && manifest.size !== reader.rawSize)
       throw new TbError("VERIFY", `the manifest says ${manifest.size} bytes but the image holds ${reader.rawSize}`, "this backup cannot be trusted; make a new one");
-    // frames are read into slots the workers are given once, and named in a job (src/util/shared-slots.ts);
-    // room for a stored entry with its padding (docs/FORMAT.md §3.5)
-    const slots = new SharedSlots(maxEntrySize(reader.entries[0]?.rawSize ?? 0));
+    // frames are read into slots the workers are given once, and named in a job (src/util/shared-slots.ts)
+    const slots = frameSlots(reader);
     pool.share(slots);
     const root = new RootBuilder();
     // `held`: the slot the frame was read into, free again once its worker answered

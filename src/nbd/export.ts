@@ -280,9 +280,12 @@ export class ImageExport {
         }
         this.stats.misses++;
         const out = this.buffer(e.rawSize);
+        // (named in its slot; one the reader put in a buffer of its own is handed over)
+        const ref = slots.ref(frame);
+        const bytes = ref ? { buf: ref, at: 0 } : { buf: frame.buffer as ArrayBuffer, at: frame.byteOffset };
         r = await this.pool!.run(
-          { op: "check", index: i, rawLength: e.rawSize, checksum: this.expected(i), buf: slots.ref(frame)!, at: 0, length: frame.length, hash: false, wantRaw: true, out: out.buffer as ArrayBuffer },
-          [out.buffer as ArrayBuffer],
+          { op: "check", index: i, rawLength: e.rawSize, checksum: this.expected(i), ...bytes, length: frame.length, hash: false, wantRaw: true, out: out.buffer as ArrayBuffer },
+          ref ? [out.buffer as ArrayBuffer] : [frame.buffer as ArrayBuffer, out.buffer as ArrayBuffer],
         );
       } finally {
         slots.give(slot);

@@ -517,4 +517,33 @@ describe("corruption", () => {
     expect(oneLine(again.stderr)).toMatch(new RegExp(`chunk ${victim} .*is bad.*the target .*is now incomplete`));
     expect(fs.existsSync(out)).toBe(true);
   });
+
+  test("a seek table that claims a chunk of 4 GiB: verify and restore --from say it is damaged, without allocating for the claim", async () => {
+    const claim = path.join(dir, "claim-backup");
+    sh(`cp -r ${backupDir} ${claim}`);
+    const image = path.join(claim, "image.zst");
+    const fd = fs.openSync(image, "r+");
+    const size = fs.fstatSync(fd).size;
+    const footer = Buffer.alloc(9);
+    fs.readSync(fd, footer, 0, 9, size - 9);
+    const frames = footer.readUInt32LE(0);
+    const step = footer[4]! & 0x80 ? 12 : 8;
+    const table = size - (8 + frames * step + 9);
+    const raw = Buffer.alloc(4);
+    raw.writeUInt32LE(0xfffffff0);
+    fs.writeSync(fd, raw, 0, 4, table + 8 + 4); // entry 0's raw size
+    fs.closeSync(fd);
+    // and the image alone (no manifest to cross-check its size: its chunk sizes come from its seek table only)
+    const bare = path.join(dir, "bare-claim");
+    fs.mkdirSync(bare);
+    fs.copyFileSync(image, path.join(bare, "image.zst"));
+    for (const args of [["verify", claim], ["verify", path.join(bare, "image.zst")], ["restore", path.join(dir, "claim.img"), "--from", claim, "--yes"]]) {
+      const r = await run(args);
+      // a clear error of its own (not the runtime's: a RangeError, an abort, out of memory)
+      expect([8, 10, 11]).toContain(r.code!);
+      expect(oneLine(r.stderr)).toMatch(/^tbbackup: .*(chunk 0|damaged|bad|cannot be trusted)/i);
+      expect(r.stderr).not.toMatch(/RangeError|out of memory|panic/i);
+    }
+    expect(fs.existsSync(path.join(dir, "claim.img"))).toBe(false);
+  });
 });
