@@ -10,6 +10,7 @@ import { decodeChunkRecord, encodeWant, wants, type ChunkRecord } from "../proto
 import { TbError, outcome } from "./errors.ts";
 import { peerError } from "./handshake.ts";
 import { zeroChecksum } from "./zero.ts";
+import { MAX_CHUNK_SIZE } from "./limits.ts";
 
 export type RestoreState =
   /** the handshake is done: waiting for RESTORE_INFO with this session */
@@ -105,8 +106,12 @@ export class RestoreSession {
     if (f.type === MsgType.ERROR) return this.fail(restoreError(f.payload));
     if (f.type !== MsgType.RESTORE_INFO) return NONE; // a repeated HELLO_ACK, leftovers of an earlier session
     const info = decodeMessage(MsgType.RESTORE_INFO, f.payload);
-    if (info?.session === this.session) this.s = { name: "offered", info };
-    else if (!info && sessionOf(f.payload) === this.session) return this.fail(new TbError("PROTOCOL", "the receiver's restore offer is malformed", sameVersion));
+    if (info?.session === this.session) {
+      // its sizes are the receiver's word: what a receiver of ours never offers is refused before anything is sized by it
+      const fault = offerFault(info);
+      if (fault) return this.fail(new TbError("PROTOCOL", `the receiver's restore offer ${fault}`, sameVersion));
+      this.s = { name: "offered", info };
+    } else if (!info && sessionOf(f.payload) === this.session) return this.fail(new TbError("PROTOCOL", "the receiver's restore offer is malformed", sameVersion));
     return NONE;
   }
 
@@ -161,6 +166,13 @@ export class RestoreSession {
     if (s.name !== "failed") this.s = { name: "failed", error: new TbError("CLOSED", ev.message, ""), began };
     return { type: "send", msg: { type: MsgType.ERROR, body: { session: this.session, code: "CLOSED", message: `restore stopped: ${ev.message}${began ? "" : " (nothing written)"}` } } };
   }
+}
+
+/** What in an offer no receiver of ours sends (a chunk size it never stores, a chunk count that does not fit the size), or null. */
+function offerFault(info: RestoreInfo): string | null {
+  if (info.chunkSize < 1 || info.chunkSize > MAX_CHUNK_SIZE) return `has chunks of ${info.chunkSize} bytes (a backup's are at most ${MAX_CHUNK_SIZE})`;
+  if (info.kind === "image" && info.chunks !== Math.ceil(info.size / info.chunkSize)) return `counts ${info.chunks} chunks of ${info.chunkSize} bytes for ${info.size} bytes`;
+  return null;
 }
 
 function countWanted(want: Uint8Array, chunks: number): number {

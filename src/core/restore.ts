@@ -27,6 +27,7 @@ import { zeroWriter } from "./zero-out.ts";
 import { Extractor, type ExtractStats } from "./files/extract.ts";
 import { POSIX_FADV_DONTNEED, loadLibc } from "../util/libc.ts";
 import { compressBound } from "../util/buffer-pool.ts";
+import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { SharedSlots, SlotPayloads } from "../util/shared-slots.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { requireZstd } from "../util/zstd.ts";
@@ -653,7 +654,9 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
       if (typeof got === "string") opts.reporter.info(`every chunk will be sent: the backup's digests did not arrive whole (${got})`);
       else digests = got;
     }
-    const slots = new SharedSlots(CHUNK_HEADER_SIZE + compressBound(offer.chunkSize) + TRAILER_SIZE);
+    // (the offer's chunk size is the receiver's word: slots hold at most what a chunk tbbackup writes
+    // takes, and a longer payload, which the frame layer bounds, comes in a buffer of its own)
+    const slots = new SharedSlots(CHUNK_HEADER_SIZE + compressBound(Math.min(offer.chunkSize, MAX_CHUNK_SIZE)) + TRAILER_SIZE);
     ch.usePool(new SlotPayloads(slots));
     // While the target is synced and read back (minutes for a big disk), the
     // receiver waits for RESTORE_DONE: tell one that knows keepalives we are still at it.

@@ -8,7 +8,8 @@ import * as path from "node:path";
 import { cleanup, oneLine, randomImage, run, tempDir } from "../helpers/cli.ts";
 import { FrameDecoder, encodeFrame, type Frame } from "../../src/protocol/frame.ts";
 import { MsgType, decodeJson, encodeJson, type Hello, type RestoreInfo } from "../../src/protocol/messages.ts";
-import { zeroRecordFrame } from "../../src/protocol/chunk-record.ts";
+import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame, zeroRecordFrame } from "../../src/protocol/chunk-record.ts";
+import { zstd } from "../../src/util/zstd.ts";
 import { newHelloAck } from "../../src/core/handshake.ts";
 import { zeroChecksum } from "../../src/core/zero.ts";
 
@@ -96,6 +97,33 @@ describe("a message the session's state does not allow", () => {
       } finally {
         ok.close();
       }
+    } finally {
+      server.close();
+    }
+  });
+
+  test("restore: an offer of chunks of 1 TiB is refused (PROTOCOL, exit 6) before anything is sized by it; no target is made", async () => {
+    const sock = path.join(dir, "huge-chunks.sock");
+    const target = path.join(dir, "huge.img");
+    // one chunk of 128 KiB of random data, sent as it would be: a payload large enough for a pooled buffer
+    const raw = new Uint8Array(128 * 1024);
+    for (let i = 0; i < raw.length; i += 65536) crypto.getRandomValues(raw.subarray(i, i + 65536));
+    const z = zstd();
+    const out = new Uint8Array(dataFrameSize(z.compressBound(raw.length)));
+    const n = new z.CCtx().compress2(out.subarray(DATA_PAYLOAD_AT), raw);
+    const data = out.subarray(0, sealDataFrame(out, { index: 0, offset: 0, rawLength: raw.length, checksum: Bun.hash.xxHash3(raw) }, n));
+    const sha256 = new Bun.CryptoHasher("sha256").update(raw).digest("hex");
+    const offer = (session: string): RestoreInfo => ({ session, id: "h/d/t", kind: "image", host: { hostname: "h", machineId: null, productUuid: null }, disk: { path: "/dev/sda", kind: "block", name: "sda", size: raw.length, model: null, serial: null, wwn: null, logicalBlockSize: 512, partitionTable: null }, label: null, date: "2026-01-01T00:00:00Z", size: raw.length, chunkSize: 2 ** 40, chunks: 1, sha256 });
+    const server = await fakeReceiver(sock, (f, hello) => {
+      if (f.type === MsgType.HELLO) return [json(MsgType.HELLO_ACK, newHelloAck(hello!)), json(MsgType.RESTORE_INFO, offer(hello!.session))];
+      if (f.type === MsgType.RESTORE) return [data, json(MsgType.RESTORE_END, { chunks: 1, bytes: raw.length, sha256 })];
+      return [];
+    });
+    try {
+      const r = await run(["restore", target, "--stream", `unix:${sock}`, "--yes", "--wait", "10"]);
+      expect(oneLine(r.stderr)).toMatch(/the receiver's restore offer has chunks of 1099511627776 bytes/);
+      expect(r.code).toBe(6);
+      expect(fs.existsSync(target)).toBe(false);
     } finally {
       server.close();
     }

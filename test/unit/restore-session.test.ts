@@ -43,6 +43,28 @@ describe("restore session: the offer", () => {
     expect(r.failure?.message).toMatch(/restore offer is malformed/);
   });
 
+  test("an offer no receiver of ours sends (chunks of 1 TiB, none, or a count that does not fit the size) is refused with PROTOCOL", () => {
+    for (const [bad, why] of [
+      [{ chunkSize: 2 ** 40, chunks: 1 }, /chunks of 1099511627776 bytes/],
+      [{ chunkSize: 0 }, /chunks of 0 bytes/],
+      [{ chunks: 2 ** 50 }, /counts 1125899906842624 chunks of 4096 bytes for 16384 bytes/],
+      [{ chunks: 3 }, /counts 3 chunks/],
+    ] as const) {
+      const r = new RestoreSession(S);
+      r.step(json(MsgType.RESTORE_INFO, { ...info, ...bad }));
+      expect(r.failure?.code).toBe("PROTOCOL");
+      expect(r.failure?.message).toMatch(why);
+      expect(r.info).toBeNull();
+    }
+    // the largest chunks a backup has, and a short last chunk, are taken
+    for (const ok of [{ chunkSize: 4 * 1024 * 1024, chunks: 1 }, { size: 4 * CHUNK + 1, chunks: 5 }]) {
+      const r = new RestoreSession(S);
+      r.step(json(MsgType.RESTORE_INFO, { ...info, ...ok }));
+      expect(r.failure).toBeNull();
+      expect(r.state.name).toBe("offered");
+    }
+  });
+
   test("an ERROR with candidates fails with them, and the advice to pick one", () => {
     const r = new RestoreSession(S);
     r.step(json(MsgType.ERROR, { session: S, code: "NOT_FOUND", message: "no match", candidates: ["pc/sda/1  ..."] }));
