@@ -552,6 +552,10 @@ function fileSource(from: string, comparing: boolean): Source {
     ...(manifest?.sha256 ? { sha256: manifest.sha256 } : {}),
   };
   if (!info.root && !info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with an integrity root or SHA-256`, "restore from a backup directory made by tbbackup receive");
+  // sizes are the store's word: buffers are sized by them, so what tbbackup never writes is damage
+  const longest = reader.entries.reduce((m, e) => Math.max(m, e.rawSize), 0);
+  if (reader.entries.length > 0 && (!Number.isSafeInteger(chunkSize) || chunkSize < 1 || chunkSize > MAX_CHUNK_SIZE || longest > chunkSize))
+    throw new TbError("VERIFY", `${dir} is damaged: chunks of ${chunkSize} bytes${longest > chunkSize ? `, and one of ${longest}` : ""} (a backup's are at most ${MAX_CHUNK_SIZE})`, "restore another backup");
   const slots = frameSlots(reader);
   const got = comparing && manifest && info.kind === "image" ? readDigests(reader, manifest) : null;
   const digests = got instanceof Uint8Array && got.length === 32 * info.chunks ? got : undefined;

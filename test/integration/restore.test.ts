@@ -545,5 +545,14 @@ describe("corruption", () => {
       expect(r.stderr).not.toMatch(/RangeError|out of memory|panic/i);
     }
     expect(fs.existsSync(path.join(dir, "claim.img"))).toBe(false);
+    // a manifest whose chunk size is damaged: restore --from says so before sizing anything by it
+    const m = path.join(dir, "claim-manifest");
+    sh(`cp -r ${backupDir} ${m}`);
+    const manifest = JSON.parse(fs.readFileSync(path.join(m, "manifest.json"), "utf8"));
+    fs.writeFileSync(path.join(m, "manifest.json"), JSON.stringify({ ...manifest, chunkSize: 2 ** 40 }));
+    const r = await run(["restore", path.join(dir, "claim2.img"), "--from", m, "--yes"]);
+    expect(r.code).toBe(10);
+    expect(oneLine(r.stderr)).toMatch(/is damaged: chunks of 1099511627776 bytes/);
+    expect(fs.existsSync(path.join(dir, "claim2.img"))).toBe(false);
   });
 });
