@@ -11,6 +11,7 @@ import { locateBackup, type Located } from "../core/verify.ts";
 import { isZeroFrame, zeroChecksum, zeroFrame } from "../core/zero.ts";
 import { requireZstd, zstd } from "../util/zstd.ts";
 import { WorkerPool } from "../core/chunk-jobs.ts";
+import { MAX_CHUNK_SIZE } from "../core/limits.ts";
 import { SharedSlots } from "../util/shared-slots.ts";
 
 /** decompressions running or queued on the workers at most (bounds their memory) */
@@ -125,7 +126,8 @@ export class ImageExport {
     this.zeros = new Uint8Array(longest);
     this.poolSize = reader.entries[0]?.rawSize ?? 0;
     this.pool = workers > 0 ? new WorkerPool(workers) : null;
-    this.frameSlots = this.pool ? new SharedSlots(Math.max(1, longestFrame)) : null;
+    // (at most what a chunk tbbackup writes takes: a longer frame is read into a buffer of its own)
+    this.frameSlots = this.pool ? new SharedSlots(Math.min(Math.max(1, longestFrame), maxEntrySize(MAX_CHUNK_SIZE))) : null;
     if (this.frameSlots) this.pool!.share(this.frameSlots);
   }
 
@@ -268,12 +270,12 @@ export class ImageExport {
     try {
       const hit = this.cached(i, false); // (decompressed meanwhile, by a read that did not wait)
       if (hit) return hit;
-      // (a slot holds the longest frame; it is free again once the worker has answered)
+      // (a frame in a slot is free again once the worker has answered; a longer one than slots hold has a buffer of its own)
       const slots = this.frameSlots!;
-      const slot = slots.take(e.compressedSize);
+      const slot = e.compressedSize <= slots.capacity ? slots.take(e.compressedSize) : null;
       let r;
       try {
-        const frame = this.frame(i, slot);
+        const frame = this.frame(i, slot ?? new Uint8Array(e.compressedSize));
         if (this.isZeroFrame(i, frame)) {
           this.stats.zeroReads++;
           return this.zeros.subarray(0, e.rawSize);
@@ -288,7 +290,7 @@ export class ImageExport {
           ref ? [out.buffer as ArrayBuffer] : [frame.buffer as ArrayBuffer, out.buffer as ArrayBuffer],
         );
       } finally {
-        slots.give(slot);
+        if (slot) slots.give(slot);
       }
       // a worker that died: this thread does it
       if (r.op !== "checked") return this.chunk(i, false);
