@@ -13,6 +13,19 @@ import type { SharedSlots, SlotRef } from "../util/shared-slots.ts";
  */
 export type Bytes = ArrayBuffer | SlotRef;
 
+/**
+ * How a job's `buf`/`at` name `view`: by its slot when it lies in one of
+ * `slots` (`named`: nothing crosses, and the slot is the caller's to give back
+ * once the worker answered), else its own buffer, handed over in `transfer`
+ * (a copy of a view that cannot be transferred) and back as the reply's `buf`.
+ */
+export function jobBytes(slots: SharedSlots | null, view: Uint8Array): { buf: Bytes; at: number; transfer: ArrayBuffer[]; named: boolean } {
+  const ref = slots?.ref(view);
+  if (ref) return { buf: ref, at: 0, transfer: [], named: true };
+  const own = view.buffer instanceof ArrayBuffer ? { buf: view.buffer, at: view.byteOffset } : { buf: view.slice().buffer as ArrayBuffer, at: 0 };
+  return { ...own, transfer: [own.buf], named: false };
+}
+
 export type WorkerRequest =
   | { op: "level"; level: number }
   /** an arena of shared slots, for the jobs after it to name (SharedSlots) */

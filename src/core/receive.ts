@@ -15,7 +15,7 @@ import { MANIFEST_FORMAT, idPart, openRepository, prefixDigest, type BackupWrite
 import { awaitResume, checkPrefix, findResumable, markNotResumable } from "./resume.ts";
 import { Channel, CorruptFrame } from "./channel.ts";
 import { DamageBudget, RESEND_REPEAT_MS } from "./resend.ts";
-import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
+import { WorkerPool, jobBytes, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, ROOT_ALGORITHM, isDigest, zeroDigest } from "../store/root.ts";
 import { TbError, asTbError, errnoCode, errnoText, isErrno, outcome } from "./errors.ts";
@@ -546,14 +546,11 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
    * with a frame digest may be known by it (docs/FORMAT.md §4b).
    */
   const check = (index: number, rawLength: number, checksum: bigint, z: Uint8Array, write: FrameWrite, fromBase?: { digest: string; bytes: number; frameDigest: string | null }) => {
-    const ref = slots.ref(z);
     const known = fromBase?.frameDigest ? { known: { frame: fromBase.frameDigest, raw: fromBase.digest } } : {};
-    const job = { op: "check", index, rawLength, checksum, at: 0, length: z.length, hash: wholeSha, digest: true, frameDigest: true, wantRaw: false, write, ...known } as const;
-    const pin = wholeSha ? 0 : undefined;
-    if (ref) return track(index, rawLength, pool.run({ ...job, buf: ref }, [], pin), fromBase, z);
-    // (a payload in no slot of ours: its own buffer goes over, or a copy of one that cannot be transferred)
-    const own = z.buffer instanceof ArrayBuffer ? { buf: z.buffer, at: z.byteOffset } : { buf: z.slice().buffer as ArrayBuffer, at: 0 };
-    return track(index, rawLength, pool.run({ ...job, ...own }, [own.buf], pin), fromBase);
+    // (a payload in no slot of ours goes over in its own buffer)
+    const { buf, at, transfer, named } = jobBytes(slots, z);
+    const job = { op: "check", index, rawLength, checksum, buf, at, length: z.length, hash: wholeSha, digest: true, frameDigest: true, wantRaw: false, write, ...known } as const;
+    return track(index, rawLength, pool.run(job, transfer, wholeSha ? 0 : undefined), fromBase, named ? z : undefined);
   };
   // A write or sync of the backup failed (the workers report an errno code).
   const storeFailed = (doing: string, e: unknown) => {

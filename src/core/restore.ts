@@ -11,7 +11,7 @@ import { DELTA_RESTORE_CAP, STATUS_CAP } from "./version.ts";
 import { MAX_BASE_CHUNKS, readDigests, receiveBaseDigests } from "./incremental.ts";
 import type { Transport } from "../transport/index.ts";
 import { Channel } from "./channel.ts";
-import { Hasher, WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
+import { Hasher, WorkerPool, jobBytes, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest, digestAt } from "../store/root.ts";
 import { TbError, asTbError, outcome, saysUnfinished } from "./errors.ts";
@@ -20,7 +20,7 @@ import { RestoreSession, type RestorerMessage } from "./restore-session.ts";
 import { type Keepalive, startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
 import { assertNotInUse, inspectTarget, isBlank, notTheBackup, openDirect, openTarget, targetWriteError, writeAt, type TargetInfo } from "./target.ts";
-import { frameSlots, locateBackup, openLocated, readStoredChunk } from "./verify.ts";
+import { frameSlots, locateBackup, openLocated, readStoredChunkInSlot } from "./verify.ts";
 import { holeTest } from "./source.ts";
 import { isZeroFrame } from "./zero.ts";
 import { zeroWriter } from "./zero-out.ts";
@@ -316,17 +316,13 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
           : Promise.resolve(null)
         : (() => {
             const writeRaw = out.fd !== undefined ? { fd: out.fd, position: c.offset, direct: out.direct } : undefined;
-            // a frame in a slot is named, one in a buffer of its own is handed over (and comes back as the reply's buf)
-            const frame = c.frame!;
-            const ref = src.slots.ref(frame);
-            const own = ref ? null : frame.buffer instanceof ArrayBuffer ? { buf: frame.buffer, at: frame.byteOffset } : { buf: frame.slice().buffer as ArrayBuffer, at: 0 };
-            const bytes = ref ? { buf: ref, at: 0 } : own!;
-            const job = { op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, ...bytes, length: frame.length, hash: false, digest: root !== null, writeRaw, onlyIfDiffers: delta && !plan } as const;
-            const handed = own ? [own.buf] : [];
+            // (a frame in a buffer of its own is handed over, and comes back as the reply's buf)
+            const { buf, at, transfer } = jobBytes(src.slots, c.frame!);
+            const job = { op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf, at, length: c.frame!.length, hash: false, digest: root !== null, writeRaw, onlyIfDiffers: delta && !plan } as const;
             // the raw chunk comes back only when something here takes it (a SHA-256, an extractor); else the worker's own buffer holds it
-            if (!wantRaw) return pool.run({ ...job, wantRaw: false }, handed);
+            if (!wantRaw) return pool.run({ ...job, wantRaw: false }, transfer);
             const outBuf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
-            return pool.run({ ...job, wantRaw: true, out: outBuf }, [...handed, outBuf]);
+            return pool.run({ ...job, wantRaw: true, out: outBuf }, [...transfer, outBuf]);
           })();
       await pending.add(p.then((r) => ({ c, r })));
       count++;
@@ -575,15 +571,7 @@ function fileSource(from: string, comparing: boolean): Source {
         offset += e.rawSize;
         continue;
       }
-      // (a frame larger than a slot is read into a buffer of its own, and the slot goes back)
-      const into = slots.take();
-      let got: ReturnType<typeof readStoredChunk> | null = null;
-      try {
-        got = readStoredChunk(reader, list, i, into, damaged);
-      } finally {
-        if (got?.frame.buffer !== into.buffer) slots.give(into);
-      }
-      const { line, frame } = got;
+      const { line, frame } = readStoredChunkInSlot(reader, list, i, slots, damaged);
       const checksum = line?.checksum ?? -1n;
       const zero = isZeroFrame(frame, e.rawSize, checksum);
       if (zero) slots.give(frame);

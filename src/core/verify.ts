@@ -6,7 +6,7 @@ import { backupAt, maxEntrySize, openBackupAt, type BackupAt, type BackupReader,
 import { storeKind } from "../store/errors.ts";
 import { SharedSlots } from "../util/shared-slots.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
-import { WorkerPool, workerCount, type WorkerReply } from "./chunk-jobs.ts";
+import { WorkerPool, jobBytes, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest } from "../store/root.ts";
 import { isZeroFrame } from "./zero.ts";
@@ -83,12 +83,6 @@ export function nextChunkLine(reader: BackupReader, list: ChunkLines, i: number,
 }
 
 /**
- * Chunk i of a stored backup: its chunk-list line (checked against the seek
- * table; null for a backup without a list) and its frame, read into `into`
- * when it fits. A damaged backup (a line that does not match, a frame cut
- * short, a malformed list) ends in the error `damaged` makes, never a raw one.
- */
-/**
  * Slots to read a stored backup's frames into for the workers. Sized by the
  * entries the seek table lists (their sizes are bounded by the file's, unlike
  * a chunk size it or the manifest claims), and at most what a chunk tbbackup
@@ -101,6 +95,12 @@ export function frameSlots(reader: BackupReader): SharedSlots {
   return new SharedSlots(Math.min(longest, maxEntrySize(MAX_CHUNK_SIZE)));
 }
 
+/**
+ * Chunk i of a stored backup: its chunk-list line (checked against the seek
+ * table; null for a backup without a list) and its frame, read into `into`
+ * when it fits. A damaged backup (a line that does not match, a frame cut
+ * short, a malformed list) ends in the error `damaged` makes, never a raw one.
+ */
 export function readStoredChunk(reader: BackupReader, list: ChunkLines | null, i: number, into: Uint8Array, damaged: (why: string) => TbError): { line: ChunkLine | null; frame: Uint8Array } {
   const line = list ? nextChunkLine(reader, list, i, damaged) : null;
   try {
@@ -108,6 +108,22 @@ export function readStoredChunk(reader: BackupReader, list: ChunkLines | null, i
   } catch (err) {
     throw damaged((err as Error).message);
   }
+}
+
+/**
+ * readStoredChunk into a slot of `slots`: the frame is in that slot (to give
+ * back once the workers are done with it), or, longer than a slot holds, in a
+ * buffer of its own, and the slot went back at once (also on an error).
+ */
+export function readStoredChunkInSlot(reader: BackupReader, list: ChunkLines | null, i: number, slots: SharedSlots, damaged: (why: string) => TbError): { line: ChunkLine | null; frame: Uint8Array } {
+  const into = slots.take();
+  let got: ReturnType<typeof readStoredChunk> | null = null;
+  try {
+    got = readStoredChunk(reader, list, i, into, damaged);
+  } finally {
+    if (got?.frame.buffer !== into.buffer) slots.give(into);
+  }
+  return got;
 }
 
 export async function verify(p: string, reporter: Reporter): Promise<VerifyResult> {
@@ -143,26 +159,16 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
     let bytes = 0;
     for (let i = 0; i < reader.entries.length; i++) {
       const e = reader.entries[i]!;
-      // (a frame larger than a slot is read into a buffer of its own, which is handed over, and the slot goes back)
-      const into = slots.take();
-      let got: ReturnType<typeof readStoredChunk> | null = null;
-      try {
-        got = readStoredChunk(reader, list, i, into, (why) => bad(i, why));
-      } finally {
-        if (got?.frame.buffer !== into.buffer) slots.give(into);
-      }
-      const { line: c, frame } = got;
-      const ref = slots.ref(frame);
+      const { line: c, frame } = readStoredChunkInSlot(reader, list, i, slots, (why) => bad(i, why));
       if (!wholeSha && isZeroFrame(frame, e.rawSize, c?.checksum ?? -1n)) {
-        if (ref) slots.give(frame);
+        slots.give(frame); // (a frame in a buffer of its own is in no slot: nothing to give)
         await checks.add(Promise.resolve({ i, r: null }));
         bytes += e.rawSize;
         continue;
       }
-      const job = { op: "check", index: i, rawLength: e.rawSize, checksum: c?.checksum ?? -1n, length: frame.length, hash: wholeSha, digest: true, wantRaw: false } as const;
-      const pin = wholeSha ? 0 : undefined;
-      const reply = ref ? pool.run({ ...job, buf: ref, at: 0 }, [], pin) : pool.run({ ...job, buf: frame.buffer as ArrayBuffer, at: frame.byteOffset }, [frame.buffer as ArrayBuffer], pin);
-      await checks.add(reply.then((r) => ({ i, r, ...(ref ? { held: frame } : {}) })));
+      const { buf, at, transfer, named } = jobBytes(slots, frame);
+      const reply = pool.run({ op: "check", index: i, rawLength: e.rawSize, checksum: c?.checksum ?? -1n, buf, at, length: frame.length, hash: wholeSha, digest: true, wantRaw: false }, transfer, wholeSha ? 0 : undefined);
+      await checks.add(reply.then((r) => ({ i, r, ...(named ? { held: frame } : {}) })));
       bytes += e.rawSize;
       if ((i & 31) === 0) reporter.progress({ phase: "verify", bytes, total: reader.rawSize });
     }

@@ -10,7 +10,7 @@ import { TbError } from "../core/errors.ts";
 import { locateBackup, type Located } from "../core/verify.ts";
 import { isZeroFrame, zeroChecksum, zeroFrame } from "../core/zero.ts";
 import { requireZstd, zstd } from "../util/zstd.ts";
-import { WorkerPool } from "../core/chunk-jobs.ts";
+import { WorkerPool, jobBytes } from "../core/chunk-jobs.ts";
 import { MAX_CHUNK_SIZE } from "../core/limits.ts";
 import { SharedSlots } from "../util/shared-slots.ts";
 
@@ -282,13 +282,8 @@ export class ImageExport {
         }
         this.stats.misses++;
         const out = this.buffer(e.rawSize);
-        // (named in its slot; one the reader put in a buffer of its own is handed over)
-        const ref = slots.ref(frame);
-        const bytes = ref ? { buf: ref, at: 0 } : { buf: frame.buffer as ArrayBuffer, at: frame.byteOffset };
-        r = await this.pool!.run(
-          { op: "check", index: i, rawLength: e.rawSize, checksum: this.expected(i), ...bytes, length: frame.length, hash: false, wantRaw: true, out: out.buffer as ArrayBuffer },
-          ref ? [out.buffer as ArrayBuffer] : [frame.buffer as ArrayBuffer, out.buffer as ArrayBuffer],
-        );
+        const { buf, at, transfer } = jobBytes(slots, frame);
+        r = await this.pool!.run({ op: "check", index: i, rawLength: e.rawSize, checksum: this.expected(i), buf, at, length: frame.length, hash: false, wantRaw: true, out: out.buffer as ArrayBuffer }, [...transfer, out.buffer as ArrayBuffer]);
       } finally {
         if (slot) slots.give(slot);
       }

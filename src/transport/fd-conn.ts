@@ -87,6 +87,11 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
   let cutSleep: (() => void) | null = null;
   let sleepingMs = 0;
   const writing = () => performance.now() - wroteAt < WRITING_FOR_MS;
+  /** this side writes: a peer that was silent a while is looked at soon again (WRITING_POLL_MS) */
+  const noteWrite = () => {
+    wroteAt = performance.now();
+    if (cutSleep && sleepingMs > WRITING_POLL_MS) cutSleep();
+  };
   (async () => {
     while (!closed) {
       if (queue.length >= MAX_QUEUED) {
@@ -152,14 +157,8 @@ export function fdConn(fd: number, o: FdConnOptions): Conn {
       let off = 0;
       let tries = 0;
       let waitMs = 1;
-      // a peer that was silent a while is looked at soon again (WRITING_POLL_MS),
-      // also while a long write waits for room (noted at each of its tries)
-      const writingNow = () => {
-        wroteAt = performance.now();
-        if (cutSleep && sleepingMs > WRITING_POLL_MS) cutSleep();
-      };
       while (off < data.length) {
-        writingNow();
+        noteWrite(); // (at each try: also while a long write waits for room)
         if (closed) throw o.gone(new Error("closed"));
         try {
           off += await io(writeAsync(fd, data, off));
