@@ -4,7 +4,7 @@
 // sending side alone. DONE echoes what END carried (the SHA-256, an integrity
 // root, whatever the sender's version puts there), and HELLO_ACK echoes the
 // sender's capabilities, so the sender takes its newest path and accepts the
-// answer. --record FILE keeps every byte the sender sent, for
+// answer (BLAKE3 chunk digests to a sender that lists them). --record FILE keeps every byte the sender sent, for
 // scripts/bench-replay.ts. Not a receiver to keep backups with.
 // usage: bun scripts/bench-sink.ts unix:PATH [--record FILE]
 import * as fs from "node:fs";
@@ -55,7 +55,7 @@ async function control(t: number, payload: Uint8Array): Promise<void> {
     if (typeof h.chunkSize === "number" && h.chunkSize > 0) chunkSize = h.chunkSize;
     if (typeof h.disk?.size === "number" && h.disk.size >= 0) size = h.disk.size;
     const caps = Array.isArray(h.caps) ? h.caps.filter((c) => typeof c === "string") : [];
-    await send(MsgType.HELLO_ACK, { protocol: PROTOCOL_NAME, proto: PROTOCOL_VERSION, tool: "tbbackup-bench-sink", session, host: { hostname: "bench-sink", machineId: null, productUuid: null }, caps, id: "bench-sink/sink/0" });
+    await send(MsgType.HELLO_ACK, { protocol: PROTOCOL_NAME, proto: PROTOCOL_VERSION, tool: "tbbackup-bench-sink", session, host: { hostname: "bench-sink", machineId: null, productUuid: null }, caps, id: "bench-sink/sink/0", ...(caps.includes("blake3") ? { digest: "blake3" } : {}) });
   } else if (t === MsgType.END) {
     const end = decodeJson<Record<string, unknown>>(payload) ?? {};
     // everything END says about the data (sha256, root, ...) comes back as the receiver's own

@@ -1,6 +1,7 @@
-// Builds dist/tbbackup: one executable with the zstd-napi addon embedded.
-// zstd-napi's binding.js computes its require() path at run time, which the
-// bundler cannot follow; this plugin replaces it with a static require.
+// Builds dist/tbbackup: one executable with the zstd-napi and BLAKE3
+// (@napi-rs/blake-hash) addons embedded. Both pick their addon's path at run
+// time, which the bundler cannot follow; these plugins replace that with a
+// static require of the addon built for this machine's platform.
 import { mkdirSync } from "node:fs";
 
 mkdirSync("dist", { recursive: true });
@@ -18,6 +19,16 @@ const result = await Bun.build({
       setup(build) {
         build.onLoad({ filter: /zstd-napi[\\/]binding\.js$/ }, () => ({
           contents: 'module.exports = require("./build/Release/binding.node");',
+          loader: "js",
+        }));
+      },
+    },
+    {
+      // (its index.js tries every platform's package in turn, and reads /usr/bin/ldd for musl)
+      name: "blake-hash-static-binding",
+      setup(build) {
+        build.onLoad({ filter: /@napi-rs[\\/]blake-hash[\\/]index\.js$/ }, () => ({
+          contents: `module.exports = require("@napi-rs/blake-hash-${process.platform}-${process.arch}-gnu");`,
           loader: "js",
         }));
       },

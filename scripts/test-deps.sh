@@ -5,7 +5,7 @@
 # tests that need a missing tool then say so when they are skipped.
 set -uo pipefail
 pairs=(
-  python3:python3 mkfs.ext4:e2fsprogs socat:socat zstd:zstd shellcheck:shellcheck
+  python3:python3 mkfs.ext4:e2fsprogs socat:socat zstd:zstd b3sum:b3sum shellcheck:shellcheck
   fusermount3:fuse3 losetup:mount sfdisk:fdisk script:bsdutils /usr/bin/time:time
   partclone.ext4:partclone mkfs.xfs:xfsprogs mkfs.vfat:dosfstools mcopy:mtools
   mkfs.ntfs:ntfs-3g mkfs.btrfs:btrfs-progs nbdinfo:libnbd-bin nbdfuse:libnbd-bin nbdsh:python3-libnbd qemu-img:qemu-utils qemu-io:qemu-utils

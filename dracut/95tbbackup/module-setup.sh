@@ -60,9 +60,9 @@ install() {
         inst_library "$lib"
     done < <(ldd "$bin" 2> /dev/null | sed -n 's/.*=> \(\/[^ ]*\) .*/\1/p')
     inst_libdir_file "libc.so.6" "libm.so.6" "libpthread.so.0" "libdl.so.2"
-    # The embedded zstd addon is unpacked into TMPDIR at run time and needs
-    # these, which ldd on the program does not show.
-    inst_libdir_file "libstdc++.so.6*" "libgcc_s.so.1*"
+    # The embedded zstd and BLAKE3 addons are unpacked into TMPDIR at run time
+    # and need these, which ldd on the program does not show.
+    inst_libdir_file "libstdc++.so.6*" "libgcc_s.so.1*" "librt.so.1"
     mkdir -p "${initdir}/tmp"
 
     inst_script "$moddir/tbbackup.sh" /usr/bin/tbbackup

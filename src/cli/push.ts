@@ -83,7 +83,7 @@ export function register(program: Command): void {
         if (o.chunkSize < 4096 || o.chunkSize > MAX_CHUNK_SIZE || o.chunkSize % 4096 !== 0)
           throw new TbError("USAGE", `--chunk-size ${o.chunkSize} is not allowed`, "use a multiple of 4K from 4K to 4M");
         // before anything starts, and outside the 'backup is incomplete' wording below
-        (await import("../util/zstd.ts")).requireZstd();
+        (await import("../util/zstd.ts")).requireAddons();
         const readWrite = source ? checkSource(source, o.strict === true) : [];
         const mountedRw: MountedRw[] = readWrite.map(({ device, mountpoint }) => ({ device, mountpoint }));
         const key = await keyFor(o.stream, false, o);

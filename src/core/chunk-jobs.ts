@@ -5,6 +5,7 @@
 import { availableParallelism } from "node:os";
 import type { FrameWrite } from "../store/reflink.ts";
 import type { SharedSlots, SlotRef } from "../util/shared-slots.ts";
+import type { DigestAlgorithm } from "../store/root.ts";
 
 /**
  * A job's data: a buffer handed over (and back), or bytes in an arena the
@@ -31,8 +32,8 @@ export type WorkerRequest =
   /** an arena of shared slots, for the jobs after it to name (SharedSlots) */
   | { op: "arena"; id: number; sab: SharedArrayBuffer }
   /** `raw`: the chunk; `out`: the slot to build its DATA frame in (room for any chunk's frame) */
-  /** `base`: the base backup's SHA-256 of this chunk (incremental push): when the chunk's equals it, nothing is compressed */
-  | { op: "compress"; index: number; offset: number; rawLength: number; raw: SlotRef; out: SlotRef; base?: string }
+  /** `digest`: the chunk digest of the root (docs/FORMAT.md §4a); `base`: the base backup's digest of this chunk (incremental push): when the chunk's equals it, nothing is compressed */
+  | { op: "compress"; index: number; offset: number; rawLength: number; raw: SlotRef; out: SlotRef; digest: DigestAlgorithm; base?: string }
   | {
       op: "check";
       index: number;
@@ -44,14 +45,14 @@ export type WorkerRequest =
       length: number;
       /** feed the worker's whole-image SHA-256 (in order: a pool of one worker) */
       hash: boolean;
-      /** return the SHA-256 of the raw chunk (the integrity root's digest) */
-      digest?: boolean;
+      /** return this digest of the raw chunk (the integrity root's, docs/FORMAT.md §4a) */
+      digest?: DigestAlgorithm;
       /** return the zstd frame's digest (its frame-xxh3.txt line, docs/FORMAT.md §4b) */
       frameDigest?: boolean;
       /**
        * a stored frame whose digest was taken when it was checked (a base's
        * frame-xxh3.txt line, or an older frame-digests.txt one), and its raw
-       * chunk's SHA-256: when the frame still hashes to `frame` it is those
+       * chunk's digest (in `digest`'s algorithm): when the frame still hashes to `frame` it is those
        * very bytes, known to hold `raw`, and is written without being
        * decompressed again (not with `hash`)
        */
@@ -73,15 +74,15 @@ export type WorkerRequest =
   | { op: "hash"; index: number; buf: Bytes; length: number }
   | { op: "digest" }
   /**
-   * read `length` bytes of fd at position and return their SHA-256 (`buf`, if
+   * read `length` bytes of fd at position and return their `digest` (`buf`, if
    * any, is handed back unused); `direct`: an O_DIRECT descriptor of the same
-   * target to read through instead; `piece`: one read, a SHA-256 for each
+   * target to read through instead; `piece`: one read, a digest for each
    * `piece` bytes of it (several chunks in one job: `digests`)
    */
-  | { op: "readhash"; index: number; fd: number; position: number; length: number; direct?: number; piece?: number };
+  | { op: "readhash"; index: number; fd: number; position: number; length: number; digest: DigestAlgorithm; direct?: number; piece?: number };
 
 export type WorkerReply =
-  /** same: the chunk's SHA-256 equals the request's `base` (no frame was built; `checksum` is its XXH3-64 for the SAME record) */
+  /** same: the chunk's digest equals the request's `base` (no frame was built; `checksum` is its XXH3-64 for the SAME record) */
   /** the frame is in the request's `out` slot */
   | { op: "compressed"; index: number; digest: string; frameLength: number; compressedSize: number; same?: boolean; checksum?: bigint }
   /** `buf`: the request's input buffer, handed back */
@@ -90,7 +91,7 @@ export type WorkerReply =
   /** `frameDigest`: as asked, the zstd frame's digest (frame-xxh3.txt); `known`: the request's known frame checked out by its digest alone */
   | { op: "checked"; index: number; ok: boolean; error?: string; raw?: ArrayBuffer; writeError?: string; buf?: ArrayBuffer; digest?: string; frameDigest?: string; known?: boolean; unchanged?: boolean; cloned?: boolean }
   /** `length`: bytes read (fewer at the end of the file); `error`: the read's errno code */
-  /** `digests`: with `piece`, the SHA-256 of each piece read (a short last one too) */
+  /** `digests`: with `piece`, the digest of each piece read (a short last one too) */
   | { op: "readhashed"; index: number; digest: string; digests?: string[]; length: number; error?: string }
   | { op: "zeroed"; index: number; writeError?: string }
   | { op: "hashed"; index: number; buf?: ArrayBuffer }

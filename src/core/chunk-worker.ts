@@ -1,8 +1,8 @@
 // Worker thread: the CPU-heavy per-chunk work, off the main thread so every
-// core stays busy. Compress (sender): raw chunk -> its SHA-256 and a complete
+// core stays busy. Compress (sender): raw chunk -> its digest and a complete
 // DATA wire frame (or word that it is the same as the base backup's chunk; the
 // sender finds all-zero chunks itself as it reads them). Check (receiver, restore,
-// verify): zstd frame -> raw, verify its checksum, its SHA-256 for the
+// verify): zstd frame -> raw, verify its checksum, its digest for the
 // integrity root (docs/FORMAT.md §4a); with a pool of one worker, also feed
 // the classic whole-image SHA-256 in order. Readhash: read a range of a file
 // and hash it (restore's read-back).
@@ -167,7 +167,7 @@ function check(m: Extract<WorkerRequest, { op: "check" }>): CheckReply {
   }
   if (m.checksum >= 0n && Bun.hash.xxHash3(raw) !== m.checksum) return { op: "checked", index: m.index, ok: false, error: "raw data checksum mismatch" };
   if (m.hash) sha.update(raw);
-  const digest = m.digest ? chunkDigest(raw) : undefined;
+  const digest = m.digest ? chunkDigest(raw, m.digest) : undefined;
   if (m.frameDigest) frameDigest ??= frameDigestOf(z);
   const unchanged = m.writeRaw !== undefined && m.onlyIfDiffers === true && holds(m.writeRaw.fd, m.writeRaw.direct, raw, m.writeRaw.position);
   const stored = m.write ? storeFrame(m.write, z) : undefined;
@@ -210,7 +210,7 @@ function handle(m: WorkerRequest): void {
       return;
     case "compress": {
       const raw = bytesOf(m.raw, 0, m.rawLength);
-      const digest = chunkDigest(raw);
+      const digest = chunkDigest(raw, m.digest);
       const checksum = Bun.hash.xxHash3(raw);
       if (m.base === digest) {
         reply({ op: "compressed", index: m.index, same: true, checksum, digest, frameLength: 0, compressedSize: 0 });
@@ -242,7 +242,7 @@ function handle(m: WorkerRequest): void {
       try {
         const got = readTarget(m.fd, m.direct, m.length, m.position);
         // zeros (most of a disk's free space) have a known digest: checking is far cheaper than hashing
-        const digestOf = (d: Uint8Array) => (isAllZero(d) ? zeroDigest(d.length) : chunkDigest(d));
+        const digestOf = (d: Uint8Array) => (isAllZero(d) ? zeroDigest(d.length, m.digest) : chunkDigest(d, m.digest));
         const digests: string[] = [];
         for (let at = 0; m.piece !== undefined && at < got.length; at += m.piece) digests.push(digestOf(got.subarray(at, Math.min(at + m.piece, got.length))));
         reply({ op: "readhashed", index: m.index, digest: m.piece === undefined ? digestOf(got) : "", ...(m.piece !== undefined ? { digests } : {}), length: got.length });

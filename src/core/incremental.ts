@@ -7,8 +7,8 @@
 import { MsgType, sessionOf, type Hello } from "../protocol/messages.ts";
 import { encodeFrame } from "../protocol/frame.ts";
 import { BASE_DIGESTS_PER_FRAME, decodeBaseDigests, encodeBaseDigests } from "../protocol/chunk-record.ts";
-import { maxEntrySize, type BackupReader, type FrameDigests, type Manifest, type Repository, type StoredBackup } from "../store/repository.ts";
-import { DIGEST_LINE_BYTES, isDigest, digestAt } from "../store/root.ts";
+import { chunkDigestOf, maxEntrySize, type BackupReader, type FrameDigests, type Manifest, type Repository, type StoredBackup } from "../store/repository.ts";
+import { DIGEST_LINE_BYTES, isDigest, digestAt, type DigestAlgorithm } from "../store/root.ts";
 import type { Channel } from "./channel.ts";
 import { TbError } from "./errors.ts";
 import { peerError } from "./handshake.ts";
@@ -26,7 +26,7 @@ export class Base {
   private constructor(
     readonly id: string,
     readonly manifest: Manifest,
-    /** the base's per-chunk SHA-256s, 32 bytes each, in chunk order */
+    /** the base's per-chunk digests (of its manifest's algorithm), 32 bytes each, in chunk order */
     readonly digests: Uint8Array,
     private readonly reader: BackupReader,
     /** each chunk's XXH3-64 from the base's chunks.txt, read whole at open (a resend goes back to earlier chunks) */
@@ -37,6 +37,11 @@ export class Base {
 
   get chunks(): number {
     return this.digests.length / 32;
+  }
+
+  /** the chunk digest of its root (known: readDigests checked it) */
+  get digestAlgorithm(): DigestAlgorithm {
+    return chunkDigestOf(this.manifest) ?? "sha256";
   }
 
   /**
@@ -63,7 +68,7 @@ export class Base {
     }
   }
 
-  /** The hex SHA-256 of chunk i of the base. */
+  /** The hex digest of chunk i of the base. */
   digest(i: number): string {
     return digestAt(this.digests, i);
   }
@@ -109,7 +114,7 @@ export class Base {
 }
 
 /**
- * A complete backup's per-chunk SHA-256s, 32 bytes each, from its
+ * A complete backup's per-chunk digests, 32 bytes each, from its
  * digests.txt, which must hash to the manifest's root; or why there are none
  * to trust (a backup older than the root, a count that does not fit, a list
  * that is damaged).
@@ -117,6 +122,7 @@ export class Base {
 export function readDigests(reader: BackupReader, m: Manifest): Uint8Array | string {
   const count = m.chunks?.count;
   if (m.status !== "complete" || m.kind !== "image" || m.format < 2 || !isDigest(m.root) || !m.digests) return "it has no integrity root";
+  if (chunkDigestOf(m) === null) return "its chunk digests are of a kind this tbbackup does not know";
   if (!Number.isSafeInteger(count) || count <= 0 || count > MAX_BASE_CHUNKS || count !== Math.ceil(m.size / m.chunkSize)) return "its chunk count does not fit";
   try {
     if (reader.digestListSize() !== count * DIGEST_LINE_BYTES) return "its digest list has the wrong size";
@@ -140,10 +146,15 @@ export function baseDamaged(id: string, i: number, why: string): TbError {
   return new TbError("VERIFY", `chunk ${i} of the base backup ${id} is damaged (${why}); nothing damaged was stored`, "push again with --full, and run 'tbbackup verify' on that base");
 }
 
-/** The newest complete backup of the sender's disk that can serve as a base, if any. */
-export function findBase(repo: Repository, hello: Hello): Base | null {
+/**
+ * The newest complete backup of the sender's disk that can serve as a base,
+ * if any: one whose chunk digests the sender computes (BLAKE3 only when
+ * `blake3`, the sender lists it).
+ */
+export function findBase(repo: Repository, hello: Hello, blake3: boolean): Base | null {
   for (const { id, backup, manifest: m } of diskBackups(repo, hello, "complete")) {
     if (m.status !== "complete" || !backupOfThisDisk(m, hello)) continue;
+    if (chunkDigestOf(m) === "blake3" && !blake3) continue;
     const b = Base.open(repo, backup, id, m);
     if (typeof b !== "string") return b;
   }

@@ -8,7 +8,7 @@ import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, workerCount, type Bytes, type WorkerReply } from "./chunk-jobs.ts";
 import { SharedSlots } from "../util/shared-slots.ts";
 import { OrderedPipeline } from "./pipeline.ts";
-import { RootBuilder, zeroDigest, chunkDigest, digestAt } from "../store/root.ts";
+import { RootBuilder, zeroDigest, chunkDigest, digestAt, type DigestAlgorithm } from "../store/root.ts";
 import { CAPABILITIES, INCREMENTAL_CAP, RESEND_CAP, ROOT_CAP, STATUS_CAP } from "./version.ts";
 import { REWIND_WINDOW, RewindPoints } from "./resend.ts";
 import { receiveBaseDigests } from "./incremental.ts";
@@ -100,7 +100,7 @@ const BATCH_MS = 200;
  * called every KEEPALIVE_MS with the chunks read so far; if it fails (the
  * receiver gave up), so does the re-read.
  */
-async function prefixMatches(src: PushSource, chunks: number, digest: string, chunkSize: number, root: RootBuilder, sha: Hasher | null, spare: ArrayBuffer[], keepalive: (done: number) => Promise<void>): Promise<boolean> {
+async function prefixMatches(src: PushSource, chunks: number, digest: string, chunkSize: number, root: RootBuilder, chunkHash: DigestAlgorithm, sha: Hasher | null, spare: ArrayBuffer[], keepalive: (done: number) => Promise<void>): Promise<boolean> {
   if (!Number.isSafeInteger(chunks) || chunks <= 0 || (src.size !== null && chunks * chunkSize > src.size)) return false;
   const lines = new Bun.CryptoHasher("sha256");
   const buf = new Uint8Array(chunkSize);
@@ -112,7 +112,7 @@ async function prefixMatches(src: PushSource, chunks: number, digest: string, ch
       const n = await src.read(buf, i * chunkSize);
       if (n === 0) return false;
       const data = buf.subarray(0, n);
-      root.add(chunkDigest(data));
+      root.add(chunkDigest(data, chunkHash));
       if (sha) {
         // (from the buffers the SHA-256 thread hands back: memory stays bounded however long the prefix)
         const copy = spare.pop() ?? new ArrayBuffer(chunkSize);
@@ -251,6 +251,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     // (--sha256) or when the receiver predates the root, on a thread of its own.
     const root = new RootBuilder(REWIND_WINDOW);
     const peerHasRoot = hasCap(ack, ROOT_CAP);
+    // its chunk digest, as the receiver said (docs/PROTOCOL.md §5.4a)
+    const chunkHash: DigestAlgorithm = peerHasRoot && ack.digest === "blake3" ? "blake3" : "sha256";
     const spare: ArrayBuffer[] = [];
     // (what the SHA-256 thread is done with: a prefix check's copy, or a chunk's slot)
     const hashed = (b: Bytes) => (b instanceof ArrayBuffer ? spare.push(b) : rawSlots.giveRef(b));
@@ -265,7 +267,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         if (ps.failure) throw ps.failure; // the receiver gave up: no need to read the rest
         await send(ch.sendJson(MsgType.PROGRESS, { session: hello.session, checking: done, of: offer.chunks }));
       };
-      if (opts.resume !== false && (await prefixMatches(src, offer.chunks, offer.digest, opts.chunkSize, root, sha, spare, keepalive))) start = offer.chunks;
+      if (opts.resume !== false && (await prefixMatches(src, offer.chunks, offer.digest, opts.chunkSize, root, chunkHash, sha, spare, keepalive))) start = offer.chunks;
       else if (root.count > 0 || sha) {
         // what the prefix check folded in does not count: start both afresh
         root.reset();
@@ -323,7 +325,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
       }
       points?.save(o.index, { root: root.save(), zeroChunks, stored, changedChunks });
       // (a chunk read as zeros, or a hole, never went to a worker: no reply)
-      const digest = r ? r.digest : zeroDigest(o.rawLength);
+      const digest = r ? r.digest : zeroDigest(o.rawLength, chunkHash);
       root.add(digest);
       if (base && digest !== baseDigest(o.index)) changedChunks++;
       if (o.raw) {
@@ -396,7 +398,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
           } else {
             const frame = frameSlots.take();
             const at = offset;
-            const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: rawSlots.ref(raw)!, out: frameSlots.ref(frame)!, base: baseDigest(i) });
+            const job = pool.run({ op: "compress", index: i, offset, rawLength, raw: rawSlots.ref(raw)!, out: frameSlots.ref(frame)!, digest: chunkHash, base: baseDigest(i) });
             await out.add(job.then((reply) => ({ index: i, offset: at, rawLength, reply, raw, frame })));
           }
         }

@@ -11,18 +11,18 @@ import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
 import { compressBound } from "../util/buffer-pool.ts";
 import { SharedSlots, SlotPayloads } from "../util/shared-slots.ts";
 import type { Transport } from "../transport/index.ts";
-import { MANIFEST_FORMAT, idPart, openRepository, prefixDigest, type BackupWriter, type FrameWrite, maxEntrySize, type NewManifest, type Repository } from "../store/repository.ts";
+import { MANIFEST_FORMAT, chunkDigestOf, idPart, openRepository, prefixDigest, type BackupWriter, type FrameWrite, type Manifest, maxEntrySize, type NewManifest, type Repository } from "../store/repository.ts";
 import { awaitResume, checkPrefix, findResumable, markNotResumable } from "./resume.ts";
 import { Channel, CorruptFrame } from "./channel.ts";
 import { DamageBudget, RESEND_REPEAT_MS } from "./resend.ts";
 import { WorkerPool, jobBytes, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
-import { RootBuilder, ROOT_ALGORITHM, isDigest, zeroDigest } from "../store/root.ts";
+import { RootBuilder, ROOT_ALGORITHMS, isDigest, zeroDigest, type DigestAlgorithm } from "../store/root.ts";
 import { TbError, asTbError, errnoCode, errnoText, isErrno, outcome } from "./errors.ts";
 import { checkPeer, newHelloAck, hasCap } from "./handshake.ts";
 import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
-import { INCREMENTAL_CAP, PROTOCOL_VERSION, RESEND_CAP, ROOT_CAP, TOOL } from "./version.ts";
+import { BLAKE3_CAP, INCREMENTAL_CAP, PROTOCOL_VERSION, RESEND_CAP, ROOT_CAP, TOOL } from "./version.ts";
 import { zeroChecksum, zeroFrame, zeroFrameDigest } from "./zero.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { serveRequest, type ServeOptions } from "./serve-restore.ts";
@@ -30,7 +30,7 @@ import { ReceiveSessionState } from "./receive-state.ts";
 import type { SessionEnd, SessionResult } from "./session.ts";
 
 export type { SessionResult } from "./session.ts";
-import { requireZstd } from "../util/zstd.ts";
+import { requireAddons } from "../util/zstd.ts";
 import { Slots } from "../util/slots.ts";
 
 export interface ReceiveOptions {
@@ -82,7 +82,7 @@ export function defaultMaxSessions(): number {
 }
 
 export async function serve(opts: ReceiveOptions): Promise<SessionResult[]> {
-  requireZstd(); // before any session: a clear line if this system cannot run it
+  requireAddons(); // before any session: a clear line if this system cannot run it
   // a mistyped --out would put backups somewhere unexpected: say when it is new
   if (prepareStore(opts.out)) opts.reporter.info(`created ${path.resolve(opts.out)} (it did not exist)`);
   const listener = await opts.transport.listen();
@@ -352,8 +352,21 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   let resumedFrom = 0;
   let prefixZero = 0;
 
+  // The root's chunk digest (docs/FORMAT.md §4a): BLAKE3 when the sender
+  // computes it; a backup continued (resumed) or made against a base keeps
+  // the digests of the one it continues, and one the sender cannot compute
+  // is neither resumed nor a base. The first HELLO_ACK says which it is.
+  const senderBlake3 = hasRootCap(hello) && hasCap(hello, BLAKE3_CAP);
+  const usable = (m: Manifest) => {
+    const d = chunkDigestOf(m);
+    return d === "sha256" || (d === "blake3" && senderBlake3);
+  };
   // An interrupted push of this same disk can continue where it became durable.
   let candidate = files ? null : findResumable(repo, hello);
+  if (candidate && !usable(candidate.manifest)) candidate = null;
+  let digest: DigestAlgorithm = candidate ? chunkDigestOf(candidate.manifest)! : senderBlake3 ? "blake3" : "sha256";
+  /** what HELLO_ACK says of it: only to a sender that lists BLAKE3 */
+  const digestField = () => (senderBlake3 ? { digest } : {});
   let lines = "";
   if (candidate) {
     try {
@@ -366,7 +379,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   if (candidate) {
     session.to("offering");
     const d = candidate.manifest.durable!;
-    const offer = { ...newHelloAck(hello, candidate.id), resume: { id: candidate.id, chunks: d.chunks, digest: prefixDigest(lines) } };
+    const offer = { ...newHelloAck(hello, candidate.id), resume: { id: candidate.id, chunks: d.chunks, digest: prefixDigest(lines) }, ...digestField() };
     await ch.sendJson(MsgType.HELLO_ACK, offer);
     const from = await awaitResume(ch, hello, opts.idleMs, () => ch.sendJson(MsgType.HELLO_ACK, offer));
     if (from instanceof TbError) {
@@ -381,7 +394,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     if (from === d.chunks) {
       session.to("checking");
       try {
-        const prefix = await checkPrefix(repo.openPartial(candidate.backup), candidate.manifest, lines, pool, wholeSha, () => activity.n++);
+        const prefix = await checkPrefix(repo.openPartial(candidate.backup), candidate.manifest, lines, pool, wholeSha, digest, () => activity.n++);
         writer0 = repo.resume(candidate.backup, candidate.manifest, prefix.entries);
         prefix.digests.forEach((digest, i) => {
           root.add(digest);
@@ -409,6 +422,9 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       session.to("opening");
     }
   }
+  // Incremental push (docs/PROTOCOL.md §8.7): a complete backup of this disk to copy unchanged chunks from.
+  const base: Base | null = !candidate && !files && hasCap(hello, INCREMENTAL_CAP) ? findBase(repo, hello, senderBlake3) : null;
+  if (base) digest = base.digestAlgorithm;
   if (!writer0) {
     let slot;
     try {
@@ -435,7 +451,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       storedBytes: 0,
       sha256: null,
       root: null,
-      digests: { algorithm: ROOT_ALGORITHM },
+      digests: { algorithm: ROOT_ALGORITHMS[digest] },
       timings: { started: started.toISOString(), finished: null, seconds: null },
     };
     const layout = files ? undefined : layoutFrom(hello.layout);
@@ -459,11 +475,9 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   let carried: Frame | null = null;
   let lastProgress = resumedFrom;
   let heardAt = Date.now();
-  // Incremental push (docs/PROTOCOL.md §8.7): a complete backup of this disk to copy unchanged chunks from.
-  const base: Base | null = !candidate && !files && hasCap(hello, INCREMENTAL_CAP) ? findBase(repo, hello) : null;
   /** a worker stuck on a stalled disk may still clone from the base: its files then stay open */
   let keepBase = false;
-  const ack = { ...newHelloAck(hello, writer.id), ...(base ? { base: { id: base.id, chunks: base.chunks } } : {}) };
+  const ack = { ...newHelloAck(hello, writer.id), ...(base ? { base: { id: base.id, chunks: base.chunks } } : {}), ...digestField() };
   let same = 0;
   /** of `same`, the frames known by their frame digest (not decompressed again) */
   let knownFrames = 0;
@@ -495,9 +509,9 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       return;
     }
     if ((r.op === "checked" || r.op === "zeroed") && r.writeError) throw storeFailed("write", r.writeError);
-    const digest = r.op === "checked" ? r.digest! : zeroDigest(rawLength);
-    root.add(digest);
-    writer.recordDigest(digest, r.op === "checked" ? r.frameDigest! : zeroFrameDigest(rawLength));
+    const d = r.op === "checked" ? r.digest! : zeroDigest(rawLength, digest);
+    root.add(d);
+    writer.recordDigest(d, r.op === "checked" ? r.frameDigest! : zeroFrameDigest(rawLength));
     if (r.op === "checked" && r.known) knownFrames++;
     if (r.op === "zeroed") zero++;
     // counted once accepted: a chunk taken back for a resend is counted when it comes again
@@ -549,7 +563,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
     const known = fromBase?.frameDigest ? { known: { frame: fromBase.frameDigest, raw: fromBase.digest } } : {};
     // (a payload in no slot of ours goes over in its own buffer)
     const { buf, at, transfer, named } = jobBytes(slots, z);
-    const job = { op: "check", index, rawLength, checksum, buf, at, length: z.length, hash: wholeSha, digest: true, frameDigest: true, wantRaw: false, write, ...known } as const;
+    const job = { op: "check", index, rawLength, checksum, buf, at, length: z.length, hash: wholeSha, digest, frameDigest: true, wantRaw: false, write, ...known } as const;
     return track(index, rawLength, pool.run(job, transfer, wholeSha ? 0 : undefined), fromBase, named ? z : undefined);
   };
   // A write or sync of the backup failed (the workers report an errno code).

@@ -14,6 +14,7 @@ import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, jobBytes, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest, digestAt } from "../store/root.ts";
+import { chunkDigestOf } from "../store/repository.ts";
 import { TbError, asTbError, outcome, saysUnfinished } from "./errors.ts";
 import { handshake, newHello, hasCap } from "./handshake.ts";
 import { RestoreSession, type RestorerMessage } from "./restore-session.ts";
@@ -30,7 +31,7 @@ import { compressBound } from "../util/buffer-pool.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
 import { SharedSlots, SlotPayloads } from "../util/shared-slots.ts";
 import { TRAILER_SIZE, type Frame } from "../protocol/frame.ts";
-import { requireZstd } from "../util/zstd.ts";
+import { requireAddons } from "../util/zstd.ts";
 
 export interface RestoreOptions {
   target: string;
@@ -196,7 +197,7 @@ function filesSink(dest: string, overwrite: boolean, reporter: Reporter): Sink &
 }
 
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
-  requireZstd(); // before any session: a clear line if this system cannot run it
+  requireAddons(); // before any session: a clear line if this system cannot run it
   const started = Date.now();
   const target = opts.filesDest ? null : inspectTarget(opts.target);
   // before the receiver is asked and before any question or "overwriting" line
@@ -232,6 +233,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // a backup older than the root has its whole-image SHA-256 computed in chunk
     // order, on a thread of its own when the workers write the target themselves, else here.
     const root = info.root ? new RootBuilder() : null;
+    const chunkHash = info.digest ?? "sha256";
     // A stream that sent the backup's digests (§8.6a), or a stored backup with
     // its digests.txt: the whole target is compared first and only the chunks
     // it lacks are asked for (read); the others never travel. The read-back at
@@ -259,7 +261,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // delta restore: raw bytes the target already held, and raw bytes written
     let keptBytes = 0;
     const zeroChunk = async (c: ChunkIn) => {
-      root?.add(zeroDigest(c.rawLength));
+      root?.add(zeroDigest(c.rawLength, chunkHash));
       sha?.update(zeroes(c.rawLength));
       if (hasher) await hasher.zero(c.index, c.rawLength);
     };
@@ -271,7 +273,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       } else if (r && r.op === "readhashed") {
         // a zero chunk of a delta restore: what the target holds there
         await zeroChunk(c);
-        if (!r.error && r.length === c.rawLength && r.digest === zeroDigest(c.rawLength)) keptBytes += c.rawLength;
+        if (!r.error && r.length === c.rawLength && r.digest === zeroDigest(c.rawLength, chunkHash)) keptBytes += c.rawLength;
         else await out.zero(c);
       } else if (r) {
         if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
@@ -312,13 +314,13 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       expected++;
       const p = c.zero
         ? delta && !plan && out.fd !== undefined
-          ? pool.run({ op: "readhash", index: c.index, fd: out.fd, direct: out.direct, position: c.offset, length: c.rawLength })
+          ? pool.run({ op: "readhash", index: c.index, fd: out.fd, direct: out.direct, position: c.offset, length: c.rawLength, digest: chunkHash })
           : Promise.resolve(null)
         : (() => {
             const writeRaw = out.fd !== undefined ? { fd: out.fd, position: c.offset, direct: out.direct } : undefined;
             // (a frame in a buffer of its own is handed over, and comes back as the reply's buf)
             const { buf, at, transfer } = jobBytes(src.slots, c.frame!);
-            const job = { op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf, at, length: c.frame!.length, hash: false, digest: root !== null, writeRaw, onlyIfDiffers: delta && !plan } as const;
+            const job = { op: "check", index: c.index, rawLength: c.rawLength, checksum: c.checksum, buf, at, length: c.frame!.length, hash: false, digest: root !== null ? chunkHash : undefined, writeRaw, onlyIfDiffers: delta && !plan } as const;
             // the raw chunk comes back only when something here takes it (a SHA-256, an extractor); else the worker's own buffer holds it
             if (!wantRaw) return pool.run({ ...job, wantRaw: false }, transfer);
             const outBuf = spare.pop() ?? new ArrayBuffer(info.chunkSize);
@@ -431,12 +433,13 @@ async function hashTarget(fd: number, info: RestoreInfo, count: number, pool: Wo
   const direct = openDirect(fd);
   // up to READ_SPAN bytes of consecutive chunks in one read and one job
   const perJob = info.chunkSize > 0 ? Math.max(1, Math.floor(READ_SPAN / info.chunkSize)) : 1;
+  const chunkHash = info.digest ?? "sha256";
   try {
     for (let i = 0; i < count; ) {
       const offset = i * info.chunkSize;
       const lengthOf = (k: number) => Math.min(info.chunkSize, info.size - k * info.chunkSize);
       if (isHole?.(offset, lengthOf(i))) {
-        await reads.add(Promise.resolve([{ i, length: lengthOf(i), c: { digest: zeroDigest(lengthOf(i)) } }]));
+        await reads.add(Promise.resolve([{ i, length: lengthOf(i), c: { digest: zeroDigest(lengthOf(i), chunkHash) } }]));
         i++;
         continue;
       }
@@ -445,7 +448,7 @@ async function hashTarget(fd: number, info: RestoreInfo, count: number, pool: Wo
       const first = i;
       const lengths = Array.from({ length: n }, (_, k) => lengthOf(first + k));
       const total = lengths.reduce((a, b) => a + b, 0);
-      const job = pool.run({ op: "readhash", index: first, fd, direct, position: offset, length: total, piece: info.chunkSize });
+      const job = pool.run({ op: "readhash", index: first, fd, direct, position: offset, length: total, piece: info.chunkSize, digest: chunkHash });
       await reads.add(
         job.then((r) => {
           if (r.op !== "readhashed") throw new TbError("INTERNAL", r.op === "failed" ? r.error : `unexpected worker reply ${r.op}`, "report this bug");
@@ -545,8 +548,11 @@ function fileSource(from: string, comparing: boolean): Source {
     chunkSize,
     chunks: reader.entries.length,
     ...(manifest?.root ? { root: manifest.root } : {}),
+    ...(manifest?.root && chunkDigestOf(manifest) === "blake3" ? { digest: "blake3" as const } : {}),
     ...(manifest?.sha256 ? { sha256: manifest.sha256 } : {}),
   };
+  if (manifest?.root && chunkDigestOf(manifest) === null)
+    throw new TbError("VERIFY", `${dir} is damaged: its manifest names chunk digests of an unknown kind (${String(manifest.digests?.algorithm).slice(0, 40)})`, "restore another backup");
   if (!info.root && !info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with an integrity root or SHA-256`, "restore from a backup directory made by tbbackup receive");
   // sizes are the store's word: buffers are sized by them, so what tbbackup never writes is damage
   const longest = reader.entries.reduce((m, e) => Math.max(m, e.rawSize), 0);

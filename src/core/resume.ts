@@ -5,6 +5,7 @@
 import { MsgType, decodeMessage, sessionOf, type Hello } from "../protocol/messages.ts";
 import { frameChecksum, parseChunkLine, type Manifest, type PartialBackup, type Repository, type SeekEntry, type StoredBackup } from "../store/repository.ts";
 import { zstd } from "../util/zstd.ts";
+import type { DigestAlgorithm } from "../store/root.ts";
 import type { Channel } from "./channel.ts";
 import type { WorkerPool } from "./chunk-jobs.ts";
 import { zeroChecksum } from "./zero.ts";
@@ -87,7 +88,7 @@ export async function awaitResume(ch: Channel, hello: Hello, idleMs: number, res
  * to continue with and the chunks' digests (for the integrity root), and
  * their frames' (frame-xxh3.txt).
  */
-export async function checkPrefix(partial: PartialBackup, m: Manifest, lines: string, pool: WorkerPool, wholeSha: boolean, onChunk: () => void): Promise<{ entries: SeekEntry[]; zero: number; digests: string[]; frameDigests: string[] }> {
+export async function checkPrefix(partial: PartialBackup, m: Manifest, lines: string, pool: WorkerPool, wholeSha: boolean, digest: DigestAlgorithm, onChunk: () => void): Promise<{ entries: SeekEntry[]; zero: number; digests: string[]; frameDigests: string[] }> {
   const d = m.durable!;
   const rows = lines.split("\n").filter(Boolean);
   if (rows.length !== d.chunks) throw new Error(`the chunk list has ${rows.length} durable lines, the manifest says ${d.chunks}`);
@@ -102,7 +103,7 @@ export async function checkPrefix(partial: PartialBackup, m: Manifest, lines: st
     if (index !== i || offset !== i * m.chunkSize || rawLength !== Math.min(m.chunkSize, m.size - offset)) throw new Error(`chunk list line ${i} does not fit the backup's layout`);
     const size = frame.length;
     const sum = frameChecksum(frame); // (before the buffer goes to the worker)
-    const r = await pool.run({ op: "check", index: i, rawLength, checksum, buf: frame.buffer as ArrayBuffer, at: 0, length: size, hash: wholeSha, digest: true, frameDigest: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0);
+    const r = await pool.run({ op: "check", index: i, rawLength, checksum, buf: frame.buffer as ArrayBuffer, at: 0, length: size, hash: wholeSha, digest, frameDigest: true, wantRaw: false }, [frame.buffer as ArrayBuffer], 0);
     if (r.op !== "checked" || !r.ok) throw new Error(`chunk ${i}: ${r.op === "checked" ? r.error : "worker failed"}`);
     digests.push(r.digest!);
     frameDigests.push(r.frameDigest!);

@@ -5,9 +5,9 @@ import * as path from "node:path";
 import { MsgType, type DiskIdentity, type Hello, type HelloAck, type HostIdentity, type RestoreInfo } from "../protocol/messages.ts";
 import type { Frame } from "../protocol/frame.ts";
 import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame, wants, zeroRecordFrame } from "../protocol/chunk-record.ts";
-import { DELTA_RESTORE_CAP, ROOT_CAP } from "./version.ts";
+import { BLAKE3_CAP, DELTA_RESTORE_CAP, ROOT_CAP } from "./version.ts";
 import { readDigests, sendBaseDigests } from "./incremental.ts";
-import { openRepository, type BackupReader, type ChunkLines, type Repository, type StoredBackup } from "../store/repository.ts";
+import { chunkDigestOf, openRepository, type BackupReader, type ChunkLines, type Repository, type StoredBackup } from "../store/repository.ts";
 import { compareDisks, sameDisk, type DiskNames } from "./identity.ts";
 import { storeKind } from "../store/errors.ts";
 import { Channel } from "./channel.ts";
@@ -127,10 +127,13 @@ async function sendBackup(ch: Channel, hello: Hello, ack: HelloAck, repo: Reposi
     return refuse("NOT_FOUND", `the backup at ${path.relative(opts.out, dir)} has no readable manifest: ${(e as Error).message}`);
   }
   if (manifest.status !== "complete" || (!manifest.sha256 && !manifest.root)) return refuse("NOT_FOUND", `backup ${manifest.id} is ${manifest.status}, not complete`);
-  // a restorer older than the integrity root can only check a whole-image SHA-256
-  const restorerHasRoot = hasCap(hello, ROOT_CAP);
-  if (!restorerHasRoot && !manifest.sha256) return refuse("PROTOCOL", `backup ${manifest.id} is checked by its integrity root, which this tbbackup (${String(hello.tool)}) does not know`, );
-  const check = restorerHasRoot && manifest.root ? { root: manifest.root } : { sha256: manifest.sha256! };
+  // a restorer older than the integrity root (or than its chunk digest, BLAKE3) can only check a whole-image SHA-256
+  const chunkHash = chunkDigestOf(manifest);
+  if (manifest.root && chunkHash === null) return refuse("VERIFY", `backup ${manifest.id} is damaged: its manifest names chunk digests of an unknown kind`);
+  const restorerHasRoot = hasCap(hello, ROOT_CAP) && (chunkHash !== "blake3" || hasCap(hello, BLAKE3_CAP));
+  if (!restorerHasRoot && !manifest.sha256)
+    return refuse("PROTOCOL", `backup ${manifest.id} is checked by its integrity root${chunkHash === "blake3" ? " of BLAKE3 chunk digests" : ""}, which this tbbackup (${String(hello.tool)}) does not know; restore it with a newer tbbackup`);
+  const check = restorerHasRoot && manifest.root ? { root: manifest.root, ...(chunkHash === "blake3" ? { digest: "blake3" as const } : {}) } : { sha256: manifest.sha256! };
   const wanted = hello.content === "files" ? "files" : "image";
   if (manifest.kind !== wanted)
     return refuse("USAGE", manifest.kind === "files" ? `backup ${manifest.id} is a file-level backup; use restore --files DEST` : `backup ${manifest.id} is a disk image; restore it onto a disk or image file`);
@@ -150,7 +153,7 @@ async function sendBackup(ch: Channel, hello: Hello, ack: HelloAck, repo: Reposi
   const started = Date.now();
   let forgetLeaving = () => {};
   // A delta restore (§8.6a): a restorer that will compare with its target gets
-  // the backup's per-chunk SHA-256s (format 2 only: digests.txt, checked
+  // the backup's per-chunk digests (format 2 and later: digests.txt, checked
   // against the root) and then asks only for the chunks its target lacks.
   let digests: Uint8Array | null = null;
   if (hello.delta === true && hasCap(hello, DELTA_RESTORE_CAP) && "root" in check) {

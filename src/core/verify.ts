@@ -2,7 +2,7 @@
 // our xxh3 of the raw data) and the integrity root (and the whole-image
 // SHA-256 where the backup records one), writing nothing.
 import * as path from "node:path";
-import { backupAt, maxEntrySize, openBackupAt, type BackupAt, type BackupReader, type ChunkLine, type ChunkLines, type Manifest } from "../store/repository.ts";
+import { backupAt, chunkDigestOf, maxEntrySize, openBackupAt, type BackupAt, type BackupReader, type ChunkLine, type ChunkLines, type Manifest } from "../store/repository.ts";
 import { storeKind } from "../store/errors.ts";
 import { SharedSlots } from "../util/shared-slots.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
@@ -12,7 +12,7 @@ import { RootBuilder, zeroDigest } from "../store/root.ts";
 import { isZeroFrame } from "./zero.ts";
 import { TbError } from "./errors.ts";
 import type { Reporter } from "./report.ts";
-import { requireZstd } from "../util/zstd.ts";
+import { requireAddons } from "../util/zstd.ts";
 
 export interface VerifyResult {
   path: string;
@@ -127,7 +127,7 @@ export function readStoredChunkInSlot(reader: BackupReader, list: ChunkLines | n
 }
 
 export async function verify(p: string, reporter: Reporter): Promise<VerifyResult> {
-  requireZstd(); // before any session: a clear line if this system cannot run it
+  requireAddons(); // before any session: a clear line if this system cannot run it
   const started = Date.now();
   const { dir, manifest, reader, list } = openBackup(p, "this backup cannot be trusted; make a new one");
   // Every chunk is checked and hashed on any worker (the integrity root); a
@@ -147,10 +147,13 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
     const slots = frameSlots(reader);
     pool.share(slots);
     const root = new RootBuilder();
+    // its chunk digest (a bare image without a manifest has only its SHA-256 to check: any will do)
+    const chunkHash = manifest ? chunkDigestOf(manifest) : "sha256";
+    if (chunkHash === null) throw new TbError("VERIFY", `the manifest names chunk digests of an unknown kind (${String(manifest?.digests?.algorithm).slice(0, 40)})`, "this backup cannot be trusted; make a new one");
     // `held`: the slot the frame was read into, free again once its worker answered
     const checks = new OrderedPipeline<{ i: number; r: WorkerReply | null; held?: Uint8Array }>(4 * pool.size + 4, ({ i, r, held }) => {
       // the canonical zero frame holds zeros by construction: nothing to decompress or hash
-      if (!r) return root.add(zeroDigest(reader.entries[i]!.rawSize));
+      if (!r) return root.add(zeroDigest(reader.entries[i]!.rawSize, chunkHash));
       if (r.op === "checked" && held) slots.give(held);
       if (r.op === "checked" && !r.ok) throw bad(i, r.error ?? "check failed");
       if (r.op === "failed") throw new TbError("INTERNAL", r.error, "report this bug");
@@ -167,7 +170,7 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
         continue;
       }
       const { buf, at, transfer, named } = jobBytes(slots, frame);
-      const reply = pool.run({ op: "check", index: i, rawLength: e.rawSize, checksum: c?.checksum ?? -1n, buf, at, length: frame.length, hash: wholeSha, digest: true, wantRaw: false }, transfer, wholeSha ? 0 : undefined);
+      const reply = pool.run({ op: "check", index: i, rawLength: e.rawSize, checksum: c?.checksum ?? -1n, buf, at, length: frame.length, hash: wholeSha, digest: chunkHash, wantRaw: false }, transfer, wholeSha ? 0 : undefined);
       await checks.add(reply.then((r) => ({ i, r, ...(named ? { held: frame } : {}) })));
       bytes += e.rawSize;
       if ((i & 31) === 0) reporter.progress({ phase: "verify", bytes, total: reader.rawSize });

@@ -16,5 +16,7 @@ export const RESEND_CAP = "resend";
 export const INCREMENTAL_CAP = "incremental";
 /** Delta restore over a stream (docs/PROTOCOL.md §8.6a): RESTORE_INFO may be followed by the backup's digests, and RESTORE names the chunks wanted. */
 export const DELTA_RESTORE_CAP = "delta-restore";
+/** BLAKE3 chunk digests in the integrity root (docs/PROTOCOL.md §5.4a): HELLO_ACK and RESTORE_INFO may say `digest: "blake3"`. */
+export const BLAKE3_CAP = "blake3";
 /** "key-auth": can authenticate a tcp: connection with a key before HELLO (docs/PROTOCOL.md §7.1) */
-export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", STATUS_CAP, ROOT_CAP, RESEND_CAP, INCREMENTAL_CAP, DELTA_RESTORE_CAP, "key-auth"];
+export const CAPABILITIES = ["zstd", "zero-chunks", "seekable", "progress-ack", STATUS_CAP, ROOT_CAP, RESEND_CAP, INCREMENTAL_CAP, DELTA_RESTORE_CAP, "key-auth", BLAKE3_CAP];

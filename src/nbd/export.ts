@@ -9,7 +9,7 @@ import { MAX_PADDING, backupAt, maxEntrySize, openBackupAt, openRepository, type
 import { TbError } from "../core/errors.ts";
 import { locateBackup, type Located } from "../core/verify.ts";
 import { isZeroFrame, zeroChecksum, zeroFrame } from "../core/zero.ts";
-import { requireZstd, zstd } from "../util/zstd.ts";
+import { requireAddons, zstd } from "../util/zstd.ts";
 import { WorkerPool, jobBytes } from "../core/chunk-jobs.ts";
 import { MAX_CHUNK_SIZE } from "../core/limits.ts";
 import { SharedSlots } from "../util/shared-slots.ts";
@@ -156,7 +156,7 @@ export class ImageExport {
 
   /** `workers`: threads that decompress (0: the calling thread does, synchronously) */
   static open(arg: string, opts: { out?: string; cacheBytes?: number; workers?: number; onDamage?: (d: DamagedChunk) => void } = {}): ImageExport {
-    requireZstd();
+    requireAddons();
     const found = findImageBackup(arg, opts.out);
     const { dir, image, manifest } = found;
     let reader: BackupReader;

@@ -191,7 +191,16 @@ export interface HelloAck {
    * in BASE_DIGESTS frames (docs/PROTOCOL.md §8.7).
    */
   base?: { id: string; chunks: number };
+  /**
+   * The chunk digest of this backup's integrity root (capability `blake3`,
+   * docs/PROTOCOL.md §5.4a), which the sender computes: absent, SHA-256.
+   */
+  digest?: ChunkDigest;
 }
+
+/** The hash of each raw chunk in the integrity root (docs/FORMAT.md §4a). */
+export type ChunkDigest = "sha256" | "blake3";
+const isChunkDigest = (v: unknown): v is ChunkDigest => v === "sha256" || v === "blake3";
 
 /** The sender's answer to a resume offer: continue at chunk `from` (0: start afresh). */
 export interface Resume {
@@ -306,8 +315,10 @@ export interface RestoreInfo {
   /** what the restored data must check out against: the integrity root, or for a backup older than it, its SHA-256 */
   root?: string;
   sha256?: string;
-  /** delta restore (§8.6a): BASE_DIGESTS frames with every chunk's SHA-256 follow this message */
+  /** delta restore (§8.6a): BASE_DIGESTS frames with every chunk's digest follow this message */
   digests?: boolean;
+  /** the chunk digest of `root` (to a restorer that lists `blake3`): absent, SHA-256 */
+  digest?: ChunkDigest;
 }
 
 /** The restoring side's go-ahead (after confirmation and size checks). */
@@ -371,7 +382,7 @@ const isListEntry = (e: unknown): boolean =>
  */
 const validators: { [K in JsonMsgType]: (v: Fields) => boolean } = {
   [MsgType.HELLO]: (v) => isStr(v.session) && isStr(v.role) && isObj(v.host),
-  [MsgType.HELLO_ACK]: (v) => isStr(v.session) && isObj(v.host) && opt(v.id, isStr) && opt(v.resume, (r) => isObj(r) && isStr(r.id) && isCount(r.chunks) && isStr(r.digest)) && opt(v.base, (b) => isObj(b) && isStr(b.id) && isCount(b.chunks)),
+  [MsgType.HELLO_ACK]: (v) => isStr(v.session) && isObj(v.host) && opt(v.id, isStr) && opt(v.resume, (r) => isObj(r) && isStr(r.id) && isCount(r.chunks) && isStr(r.digest)) && opt(v.base, (b) => isObj(b) && isStr(b.id) && isCount(b.chunks)) && opt(v.digest, isChunkDigest),
   [MsgType.ERROR]: (v) => isStr(v.code) && isStr(v.message) && opt(v.session, isStr) && opt(v.candidates, isStrs),
   [MsgType.END]: (v) => isCount(v.chunks) && isCount(v.bytes) && opt(v.root, isStr) && opt(v.sha256, isStr) && opt(v.files, isObj),
   [MsgType.PROGRESS]: (v) => isStr(v.session) || (isCount(v.chunks) && isCount(v.bytes)),
@@ -382,7 +393,7 @@ const validators: { [K in JsonMsgType]: (v: Fields) => boolean } = {
   [MsgType.LIST_RESULT]: (v) => isStr(v.session) && Array.isArray(v.backups) && v.backups.every(isListEntry),
   [MsgType.RESTORE]: (v) => isStr(v.session) && v.go === true && opt(v.want, isStr),
   [MsgType.RESTORE_INFO]: (v) =>
-    isStr(v.session) && isStr(v.id) && isStr(v.kind) && isObj(v.host) && isObj(v.disk) && isCount(v.size) && isCount(v.chunkSize) && isCount(v.chunks) && opt(v.root, isStr) && opt(v.sha256, isStr) && opt(v.digests, isBool),
+    isStr(v.session) && isStr(v.id) && isStr(v.kind) && isObj(v.host) && isObj(v.disk) && isCount(v.size) && isCount(v.chunkSize) && isCount(v.chunks) && opt(v.root, isStr) && opt(v.sha256, isStr) && opt(v.digests, isBool) && opt(v.digest, isChunkDigest),
   [MsgType.RESTORE_END]: (v) => isCount(v.chunks) && isCount(v.bytes) && opt(v.root, isStr) && opt(v.sha256, isStr) && opt(v.sent, isCount),
   [MsgType.RESTORE_DONE]: (v) => isStr(v.session) && v.ok === true,
 };

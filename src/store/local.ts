@@ -21,13 +21,13 @@ import {
   sanitizeName,
   within,
 } from "./layout.ts";
-import { MANIFEST_FORMAT, UNALIGNED_FORMAT, readManifest, writeManifest, type Manifest } from "./manifest.ts";
+import { formatFor, readManifest, writeManifest, type Manifest } from "./manifest.ts";
 import { StoreError, storeKind, type StoreErrorKind } from "./errors.ts";
 import { ImageWriter } from "./image-writer.ts";
 import { ChunkList, ImageReader, readChecksums } from "./image-reader.ts";
 import { MAX_PADDING, PADDING_MAGIC, isAlignment, type SeekEntry } from "./seekable.ts";
 import { reflinkAlignment, type FrameWrite } from "./reflink.ts";
-import { FRAME_DIGEST_HEX, ROOT_ALGORITHM } from "./root.ts";
+import { FRAME_DIGEST_HEX, ROOT_ALGORITHMS, digestAlgorithmOf } from "./root.ts";
 import type { BackupAt, BackupReader, BackupWriter, ChunkLines, DiskLock, FrameDigests, Durable, NewBackup, NewManifest, PartialBackup, Repository, StoredBackup } from "./repository.ts";
 
 /** The disks a push session is writing now, per store ("root\0host/disk"): two sessions never write or resume the same one. */
@@ -171,7 +171,7 @@ export class LocalRepository implements Repository {
         // the store names its files; the manifest's keys stay in the order they were always written
         const m: Record<string, unknown> = {};
         for (const [k, v] of Object.entries(nm)) {
-          m[k] = k === "format" ? (align ? MANIFEST_FORMAT : UNALIGNED_FORMAT) : k === "chunks" ? { ...nm.chunks, file: CHUNKS_FILE } : k === "digests" ? { ...nm.digests, file: DIGESTS_FILE } : v;
+          m[k] = k === "format" ? formatFor(align, digestAlgorithmOf(nm.digests?.algorithm) ?? "sha256") : k === "chunks" ? { ...nm.chunks, file: CHUNKS_FILE } : k === "digests" ? { ...nm.digests, file: DIGESTS_FILE } : v;
           if (k === "format") m.id = id;
           if (k === "digests") {
             m.data = data;
@@ -225,9 +225,11 @@ export class LocalRepository implements Repository {
     // aligned as it was begun: the prefix's layout stays (docs/FORMAT.md §3.5)
     const align = manifest.align ?? 0;
     if (align !== 0 && !isAlignment(align)) throw new StoreError("DAMAGED", `its manifest's align ${String(align).slice(0, 20)} is not a block size`);
-    manifest.format = align ? MANIFEST_FORMAT : UNALIGNED_FORMAT;
+    // (its chunk digests as they were begun: the receiver resumes only a partial its sender can continue, receive.ts)
+    const digest = digestAlgorithmOf(manifest.digests?.algorithm) ?? "sha256";
+    manifest.format = formatFor(align, digest);
     const image = new ImageWriter(b.location, manifest.data, { entries, storedBytes: d.storedBytes, rawBytes: d.rawBytes, chunkListBytes: d.chunkListBytes }, align);
-    manifest.digests = { algorithm: ROOT_ALGORITHM, file: DIGESTS_FILE };
+    manifest.digests = { algorithm: ROOT_ALGORITHMS[digest], file: DIGESTS_FILE };
     return new LocalBackupWriter(b.finalId, b.location, manifest, image);
   }
 

@@ -4,18 +4,29 @@ import * as path from "node:path";
 import type { DiskIdentity, FilesSummary, HostIdentity, Layout, MountedRw } from "../protocol/messages.ts";
 import { FILE_MODE, MANIFEST_FILE, fsyncDir } from "./layout.ts";
 import { StoreError } from "./errors.ts";
-import type { ROOT_ALGORITHM } from "./root.ts";
+import { digestAlgorithmOf, type DigestAlgorithm, type RootAlgorithm } from "./root.ts";
 
 /**
- * The newest format this version reads, and writes for an aligned image
- * (`align`: frames padded to file-system blocks, docs/FORMAT.md §3.5): 3.
- * 2: the integrity root (`root`, `digests`) and an optional `sha256`; what an
- * image without padding is still written as. Format 1 manifests (a `sha256`,
+ * The newest format this version reads, and writes for a backup whose chunk
+ * digests are BLAKE3 (docs/FORMAT.md §4a): 4, aligned or not. With SHA-256
+ * chunk digests (a sender that predates BLAKE3, or a backup continuing a
+ * chain of such: README, "Incremental backups"), 3 for an aligned image
+ * (`align`: frames padded to file-system blocks, docs/FORMAT.md §3.5), and 2
+ * otherwise: the integrity root (`root`, `digests`) and an optional `sha256`.
+ * Each is the oldest format whose readers can check the backup, so an older
+ * tbbackup refuses what it could not check. Format 1 manifests (a `sha256`,
  * no root) are still read, verified and restored.
  */
-export const MANIFEST_FORMAT = 3;
-/** the format of a backup whose image has no padding (an older tbbackup reads it) */
+export const MANIFEST_FORMAT = 4;
+/** an image with padding, SHA-256 chunk digests */
+export const ALIGNED_FORMAT = 3;
+/** an image without padding, SHA-256 chunk digests (a tbbackup older than alignment reads it) */
 export const UNALIGNED_FORMAT = 2;
+
+/** The format a backup is written as: the oldest that can read it. */
+export function formatFor(align: number, digest: DigestAlgorithm): number {
+  return digest === "blake3" ? MANIFEST_FORMAT : align ? ALIGNED_FORMAT : UNALIGNED_FORMAT;
+}
 
 export type BackupStatus = "complete" | "partial" | "failed";
 
@@ -50,8 +61,8 @@ export interface Manifest {
   sha256: string | null;
   /** format 2: the integrity root (docs/FORMAT.md §4a), null until complete */
   root?: string | null;
-  /** format 2: how the root is made and where the per-chunk digests are */
-  digests?: { algorithm: typeof ROOT_ALGORITHM; file: string };
+  /** format 2 and later: how the root is made (its chunk digest) and where the per-chunk digests are */
+  digests?: { algorithm: RootAlgorithm; file: string };
   data: string;
   /** format 3: large frames start on multiples of this many bytes (the store's file-system block), docs/FORMAT.md §3.5 */
   align?: number;
@@ -61,6 +72,11 @@ export interface Manifest {
   layout?: Layout;
   /** file systems of the disk that were mounted read-write while it was pushed (the image may be inconsistent) */
   mountedRw?: MountedRw[];
+}
+
+/** The chunk digest of a backup's root: SHA-256 in one without `digests` (format 1); null for one this version does not know. */
+export function chunkDigestOf(m: Manifest): DigestAlgorithm | null {
+  return m.digests ? digestAlgorithmOf(m.digests.algorithm) : "sha256";
 }
 
 export function writeManifest(dir: string, m: Manifest): void {

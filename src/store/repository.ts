@@ -26,7 +26,7 @@ export { parseChunkLine, type ChunkLine } from "./image-reader.ts";
 export { chunkLine, prefixDigest } from "./image-writer.ts";
 export { MAX_PADDING, frameChecksum, maxEntrySize, type SeekEntry } from "./seekable.ts";
 export { reflinkSetting, type FrameWrite } from "./reflink.ts";
-export { MANIFEST_FORMAT } from "./manifest.ts";
+export { MANIFEST_FORMAT, chunkDigestOf } from "./manifest.ts";
 
 /** One backup as a listing sees it. */
 export interface StoredBackup {

@@ -1,30 +1,47 @@
-// The image's integrity root (docs/FORMAT.md §4a): a SHA-256 of every raw
+// The image's integrity root (docs/FORMAT.md §4a): a digest of every raw
 // chunk, computed on the worker threads of both ends, and one SHA-256 over
 // those digests in chunk order. A zero chunk's digest is a constant, so zeros
-// cost no hashing. Anyone can recompute it from a raw disk with stock tools:
-//   split -b 1M --filter='sha256sum | cut -c1-64' disk.raw | sha256sum
+// cost no hashing. The chunk digest is BLAKE3 (manifest format 4), or SHA-256
+// in backups made before it and with peers that predate it. Anyone can
+// recompute the root from a raw disk with stock tools:
+//   split -b 1M --filter='b3sum --no-names' disk.raw | sha256sum
+//   split -b 1M --filter='sha256sum | cut -c1-64' disk.raw | sha256sum   (SHA-256 chunk digests)
 // which is also `sha256sum digests.txt` of a stored backup.
+import { blake3Hex } from "../util/blake3.ts";
 
-/** How the manifest names the root's algorithm. */
-export const ROOT_ALGORITHM = "sha256-chunk-list";
+/** The hash of each raw chunk. */
+export type DigestAlgorithm = "sha256" | "blake3";
+
+/** How the manifest names the root's algorithm, by its chunk digest. */
+export const ROOT_ALGORITHMS = { sha256: "sha256-chunk-list", blake3: "blake3-chunk-list" } as const;
+export type RootAlgorithm = (typeof ROOT_ALGORITHMS)[DigestAlgorithm];
+
+/** The chunk digest a manifest's `digests.algorithm` names; null for one this version does not know. */
+export function digestAlgorithmOf(rootAlgorithm: unknown): DigestAlgorithm | null {
+  if (rootAlgorithm === ROOT_ALGORITHMS.sha256) return "sha256";
+  if (rootAlgorithm === ROOT_ALGORITHMS.blake3) return "blake3";
+  return null;
+}
+
 /** One line of digests.txt: 64 hex digits and "\n". */
 export const DIGEST_LINE_BYTES = 65;
 
-const zeroDigests = new Map<number, string>();
+const zeroDigests = new Map<string, string>();
 
-/** The SHA-256 (hex) of rawLength zero bytes: every zero chunk's digest. */
-export function zeroDigest(rawLength: number): string {
-  let d = zeroDigests.get(rawLength);
+/** The digest (hex) of rawLength zero bytes: every zero chunk's digest. */
+export function zeroDigest(rawLength: number, algorithm: DigestAlgorithm): string {
+  const key = `${algorithm}:${rawLength}`;
+  let d = zeroDigests.get(key);
   if (d === undefined) {
-    d = new Bun.CryptoHasher("sha256").update(new Uint8Array(rawLength)).digest("hex");
-    zeroDigests.set(rawLength, d);
+    d = chunkDigest(new Uint8Array(rawLength), algorithm);
+    zeroDigests.set(key, d);
   }
   return d;
 }
 
-/** SHA-256 (hex) of one raw chunk: its digest in the integrity root. */
-export function chunkDigest(raw: Uint8Array): string {
-  return new Bun.CryptoHasher("sha256").update(raw).digest("hex");
+/** The digest (hex) of one raw chunk in the integrity root. */
+export function chunkDigest(raw: Uint8Array, algorithm: DigestAlgorithm): string {
+  return algorithm === "blake3" ? blake3Hex(raw) : new Bun.CryptoHasher("sha256").update(raw).digest("hex");
 }
 
 /** Digest `i` (hex) of a packed list of 32-byte digests (BASE_DIGESTS, a base's or a backup's digests). */
@@ -51,7 +68,7 @@ export function frameDigest(frame: Uint8Array): string {
  * `ownDigest`: frameDigest(frame), when the caller has it already.
  */
 export function frameMatches(frame: Uint8Array, line: string, ownDigest = frameDigest(frame)): boolean {
-  return line.length === FRAME_DIGEST_HEX ? ownDigest === line : chunkDigest(frame) === line;
+  return line.length === FRAME_DIGEST_HEX ? ownDigest === line : chunkDigest(frame, "sha256") === line;
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;

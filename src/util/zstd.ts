@@ -4,6 +4,7 @@
 // come out undefined in the compiled binary.)
 import type * as Binding from "zstd-napi/binding";
 import { TbError } from "../errors.ts";
+import { blake3Hex } from "./blake3.ts";
 
 let binding: typeof Binding | null = null;
 
@@ -13,16 +14,20 @@ export function zstd(): typeof Binding {
 }
 
 /**
- * Loads the addon now, so that a system that cannot run it (TMPDIR not writable
- * or mounted noexec, libstdc++ missing) is told so before any session starts,
- * in one line, instead of a worker failing in the middle of one.
+ * Loads the addons (zstd, and BLAKE3: src/util/blake3.ts) now, so that a
+ * system that cannot run them (TMPDIR not writable or mounted noexec,
+ * libstdc++ missing) is told so before any session starts, in one line,
+ * instead of a worker failing in the middle of one.
  */
-export function requireZstd(): void {
+export function requireAddons(): void {
+  let which = "zstd";
   try {
     zstd();
+    which = "BLAKE3";
+    blake3Hex(new Uint8Array(0));
   } catch (e) {
     const why = String((e as Error)?.message ?? e).split("\n")[0]!.slice(0, 200);
     const tmp = process.env.TMPDIR || "/tmp";
-    throw new TbError("INTERNAL", `cannot load the embedded zstd library (${why})`, `it is unpacked into TMPDIR (${tmp}), which must be writable and not mounted noexec, and needs libstdc++.so.6 and libgcc_s.so.1; set TMPDIR to such a directory`);
+    throw new TbError("INTERNAL", `cannot load the embedded ${which} library (${why})`, `it is unpacked into TMPDIR (${tmp}), which must be writable and not mounted noexec, and needs libstdc++.so.6, libgcc_s.so.1 and librt.so.1; set TMPDIR to such a directory`);
   }
 }

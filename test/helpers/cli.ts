@@ -96,29 +96,39 @@ export function sha256File(file: string): string {
   return sh(`sha256sum ${JSON.stringify(file)}`).split(" ")[0]!;
 }
 
+/** The chunk digest of a root (docs/FORMAT.md §4a): BLAKE3 (what tbbackup writes), or SHA-256 (older peers and backups). */
+export type ChunkDigest = "blake3" | "sha256";
+/** The stock command that prints one chunk's digest, 64 hex digits. */
+const CHUNK_SUM: Record<ChunkDigest, string> = { blake3: "b3sum --no-names", sha256: "sha256sum | cut -c1-64" };
+
 /**
  * The integrity root of a raw file as stock tools compute it (docs/FORMAT.md
- * §4a): SHA-256 of each chunk by split + sha256sum, then SHA-256 of that list.
+ * §4a): the digest of each chunk by split + b3sum (or sha256sum), then the
+ * SHA-256 of that list.
  */
-export function stockRoot(file: string, chunk = "1M"): string {
-  return sh(`split -b ${chunk} --filter='sha256sum | cut -c1-64' ${JSON.stringify(file)} | sha256sum`).split(" ")[0]!;
+export function stockRoot(file: string, chunk = "1M", digest: ChunkDigest = "blake3"): string {
+  return sh(`split -b ${chunk} --filter='${CHUNK_SUM[digest]}' ${JSON.stringify(file)} | sha256sum`).split(" ")[0]!;
 }
 
 /**
  * The same root computed here, chunk by chunk (split runs a shell per chunk:
- * too slow for the 4 KiB chunks some tests use).
+ * too slow for the 4 KiB chunks some tests use), with the hash libraries
+ * themselves (Bun's SHA-256, the BLAKE3 addon), not tbbackup's code.
  */
-export function fileRoot(file: string, chunkSize: number): string {
+export function fileRoot(file: string, chunkSize: number, digest: ChunkDigest = "blake3"): string {
   const data = readFileSync(file);
   const lines = new Bun.CryptoHasher("sha256");
-  for (let at = 0; at < data.length; at += chunkSize)
-    lines.update(new Bun.CryptoHasher("sha256").update(data.subarray(at, Math.min(at + chunkSize, data.length))).digest("hex") + "\n");
+  const b3 = require("@napi-rs/blake-hash") as { blake3(d: Uint8Array): Buffer };
+  for (let at = 0; at < data.length; at += chunkSize) {
+    const piece = data.subarray(at, Math.min(at + chunkSize, data.length));
+    lines.update((digest === "blake3" ? b3.blake3(piece).toString("hex") : new Bun.CryptoHasher("sha256").update(piece).digest("hex")) + "\n");
+  }
   return lines.digest("hex");
 }
 
 /** stockRoot of what `zstd -dc` makes of a stored image. */
-export function zstdRoot(file: string, chunk = "1M"): string {
-  return sh(`zstd -dcq ${JSON.stringify(file)} | split -b ${chunk} --filter='sha256sum | cut -c1-64' | sha256sum`).split(" ")[0]!;
+export function zstdRoot(file: string, chunk = "1M", digest: ChunkDigest = "blake3"): string {
+  return sh(`zstd -dcq ${JSON.stringify(file)} | split -b ${chunk} --filter='${CHUNK_SUM[digest]}' | sha256sum`).split(" ")[0]!;
 }
 
 export function zstdSha(file: string): string {

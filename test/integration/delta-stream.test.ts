@@ -202,7 +202,8 @@ describe("delta restore over a stream", () => {
   test("a receiver whose digests lie (chunk 3 claimed to be what the target holds): the restore fails, it never reports success", async () => {
     const t = path.join(dir, "t-lie.img");
     fs.copyFileSync(oldImg, t);
-    const old3 = new Bun.CryptoHasher("sha256").update(fs.readFileSync(oldImg).subarray(3 * MiB, 4 * MiB)).digest();
+    // (the backup's chunk digests are BLAKE3: docs/FORMAT.md §4a)
+    const old3 = (require("@napi-rs/blake-hash") as { blake3(d: Uint8Array): Buffer }).blake3(fs.readFileSync(oldImg).subarray(3 * MiB, 4 * MiB));
     const lie: Rewrite = (type, payload) => {
       if (type !== MsgType.BASE_DIGESTS) return null;
       const p = new Uint8Array(payload);
@@ -298,7 +299,7 @@ describe("the receiver's side, by hand", () => {
 
   test("an older restorer (no delta-restore in its HELLO, even asking delta): no digests, every chunk", async () => {
     await session(async (c) => {
-      const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root"], true);
+      const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "blake3"], true);
       await c.json(MsgType.HELLO, h);
       await c.expect(MsgType.HELLO_ACK);
       const info = await c.expect(MsgType.RESTORE_INFO);
@@ -313,7 +314,7 @@ describe("the receiver's side, by hand", () => {
 
   test("a new restorer: the digests follow RESTORE_INFO; a `want` is obeyed to the chunk, and a malformed one is refused", async () => {
     await session(async (c) => {
-      const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "delta-restore"], true);
+      const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "delta-restore", "blake3"], true);
       await c.json(MsgType.HELLO, h);
       await c.expect(MsgType.HELLO_ACK);
       const info = await c.expect(MsgType.RESTORE_INFO);
@@ -332,7 +333,7 @@ describe("the receiver's side, by hand", () => {
       await c.json(MsgType.RESTORE_DONE, { session: h.session, ok: true });
     });
     await session(async (c) => {
-      const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "delta-restore"], true);
+      const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "delta-restore", "blake3"], true);
       await c.json(MsgType.HELLO, h);
       await c.expect(MsgType.HELLO_ACK);
       await c.expect(MsgType.RESTORE_INFO);
@@ -354,7 +355,7 @@ describe("the receiver's side, by hand", () => {
     fs.writeFileSync(listFile, lines.join("\n"), "latin1");
     try {
       await session(async (c) => {
-        const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "delta-restore"], true);
+        const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "delta-restore", "blake3"], true);
         await c.json(MsgType.HELLO, h);
         await c.expect(MsgType.HELLO_ACK);
         await c.expect(MsgType.RESTORE_INFO);
@@ -374,7 +375,7 @@ describe("the receiver's side, by hand", () => {
   test("a HELLO repeated before the go-ahead (its first answer lost on a lossy link): HELLO_ACK, RESTORE_INFO and the digests again, then the restore goes on and is confirmed", async () => {
     let out = "";
     await session(async (c) => {
-      const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "delta-restore"], true);
+      const h = hello(["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "delta-restore", "blake3"], true);
       await c.json(MsgType.HELLO, h);
       const acks = [await c.expect(MsgType.HELLO_ACK)];
       const offers = [await c.expect(MsgType.RESTORE_INFO)];

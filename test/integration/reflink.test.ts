@@ -188,7 +188,7 @@ describe.skipIf(!canLoop || !has("mkfs.btrfs") || !has("filefrag"))("a store on 
       const { out, a, b, grewFirst, grewSecond, log } = await twoPushes(mnt, "btrfs");
       expect(log).toMatch(/copied from \S+, \d+ of them as blocks shared with it\)/);
       for (const d of [a, b]) {
-        expect(manifest(d).format).toBe(3);
+        expect(manifest(d).format).toBe(4); // (BLAKE3 chunk digests; with SHA-256 ones an aligned image is format 3)
         expect(manifest(d).align).toBe(4096);
       }
       expect(manifest(b).base).toBe(path.relative(out, a));
@@ -214,7 +214,7 @@ describe.skipIf(!canLoop || !has("mkfs.xfs") || !has("filefrag"))("a store on XF
   test("the second backup shares all but the changed chunks' blocks with the first; each stays whole; deleting the first leaves the second", async () => {
     await withLoopFs("xfs", "mkfs.xfs -f -m reflink=1", async (mnt) => {
       const { out, a, b, grewFirst, grewSecond } = await twoPushes(mnt, "xfs");
-      expect(manifest(b).format).toBe(3);
+      expect(manifest(b).format).toBe(4);
       expect(manifest(b).align).toBe(4096);
       checkAligned(path.join(a, "image.zst"), 4096);
       const pad = checkAligned(path.join(b, "image.zst"), 4096);
@@ -229,21 +229,21 @@ describe.skipIf(!canLoop || !has("mkfs.xfs") || !has("filefrag"))("a store on XF
       const small = path.join(mnt, "small-store");
       await storeBackup(disk, small, path.join(dir, "xfs-small.sock"), ["--all-blocks", "--chunk-size", "64K"]);
       const [s] = backups(small);
-      expect(manifest(s!).format).toBe(2);
+      expect(manifest(s!).format).toBe(4);
       expect(manifest(s!).align).toBeUndefined();
     });
   });
 });
 
 describe.skipIf(!canLoop || !has("mkfs.ext4") || !has("filefrag"))("a store on a file system without reflink", () => {
-  test("ext4: nothing is padded, the manifest stays format 2, and the second backup is a plain copy", async () => {
+  test("ext4: nothing is padded, the manifest has no align, and the second backup is a plain copy", async () => {
     await withLoopFs("ext4", "mkfs.ext4 -q -F", async (mnt) => {
       const { a, b, log, grewFirst, grewSecond } = await twoPushes(mnt, "ext4");
       expect(log).toContain("copied from");
       expect(log).not.toContain("blocks shared");
       for (const d of [a, b]) {
         const m = manifest(d);
-        expect(m.format).toBe(2);
+        expect(m.format).toBe(4);
         expect(m.align).toBeUndefined();
         // every entry is exactly its frame: frames back to back, as before
         const r = ImageReader.open(path.join(d, "image.zst"));
@@ -292,7 +292,8 @@ describe("the padded layout on any store (TBBACKUP_REFLINK=4096 forces it)", () 
   test("an interrupted push of a padded image is resumed after its durable prefix; the result is whole and aligned", async () => {
     const { img, out, sock, recv, pm } = await interrupted("resume");
     try {
-      expect(pm.format).toBe(3);
+      expect(pm.format).toBe(4);
+      expect(pm.align).toBe(4096);
       expect(pm.durable.chunks).toBeGreaterThan(0);
       const second = await run(["push", img, "--stream", `unix:${sock}`, "--chunk-size", "4K", "--json"]);
       expect(second.code, second.stderr).toBe(0);

@@ -1,7 +1,7 @@
 // The ordered pipeline and the integrity root's pieces (docs/FORMAT.md §4a).
 import { expect, test } from "bun:test";
 import { OrderedPipeline } from "../../src/core/pipeline.ts";
-import { RootBuilder, zeroDigest } from "../../src/store/root.ts";
+import { RootBuilder, chunkDigest, zeroDigest } from "../../src/store/root.ts";
 
 test("results are handed on in the order the jobs were added, whatever order they finish in, with at most `limit` outstanding", async () => {
   const seen: number[] = [];
@@ -34,17 +34,30 @@ test("a failed job stops the pipeline there; the jobs behind it are not unhandle
 
 test("the zero digest is the SHA-256 of that many zero bytes (sha256sum of /dev/zero)", () => {
   // head -c 1048576 /dev/zero | sha256sum
-  expect(zeroDigest(1048576)).toBe("30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58");
-  expect(zeroDigest(4096)).toBe("ad7facb2586fc6e966c004d7d1d16b024f5805ff7cb47c7a85dabd8b48892ca7");
+  expect(zeroDigest(1048576, "sha256")).toBe("30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58");
+  expect(zeroDigest(4096, "sha256")).toBe("ad7facb2586fc6e966c004d7d1d16b024f5805ff7cb47c7a85dabd8b48892ca7");
+});
+
+test("BLAKE3 chunk digests are what b3sum prints (its zeros, and the test vector of 'abc')", () => {
+  // head -c 1048576 /dev/zero | b3sum --no-names
+  expect(zeroDigest(1048576, "blake3")).toBe("488de202f73bd976de4e7048f4e1f39a776d86d582b7348ff53bf432b987fca8");
+  expect(zeroDigest(4096, "blake3")).toBe("b6fb73fc46938c981e2b0b4b1ef282adcfc89854d01bfe3972fdc4785b41b2c7");
+  expect(chunkDigest(new TextEncoder().encode("abc"), "blake3")).toBe("6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
+  // a view into a larger (shared) buffer is hashed over its own bytes only
+  const sab = new Uint8Array(new SharedArrayBuffer(16));
+  sab.set(new TextEncoder().encode("xxabcxx"));
+  expect(chunkDigest(sab.subarray(2, 5), "blake3")).toBe("6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85");
+  // the two kinds never agree
+  expect(zeroDigest(4096, "blake3")).not.toBe(zeroDigest(4096, "sha256"));
 });
 
 test("the root is the SHA-256 of the digest lines, each 64 hex digits and a newline", () => {
   const r = new RootBuilder();
-  r.add(zeroDigest(4096));
-  r.add(zeroDigest(1048576));
-  const lines = `${zeroDigest(4096)}\n${zeroDigest(1048576)}\n`;
+  r.add(zeroDigest(4096, "sha256"));
+  r.add(zeroDigest(1048576, "sha256"));
+  const lines = `${zeroDigest(4096, "sha256")}\n${zeroDigest(1048576, "sha256")}\n`;
   expect(r.digest()).toBe(new Bun.CryptoHasher("sha256").update(lines).digest("hex"));
   // digest() does not end the running hash
-  r.add(zeroDigest(4096));
-  expect(r.digest()).toBe(new Bun.CryptoHasher("sha256").update(lines + zeroDigest(4096) + "\n").digest("hex"));
+  r.add(zeroDigest(4096, "sha256"));
+  expect(r.digest()).toBe(new Bun.CryptoHasher("sha256").update(lines + zeroDigest(4096, "sha256") + "\n").digest("hex"));
 });

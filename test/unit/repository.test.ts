@@ -70,13 +70,13 @@ function writeChunks(w: BackupWriter, from: number, to: number): void {
     const f = frame(raw);
     const write = w.record(f, CHUNK, i * CHUNK, Bun.hash.xxHash3(raw));
     writeFrame(write, f);
-    w.recordDigest(chunkDigest(raw), frameDigest(f));
+    w.recordDigest(chunkDigest(raw, "sha256"), frameDigest(f));
   }
 }
 
 function seal(w: BackupWriter, chunks: number): string {
   const root = new RootBuilder();
-  for (let i = 0; i < chunks; i++) root.add(chunkDigest(chunk(i)));
+  for (let i = 0; i < chunks; i++) root.add(chunkDigest(chunk(i), "sha256"));
   const stored = w.finish();
   Object.assign(w.manifest, { status: "complete", storedBytes: stored, root: root.digest(), chunks: { ...w.manifest.chunks, count: chunks } });
   return w.commit();
@@ -146,7 +146,7 @@ test("a backup written through a BackupWriter is committed, listed, and read bac
   // without frame-xxh3.txt, the frame-digests.txt of the version before (SHA-256 lines) is read; with both, frame-xxh3.txt
   const shaList = path.join(final, "frame-digests.txt");
   const r5 = repo.open(b);
-  const shaLines = [0, 1, 2, 3, 4, 5].map((i) => chunkDigest(r5.frame(i)) + "\n").join("");
+  const shaLines = [0, 1, 2, 3, 4, 5].map((i) => chunkDigest(r5.frame(i), "sha256") + "\n").join("");
   fs.writeFileSync(shaList, shaLines);
   const fd5 = r5.frameDigests()!;
   expect([0, 1, 2, 3, 4, 5].map((i) => fd5.at(i))).toEqual(shaLines.trim().split("\n"));
@@ -202,7 +202,7 @@ test("a writer closed after a checkpoint leaves a partial that is found, read ba
   const w2 = repo.resume(p!, m, entries);
   expect(w2.id).toBe("h1/d1/20261206T130000Z");
   expect(w2.chunks).toBe(3);
-  for (let i = 0; i < 3; i++) w2.recordDigest(chunkDigest(chunk(i)), frameDigest(frames[i]!));
+  for (let i = 0; i < 3; i++) w2.recordDigest(chunkDigest(chunk(i), "sha256"), frameDigest(frames[i]!));
   writeChunks(w2, 3, 8);
   delete w2.manifest.reason;
   seal(w2, 8);

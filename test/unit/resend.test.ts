@@ -72,7 +72,7 @@ test("RootBuilder.restore goes back to a saved state: the root counts each diges
 });
 
 test("RootBuilder hashes its digests in batches: the root is SHA-256 over the lines, and only the last `keep` can be taken back", () => {
-  const digests = Array.from({ length: 1000 }, (_, i) => chunkDigest(new Uint8Array([i & 255, i >> 8])));
+  const digests = Array.from({ length: 1000 }, (_, i) => chunkDigest(new Uint8Array([i & 255, i >> 8]), "sha256"));
   const lines = (ds: string[]) => new Bun.CryptoHasher("sha256").update(ds.map((d) => d + "\n").join("")).digest("hex");
   const r = new RootBuilder(16);
   const saved: number[] = [];

@@ -150,7 +150,7 @@ describe("the chunk worker on shared slots", () => {
       const raw = raws.take();
       raw.set(chunk);
       const out = frames.take();
-      const r = await pool.run({ op: "compress", index: 3, offset: 3 << 20, rawLength: chunk.length, raw: raws.ref(raw)!, out: frames.ref(out)! });
+      const r = await pool.run({ op: "compress", index: 3, offset: 3 << 20, rawLength: chunk.length, raw: raws.ref(raw)!, out: frames.ref(out)!, digest: "sha256" });
       if (r.op !== "compressed") throw new Error(JSON.stringify(r));
       expect("frame" in r || "raw" in r).toBe(false); // built in the slot, nothing handed over
       expect(r.digest).toBe(createHash("sha256").update(chunk).digest("hex"));
@@ -159,12 +159,12 @@ describe("the chunk worker on shared slots", () => {
       expect(new (zstd().DCtx)().decompress(back, z)).toBe(chunk.length);
       expect(Buffer.from(back).equals(Buffer.from(chunk))).toBe(true);
       // the other worker checks the frame where it lies
-      const c = await pool.run({ op: "check", index: 3, rawLength: chunk.length, checksum: Bun.hash.xxHash3(chunk), buf: frames.ref(z)!, at: 0, length: z.length, hash: false, digest: true, wantRaw: false }, [], 1);
-      expect(c).toMatchObject({ op: "checked", ok: true, digest: chunkDigest(chunk) });
+      const c = await pool.run({ op: "check", index: 3, rawLength: chunk.length, checksum: Bun.hash.xxHash3(chunk), buf: frames.ref(z)!, at: 0, length: z.length, hash: false, digest: "blake3", wantRaw: false }, [], 1);
+      expect(c).toMatchObject({ op: "checked", ok: true, digest: chunkDigest(chunk, "blake3") });
       expect((c as { buf?: unknown }).buf).toBeUndefined();
       // a damaged byte in the slot is seen there
       z[z.length >> 1] ^= 0xff;
-      const bad = await pool.run({ op: "check", index: 3, rawLength: chunk.length, checksum: Bun.hash.xxHash3(chunk), buf: frames.ref(z)!, at: 0, length: z.length, hash: false, digest: true, wantRaw: false }, [], 0);
+      const bad = await pool.run({ op: "check", index: 3, rawLength: chunk.length, checksum: Bun.hash.xxHash3(chunk), buf: frames.ref(z)!, at: 0, length: z.length, hash: false, digest: "blake3", wantRaw: false }, [], 0);
       expect(bad).toMatchObject({ op: "checked", ok: false });
     } finally {
       pool.terminate();
