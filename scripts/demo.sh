@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pair in mkfs.ext4:e2fsprogs zstd:zstd; do command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}"); done
+for pair in mkfs.ext4:e2fsprogs zstd:zstd b3sum:b3sum; do command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair##*:}"); done
 if [ "${#need[@]}" -gt 0 ]; then
   echo "demo: installing ${need[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
@@ -33,9 +33,11 @@ echo "== verify $BACKUP"
 echo "== plain zstd -dc | sha256sum (no tbbackup needed) vs the disk"
 zstd -dcq "$BACKUP/image.zst" | sha256sum
 sha256sum "$DEMO/disk.img"
-echo "== the integrity root by stock tools (split + sha256sum), vs the manifest's"
-zstd -dcq "$BACKUP/image.zst" | split -b 1M --filter='sha256sum | cut -c1-64' | sha256sum
+echo "== the integrity root by stock tools (split + b3sum + sha256sum), vs the manifest's"
+STOCK_ROOT=$(zstd -dcq "$BACKUP/image.zst" | split -b 1M --filter='b3sum --no-names' | sha256sum | cut -c1-64)
+echo "$STOCK_ROOT  (stock tools)"
 grep '"root"' "$BACKUP/manifest.json"
+grep -q "\"root\": \"$STOCK_ROOT\"" "$BACKUP/manifest.json" || { echo "demo: the manifest's root is not what stock tools compute" >&2; exit 1; }
 echo "== restore into a new file: tbbackup restore $DEMO/restored.img --from $BACKUP --yes"
 "$BIN" restore "$DEMO/restored.img" --from "$BACKUP" --yes
 cmp "$DEMO/disk.img" "$DEMO/restored.img" && echo "restored image is identical to the original"

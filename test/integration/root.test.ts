@@ -1,7 +1,7 @@
 // The integrity root (docs/FORMAT.md §4a, PROTOCOL.md §5.4a) against peers and
 // stores that predate it: a sender without the `root` capability, a restorer
 // without it, and a backup stored in manifest format 1 (a SHA-256, no root).
-// The root itself is always checked against stock tools (split + sha256sum).
+// The root itself is always checked against stock tools (split + sha256sum or b3sum).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
