@@ -5,6 +5,19 @@
 import { mkdirSync } from "node:fs";
 
 mkdirSync("dist", { recursive: true });
+// the BLAKE3 addon npm installed for this platform (its package names the C library: gnu or musl)
+const blakeAddon = ["gnu", "musl"].map((libc) => `@napi-rs/blake-hash-${process.platform}-${process.arch}-${libc}`).find((name) => {
+  try {
+    require.resolve(name);
+    return true;
+  } catch {
+    return false;
+  }
+});
+if (!blakeAddon) {
+  console.error(`build: no BLAKE3 addon (@napi-rs/blake-hash) installed for ${process.platform}-${process.arch}; run npm ci`);
+  process.exit(1);
+}
 const result = await Bun.build({
   entrypoints: ["./src/main.ts", "./src/core/chunk-worker.ts"],
   compile: { outfile: "./dist/tbbackup" },
@@ -28,7 +41,7 @@ const result = await Bun.build({
       name: "blake-hash-static-binding",
       setup(build) {
         build.onLoad({ filter: /@napi-rs[\\/]blake-hash[\\/]index\.js$/ }, () => ({
-          contents: `module.exports = require("@napi-rs/blake-hash-${process.platform}-${process.arch}-gnu");`,
+          contents: `module.exports = require(${JSON.stringify(blakeAddon)});`,
           loader: "js",
         }));
       },

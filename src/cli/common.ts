@@ -20,7 +20,7 @@ function flushStdout(): Promise<void> {
  * (Bun.unsafe.setJITPolicy). They run their per-chunk JavaScript about a
  * thousand times per GiB, too few for the optimizing JITs' compile time (tens
  * of ms for their large functions) to pay for itself: the work is native
- * (zstd, SHA-256). Measured on the bench image: 2.29 against 2.37 CPU-s for
+ * (zstd, the chunk digests). Measured on the bench image: 2.29 against 2.37 CPU-s for
  * push + receive. Not for every command: with it built in for all, the test
  * of the NBD server under a burst of 1000 connections failed in 2 of 8 runs
  * on a loaded machine (0 of 8 without); why was not found.

@@ -1,6 +1,6 @@
 // push: read a disk or image in chunks, hash it, compress it on worker threads,
 // and stream it to a receiver; done only when the receiver says it is durable
-// and its SHA-256 matches ours.
+// and its integrity root (or SHA-256) matches ours.
 import { MsgType, type DiskIdentity, type End, type Layout, type MountedRw } from "../protocol/messages.ts";
 import { dataFrameSize, sameRecordFrame, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import type { Transport } from "../transport/index.ts";
@@ -9,7 +9,7 @@ import { Hasher, WorkerPool, workerCount, type Bytes, type WorkerReply } from ".
 import { SharedSlots } from "../util/shared-slots.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest, chunkDigest, digestAt, type DigestAlgorithm } from "../store/root.ts";
-import { CAPABILITIES, INCREMENTAL_CAP, RESEND_CAP, ROOT_CAP, STATUS_CAP } from "./version.ts";
+import { BLAKE3_CAP, CAPABILITIES, INCREMENTAL_CAP, RESEND_CAP, ROOT_CAP, STATUS_CAP } from "./version.ts";
 import { REWIND_WINDOW, RewindPoints } from "./resend.ts";
 import { receiveBaseDigests } from "./incremental.ts";
 import { TbError, outcome } from "./errors.ts";
@@ -252,7 +252,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     const root = new RootBuilder(REWIND_WINDOW);
     const peerHasRoot = hasCap(ack, ROOT_CAP);
     // its chunk digest, as the receiver said (docs/PROTOCOL.md §5.4a)
-    const chunkHash: DigestAlgorithm = peerHasRoot && ack.digest === "blake3" ? "blake3" : "sha256";
+    // (a resume offer's is the partial's: declined, a new backup's is BLAKE3 whenever the receiver lists it)
+    let chunkHash: DigestAlgorithm = peerHasRoot && ack.digest === "blake3" ? "blake3" : "sha256";
     const spare: ArrayBuffer[] = [];
     // (what the SHA-256 thread is done with: a prefix check's copy, or a chunk's slot)
     const hashed = (b: Bytes) => (b instanceof ArrayBuffer ? spare.push(b) : rawSlots.giveRef(b));
@@ -275,6 +276,7 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         sha = hasher = opts.sha256 || !peerHasRoot ? new Hasher(hashed, rawSlots) : null;
       }
       await send(ch.sendJson(MsgType.RESUME, { session: hello.session, from: start }));
+      if (start === 0) chunkHash = peerHasRoot && hasCap(ack, BLAKE3_CAP) ? "blake3" : "sha256";
       opts.reporter.info(start ? `resuming the interrupted backup ${offer.id} at chunk ${start}${opts.label !== null ? `, now labelled ${JSON.stringify(opts.label)}` : ""}` : `not resuming ${offer.id} (${opts.resume === false ? "--no-resume" : "this disk no longer matches it"}): starting a new backup`);
     }
     const total = src.size ?? 0;

@@ -355,8 +355,10 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   // The root's chunk digest (docs/FORMAT.md §4a): BLAKE3 when the sender
   // computes it; a backup continued (resumed) or made against a base keeps
   // the digests of the one it continues, and one the sender cannot compute
-  // is neither resumed nor a base. The first HELLO_ACK says which it is.
+  // is neither resumed nor a base. HELLO_ACK says which it is (a resume
+  // offer, the partial's: declined, the new backup's is the fresh choice).
   const senderBlake3 = hasRootCap(hello) && hasCap(hello, BLAKE3_CAP);
+  const fresh: DigestAlgorithm = senderBlake3 ? "blake3" : "sha256";
   const usable = (m: Manifest) => {
     const d = chunkDigestOf(m);
     return d === "sha256" || (d === "blake3" && senderBlake3);
@@ -364,9 +366,6 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
   // An interrupted push of this same disk can continue where it became durable.
   let candidate = files ? null : findResumable(repo, hello);
   if (candidate && !usable(candidate.manifest)) candidate = null;
-  let digest: DigestAlgorithm = candidate ? chunkDigestOf(candidate.manifest)! : senderBlake3 ? "blake3" : "sha256";
-  /** what HELLO_ACK says of it: only to a sender that lists BLAKE3 */
-  const digestField = () => (senderBlake3 ? { digest } : {});
   let lines = "";
   if (candidate) {
     try {
@@ -376,6 +375,9 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       candidate = null;
     }
   }
+  let digest: DigestAlgorithm = candidate ? chunkDigestOf(candidate.manifest)! : fresh;
+  /** what HELLO_ACK says of it: only to a sender that lists BLAKE3 */
+  const digestField = () => (senderBlake3 ? { digest } : {});
   if (candidate) {
     session.to("offering");
     const d = candidate.manifest.durable!;
@@ -419,6 +421,7 @@ async function receiveSession(ch: Channel, hello: Hello, opts: ReceiveOptions, {
       }
     } else {
       markNotResumable(repo, candidate, "the sender's disk no longer matches it (a new backup was started)");
+      digest = fresh; // (as the sender takes it: docs/PROTOCOL.md §5.2)
       session.to("opening");
     }
   }

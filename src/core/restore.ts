@@ -1,6 +1,7 @@
 // restore: write a backup back onto a disk or into a file, from a stored
 // image (--from) or from a receiver (--stream). Every chunk is checked before
-// it is written; the target is fsynced and read back against the SHA-256.
+// it is written; the target is fsynced and read back against the integrity
+// root (or, for a backup older than it, the SHA-256).
 // A target that already holds data (a disk, an existing file) gets a delta
 // restore: each chunk is written only when the target holds other bytes there.
 import * as fs from "node:fs";
@@ -14,7 +15,7 @@ import { Channel } from "./channel.ts";
 import { Hasher, WorkerPool, jobBytes, workerCount, type WorkerReply } from "./chunk-jobs.ts";
 import { OrderedPipeline } from "./pipeline.ts";
 import { RootBuilder, zeroDigest, digestAt } from "../store/root.ts";
-import { chunkDigestOf } from "../store/repository.ts";
+import { chunkDigestOf, unknownDigest } from "../store/repository.ts";
 import { TbError, asTbError, outcome, saysUnfinished } from "./errors.ts";
 import { handshake, newHello, hasCap } from "./handshake.ts";
 import { RestoreSession, type RestorerMessage } from "./restore-session.ts";
@@ -88,7 +89,7 @@ interface Source {
   chunks: AsyncGenerator<ChunkIn>;
   /** a stored backup on this machine: its files, which the target must not be */
   files?: string[];
-  /** a delta restore (docs/PROTOCOL.md §8.6a; a stored backup's digests.txt): the backup's per-chunk SHA-256s, 32 bytes each */
+  /** a delta restore (docs/PROTOCOL.md §8.6a; a stored backup's digests.txt): the backup's per-chunk digests (of info.digest), 32 bytes each */
   digests?: Uint8Array;
   /** before chunks() with digests: the target is being compared (keep the receiver waiting) */
   comparing?(): void;
@@ -418,7 +419,7 @@ async function planDelta(fd: number, target: TargetInfo, info: RestoreInfo, dige
 /** hashTarget reads up to this many bytes of consecutive chunks at once (fewer jobs, larger reads) */
 const READ_SPAN = 4 * 1024 * 1024;
 
-/** What reading and hashing one chunk of the target gave: its SHA-256, the read's errno code, or that it came short. */
+/** What reading and hashing one chunk of the target gave: its chunk digest, the read's errno code, or that it came short. */
 type TargetChunk = { digest: string } | { error: string } | { short: true };
 
 /**
@@ -552,7 +553,7 @@ function fileSource(from: string, comparing: boolean): Source {
     ...(manifest?.sha256 ? { sha256: manifest.sha256 } : {}),
   };
   if (manifest?.root && chunkDigestOf(manifest) === null)
-    throw new TbError("VERIFY", `${dir} is damaged: its manifest names chunk digests of an unknown kind (${String(manifest.digests?.algorithm).slice(0, 40)})`, "restore another backup");
+    throw new TbError("VERIFY", `${dir} is damaged: ${unknownDigest(manifest)}`, "restore another backup");
   if (!info.root && !info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with an integrity root or SHA-256`, "restore from a backup directory made by tbbackup receive");
   // sizes are the store's word: buffers are sized by them, so what tbbackup never writes is damage
   const longest = reader.entries.reduce((m, e) => Math.max(m, e.rawSize), 0);
@@ -642,7 +643,7 @@ async function streamSource(opts: RestoreOptions, target: TargetInfo | null, com
       if (rs.failure) throw rs.failure;
       offer = rs.info;
     }
-    // A delta restore (§8.6a): the backup's per-chunk SHA-256s follow the offer.
+    // A delta restore (§8.6a): the backup's per-chunk digests follow the offer.
     // Any trouble with them: every chunk is sent, as to a restorer without them.
     let digests: Uint8Array | undefined;
     let want: Uint8Array | null = null;

@@ -7,7 +7,7 @@ import type { Frame } from "../protocol/frame.ts";
 import { DATA_PAYLOAD_AT, dataFrameSize, sealDataFrame, wants, zeroRecordFrame } from "../protocol/chunk-record.ts";
 import { BLAKE3_CAP, DELTA_RESTORE_CAP, ROOT_CAP } from "./version.ts";
 import { readDigests, sendBaseDigests } from "./incremental.ts";
-import { chunkDigestOf, openRepository, type BackupReader, type ChunkLines, type Repository, type StoredBackup } from "../store/repository.ts";
+import { chunkDigestOf, openRepository, unknownDigest, type BackupReader, type ChunkLines, type Repository, type StoredBackup } from "../store/repository.ts";
 import { compareDisks, sameDisk, type DiskNames } from "./identity.ts";
 import { storeKind } from "../store/errors.ts";
 import { Channel } from "./channel.ts";
@@ -129,7 +129,7 @@ async function sendBackup(ch: Channel, hello: Hello, ack: HelloAck, repo: Reposi
   if (manifest.status !== "complete" || (!manifest.sha256 && !manifest.root)) return refuse("NOT_FOUND", `backup ${manifest.id} is ${manifest.status}, not complete`);
   // a restorer older than the integrity root (or than its chunk digest, BLAKE3) can only check a whole-image SHA-256
   const chunkHash = chunkDigestOf(manifest);
-  if (manifest.root && chunkHash === null) return refuse("VERIFY", `backup ${manifest.id} is damaged: its manifest names chunk digests of an unknown kind`);
+  if (manifest.root && chunkHash === null) return refuse("VERIFY", `backup ${manifest.id} is damaged: ${unknownDigest(manifest)}`);
   const restorerHasRoot = hasCap(hello, ROOT_CAP) && (chunkHash !== "blake3" || hasCap(hello, BLAKE3_CAP));
   if (!restorerHasRoot && !manifest.sha256)
     return refuse("PROTOCOL", `backup ${manifest.id} is checked by its integrity root${chunkHash === "blake3" ? " of BLAKE3 chunk digests" : ""}, which this tbbackup (${String(hello.tool)}) does not know; restore it with a newer tbbackup`);

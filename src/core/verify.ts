@@ -2,7 +2,7 @@
 // our xxh3 of the raw data) and the integrity root (and the whole-image
 // SHA-256 where the backup records one), writing nothing.
 import * as path from "node:path";
-import { backupAt, chunkDigestOf, maxEntrySize, openBackupAt, type BackupAt, type BackupReader, type ChunkLine, type ChunkLines, type Manifest } from "../store/repository.ts";
+import { backupAt, chunkDigestOf, unknownDigest, maxEntrySize, openBackupAt, type BackupAt, type BackupReader, type ChunkLine, type ChunkLines, type Manifest } from "../store/repository.ts";
 import { storeKind } from "../store/errors.ts";
 import { SharedSlots } from "../util/shared-slots.ts";
 import { MAX_CHUNK_SIZE } from "./limits.ts";
@@ -149,7 +149,7 @@ export async function verify(p: string, reporter: Reporter): Promise<VerifyResul
     const root = new RootBuilder();
     // its chunk digest (a bare image without a manifest has only its SHA-256 to check: any will do)
     const chunkHash = manifest ? chunkDigestOf(manifest) : "sha256";
-    if (chunkHash === null) throw new TbError("VERIFY", `the manifest names chunk digests of an unknown kind (${String(manifest?.digests?.algorithm).slice(0, 40)})`, "this backup cannot be trusted; make a new one");
+    if (chunkHash === null) throw new TbError("VERIFY", `${dir} is damaged: ${unknownDigest(manifest!)}`, "this backup cannot be trusted; make a new one");
     // `held`: the slot the frame was read into, free again once its worker answered
     const checks = new OrderedPipeline<{ i: number; r: WorkerReply | null; held?: Uint8Array }>(4 * pool.size + 4, ({ i, r, held }) => {
       // the canonical zero frame holds zeros by construction: nothing to decompress or hash

@@ -156,7 +156,7 @@ export class ImageExport {
 
   /** `workers`: threads that decompress (0: the calling thread does, synchronously) */
   static open(arg: string, opts: { out?: string; cacheBytes?: number; workers?: number; onDamage?: (d: DamagedChunk) => void } = {}): ImageExport {
-    requireAddons();
+    requireAddons(false); // (the export checks frames by XXH3, and needs no chunk digest)
     const found = findImageBackup(arg, opts.out);
     const { dir, image, manifest } = found;
     let reader: BackupReader;

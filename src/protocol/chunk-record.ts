@@ -68,7 +68,7 @@ export function decodeChunkRecord(f: Frame, chunkSize: number, zeroChecksum: (ra
 /**
  * A complete SAME frame (incremental push, docs/PROTOCOL.md §6.4): the chunk's
  * header (its XXH3-64 as the sender read it) and nothing else; the chunk's
- * SHA-256 equals the base backup's for that index.
+ * digest (docs/PROTOCOL.md §5.4a) equals the base backup's for that index.
  */
 export function sameRecordFrame(h: ChunkHeader): Uint8Array {
   return encodeFrame(MsgType.SAME, headerOnlyPayload(h));

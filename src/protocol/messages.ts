@@ -23,7 +23,7 @@ export const MsgType = {
   RESUME: 0x15,
   STATUS: 0x16,
   RESEND: 0x17,
-  /** incremental push: the base's per-chunk SHA-256s, binary (docs/PROTOCOL.md §8.7) */
+  /** incremental push: the base's per-chunk digests, binary (docs/PROTOCOL.md §8.7) */
   BASE_DIGESTS: 0x18,
   /** incremental push: "chunk i is the same as the base's" (docs/PROTOCOL.md §6.4) */
   SAME: 0x19,

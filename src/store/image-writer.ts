@@ -32,7 +32,7 @@ function writeAllAt(fd: number, text: string, position: number): number {
 export class ImageWriter {
   private fd: number;
   private chunksFd: number;
-  /** digests.txt: the per-chunk SHA-256s whose hash is the integrity root (docs/FORMAT.md §4a) */
+  /** digests.txt: the per-chunk digests whose hash is the integrity root (docs/FORMAT.md §4a) */
   private digestsFd: number;
   private digestLines: string[] = [];
   /** frame-xxh3.txt: each stored frame's XXH3-64, taken once it was checked (docs/FORMAT.md §4b), line for line with digests.txt */
@@ -136,7 +136,7 @@ export class ImageWriter {
     return w;
   }
 
-  /** Records the next chunk's SHA-256, and its stored frame's digest (in chunk order, once the chunk is checked). */
+  /** Records the next chunk's digest, and its stored frame's digest (in chunk order, once the chunk is checked). */
   recordDigest(digest: string, frameDigest: string): void {
     this.digestLines.push(digest + "\n");
     this.frameDigestLines.push(frameDigest + "\n");

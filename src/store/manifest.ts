@@ -74,9 +74,19 @@ export interface Manifest {
   mountedRw?: MountedRw[];
 }
 
-/** The chunk digest of a backup's root: SHA-256 in one without `digests` (format 1); null for one this version does not know. */
+/**
+ * The chunk digest of a backup's root: SHA-256 in one without `digests`
+ * before format 4 (format 1 has no root); null for one this version does not
+ * know, or a format 4 manifest without `digests` (damaged).
+ */
 export function chunkDigestOf(m: Manifest): DigestAlgorithm | null {
-  return m.digests ? digestAlgorithmOf(m.digests.algorithm) : "sha256";
+  if (!m.digests) return m.format >= 4 ? null : "sha256";
+  return digestAlgorithmOf(m.digests.algorithm);
+}
+
+/** Why chunkDigestOf(m) is null, for an error line: "its manifest ..." */
+export function unknownDigest(m: Manifest): string {
+  return m.digests ? `its manifest names chunk digests of an unknown kind (${String(m.digests.algorithm).slice(0, 40)})` : `its manifest (format ${m.format}) names no chunk digest`;
 }
 
 export function writeManifest(dir: string, m: Manifest): void {

@@ -26,7 +26,7 @@ export { parseChunkLine, type ChunkLine } from "./image-reader.ts";
 export { chunkLine, prefixDigest } from "./image-writer.ts";
 export { MAX_PADDING, frameChecksum, maxEntrySize, type SeekEntry } from "./seekable.ts";
 export { reflinkSetting, type FrameWrite } from "./reflink.ts";
-export { MANIFEST_FORMAT, chunkDigestOf } from "./manifest.ts";
+export { MANIFEST_FORMAT, chunkDigestOf, unknownDigest } from "./manifest.ts";
 
 /** One backup as a listing sees it. */
 export interface StoredBackup {
@@ -165,7 +165,7 @@ export interface BackupWriter {
   record(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint, source?: { fd: number; offset: number; length: number }): FrameWrite;
   /** Records and writes a frame at once (tools and tests). */
   append(frame: Uint8Array, rawSize: number, offset: number, checksum: bigint): void;
-  /** Records the next checked chunk's SHA-256, and its stored frame's digest (frame-xxh3.txt; in chunk order). */
+  /** Records the next checked chunk's digest, and its stored frame's digest (frame-xxh3.txt; in chunk order). */
   recordDigest(digest: string, frameDigest: string): void;
   /** Forgets chunks from `chunks` on (sent again); nobody may be writing a frame meanwhile. */
   truncateTo(chunks: number): void;

@@ -55,8 +55,8 @@ export const FRAME_DIGEST_HEX = 16;
 /**
  * A stored frame's line in frame-xxh3.txt (docs/FORMAT.md §4b): its XXH3-64
  * as 16 lowercase hex digits. It only has to tell whether the frame's bytes
- * changed at rest since they were checked (the raw SHA-256 is what the root
- * covers), and costs a fraction of a SHA-256.
+ * changed at rest since they were checked (the raw chunk's digest is what
+ * the root covers), and costs a fraction of a SHA-256.
  */
 export function frameDigest(frame: Uint8Array): string {
   return Bun.hash.xxHash3(frame).toString(16).padStart(16, "0");

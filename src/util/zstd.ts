@@ -14,17 +14,17 @@ export function zstd(): typeof Binding {
 }
 
 /**
- * Loads the addons (zstd, and BLAKE3: src/util/blake3.ts) now, so that a
+ * Loads the addons (zstd, and BLAKE3 unless `blake3` is false: src/util/blake3.ts) now, so that a
  * system that cannot run them (TMPDIR not writable or mounted noexec,
  * libstdc++ missing) is told so before any session starts, in one line,
  * instead of a worker failing in the middle of one.
  */
-export function requireAddons(): void {
+export function requireAddons(blake3 = true): void {
   let which = "zstd";
   try {
     zstd();
     which = "BLAKE3";
-    blake3Hex(new Uint8Array(0));
+    if (blake3) blake3Hex(new Uint8Array(0));
   } catch (e) {
     const why = String((e as Error)?.message ?? e).split("\n")[0]!.slice(0, 200);
     const tmp = process.env.TMPDIR || "/tmp";

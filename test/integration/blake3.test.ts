@@ -7,7 +7,8 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { cleanup, finish, makeExt4Image, run, sh, sha256File, start, stockRoot, storeBackup, tempDir, waitFor, zstdRoot } from "../helpers/cli.ts";
+import { cleanup, fileRoot, finish, makeExt4Image, run, sh, sha256File, start, stockRoot, storeBackup, tempDir, waitFor, zstdRoot } from "../helpers/cli.ts";
+import { startProxy } from "../helpers/proxy.ts";
 import { MsgType, decodeJson } from "../../src/protocol/messages.ts";
 import { client, dataPayload } from "../helpers/raw-client.ts";
 
@@ -227,5 +228,79 @@ describe("peers and backups from before BLAKE3", () => {
     } finally {
       cleanup(d);
     }
+  });
+
+  describe("an interrupted push that an older tbbackup received (a partial of SHA-256 digests)", () => {
+    /** A push cut after about 3 MB on the wire (4 KiB chunks: durable every 1 MiB of disk), its partial turned into one of SHA-256 digests. */
+    async function sha256Partial(name: string) {
+      const d = tempDir();
+      const out = path.join(d, "store");
+      const sock = path.join(d, "r.sock");
+      const front = path.join(d, "front.sock");
+      const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`]);
+      await waitFor(() => fs.existsSync(sock), "socket");
+      const proxy = await startProxy(front, sock, { cutAfterBytes: 3_000_000 });
+      const big = makeExt4Image(d, 24, `${name}.img`);
+      const first = await run(["push", big, "--stream", `unix:${front}`, "--chunk-size", "4K"]);
+      proxy.close();
+      expect(first.code).toBe(7);
+      const partialDir = () => {
+        const p = fs.readdirSync(out, { recursive: true }).map(String).find((x) => x.endsWith(".partial"));
+        return p ? path.join(out, p) : null;
+      };
+      await waitFor(() => {
+        const p = partialDir();
+        try {
+          return p !== null && typeof manifestOf(p).reason === "string";
+        } catch {
+          return false;
+        }
+      }, "the receiver to record the partial");
+      const pdir = partialDir()!;
+      const m = manifestOf(pdir);
+      expect(m.digests.algorithm).toBe("blake3-chunk-list");
+      expect(m.durable.chunks).toBeGreaterThan(0);
+      // (its digests.txt lines are computed again from the stored frames when it is resumed)
+      m.digests.algorithm = "sha256-chunk-list";
+      m.format = m.align ? 3 : 2;
+      fs.writeFileSync(path.join(pdir, "manifest.json"), JSON.stringify(m, null, 2) + "\n");
+      return { d, out, sock, recv, img: big, durable: m.durable.chunks as number };
+    }
+
+    test("resumed, it keeps SHA-256 digests, and the root is the SHA-256 one of the whole disk", async () => {
+      const p = await sha256Partial("keep");
+      try {
+        const r = await run(["push", p.img, "--stream", `unix:${p.sock}`, "--chunk-size", "4K", "--json"]);
+        expect(r.code).toBe(0);
+        const j = JSON.parse(r.stdout);
+        expect(j.resumedFrom).toBe(p.durable);
+        expect(j.root).toBe(fileRoot(p.img, 4096, "sha256"));
+        const m = manifestOf(path.join(p.out, j.id));
+        expect(m.digests.algorithm).toBe("sha256-chunk-list");
+        expect(m.format === 2 || m.format === 3).toBe(true);
+        expect((await run(["verify", path.join(p.out, j.id)])).code).toBe(0);
+      } finally {
+        p.recv.kill();
+        cleanup(p.d);
+      }
+    });
+
+    test("declined (--no-resume), the new backup gets BLAKE3 digests all the same", async () => {
+      const p = await sha256Partial("decline");
+      try {
+        const r = await run(["push", p.img, "--stream", `unix:${p.sock}`, "--chunk-size", "4K", "--json", "--no-resume"]);
+        expect(r.code).toBe(0);
+        const j = JSON.parse(r.stdout);
+        expect(j.resumedFrom).toBe(0);
+        expect(j.root).toBe(fileRoot(p.img, 4096, "blake3"));
+        const m = manifestOf(path.join(p.out, j.id));
+        expect(m.digests.algorithm).toBe("blake3-chunk-list");
+        expect(m.format).toBe(4);
+        expect((await run(["verify", path.join(p.out, j.id)])).code).toBe(0);
+      } finally {
+        p.recv.kill();
+        cleanup(p.d);
+      }
+    });
   });
 });
