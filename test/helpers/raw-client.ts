@@ -73,3 +73,14 @@ export async function client(sock: string) {
   };
 }
 
+/** The identity a sender's HELLO gives an image file (docs/PROTOCOL.md §5.1). */
+export function fileDisk(file: string, name: string, size: number) {
+  return { path: file, kind: "file", name, size, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null };
+}
+
+/** Sends `data` as DATA records of `chunkSize` bytes, in order, as a push does; returns how many. */
+export async function sendImage(c: Awaited<ReturnType<typeof client>>, data: Uint8Array, chunkSize: number): Promise<number> {
+  let i = 0;
+  for (let offset = 0; offset < data.length; offset += chunkSize, i++) await c.send(MsgType.DATA, dataPayload(i, offset, data.subarray(offset, Math.min(offset + chunkSize, data.length))));
+  return i;
+}

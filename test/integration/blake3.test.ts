@@ -10,7 +10,7 @@ import * as path from "node:path";
 import { cleanup, fileRoot, finish, makeExt4Image, run, sh, sha256File, start, stockRoot, storeBackup, tempDir, waitFor, zstdRoot } from "../helpers/cli.ts";
 import { startProxy } from "../helpers/proxy.ts";
 import { MsgType, decodeJson } from "../../src/protocol/messages.ts";
-import { client, dataPayload } from "../helpers/raw-client.ts";
+import { client, fileDisk, sendImage } from "../helpers/raw-client.ts";
 
 let dir: string;
 let img: string;
@@ -29,6 +29,12 @@ const backupDirs = (out: string) =>
     .filter((p) => p.endsWith("manifest.json") && !p.includes(".partial"))
     .map((p) => path.join(out, path.dirname(p)))
     .sort();
+/** A store in `d` holding one backup of the image, made by the binary: its directory. */
+async function oneBackup(d: string): Promise<string> {
+  const out = path.join(d, "store");
+  await storeBackup(img, out, path.join(d, "s.sock"));
+  return backupDirs(out)[0]!;
+}
 /** What tbbackup before the `blake3` capability listed. */
 const PRE_B3_CAPS = ["zstd", "zero-chunks", "seekable", "progress-ack", "status", "root", "resend", "incremental", "delta-restore", "key-auth"];
 const peer = { protocol: "tbbackup", proto: 1, tool: "tbbackup/0.1.0", host: { hostname: "oldhost", machineId: null, productUuid: null } };
@@ -52,28 +58,26 @@ describe("a root of BLAKE3 chunk digests", () => {
   test("push stores it (manifest format 4), stock tools recompute it from the disk and from image.zst, and verify and restore --from check it", async () => {
     const d = tempDir();
     try {
-      const out = path.join(d, "store");
-      await storeBackup(img, out, path.join(d, "s.sock"));
-      const [bdir] = backupDirs(out);
-      const m = manifestOf(bdir!);
+      const bdir = await oneBackup(d);
+      const m = manifestOf(bdir);
       expect(m.format).toBe(4);
       expect(m.digests.algorithm).toBe("blake3-chunk-list");
       expect(m.root).toBe(stockRoot(img));
-      expect(m.root).toBe(zstdRoot(path.join(bdir!, "image.zst")));
-      expect(sh(`sha256sum ${JSON.stringify(path.join(bdir!, "digests.txt"))}`).split(" ")[0]).toBe(m.root);
+      expect(m.root).toBe(zstdRoot(path.join(bdir, "image.zst")));
+      expect(sh(`sha256sum ${JSON.stringify(path.join(bdir, "digests.txt"))}`).split(" ")[0]).toBe(m.root);
       // not the SHA-256 root: the two kinds are told apart
       expect(m.root).not.toBe(stockRoot(img, "1M", "sha256"));
-      const v = await run(["verify", bdir!]);
+      const v = await run(["verify", bdir]);
       expect(v.code).toBe(0);
       expect(v.stdout).toContain(m.root);
       const t = path.join(d, "t.img");
-      expect((await run(["restore", t, "--from", bdir!, "--yes"])).code).toBe(0);
+      expect((await run(["restore", t, "--from", bdir, "--yes"])).code).toBe(0);
       expect(sha256File(t)).toBe(sha256File(img));
       // one damaged line of digests.txt: verify says so (exit 10)
-      const list = path.join(bdir!, "digests.txt");
+      const list = path.join(bdir, "digests.txt");
       const text = fs.readFileSync(list, "latin1");
       fs.writeFileSync(list, (text[0] === "0" ? "1" : "0") + text.slice(1));
-      const bad = await run(["verify", bdir!]);
+      const bad = await run(["verify", bdir]);
       expect(bad.code).toBe(10);
       expect(bad.stderr).toContain("digests.txt");
     } finally {
@@ -84,16 +88,14 @@ describe("a root of BLAKE3 chunk digests", () => {
   test("a manifest that names an unknown chunk digest is refused as damaged by verify and restore --from (exit 10)", async () => {
     const d = tempDir();
     try {
-      const out = path.join(d, "store");
-      await storeBackup(img, out, path.join(d, "s.sock"));
-      const [bdir] = backupDirs(out);
-      const m = manifestOf(bdir!);
+      const bdir = await oneBackup(d);
+      const m = manifestOf(bdir);
       m.digests.algorithm = "md5-chunk-list";
-      fs.writeFileSync(path.join(bdir!, "manifest.json"), JSON.stringify(m, null, 2) + "\n");
-      const v = await run(["verify", bdir!]);
+      fs.writeFileSync(path.join(bdir, "manifest.json"), JSON.stringify(m, null, 2) + "\n");
+      const v = await run(["verify", bdir]);
       expect(v.code).toBe(10);
       expect(v.stderr).toContain("unknown kind");
-      const r = await run(["restore", path.join(d, "t.img"), "--from", bdir!, "--yes"]);
+      const r = await run(["restore", path.join(d, "t.img"), "--from", bdir, "--yes"]);
       expect(r.code).toBe(10);
       expect(fs.existsSync(path.join(d, "t.img"))).toBe(false);
     } finally {
@@ -113,12 +115,10 @@ describe("peers and backups from before BLAKE3", () => {
       const c = await client(sock);
       const data = fs.readFileSync(img);
       const chunkSize = 1 << 20;
-      const disk = { path: img, kind: "file", name: "pre-b3.img", size: data.length, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null };
-      await c.json(MsgType.HELLO, { ...peer, role: "push", session: crypto.randomUUID(), caps: PRE_B3_CAPS.filter((x) => x !== "incremental"), disk, chunkSize, level: 1, content: "image" });
+      await c.json(MsgType.HELLO, { ...peer, role: "push", session: crypto.randomUUID(), caps: PRE_B3_CAPS.filter((x) => x !== "incremental"), disk: fileDisk(img, "pre-b3.img", data.length), chunkSize, level: 1, content: "image" });
       const ack = await c.expect(MsgType.HELLO_ACK);
       expect(ack.digest).toBeUndefined();
-      let i = 0;
-      for (let offset = 0; offset < data.length; offset += chunkSize, i++) await c.send(MsgType.DATA, dataPayload(i, offset, data.subarray(offset, Math.min(offset + chunkSize, data.length))));
+      const i = await sendImage(c, data, chunkSize);
       const root = stockRoot(img, "1M", "sha256");
       await c.json(MsgType.END, { chunks: i, bytes: data.length, root });
       const done = await c.expect(MsgType.DONE);
@@ -143,7 +143,7 @@ describe("peers and backups from before BLAKE3", () => {
     try {
       await storeBackup(img, out, path.join(d, "s1.sock"));
       const [plain] = backupDirs(out);
-      const target = { path: "/tmp/x", kind: "file", name: "x", size: 0, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null };
+      const target = fileDisk("/tmp/x", "x", 0);
       const offerOf = async (bdir: string) => {
         const sock = path.join(d, "r.sock");
         const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once", "--allow-restore"]);

@@ -7,7 +7,7 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { cleanup, finish, makeExt4Image, run, sha256File, start, stockRoot, storeBackup, tempDir, waitFor, zstdRoot } from "../helpers/cli.ts";
 import { MsgType, decodeJson } from "../../src/protocol/messages.ts";
-import { client, dataPayload } from "../helpers/raw-client.ts";
+import { client, fileDisk, sendImage } from "../helpers/raw-client.ts";
 
 let dir: string;
 let img: string;
@@ -33,11 +33,9 @@ describe("integrity root with older peers and stores", () => {
       const data = fs.readFileSync(img);
       const chunkSize = 1 << 20;
       const session = crypto.randomUUID();
-      const disk = { path: img, kind: "file", name: "old.img", size: data.length, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null };
-      await c.json(MsgType.HELLO, { ...base, role: "push", session, caps: OLD_CAPS, disk, chunkSize, level: 1, content: "image" });
+      await c.json(MsgType.HELLO, { ...base, role: "push", session, caps: OLD_CAPS, disk: fileDisk(img, "old.img", data.length), chunkSize, level: 1, content: "image" });
       await c.expect(MsgType.HELLO_ACK);
-      let i = 0;
-      for (let offset = 0; offset < data.length; offset += chunkSize, i++) await c.send(MsgType.DATA, dataPayload(i, offset, data.subarray(offset, Math.min(offset + chunkSize, data.length))));
+      const i = await sendImage(c, data, chunkSize);
       const sha256 = sha256File(img);
       await c.json(MsgType.END, { chunks: i, bytes: data.length, sha256 });
       const done = await c.expect(MsgType.DONE);
@@ -108,7 +106,7 @@ describe("integrity root with older peers and stores", () => {
       const recv = start(["receive", "--out", out, "--stream", `unix:${sock}`, "--once", "--allow-restore"]);
       await waitFor(() => fs.existsSync(sock), "receiver socket");
       const c = await client(sock);
-      const target = { path: "/tmp/x", kind: "file", name: "x", size: 0, model: null, serial: null, wwn: null, logicalBlockSize: null, partitionTable: null };
+      const target = fileDisk("/tmp/x", "x", 0);
       const id = path.dirname(fs.readdirSync(out, { recursive: true }).map(String).find((p) => p.endsWith("manifest.json"))!);
       await c.json(MsgType.HELLO, { ...base, role: "restore", session: crypto.randomUUID(), caps: OLD_CAPS, backup: id, target, content: "image" });
       await c.expect(MsgType.HELLO_ACK);
