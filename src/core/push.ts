@@ -17,7 +17,7 @@ import { handshake, newHello, hasCap } from "./handshake.ts";
 import { PushSession, type PushAction, type PushEvent } from "./push-session.ts";
 import { startKeepalive } from "./keepalive.ts";
 import type { Reporter } from "./report.ts";
-import { holeTest, openSource } from "./source.ts";
+import { holeTest, openSource, readRun } from "./source.ts";
 import { isAllZero, zeroChecksum } from "./zero.ts";
 import { chunkLine } from "../store/image-writer.ts";
 import { compressBound } from "../util/buffer-pool.ts";
@@ -34,6 +34,12 @@ export interface PushSource {
   layout?: Layout;
   /** fills buf with the bytes at `offset`; fewer than buf.length only at the end */
   read(buf: Uint8Array, offset: number): Promise<number>;
+  /**
+   * A disk (O_DIRECT): reads consecutive chunks into `bufs` (each of a
+   * chunk's size) from `offset` on, as read() would one by one but in one
+   * request where it can; returns the bytes read (fewer only at the end).
+   */
+  readMany?(bufs: Uint8Array[], offset: number): Promise<number>;
   /** for a regular file: a test for chunks that lie in a hole (zeros that need no reading) */
   holes?(): Promise<((offset: number, length: number) => boolean) | null>;
   /** extra END fields (file counts) once everything was read */
@@ -52,6 +58,7 @@ export function imageSource(path: string): PushSource {
       src.readAt(buf.subarray(0, n), offset);
       return n;
     },
+    ...(src.readMany ? { readMany: async (bufs: Uint8Array[], offset: number) => readRun(src, bufs, offset) } : {}),
     holes: async () => (src.regularFile ? holeTest(src.fd, src.size, path) : null),
     close: () => src.close(),
   };
@@ -90,6 +97,8 @@ const KEEPALIVE_MS = 2000;
  * zeros still reach the receiver, whose patience is measured in seconds).
  */
 const MAX_BATCHED_RECORDS = 256;
+/** chunks of a disk read in one request (src/core/source.ts, directReader) */
+const READ_AHEAD = 4;
 const BATCH_MS = 200;
 
 /**
@@ -281,6 +290,30 @@ export async function push(opts: PushOptions): Promise<PushResult> {
     }
     const total = src.size ?? 0;
     const isHole = (await src.holes?.()) ?? null;
+    // A disk is read up to READ_AHEAD chunks at a time, into slots that wait
+    // here for their turn (a request elsewhere, after a rewind, drops them).
+    let ahead: { raw: Uint8Array; offset: number; length: number }[] = [];
+    const dropAhead = () => {
+      for (const a of ahead) rawSlots.give(a.raw);
+      ahead = [];
+    };
+    /** Chunk `offset` read into a slot (not a hole: the caller looked); length 0 past the end. */
+    const readChunk = async (offset: number): Promise<{ raw: Uint8Array; length: number }> => {
+      if (ahead.length > 0 && ahead[0]!.offset !== offset) dropAhead();
+      if (ahead.length === 0) {
+        if (!src.readMany || src.size === null) {
+          const raw = rawSlots.take();
+          return { raw, length: await src.read(raw, offset) };
+        }
+        const size = src.size;
+        const bufs = [rawSlots.take()];
+        for (let o = offset + opts.chunkSize; bufs.length < READ_AHEAD && o < size && !isHole?.(o, Math.min(opts.chunkSize, size - o)); o += opts.chunkSize) bufs.push(rawSlots.take());
+        const n = await src.readMany(bufs, offset);
+        ahead = bufs.map((raw, k) => ({ raw, offset: offset + k * opts.chunkSize, length: Math.max(0, Math.min(opts.chunkSize, n - k * opts.chunkSize)) }));
+      }
+      const a = ahead.shift()!;
+      return { raw: a.raw, length: a.length };
+    };
     const maxInFlight = pool.size * 3;
     let zeroChunks = 0;
     let changedChunks = 0;
@@ -387,8 +420,8 @@ export async function push(opts: PushOptions): Promise<PushResult> {
           rawLength = holeLength;
           await out.add(Promise.resolve({ index: i, offset, rawLength, reply: null }));
         } else {
-          const raw = rawSlots.take();
-          rawLength = await src.read(raw, offset);
+          const { raw, length } = await readChunk(offset);
+          rawLength = length;
           if (rawLength === 0) {
             rawSlots.give(raw);
             break;

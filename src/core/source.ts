@@ -20,6 +20,12 @@ export interface Source {
    * of a disk with O_DIRECT where the kernel allows it (see directReader).
    */
   readAt(buf: Uint8Array, position: number): void;
+  /**
+   * A disk read with O_DIRECT: fills `bufs` in order with the bytes from
+   * `position` on, in one request where it can (see directReader). Absent
+   * for an image file.
+   */
+  readMany?(bufs: Uint8Array[], position: number): void;
   close(): void;
 }
 
@@ -46,13 +52,15 @@ export function openSource(path: string): Source {
     const disk = diskIdentity(path, size, head, st.isBlockDevice());
     // an image file is read through the page cache (it is often there already, and O_DIRECT would read it from the disk again)
     const direct = st.isBlockDevice() ? openDirect(fd) : undefined;
-    const readAt = direct !== undefined ? directReader(fd, direct, logicalBlockSize(path), path) : (buf: Uint8Array, position: number) => readFully(fd, buf, position, path);
+    const reader = direct !== undefined ? directReader(fd, direct, logicalBlockSize(path), path) : null;
+    const readAt = reader ?? ((buf: Uint8Array, position: number) => readFully(fd, buf, position, path));
     return {
       fd,
       size,
       regularFile: st.isFile(),
       disk,
       readAt,
+      ...(reader ? { readMany: reader.many } : {}),
       close: () => {
         if (direct !== undefined) fs.closeSync(direct);
         fs.closeSync(fd);
@@ -107,8 +115,14 @@ export function readFully(fd: number, buf: Uint8Array, position: number, path: s
  * `fd` and the page cache. A request that fails otherwise is read again
  * through `fd`, which fails with readFully's error at the byte where the
  * disk stopped (or succeeds: the error was O_DIRECT's alone).
+ *
+ * `many(bufs, position)` reads consecutive buffers (chunks) in one request
+ * (readv) when every one is aligned: a disk serves one 4 MiB request faster
+ * than four of 1 MiB in turn (through a loop device here 0.14 against 0.21 s
+ * per GiB); a request that comes short or fails is read again a buffer at a
+ * time, as above, which says where and why.
  */
-export function directReader(fd: number, direct: number, lbs: number, path: string): (buf: Uint8Array, position: number) => void {
+export function directReader(fd: number, direct: number, lbs: number, path: string): DirectReader {
   let directOk = true;
   let scratch: Uint8Array | null = null;
   const aligned = (n: number) => n % lbs === 0;
@@ -127,7 +141,7 @@ export function directReader(fd: number, direct: number, lbs: number, path: stri
     }
     return "ok";
   };
-  return (buf, position) => {
+  const read = (buf: Uint8Array, position: number): void => {
     if (buf.length === 0) return;
     if (directOk) {
       let got: "ok" | "refused" | "failed";
@@ -149,7 +163,41 @@ export function directReader(fd: number, direct: number, lbs: number, path: stri
     }
     readFully(fd, buf, position, path);
   };
+  const many = (bufs: Uint8Array[], position: number): void => {
+    if (directOk && bufs.length > 1 && aligned(position) && bufs.every((b) => aligned(ptr(b)) && aligned(b.length))) {
+      const total = bufs.reduce((sum, b) => sum + b.length, 0);
+      try {
+        if (fs.readvSync(direct, bufs, position) === total) return;
+      } catch (e) {
+        if (isErrno(e, "EINVAL")) directOk = false;
+      }
+    }
+    let at = position;
+    for (const b of bufs) {
+      read(b, at);
+      at += b.length;
+    }
+  };
+  return Object.assign(read, { many });
 }
+
+/** Reads consecutive chunks of `src` into `bufs` from `offset` (each cut to what is left of the source); returns the bytes read. */
+export function readRun(src: Source, bufs: Uint8Array[], offset: number): number {
+  const parts: Uint8Array[] = [];
+  let at = offset;
+  for (const b of bufs) {
+    const n = Math.max(0, Math.min(b.length, src.size - at));
+    if (n === 0) break;
+    parts.push(b.subarray(0, n));
+    at += n;
+  }
+  if (src.readMany) src.readMany(parts, offset);
+  else parts.reduce((pos, p) => (src.readAt(p, pos), pos + p.length), offset);
+  return at - offset;
+}
+
+/** directReader's reads: one buffer at a position, or consecutive buffers from one. */
+export type DirectReader = ((buf: Uint8Array, position: number) => void) & { many(bufs: Uint8Array[], position: number): void };
 
 /** File systems whose SEEK_DATA/SEEK_HOLE we trust (statfs magic numbers). */
 const EXACT_SEEK_DATA = new Set([

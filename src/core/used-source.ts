@@ -7,7 +7,7 @@ import * as path from "node:path";
 import { analyzeDisk, planQueries, type DiskPlan, type MountInfo } from "../disk/analyze.ts";
 import { MAX_READ, type ReadAt } from "../disk/types.ts";
 import type { Layout } from "../protocol/messages.ts";
-import { holeTest, openSource, readFully } from "./source.ts";
+import { holeTest, openSource, readFully, readRun } from "./source.ts";
 import { blockSysDir } from "../util/sysroot.ts";
 import type { PushSource } from "./push.ts";
 import { mountsOn, type MountOnDisk } from "../util/mounts.ts";
@@ -99,6 +99,28 @@ export async function usedBlocksSource(devPath: string, readWrite?: MountOnDisk[
         buf.fill(0, pos - offset, n);
         return n;
       },
+      // a run of chunks the file systems use whole (or that lie outside them) is read in one request
+      ...(src.readMany
+        ? {
+            readMany: async (bufs: Uint8Array[], offset: number) => {
+              const whole = (o: number, n: number) => {
+                const r = [...q.usedRanges(o, n)];
+                return r.length === 1 && r[0]![0] === o && r[0]![1] === o + n;
+              };
+              let at = offset;
+              const used = bufs.every((b) => {
+                const n = Math.max(0, Math.min(b.length, src.size - at));
+                const ok = n === 0 || whole(at, n);
+                at += b.length;
+                return ok;
+              });
+              if (used) return readRun(src, bufs, offset);
+              let total = 0;
+              for (const b of bufs) total += await source.read(b, offset + total);
+              return total;
+            },
+          }
+        : {}),
       holes: async () => {
         const sparse = src.regularFile ? await holeTest(src.fd, src.size, devPath) : null;
         return (offset, length) => q.unused(offset, length) || (sparse?.(offset, length) ?? false);

@@ -65,6 +65,25 @@ describe("a damaged chunk is sent again", () => {
     }, 60000);
   }
 
+  test.skipIf(process.getuid?.() !== 0 || Bun.spawnSync(["sh", "-c", "command -v losetup"]).exitCode !== 0)("from a disk (a loop device, read several chunks a request): the chunk asked for again is read again, and the push completes byte-exact (needs root and losetup)", async () => {
+    // large enough that the sender is still reading (chunks read ahead, waiting their turn) when chunk 3 is asked for again
+    const disk = randomImage(dir, 64, "resend-loop.img");
+    const loop = Bun.spawnSync(["losetup", "-f", "--show", "-r", disk]).stdout.toString().trim();
+    expect(loop).toMatch(/^\/dev\/loop\d+$/);
+    try {
+      for (const args of [["--all-blocks"], []]) {
+        const { p, r, out } = await throughProxy(`loop${args.length}`, { damage: { type: MsgType.DATA, nth: 3, at: 5000, fixCrc: true } }, args, loop);
+        if (p.code !== 0) console.log("PUSH", p.stderr, "RECV", r.stderr);
+        expect(p.code).toBe(0);
+        const pushed = JSON.parse(p.stdout) as { id: string; resent: number };
+        expect(pushed.resent).toBe(1);
+        expect(zstdSha(path.join(out, pushed.id, "image.zst"))).toBe(sha256File(disk));
+      }
+    } finally {
+      Bun.spawnSync(["losetup", "-d", loop]);
+    }
+  });
+
   test("without --json, the summary line says how many chunks were sent again", async () => {
     const out = path.join(dir, "plain-store");
     const sock = path.join(dir, "plain.sock");

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
+import { ptr } from "bun:ffi";
 import { directReader } from "../../src/core/source.ts";
 import { TbError } from "../../src/core/errors.ts";
 
@@ -88,6 +89,57 @@ describe("directReader", () => {
         expect(Buffer.from(buf).equals(Buffer.from(data.subarray(2 * 1024 * 1024, 3 * 1024 * 1024)))).toBe(true);
         // past the end of the real file too: readFully's message, at the byte where it ended
         expect(() => read(new Uint8Array(4096), SIZE - 512)).toThrow(new TbError("SOURCE", `${file} ended at byte ${SIZE}, before its size`, ""));
+      }
+    } finally {
+      fs.closeSync(shortFd);
+      fs.closeSync(writeOnly);
+    }
+  });
+
+  /** `n` buffers of `size` bytes, consecutive in one 4096-aligned arena (as push's chunk slots are), and zeroed. */
+  const slots = (n: number, size: number, skew = 0) => {
+    const b = new Uint8Array(n * size + 8192);
+    const start = (4096 - (ptr(b) % 4096)) % 4096 + skew;
+    return Array.from({ length: n }, (_, k) => b.subarray(start + k * size, start + (k + 1) * size));
+  };
+  const same = (bufs: Uint8Array[], pos: number) => bufs.every((b, k) => Buffer.from(b).equals(Buffer.from(data.subarray(pos + k * b.length, pos + (k + 1) * b.length))));
+
+  test("many() reads consecutive chunks in one request, or one at a time where they are not aligned, with the same bytes", () => {
+    if (direct === undefined) return;
+    const read = directReader(fd, direct, 4096, file);
+    // aligned: one readv
+    const four = slots(3, 1024 * 1024);
+    read.many(four, 0);
+    expect(same(four, 0)).toBe(true);
+    // the run that ends in the 1536-byte tail, and one whose buffers are not aligned in memory
+    const tail = slots(2, 1024 * 1024);
+    const run = [tail[0]!, tail[1]!.subarray(0, 1536)];
+    read.many(run, 2 * 1024 * 1024);
+    expect(Buffer.from(run[0]!).equals(Buffer.from(data.subarray(2 * 1024 * 1024, 3 * 1024 * 1024)))).toBe(true);
+    expect(Buffer.from(run[1]!).equals(Buffer.from(data.subarray(3 * 1024 * 1024, SIZE)))).toBe(true);
+    const skewed = slots(2, 65536, 512);
+    read.many(skewed, 4096);
+    expect(same(skewed, 4096)).toBe(true);
+    // (a refused O_DIRECT: the page cache, as for one buffer)
+    const refused = directReader(fd, direct, 256, file);
+    const two = slots(2, 65536);
+    refused.many(two, 256);
+    expect(same(two, 256)).toBe(true);
+  });
+
+  test("many(): a request that comes short or fails is read again a buffer at a time: the bytes, or readFully's error", () => {
+    const short = path.join(dir, "short-many.img");
+    fs.writeFileSync(short, data.subarray(0, 1024 * 1024));
+    const shortFd = fs.openSync(short, "r");
+    const writeOnly = fs.openSync(path.join(dir, "w-many.img"), "w");
+    try {
+      for (const d of [shortFd, writeOnly]) {
+        const read = directReader(fd, d, 4096, file);
+        const bufs = slots(2, 1024 * 1024);
+        read.many(bufs, 1024 * 1024);
+        expect(same(bufs, 1024 * 1024)).toBe(true);
+        // a run that goes past the end of the real file: readFully's message
+        expect(() => read.many(slots(2, 4096), SIZE - 4096)).toThrow(new TbError("SOURCE", `${file} ended at byte ${SIZE}, before its size`, ""));
       }
     } finally {
       fs.closeSync(shortFd);
