@@ -36,8 +36,10 @@ export interface PushSource {
   read(buf: Uint8Array, offset: number): Promise<number>;
   /**
    * A disk (O_DIRECT): reads consecutive chunks into `bufs` (each of a
-   * chunk's size) from `offset` on, as read() would one by one but in one
-   * request where it can; returns the bytes read (fewer only at the end).
+   * chunk's size) from `offset` on, as read() would one by one, in one
+   * request; returns the bytes read (fewer only at the end), or 0 when it
+   * could not (then read() reads them, and says where a read fails). A
+   * wrapper that changes read() must drop it.
    */
   readMany?(bufs: Uint8Array[], offset: number): Promise<number>;
   /** for a regular file: a test for chunks that lie in a hole (zeros that need no reading) */
@@ -309,6 +311,11 @@ export async function push(opts: PushOptions): Promise<PushResult> {
         const bufs = [rawSlots.take()];
         for (let o = offset + opts.chunkSize; bufs.length < READ_AHEAD && o < size && !isHole?.(o, Math.min(opts.chunkSize, size - o)); o += opts.chunkSize) bufs.push(rawSlots.take());
         const n = await src.readMany(bufs, offset);
+        if (n === 0) {
+          // not in one request (a run at the disk's end, a disk that failed one): this chunk alone, as ever
+          for (const b of bufs.slice(1)) rawSlots.give(b);
+          return { raw: bufs[0]!, length: await src.read(bufs[0]!, offset) };
+        }
         ahead = bufs.map((raw, k) => ({ raw, offset: offset + k * opts.chunkSize, length: Math.max(0, Math.min(opts.chunkSize, n - k * opts.chunkSize)) }));
       }
       const a = ahead.shift()!;

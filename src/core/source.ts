@@ -22,10 +22,10 @@ export interface Source {
   readAt(buf: Uint8Array, position: number): void;
   /**
    * A disk read with O_DIRECT: fills `bufs` in order with the bytes from
-   * `position` on, in one request where it can (see directReader). Absent
-   * for an image file.
+   * `position` on in one request, and says whether it could (see
+   * directReader). Absent for an image file.
    */
-  readMany?(bufs: Uint8Array[], position: number): void;
+  readMany?(bufs: Uint8Array[], position: number): boolean;
   close(): void;
 }
 
@@ -117,13 +117,18 @@ export function readFully(fd: number, buf: Uint8Array, position: number, path: s
  * disk stopped (or succeeds: the error was O_DIRECT's alone).
  *
  * `many(bufs, position)` reads consecutive buffers (chunks) in one request
- * (readv) when every one is aligned: a disk serves one 4 MiB request faster
- * than four of 1 MiB in turn (through a loop device here 0.14 against 0.21 s
- * per GiB); a request that comes short or fails is read again a buffer at a
- * time, as above, which says where and why.
+ * (readv) when every one is aligned, and says whether it did: a disk serves
+ * one 4 MiB request faster than four of 1 MiB in turn (through a loop device
+ * here 0.14 against 0.21 s per GiB). When it did not (false), the caller
+ * reads them a buffer at a time, as above, and a failure stops the push at
+ * the chunk that fails, saying where and why. After a request that came short
+ * or failed, `many` declines every run: a failing disk is read a chunk at a
+ * time, and a bad sector is not tried again for every run around it.
  */
 export function directReader(fd: number, direct: number, lbs: number, path: string): DirectReader {
   let directOk = true;
+  /** false after a request of several buffers came short or failed (EINVAL included: read() finds out for itself) */
+  let manyOk = true;
   let scratch: Uint8Array | null = null;
   const aligned = (n: number) => n % lbs === 0;
   /** reads buf at position through direct, at least its first `need` bytes: "ok", "refused" (EINVAL: O_DIRECT is not for this device) or "failed" */
@@ -163,25 +168,23 @@ export function directReader(fd: number, direct: number, lbs: number, path: stri
     }
     readFully(fd, buf, position, path);
   };
-  const many = (bufs: Uint8Array[], position: number): void => {
-    if (directOk && bufs.length > 1 && aligned(position) && bufs.every((b) => aligned(ptr(b)) && aligned(b.length))) {
-      const total = bufs.reduce((sum, b) => sum + b.length, 0);
-      try {
-        if (fs.readvSync(direct, bufs, position) === total) return;
-      } catch (e) {
-        if (isErrno(e, "EINVAL")) directOk = false;
-      }
-    }
-    let at = position;
-    for (const b of bufs) {
-      read(b, at);
-      at += b.length;
-    }
+  const many = (bufs: Uint8Array[], position: number): boolean => {
+    if (!directOk || !manyOk || bufs.length < 2 || !aligned(position) || !bufs.every((b) => aligned(ptr(b)) && aligned(b.length))) return false;
+    const total = bufs.reduce((sum, b) => sum + b.length, 0);
+    try {
+      if (fs.readvSync(direct, bufs, position) === total) return true;
+    } catch {}
+    manyOk = false;
+    return false;
   };
   return Object.assign(read, { many });
 }
 
-/** Reads consecutive chunks of `src` into `bufs` from `offset` (each cut to what is left of the source); returns the bytes read. */
+/**
+ * Reads consecutive chunks of `src` into `bufs` from `offset` (each cut to
+ * what is left of the source) in one request: the bytes read, or 0 when it
+ * could not be done so (the caller then reads them one by one).
+ */
 export function readRun(src: Source, bufs: Uint8Array[], offset: number): number {
   const parts: Uint8Array[] = [];
   let at = offset;
@@ -191,13 +194,11 @@ export function readRun(src: Source, bufs: Uint8Array[], offset: number): number
     parts.push(b.subarray(0, n));
     at += n;
   }
-  if (src.readMany) src.readMany(parts, offset);
-  else parts.reduce((pos, p) => (src.readAt(p, pos), pos + p.length), offset);
-  return at - offset;
+  return parts.length > 0 && src.readMany?.(parts, offset) ? at - offset : 0;
 }
 
 /** directReader's reads: one buffer at a position, or consecutive buffers from one. */
-export type DirectReader = ((buf: Uint8Array, position: number) => void) & { many(bufs: Uint8Array[], position: number): void };
+export type DirectReader = ((buf: Uint8Array, position: number) => void) & { many(bufs: Uint8Array[], position: number): boolean };
 
 /** File systems whose SEEK_DATA/SEEK_HOLE we trust (statfs magic numbers). */
 const EXACT_SEEK_DATA = new Set([

@@ -114,10 +114,8 @@ export async function usedBlocksSource(devPath: string, readWrite?: MountOnDisk[
                 at += b.length;
                 return ok;
               });
-              if (used) return readRun(src, bufs, offset);
-              let total = 0;
-              for (const b of bufs) total += await source.read(b, offset + total);
-              return total;
+              // (else the push reads them one by one: read() zero-fills what is unused)
+              return used ? readRun(src, bufs, offset) : 0;
             },
           }
         : {}),
