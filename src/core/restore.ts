@@ -537,6 +537,7 @@ function fileSource(from: string, comparing: boolean): Source {
   const { dir, image, manifest } = located;
   const { reader, list } = openLocated(located, "choose another backup; nothing was written");
   const chunkSize = manifest?.chunkSize ?? reader.entries[0]?.rawSize ?? 0;
+  const chunkHash = manifest ? chunkDigestOf(manifest) : "sha256";
   const info: RestoreInfo = {
     session: "",
     id: manifest?.id ?? path.basename(dir),
@@ -548,12 +549,10 @@ function fileSource(from: string, comparing: boolean): Source {
     size: reader.rawSize,
     chunkSize,
     chunks: reader.entries.length,
-    ...(manifest?.root ? { root: manifest.root } : {}),
-    ...(manifest?.root && chunkDigestOf(manifest) === "blake3" ? { digest: "blake3" as const } : {}),
+    ...(manifest?.root ? { root: manifest.root, ...(chunkHash === "blake3" ? { digest: chunkHash } : {}) } : {}),
     ...(manifest?.sha256 ? { sha256: manifest.sha256 } : {}),
   };
-  if (manifest?.root && chunkDigestOf(manifest) === null)
-    throw new TbError("VERIFY", `${dir} is damaged: ${unknownDigest(manifest)}`, "restore another backup");
+  if (manifest?.root && chunkHash === null) throw new TbError("VERIFY", `${dir} is damaged: ${unknownDigest(manifest)}`, "restore another backup");
   if (!info.root && !info.sha256) throw new TbError("NOT_FOUND", `${dir} has no manifest with an integrity root or SHA-256`, "restore from a backup directory made by tbbackup receive");
   // sizes are the store's word: buffers are sized by them, so what tbbackup never writes is damage
   const longest = reader.entries.reduce((m, e) => Math.max(m, e.rawSize), 0);

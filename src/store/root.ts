@@ -26,15 +26,16 @@ export function digestAlgorithmOf(rootAlgorithm: unknown): DigestAlgorithm | nul
 /** One line of digests.txt: 64 hex digits and "\n". */
 export const DIGEST_LINE_BYTES = 65;
 
-const zeroDigests = new Map<string, string>();
+/** by chunk digest, then raw length (asked once per zero chunk, at both ends) */
+const zeroDigests: Record<DigestAlgorithm, Map<number, string>> = { sha256: new Map(), blake3: new Map() };
 
 /** The digest (hex) of rawLength zero bytes: every zero chunk's digest. */
 export function zeroDigest(rawLength: number, algorithm: DigestAlgorithm): string {
-  const key = `${algorithm}:${rawLength}`;
-  let d = zeroDigests.get(key);
+  const known = zeroDigests[algorithm];
+  let d = known.get(rawLength);
   if (d === undefined) {
     d = chunkDigest(new Uint8Array(rawLength), algorithm);
-    zeroDigests.set(key, d);
+    known.set(rawLength, d);
   }
   return d;
 }

@@ -75,25 +75,36 @@ describe("directReader", () => {
     }
   });
 
-  test("a failed or short O_DIRECT read is read again through the page cache: the bytes, or readFully's error", () => {
-    // the "direct" descriptor of a shorter copy (it ends early, the real one does not), and one that cannot be read (EBADF)
-    const short = path.join(dir, "short.img");
+  /**
+   * Runs `check` with each of two bad "direct" descriptors: a shorter copy of
+   * the file (it ends early, the real one does not), and one that cannot be
+   * read (EBADF); `short` tells which.
+   */
+  const withBadDirect = (tag: string, check: (d: number, short: boolean) => void) => {
+    const short = path.join(dir, `short-${tag}.img`);
     fs.writeFileSync(short, data.subarray(0, 1024 * 1024));
     const shortFd = fs.openSync(short, "r");
-    const writeOnly = fs.openSync(path.join(dir, "w.img"), "w");
+    const writeOnly = fs.openSync(path.join(dir, `w-${tag}.img`), "w");
     try {
-      for (const d of [shortFd, writeOnly]) {
-        const read = directReader(fd, d, 4096, file);
-        const buf = new Uint8Array(1024 * 1024);
-        read(buf, 2 * 1024 * 1024);
-        expect(Buffer.from(buf).equals(Buffer.from(data.subarray(2 * 1024 * 1024, 3 * 1024 * 1024)))).toBe(true);
-        // past the end of the real file too: readFully's message, at the byte where it ended
-        expect(() => read(new Uint8Array(4096), SIZE - 512)).toThrow(new TbError("SOURCE", `${file} ended at byte ${SIZE}, before its size`, ""));
-      }
+      check(shortFd, true);
+      check(writeOnly, false);
     } finally {
       fs.closeSync(shortFd);
       fs.closeSync(writeOnly);
     }
+  };
+  /** whether buf holds the file's bytes at pos */
+  const holds = (buf: Uint8Array, pos: number) => Buffer.from(buf).equals(Buffer.from(data.subarray(pos, pos + buf.length)));
+
+  test("a failed or short O_DIRECT read is read again through the page cache: the bytes, or readFully's error", () => {
+    withBadDirect("one", (d) => {
+      const read = directReader(fd, d, 4096, file);
+      const buf = new Uint8Array(1024 * 1024);
+      read(buf, 2 * 1024 * 1024);
+      expect(holds(buf, 2 * 1024 * 1024)).toBe(true);
+      // past the end of the real file too: readFully's message, at the byte where it ended
+      expect(() => read(new Uint8Array(4096), SIZE - 512)).toThrow(new TbError("SOURCE", `${file} ended at byte ${SIZE}, before its size`, ""));
+    });
   });
 
   /** `n` buffers of `size` bytes, consecutive in one 4096-aligned arena (as push's chunk slots are), and zeroed. */
@@ -131,24 +142,16 @@ describe("directReader", () => {
   });
 
   test("many(): after a request that came short or failed it declines every run (a failing disk is read a chunk at a time), while single reads go on", () => {
-    const short = path.join(dir, "short-many.img");
-    fs.writeFileSync(short, data.subarray(0, 1024 * 1024));
-    const shortFd = fs.openSync(short, "r");
-    const writeOnly = fs.openSync(path.join(dir, "w-many.img"), "w");
-    try {
-      for (const d of [shortFd, writeOnly]) {
-        const read = directReader(fd, d, 4096, file);
-        // past the short copy's end (or unreadable): declined
-        expect(read.many(slots(2, 1024 * 1024), 1024 * 1024)).toBe(false);
-        // and from then on, even where that descriptor could read
-        if (d === shortFd) expect(read.many(slots(2, 4096), 0)).toBe(false);
-        const buf = new Uint8Array(1024 * 1024);
-        read(buf, 2 * 1024 * 1024);
-        expect(Buffer.from(buf).equals(Buffer.from(data.subarray(2 * 1024 * 1024, 3 * 1024 * 1024)))).toBe(true);
-      }
-    } finally {
-      fs.closeSync(shortFd);
-      fs.closeSync(writeOnly);
-    }
+    withBadDirect("many", (d, short) => {
+      const read = directReader(fd, d, 4096, file);
+      // past the short copy's end (or unreadable): declined
+      expect(read.many(slots(2, 1024 * 1024), 1024 * 1024)).toBe(false);
+      // and from then on, even where that descriptor could read
+      if (short) expect(read.many(slots(2, 4096), 0)).toBe(false);
+      const buf = new Uint8Array(1024 * 1024);
+      read(buf, 2 * 1024 * 1024);
+      expect(holds(buf, 2 * 1024 * 1024)).toBe(true);
+    });
   });
+
 });
